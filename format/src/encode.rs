@@ -1,0 +1,123 @@
+//! Writing model files (needs `alloc`).
+
+use alloc::vec::Vec;
+
+use bitvec::prelude::*;
+
+use crate::model::Payload;
+use crate::{
+    packed_len, row_bytes, Error, InputSpec, Layer, Model, Result, TensorDesc, HEADER_LEN, MAGIC,
+    VERSION,
+};
+
+/// Everything a model file holds, borrowed from the writer's buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelSpec<'s> {
+    /// Free-form name.
+    pub name: &'s str,
+    /// Input specification.
+    pub input: InputSpec<'s>,
+    /// Tensors, numbered by position.
+    pub tensors: &'s [TensorDesc],
+    /// Layers in execution order.
+    pub layers: &'s [Layer<'s>],
+    /// The logits tensor.
+    pub output: u16,
+}
+
+/// Encodes a model file and checks it by parsing it back, so that a writer can never produce a
+/// file the reader rejects.
+pub fn encode(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
+    let too_many = Error::InvalidParam {
+        layer: u16::MAX,
+        what: "tensor or layer count (more than 65535)",
+    };
+    let tensor_count = u16::try_from(spec.tensors.len()).map_err(|_| too_many)?;
+    let layer_count = u16::try_from(spec.layers.len()).map_err(|_| too_many)?;
+    let enc = |what: &'static str| Error::Malformed { what };
+    let mut tensors = Vec::new();
+    for t in spec.tensors {
+        tensors.extend(postcard::to_allocvec(t).map_err(|_| enc("tensor"))?);
+    }
+    let mut layers = Vec::new();
+    for l in spec.layers {
+        layers.extend(postcard::to_allocvec(l).map_err(|_| enc("layer"))?);
+    }
+    let payload = Payload {
+        name: spec.name,
+        input: spec.input,
+        tensor_count,
+        tensors: &tensors,
+        layer_count,
+        layers: &layers,
+        output: spec.output,
+    };
+    let body = postcard::to_allocvec(&payload).map_err(|_| enc("payload"))?;
+    let len = u32::try_from(body.len()).map_err(|_| Error::Overflow {
+        layer: u16::MAX,
+        what: "payload length",
+    })?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 4);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    Model::parse(&out)?;
+    Ok(out)
+}
+
+/// Little-endian bytes of an `f32` slice, for [`crate::F32s`].
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes of an `i32` slice, for [`crate::I32s`].
+pub fn i32_bytes(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Packs one code per byte, given in OHWI order (`[out][kh][kw][in_per_group]`), into the
+/// bit-plane layout of [`crate::CodeReader`]. Codes must be below `2^bits`.
+pub fn pack_codes(
+    codes: &[u8],
+    out: u32,
+    kernel: [u16; 2],
+    in_per_group: u32,
+    bits: u8,
+) -> Result<Vec<u8>> {
+    let len = packed_len(out, kernel, in_per_group, bits).ok_or(Error::Overflow {
+        layer: u16::MAX,
+        what: "packed weight size",
+    })?;
+    let cin = in_per_group as usize;
+    let positions = out as usize * kernel[0] as usize * kernel[1] as usize;
+    if codes.len() != positions * cin {
+        return Err(Error::Length {
+            layer: u16::MAX,
+            what: "unpacked codes",
+            expected: positions * cin,
+            got: codes.len(),
+        });
+    }
+    if !matches!(bits, 1 | 2 | 4) || codes.iter().any(|&k| k >> bits != 0) {
+        return Err(Error::BadBits {
+            layer: u16::MAX,
+            what: "weight code",
+            bits,
+        });
+    }
+    let row = row_bytes(in_per_group);
+    let mut packed = alloc::vec![0u8; len];
+    for (pos, chunk) in codes.chunks_exact(cin.max(1)).enumerate() {
+        for p in 0..bits as usize {
+            let start = (pos * bits as usize + p) * row;
+            let bits_row = packed[start..start + row].view_bits_mut::<Lsb0>();
+            for (i, &k) in chunk.iter().enumerate() {
+                bits_row.set(i, (k >> p) & 1 == 1);
+            }
+        }
+    }
+    Ok(packed)
+}

@@ -1,0 +1,1 @@
+//! SLB trainer (work in progress).

@@ -52,6 +52,7 @@ mod encode;
 pub use error::{Error, Result};
 pub use model::*;
 pub use pack::{packed_len, row_bytes, CodeReader};
+pub use validate::{MAX_LAYERS, MAX_TENSORS};
 
 #[cfg(feature = "alloc")]
 pub use encode::{encode, f32_bytes, i32_bytes, pack_codes, ModelSpec};

@@ -49,7 +49,11 @@ impl DType {
     /// Largest code of a quantized dtype (`2^bits - 1`), `None` for F32.
     pub fn qmax(&self) -> Option<i32> {
         match *self {
-            DType::Quant { bits, .. } => Some((1i32 << bits) - 1),
+            // Never panics, even for a width a parsed model cannot have.
+            DType::Quant { bits, .. } => Some(
+                1i32.checked_shl(u32::from(bits))
+                    .map_or(i32::MAX, |v| v.wrapping_sub(1)),
+            ),
             DType::F32 => None,
         }
     }
@@ -87,7 +91,9 @@ macro_rules! le_array {
             }
             /// Element `i`, or `None` past the end.
             pub fn get(&self, i: usize) -> Option<$t> {
-                let b = self.0.get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?;
+                let b = self
+                    .0
+                    .get(i.checked_mul(4)?..i.checked_mul(4)?.checked_add(4)?)?;
                 Some(<$t>::from_le_bytes([b[0], b[1], b[2], b[3]]))
             }
             /// All elements in order.
@@ -238,12 +244,12 @@ impl Conv<'_> {
         Some(Shape::new(self.out_channels, oh, ow))
     }
 
-    /// Multiply-accumulates of one inference.
+    /// Multiply-accumulates of one inference (saturating at `u64::MAX` for absurd shapes).
     pub fn macs(&self, output: Shape) -> u64 {
-        output.elements().unwrap_or(0) as u64
-            * self.in_per_group() as u64
-            * self.kernel[0] as u64
-            * self.kernel[1] as u64
+        u64::from(output.elements().unwrap_or(0))
+            .saturating_mul(u64::from(self.in_per_group()))
+            .saturating_mul(u64::from(self.kernel[0]))
+            .saturating_mul(u64::from(self.kernel[1]))
     }
 }
 

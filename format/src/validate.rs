@@ -2,7 +2,7 @@
 
 use core::marker::PhantomData;
 
-use crate::model::{out_dim, Payload};
+use crate::model::Payload;
 use crate::{
     packed_len, ChannelAffine, Conv, DType, DenseWeights, Error, Layer, Model, Records, Result,
     Shape, TensorDesc, HEADER_LEN, MAGIC, TRAILER_LEN, VERSION,
@@ -124,8 +124,19 @@ impl<'a> Model<'a> {
         // Every record decodes, exactly `count` of them, nothing left over.
         check_records::<TensorDesc>(self.tensors.bytes, self.tensors.count, "tensor table")?;
         check_records::<Layer<'a>>(self.layers.bytes, self.layers.count, "layer table")?;
+        // Every tensor is valid, and all of them together (at four bytes an element, the widest
+        // dtype) fit a 32-bit address space, so a planner summing tensor sizes in `u32` or a
+        // 32-bit `usize` cannot overflow.
+        let mut total: u64 = 0;
         for t in self.tensors.iter() {
             check_tensor(&t)?;
+            total += u64::from(t.shape.elements().unwrap_or(0)) * 4;
+        }
+        if total > u64::from(u32::MAX) {
+            return Err(Error::Overflow {
+                layer: MODEL,
+                what: "total tensor size",
+            });
         }
 
         let mut written = Written([0; MAX_TENSORS / 64]);
@@ -208,7 +219,9 @@ impl<'a> Model<'a> {
         let c = inp.shape.c as usize;
         check_len(MODEL, "input mean", inp.mean.0.len(), c * 4)?;
         check_len(MODEL, "input std", inp.std.0.len(), c * 4)?;
-        if inp.std.iter().any(|s| !(s.is_finite() && s != 0.0)) || inp.mean.iter().any(|m| !m.is_finite()) {
+        if inp.std.iter().any(|s| !(s.is_finite() && s != 0.0))
+            || inp.mean.iter().any(|m| !m.is_finite())
+        {
             return Err(Error::InvalidParam {
                 layer: MODEL,
                 what: "input normalisation (std must be finite and non-zero)",
@@ -216,7 +229,11 @@ impl<'a> Model<'a> {
         }
         match t.dtype {
             DType::Quant { .. } => {
-                check_len(MODEL, "input lookup table", inp.lut.len(), c * 256)?;
+                let lut_len = c.checked_mul(256).ok_or(Error::Overflow {
+                    layer: MODEL,
+                    what: "input lookup table size",
+                })?;
+                check_len(MODEL, "input lookup table", inp.lut.len(), lut_len)?;
                 let qmax = t.dtype.qmax().unwrap_or(0);
                 if inp.lut.iter().any(|&q| q as i32 > qmax) {
                     return Err(Error::InvalidParam {
@@ -390,9 +407,13 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
         },
     )?;
     check_len(l, "packed weight codes", c.codes.len(), need)?;
-    // The accumulator must fit i32: |c| <= 15, |q - zp| <= 255 per term.
-    let terms = (c.in_per_group() as u64) * c.kernel[0] as u64 * c.kernel[1] as u64;
-    if terms * 15 * 255 > i32::MAX as u64 {
+    // The accumulator must fit i32: |c| <= 15, |q - zp| <= 255 per term. (The length check
+    // above already bounds `terms` by the file size; saturate anyway so that this check can
+    // never overflow on its own.)
+    let terms = u64::from(c.in_per_group())
+        .saturating_mul(u64::from(c.kernel[0]))
+        .saturating_mul(u64::from(c.kernel[1]));
+    if terms.saturating_mul(15 * 255) > i32::MAX as u64 {
         return Err(Error::Overflow {
             layer: l,
             what: "accumulator (kernel too large for 32 bits)",
@@ -408,7 +429,8 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
             bits: r.bits,
         });
     }
-    if !(0..(1i32 << r.bits)).contains(&r.zero_point) || !(r.scale.is_finite() && r.scale > 0.0) {
+    let zp_ok = (0..(1i32 << r.bits)).contains(&r.zero_point);
+    if !(zp_ok && r.scale.is_finite() && r.scale > 0.0) {
         return Err(Error::InvalidParam {
             layer: l,
             what: "raw output quantization",
@@ -433,7 +455,8 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
             if out.dtype != raw {
                 return Err(Error::InvalidParam {
                     layer: l,
-                    what: "output dtype (without an affine stage it must equal the raw quantization)",
+                    what:
+                        "output dtype (without an affine stage it must equal the raw quantization)",
                 });
             }
         }
@@ -441,14 +464,17 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
     Ok(())
 }
 
-fn check_pool(l: u16, p: &crate::Pool, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
+fn check_pool(l: u16, p: &crate::Pool, avg: bool, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
     if p.stride.contains(&0) || p.kernel.contains(&0) {
         return Err(Error::InvalidParam {
             layer: l,
             what: "pool kernel or stride (zero)",
         });
     }
-    if p.padding[0] * 2 > p.kernel[0] || p.padding[1] * 2 > p.kernel[1] {
+    // Widened: `padding * 2` overflows u16 for padding >= 32768.
+    if u32::from(p.padding[0]) * 2 > u32::from(p.kernel[0])
+        || u32::from(p.padding[1]) * 2 > u32::from(p.kernel[1])
+    {
         return Err(Error::InvalidParam {
             layer: l,
             what: "pool padding (more than half the window)",
@@ -459,7 +485,17 @@ fn check_pool(l: u16, p: &crate::Pool, a: &TensorDesc, out: &TensorDesc) -> Resu
         what: "pool window (larger than the padded input)",
     })?;
     shape_eq(l, "pool output", expected, out.shape)?;
-    same_dtype(l, a, out)
+    same_dtype(l, a, out)?;
+    // Average pooling counts padded positions as real 0, which a 1-bit (sign) code cannot hold.
+    if avg && p.padding != [0, 0] {
+        if let DType::Quant { bits: 1, .. } = a.dtype {
+            return Err(Error::InvalidParam {
+                layer: l,
+                what: "average pool padding on a 1-bit (sign) tensor",
+            });
+        }
+    }
+    Ok(())
 }
 
 fn same_dtype(l: u16, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
@@ -497,26 +533,44 @@ fn check_layer(
             })?;
             match &d.weights {
                 DenseWeights::F32(w) => {
-                    check_len(l, "dense weights", w.0.len(), n.checked_mul(4).ok_or(Error::Overflow { layer: l, what: "dense weights" })?)?;
+                    check_len(
+                        l,
+                        "dense weights",
+                        w.0.len(),
+                        n.checked_mul(4).ok_or(Error::Overflow {
+                            layer: l,
+                            what: "dense weights",
+                        })?,
+                    )?;
                     if w.iter().any(|x| !x.is_finite()) {
-                        return Err(Error::InvalidParam { layer: l, what: "dense weights (not finite)" });
+                        return Err(Error::InvalidParam {
+                            layer: l,
+                            what: "dense weights (not finite)",
+                        });
                     }
                 }
                 DenseWeights::Int8 { values, scale } => {
                     check_len(l, "dense int8 weights", values.len(), n)?;
                     check_len(l, "dense scales", scale.0.len(), outf * 4)?;
                     if scale.iter().any(|x| !x.is_finite()) {
-                        return Err(Error::InvalidParam { layer: l, what: "dense scales (not finite)" });
+                        return Err(Error::InvalidParam {
+                            layer: l,
+                            what: "dense scales (not finite)",
+                        });
                     }
                 }
             }
             check_len(l, "dense bias", d.bias.0.len(), outf * 4)?;
             if d.bias.iter().any(|x| !x.is_finite()) {
-                return Err(Error::InvalidParam { layer: l, what: "dense bias (not finite)" });
+                return Err(Error::InvalidParam {
+                    layer: l,
+                    what: "dense bias (not finite)",
+                });
             }
             Ok(())
         }
-        Layer::MaxPool(p) | Layer::AvgPool(p) => check_pool(l, p, a, out),
+        Layer::MaxPool(p) => check_pool(l, p, false, a, out),
+        Layer::AvgPool(p) => check_pool(l, p, true, a, out),
         Layer::GlobalAvgPool(_) => {
             shape_eq(l, "pool output", Shape::new(a.shape.c, 1, 1), out.shape)?;
             if out.dtype != DType::F32 {
@@ -562,9 +616,4 @@ fn check_layer(
             Ok(())
         }
     }
-}
-
-#[allow(dead_code)]
-fn _assert_out_dim() -> Option<u32> {
-    out_dim(1, 1, 1, 0)
 }

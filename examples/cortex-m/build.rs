@@ -1,0 +1,48 @@
+//! Puts `memory.x` on the linker's search path and tells the program where its model and test
+//! images are (`SLB_MODEL`, `SLB_IMAGES`, paths relative to this package or absolute).
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    fs::copy(dir.join("memory.x"), out.join("memory.x")).expect("copy memory.x");
+    println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rerun-if-changed=memory.x");
+
+    let model = input(&dir, "SLB_MODEL", "models/model.slb");
+    let images = input(&dir, "SLB_IMAGES", "models/images.bin");
+    println!("cargo:rustc-env=SLB_MODEL_PATH={}", model.display());
+    println!("cargo:rustc-env=SLB_IMAGES_PATH={}", images.display());
+
+    // The arena is a static buffer; its size is a build-time constant (the program checks it
+    // against the plan's need at run time and prints both).
+    let arena: usize = match env::var("SLB_ARENA_BYTES") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("SLB_ARENA_BYTES={v:?} is not a number")),
+        Err(_) => 192 * 1024,
+    };
+    println!("cargo:rerun-if-env-changed=SLB_ARENA_BYTES");
+    fs::write(
+        out.join("arena.rs"),
+        format!("/// Bytes of the static activation arena (set by SLB_ARENA_BYTES at build time).\npub const ARENA_BYTES: usize = {arena};\n"),
+    )
+    .expect("write arena.rs");
+}
+
+/// The absolute path of an input file named by `var` (default `default`), which must exist.
+fn input(dir: &Path, var: &str, default: &str) -> PathBuf {
+    println!("cargo:rerun-if-env-changed={var}");
+    let p = env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    let p = if p.is_absolute() { p } else { dir.join(p) };
+    if !p.is_file() {
+        panic!(
+            "{var}: {} does not exist; scripts/mcu-test.sh generates the model and images \
+             (or set {var} to a file)",
+            p.display()
+        );
+    }
+    println!("cargo:rerun-if-changed={}", p.display());
+    p
+}

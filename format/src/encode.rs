@@ -28,6 +28,16 @@ pub struct ModelSpec<'s> {
 /// Encodes a model file and checks it by parsing it back, so that a writer can never produce a
 /// file the reader rejects.
 pub fn encode(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
+    let out = encode_unchecked(spec)?;
+    Model::parse(&out)?;
+    Ok(out)
+}
+
+/// Encodes a model file *without* validating it: the container (header, length, CRC) is
+/// correct but the description may break any rule of [`Model::parse`]. For tests, fuzz seeds
+/// and tools that need to produce deliberately invalid files; writers of real models use
+/// [`encode`].
+pub fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
     let too_many = Error::InvalidParam {
         layer: u16::MAX,
         what: "tensor or layer count (more than 65535)",
@@ -64,7 +74,6 @@ pub fn encode(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&body);
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    Model::parse(&out)?;
     Ok(out)
 }
 

@@ -55,7 +55,7 @@ pub use pack::{packed_len, row_bytes, CodeReader};
 pub use validate::{MAX_LAYERS, MAX_TENSORS};
 
 #[cfg(feature = "alloc")]
-pub use encode::{encode, f32_bytes, i32_bytes, pack_codes, ModelSpec};
+pub use encode::{encode, encode_unchecked, f32_bytes, i32_bytes, pack_codes, ModelSpec};
 
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"SLBM";

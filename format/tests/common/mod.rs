@@ -1,0 +1,257 @@
+//! A small model that uses every layer kind, and a way to build broken variants of it.
+#![allow(dead_code)]
+
+use slb_format::*;
+
+/// Owned buffers of the tiny model.
+pub struct Tiny {
+    pub lut: Vec<u8>,
+    pub mean: Vec<u8>,
+    pub std: Vec<u8>,
+    pub codes0: Vec<u8>,
+    pub codes1: Vec<u8>,
+    pub aff_mult: Vec<u8>,
+    pub aff_bias: Vec<u8>,
+    pub add_ma: Vec<u8>,
+    pub add_mb: Vec<u8>,
+    pub add_b: Vec<u8>,
+    pub d8_values: Vec<u8>,
+    pub d8_scale: Vec<u8>,
+    pub d8_bias: Vec<u8>,
+    pub df_w: Vec<u8>,
+    pub df_bias: Vec<u8>,
+}
+
+/// A model description in editable form.
+pub struct Parts<'s> {
+    pub name: &'s str,
+    pub input: InputSpec<'s>,
+    pub tensors: Vec<TensorDesc>,
+    pub layers: Vec<Layer<'s>>,
+    pub output: u16,
+}
+
+impl<'s> Parts<'s> {
+    pub fn spec(&self) -> ModelSpec<'_> {
+        ModelSpec {
+            name: self.name,
+            input: self.input,
+            tensors: &self.tensors,
+            layers: &self.layers,
+            output: self.output,
+        }
+    }
+
+    /// The conv at layer `i` (panics if it is not a conv: test set-up error).
+    pub fn conv(&mut self, i: usize) -> &mut Conv<'s> {
+        match &mut self.layers[i] {
+            Layer::Conv(c) => c,
+            l => panic!("layer {i} is {}", l.op_name()),
+        }
+    }
+}
+
+pub fn q(scale: f32, zero_point: i32, bits: u8) -> DType {
+    DType::Quant {
+        scale,
+        zero_point,
+        bits,
+    }
+}
+
+pub fn t(c: u32, h: u32, w: u32, dtype: DType) -> TensorDesc {
+    TensorDesc {
+        shape: Shape::new(c, h, w),
+        dtype,
+    }
+}
+
+/// Deterministic small pseudo-random codes.
+pub fn codes(n: usize, bits: u8, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 7) as u8 & ((1u8 << bits) - 1)
+        })
+        .collect()
+}
+
+impl Tiny {
+    pub fn new() -> Self {
+        let c0 = codes(4 * 3 * 3 * 3, 2, 1);
+        let c1 = codes(4 * 2, 1, 2);
+        Tiny {
+            lut: (0..3 * 256).map(|i| (i % 256) as u8).collect(),
+            mean: f32_bytes(&[0.49, 0.48, 0.45]),
+            std: f32_bytes(&[0.25, 0.24, 0.26]),
+            codes0: pack_codes(&c0, 4, [3, 3], 3, 2).unwrap(),
+            codes1: pack_codes(&c1, 4, [1, 1], 2, 1).unwrap(),
+            aff_mult: i32_bytes(&[300, 310, -320, 330]),
+            aff_bias: i32_bytes(&[10, -20, 30, -40]),
+            add_ma: i32_bytes(&[256, 250, 260, 255]),
+            add_mb: i32_bytes(&[128, 120, 130, 125]),
+            add_b: i32_bytes(&[0, 5, -5, 1]),
+            d8_values: (0..12).map(|i| (i as i8 * 10 - 60) as u8).collect(),
+            d8_scale: f32_bytes(&[0.01, 0.02, 0.03]),
+            d8_bias: f32_bytes(&[0.1, -0.2, 0.3]),
+            df_w: f32_bytes(&(0..12).map(|i| i as f32 * 0.125 - 0.5).collect::<Vec<_>>()),
+            df_bias: f32_bytes(&[1.0, 2.0, 3.0]),
+        }
+    }
+
+    pub fn parts(&self) -> Parts<'_> {
+        let q4 = q(0.1, 0, 4);
+        let q8raw = q(0.05, 128, 8);
+        let tensors = vec![
+            t(3, 4, 4, q(1.0 / 64.0, 128, 8)), // 0 input
+            t(4, 4, 4, q4),                    // 1 conv0
+            t(4, 4, 4, q8raw),                 // 2 conv1 (raw codes)
+            t(4, 4, 4, q4),                    // 3 add
+            t(4, 2, 2, q4),                    // 4 maxpool
+            t(4, 2, 2, q4),                    // 5 avgpool
+            t(4, 2, 2, q4),                    // 6 relu
+            t(4, 1, 1, q4),                    // 7 gap (codes)
+            t(4, 1, 1, q4),                    // 8 flatten
+            t(3, 1, 1, DType::F32),            // 9 dense int8
+            t(4, 1, 1, DType::F32),            // 10 gap (f32)
+            t(3, 1, 1, DType::F32),            // 11 dense f32 = output
+        ];
+        let layers = vec![
+            Layer::Conv(Conv {
+                input: 0,
+                output: 1,
+                out_channels: 4,
+                in_channels: 3,
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [1, 1],
+                groups: 1,
+                weight_bits: 2,
+                codes: &self.codes0,
+                requant: Requant {
+                    raw: RawQuant {
+                        mult: 1234,
+                        shift: 16,
+                        zero_point: 128,
+                        bits: 8,
+                        scale: 0.05,
+                    },
+                    affine: Some(ChannelAffine {
+                        shift: 8,
+                        mult: I32s(&self.aff_mult),
+                        bias: I32s(&self.aff_bias),
+                        relu: true,
+                    }),
+                },
+            }),
+            Layer::Conv(Conv {
+                input: 1,
+                output: 2,
+                out_channels: 4,
+                in_channels: 4,
+                kernel: [1, 1],
+                stride: [1, 1],
+                padding: [0, 0],
+                groups: 2,
+                weight_bits: 1,
+                codes: &self.codes1,
+                requant: Requant {
+                    raw: RawQuant {
+                        mult: 999,
+                        shift: 12,
+                        zero_point: 128,
+                        bits: 8,
+                        scale: 0.05,
+                    },
+                    affine: None,
+                },
+            }),
+            Layer::Add(Add {
+                a: 1,
+                b: 2,
+                output: 3,
+                params: AddParams {
+                    shift: 10,
+                    mult_a: I32s(&self.add_ma),
+                    mult_b: I32s(&self.add_mb),
+                    bias: I32s(&self.add_b),
+                    relu: true,
+                },
+            }),
+            Layer::MaxPool(Pool {
+                input: 3,
+                output: 4,
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0, 0],
+            }),
+            Layer::AvgPool(Pool {
+                input: 4,
+                output: 5,
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [1, 1],
+            }),
+            Layer::Relu(Unary {
+                input: 5,
+                output: 6,
+            }),
+            Layer::GlobalAvgPool(Unary {
+                input: 6,
+                output: 7,
+            }),
+            Layer::Flatten(Unary {
+                input: 7,
+                output: 8,
+            }),
+            Layer::Dense(Dense {
+                input: 8,
+                output: 9,
+                weights: DenseWeights::Int8 {
+                    values: &self.d8_values,
+                    scale: F32s(&self.d8_scale),
+                },
+                bias: F32s(&self.d8_bias),
+            }),
+            Layer::GlobalAvgPool(Unary {
+                input: 6,
+                output: 10,
+            }),
+            Layer::Dense(Dense {
+                input: 10,
+                output: 11,
+                weights: DenseWeights::F32(F32s(&self.df_w)),
+                bias: F32s(&self.df_bias),
+            }),
+        ];
+        Parts {
+            name: "tiny: every layer kind",
+            input: InputSpec {
+                shape: Shape::new(3, 4, 4),
+                mean: F32s(&self.mean),
+                std: F32s(&self.std),
+                classes: "cat\ndog\nbird",
+                tensor: 0,
+                lut: &self.lut,
+            },
+            tensors,
+            layers,
+            output: 11,
+        }
+    }
+
+    /// The valid file.
+    pub fn bytes(&self) -> Vec<u8> {
+        encode(&self.parts().spec()).expect("the tiny model is valid")
+    }
+
+    /// A variant of the tiny model, encoded without validation.
+    pub fn mutated<'s>(&'s self, edit: impl FnOnce(&mut Parts<'s>)) -> Vec<u8> {
+        let mut p = self.parts();
+        edit(&mut p);
+        encode_unchecked(&p.spec()).expect("encodes")
+    }
+}

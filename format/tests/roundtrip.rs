@@ -174,19 +174,19 @@ fn golden_bytes() {
     // Payload, split at its fields (postcard: varint lengths, then bytes).
     let lut_hex: String = (0..=255u8).map(|x| format!("{x:02x}")).collect();
     let expected = [
-        "534c424d01000000",                // magic, version 1, flags 0
-        "72010000",                        // payload length 370
-        "0167",                            // name "g"
-        "010202",                          // input shape c=1, h=2, w=2
-        "040000003f",                      // mean [0.5]
-        "040000803e",                      // std [0.25]
-        "03610a62",                        // classes "a\nb"
-        "00",                              // input tensor 0
-        "8002",                            // lut length 256 (varint)
-        &lut_hex,                          // identity LUT
-        "04",                              // tensor count
-        "1d",                              // tensor table: 29 bytes
-        "010202",                          // t0 shape
+        "534c424d01000000",                  // magic, version 1, flags 0
+        "72010000",                          // payload length 370
+        "0167",                              // name "g"
+        "010202",                            // input shape c=1, h=2, w=2
+        "040000003f",                        // mean [0.5]
+        "040000803e",                        // std [0.25]
+        "03610a62",                          // classes "a\nb"
+        "00",                                // input tensor 0
+        "8002",                              // lut length 256 (varint)
+        &lut_hex,                            // identity LUT
+        "04",                                // tensor count
+        "1d",                                // tensor table: 29 bytes
+        "010202",                            // t0 shape
         "000000003f800208", // t0 Quant{scale 0.5, zero point 128 (zigzag 256), bits 8}
         "020202",           // t1 shape
         "000000803f0202",   // t1 Quant{scale 1.0, zero point 1 (zigzag 2), bits 2}

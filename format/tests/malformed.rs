@@ -1,0 +1,724 @@
+//! One test per class of malformed input: each returns its typed error, none panics.
+
+mod common;
+
+use common::*;
+use slb_format::*;
+
+fn parse(b: &[u8]) -> Result<Model<'_>> {
+    Model::parse(b)
+}
+
+/// Rewrites the header's payload length and the CRC after editing a file's payload.
+fn reseal(mut b: Vec<u8>) -> Vec<u8> {
+    let n = b.len() - HEADER_LEN - TRAILER_LEN;
+    b[8..12].copy_from_slice(&(n as u32).to_le_bytes());
+    let crc = crc32fast_hash(&b[HEADER_LEN..HEADER_LEN + n]);
+    let end = b.len();
+    b[end - 4..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// CRC-32 (IEEE), bitwise, so the tests do not trust the crate's own checksum call.
+fn crc32fast_hash(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn valid_model_parses_and_crc_is_ieee() {
+    let b = Tiny::new().bytes();
+    parse(&b).unwrap();
+    assert_eq!(reseal(b.clone()), b);
+    assert_eq!(crc32fast_hash(b"123456789"), 0xCBF4_3926);
+}
+
+#[test]
+fn truncated_at_every_length() {
+    let b = Tiny::new().bytes();
+    for n in 0..b.len() {
+        match parse(&b[..n]) {
+            Err(Error::Truncated { got, .. }) => assert_eq!(got, n),
+            other => panic!("length {n}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn trailing_bytes() {
+    let mut b = Tiny::new().bytes();
+    b.push(0);
+    assert_eq!(parse(&b).unwrap_err(), Error::TrailingBytes { extra: 1 });
+}
+
+#[test]
+fn wrong_magic() {
+    let good = Tiny::new().bytes();
+    for i in 0..4 {
+        let mut b = good.clone();
+        b[i] ^= 0x20;
+        assert!(matches!(parse(&b), Err(Error::BadMagic(_))), "byte {i}");
+    }
+    // Even a short file with the wrong magic says so.
+    assert_eq!(
+        parse(b"PK\x03\x04\0\0").unwrap_err(),
+        Error::BadMagic(*b"PK\x03\x04")
+    );
+}
+
+#[test]
+fn version_newer_or_zero() {
+    let good = Tiny::new().bytes();
+    for v in [0u16, 2, 0x0100, u16::MAX] {
+        let mut b = good.clone();
+        b[4..6].copy_from_slice(&v.to_le_bytes());
+        assert_eq!(
+            parse(&b).unwrap_err(),
+            Error::UnsupportedVersion {
+                found: v,
+                supported: VERSION
+            }
+        );
+    }
+}
+
+#[test]
+fn reserved_flags() {
+    let good = Tiny::new().bytes();
+    for f in [1u16, 0x8000] {
+        let mut b = good.clone();
+        b[6..8].copy_from_slice(&f.to_le_bytes());
+        assert_eq!(parse(&b).unwrap_err(), Error::UnknownFlags(f));
+    }
+}
+
+#[test]
+fn bad_crc_every_byte() {
+    let good = Tiny::new().bytes();
+    let n = good.len() - HEADER_LEN - TRAILER_LEN;
+    for i in HEADER_LEN..good.len() {
+        for flip in [0x01u8, 0x80] {
+            let mut b = good.clone();
+            b[i] ^= flip;
+            match parse(&b) {
+                Err(Error::ChecksumMismatch { stored, computed }) => {
+                    assert_ne!(stored, computed);
+                    assert_eq!(computed, crc32fast_hash(&b[HEADER_LEN..HEADER_LEN + n]));
+                }
+                other => panic!("byte {i}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn payload_length_field_corrupt() {
+    let good = Tiny::new().bytes();
+    let n = (good.len() - HEADER_LEN - TRAILER_LEN) as u32;
+    let with_len = |len: u32| {
+        let mut b = good.clone();
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        b
+    };
+    assert!(matches!(
+        parse(&with_len(n + 1)),
+        Err(Error::Truncated { .. })
+    ));
+    assert_eq!(
+        parse(&with_len(n - 1)).unwrap_err(),
+        Error::TrailingBytes { extra: 1 }
+    );
+    assert!(matches!(
+        parse(&with_len(u32::MAX)),
+        Err(Error::Truncated { .. })
+    ));
+}
+
+#[test]
+fn payload_not_postcard() {
+    let good = Tiny::new().bytes();
+    // A payload cut short (resealed, so the CRC matches).
+    let mut b = good[..good.len() - TRAILER_LEN - 7].to_vec();
+    b.extend_from_slice(&[0; 4]);
+    assert!(matches!(parse(&reseal(b)), Err(Error::Malformed { .. })));
+    // Extra bytes inside the payload.
+    let mut b = good[..good.len() - TRAILER_LEN].to_vec();
+    b.push(0);
+    b.extend_from_slice(&[0; 4]);
+    assert!(matches!(parse(&reseal(b)), Err(Error::Malformed { .. })));
+    // Garbage, including an invalid UTF-8 name.
+    let mut b = good[..HEADER_LEN].to_vec();
+    b.extend_from_slice(&[2, 0xff, 0xfe, 0, 0, 0, 0]);
+    assert!(matches!(parse(&reseal(b)), Err(Error::Malformed { .. })));
+}
+
+#[test]
+fn record_count_disagrees_with_table() {
+    let tiny = Tiny::new();
+    // Find the tensor count byte (12) right before the tensor table length in the payload:
+    // simplest is to rebuild with one tensor dropped from the table but the layers unchanged,
+    // which is an unknown tensor; the count itself is checked by editing the encoded count.
+    let good = tiny.bytes();
+    let layers_len = {
+        let p = tiny.parts();
+        p.layers.len() as u8
+    };
+    // The layer count is a single varint byte followed by the layer table length varint.
+    let pos = (HEADER_LEN..good.len())
+        .rev()
+        .find(|&i| good[i] == layers_len && parse_with_count(&good, i).is_some())
+        .expect("layer count byte");
+    for count in [layers_len - 1, layers_len + 1] {
+        let mut b = good.clone();
+        b[pos] = count;
+        let b = reseal(b);
+        assert!(
+            matches!(
+                parse(&b),
+                Err(Error::Malformed {
+                    what: "layer table"
+                })
+            ),
+            "{:?}",
+            parse(&b)
+        );
+    }
+}
+
+/// True when `i` is the layer count byte: changing it makes the layer table fail to decode.
+fn parse_with_count(good: &[u8], i: usize) -> Option<()> {
+    let mut b = good.to_vec();
+    b[i] = b[i].wrapping_add(1);
+    match parse(&reseal(b)) {
+        Err(Error::Malformed {
+            what: "layer table",
+        }) => Some(()),
+        _ => None,
+    }
+}
+
+#[test]
+fn bits_out_of_range() {
+    let tiny = Tiny::new();
+    for wb in [0u8, 3, 8, 255] {
+        let b = tiny.mutated(|p| p.conv(0).weight_bits = wb);
+        assert_eq!(
+            parse(&b).unwrap_err(),
+            Error::BadBits {
+                layer: 0,
+                what: "weight",
+                bits: wb
+            }
+        );
+    }
+    for ab in [0u8, 3, 5, 16, 32, 255] {
+        let b = tiny.mutated(|p| p.tensors[3] = t(4, 4, 4, q(0.1, 0, ab)));
+        assert_eq!(
+            parse(&b).unwrap_err(),
+            Error::BadBits {
+                layer: u16::MAX,
+                what: "activation",
+                bits: ab
+            }
+        );
+    }
+    for rb in [0u8, 1, 3, 16, 255] {
+        let b = tiny.mutated(|p| p.conv(0).requant.raw.bits = rb);
+        assert_eq!(
+            parse(&b).unwrap_err(),
+            Error::BadBits {
+                layer: 0,
+                what: "raw output",
+                bits: rb
+            }
+        );
+    }
+}
+
+#[test]
+fn quantization_params_out_of_range() {
+    let tiny = Tiny::new();
+    let bad = |e: Result<Model<'_>>| matches!(e, Err(Error::InvalidParam { .. }));
+    for (scale, zp, bits) in [
+        (0.0, 0, 4),
+        (-1.0, 0, 4),
+        (f32::NAN, 0, 4),
+        (f32::INFINITY, 0, 4),
+        (0.1, 16, 4),
+        (0.1, -1, 4),
+        (0.1, 1, 1),
+    ] {
+        let b = tiny.mutated(|p| p.tensors[6] = t(4, 2, 2, q(scale, zp, bits)));
+        assert!(bad(parse(&b)), "{scale} {zp} {bits}");
+    }
+    for shift in [0u8, 63, 255] {
+        let b = tiny.mutated(|p| p.conv(0).requant.raw.shift = shift);
+        assert!(bad(parse(&b)), "raw shift {shift}");
+        let b = tiny.mutated(|p| {
+            if let Some(a) = &mut p.conv(0).requant.affine {
+                a.shift = shift
+            }
+        });
+        assert!(bad(parse(&b)), "affine shift {shift}");
+    }
+    let b = tiny.mutated(|p| p.conv(0).requant.raw.zero_point = 256);
+    assert!(bad(parse(&b)));
+    let b = tiny.mutated(|p| p.conv(0).requant.raw.scale = f32::NAN);
+    assert!(bad(parse(&b)));
+    // Without an affine stage the output tensor must hold the raw quantization exactly.
+    let b = tiny.mutated(|p| p.conv(1).requant.raw.zero_point = 127);
+    assert!(bad(parse(&b)));
+    // ReLU into a sign output.
+    let b = tiny.mutated(|p| p.tensors[1] = t(4, 4, 4, q(0.1, 0, 1)));
+    assert!(bad(parse(&b)));
+    // ReLU layer over a sign tensor.
+    let b = tiny.mutated(|p| {
+        if let Some(a) = &mut p.conv(0).requant.affine {
+            a.relu = false;
+        }
+        p.tensors[1] = t(4, 4, 4, q(0.1, 0, 1));
+        p.tensors.push(t(4, 4, 4, q(0.1, 0, 1)));
+        p.layers.push(Layer::Relu(Unary {
+            input: 1,
+            output: 12,
+        }));
+    });
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::InvalidParam {
+            layer: 11,
+            what: "ReLU of a 1-bit (sign) tensor"
+        }
+    );
+    // Input normalisation.
+    let zero_std = f32_bytes(&[0.25, 0.0, 0.25]);
+    let b = tiny.mutated(|p| p.input.std = F32s(&zero_std));
+    assert!(bad(parse(&b)));
+    // Dense weights not finite.
+    let nan_w = f32_bytes(&[f32::NAN; 12]);
+    let b = tiny.mutated(|p| {
+        if let Layer::Dense(d) = &mut p.layers[10] {
+            d.weights = DenseWeights::F32(F32s(&nan_w));
+        }
+    });
+    assert!(bad(parse(&b)));
+    // LUT code above the tensor's bits.
+    let lut4: Vec<u8> = vec![16; 3 * 256];
+    let b = tiny.mutated(|p| {
+        p.tensors[0] = t(3, 4, 4, q(0.1, 0, 4));
+        p.input.lut = &lut4;
+    });
+    assert!(bad(parse(&b)));
+}
+
+#[test]
+fn conv_geometry() {
+    let tiny = Tiny::new();
+    let bad = |e: Result<Model<'_>>| matches!(e, Err(Error::InvalidParam { layer: 0, .. }));
+    assert!(bad(parse(&tiny.mutated(|p| p.conv(0).groups = 0))));
+    assert!(bad(parse(&tiny.mutated(|p| p.conv(0).groups = 2))));
+    assert!(bad(parse(&tiny.mutated(|p| p.conv(0).stride = [0, 1]))));
+    assert!(bad(parse(&tiny.mutated(|p| p.conv(0).kernel = [0, 3]))));
+    // A kernel larger than the padded input.
+    assert!(bad(parse(&tiny.mutated(|p| {
+        p.conv(0).kernel = [7, 7];
+        p.conv(0).padding = [0, 0];
+    }))));
+}
+
+#[test]
+fn packed_length_off_by_one() {
+    let tiny = Tiny::new();
+    let n = tiny.codes0.len();
+    assert_eq!(n, 4 * 9 * 2); // 4 outputs x 3x3 positions x 2 planes x 1 byte
+    let longer = [tiny.codes0.clone(), vec![0]].concat();
+    for codes in [&tiny.codes0[..n - 1], &longer[..]] {
+        let b = tiny.mutated(|p| p.conv(0).codes = codes);
+        assert_eq!(
+            parse(&b).unwrap_err(),
+            Error::Length {
+                layer: 0,
+                what: "packed weight codes",
+                expected: n,
+                got: codes.len()
+            }
+        );
+    }
+    // Other arrays: per-channel multipliers, add biases, dense weights, LUT, mean.
+    let short = &tiny.aff_mult[..12];
+    let b = tiny.mutated(|p| {
+        if let Some(a) = &mut p.conv(0).requant.affine {
+            a.mult = I32s(short)
+        }
+    });
+    assert!(matches!(parse(&b), Err(Error::Length { layer: 0, .. })));
+    let b = tiny.mutated(|p| {
+        if let Layer::Add(a) = &mut p.layers[2] {
+            a.params.bias = I32s(&tiny.add_b[..15]);
+        }
+    });
+    assert!(matches!(parse(&b), Err(Error::Length { layer: 2, .. })));
+    let b = tiny.mutated(|p| {
+        if let Layer::Dense(d) = &mut p.layers[8] {
+            d.weights = DenseWeights::Int8 {
+                values: &tiny.d8_values[..11],
+                scale: F32s(&tiny.d8_scale),
+            };
+        }
+    });
+    assert!(matches!(parse(&b), Err(Error::Length { layer: 8, .. })));
+    let b = tiny.mutated(|p| p.input.lut = &tiny.lut[..767]);
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: u16::MAX,
+            ..
+        })
+    ));
+    let b = tiny.mutated(|p| p.input.mean = F32s(&tiny.mean[..8]));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: u16::MAX,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn shapes_do_not_chain() {
+    let tiny = Tiny::new();
+    // Conv output tensor with the wrong spatial size.
+    let b = tiny.mutated(|p| p.conv(0).stride = [2, 2]);
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::ShapeMismatch {
+            layer: 0,
+            what: "conv output",
+            expected: Shape::new(4, 2, 2),
+            got: Shape::new(4, 4, 4)
+        }
+    );
+    // Conv declaring other input channels than its input tensor has.
+    let b = tiny.mutated(|p| p.conv(1).in_channels = 2);
+    assert!(matches!(
+        parse(&b),
+        Err(Error::ShapeMismatch {
+            layer: 1,
+            what: "conv input",
+            ..
+        })
+    ));
+    // Add of tensors of different shapes.
+    let b = tiny.mutated(|p| {
+        if let Layer::Add(a) = &mut p.layers[2] {
+            a.b = 0;
+        }
+    });
+    assert!(matches!(
+        parse(&b),
+        Err(Error::ShapeMismatch { layer: 2, .. })
+    ));
+    // Pool, flatten, gap, dense outputs.
+    let b = tiny.mutated(|p| p.tensors[4] = t(4, 3, 3, q(0.1, 0, 4)));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::ShapeMismatch { layer: 3, .. })
+    ));
+    let b = tiny.mutated(|p| p.tensors[8] = t(2, 2, 1, q(0.1, 0, 4)));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::ShapeMismatch { layer: 7, .. })
+    ));
+    let b = tiny.mutated(|p| p.tensors[10] = t(4, 2, 1, DType::F32));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::ShapeMismatch { layer: 9, .. })
+    ));
+    // Input spec and input tensor disagree.
+    let b = tiny.mutated(|p| p.input.shape = Shape::new(3, 4, 5));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::ShapeMismatch {
+            layer: u16::MAX,
+            ..
+        })
+    ));
+    // Dense with the wrong number of weights for its input (a dense layer chains by length).
+    let b = tiny.mutated(|p| {
+        if let Layer::Dense(d) = &mut p.layers[10] {
+            d.input = 7; // 4 inputs as well: still valid
+        }
+    });
+    parse(&b).unwrap();
+    let b = tiny.mutated(|p| {
+        if let Layer::Dense(d) = &mut p.layers[10] {
+            d.input = 6; // 16 inputs, weights for 4
+        }
+    });
+    assert!(matches!(parse(&b), Err(Error::Length { layer: 10, .. })));
+    // Dtype mismatches: conv reading F32, pool changing dtype.
+    let b = tiny.mutated(|p| p.tensors[5] = t(4, 2, 2, q(0.2, 0, 4)));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::InvalidParam { layer: 4, .. })
+    ));
+}
+
+#[test]
+fn unknown_tensor_id() {
+    let tiny = Tiny::new();
+    let b = tiny.mutated(|p| p.conv(1).input = 12);
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::UnknownTensor {
+            layer: 1,
+            tensor: 12
+        }
+    );
+    let b = tiny.mutated(|p| p.conv(1).output = u16::MAX);
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::UnknownTensor {
+            layer: 1,
+            tensor: u16::MAX
+        }
+    );
+    let b = tiny.mutated(|p| p.output = 40);
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::UnknownTensor {
+            layer: u16::MAX,
+            tensor: 40
+        }
+    );
+    let b = tiny.mutated(|p| p.input.tensor = 1000);
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::UnknownTensor {
+            layer: u16::MAX,
+            tensor: 1000
+        }
+    );
+}
+
+#[test]
+fn read_before_write() {
+    let tiny = Tiny::new();
+    // Swap the two convs: conv1 reads tensor 1 before conv0 writes it.
+    let b = tiny.mutated(|p| p.layers.swap(0, 1));
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::Dataflow {
+            layer: 0,
+            tensor: 1,
+            what: "is read before it is written"
+        }
+    );
+    // A layer reading its own output.
+    let b = tiny.mutated(|p| {
+        if let Layer::Relu(u) = &mut p.layers[5] {
+            u.input = 6;
+        }
+    });
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Dataflow {
+            layer: 5,
+            tensor: 6,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn written_twice() {
+    let tiny = Tiny::new();
+    // The input tensor counts as written by the image.
+    let b = tiny.mutated(|p| {
+        p.conv(1).output = 0;
+    });
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Dataflow {
+            layer: 1,
+            tensor: 0,
+            what: "is written twice"
+        })
+    ));
+    let b = tiny.mutated(|p| {
+        let l = p.layers[9];
+        p.layers.push(l);
+    });
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::Dataflow {
+            layer: 11,
+            tensor: 10,
+            what: "is written twice"
+        }
+    );
+}
+
+#[test]
+fn overflowing_sizes() {
+    let tiny = Tiny::new();
+    // Elements overflow u32.
+    let b = tiny.mutated(|p| p.tensors[3] = t(u32::MAX, u32::MAX, 2, q(0.1, 0, 4)));
+    assert!(matches!(parse(&b), Err(Error::Overflow { .. })));
+    let b = tiny.mutated(|p| p.tensors[11] = t(65536, 65536, 1, DType::F32));
+    assert!(matches!(parse(&b), Err(Error::Overflow { .. })));
+    // Fits u32 elements but not four bytes each.
+    let b = tiny.mutated(|p| p.tensors[11] = t(1 << 30, 2, 1, DType::F32));
+    assert!(matches!(parse(&b), Err(Error::Overflow { .. })));
+    // Each tensor is fine, all of them together are not.
+    let b = tiny.mutated(|p| {
+        for _ in 0..5 {
+            p.tensors.push(t(1 << 28, 1, 1, DType::F32));
+        }
+    });
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::Overflow {
+            layer: u16::MAX,
+            what: "total tensor size"
+        }
+    );
+    // Huge conv dimensions: no wrapping arithmetic; the shapes no longer chain.
+    let b = tiny.mutated(|p| {
+        let c = p.conv(0);
+        c.kernel = [u16::MAX, u16::MAX];
+        c.padding = [u16::MAX, u16::MAX];
+    });
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::ShapeMismatch {
+            layer: 0,
+            what: "conv output",
+            expected: Shape::new(4, 65540, 65540),
+            got: Shape::new(4, 4, 4)
+        }
+    );
+    let b = tiny.mutated(|p| {
+        p.tensors[1] = t(u32::MAX / 16, 4, 4, q(0.1, 0, 4));
+    });
+    assert!(matches!(parse(&b), Err(Error::Overflow { .. })));
+    // Zero dimensions.
+    let b = tiny.mutated(|p| p.tensors[9] = t(3, 0, 1, DType::F32));
+    assert!(matches!(parse(&b), Err(Error::InvalidParam { .. })));
+    // Pool padding near u16::MAX (used to overflow a u16 multiplication).
+    let b = tiny.mutated(|p| {
+        if let Layer::MaxPool(m) = &mut p.layers[3] {
+            m.padding = [u16::MAX, u16::MAX];
+            m.kernel = [u16::MAX, u16::MAX];
+        }
+    });
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::InvalidParam {
+            layer: 3,
+            what: "pool padding (more than half the window)"
+        }
+    );
+    // Too many tensors.
+    let b = tiny.mutated(|p| {
+        while p.tensors.len() <= MAX_TENSORS {
+            p.tensors.push(t(1, 1, 1, DType::F32));
+        }
+    });
+    assert!(matches!(parse(&b), Err(Error::InvalidParam { .. })));
+}
+
+#[test]
+fn bad_output() {
+    let tiny = Tiny::new();
+    // Quantized output.
+    let b = tiny.mutated(|p| p.output = 8);
+    assert_eq!(parse(&b).unwrap_err(), Error::BadOutput);
+    // Output never written.
+    let b = tiny.mutated(|p| {
+        p.tensors.push(t(3, 1, 1, DType::F32));
+        p.output = 12;
+    });
+    assert_eq!(parse(&b).unwrap_err(), Error::BadOutput);
+    // Output is the input tensor.
+    let b = tiny.mutated(|p| {
+        p.tensors[0] = t(3, 4, 4, DType::F32);
+        p.input.lut = &[];
+        p.layers.clear();
+        p.output = 0;
+    });
+    assert_eq!(parse(&b).unwrap_err(), Error::BadOutput);
+    // Output not [C, 1, 1].
+    let b = tiny.mutated(|p| {
+        p.tensors[0] = t(3, 4, 4, DType::F32);
+        p.tensors[11] = t(3, 4, 4, DType::F32);
+        p.input.lut = &[];
+        p.layers = vec![Layer::Relu(Unary {
+            input: 0,
+            output: 11,
+        })];
+    });
+    assert_eq!(parse(&b).unwrap_err(), Error::BadOutput);
+    // Class names that do not match the logits.
+    let b = tiny.mutated(|p| p.input.classes = "cat\ndog");
+    assert!(matches!(parse(&b), Err(Error::InvalidParam { .. })));
+}
+
+#[test]
+fn avgpool_padding_on_sign_tensor() {
+    let tiny = Tiny::new();
+    let dense = tiny.parts().layers[10];
+    let s = q(0.1, 0, 1);
+    let with_pool = |kernel: [u16; 2], padding: [u16; 2]| {
+        tiny.mutated(|p| {
+            // conv0 without ReLU into a 1-bit tensor, max pool, average pool, GAP, dense.
+            if let Some(a) = &mut p.conv(0).requant.affine {
+                a.relu = false;
+            }
+            p.tensors[1] = t(4, 4, 4, s);
+            p.tensors[4] = t(4, 2, 2, s);
+            p.tensors[5] = t(4, 2, 2, s);
+            p.layers = vec![
+                p.layers[0],
+                Layer::MaxPool(Pool {
+                    input: 1,
+                    output: 4,
+                    kernel: [2, 2],
+                    stride: [2, 2],
+                    padding: [0, 0],
+                }),
+                Layer::AvgPool(Pool {
+                    input: 4,
+                    output: 5,
+                    kernel,
+                    stride: [1, 1],
+                    padding,
+                }),
+                Layer::GlobalAvgPool(Unary {
+                    input: 5,
+                    output: 10,
+                }),
+                dense,
+            ];
+        })
+    };
+    parse(&with_pool([1, 1], [0, 0])).unwrap();
+    assert_eq!(
+        parse(&with_pool([3, 3], [1, 1])).unwrap_err(),
+        Error::InvalidParam {
+            layer: 2,
+            what: "average pool padding on a 1-bit (sign) tensor"
+        }
+    );
+}

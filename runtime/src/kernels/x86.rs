@@ -21,8 +21,8 @@
 //! | bit-serial | W{1,2,4} x A{2,4,8} | [`bitserial_avx512`], [`bitserial_avx2`] | [`bits_prepare`] |
 //!
 //! The popcount families read activations as bit planes over channels, produced per call by
-//! [`pack_planes`] into a scratch region of [`planes_len`] bytes:
-//! `u64 [h][w][g][words][ab]`, `words = ceil(cin_g / 64)`, channel `i` of the group at bit
+//! [`pack_planes`] into a scratch region of [`planes_len`] `u64`s:
+//! `u64 [h][w][g][ab][words]`, `words = ceil(cin_g / 64)`, channel `i` of the group at bit
 //! `i % 64` of word `i / 64`, bits past `cin_g` zero.
 //!
 //! Prepared weights and planes are plain byte regions (arena slices, any alignment).
@@ -250,6 +250,17 @@ impl Features {
     }
 }
 
+/// Output rows `y0..y1` a kernel call computes; `acc` starts at row `y0`.
+pub type Rows = (usize, usize);
+
+fn check_rows(g: &Geom, (y0, y1): Rows) -> Result<(), KernelError> {
+    if y0 <= y1 && y1 <= g.oh() {
+        Ok(())
+    } else {
+        Err(KernelError::Geometry)
+    }
+}
+
 fn need(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
     if got < expected {
         Err(KernelError::Length {
@@ -323,11 +334,22 @@ pub fn a8_prepare(codes: &[u8], g: &Geom, out: &mut [u8]) -> Result<(), KernelEr
     Ok(())
 }
 
-fn a8_check(g: &Geom, prepared: &[u8], input: &[u8], acc: &[i32]) -> Result<(), KernelError> {
+fn a8_check(
+    g: &Geom,
+    prepared: &[u8],
+    input: &[u8],
+    rows: Rows,
+    acc: &[i32],
+) -> Result<(), KernelError> {
     g.check()?;
+    check_rows(g, rows)?;
     need("prepared weights", a8_prepared_len(g), prepared.len())?;
     need("input", g.input_len(), input.len())?;
-    need("accumulators", g.acc_len(), acc.len())
+    need(
+        "accumulators",
+        (rows.1 - rows.0) * g.ow() * g.out_c,
+        acc.len(),
+    )
 }
 
 /// Reads four activation bytes at `p`, only the first `n` of them (the rest zero).
@@ -343,15 +365,15 @@ unsafe fn load4(p: *const u8, n: usize) -> i32 {
     i32::from_le_bytes(b)
 }
 
-/// Pixel tiles: `f(first, count)` over `0..n` in steps of `P`, the tail one by one.
+/// Pixel tiles: `f(start, count)` over `first..end` in steps of `P`, the tail one by one.
 #[inline(always)]
-fn tiles<const P: usize>(n: usize, mut f: impl FnMut(usize, usize)) {
-    let mut p = 0;
-    while p + P <= n {
+fn tiles<const P: usize>(first: usize, end: usize, mut f: impl FnMut(usize, usize)) {
+    let mut p = first;
+    while p + P <= end {
         f(p, P);
         p += P;
     }
-    while p < n {
+    while p < end {
         f(p, 1);
         p += 1;
     }
@@ -371,23 +393,24 @@ pub fn a8_avx512vnni(
     g: &Geom,
     prepared: &[u8],
     input: &[u8],
+    rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
-    a8_check(g, prepared, input, acc)?;
+    a8_check(g, prepared, input, rows, acc)?;
     if !Features::detect().avx512vnni {
         return Err(KernelError::Unsupported);
     }
     // SAFETY: feature checked just above; slice lengths checked by `a8_check`.
-    unsafe { a8_avx512_impl(g, prepared, input, acc) };
+    unsafe { a8_avx512_impl(g, prepared, input, rows, acc) };
     Ok(())
 }
 
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VNNI and the slices passed [`a8_check`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn a8_avx512_impl(g: &Geom, prepared: &[u8], input: &[u8], acc: &mut [i32]) {
-    debug_assert!(a8_check(g, prepared, input, acc).is_ok());
-    let npix = g.oh() * g.ow();
+unsafe fn a8_avx512_impl(g: &Geom, prepared: &[u8], input: &[u8], rows: Rows, acc: &mut [i32]) {
+    debug_assert!(a8_check(g, prepared, input, rows, acc).is_ok());
+    let (first, end) = (rows.0 * g.ow(), rows.1 * g.ow());
     let nblk = g.cout_g().div_ceil(16);
     let bb = a8_block_bytes(g);
     for gi in 0..g.groups {
@@ -395,18 +418,18 @@ unsafe fn a8_avx512_impl(g: &Geom, prepared: &[u8], input: &[u8], acc: &mut [i32
         while b0 < nblk {
             let nb = (nblk - b0).min(4);
             let w = prepared[(gi * nblk + b0) * bb..].as_ptr();
-            tiles::<6>(npix, |p0, np| {
+            tiles::<6>(first, end, |p0, np| {
                 // SAFETY: same preconditions as this function; the tile lies inside `acc`.
                 unsafe {
                     match (nb, np) {
-                        (4, 6) => a8_tile_512::<4, 6>(g, gi, b0, p0, w, input, acc),
-                        (3, 6) => a8_tile_512::<3, 6>(g, gi, b0, p0, w, input, acc),
-                        (2, 6) => a8_tile_512::<2, 6>(g, gi, b0, p0, w, input, acc),
-                        (1, 6) => a8_tile_512::<1, 6>(g, gi, b0, p0, w, input, acc),
-                        (4, _) => a8_tile_512::<4, 1>(g, gi, b0, p0, w, input, acc),
-                        (3, _) => a8_tile_512::<3, 1>(g, gi, b0, p0, w, input, acc),
-                        (2, _) => a8_tile_512::<2, 1>(g, gi, b0, p0, w, input, acc),
-                        _ => a8_tile_512::<1, 1>(g, gi, b0, p0, w, input, acc),
+                        (4, 6) => a8_tile_512::<4, 6>(g, gi, b0, first, p0, w, input, acc),
+                        (3, 6) => a8_tile_512::<3, 6>(g, gi, b0, first, p0, w, input, acc),
+                        (2, 6) => a8_tile_512::<2, 6>(g, gi, b0, first, p0, w, input, acc),
+                        (1, 6) => a8_tile_512::<1, 6>(g, gi, b0, first, p0, w, input, acc),
+                        (4, _) => a8_tile_512::<4, 1>(g, gi, b0, first, p0, w, input, acc),
+                        (3, _) => a8_tile_512::<3, 1>(g, gi, b0, first, p0, w, input, acc),
+                        (2, _) => a8_tile_512::<2, 1>(g, gi, b0, first, p0, w, input, acc),
+                        _ => a8_tile_512::<1, 1>(g, gi, b0, first, p0, w, input, acc),
                     }
                 }
             });
@@ -425,6 +448,7 @@ unsafe fn a8_tile_512<const NB: usize, const P: usize>(
     g: &Geom,
     gi: usize,
     b0: usize,
+    first: usize,
     p0: usize,
     w: *const u8,
     input: &[u8],
@@ -473,7 +497,7 @@ unsafe fn a8_tile_512<const NB: usize, const P: usize>(
         }
     }
     for j in 0..P {
-        let row = (p0 + j) * g.out_c + gi * cout;
+        let row = (p0 + j - first) * g.out_c + gi * cout;
         for b in 0..NB {
             let o0 = (b0 + b) * 16;
             let n = (cout - o0).min(16);
@@ -492,35 +516,36 @@ pub fn a8_avx2(
     g: &Geom,
     prepared: &[u8],
     input: &[u8],
+    rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
-    a8_check(g, prepared, input, acc)?;
+    a8_check(g, prepared, input, rows, acc)?;
     if !Features::detect().avx2 {
         return Err(KernelError::Unsupported);
     }
     // SAFETY: feature checked just above; slice lengths checked by `a8_check`.
-    unsafe { a8_avx2_impl(g, prepared, input, acc) };
+    unsafe { a8_avx2_impl(g, prepared, input, rows, acc) };
     Ok(())
 }
 
 /// # Safety
 /// The CPU supports AVX2 and the slices passed [`a8_check`].
 #[target_feature(enable = "avx2")]
-unsafe fn a8_avx2_impl(g: &Geom, prepared: &[u8], input: &[u8], acc: &mut [i32]) {
-    debug_assert!(a8_check(g, prepared, input, acc).is_ok());
-    let npix = g.oh() * g.ow();
+unsafe fn a8_avx2_impl(g: &Geom, prepared: &[u8], input: &[u8], rows: Rows, acc: &mut [i32]) {
+    debug_assert!(a8_check(g, prepared, input, rows, acc).is_ok());
+    let (first, end) = (rows.0 * g.ow(), rows.1 * g.ow());
     let nblk = g.cout_g().div_ceil(16);
     let bb = a8_block_bytes(g);
     for gi in 0..g.groups {
         for b0 in 0..nblk {
             let w = prepared[(gi * nblk + b0) * bb..].as_ptr();
-            tiles::<4>(npix, |p0, np| {
+            tiles::<4>(first, end, |p0, np| {
                 // SAFETY: same preconditions as this function; the tile lies inside `acc`.
                 unsafe {
                     if np == 4 {
-                        a8_tile_avx2::<4>(g, gi, b0, p0, w, input, acc)
+                        a8_tile_avx2::<4>(g, gi, b0, first, p0, w, input, acc)
                     } else {
-                        a8_tile_avx2::<1>(g, gi, b0, p0, w, input, acc)
+                        a8_tile_avx2::<1>(g, gi, b0, first, p0, w, input, acc)
                     }
                 }
             });
@@ -538,6 +563,7 @@ unsafe fn a8_tile_avx2<const P: usize>(
     g: &Geom,
     gi: usize,
     b0: usize,
+    first: usize,
     p0: usize,
     w: *const u8,
     input: &[u8],
@@ -622,7 +648,7 @@ unsafe fn a8_tile_avx2<const P: usize>(
     let o0 = b0 * 16;
     let n = (cout - o0).min(16);
     for j in 0..P {
-        let row = (p0 + j) * g.out_c + gi * cout + o0;
+        let row = (p0 + j - first) * g.out_c + gi * cout + o0;
         let mut t = [0i32; 16];
         // SAFETY: `t` holds 16 i32 (two 32-byte stores).
         unsafe {
@@ -642,9 +668,9 @@ fn words(g: &Geom) -> usize {
     g.cin_g().div_ceil(64)
 }
 
-/// Bytes of the activation planes [`pack_planes`] writes for `abits`-bit codes.
+/// `u64` words of the activation planes [`pack_planes`] writes for `abits`-bit codes.
 pub fn planes_len(g: &Geom, abits: u8) -> usize {
-    g.h * g.w * g.groups * words(g) * abits as usize * 8
+    g.h * g.w * g.groups * words(g) * abits as usize
 }
 
 /// `u64`s of one block of 8 output channels in the bit layout.
@@ -689,13 +715,13 @@ pub fn bits_prepare(codes: &[u8], g: &Geom, out: &mut [u8]) -> Result<(), Kernel
     Ok(())
 }
 
-/// Packs the padded `u8` input into bit planes `u64 [h][w][g][words][abits]` (bit `r` of each
+/// Packs the padded `u8` input into bit planes `u64 [h][w][g][abits][words]` (bit `r` of each
 /// code; bits above `abits` are ignored). Uses AVX2 `vpmovmskb` where available.
 pub fn pack_planes(
     g: &Geom,
     abits: u8,
     input: &[u8],
-    planes: &mut [u8],
+    planes: &mut [u64],
 ) -> Result<(), KernelError> {
     g.check()?;
     if !matches!(abits, 1 | 2 | 4 | 8) {
@@ -722,11 +748,11 @@ pub fn pack_planes(
                 } else {
                     planes_of_chunk(&chunk, &mut w);
                 }
-                for &v in &w[..ab] {
-                    planes[at..at + 8].copy_from_slice(&v.to_le_bytes());
-                    at += 8;
+                for (r, &v) in w[..ab].iter().enumerate() {
+                    planes[at + r * nw + wd] = v;
                 }
             }
+            at += ab * nw;
         }
     }
     Ok(())
@@ -774,13 +800,19 @@ fn bits_check(
     g: &Geom,
     abits: u8,
     prepared: &[u8],
-    planes: &[u8],
+    planes: &[u64],
+    rows: Rows,
     acc: &[i32],
 ) -> Result<(), KernelError> {
     g.check()?;
+    check_rows(g, rows)?;
     need("prepared weights", bits_prepared_len(g), prepared.len())?;
     need("activation planes", planes_len(g, abits), planes.len())?;
-    need("accumulators", g.acc_len(), acc.len())
+    need(
+        "accumulators",
+        (rows.1 - rows.0) * g.ow() * g.out_c,
+        acc.len(),
+    )
 }
 
 /// Where a tile of the popcount kernels reads and writes.
@@ -790,14 +822,16 @@ struct BitTile<'a> {
     gi: usize,
     /// First 8-channel block of the tile.
     b0: usize,
-    /// First output pixel.
+    /// First output pixel of the tile.
     p0: usize,
+    /// The output pixel `acc` starts at.
+    first: usize,
     /// Activation bits.
     ab: usize,
     /// Prepared weights (u64 words, any alignment).
     w: *const u8,
-    /// Activation planes (u64 words, any alignment).
-    x: *const u8,
+    /// Activation planes.
+    x: *const u64,
 }
 
 impl BitTile<'_> {
@@ -830,8 +864,8 @@ impl BitTile<'_> {
                 let t = base + self.tap(ky, kx);
                 for i in 0..nw * ab {
                     // SAFETY: the window's words are inside the planes (caller).
-                    let v = unsafe { (self.x.add((t + i) * 8) as *const u64).read_unaligned() };
-                    s += (v.count_ones() as i64) << (i % ab);
+                    let v = unsafe { self.x.add(t + i).read() };
+                    s += (v.count_ones() as i64) << (i / nw);
                 }
             }
         }
@@ -845,7 +879,7 @@ impl BitTile<'_> {
         let cout = g.cout_g();
         let o0 = (self.b0 + b) * 8;
         let n = (cout - o0).min(8);
-        let row = (self.p0 + j) * g.out_c + self.gi * cout + o0;
+        let row = (self.p0 + j - self.first) * g.out_c + self.gi * cout + o0;
         let kvalid = (g.kh * g.kw * g.cin_g()) as i64;
         let wmax = (1i64 << g.wbits) - 1;
         for (o, &v) in t[..n].iter().enumerate() {
@@ -862,18 +896,19 @@ impl BitTile<'_> {
 pub fn xnor_avx512(
     g: &Geom,
     prepared: &[u8],
-    planes: &[u8],
+    planes: &[u64],
+    rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
     if g.wbits != 1 {
         return Err(KernelError::Bits);
     }
-    bits_check(g, 1, prepared, planes, acc)?;
+    bits_check(g, 1, prepared, planes, rows, acc)?;
     if !Features::detect().avx512popcnt {
         return Err(KernelError::Unsupported);
     }
     // SAFETY: feature and lengths checked above.
-    unsafe { bits_avx512_impl::<true>(g, 1, prepared, planes, acc) };
+    unsafe { bits_avx512_impl::<true>(g, 1, prepared, planes, rows, acc) };
     Ok(())
 }
 
@@ -883,18 +918,19 @@ pub fn bitserial_avx512(
     g: &Geom,
     abits: u8,
     prepared: &[u8],
-    planes: &[u8],
+    planes: &[u64],
+    rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
     if !matches!(abits, 2 | 4 | 8) {
         return Err(KernelError::Bits);
     }
-    bits_check(g, abits, prepared, planes, acc)?;
+    bits_check(g, abits, prepared, planes, rows, acc)?;
     if !Features::detect().avx512popcnt {
         return Err(KernelError::Unsupported);
     }
     // SAFETY: feature and lengths checked above.
-    unsafe { bits_avx512_impl::<false>(g, abits, prepared, planes, acc) };
+    unsafe { bits_avx512_impl::<false>(g, abits, prepared, planes, rows, acc) };
     Ok(())
 }
 
@@ -905,11 +941,12 @@ unsafe fn bits_avx512_impl<const XNOR: bool>(
     g: &Geom,
     abits: u8,
     prepared: &[u8],
-    planes: &[u8],
+    planes: &[u64],
+    rows: Rows,
     acc: &mut [i32],
 ) {
-    debug_assert!(bits_check(g, abits, prepared, planes, acc).is_ok());
-    let npix = g.oh() * g.ow();
+    debug_assert!(bits_check(g, abits, prepared, planes, rows, acc).is_ok());
+    let (first, end) = (rows.0 * g.ow(), rows.1 * g.ow());
     let nblk = g.cout_g().div_ceil(8);
     let bw = bits_block_words(g);
     for gi in 0..g.groups {
@@ -917,12 +954,13 @@ unsafe fn bits_avx512_impl<const XNOR: bool>(
         while b0 < nblk {
             let nb = (nblk - b0).min(4);
             let w = prepared[(gi * nblk + b0) * bw * 8..].as_ptr();
-            tiles::<6>(npix, |p0, np| {
+            tiles::<6>(first, end, |p0, np| {
                 let t = BitTile {
                     g,
                     gi,
                     b0,
                     p0,
+                    first,
                     ab: abits as usize,
                     w,
                     x: planes.as_ptr(),
@@ -984,10 +1022,7 @@ unsafe fn bits_tile_512<const XNOR: bool, const NB: usize, const P: usize>(
                     }
                     for j in 0..P {
                         // SAFETY: word `wd`, plane `r` of an input pixel inside the planes.
-                        let a = unsafe {
-                            (t.x.add((base[j] + tap + wd * ab + r) * 8) as *const i64)
-                                .read_unaligned()
-                        };
+                        let a = unsafe { t.x.add(base[j] + tap + r * nw + wd).read() as i64 };
                         let av = _mm512_set1_epi64(a);
                         for b in 0..NB {
                             let m = if XNOR {
@@ -1024,18 +1059,19 @@ unsafe fn bits_tile_512<const XNOR: bool, const NB: usize, const P: usize>(
 pub fn xnor_avx2(
     g: &Geom,
     prepared: &[u8],
-    planes: &[u8],
+    planes: &[u64],
+    rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
     if g.wbits != 1 {
         return Err(KernelError::Bits);
     }
-    bits_check(g, 1, prepared, planes, acc)?;
+    bits_check(g, 1, prepared, planes, rows, acc)?;
     if !Features::detect().avx2 {
         return Err(KernelError::Unsupported);
     }
     // SAFETY: feature and lengths checked above.
-    unsafe { bits_avx2_impl::<true>(g, 1, prepared, planes, acc) };
+    unsafe { bits_avx2_impl::<true>(g, 1, prepared, planes, rows, acc) };
     Ok(())
 }
 
@@ -1044,18 +1080,19 @@ pub fn bitserial_avx2(
     g: &Geom,
     abits: u8,
     prepared: &[u8],
-    planes: &[u8],
+    planes: &[u64],
+    rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
     if !matches!(abits, 2 | 4 | 8) {
         return Err(KernelError::Bits);
     }
-    bits_check(g, abits, prepared, planes, acc)?;
+    bits_check(g, abits, prepared, planes, rows, acc)?;
     if !Features::detect().avx2 {
         return Err(KernelError::Unsupported);
     }
     // SAFETY: feature and lengths checked above.
-    unsafe { bits_avx2_impl::<false>(g, abits, prepared, planes, acc) };
+    unsafe { bits_avx2_impl::<false>(g, abits, prepared, planes, rows, acc) };
     Ok(())
 }
 
@@ -1066,11 +1103,12 @@ unsafe fn bits_avx2_impl<const XNOR: bool>(
     g: &Geom,
     abits: u8,
     prepared: &[u8],
-    planes: &[u8],
+    planes: &[u64],
+    rows: Rows,
     acc: &mut [i32],
 ) {
-    debug_assert!(bits_check(g, abits, prepared, planes, acc).is_ok());
-    let npix = g.oh() * g.ow();
+    debug_assert!(bits_check(g, abits, prepared, planes, rows, acc).is_ok());
+    let (first, end) = (rows.0 * g.ow(), rows.1 * g.ow());
     let nblk = g.cout_g().div_ceil(8);
     let bw = bits_block_words(g);
     for gi in 0..g.groups {
@@ -1078,12 +1116,13 @@ unsafe fn bits_avx2_impl<const XNOR: bool>(
         while b0 < nblk {
             let nb = (nblk - b0).min(2);
             let w = prepared[(gi * nblk + b0) * bw * 8..].as_ptr();
-            tiles::<3>(npix, |p0, np| {
+            tiles::<3>(first, end, |p0, np| {
                 let t = BitTile {
                     g,
                     gi,
                     b0,
                     p0,
+                    first,
                     ab: abits as usize,
                     w,
                     x: planes.as_ptr(),
@@ -1166,9 +1205,7 @@ unsafe fn bits_tile_avx2<const XNOR: bool, const NB: usize, const P: usize>(
                 };
                 for j in 0..P {
                     // SAFETY: word `wd`, plane `r` of an input pixel inside the planes.
-                    let a = unsafe {
-                        (t.x.add((base[j] + toff + wd * ab + r) * 8) as *const i64).read_unaligned()
-                    };
+                    let a = unsafe { t.x.add(base[j] + toff + r * nw + wd).read() as i64 };
                     let av = _mm256_set1_epi64x(a);
                     let (m0, m1) = if XNOR {
                         (_mm256_xor_si256(av, w0), _mm256_xor_si256(av, w1))
@@ -1261,6 +1298,19 @@ mod tests {
         abits: u8,
         codes: Vec<u8>,
         input: Vec<u8>,
+        rows: Rows,
+    }
+
+    impl Case {
+        /// The reference accumulators of the case's rows.
+        fn want(&self, sign: bool) -> Vec<i32> {
+            let all = reference(&self.g, &self.codes, &self.input, sign);
+            let row = self.g.ow() * self.g.out_c;
+            all[self.rows.0 * row..self.rows.1 * row].to_vec()
+        }
+        fn acc_len(&self) -> usize {
+            (self.rows.1 - self.rows.0) * self.g.ow() * self.g.out_c
+        }
     }
 
     fn case(
@@ -1323,11 +1373,20 @@ mod tests {
                             _ => (next() % (top as u64 + 1)) as u8,
                         })
                         .collect();
+                    // Half the cases run all rows, the others a random range (maybe empty).
+                    let oh = g.oh();
+                    let rows = if next() % 2 == 0 {
+                        (0, oh)
+                    } else {
+                        let y0 = (next() % (oh as u64 + 1)) as usize;
+                        (y0, y0 + (next() % ((oh - y0) as u64 + 1)) as usize)
+                    };
                     Case {
                         g,
                         abits,
                         codes,
                         input,
+                        rows,
                     }
                 },
             )
@@ -1345,14 +1404,14 @@ mod tests {
         let mut w = vec![0xa5u8; a8_prepared_len(&c.g) + 3];
         a8_prepare(&c.codes, &c.g, &mut w).unwrap();
         // Guard values past the accumulator must survive.
-        let mut acc = vec![i32::MIN; c.g.acc_len() + 5];
+        let mut acc = vec![i32::MIN; c.acc_len() + 5];
         if avx512 {
-            a8_avx512vnni(&c.g, &w, &c.input, &mut acc).unwrap();
+            a8_avx512vnni(&c.g, &w, &c.input, c.rows, &mut acc).unwrap();
         } else {
-            a8_avx2(&c.g, &w, &c.input, &mut acc).unwrap();
+            a8_avx2(&c.g, &w, &c.input, c.rows, &mut acc).unwrap();
         }
-        assert!(acc[c.g.acc_len()..].iter().all(|&v| v == i32::MIN));
-        acc.truncate(c.g.acc_len());
+        assert!(acc[c.acc_len()..].iter().all(|&v| v == i32::MIN));
+        acc.truncate(c.acc_len());
         Some(acc)
     }
 
@@ -1363,18 +1422,20 @@ mod tests {
         }
         let mut w = vec![0x5au8; bits_prepared_len(&c.g) + 1];
         bits_prepare(&c.codes, &c.g, &mut w).unwrap();
-        let mut planes = vec![0xffu8; planes_len(&c.g, c.abits) + 7];
+        let mut planes = vec![u64::MAX; planes_len(&c.g, c.abits) + 7];
         pack_planes(&c.g, c.abits, &c.input, &mut planes).unwrap();
-        let mut acc = vec![i32::MIN; c.g.acc_len() + 5];
+        let mut acc = vec![i32::MIN; c.acc_len() + 5];
         let xnor = c.abits == 1;
         match (xnor, avx512) {
-            (true, true) => xnor_avx512(&c.g, &w, &planes, &mut acc).unwrap(),
-            (true, false) => xnor_avx2(&c.g, &w, &planes, &mut acc).unwrap(),
-            (false, true) => bitserial_avx512(&c.g, c.abits, &w, &planes, &mut acc).unwrap(),
-            (false, false) => bitserial_avx2(&c.g, c.abits, &w, &planes, &mut acc).unwrap(),
+            (true, true) => xnor_avx512(&c.g, &w, &planes, c.rows, &mut acc).unwrap(),
+            (true, false) => xnor_avx2(&c.g, &w, &planes, c.rows, &mut acc).unwrap(),
+            (false, true) => {
+                bitserial_avx512(&c.g, c.abits, &w, &planes, c.rows, &mut acc).unwrap()
+            }
+            (false, false) => bitserial_avx2(&c.g, c.abits, &w, &planes, c.rows, &mut acc).unwrap(),
         }
-        assert!(acc[c.g.acc_len()..].iter().all(|&v| v == i32::MIN));
-        acc.truncate(c.g.acc_len());
+        assert!(acc[c.acc_len()..].iter().all(|&v| v == i32::MIN));
+        acc.truncate(c.acc_len());
         Some(acc)
     }
 
@@ -1384,7 +1445,7 @@ mod tests {
         #[test]
         fn a8_avx2_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![2u8, 4, 8]))) {
             match run_a8(&c, false) {
-                Some(acc) => prop_assert_eq!(acc, reference(&c.g, &c.codes, &c.input, false)),
+                Some(acc) => prop_assert_eq!(acc, c.want(false)),
                 None => skipped("a8_avx2"),
             }
         }
@@ -1392,7 +1453,7 @@ mod tests {
         #[test]
         fn a8_avx512vnni_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![2u8, 4, 8]))) {
             match run_a8(&c, true) {
-                Some(acc) => prop_assert_eq!(acc, reference(&c.g, &c.codes, &c.input, false)),
+                Some(acc) => prop_assert_eq!(acc, c.want(false)),
                 None => skipped("a8_avx512vnni"),
             }
         }
@@ -1400,7 +1461,7 @@ mod tests {
         #[test]
         fn xnor_avx2_matches_reference(c in case(Just(1u8), Just(1u8))) {
             match run_bits(&c, false) {
-                Some(acc) => prop_assert_eq!(acc, reference(&c.g, &c.codes, &c.input, true)),
+                Some(acc) => prop_assert_eq!(acc, c.want(true)),
                 None => skipped("xnor_avx2"),
             }
         }
@@ -1408,7 +1469,7 @@ mod tests {
         #[test]
         fn xnor_avx512_matches_reference(c in case(Just(1u8), Just(1u8))) {
             match run_bits(&c, true) {
-                Some(acc) => prop_assert_eq!(acc, reference(&c.g, &c.codes, &c.input, true)),
+                Some(acc) => prop_assert_eq!(acc, c.want(true)),
                 None => skipped("xnor_avx512"),
             }
         }
@@ -1416,7 +1477,7 @@ mod tests {
         #[test]
         fn bitserial_avx2_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![2u8, 4, 8]))) {
             match run_bits(&c, false) {
-                Some(acc) => prop_assert_eq!(acc, reference(&c.g, &c.codes, &c.input, false)),
+                Some(acc) => prop_assert_eq!(acc, c.want(false)),
                 None => skipped("bitserial_avx2"),
             }
         }
@@ -1424,7 +1485,7 @@ mod tests {
         #[test]
         fn bitserial_avx512_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![2u8, 4, 8]))) {
             match run_bits(&c, true) {
-                Some(acc) => prop_assert_eq!(acc, reference(&c.g, &c.codes, &c.input, false)),
+                Some(acc) => prop_assert_eq!(acc, c.want(false)),
                 None => skipped("bitserial_avx512"),
             }
         }
@@ -1479,6 +1540,7 @@ mod tests {
                 abits: 8,
                 codes,
                 input: vec![255; g.input_len()],
+                rows: (0, 1),
             };
             let want = reference(&g, &c.codes, &c.input, false);
             assert_eq!(
@@ -1517,11 +1579,11 @@ mod tests {
         let mut acc = [0i32; 3];
         let w = vec![0u8; a8_prepared_len(&g)];
         assert!(matches!(
-            a8_avx2(&g, &w, &[0; 16], &mut acc),
+            a8_avx2(&g, &w, &[0; 16], (0, 2), &mut acc),
             Err(KernelError::Length { .. })
         ));
         assert_eq!(
-            bitserial_avx2(&g, 1, &[], &[], &mut []),
+            bitserial_avx2(&g, 1, &[], &[], (0, 0), &mut []),
             Err(KernelError::Bits)
         );
     }

@@ -44,6 +44,10 @@
 use core::arch::x86_64::*;
 use core::fmt;
 
+use slb_format::Conv;
+
+use super::{Algo, ConvKernel, ConvShape, KernelKind, Run};
+
 /// Geometry of one convolution as the kernels see it (batch 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geom {
@@ -86,7 +90,8 @@ impl Geom {
     pub fn cout_g(&self) -> usize {
         self.out_c / self.groups
     }
-    /// Length of the accumulator slice a kernel writes (`oh * ow * out_c`).
+    /// Length of the accumulators of all output rows (`oh * ow * out_c`).
+    #[cfg(test)]
     pub fn acc_len(&self) -> usize {
         self.oh() * self.ow() * self.out_c
     }
@@ -443,6 +448,7 @@ unsafe fn a8_avx512_impl(g: &Geom, prepared: &[u8], input: &[u8], rows: Rows, ac
 /// # Safety
 /// AVX-512 F/BW/VNNI present; `w` points at block `b0` of group `gi` inside checked prepared
 /// weights with at least `NB` blocks left; pixels `p0 .. p0 + P` exist.
+#[allow(clippy::too_many_arguments)] // the tile's coordinates, kept in registers
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn a8_tile_512<const NB: usize, const P: usize>(
     g: &Geom,
@@ -558,6 +564,7 @@ unsafe fn a8_avx2_impl(g: &Geom, prepared: &[u8], input: &[u8], rows: Rows, acc:
 /// # Safety
 /// AVX2 present; `w` points at block `b0` of group `gi` inside checked prepared weights;
 /// pixels `p0 .. p0 + P` exist.
+#[allow(clippy::too_many_arguments)] // the tile's coordinates, kept in registers
 #[target_feature(enable = "avx2")]
 unsafe fn a8_tile_avx2<const P: usize>(
     g: &Geom,
@@ -717,6 +724,7 @@ pub fn bits_prepare(codes: &[u8], g: &Geom, out: &mut [u8]) -> Result<(), Kernel
 
 /// Packs the padded `u8` input into bit planes `u64 [h][w][g][abits][words]` (bit `r` of each
 /// code; bits above `abits` are ignored). Uses AVX2 `vpmovmskb` where available.
+#[cfg(test)]
 pub fn pack_planes(
     g: &Geom,
     abits: u8,
@@ -758,6 +766,7 @@ pub fn pack_planes(
     Ok(())
 }
 
+#[cfg(test)]
 /// Scalar twin of [`planes_of_chunk_avx2`]: `w[r]` = bit `r` of the 64 codes.
 fn planes_of_chunk(chunk: &[u8; 64], w: &mut [u64; 8]) {
     *w = [0; 8];
@@ -770,6 +779,7 @@ fn planes_of_chunk(chunk: &[u8; 64], w: &mut [u64; 8]) {
 
 /// # Safety
 /// The CPU supports AVX2.
+#[cfg(test)]
 #[target_feature(enable = "avx2")]
 unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
     // SAFETY: `chunk` holds 64 bytes: two 32-byte loads.
@@ -912,8 +922,9 @@ pub fn xnor_avx512(
     Ok(())
 }
 
-/// Bit-serial `W{1,2,4} x A{2,4,8}` convolution with AVX-512 `vpandq` + `vpopcntq`:
-/// `sum num*q = sum_{p,r} 2^(p+r+1) popcount(w_p & a_r) - (2^wb - 1) sum q`.
+/// Bit-serial `W{1,2,4} x A{1,2,4,8}` convolution with AVX-512 `vpandq` + `vpopcntq`:
+/// `sum num*q = sum_{p,r} 2^(p+r+1) popcount(w_p & a_r) - (2^wb - 1) sum q` (with 1-bit
+/// activations this is the unsigned `sum num*q`, not the sign convention).
 pub fn bitserial_avx512(
     g: &Geom,
     abits: u8,
@@ -922,7 +933,7 @@ pub fn bitserial_avx512(
     rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
-    if !matches!(abits, 2 | 4 | 8) {
+    if !matches!(abits, 1 | 2 | 4 | 8) {
         return Err(KernelError::Bits);
     }
     bits_check(g, abits, prepared, planes, rows, acc)?;
@@ -1075,7 +1086,8 @@ pub fn xnor_avx2(
     Ok(())
 }
 
-/// Bit-serial `W{1,2,4} x A{2,4,8}` convolution with AVX2 (AND and a `vpshufb` popcount).
+/// Bit-serial `W{1,2,4} x A{1,2,4,8}` convolution with AVX2 (AND and a `vpshufb` popcount);
+/// same arithmetic as [`bitserial_avx512`].
 pub fn bitserial_avx2(
     g: &Geom,
     abits: u8,
@@ -1084,7 +1096,7 @@ pub fn bitserial_avx2(
     rows: Rows,
     acc: &mut [i32],
 ) -> Result<(), KernelError> {
-    if !matches!(abits, 2 | 4 | 8) {
+    if !matches!(abits, 1 | 2 | 4 | 8) {
         return Err(KernelError::Bits);
     }
     bits_check(g, abits, prepared, planes, rows, acc)?;
@@ -1256,6 +1268,196 @@ unsafe fn bits_tile_avx2<const XNOR: bool, const NB: usize, const P: usize>(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// dispatch glue (kernels/CONTRACT.md)
+// ---------------------------------------------------------------------------------------------
+
+impl Geom {
+    /// The kernel geometry of the driver's shape.
+    pub(crate) fn of(s: &ConvShape) -> Geom {
+        Geom {
+            h: s.hp,
+            w: s.wp,
+            c: s.c,
+            out_c: s.cout,
+            groups: s.groups,
+            kh: s.kh,
+            kw: s.kw,
+            sh: s.sh,
+            sw: s.sw,
+            wbits: s.wbits,
+        }
+    }
+}
+
+/// The x86 kernels this CPU runs for `kind` (any shape: 1-bit sign activations go through
+/// the unsigned kernel and [`sign_fix`], XNOR on non-W1A1 shapes through bit-serial).
+pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
+    let f = Features::detect();
+    let (ok, prepared_len, prepare, run): (bool, fn(&ConvShape) -> usize, _, Run) = match kind {
+        KernelKind::Int8DotVnni => (
+            f.avx512vnni,
+            glue_a8_len,
+            glue_a8_prepare as fn(&Conv<'_>, &ConvShape, &mut [u8]),
+            Run::Bytes(glue_a8_vnni),
+        ),
+        KernelKind::Int8DotAvx2 => (
+            f.avx2,
+            glue_a8_len,
+            glue_a8_prepare,
+            Run::Bytes(glue_a8_avx2),
+        ),
+        KernelKind::XnorAvx512 | KernelKind::BitSerialAvx512 => (
+            f.avx512popcnt,
+            glue_bits_len,
+            glue_bits_prepare,
+            Run::Bits(glue_bits_avx512),
+        ),
+        KernelKind::XnorAvx2 | KernelKind::BitSerialAvx2 => (
+            f.avx2,
+            glue_bits_len,
+            glue_bits_prepare,
+            Run::Bits(glue_bits_avx2),
+        ),
+        _ => return None,
+    };
+    ok.then_some(ConvKernel {
+        kind,
+        prepared_len,
+        prepare,
+        run,
+    })
+}
+
+/// The best x86 kernel for `algo` on this CPU and shape (AVX-512 before AVX2), or `None`.
+pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
+    if Geom::of(s).check().is_err() || !matches!(s.abits, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let kinds = match algo {
+        Algo::Xnor => [KernelKind::XnorAvx512, KernelKind::XnorAvx2],
+        Algo::BitSerial => [KernelKind::BitSerialAvx512, KernelKind::BitSerialAvx2],
+        Algo::Int8Dot => [KernelKind::Int8DotVnni, KernelKind::Int8DotAvx2],
+        _ => return None,
+    };
+    kinds.into_iter().find_map(by_kind)
+}
+
+/// `sum_{taps} num[o]` for every output channel, as little-endian `i32`s.
+fn write_wsum(conv: &Conv<'_>, g: &Geom, out: &mut [u8]) {
+    for o in 0..g.out_c {
+        let mut sum = 0i32;
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                for i in 0..g.cin_g() {
+                    sum += g.numerator(conv.codes, o, ky, kx, i);
+                }
+            }
+        }
+        if let Some(d) = out.get_mut(4 * o..4 * o + 4) {
+            d.copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+}
+
+/// Turns `sum num*q` into `sum num*(2q - 1) = 2 sum num*q - wsum` for 1-bit sign inputs.
+fn sign_fix(s: &ConvShape, wsum: &[u8], acc: &mut [i32]) {
+    for row in acc.chunks_exact_mut(s.cout) {
+        for (v, d) in row.iter_mut().zip(wsum.chunks_exact(4)) {
+            let ws = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+            *v = v.wrapping_mul(2).wrapping_sub(ws);
+        }
+    }
+}
+
+fn glue_a8_len(s: &ConvShape) -> usize {
+    a8_prepared_len(&Geom::of(s)) + 4 * s.cout
+}
+
+fn glue_a8_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    let g = Geom::of(s);
+    let n = a8_prepared_len(&g);
+    let r = a8_prepare(conv.codes, &g, out);
+    debug_assert!(r.is_ok(), "int8 prepare: {r:?}");
+    write_wsum(conv, &g, out.get_mut(n..).unwrap_or(&mut []));
+}
+
+fn glue_a8_run(
+    s: &ConvShape,
+    x: &[u8],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+    vnni: bool,
+) {
+    let g = Geom::of(s);
+    let n = a8_prepared_len(&g).min(w.len());
+    let (w, wsum) = w.split_at(n);
+    let r = if vnni {
+        a8_avx512vnni(&g, w, x, (y0, y1), acc)
+    } else {
+        a8_avx2(&g, w, x, (y0, y1), acc)
+    };
+    debug_assert!(r.is_ok(), "int8 kernel: {r:?}");
+    if s.abits == 1 {
+        sign_fix(s, wsum, acc);
+    }
+}
+
+fn glue_a8_vnni(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    glue_a8_run(s, x, w, y0, y1, acc, true)
+}
+
+fn glue_a8_avx2(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    glue_a8_run(s, x, w, y0, y1, acc, false)
+}
+
+fn glue_bits_len(s: &ConvShape) -> usize {
+    bits_prepared_len(&Geom::of(s)) + 4 * s.cout
+}
+
+fn glue_bits_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    let g = Geom::of(s);
+    let n = bits_prepared_len(&g);
+    let r = bits_prepare(conv.codes, &g, out);
+    debug_assert!(r.is_ok(), "bit prepare: {r:?}");
+    write_wsum(conv, &g, out.get_mut(n..).unwrap_or(&mut []));
+}
+
+fn glue_bits_run(
+    s: &ConvShape,
+    x: &[u64],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+    avx512: bool,
+) {
+    let g = Geom::of(s);
+    let n = bits_prepared_len(&g).min(w.len());
+    let (w, wsum) = w.split_at(n);
+    let rows = (y0, y1);
+    let r = match (s.wbits == 1 && s.abits == 1, avx512) {
+        (true, true) => xnor_avx512(&g, w, x, rows, acc),
+        (true, false) => xnor_avx2(&g, w, x, rows, acc),
+        (false, true) => bitserial_avx512(&g, s.abits, w, x, rows, acc),
+        (false, false) => bitserial_avx2(&g, s.abits, w, x, rows, acc),
+    };
+    debug_assert!(r.is_ok(), "bit kernel: {r:?}");
+    if s.abits == 1 && s.wbits != 1 {
+        sign_fix(s, wsum, acc);
+    }
+}
+
+fn glue_bits_avx512(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    glue_bits_run(s, x, w, y0, y1, acc, true)
+}
+
+fn glue_bits_avx2(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    glue_bits_run(s, x, w, y0, y1, acc, false)
+}
+
 #[cfg(test)]
 mod tests {
     //! Every SIMD kernel against the plain loop nest, bit for bit, over awkward shapes. A CPU
@@ -1415,7 +1617,7 @@ mod tests {
         Some(acc)
     }
 
-    fn run_bits(c: &Case, avx512: bool) -> Option<Vec<i32>> {
+    fn run_bits(c: &Case, avx512: bool, xnor: bool) -> Option<Vec<i32>> {
         let f = Features::detect();
         if (avx512 && !f.avx512popcnt) || (!avx512 && !f.avx2) {
             return None;
@@ -1425,7 +1627,6 @@ mod tests {
         let mut planes = vec![u64::MAX; planes_len(&c.g, c.abits) + 7];
         pack_planes(&c.g, c.abits, &c.input, &mut planes).unwrap();
         let mut acc = vec![i32::MIN; c.acc_len() + 5];
-        let xnor = c.abits == 1;
         match (xnor, avx512) {
             (true, true) => xnor_avx512(&c.g, &w, &planes, c.rows, &mut acc).unwrap(),
             (true, false) => xnor_avx2(&c.g, &w, &planes, c.rows, &mut acc).unwrap(),
@@ -1460,7 +1661,7 @@ mod tests {
 
         #[test]
         fn xnor_avx2_matches_reference(c in case(Just(1u8), Just(1u8))) {
-            match run_bits(&c, false) {
+            match run_bits(&c, false, true) {
                 Some(acc) => prop_assert_eq!(acc, c.want(true)),
                 None => skipped("xnor_avx2"),
             }
@@ -1468,23 +1669,23 @@ mod tests {
 
         #[test]
         fn xnor_avx512_matches_reference(c in case(Just(1u8), Just(1u8))) {
-            match run_bits(&c, true) {
+            match run_bits(&c, true, true) {
                 Some(acc) => prop_assert_eq!(acc, c.want(true)),
                 None => skipped("xnor_avx512"),
             }
         }
 
         #[test]
-        fn bitserial_avx2_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![2u8, 4, 8]))) {
-            match run_bits(&c, false) {
+        fn bitserial_avx2_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![1u8, 2, 4, 8]))) {
+            match run_bits(&c, false, false) {
                 Some(acc) => prop_assert_eq!(acc, c.want(false)),
                 None => skipped("bitserial_avx2"),
             }
         }
 
         #[test]
-        fn bitserial_avx512_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![2u8, 4, 8]))) {
-            match run_bits(&c, true) {
+        fn bitserial_avx512_matches_reference(c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![1u8, 2, 4, 8]))) {
+            match run_bits(&c, true, false) {
                 Some(acc) => prop_assert_eq!(acc, c.want(false)),
                 None => skipped("bitserial_avx512"),
             }
@@ -1504,6 +1705,90 @@ mod tests {
                 prop_assert_eq!(a, b);
             } else {
                 skipped("planes_of_chunk_avx2");
+            }
+        }
+    }
+
+    /// The contract wrappers (`by_kind`), including 1-bit sign inputs on the int8 and
+    /// bit-serial kernels, against the reference with `v(q) = 2q - 1` or `q`.
+    fn glue_case(c: &Case, kind: KernelKind) -> Option<Vec<i32>> {
+        let k = by_kind(kind)?;
+        let g = &c.g;
+        let conv = Conv {
+            input: 0,
+            output: 1,
+            out_channels: g.out_c as u32,
+            in_channels: g.c as u32,
+            kernel: [g.kh as u16, g.kw as u16],
+            stride: [g.sh as u16, g.sw as u16],
+            padding: [0, 0],
+            groups: g.groups as u32,
+            weight_bits: g.wbits,
+            codes: &c.codes,
+            requant: slb_format::Requant {
+                raw: slb_format::RawQuant {
+                    mult: 1,
+                    shift: 1,
+                    zero_point: 0,
+                    bits: 8,
+                    scale: 1.0,
+                },
+                affine: None,
+            },
+        };
+        let s = ConvShape {
+            hp: g.h,
+            wp: g.w,
+            c: g.c,
+            oh: g.oh(),
+            ow: g.ow(),
+            cout: g.out_c,
+            kh: g.kh,
+            kw: g.kw,
+            sh: g.sh,
+            sw: g.sw,
+            groups: g.groups,
+            cin_g: g.cin_g(),
+            cout_g: g.cout_g(),
+            wbits: g.wbits,
+            abits: c.abits,
+            cw: g.cin_g().div_ceil(64),
+            ph: 0,
+            pw: 0,
+        };
+        let mut w = vec![0u8; (k.prepared_len)(&s)];
+        (k.prepare)(&conv, &s, &mut w);
+        let mut acc = vec![0i32; c.acc_len()];
+        match k.run {
+            Run::Bytes(f) => f(&s, &c.input, &w, c.rows.0, c.rows.1, &mut acc),
+            Run::Bits(f) => {
+                let mut planes = vec![0u64; planes_len(g, c.abits)];
+                pack_planes(g, c.abits, &c.input, &mut planes).unwrap();
+                f(&s, &planes, &w, c.rows.0, c.rows.1, &mut acc)
+            }
+        }
+        Some(acc)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn contract_wrappers_match_reference(
+            c in case(prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![1u8, 2, 8])),
+        ) {
+            for kind in [
+                KernelKind::Int8DotAvx2,
+                KernelKind::Int8DotVnni,
+                KernelKind::BitSerialAvx2,
+                KernelKind::BitSerialAvx512,
+                KernelKind::XnorAvx2,
+                KernelKind::XnorAvx512,
+            ] {
+                match glue_case(&c, kind) {
+                    Some(acc) => prop_assert_eq!(acc, c.want(c.abits == 1), "{:?}", kind),
+                    None => skipped(&std::format!("{kind:?}")),
+                }
             }
         }
     }
@@ -1583,7 +1868,7 @@ mod tests {
             Err(KernelError::Length { .. })
         ));
         assert_eq!(
-            bitserial_avx2(&g, 1, &[], &[], (0, 0), &mut []),
+            bitserial_avx2(&g, 3, &[], &[], (0, 0), &mut []),
             Err(KernelError::Bits)
         );
     }

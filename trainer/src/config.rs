@@ -1,0 +1,327 @@
+//! The TOML configuration: Golden Stick's algorithm keys plus the training recipe.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::algo::{QuantDtype, SlbQuantAwareTraining};
+use crate::error::{Error, Result};
+use crate::nn::Arch;
+
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Golden Stick's: linear warm-up from `warmup_lr` to `lr`, then `lr * (1 - progress)^power`.
+    Poly,
+    /// Linear warm-up, then `lr * (1 + cos(pi * progress)) / 2`.
+    Cosine,
+}
+
+/// A whole configuration file. Unknown keys are rejected.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    // --- Golden Stick's SlbQuantAwareTraining keys ---
+    /// Weight dtype (INT1, INT2, INT4).
+    pub weight_quant_dtype: QuantDtype,
+    /// Activation dtype (INT8; INT1/2/4 with enable_act_quant).
+    pub act_quant_dtype: QuantDtype,
+    /// Fake-quantize activations in training.
+    pub enable_act_quant: bool,
+    /// Recalibrate BatchNorm at epoch end.
+    pub enable_bn_calibration: bool,
+    /// Total epochs of the schedule (default: `epochs`).
+    pub epoch_size: Option<i64>,
+    /// Epochs already trained (default 0; set from the checkpoint on resume).
+    pub has_trained_epoch: Option<i64>,
+    /// Initial temperature.
+    pub t_start_val: f64,
+    /// Temperature start (fraction of epochs).
+    pub t_start_time: f64,
+    /// Temperature end (fraction of epochs).
+    pub t_end_time: f64,
+    /// Temperature growth per epoch.
+    pub t_factor: f64,
+    // --- recipe ---
+    /// Network.
+    pub model: Arch,
+    /// Base width (default: the published network's).
+    pub width: Option<i64>,
+    /// Epochs to train (the schedule length unless epoch_size is given).
+    pub epochs: i64,
+    /// Batch size.
+    pub batch_size: i64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate at the start of the warm-up.
+    pub warmup_lr: f64,
+    /// Warm-up epochs.
+    pub warmup_epochs: f64,
+    /// Schedule after the warm-up.
+    pub lr_schedule: Schedule,
+    /// Exponent of the poly schedule.
+    pub poly_power: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// Weight decay (weights and SLB logits; never BatchNorm or biases).
+    pub weight_decay: f64,
+    /// Label smoothing.
+    pub label_smoothing: f64,
+    /// Steps before the 8-bit activation nodes quantize (Golden Stick: 900).
+    pub quant_delay: i64,
+    /// EMA range tracking (decay 0.999) instead of the batch min/max.
+    pub ema: bool,
+    /// bf16 convolutions on CUDA.
+    pub mixed_precision: bool,
+    /// NHWC (channels-last) activations on CUDA.
+    pub channels_last: bool,
+    /// Random-crop padding.
+    pub crop_pad: i64,
+    /// Random horizontal flip.
+    pub flip: bool,
+    /// Resize images to this side before the network (224 for Golden Stick's recipe).
+    pub resize: Option<i64>,
+    /// Keep only this many training images per class (quick runs).
+    pub train_per_class: Option<usize>,
+    /// Keep only this many test images per class.
+    pub test_per_class: Option<usize>,
+    /// Seed of initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Read back the loss for the progress bar (and the NaN check) every this many steps.
+    pub log_every: i64,
+    /// Batches of training data used to calibrate 8-bit ranges at export when
+    /// enable_act_quant is false.
+    pub calibration_batches: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            weight_quant_dtype: QuantDtype::Int1,
+            act_quant_dtype: QuantDtype::Int8,
+            enable_act_quant: false,
+            enable_bn_calibration: false,
+            epoch_size: None,
+            has_trained_epoch: None,
+            t_start_val: 1.0,
+            t_start_time: 0.2,
+            t_end_time: 0.6,
+            t_factor: 1.2,
+            model: Arch::Resnet18Cifar,
+            width: None,
+            epochs: 100,
+            batch_size: 128,
+            lr: 0.1,
+            warmup_lr: 0.01,
+            warmup_epochs: 5.0,
+            lr_schedule: Schedule::Poly,
+            poly_power: 2.0,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+            label_smoothing: 0.1,
+            quant_delay: 900,
+            ema: false,
+            mixed_precision: true,
+            channels_last: true,
+            crop_pad: 4,
+            flip: true,
+            resize: None,
+            train_per_class: None,
+            test_per_class: None,
+            seed: 1,
+            log_every: 25,
+            calibration_batches: 8,
+        }
+    }
+}
+
+fn positive(name: &str, ok: bool, v: impl std::fmt::Display) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!("{name} is out of range: got {v}")))
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file (not yet validated: see [`Config::algorithm`]).
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            Error::Config(msg) => Error::ConfigFile {
+                path: path.to_path_buf(),
+                msg,
+            },
+            e => e,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        toml::from_str(text).map_err(|e| Error::config(e.to_string()))
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The schedule length: epoch_size, or epochs.
+    pub fn schedule_epochs(&self) -> i64 {
+        self.epoch_size.unwrap_or(self.epochs)
+    }
+
+    /// Builds and validates the algorithm object, and checks the recipe values.
+    pub fn algorithm(&self) -> Result<SlbQuantAwareTraining> {
+        let mut a = SlbQuantAwareTraining::new();
+        a.set_weight_quant_dtype(self.weight_quant_dtype)?;
+        a.set_act_quant_dtype(self.act_quant_dtype)?;
+        a.set_enable_act_quant(self.enable_act_quant);
+        a.set_enable_bn_calibration(self.enable_bn_calibration);
+        a.set_epoch_size(self.schedule_epochs())?;
+        a.set_has_trained_epoch(self.has_trained_epoch.unwrap_or(0))?;
+        a.set_t_start_val(self.t_start_val)?;
+        a.set_t_start_time(self.t_start_time)?;
+        a.set_t_end_time(self.t_end_time)?;
+        a.set_t_factor(self.t_factor)?;
+        a.validate()?;
+        positive("epochs (must be > 0)", self.epochs > 0, self.epochs)?;
+        positive(
+            "batch_size (must be > 0)",
+            self.batch_size > 0,
+            self.batch_size,
+        )?;
+        positive(
+            "lr (must be finite and > 0)",
+            self.lr.is_finite() && self.lr > 0.0,
+            self.lr,
+        )?;
+        positive(
+            "warmup_lr (must be finite and >= 0)",
+            self.warmup_lr.is_finite() && self.warmup_lr >= 0.0,
+            self.warmup_lr,
+        )?;
+        positive(
+            "warmup_epochs (must be >= 0)",
+            self.warmup_epochs >= 0.0,
+            self.warmup_epochs,
+        )?;
+        positive(
+            "momentum (must be in [0, 1))",
+            (0.0..1.0).contains(&self.momentum),
+            self.momentum,
+        )?;
+        positive(
+            "weight_decay (must be >= 0)",
+            self.weight_decay >= 0.0,
+            self.weight_decay,
+        )?;
+        positive(
+            "label_smoothing (must be in [0, 1))",
+            (0.0..1.0).contains(&self.label_smoothing),
+            self.label_smoothing,
+        )?;
+        positive(
+            "quant_delay (must be >= 0)",
+            self.quant_delay >= 0,
+            self.quant_delay,
+        )?;
+        positive(
+            "width (must be > 0)",
+            self.width.is_none_or(|w| w > 0),
+            format!("{:?}", self.width),
+        )?;
+        positive("crop_pad (must be >= 0)", self.crop_pad >= 0, self.crop_pad)?;
+        positive(
+            "log_every (must be > 0)",
+            self.log_every > 0,
+            self.log_every,
+        )?;
+        positive(
+            "poly_power (must be > 0)",
+            self.poly_power > 0.0,
+            self.poly_power,
+        )?;
+        if self.nesterov && self.momentum == 0.0 {
+            return Err(Error::config("nesterov needs momentum > 0"));
+        }
+        Ok(a)
+    }
+
+    /// Learning rate at `step` of `total` steps (`steps_per_epoch` converts the warm-up).
+    pub fn lr_at(&self, step: i64, steps_per_epoch: i64) -> f64 {
+        let total = (self.schedule_epochs() * steps_per_epoch).max(1) as f64;
+        let warm = (self.warmup_epochs * steps_per_epoch as f64).min(total);
+        let s = step as f64;
+        if s < warm {
+            return self.warmup_lr + (self.lr - self.warmup_lr) * s / warm;
+        }
+        let progress = ((s - warm) / (total - warm).max(1.0)).clamp(0.0, 1.0);
+        match self.lr_schedule {
+            Schedule::Poly => self.lr * (1.0 - progress).powf(self.poly_power),
+            Schedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_keys_and_validation() {
+        let c = Config::from_toml(
+            "weight_quant_dtype = \"INT2\"\nt_factor = 1.12\nmodel = \"resnet20\"\nepochs = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.weight_quant_dtype, QuantDtype::Int2);
+        let a = c.algorithm().unwrap();
+        assert_eq!(a.epoch_size(), Some(10));
+        assert!(Config::from_toml("weight_quant_dtype = \"INT3\"").is_err());
+        assert!(Config::from_toml("no_such_key = 1")
+            .unwrap_err()
+            .to_string()
+            .contains("no_such_key"));
+        let bad = Config::from_toml("t_start_time = 1.5").unwrap();
+        assert!(bad
+            .algorithm()
+            .unwrap_err()
+            .to_string()
+            .contains("t_start_time"));
+        let bad = Config::from_toml("weight_quant_dtype = \"INT8\"").unwrap();
+        assert!(bad
+            .algorithm()
+            .unwrap_err()
+            .to_string()
+            .contains("weight_quant_dtype"));
+        let bad = Config::from_toml("batch_size = 0").unwrap();
+        assert!(bad
+            .algorithm()
+            .unwrap_err()
+            .to_string()
+            .contains("batch_size"));
+    }
+
+    #[test]
+    fn lr_schedules() {
+        let mut c = Config {
+            epochs: 10,
+            warmup_epochs: 2.0,
+            ..Config::default()
+        };
+        assert!((c.lr_at(0, 10) - 0.01).abs() < 1e-12);
+        assert!((c.lr_at(10, 10) - 0.055).abs() < 1e-12);
+        assert!((c.lr_at(20, 10) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(60, 10) - 0.1 * 0.25).abs() < 1e-12);
+        c.lr_schedule = Schedule::Cosine;
+        assert!((c.lr_at(60, 10) - 0.05).abs() < 1e-12);
+        assert!(c.lr_at(100, 10).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,357 @@
+//! The four networks (ResNet18 with the ImageNet or the CIFAR stem, ResNet20, VGG-small), built
+//! directly with SLB convolutions and the activation nodes of docs/DESIGN.md.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::ModuleT, Tensor};
+
+use super::quant::{ActQuant, QuantMode, SlbConv};
+
+/// Network architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// ResNet18 with the ImageNet stem (7x7/2 conv + 3x3/2 max pool), Golden Stick's network.
+    Resnet18Imagenet,
+    /// ResNet18 with a CIFAR stem (3x3/1 conv, no max pool).
+    Resnet18Cifar,
+    /// ResNet20 (He et al.'s CIFAR network; 1x1 conv downsample shortcuts).
+    Resnet20,
+    /// VGG-small: (2x128C3)-MP2-(2x256C3)-MP2-(2x512C3)-MP2-FC.
+    VggSmall,
+}
+
+impl Arch {
+    /// The base width of the published network (64, 64, 16, 128).
+    pub fn default_width(self) -> i64 {
+        match self {
+            Arch::Resnet18Imagenet | Arch::Resnet18Cifar => 64,
+            Arch::Resnet20 => 16,
+            Arch::VggSmall => 128,
+        }
+    }
+}
+
+/// Architecture and its sizes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NetConfig {
+    /// Architecture.
+    pub arch: Arch,
+    /// Classes of the final dense layer.
+    pub num_classes: i64,
+    /// Base width (first stage's channels); the published network's with [`Arch::default_width`].
+    pub width: i64,
+    /// Input image side (pixels), needed by VGG-small's flattening dense layer.
+    pub image_size: i64,
+}
+
+/// A quantized conv unit: SLB conv, 8-bit raw-output node, BatchNorm (its output is float; what
+/// follows decides ReLU and the next node).
+#[derive(Debug)]
+pub struct QConv {
+    /// The SLB convolution.
+    pub conv: SlbConv,
+    /// SLB's output node on the raw conv output (8 bits).
+    pub raw: ActQuant,
+    /// BatchNorm after the raw node.
+    pub bn: nn::BatchNorm,
+}
+
+/// One forward pass's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ctx {
+    /// BatchNorm uses (and updates) batch statistics.
+    pub train: bool,
+    /// Temperature.
+    pub t: f64,
+    /// Hard (argmax) weights.
+    pub hard: bool,
+    /// Activation nodes.
+    pub q: QuantMode,
+    /// Convolutions in bfloat16 (CUDA mixed precision).
+    pub amp: bool,
+}
+
+impl QConv {
+    fn new(p: &nn::Path, cin: i64, cout: i64, k: i64, stride: i64, pad: i64, bits: u8) -> QConv {
+        QConv {
+            conv: SlbConv::new(p / "conv", cin, cout, k, stride, pad, 1, bits),
+            raw: ActQuant::minmax(&(p / "raw")),
+            bn: nn::batch_norm2d(p / "bn", cout, Default::default()),
+        }
+    }
+
+    /// Raw conv output after its node (before BatchNorm).
+    pub fn raw_forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let w = self.conv.weight(ctx.t, ctx.hard);
+        let y = if ctx.amp {
+            let bf = tch::Kind::BFloat16;
+            self.conv.conv(&x.to_kind(bf), &w.to_kind(bf))
+        } else {
+            self.conv.conv(x, &w)
+        };
+        self.raw.forward(&y, false, ctx.q)
+    }
+
+    /// BatchNorm of the raw node's output.
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        self.bn.forward_t(&self.raw_forward(x, ctx), ctx.train)
+    }
+}
+
+/// A basic residual block: conv1-BN-ReLU-node, conv2-BN, plus the shortcut (identity on the
+/// quantized input, or a 1x1 conv + BN), ReLU, output node.
+#[derive(Debug)]
+pub struct Block {
+    /// First conv.
+    pub conv1: QConv,
+    /// Node after BN1 + ReLU (the tensor conv2 reads).
+    pub q1: ActQuant,
+    /// Second conv.
+    pub conv2: QConv,
+    /// Downsample shortcut, when the shape changes.
+    pub down: Option<QConv>,
+    /// Node on the block output.
+    pub out: ActQuant,
+}
+
+/// One stage of a network, in execution order.
+#[derive(Debug)]
+pub enum Stage {
+    /// Conv unit followed by ReLU and an activation node.
+    Conv {
+        /// The conv unit.
+        conv: QConv,
+        /// Its output node.
+        q: ActQuant,
+    },
+    /// Max pooling on the (quantized) tensor.
+    MaxPool {
+        /// Window.
+        k: i64,
+        /// Stride.
+        s: i64,
+        /// Padding.
+        p: i64,
+    },
+    /// Residual block.
+    Block(Block),
+}
+
+/// An SLB network.
+#[derive(Debug)]
+pub struct Net {
+    /// Its configuration.
+    pub cfg: NetConfig,
+    /// Weight bits.
+    pub weight_bits: u8,
+    /// Activation bits of the nodes between convs.
+    pub act_bits: u8,
+    /// The image input node (8 bits, on the normalised image).
+    pub input: ActQuant,
+    /// The stages.
+    pub stages: Vec<Stage>,
+    /// Flatten (VGG-small) instead of global average pooling before the dense layer.
+    pub flatten: bool,
+    /// The float dense classifier.
+    pub dense: nn::Linear,
+}
+
+impl Net {
+    /// Builds the network under `p` with SLB convs of `weight_bits` and activation nodes of
+    /// `act_bits` (1: sign without ReLU, 2/4: learned clip, 8: min/max).
+    pub fn new(p: &nn::Path, cfg: NetConfig, weight_bits: u8, act_bits: u8) -> Net {
+        let w = cfg.width;
+        let wb = weight_bits;
+        let mut stages = Vec::new();
+        let mut n = 0usize;
+        let mut next = |prefix: &str| {
+            n += 1;
+            format!("{prefix}{n}")
+        };
+        let conv_stage = |p: &nn::Path, name: String, cin, cout, k, s, pad| {
+            let sp = p / name.as_str();
+            Stage::Conv {
+                conv: QConv::new(&sp, cin, cout, k, s, pad, wb),
+                q: ActQuant::new(&(&sp / "act"), act_bits),
+            }
+        };
+        let block = |p: &nn::Path, name: String, cin: i64, cout: i64, stride: i64| {
+            let bp = p / name.as_str();
+            Stage::Block(Block {
+                conv1: QConv::new(&(&bp / "c1"), cin, cout, 3, stride, 1, wb),
+                q1: ActQuant::new(&(&bp / "act1"), act_bits),
+                conv2: QConv::new(&(&bp / "c2"), cout, cout, 3, 1, 1, wb),
+                down: (stride != 1 || cin != cout)
+                    .then(|| QConv::new(&(&bp / "down"), cin, cout, 1, stride, 0, wb)),
+                out: ActQuant::new(&(&bp / "act"), act_bits),
+            })
+        };
+        let feat;
+        let mut flatten = false;
+        match cfg.arch {
+            Arch::Resnet18Imagenet | Arch::Resnet18Cifar => {
+                if cfg.arch == Arch::Resnet18Imagenet {
+                    stages.push(conv_stage(p, "stem".into(), 3, w, 7, 2, 3));
+                    stages.push(Stage::MaxPool { k: 3, s: 2, p: 1 });
+                } else {
+                    stages.push(conv_stage(p, "stem".into(), 3, w, 3, 1, 1));
+                }
+                let mut cin = w;
+                for (i, mult) in [1, 2, 4, 8].into_iter().enumerate() {
+                    for j in 0..2 {
+                        let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                        stages.push(block(p, next("block"), cin, w * mult, stride));
+                        cin = w * mult;
+                    }
+                }
+                feat = cin;
+            }
+            Arch::Resnet20 => {
+                stages.push(conv_stage(p, "stem".into(), 3, w, 3, 1, 1));
+                let mut cin = w;
+                for (i, mult) in [1, 2, 4].into_iter().enumerate() {
+                    for j in 0..3 {
+                        let stride = if i > 0 && j == 0 { 2 } else { 1 };
+                        stages.push(block(p, next("block"), cin, w * mult, stride));
+                        cin = w * mult;
+                    }
+                }
+                feat = cin;
+            }
+            Arch::VggSmall => {
+                let mut cin = 3;
+                for mult in [1, 2, 4] {
+                    for _ in 0..2 {
+                        stages.push(conv_stage(p, next("conv"), cin, w * mult, 3, 1, 1));
+                        cin = w * mult;
+                    }
+                    stages.push(Stage::MaxPool { k: 2, s: 2, p: 0 });
+                }
+                let side = cfg.image_size / 8;
+                feat = cin * side * side;
+                flatten = true;
+            }
+        }
+        let dense = nn::linear(
+            p / "dense",
+            feat,
+            cfg.num_classes,
+            nn::LinearConfig {
+                ws_init: nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.01,
+                },
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
+        );
+        Net {
+            cfg,
+            weight_bits,
+            act_bits,
+            input: ActQuant::minmax(&(p / "input")),
+            stages,
+            flatten,
+            dense,
+        }
+    }
+
+    /// ReLU before the activation nodes (not with sign activations).
+    pub fn relu(&self) -> bool {
+        self.act_bits != 1
+    }
+
+    /// The quantized feature map before the head.
+    pub fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let relu = self.relu();
+        let mut x = self.input.forward(x, false, ctx.q);
+        for s in &self.stages {
+            x = match s {
+                Stage::Conv { conv, q } => q.forward(&conv.forward(&x, ctx), relu, ctx.q),
+                Stage::MaxPool { k, s, p } => {
+                    x.max_pool2d([*k, *k], [*s, *s], [*p, *p], [1, 1], false)
+                }
+                Stage::Block(b) => {
+                    let h = b.q1.forward(&b.conv1.forward(&x, ctx), relu, ctx.q);
+                    let main = b.conv2.forward(&h, ctx);
+                    let short = match &b.down {
+                        Some(d) => d.forward(&x, ctx),
+                        None => x.shallow_clone(),
+                    };
+                    b.out.forward(&(main + short), relu, ctx.q)
+                }
+            };
+        }
+        x
+    }
+
+    /// Logits for a normalised float NCHW batch.
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
+        let f = self.features(x, ctx);
+        let f = if self.flatten {
+            f.flatten(1, -1)
+        } else {
+            f.mean_dim([2i64, 3].as_slice(), false, f.kind())
+        };
+        f.apply(&self.dense)
+    }
+
+    /// Every SLB conv, in execution order (block order conv1, conv2, downsample).
+    pub fn convs(&self) -> Vec<&QConv> {
+        let mut v = Vec::new();
+        for s in &self.stages {
+            match s {
+                Stage::Conv { conv, .. } => v.push(conv),
+                Stage::Block(b) => {
+                    v.push(&b.conv1);
+                    v.push(&b.conv2);
+                    if let Some(d) = &b.down {
+                        v.push(d);
+                    }
+                }
+                Stage::MaxPool { .. } => {}
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn count(arch: Arch, width: i64, size: i64) -> (usize, Vec<i64>) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = NetConfig {
+            arch,
+            num_classes: 10,
+            width,
+            image_size: size,
+        };
+        let net = Net::new(&vs.root(), cfg, 1, 8);
+        let x = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
+        let ctx = Ctx {
+            train: true,
+            t: 1.0,
+            hard: false,
+            q: QuantMode {
+                observe: true,
+                quantize: true,
+                ema: false,
+            },
+            amp: false,
+        };
+        (net.convs().len(), net.forward(&x, &ctx).size())
+    }
+
+    #[test]
+    fn shapes_and_conv_counts() {
+        // ResNet18: stem + 16 block convs + 3 downsamples = 20 SLB convs.
+        assert_eq!(count(Arch::Resnet18Cifar, 8, 32), (20, vec![2, 10]));
+        assert_eq!(count(Arch::Resnet18Imagenet, 8, 64), (20, vec![2, 10]));
+        // ResNet20: stem + 18 + 2 downsamples.
+        assert_eq!(count(Arch::Resnet20, 4, 32), (21, vec![2, 10]));
+        assert_eq!(count(Arch::VggSmall, 8, 32), (6, vec![2, 10]));
+    }
+}

@@ -1,0 +1,634 @@
+//! The training loop: SGD with momentum, LR schedules, label smoothing, the temperature and BN
+//! calibration callbacks, atomic checkpoints, resume, NaN stop, evaluation and JSONL metrics.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::algo::SlbQuantAwareTraining;
+use crate::config::Config;
+use crate::data::{Augment, Dataset, DeviceData};
+use crate::error::{Error, Result};
+use crate::nn::net::{Ctx, Net, NetConfig};
+use crate::nn::QuantMode;
+
+/// What a checkpoint says besides its tensors (stored as JSON inside the checkpoint file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Checkpoint layout version.
+    pub version: u32,
+    /// Schedule epochs completed (has_trained_epoch for a resume).
+    pub epoch: i64,
+    /// Optimizer steps done.
+    pub step: i64,
+    /// Temperature of the last epoch trained.
+    pub temperature: f64,
+    /// Whether the last epoch trained with hard weights.
+    pub hard: bool,
+    /// The configuration the run used.
+    pub config: Config,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// Image side the network reads.
+    pub image_size: i64,
+    /// Whether the 8-bit ranges hold calibrated values (trained with enable_act_quant, or
+    /// calibrated by the exporter).
+    pub ranges_valid: bool,
+}
+
+/// The network configuration a [`Config`] describes for `classes` classes at `image_size`.
+pub fn net_config(cfg: &Config, classes: i64, image_size: i64) -> NetConfig {
+    NetConfig {
+        arch: cfg.model,
+        num_classes: classes,
+        width: cfg.width.unwrap_or(cfg.model.default_width()),
+        image_size,
+    }
+}
+
+/// Builds the network of a configuration: the algorithm's `apply`.
+pub fn build(algo: &SlbQuantAwareTraining, vs: &nn::VarStore, cfg: NetConfig) -> Net {
+    algo.apply(&vs.root(), cfg)
+}
+
+/// SGD with momentum (optionally Nesterov) and decoupled parameter groups, its state held in
+/// named tensors so that checkpoints can carry it.
+#[derive(Debug)]
+pub struct Sgd {
+    params: Vec<(String, Tensor, bool)>,
+    bufs: Vec<Tensor>,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: f64,
+}
+
+/// Whether a variable gets weight decay: conv logits and dense weights do, BatchNorm, biases
+/// and quantizer parameters do not (as Golden Stick).
+pub fn decays(name: &str) -> bool {
+    name.ends_with(".logits") || name.ends_with("dense.weight")
+}
+
+impl Sgd {
+    /// An optimizer over the trainable variables of `vs`.
+    pub fn new(vs: &nn::VarStore, momentum: f64, nesterov: bool, weight_decay: f64) -> Sgd {
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let bufs = vars.iter().map(|(_, t)| t.zeros_like()).collect();
+        Sgd {
+            params: vars
+                .into_iter()
+                .map(|(n, t)| {
+                    let d = decays(&n);
+                    (n, t, d)
+                })
+                .collect(),
+            bufs,
+            momentum,
+            nesterov,
+            weight_decay,
+        }
+    }
+
+    /// Clears the gradients.
+    pub fn zero_grad(&mut self) {
+        for (_, p, _) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// One step at learning rate `lr`.
+    pub fn step(&mut self, lr: f64) {
+        tch::no_grad(|| {
+            for ((_, p, decay), buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let g = if *decay && self.weight_decay > 0.0 {
+                    g + &*p * self.weight_decay
+                } else {
+                    g
+                };
+                let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);
+                let d = if self.nesterov {
+                    g + &*buf * self.momentum
+                } else {
+                    buf.shallow_clone()
+                };
+                let _ = p.g_sub_(&(d * lr));
+            }
+        });
+    }
+
+    /// The momentum buffers, named `opt.<variable>`.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .zip(&self.bufs)
+            .map(|((n, _, _), b)| (format!("opt.{n}"), b.shallow_clone()))
+            .collect()
+    }
+
+    /// Restores the momentum buffers from named tensors.
+    pub fn load_state(&mut self, named: &[(String, Tensor)], path: &Path) -> Result<()> {
+        for ((n, _, _), b) in self.params.iter().zip(self.bufs.iter_mut()) {
+            let key = format!("opt.{n}");
+            let t = named
+                .iter()
+                .find(|(k, _)| *k == key)
+                .ok_or_else(|| Error::Checkpoint {
+                    path: path.to_path_buf(),
+                    msg: format!("missing optimizer state {key}"),
+                })?;
+            tch::no_grad(|| b.copy_(&t.1));
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
+/// fsync of the directory. A reader never sees a half-written file.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    write(&tmp)?;
+    let f = std::fs::File::open(&tmp).map_err(|e| Error::io("open", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves the network variables, the optimizer state and `meta` in one file, atomically.
+pub fn save_checkpoint(
+    path: &Path,
+    vs: &nn::VarStore,
+    opt: Option<&Sgd>,
+    meta: &Meta,
+) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    if let Some(opt) = opt {
+        named.extend(opt.state());
+    }
+    let json = serde_json::to_vec(meta).map_err(|e| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    named.push(("meta".into(), Tensor::from_slice(&json)));
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    write_atomic(path, |tmp| Ok(Tensor::save_multi(&named, tmp)?))
+}
+
+/// A loaded checkpoint: its named tensors (on the CPU) and its metadata.
+pub struct Checkpoint {
+    /// The file.
+    pub path: PathBuf,
+    /// Every tensor (variables and `opt.*` state).
+    pub tensors: Vec<(String, Tensor)>,
+    /// The metadata.
+    pub meta: Meta,
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint file.
+    pub fn load(path: &Path) -> Result<Checkpoint> {
+        let ck = |msg: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg,
+        };
+        if !path.exists() {
+            return Err(ck("no such file".into()));
+        }
+        let mut tensors = Tensor::load_multi(path).map_err(|e| ck(e.to_string()))?;
+        let pos = tensors
+            .iter()
+            .position(|(n, _)| n == "meta")
+            .ok_or_else(|| ck("no metadata (not an slb checkpoint)".into()))?;
+        let (_, m) = tensors.remove(pos);
+        let bytes = Vec::<u8>::try_from(&m).map_err(|e| ck(e.to_string()))?;
+        let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| ck(e.to_string()))?;
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            tensors,
+            meta,
+        })
+    }
+
+    /// Copies the stored variables into `vs` (every variable of `vs` must be present with the
+    /// same shape).
+    pub fn restore(&self, vs: &nn::VarStore) -> Result<()> {
+        for (name, mut var) in vs.variables() {
+            let t = self
+                .tensors
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| Error::Checkpoint {
+                    path: self.path.clone(),
+                    msg: format!("missing variable {name} (different network?)"),
+                })?;
+            if t.1.size() != var.size() {
+                return Err(Error::Checkpoint {
+                    path: self.path.clone(),
+                    msg: format!(
+                        "{name}: shape {:?}, network expects {:?}",
+                        t.1.size(),
+                        var.size()
+                    ),
+                });
+            }
+            tch::no_grad(|| var.copy_(&t.1));
+        }
+        Ok(())
+    }
+}
+
+/// Top-1 and top-5 accuracy (fractions) of `net` on `data`, in evaluation mode (hard weights,
+/// BatchNorm running statistics, activation nodes quantizing when `quant`).
+pub fn evaluate(
+    net: &Net,
+    data: &DeviceData,
+    aug: &Augment,
+    batch: i64,
+    quant: bool,
+    amp: bool,
+) -> (f64, f64) {
+    let ctx = Ctx {
+        train: false,
+        t: 1.0,
+        hard: true,
+        q: QuantMode {
+            observe: false,
+            quantize: quant,
+            ema: false,
+        },
+        amp,
+    };
+    let k = 5.min(net.cfg.num_classes);
+    let dev = data.device();
+    let mut top1 = Tensor::zeros([], (Kind::Int64, dev));
+    let mut top5 = Tensor::zeros([], (Kind::Int64, dev));
+    tch::no_grad(|| {
+        for (x, y) in data.batches(batch, false, 0) {
+            let logits = net.forward(&aug.eval(&x), &ctx);
+            let (_, idx) = logits.topk(k, -1, true, true);
+            let hit = idx.eq_tensor(&y.unsqueeze(1));
+            top1 += hit.narrow(1, 0, 1).sum(Kind::Int64);
+            top5 += hit.sum(Kind::Int64);
+        }
+    });
+    let n = data.len().max(1) as f64;
+    (
+        top1.int64_value(&[]) as f64 / n,
+        top5.int64_value(&[]) as f64 / n,
+    )
+}
+
+/// One epoch's record in `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Schedule epoch (1-based).
+    pub epoch: i64,
+    /// Temperature.
+    pub temperature: f64,
+    /// Hard weights in training.
+    pub hard: bool,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training top-1 (on augmented images).
+    pub train_top1: f64,
+    /// Test top-1.
+    pub test_top1: f64,
+    /// Test top-5.
+    pub test_top5: f64,
+    /// Training images per second.
+    pub images_per_s: f64,
+    /// Seconds of the training pass.
+    pub train_seconds: f64,
+    /// Whether BatchNorm was recalibrated after this epoch.
+    pub bn_calibrated: bool,
+}
+
+/// Options of one training run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Output directory (checkpoint.ot, metrics.jsonl, config.toml).
+    pub out: PathBuf,
+    /// Training device.
+    pub device: Device,
+    /// Resume from `out/checkpoint.ot` if it exists.
+    pub resume: bool,
+    /// Stop after this many epochs in this run (the schedule continues on resume).
+    pub stop_after: Option<i64>,
+    /// Show a progress bar (only drawn on a terminal anyway).
+    pub progress: bool,
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Metrics of every epoch trained in this run.
+    pub epochs: Vec<EpochMetrics>,
+    /// The checkpoint written last.
+    pub checkpoint: PathBuf,
+}
+
+/// The checkpoint file of an output directory.
+pub fn checkpoint_path(out: &Path) -> PathBuf {
+    out.join("checkpoint.ot")
+}
+
+/// Trains `cfg` on `train` (evaluating on `test` after each epoch), writing a checkpoint every
+/// epoch. `cfg` must have been validated with [`Config::algorithm`].
+pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> Result<RunSummary> {
+    let mut cfg = cfg.clone();
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io("create", &opts.out, e))?;
+    let ckpt_path = checkpoint_path(&opts.out);
+    // A stale temporary file from a killed run is never a checkpoint: remove it.
+    if let Ok(rd) = std::fs::read_dir(&opts.out) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(".checkpoint.ot.tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let resume = if opts.resume && ckpt_path.exists() {
+        let ck = Checkpoint::load(&ckpt_path)?;
+        cfg.has_trained_epoch = Some(ck.meta.epoch);
+        Some(ck)
+    } else {
+        None
+    };
+    let algo = cfg.algorithm()?;
+    let dev = opts.device;
+    let cuda = dev.is_cuda();
+    if cuda {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    tch::manual_seed(cfg.seed as i64);
+    let classes = train.classes.len() as i64;
+    let image_size = cfg.resize.unwrap_or(train.height as i64);
+    let vs = nn::VarStore::new(dev);
+    let net = build(&algo, &vs, net_config(&cfg, classes, image_size));
+    let mut opt = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay);
+    let mut step = 0i64;
+    let mut ranges_valid = cfg.enable_act_quant;
+    if let Some(ck) = &resume {
+        ck.restore(&vs)?;
+        opt.load_state(&ck.tensors, &ck.path)?;
+        step = ck.meta.step;
+        ranges_valid = ck.meta.ranges_valid;
+    }
+    std::fs::write(opts.out.join("config.toml"), cfg.to_toml())
+        .map_err(|e| Error::io("write", &opts.out.join("config.toml"), e))?;
+    let train_data = DeviceData::new(train, dev);
+    let test_data = DeviceData::new(test, dev);
+    let aug = Augment {
+        pad: cfg.crop_pad,
+        flip: cfg.flip,
+        resize: cfg.resize,
+        ..Augment::cifar()
+    };
+    let amp = cuda && cfg.mixed_precision;
+    let steps_per_epoch = (train_data.len() as i64 + cfg.batch_size - 1) / cfg.batch_size;
+    let total = algo.epoch_size().unwrap_or(cfg.epochs);
+    let first = algo.has_trained_epoch().unwrap_or(0) + 1;
+    let last = match opts.stop_after {
+        Some(n) => (first + n - 1).min(total),
+        None => total,
+    };
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(opts.out.join("metrics.jsonl"))
+        .map_err(|e| Error::io("open", &opts.out.join("metrics.jsonl"), e))?;
+    let show = opts.progress && std::io::stderr().is_terminal();
+    let mut summary = RunSummary {
+        epochs: Vec::new(),
+        checkpoint: ckpt_path.clone(),
+    };
+    for epoch in first..=last {
+        let temp = algo.temperature(epoch);
+        // Every epoch's randomness depends only on (seed, epoch): resuming reproduces it.
+        tch::manual_seed(
+            (cfg.seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch),
+        );
+        let bar = if show {
+            let b = indicatif::ProgressBar::new(steps_per_epoch as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_prefix(format!("{epoch}/{total}"));
+            Some(b)
+        } else {
+            None
+        };
+        let t0 = Instant::now();
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, dev));
+        let mut correct = Tensor::zeros([], (Kind::Int64, dev));
+        let mut seen = 0i64;
+        let mut lr = cfg.lr_at(step, steps_per_epoch);
+        let seed = cfg.seed.wrapping_mul(7919).wrapping_add(epoch as u64);
+        for (i, (x, y)) in train_data.batches(cfg.batch_size, true, seed).enumerate() {
+            let active = cfg.enable_act_quant && step >= cfg.quant_delay;
+            let ctx = Ctx {
+                train: true,
+                t: temp.t,
+                hard: temp.hard,
+                q: QuantMode {
+                    observe: cfg.enable_act_quant,
+                    quantize: active,
+                    ema: cfg.ema,
+                },
+                amp,
+            };
+            let mut xin = aug.train(&x);
+            if cuda && cfg.channels_last {
+                xin = xin.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+            }
+            let logits = net.forward(&xin, &ctx).to_kind(Kind::Float);
+            let loss = logits.cross_entropy_loss::<Tensor>(
+                &y,
+                None,
+                tch::Reduction::Mean,
+                -100,
+                cfg.label_smoothing,
+            );
+            opt.zero_grad();
+            loss.backward();
+            lr = cfg.lr_at(step, steps_per_epoch);
+            opt.step(lr);
+            step += 1;
+            let n = y.size()[0];
+            seen += n;
+            tch::no_grad(|| {
+                loss_sum += loss.detach() * n as f64;
+                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
+            });
+            if (i as i64 + 1) % cfg.log_every == 0 || i as i64 + 1 == steps_per_epoch {
+                // One host read every log_every steps: the progress bar and the NaN check.
+                let l = loss_sum.double_value(&[]) / seen as f64;
+                if !l.is_finite() {
+                    return Err(Error::NonFiniteLoss {
+                        value: l,
+                        epoch,
+                        step: i as i64 + 1,
+                        checkpoint: ckpt_path.display().to_string(),
+                    });
+                }
+                if let Some(b) = &bar {
+                    let acc = correct.int64_value(&[]) as f64 / seen as f64;
+                    let ips = seen as f64 / t0.elapsed().as_secs_f64();
+                    b.set_position(i as u64 + 1);
+                    b.set_message(format!(
+                        "loss {l:.4} acc {:.2}% T {:.3}{} {ips:.0} img/s",
+                        acc * 100.0,
+                        temp.t,
+                        if temp.hard { " hard" } else { "" }
+                    ));
+                }
+            }
+        }
+        if cuda {
+            tch::Cuda::synchronize(dev_index(dev));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let train_loss = loss_sum.double_value(&[]) / seen.max(1) as f64;
+        if !train_loss.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                value: train_loss,
+                epoch,
+                step: steps_per_epoch,
+                checkpoint: ckpt_path.display().to_string(),
+            });
+        }
+        let calibrate = algo.epoch_end_calibrates(epoch);
+        if calibrate {
+            bn_calibrate(
+                &net,
+                &train_data,
+                &aug,
+                cfg.batch_size,
+                cfg.enable_act_quant && step >= cfg.quant_delay,
+                amp,
+                seed,
+            );
+        }
+        if cfg.enable_act_quant && step >= cfg.quant_delay {
+            ranges_valid = true;
+        }
+        let (top1, top5) = evaluate(
+            &net,
+            &test_data,
+            &aug,
+            cfg.batch_size,
+            cfg.enable_act_quant && ranges_valid,
+            amp,
+        );
+        let m = EpochMetrics {
+            epoch,
+            temperature: temp.t,
+            hard: temp.hard,
+            lr,
+            train_loss,
+            train_top1: correct.int64_value(&[]) as f64 / seen.max(1) as f64,
+            test_top1: top1,
+            test_top5: top5,
+            images_per_s: seen as f64 / secs,
+            train_seconds: secs,
+            bn_calibrated: calibrate,
+        };
+        let meta = Meta {
+            version: 1,
+            epoch,
+            step,
+            temperature: temp.t,
+            hard: temp.hard,
+            config: cfg.clone(),
+            classes: train.classes.clone(),
+            image_size,
+            ranges_valid,
+        };
+        save_checkpoint(&ckpt_path, &vs, Some(&opt), &meta)?;
+        let line = serde_json::to_string(&m).unwrap_or_default();
+        writeln!(metrics_file, "{line}")
+            .map_err(|e| Error::io("write", &opts.out.join("metrics.jsonl"), e))?;
+        eprintln!(
+            "epoch {epoch}/{total}: T {:.4}{} lr {lr:.5} loss {train_loss:.4} train {:.2}% test top1 {:.2}% top5 {:.2}% {:.1}s {:.0} img/s",
+            temp.t,
+            if temp.hard { " (hard)" } else { "" },
+            m.train_top1 * 100.0,
+            top1 * 100.0,
+            top5 * 100.0,
+            secs,
+            m.images_per_s
+        );
+        summary.epochs.push(m);
+    }
+    Ok(summary)
+}
+
+fn dev_index(d: Device) -> i64 {
+    match d {
+        Device::Cuda(i) => i as i64,
+        _ => 0,
+    }
+}
+
+/// Golden Stick's BN calibration: one pass over the training data with hard weights and frozen
+/// activation ranges, BatchNorm in batch-statistics mode updating its running statistics; no
+/// gradient step.
+pub fn bn_calibrate(
+    net: &Net,
+    data: &DeviceData,
+    aug: &Augment,
+    batch: i64,
+    quant: bool,
+    amp: bool,
+    seed: u64,
+) {
+    let ctx = Ctx {
+        train: true,
+        t: 1.0,
+        hard: true,
+        q: QuantMode {
+            observe: false,
+            quantize: quant,
+            ema: false,
+        },
+        amp,
+    };
+    tch::no_grad(|| {
+        for (x, _) in data.batches(batch, true, seed ^ 0x5eed) {
+            let _ = net.forward(&aug.train(&x), &ctx);
+        }
+    });
+}

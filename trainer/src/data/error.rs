@@ -1,0 +1,125 @@
+//! The data loaders' error type.
+
+use std::path::{Path, PathBuf};
+
+use super::Split;
+
+/// Why a dataset could not be loaded. Every variant names the file (and, inside an archive, the
+/// member) it is about.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The path does not exist.
+    #[error("dataset path {} does not exist", path.display())]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The path is neither a CIFAR-10 binary folder, an image-folder tree nor an archive.
+    #[error(
+        "{} is not a dataset: expected a CIFAR-10 binary folder (data_batch_*.bin, \
+         test_batch.bin), an image-folder tree (train/<class>/*.jpg, test/<class>/*.jpg) \
+         or a .tar/.tar.xz archive of one",
+        path.display()
+    )]
+    UnknownLayout {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The dataset has no images for the requested split.
+    #[error("no {split} images found in {}", path.display())]
+    Empty {
+        /// The dataset's path.
+        path: PathBuf,
+        /// The split asked for.
+        split: Split,
+    },
+    /// A file or folder could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An archive could not be decompressed or its tar structure is broken.
+    #[error("cannot read archive {}{}: {source}", archive.display(), in_member(member))]
+    Archive {
+        /// The archive file.
+        archive: PathBuf,
+        /// The member being read when it failed, if any.
+        member: Option<String>,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An image file could not be decoded.
+    #[error("cannot decode image {}{}: {source}", path.display(), in_member(member))]
+    Decode {
+        /// The image file, or the archive holding it.
+        path: PathBuf,
+        /// The archive member, when `path` is an archive.
+        member: Option<String>,
+        /// The decoder's error.
+        source: image::ImageError,
+    },
+    /// An image's size differs from the first image's.
+    #[error(
+        "image {}{} is {}x{} (width x height) but the dataset's images are {}x{}",
+        path.display(), in_member(member), found.0, found.1, expected.0, expected.1
+    )]
+    SizeMismatch {
+        /// The image file, or the archive holding it.
+        path: PathBuf,
+        /// The archive member, when `path` is an archive.
+        member: Option<String>,
+        /// The size of the first image (width, height).
+        expected: (usize, usize),
+        /// This image's size (width, height).
+        found: (usize, usize),
+    },
+    /// A CIFAR binary batch file's length is not a whole number of records.
+    #[error(
+        "CIFAR batch file {} is truncated or not a CIFAR-10 batch: {len} bytes is not a \
+         positive multiple of the {record}-byte record",
+        path.display()
+    )]
+    Truncated {
+        /// The batch file.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+        /// The record length (1 label byte + 3072 image bytes).
+        record: usize,
+    },
+    /// A CIFAR binary record's label has no class name.
+    #[error(
+        "CIFAR batch file {}, record {record}: label {label} but only {classes} classes",
+        path.display()
+    )]
+    BadLabel {
+        /// The batch file.
+        path: PathBuf,
+        /// The record's index in the file.
+        record: usize,
+        /// The label byte.
+        label: u8,
+        /// Number of class names.
+        classes: usize,
+    },
+}
+
+fn in_member(member: &Option<String>) -> String {
+    match member {
+        Some(m) => format!(" (archive member {m})"),
+        None => String::new(),
+    }
+}
+
+impl DataError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> DataError {
+        DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Training data: loaders for the CIFAR-10 binary format and for image-folder trees (on disk or
+//! inside a `.tar` / `.tar.xz` archive), and whole-batch augmentation on the training device.
+//!
+//! Images are decoded once (in parallel, with rayon) into one `u8` buffer in HWC order
+//! ([`Dataset`]); [`DeviceData`] keeps that buffer on the training device and hands out shuffled
+//! batches; [`Augment`] turns a `u8` NHWC batch into the normalised `f32` NCHW tensor the network
+//! reads, with random crop and flip done by index arithmetic on the device (no host loop, no
+//! host synchronisation).
+//!
+//! The normalisation formula lives in one place, [`normalise_value`]; the exporter builds the
+//! packed model's input look-up table from it and [`Augment`] computes exactly the same `f32`
+//! values on the device.
+//!
+//! Layouts [`load`] accepts:
+//! * a CIFAR-10 binary folder (`data_batch_1.bin` .. `data_batch_5.bin`, `test_batch.bin`,
+//!   optional `batches.meta.txt`), or a folder that contains one (`cifar-10-batches-bin/`);
+//! * an image-folder tree `root/{train,test}/<class>/*.{jpg,jpeg,png}` (classes in sorted name
+//!   order, as torchvision's `ImageFolder`), also one level down (`root/cifar10/train/..`);
+//! * a `.tar`, `.tar.xz` or `.txz` archive holding such a tree, read in one streaming pass.
+
+mod augment;
+mod cifar_bin;
+mod device;
+mod error;
+mod folder;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+pub use augment::{normalise_value, Augment, CIFAR_MEAN, CIFAR_STD};
+pub use device::DeviceData;
+pub use error::DataError;
+
+/// The class names of CIFAR-10 in label order (used when a binary folder has no
+/// `batches.meta.txt`).
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Which part of a dataset to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Split {
+    /// The training images (`train/`, `data_batch_*.bin`).
+    Train,
+    /// The held-out images (`test/`, `test_batch.bin`).
+    Test,
+}
+
+impl Split {
+    /// The folder name of this split in an image-folder tree (`"train"` or `"test"`).
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.dir_name())
+    }
+}
+
+/// Decoded images of one split, all of the same size, with their labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    /// `len() * height * width * 3` bytes: the images one after another, each in HWC (RGB) order.
+    pub images: Vec<u8>,
+    /// One label per image, an index into `classes`.
+    pub labels: Vec<i64>,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+}
+
+impl Dataset {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes per image (`height * width * 3`).
+    pub fn image_len(&self) -> usize {
+        self.height * self.width * 3
+    }
+
+    /// Image `i` in HWC order. Panics if `i >= len()`, like slice indexing.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    /// A stratified subset: for each class, `per_class` images (all of them where the class has
+    /// fewer) drawn at random with `seed`; the same seed always gives the same subset. The kept
+    /// images stay in their original order.
+    pub fn subset(&self, per_class: usize, seed: u64) -> Dataset {
+        // A map rather than a vector indexed by label: a hand-built dataset whose labels fall
+        // outside `classes` still subsets without a panic.
+        let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, &l) in self.labels.iter().enumerate() {
+            by_class.entry(l).or_default().push(i);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut keep = Vec::new();
+        for bucket in by_class.values_mut() {
+            bucket.shuffle(&mut rng);
+            keep.extend_from_slice(&bucket[..per_class.min(bucket.len())]);
+        }
+        keep.sort_unstable();
+        self.select(&keep)
+    }
+
+    /// The images at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        let mut images = Vec::with_capacity(indices.len() * self.image_len());
+        for &i in indices {
+            images.extend_from_slice(self.image(i));
+        }
+        Dataset {
+            images,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            height: self.height,
+            width: self.width,
+            classes: self.classes.clone(),
+        }
+    }
+}
+
+/// Loads one split of the dataset at `path` (see the [module docs](self) for the layouts).
+pub fn load(path: &Path, split: Split) -> Result<Dataset, DataError> {
+    load_limited(path, split, None)
+}
+
+/// Like [`load`], but with `Some(k)` keeps only the first `k` images of each class (by file name
+/// in an image folder, by position in a binary folder) and stops reading or decoding as early as
+/// the layout allows. Meant for quick runs on a CPU.
+pub fn load_limited(
+    path: &Path,
+    split: Split,
+    per_class: Option<usize>,
+) -> Result<Dataset, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            DataError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            DataError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })?;
+    let ds = if meta.is_file() {
+        if !folder::is_archive(path) {
+            return Err(DataError::UnknownLayout {
+                path: path.to_path_buf(),
+            });
+        }
+        folder::load_archive(path, split, per_class)?
+    } else if let Some(dir) = cifar_bin::find(path) {
+        cifar_bin::load(&dir, split, per_class)?
+    } else if let Some(root) = folder::find_root(path) {
+        folder::load_tree(&root, split, per_class)?
+    } else {
+        return Err(DataError::UnknownLayout {
+            path: path.to_path_buf(),
+        });
+    };
+    if ds.is_empty() {
+        return Err(DataError::Empty {
+            path: path.to_path_buf(),
+            split,
+        });
+    }
+    Ok(ds)
+}

@@ -1,0 +1,297 @@
+//! Convolution kernels: reference twins, portable optimized kernels and the ISA dispatch.
+//!
+//! The contract between the conv driver and the kernels is written in `CONTRACT.md` next to
+//! this file: a kernel computes raw integer sums over a padded input for a range of output rows;
+//! the driver does padding, zero-point and border corrections and requantization.
+
+use slb_format::Conv;
+
+pub(crate) mod portable;
+pub(crate) mod reference;
+
+// X86-HOOK (wired by SIMD): see CONTRACT.md.
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// The algorithm family of a convolution kernel (what [`crate::PlanOptions::force`] picks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Algo {
+    /// XNOR + popcount, W1A1 only.
+    Xnor,
+    /// Bit-serial AND + popcount over weight and activation bit planes (any bit pair).
+    BitSerial,
+    /// Unpacked u8 x i8 dot product (any bit pair; the default for A8).
+    Int8Dot,
+    /// The plain loop nest straight from the format's semantics (slow; for checking).
+    Reference,
+}
+
+/// The kernel that runs a layer: algorithm and instruction set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelKind {
+    /// Portable XNOR + popcount (W1A1).
+    Xnor,
+    /// Portable bit-serial AND + popcount.
+    BitSerial,
+    /// Portable u8 x i8 dot product.
+    Int8Dot,
+    /// The float executor's direct convolution with dequantized weights.
+    Float,
+    /// The reference loop nest.
+    Reference,
+    /// XNOR + popcount with AVX2.
+    XnorAvx2,
+    /// XNOR + VPOPCNTQ with AVX-512.
+    XnorAvx512,
+    /// Bit-serial with AVX2.
+    BitSerialAvx2,
+    /// Bit-serial with AVX-512 VPOPCNTQ.
+    BitSerialAvx512,
+    /// u8 x i8 dot product with AVX2 (`vpmaddubsw`).
+    Int8DotAvx2,
+    /// u8 x i8 dot product with AVX-512 VNNI (`vpdpbusd`).
+    Int8DotVnni,
+}
+
+impl KernelKind {
+    /// Every kind, for tests and listings.
+    pub const ALL: [KernelKind; 11] = [
+        KernelKind::Xnor,
+        KernelKind::BitSerial,
+        KernelKind::Int8Dot,
+        KernelKind::Float,
+        KernelKind::Reference,
+        KernelKind::XnorAvx2,
+        KernelKind::XnorAvx512,
+        KernelKind::BitSerialAvx2,
+        KernelKind::BitSerialAvx512,
+        KernelKind::Int8DotAvx2,
+        KernelKind::Int8DotVnni,
+    ];
+
+    /// Short name, `algorithm/isa`, e.g. `"xnor-popcnt/avx512"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KernelKind::Xnor => "xnor-popcnt/portable",
+            KernelKind::BitSerial => "bitserial-popcnt/portable",
+            KernelKind::Int8Dot => "int8-dot/portable",
+            KernelKind::Float => "f32-direct/portable",
+            KernelKind::Reference => "reference",
+            KernelKind::XnorAvx2 => "xnor-popcnt/avx2",
+            KernelKind::XnorAvx512 => "xnor-popcnt/avx512",
+            KernelKind::BitSerialAvx2 => "bitserial-popcnt/avx2",
+            KernelKind::BitSerialAvx512 => "bitserial-popcnt/avx512",
+            KernelKind::Int8DotAvx2 => "int8-dot/avx2",
+            KernelKind::Int8DotVnni => "int8-dot/avx512-vnni",
+        }
+    }
+
+    /// The algorithm family (`None` for [`KernelKind::Float`]).
+    pub fn algo(&self) -> Option<Algo> {
+        match self {
+            KernelKind::Xnor | KernelKind::XnorAvx2 | KernelKind::XnorAvx512 => Some(Algo::Xnor),
+            KernelKind::BitSerial | KernelKind::BitSerialAvx2 | KernelKind::BitSerialAvx512 => {
+                Some(Algo::BitSerial)
+            }
+            KernelKind::Int8Dot | KernelKind::Int8DotAvx2 | KernelKind::Int8DotVnni => {
+                Some(Algo::Int8Dot)
+            }
+            KernelKind::Reference => Some(Algo::Reference),
+            KernelKind::Float => None,
+        }
+    }
+}
+
+impl core::fmt::Display for KernelKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One conv's geometry as kernels see it (see CONTRACT.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Padded input height.
+    pub hp: usize,
+    /// Padded input width.
+    pub wp: usize,
+    /// Input channels (all groups).
+    pub c: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Stride (rows).
+    pub sh: usize,
+    /// Stride (columns).
+    pub sw: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Input channels per group.
+    pub cin_g: usize,
+    /// Output channels per group.
+    pub cout_g: usize,
+    /// Weight bits (1, 2, 4).
+    pub wbits: u8,
+    /// Activation bits (1, 2, 4, 8).
+    pub abits: u8,
+    /// u64 words per channel group, `ceil(cin_g / 64)`.
+    pub cw: usize,
+    /// Padding (rows), not seen by kernels.
+    pub ph: usize,
+    /// Padding (columns), not seen by kernels.
+    pub pw: usize,
+}
+
+impl ConvShape {
+    /// The shape of a validated conv on an input of `h x w` with `abits`-bit codes.
+    pub fn of(conv: &Conv<'_>, h: usize, w: usize, abits: u8) -> Option<ConvShape> {
+        let ph = conv.padding[0] as usize;
+        let pw = conv.padding[1] as usize;
+        let hp = h.checked_add(ph.checked_mul(2)?)?;
+        let wp = w.checked_add(pw.checked_mul(2)?)?;
+        let kh = conv.kernel[0] as usize;
+        let kw = conv.kernel[1] as usize;
+        let sh = conv.stride[0] as usize;
+        let sw = conv.stride[1] as usize;
+        if kh == 0 || kw == 0 || sh == 0 || sw == 0 || hp < kh || wp < kw || conv.groups == 0 {
+            return None;
+        }
+        let groups = conv.groups as usize;
+        let c = conv.in_channels as usize;
+        let cout = conv.out_channels as usize;
+        if c % groups != 0 || cout % groups != 0 || c == 0 || cout == 0 {
+            return None;
+        }
+        let cin_g = c / groups;
+        Some(ConvShape {
+            hp,
+            wp,
+            c,
+            oh: (hp - kh) / sh + 1,
+            ow: (wp - kw) / sw + 1,
+            cout,
+            kh,
+            kw,
+            sh,
+            sw,
+            groups,
+            cin_g,
+            cout_g: cout / groups,
+            wbits: conv.weight_bits,
+            abits,
+            cw: cin_g.div_ceil(64),
+            ph,
+            pw,
+        })
+    }
+
+    /// Taps per output: `kh * kw * cin_g`.
+    pub fn taps(&self) -> usize {
+        self.kh * self.kw * self.cin_g
+    }
+
+    /// Unpadded input height.
+    pub fn h(&self) -> usize {
+        self.hp - 2 * self.ph
+    }
+
+    /// Unpadded input width.
+    pub fn w(&self) -> usize {
+        self.wp - 2 * self.pw
+    }
+}
+
+/// A byte-family kernel: padded HWC u8 input.
+pub(crate) type ByteRun = fn(&ConvShape, &[u8], &[u8], usize, usize, &mut [i32]);
+/// A bit-family kernel: padded bit-plane input.
+pub(crate) type BitRun = fn(&ConvShape, &[u64], &[u8], usize, usize, &mut [i32]);
+
+/// How a kernel consumes its input.
+#[derive(Clone, Copy)]
+pub(crate) enum Run {
+    /// Padded HWC bytes.
+    Bytes(ByteRun),
+    /// Padded bit planes.
+    Bits(BitRun),
+}
+
+/// A conv kernel: its kind, prepared-weight layout and hot loop.
+#[derive(Clone, Copy)]
+pub(crate) struct ConvKernel {
+    pub kind: KernelKind,
+    pub prepared_len: fn(&ConvShape) -> usize,
+    pub prepare: fn(&Conv<'_>, &ConvShape, &mut [u8]),
+    pub run: Run,
+}
+
+/// Whether `algo` can run a conv of this shape at all.
+pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
+    match algo {
+        Algo::Xnor => s.wbits == 1 && s.abits == 1,
+        Algo::BitSerial | Algo::Int8Dot | Algo::Reference => true,
+    }
+}
+
+/// The default algorithm for a shape (documented in README.md):
+/// W1A1 -> XNOR; A8 -> int8 dot; otherwise bit-serial when its cost per tap,
+/// `3 * wbits * abits * cw` word operations (an AND, a popcount and a shifted add per plane
+/// pair and 64-channel word), is below the int8 dot's `cin_g` multiply-adds per tap, else
+/// int8 dot (e.g. the 3-channel first layer).
+pub(crate) fn default_algo(s: &ConvShape) -> Algo {
+    if s.wbits == 1 && s.abits == 1 {
+        Algo::Xnor
+    } else if s.abits == 8 {
+        Algo::Int8Dot
+    } else {
+        let bit_cost = 3 * s.wbits as usize * s.abits as usize * s.cw;
+        if bit_cost < s.cin_g {
+            Algo::BitSerial
+        } else {
+            Algo::Int8Dot
+        }
+    }
+}
+
+/// The best available kernel for `algo` and shape: an ISA-specific one when the CPU has it,
+/// else the portable one. `None` for [`Algo::Reference`] (the driver runs it directly).
+pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
+    if !algo_fits(algo, s) {
+        return None;
+    }
+    // X86-HOOK (wired by SIMD).
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = x86::select(algo, s) {
+        return Some(k);
+    }
+    portable::kernel(algo)
+}
+
+/// The kernel of a kind chosen earlier by [`select`]; `None` if this build or CPU lacks it.
+pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
+    match kind {
+        KernelKind::Xnor => portable::kernel(Algo::Xnor),
+        KernelKind::BitSerial => portable::kernel(Algo::BitSerial),
+        KernelKind::Int8Dot => portable::kernel(Algo::Int8Dot),
+        KernelKind::Float | KernelKind::Reference => None,
+        // X86-HOOK (wired by SIMD).
+        #[cfg(target_arch = "x86_64")]
+        other => x86::by_kind(other),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    }
+}
+
+/// Kernel-level entry points for benchmarks: one convolution's exact accumulators outside a
+/// model.
+pub mod bench {
+    pub use super::ConvShape;
+}

@@ -1,0 +1,403 @@
+//! Portable kernels (scalar Rust that LLVM vectorizes where it can; `count_ones` becomes
+//! `popcnt` where the target has it and a short bit trick on Cortex-M) and the driver-side input
+//! packers that every kernel family shares.
+
+use slb_format::Conv;
+
+use super::{Algo, ConvKernel, ConvShape, KernelKind, Run};
+
+/// The portable kernel of an algorithm (`None` for [`Algo::Reference`]).
+pub(crate) fn kernel(algo: Algo) -> Option<ConvKernel> {
+    match algo {
+        Algo::Xnor => Some(ConvKernel {
+            kind: KernelKind::Xnor,
+            prepared_len: bits_prepared_len,
+            prepare: bits_prepare,
+            run: Run::Bits(xnor_run),
+        }),
+        Algo::BitSerial => Some(ConvKernel {
+            kind: KernelKind::BitSerial,
+            prepared_len: bits_prepared_len,
+            prepare: bits_prepare,
+            run: Run::Bits(bitserial_run),
+        }),
+        Algo::Int8Dot => Some(ConvKernel {
+            kind: KernelKind::Int8Dot,
+            prepared_len: int8_prepared_len,
+            prepare: int8_prepare,
+            run: Run::Bytes(int8_run),
+        }),
+        Algo::Reference => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// int8 dot
+
+/// Bytes of the int8 layout `w[o][ky][kx][i]`.
+pub(crate) fn int8_prepared_len(s: &ConvShape) -> usize {
+    s.cout * s.kh * s.kw * s.cin_g
+}
+
+/// Unpacks the codes to odd i8 numerators `2k - (2^b - 1)`.
+pub(crate) fn int8_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    let off = (1i32 << s.wbits) - 1;
+    let mut codes = [0u8; 64];
+    let mut idx = 0;
+    for o in 0..s.cout {
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let mut i0 = 0;
+                while i0 < s.cin_g {
+                    let n = (s.cin_g - i0).min(64);
+                    decode_range(conv, s, o, ky, kx, i0, &mut codes[..n]);
+                    for &k in &codes[..n] {
+                        if let Some(b) = out.get_mut(idx) {
+                            *b = (2 * i32::from(k) - off) as i8 as u8;
+                        }
+                        idx += 1;
+                    }
+                    i0 += n;
+                }
+            }
+        }
+    }
+}
+
+/// Codes of channels `i0 .. i0 + out.len()` of `(o, ky, kx)`.
+fn decode_range(conv: &Conv<'_>, s: &ConvShape, o: usize, ky: usize, kx: usize, i0: usize, out: &mut [u8]) {
+    let row = s.cin_g.div_ceil(8);
+    let wb = s.wbits as usize;
+    let base = ((o * s.kh + ky) * s.kw + kx) * wb * row;
+    for (j, k) in out.iter_mut().enumerate() {
+        let i = i0 + j;
+        let mut v = 0u8;
+        for p in 0..wb {
+            let byte = conv.codes.get(base + p * row + i / 8).copied().unwrap_or(0);
+            v |= ((byte >> (i % 8)) & 1) << p;
+        }
+        *k = v;
+    }
+}
+
+#[inline]
+fn dot_u8_i8(x: &[u8], w: &[u8]) -> i32 {
+    // Products fit i16 (255 * 15); i16 x i16 -> i32 sums map onto SMLAD / pmaddwd.
+    x.iter()
+        .zip(w)
+        .map(|(&a, &b)| i32::from(a as i16 * i16::from(b as i8)))
+        .fold(0i32, |s, v| s.wrapping_add(v))
+}
+
+#[inline]
+fn dot_sign_i8(x: &[u8], w: &[u8]) -> i32 {
+    // 1-bit activations stand for 2q - 1.
+    x.iter()
+        .zip(w)
+        .map(|(&a, &b)| i32::from((2 * a as i16 - 1) * i16::from(b as i8)))
+        .fold(0i32, |s, v| s.wrapping_add(v))
+}
+
+/// Portable u8 x i8 dot product (contract: raw sums over the padded HWC input).
+pub(crate) fn int8_run(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    let k = s.cin_g;
+    let wrow = s.kh * s.kw * k;
+    let dot = if s.abits == 1 { dot_sign_i8 } else { dot_u8_i8 };
+    for oy in y0..y1 {
+        for ox in 0..s.ow {
+            let base = ((oy - y0) * s.ow + ox) * s.cout;
+            let Some(out) = acc.get_mut(base..base + s.cout) else {
+                return;
+            };
+            for (o, a) in out.iter_mut().enumerate() {
+                let g = o / s.cout_g;
+                let wo = &w[o * wrow..(o + 1) * wrow];
+                let mut sum = 0i32;
+                for ky in 0..s.kh {
+                    let iy = oy * s.sh + ky;
+                    for kx in 0..s.kw {
+                        let ix = ox * s.sw + kx;
+                        let xo = (iy * s.wp + ix) * s.c + g * k;
+                        let wt = (ky * s.kw + kx) * k;
+                        sum = sum.wrapping_add(dot(&x[xo..xo + k], &wo[wt..wt + k]));
+                    }
+                }
+                *a = sum;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bit planes (XNOR and bit-serial)
+
+/// Bytes of the bit-plane layout `w[((o*kh + ky)*kw + kx)*wbits + p][cw]` (u64) followed by
+/// `wsum[o]` (i32, sum of the numerators over all taps), padded to 8 bytes.
+pub(crate) fn bits_prepared_len(s: &ConvShape) -> usize {
+    let words = s.cout * s.kh * s.kw * s.wbits as usize * s.cw;
+    words * 8 + (s.cout * 4).div_ceil(8) * 8
+}
+
+/// Copies the format's plane rows into u64 words (the format's row is already little-endian
+/// bit order) and appends the per-output numerator sums.
+pub(crate) fn bits_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    let row = s.cin_g.div_ceil(8);
+    let wb = s.wbits as usize;
+    let nrows = s.cout * s.kh * s.kw * wb;
+    for r in 0..nrows {
+        let src = conv.codes.get(r * row..(r + 1) * row).unwrap_or(&[]);
+        let dst_start = r * s.cw * 8;
+        if let Some(dst) = out.get_mut(dst_start..dst_start + src.len()) {
+            dst.copy_from_slice(src);
+        }
+    }
+    let off = (1i32 << wb) - 1;
+    let ws = nrows * s.cw * 8;
+    let mut codes = [0u8; 64];
+    for o in 0..s.cout {
+        let mut sum = 0i32;
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let mut i0 = 0;
+                while i0 < s.cin_g {
+                    let n = (s.cin_g - i0).min(64);
+                    decode_range(conv, s, o, ky, kx, i0, &mut codes[..n]);
+                    sum += codes[..n].iter().map(|&k| 2 * i32::from(k) - off).sum::<i32>();
+                    i0 += n;
+                }
+            }
+        }
+        if let Some(d) = out.get_mut(ws + 4 * o..ws + 4 * o + 4) {
+            d.copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+}
+
+/// Reads a little-endian u64 word `i` of a byte slice (0 past the end).
+#[inline]
+fn word(w: &[u8], i: usize) -> u64 {
+    match w.get(i * 8..i * 8 + 8) {
+        Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        None => 0,
+    }
+}
+
+/// The prepared words: a free cast when aligned (the arena always is), else a byte-wise view.
+trait Words {
+    fn at(&self, i: usize) -> u64;
+}
+impl Words for &[u64] {
+    #[inline(always)]
+    fn at(&self, i: usize) -> u64 {
+        self.get(i).copied().unwrap_or(0)
+    }
+}
+struct Bytes<'a>(&'a [u8]);
+impl Words for Bytes<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize) -> u64 {
+        word(self.0, i)
+    }
+}
+
+/// `wsum[o]` stored after the words.
+#[inline]
+fn wsum_at(s: &ConvShape, w: &[u8], o: usize) -> i32 {
+    let at = s.cout * s.kh * s.kw * s.wbits as usize * s.cw * 8 + 4 * o;
+    match w.get(at..at + 4) {
+        Some(b) => i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        None => 0,
+    }
+}
+
+/// Portable XNOR + popcount (W1A1): `acc = taps - 2 * popcount(w ^ x)`, i.e. the sum of
+/// `(2k - 1) * (2q - 1)`.
+pub(crate) fn xnor_run(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    let n = w.len() / 8;
+    match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
+        Ok(wv) => xnor_body(s, x, wv, y0, y1, acc),
+        Err(_) => xnor_body(s, x, Bytes(w), y0, y1, acc),
+    }
+}
+
+fn xnor_body<W: Words>(s: &ConvShape, x: &[u64], wv: W, y0: usize, y1: usize, acc: &mut [i32]) {
+    let cw = s.cw;
+    let taps = s.taps() as i32;
+    let tap_words = s.kh * s.kw * cw;
+    for oy in y0..y1 {
+        for ox in 0..s.ow {
+            let base = ((oy - y0) * s.ow + ox) * s.cout;
+            for o in 0..s.cout {
+                let g = o / s.cout_g;
+                let wo = o * tap_words;
+                let mut pc = 0u32;
+                for ky in 0..s.kh {
+                    let iy = oy * s.sh + ky;
+                    for kx in 0..s.kw {
+                        let ix = ox * s.sw + kx;
+                        let xo = ((iy * s.wp + ix) * s.groups + g) * cw;
+                        let wt = wo + (ky * s.kw + kx) * cw;
+                        for (k, a) in x[xo..xo + cw].iter().enumerate() {
+                            pc += (a ^ wv.at(wt + k)).count_ones();
+                        }
+                    }
+                }
+                if let Some(a) = acc.get_mut(base + o) {
+                    *a = taps.wrapping_sub(2i32.wrapping_mul(pc as i32));
+                }
+            }
+        }
+    }
+}
+
+/// Portable bit-serial AND + popcount: `sum k*q = sum_{i,j} 2^(i+j) popcount(w_i & x_j)`,
+/// then `sum num*q = 2 * sum k*q - (2^wb - 1) * sum q` (and `2 * that - wsum` for 1-bit signs,
+/// whose value is `2q - 1`).
+pub(crate) fn bitserial_run(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    let n = w.len() / 8;
+    match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
+        Ok(wv) => bitserial_body(s, x, wv, w, y0, y1, acc),
+        Err(_) => bitserial_body(s, x, Bytes(w), w, y0, y1, acc),
+    }
+}
+
+fn bitserial_body<W: Words>(
+    s: &ConvShape,
+    x: &[u64],
+    wv: W,
+    wbytes: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let cw = s.cw;
+    let wb = s.wbits as usize;
+    let ab = s.abits as usize;
+    let tap_words = s.kh * s.kw * wb * cw;
+    let off = (1i32 << wb) - 1;
+    for oy in y0..y1 {
+        for ox in 0..s.ow {
+            let base = ((oy - y0) * s.ow + ox) * s.cout;
+            let mut last_g = usize::MAX;
+            let mut qsum = 0u32;
+            for o in 0..s.cout {
+                let g = o / s.cout_g;
+                if g != last_g {
+                    // Sum of the activation codes of this group's window.
+                    qsum = 0;
+                    for ky in 0..s.kh {
+                        let iy = oy * s.sh + ky;
+                        for kx in 0..s.kw {
+                            let ix = ox * s.sw + kx;
+                            let xo = ((iy * s.wp + ix) * s.groups + g) * ab * cw;
+                            for j in 0..ab {
+                                let c: u32 = x[xo + j * cw..xo + (j + 1) * cw]
+                                    .iter()
+                                    .map(|a| a.count_ones())
+                                    .sum();
+                                qsum = qsum.wrapping_add(c << j);
+                            }
+                        }
+                    }
+                    last_g = g;
+                }
+                let wo = o * tap_words;
+                let mut kq = 0u32;
+                for ky in 0..s.kh {
+                    let iy = oy * s.sh + ky;
+                    for kx in 0..s.kw {
+                        let ix = ox * s.sw + kx;
+                        let xo = ((iy * s.wp + ix) * s.groups + g) * ab * cw;
+                        let wt = wo + (ky * s.kw + kx) * wb * cw;
+                        for i in 0..wb {
+                            for j in 0..ab {
+                                let xrow = &x[xo + j * cw..xo + (j + 1) * cw];
+                                let mut c = 0u32;
+                                for (k, a) in xrow.iter().enumerate() {
+                                    c += (a & wv.at(wt + i * cw + k)).count_ones();
+                                }
+                                kq = kq.wrapping_add(c << (i + j));
+                            }
+                        }
+                    }
+                }
+                let numq = (kq.wrapping_mul(2) as i32).wrapping_sub(off.wrapping_mul(qsum as i32));
+                let v = if s.abits == 1 {
+                    numq.wrapping_mul(2).wrapping_sub(wsum_at(s, wbytes, o))
+                } else {
+                    numq
+                };
+                if let Some(a) = acc.get_mut(base + o) {
+                    *a = v;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// input packers (driver side)
+
+/// Pads an HWC u8 tensor (`s.h() x s.w() x s.c`) into `out` (`hp x wp x c`) with `pad` codes.
+pub(crate) fn pad_bytes(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u8]) {
+    let (h, w, c) = (s.h(), s.w(), s.c);
+    let row = s.wp * c;
+    for (y, orow) in out.chunks_exact_mut(row).take(s.hp).enumerate() {
+        if y < s.ph || y >= s.ph + h {
+            orow.fill(pad);
+            continue;
+        }
+        let iy = y - s.ph;
+        orow[..s.pw * c].fill(pad);
+        orow[(s.pw + w) * c..].fill(pad);
+        if let Some(src) = x.get(iy * w * c..(iy + 1) * w * c) {
+            orow[s.pw * c..(s.pw + w) * c].copy_from_slice(src);
+        }
+    }
+}
+
+/// Words per padded pixel in the bit-plane layout.
+pub(crate) fn bit_pixel_words(s: &ConvShape) -> usize {
+    s.groups * s.abits as usize * s.cw
+}
+
+/// Packs an HWC u8 tensor into padded bit planes (CONTRACT.md), pad pixels holding `pad`.
+pub(crate) fn pack_bits(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) {
+    let (h, w, c) = (s.h(), s.w(), s.c);
+    let ab = s.abits as usize;
+    let cw = s.cw;
+    let px = bit_pixel_words(s);
+    // The words of a pad pixel, built once per group/plane.
+    for y in 0..s.hp {
+        for xx in 0..s.wp {
+            let Some(dst) = out.get_mut((y * s.wp + xx) * px..(y * s.wp + xx + 1) * px) else {
+                return;
+            };
+            dst.fill(0);
+            let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
+            let src = if inside {
+                let p = ((y - s.ph) * w + (xx - s.pw)) * c;
+                x.get(p..p + c)
+            } else {
+                None
+            };
+            for g in 0..s.groups {
+                for i in 0..s.cin_g {
+                    let q = match src {
+                        Some(sv) => sv[g * s.cin_g + i],
+                        None => pad,
+                    };
+                    if q == 0 {
+                        continue;
+                    }
+                    let bit = 1u64 << (i % 64);
+                    for p in 0..ab {
+                        if (q >> p) & 1 == 1 {
+                            dst[(g * ab + p) * cw + i / 64] |= bit;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

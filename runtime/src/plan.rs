@@ -1,0 +1,377 @@
+//! The planner: kernel choice per layer, prepared-weight sizes, tensor lifetimes and arena
+//! offsets, all computed before anything runs, in fixed-capacity (`heapless`) tables.
+
+use heapless::Vec;
+use slb_format::{DType, Layer, Model, Shape};
+
+use crate::kernels::{self, Algo, ConvShape, KernelKind};
+use crate::quant::QParams;
+use crate::{Error, Result};
+
+/// Most layers a [`Plan`] holds.
+pub const MAX_LAYERS: usize = 256;
+/// Most tensors a [`Plan`] holds.
+pub const MAX_TENSORS: usize = 256;
+
+/// Alignment of every region and tensor in the arena.
+pub(crate) const ALIGN: usize = 64;
+/// Bytes at the arena's start: a marker saying which plan's weights are prepared.
+pub(crate) const HEADER: usize = 64;
+/// Target size of one chunk of conv accumulators (rows are processed in chunks of this size).
+pub(crate) const ACC_CHUNK: usize = 16 * 1024;
+
+/// Which executor runs the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Integer codes between layers, packed popcount / int8 kernels.
+    Packed,
+    /// `f32` between layers and dequantized `f32` weights (the comparison point). Tensors that
+    /// the model quantizes are fake-quantized (rounded to their codes' real values), so the
+    /// float engine computes the same graph as the packed one up to float rounding.
+    Float,
+}
+
+/// Options for [`Plan::with_options`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Run every conv with this algorithm instead of the default rule (an error where it
+    /// cannot run a layer, e.g. [`Algo::Xnor`] on a 2-bit layer).
+    pub force: Option<Algo>,
+    /// Use the portable kernels only (no SIMD), e.g. to measure the SIMD speed-up.
+    pub portable_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct TensorSlot {
+    /// Offset inside the activation region.
+    pub offset: usize,
+    /// Bytes (0: never written).
+    pub bytes: usize,
+    /// First and last step alive (step 0: the input, step i+1: layer i).
+    pub first: u16,
+    pub last: u16,
+    pub shape: Shape,
+    pub q: Option<QParams>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LayerPlan {
+    pub kernel: Option<KernelKind>,
+    pub shape: Option<ConvShape>,
+    /// Kernel's prepared weights, relative to the weights region.
+    pub w_off: usize,
+    pub w_len: usize,
+    /// Driver's per-conv tables (wsum or border sums), relative to the weights region.
+    pub aux_off: usize,
+    pub aux_len: usize,
+    /// Output rows per kernel call.
+    pub rows: usize,
+    /// Scratch bytes this layer needs.
+    pub scratch: usize,
+}
+
+/// Everything [`crate::run`] needs to know before it runs: which kernel each conv uses, where
+/// each tensor lives in the arena and how big the arena is. No allocation: fixed-capacity
+/// tables of [`MAX_LAYERS`] layers and [`MAX_TENSORS`] tensors.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub(crate) engine: Engine,
+    pub(crate) tensors: Vec<TensorSlot, MAX_TENSORS>,
+    pub(crate) layers: Vec<LayerPlan, MAX_LAYERS>,
+    pub(crate) weights_bytes: usize,
+    pub(crate) act_bytes: usize,
+    pub(crate) act_lower: usize,
+    pub(crate) scratch_bytes: usize,
+    pub(crate) output_len: usize,
+    pub(crate) input_len: usize,
+}
+
+fn align(n: usize) -> Result<usize> {
+    n.checked_add(ALIGN - 1)
+        .map(|v| v / ALIGN * ALIGN)
+        .ok_or(Error::Overflow { what: "arena size" })
+}
+
+fn mul(a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or(Error::Overflow { what: "arena size" })
+}
+
+fn add(a: usize, b: usize) -> Result<usize> {
+    a.checked_add(b).ok_or(Error::Overflow { what: "arena size" })
+}
+
+impl Plan {
+    /// Plans `model` for `engine` with the default kernel choice.
+    pub fn new(model: &Model<'_>, engine: Engine) -> Result<Plan> {
+        Plan::with_options(model, engine, PlanOptions::default())
+    }
+
+    /// Plans `model` for `engine` with explicit options.
+    pub fn with_options(model: &Model<'_>, engine: Engine, opts: PlanOptions) -> Result<Plan> {
+        if model.layers.len() > MAX_LAYERS || model.tensors.len() > MAX_TENSORS {
+            return Err(Error::TooManyLayers);
+        }
+        let nl = model.layers.len();
+        let mut tensors: Vec<TensorSlot, MAX_TENSORS> = Vec::new();
+        for t in model.tensors.iter() {
+            let elems = t.shape.elements().ok_or(Error::Overflow { what: "tensor size" })? as usize;
+            let per = match (engine, t.dtype) {
+                (Engine::Packed, DType::Quant { .. }) => 1,
+                _ => 4,
+            };
+            tensors
+                .push(TensorSlot {
+                    offset: 0,
+                    bytes: mul(elems, per)?,
+                    first: u16::MAX,
+                    last: 0,
+                    shape: t.shape,
+                    q: QParams::of(&t.dtype),
+                })
+                .map_err(|_| Error::TooManyLayers)?;
+        }
+        let input = model.input.tensor as usize;
+        let out = model.output as usize;
+        // Lifetimes.
+        {
+            let slot = tensors.get_mut(input).ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+            slot.first = 0;
+        }
+        for (i, layer) in model.layers.iter().enumerate() {
+            let step = (i + 1) as u16;
+            for t in layer.inputs().into_iter().flatten() {
+                if let Some(s) = tensors.get_mut(t as usize) {
+                    s.last = s.last.max(step);
+                }
+            }
+            if let Some(s) = tensors.get_mut(layer.output() as usize) {
+                s.first = step;
+                s.last = s.last.max(step);
+            }
+        }
+        if let Some(s) = tensors.get_mut(out) {
+            s.last = nl as u16 + 1;
+        }
+        for s in tensors.iter_mut() {
+            if s.first == u16::MAX {
+                s.bytes = 0;
+                s.first = 0;
+            }
+            s.last = s.last.max(s.first);
+        }
+
+        // Layers: kernels, prepared weights, scratch.
+        let mut layers: Vec<LayerPlan, MAX_LAYERS> = Vec::new();
+        let mut weights = 0usize;
+        let mut scratch = 0usize;
+        for (i, layer) in model.layers.iter().enumerate() {
+            let li = i as u16;
+            let mut lp = LayerPlan {
+                kernel: None,
+                shape: None,
+                w_off: 0,
+                w_len: 0,
+                aux_off: 0,
+                aux_len: 0,
+                rows: 0,
+                scratch: 0,
+            };
+            if let Layer::Conv(conv) = &layer {
+                let inp = tensors.get(conv.input as usize).ok_or(Error::PlanMismatch { layer: li })?;
+                let abits = inp.q.map(|q| q.bits).ok_or(Error::Unsupported {
+                    layer: li,
+                    what: "conv on an f32 tensor",
+                })?;
+                let s = ConvShape::of(conv, inp.shape.h as usize, inp.shape.w as usize, abits)
+                    .ok_or(Error::Unsupported { layer: li, what: "conv geometry" })?;
+                lp.shape = Some(s);
+                let row_acc = mul(mul(s.ow, s.cout)?, 4)?;
+                lp.rows = (ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
+                match engine {
+                    Engine::Float => {
+                        lp.kernel = Some(KernelKind::Float);
+                        lp.w_len = mul(mul(s.cout, s.taps())?, 4)?;
+                    }
+                    Engine::Packed => {
+                        let algo = opts.force.unwrap_or_else(|| kernels::default_algo(&s));
+                        if !kernels::algo_fits(algo, &s) {
+                            return Err(Error::KernelUnavailable {
+                                layer: li,
+                                kernel: match algo {
+                                    Algo::Xnor => "xnor (needs 1-bit weights and activations)",
+                                    _ => "forced kernel",
+                                },
+                            });
+                        }
+                        let k = if algo == Algo::Reference {
+                            None
+                        } else if opts.portable_only {
+                            kernels::portable::kernel(algo)
+                        } else {
+                            kernels::select(algo, &s)
+                        };
+                        match k {
+                            None => {
+                                lp.kernel = Some(KernelKind::Reference);
+                                lp.rows = s.oh;
+                                lp.scratch = mul(mul(s.oh, s.ow)?, mul(s.cout, 4)?)?;
+                            }
+                            Some(k) => {
+                                lp.kernel = Some(k.kind);
+                                lp.w_len = (k.prepared_len)(&s);
+                                lp.aux_len = if abits == 1 {
+                                    mul(mul(s.cout, s.kh * s.kw)?, 4)?
+                                } else {
+                                    mul(s.cout, 4)?
+                                };
+                                let input = match k.run {
+                                    kernels::Run::Bytes(_) => {
+                                        if s.ph == 0 && s.pw == 0 {
+                                            0
+                                        } else {
+                                            mul(mul(s.hp, s.wp)?, s.c)?
+                                        }
+                                    }
+                                    kernels::Run::Bits(_) => mul(
+                                        mul(s.hp, s.wp)?,
+                                        mul(kernels::portable::bit_pixel_words(&s), 8)?,
+                                    )?,
+                                };
+                                lp.scratch = add(align(input)?, mul(lp.rows, row_acc)?)?;
+                            }
+                        }
+                    }
+                }
+                lp.w_off = weights;
+                weights = add(weights, align(lp.w_len)?)?;
+                lp.aux_off = weights;
+                weights = add(weights, align(lp.aux_len)?)?;
+                scratch = scratch.max(align(lp.scratch)?);
+            }
+            layers.push(lp).map_err(|_| Error::TooManyLayers)?;
+        }
+
+        let (act_bytes, act_lower) = place(&mut tensors, nl + 2)?;
+        let ot = tensors.get(out).ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+        let output_len = ot.shape.elements().unwrap_or(0) as usize;
+        let s = model.input.shape;
+        let input_len = mul(mul(s.c as usize, s.h as usize)?, s.w as usize)?;
+        Ok(Plan {
+            engine,
+            tensors,
+            layers,
+            weights_bytes: weights,
+            act_bytes,
+            act_lower,
+            scratch_bytes: scratch,
+            output_len,
+            input_len,
+        })
+    }
+
+    /// Bytes of the arena [`crate::run`] needs: a 64-byte header, the prepared weights, the
+    /// activations and the largest layer's scratch, plus 63 bytes of alignment slack.
+    pub fn arena_bytes(&self) -> usize {
+        ALIGN - 1 + HEADER + self.weights_bytes + self.act_bytes + self.scratch_bytes
+    }
+
+    /// Bytes of the activation region: tensors are placed at offsets such that tensors alive at
+    /// the same time never overlap. See [`Plan::activation_lower_bound`].
+    pub fn activation_peak_bytes(&self) -> usize {
+        self.act_bytes
+    }
+
+    /// The smallest possible activation region for this graph: the largest sum of the sizes
+    /// of tensors alive at one step. [`Plan::activation_peak_bytes`] is at least this.
+    pub fn activation_lower_bound(&self) -> usize {
+        self.act_lower
+    }
+
+    /// Bytes of prepared (unpacked or re-laid-out) weights kept in the arena.
+    pub fn weights_bytes(&self) -> usize {
+        self.weights_bytes
+    }
+
+    /// Bytes of per-layer scratch (padded inputs, accumulator chunks), shared by all layers.
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch_bytes
+    }
+
+    /// The kernel chosen for layer `layer` (`None` for non-conv layers or past the end).
+    pub fn kernel(&self, layer: usize) -> Option<KernelKind> {
+        self.layers.get(layer).and_then(|l| l.kernel)
+    }
+
+    /// The engine this plan is for.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Number of logits [`crate::run`] writes.
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// Bytes of the input image (`H * W * C`).
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    /// Number of layers planned.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+}
+
+/// Places tensors greedily, largest first, each at the lowest aligned offset that does not
+/// overlap a placed tensor alive at the same time. Returns (region size, lower bound).
+fn place(tensors: &mut Vec<TensorSlot, MAX_TENSORS>, steps: usize) -> Result<(usize, usize)> {
+    // Lower bound: the most bytes alive at one step.
+    let mut lower = 0usize;
+    for st in 0..steps {
+        let live: usize = tensors
+            .iter()
+            .filter(|t| t.bytes > 0 && usize::from(t.first) <= st && st <= usize::from(t.last))
+            .map(|t| t.bytes)
+            .sum();
+        lower = lower.max(live);
+    }
+    // Order: by size descending (indices sorted without allocation).
+    let mut order: Vec<u16, MAX_TENSORS> = Vec::new();
+    for i in 0..tensors.len() {
+        let _ = order.push(i as u16);
+    }
+    order.sort_unstable_by(|&a, &b| {
+        let (ta, tb) = (&tensors[a as usize], &tensors[b as usize]);
+        tb.bytes.cmp(&ta.bytes).then(ta.first.cmp(&tb.first))
+    });
+    let mut placed: Vec<u16, MAX_TENSORS> = Vec::new();
+    let mut top = 0usize;
+    for &i in order.iter() {
+        let t = tensors[i as usize];
+        if t.bytes == 0 {
+            continue;
+        }
+        let size = align(t.bytes)?;
+        // Conflicting intervals, sorted by offset.
+        let mut busy: Vec<(usize, usize), MAX_TENSORS> = Vec::new();
+        for &j in placed.iter() {
+            let u = &tensors[j as usize];
+            if u.first <= t.last && t.first <= u.last {
+                let _ = busy.push((u.offset, u.offset + align(u.bytes)?));
+            }
+        }
+        busy.sort_unstable();
+        let mut off = 0usize;
+        for &(s, e) in busy.iter() {
+            if off + size <= s {
+                break;
+            }
+            off = off.max(e);
+        }
+        tensors[i as usize].offset = off;
+        top = top.max(add(off, size)?);
+        let _ = placed.push(i);
+    }
+    Ok((top, lower))
+}

@@ -91,7 +91,7 @@ impl Geom {
         self.out_c / self.groups
     }
     /// Length of the accumulators of all output rows (`oh * ow * out_c`).
-    #[cfg(test)]
+    #[cfg(any(test, slb_scratch))]
     pub fn acc_len(&self) -> usize {
         self.oh() * self.ow() * self.out_c
     }
@@ -364,10 +364,12 @@ fn a8_check(
 #[inline(always)]
 unsafe fn load4(p: *const u8, n: usize) -> i32 {
     debug_assert!(n <= 4);
-    let mut b = [0u8; 4];
-    // SAFETY: the caller guarantees `n` readable bytes at `p`; `b` holds 4.
-    unsafe { core::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), n) };
-    i32::from_le_bytes(b)
+    let mut v = 0u32;
+    for i in 0..n {
+        // SAFETY: the caller guarantees `n` readable bytes at `p`.
+        v |= (unsafe { p.add(i).read() } as u32) << (8 * i);
+    }
+    v as i32
 }
 
 /// Pixel tiles: `f(start, count)` over `first..end` in steps of `P`, the tail one by one.
@@ -471,34 +473,42 @@ unsafe fn a8_tile_512<const NB: usize, const P: usize>(
     }
     let x = input.as_ptr();
     let mut a = [[_mm512_setzero_si512(); NB]; P];
+    // One 4-channel chunk `q` of the tap: NB weight vectors, P broadcast activations.
+    macro_rules! step {
+        ($wt:expr, $xp:expr, $q:expr, $load:expr) => {{
+            let mut wv = [_mm512_setzero_si512(); NB];
+            for (b, v) in wv.iter_mut().enumerate() {
+                // SAFETY: block `b0 + b` exists and chunk `q < c4n` is inside it.
+                *v = unsafe { _mm512_loadu_si512($wt.add(b * bb + $q * 64) as *const _) };
+            }
+            for j in 0..P {
+                let av = _mm512_set1_epi32($load($xp[j], $q));
+                for b in 0..NB {
+                    a[j][b] = _mm512_dpbusd_epi32(a[j][b], av, wv[b]);
+                }
+            }
+        }};
+    }
+    // SAFETY (both loads): `xp[j]` is channel `gi*cin` of an input pixel inside the padded
+    // buffer; a full chunk (`q < full`) reads 4 of its `cin` channels, the partial chunk `rem`.
+    let full_load =
+        |p: *const u8, q: usize| unsafe { (p.add(4 * q) as *const i32).read_unaligned() };
+    let part_load = |p: *const u8, q: usize| unsafe { load4(p.add(4 * q), rem) };
     for ky in 0..g.kh {
         for kx in 0..g.kw {
             let aoff = (ky * g.w + kx) * g.c;
             // SAFETY: tap offsets stay inside the block (`kh * kw * c4n * 64` bytes).
             let wt = unsafe { w.add((ky * g.kw + kx) * c4n * 64) };
-            for q in 0..c4n {
-                let mut wv = [_mm512_setzero_si512(); NB];
-                for (b, v) in wv.iter_mut().enumerate() {
-                    // SAFETY: block `b0 + b` exists and chunk `q < c4n` is inside it.
-                    *v = unsafe { _mm512_loadu_si512(wt.add(b * bb + q * 64) as *const _) };
-                }
-                for j in 0..P {
-                    let off = base[j] + aoff + 4 * q;
-                    // SAFETY: the pixel `(oy*sh+ky, ox*sw+kx)` is inside the padded input, so
-                    // its channels `gi*cin + 4q ..` are readable up to `cin`; a full chunk
-                    // (`q < full`) reads 4 bytes of them.
-                    let v = unsafe {
-                        if q < full {
-                            (x.add(off) as *const i32).read_unaligned()
-                        } else {
-                            load4(x.add(off), rem)
-                        }
-                    };
-                    let av = _mm512_set1_epi32(v);
-                    for b in 0..NB {
-                        a[j][b] = _mm512_dpbusd_epi32(a[j][b], av, wv[b]);
-                    }
-                }
+            let mut xp = [x; P];
+            for j in 0..P {
+                // SAFETY: the tap's pixel lies inside the padded input.
+                xp[j] = unsafe { x.add(base[j] + aoff) };
+            }
+            for q in 0..full {
+                step!(wt, xp, q, full_load);
+            }
+            if rem != 0 {
+                step!(wt, xp, full, part_load);
             }
         }
     }
@@ -587,28 +597,43 @@ unsafe fn a8_tile_avx2<const P: usize>(
     let x = input.as_ptr();
     let ones = _mm256_set1_epi16(1);
     let mut a = [[_mm256_setzero_si256(); 2]; P];
-    // Reads the activation word of chunk `q` for pixel `j` at tap offset `aoff`.
-    let act = |j: usize, aoff: usize, q: usize| -> __m256i {
-        let off = base[j] + aoff + 4 * q;
-        // SAFETY: as in the VNNI tile: the chunk's first `min(4, cin - 4q)` bytes are channels
-        // of an input pixel inside the padded buffer.
-        let v = unsafe {
-            if q < full {
-                (x.add(off) as *const i32).read_unaligned()
-            } else {
-                load4(x.add(off), rem)
+    // SAFETY (both loads): `xp[j]` is channel `gi*cin` of an input pixel inside the padded
+    // buffer; a full chunk (`q < full`) reads 4 of its `cin` channels, the partial chunk `rem`.
+    let full_load =
+        |p: *const u8, q: usize| unsafe { (p.add(4 * q) as *const i32).read_unaligned() };
+    let part_load = |p: *const u8, q: usize| unsafe { load4(p.add(4 * q), rem) };
+    // One chunk `q`: both 8-channel halves of the block, P pixels.
+    macro_rules! single {
+        ($wt:expr, $xp:expr, $q:expr, $load:expr) => {{
+            // SAFETY: chunk `q < c4n` is inside the block.
+            let (w0, w1) = unsafe {
+                (
+                    _mm256_loadu_si256($wt.add($q * 64) as *const _),
+                    _mm256_loadu_si256($wt.add($q * 64 + 32) as *const _),
+                )
+            };
+            for j in 0..P {
+                let x0 = _mm256_set1_epi32($load($xp[j], $q));
+                let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w0), ones);
+                let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w1), ones);
+                a[j][0] = _mm256_add_epi32(a[j][0], lo);
+                a[j][1] = _mm256_add_epi32(a[j][1], hi);
             }
-        };
-        _mm256_set1_epi32(v)
-    };
+        }};
+    }
     for ky in 0..g.kh {
         for kx in 0..g.kw {
             let aoff = (ky * g.w + kx) * g.c;
             // SAFETY: tap offsets stay inside the block.
             let wt = unsafe { w.add((ky * g.kw + kx) * c4n * 64) };
+            let mut xp = [x; P];
+            for j in 0..P {
+                // SAFETY: the tap's pixel lies inside the padded input.
+                xp[j] = unsafe { x.add(base[j] + aoff) };
+            }
             let mut q = 0;
             // Two chunks at a time: four u8 x s8 products per i16 lane stay below 2^15.
-            while q + 2 <= c4n {
+            while q + 2 <= full {
                 // SAFETY: chunks `q, q + 1 < c4n` are inside the block.
                 let (w0, w1, w2, w3) = unsafe {
                     (
@@ -619,8 +644,8 @@ unsafe fn a8_tile_avx2<const P: usize>(
                     )
                 };
                 for j in 0..P {
-                    let x0 = act(j, aoff, q);
-                    let x1 = act(j, aoff, q + 1);
+                    let x0 = _mm256_set1_epi32(full_load(xp[j], q));
+                    let x1 = _mm256_set1_epi32(full_load(xp[j], q + 1));
                     let lo = _mm256_add_epi16(
                         _mm256_maddubs_epi16(x0, w0),
                         _mm256_maddubs_epi16(x1, w2),
@@ -634,21 +659,11 @@ unsafe fn a8_tile_avx2<const P: usize>(
                 }
                 q += 2;
             }
-            if q < c4n {
-                // SAFETY: chunk `q < c4n` is inside the block.
-                let (w0, w1) = unsafe {
-                    (
-                        _mm256_loadu_si256(wt.add(q * 64) as *const _),
-                        _mm256_loadu_si256(wt.add(q * 64 + 32) as *const _),
-                    )
-                };
-                for j in 0..P {
-                    let x0 = act(j, aoff, q);
-                    let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w0), ones);
-                    let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(x0, w1), ones);
-                    a[j][0] = _mm256_add_epi32(a[j][0], lo);
-                    a[j][1] = _mm256_add_epi32(a[j][1], hi);
-                }
+            if q < full {
+                single!(wt, xp, q, full_load);
+            }
+            if rem != 0 {
+                single!(wt, xp, full, part_load);
             }
         }
     }
@@ -724,7 +739,7 @@ pub fn bits_prepare(codes: &[u8], g: &Geom, out: &mut [u8]) -> Result<(), Kernel
 
 /// Packs the padded `u8` input into bit planes `u64 [h][w][g][abits][words]` (bit `r` of each
 /// code; bits above `abits` are ignored). Uses AVX2 `vpmovmskb` where available.
-#[cfg(test)]
+#[cfg(any(test, slb_scratch))]
 pub fn pack_planes(
     g: &Geom,
     abits: u8,
@@ -766,7 +781,7 @@ pub fn pack_planes(
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(any(test, slb_scratch))]
 /// Scalar twin of [`planes_of_chunk_avx2`]: `w[r]` = bit `r` of the 64 codes.
 fn planes_of_chunk(chunk: &[u8; 64], w: &mut [u64; 8]) {
     *w = [0; 8];
@@ -779,7 +794,7 @@ fn planes_of_chunk(chunk: &[u8; 64], w: &mut [u64; 8]) {
 
 /// # Safety
 /// The CPU supports AVX2.
-#[cfg(test)]
+#[cfg(any(test, slb_scratch))]
 #[target_feature(enable = "avx2")]
 unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
     // SAFETY: `chunk` holds 64 bytes: two 32-byte loads.

@@ -20,21 +20,44 @@ fn main() {
     // The arena is a static buffer; its size is a build-time constant (the program checks it
     // against the plan's need at run time and prints both).
     let arena: usize = match env::var("SLB_ARENA_BYTES") {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("SLB_ARENA_BYTES={v:?} is not a number")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("SLB_ARENA_BYTES={v:?} is not a number")),
         Err(_) => 192 * 1024,
     };
     println!("cargo:rerun-if-env-changed=SLB_ARENA_BYTES");
+    // Kernel choices to run, in order: `default` (the runtime's own choice), `bitserial`,
+    // `int8dot`, `reference`.
+    let algos = env::var("SLB_ALGOS").unwrap_or_else(|_| "default".into());
+    println!("cargo:rerun-if-env-changed=SLB_ALGOS");
+    let mut list = String::new();
+    for a in algos.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        if !matches!(a, "default" | "bitserial" | "int8dot" | "reference") {
+            panic!(
+                "SLB_ALGOS: unknown kernel choice {a:?} (default, bitserial, int8dot, reference)"
+            );
+        }
+        list.push_str(&format!("{a:?}, "));
+    }
     fs::write(
-        out.join("arena.rs"),
-        format!("/// Bytes of the static activation arena (set by SLB_ARENA_BYTES at build time).\npub const ARENA_BYTES: usize = {arena};\n"),
+        out.join("config.rs"),
+        format!(
+            "/// Bytes of the static arena (SLB_ARENA_BYTES at build time).\n\
+             pub const ARENA_BYTES: usize = {arena};\n\
+             /// Kernel choices to run (SLB_ALGOS at build time).\n\
+             pub const ALGOS: &[&str] = &[{list}];\n"
+        ),
     )
-    .expect("write arena.rs");
+    .expect("write config.rs");
 }
 
 /// The absolute path of an input file named by `var` (default `default`), which must exist.
 fn input(dir: &Path, var: &str, default: &str) -> PathBuf {
     println!("cargo:rerun-if-env-changed={var}");
-    let p = env::var_os(var).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    let p = env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
     let p = if p.is_absolute() { p } else { dir.join(p) };
     if !p.is_file() {
         panic!(

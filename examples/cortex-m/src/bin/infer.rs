@@ -1,0 +1,218 @@
+//! Runs an SLB packed model on the board: parses the embedded model, plans it, and classifies
+//! each embedded test image in a static arena, raising LED0 (an `embedded-hal` output pin) while
+//! inference runs.
+//!
+//! Output (semihosting), one record a line, parsed by `tests/mcu_qemu.rs`:
+//! ```text
+//! model <name> bytes <n> layers <n> classes <n> images <n>
+//! plan <choice> need <arena bytes> have <static arena bytes> weights <b> activations <b> scratch <b>
+//! kernel <layer> <kernel name>                       (one per conv)
+//! prepare ticks <SysTick ticks of the weight preparation>
+//! image <i> class <k> <name> ticks <SysTick ticks of the inference>
+//! logits <i> <f32 bit patterns, hex, one per class>
+//! stack <bytes used at the deepest point>
+//! done
+//! ```
+//! `plan` to `logits` repeat for each kernel choice built in (`SLB_ALGOS`). The program exits
+//! with status 0, or prints `error: ...` and exits with status 1.
+#![no_std]
+#![no_main]
+
+#[path = "../board.rs"]
+mod board;
+#[path = "../stack.rs"]
+mod stack;
+
+mod config {
+    include!(concat!(env!("OUT_DIR"), "/config.rs"));
+}
+
+use core::fmt::Write as _;
+use core::ptr::addr_of_mut;
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+use embedded_hal::digital::OutputPin;
+use heapless::{String, Vec};
+use panic_semihosting as _;
+use slb_format::{Layer, Model};
+use slb_runtime::{Algo, Engine, Plan, PlanOptions};
+
+/// The model file, embedded in flash (path from `SLB_MODEL` at build time).
+static MODEL: &[u8] = include_bytes!(env!("SLB_MODEL_PATH"));
+/// Test images, HWC bytes back to back (path from `SLB_IMAGES` at build time).
+static IMAGES: &[u8] = include_bytes!(env!("SLB_IMAGES_PATH"));
+
+/// Most classes this program prints logits for.
+const MAX_CLASSES: usize = 100;
+
+/// The arena, aligned like the runtime's regions.
+#[repr(C, align(64))]
+struct Arena([u8; config::ARENA_BYTES]);
+static mut ARENA: Arena = Arena([0; config::ARENA_BYTES]);
+
+#[entry]
+fn main() -> ! {
+    let painted = stack::paint(64 * 1024);
+    let code = match run(&painted) {
+        Ok(()) => debug::EXIT_SUCCESS,
+        Err(e) => {
+            hprintln!("error: {}", e);
+            debug::EXIT_FAILURE
+        }
+    };
+    debug::exit(code);
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+/// Why the program stopped.
+enum Failure {
+    Format(slb_format::Error),
+    Runtime(slb_runtime::Error),
+    Arena { need: usize, have: usize },
+    Images { len: usize, image: usize },
+    Classes(usize),
+    Choice(&'static str),
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Failure::Format(e) => write!(f, "model file: {e}"),
+            Failure::Runtime(e) => write!(f, "runtime: {e}"),
+            Failure::Arena { need, have } => write!(
+                f,
+                "the plan needs {need} arena bytes, the static arena has {have} \
+                 (rebuild with SLB_ARENA_BYTES={need})"
+            ),
+            Failure::Images { len, image } => write!(
+                f,
+                "{len} bytes of images is not a whole number of {image}-byte images"
+            ),
+            Failure::Classes(n) => {
+                write!(f, "{n} classes; this program prints at most {MAX_CLASSES}")
+            }
+            Failure::Choice(c) => write!(f, "unknown kernel choice {c}"),
+        }
+    }
+}
+
+fn run(painted: &stack::Painted) -> Result<(), Failure> {
+    let cp = cortex_m::Peripherals::take().ok_or(Failure::Choice("peripherals taken twice"))?;
+    let ticks = board::Ticks::start(cp.SYST);
+    let mut led = board::Led0::new();
+
+    let model = Model::parse(MODEL).map_err(Failure::Format)?;
+    let s = model.input.shape;
+    let image_len = (s.c * s.h * s.w) as usize;
+    if image_len == 0 || IMAGES.len() % image_len != 0 {
+        return Err(Failure::Images {
+            len: IMAGES.len(),
+            image: image_len,
+        });
+    }
+    let images = IMAGES.len() / image_len;
+    let classes = model.input.num_classes();
+    hprintln!(
+        "model {} bytes {} layers {} classes {} images {}",
+        model.name,
+        MODEL.len(),
+        model.layers.len(),
+        classes,
+        images
+    );
+    if classes > MAX_CLASSES {
+        return Err(Failure::Classes(classes));
+    }
+    let mut logits: Vec<f32, MAX_CLASSES> = Vec::new();
+    logits
+        .resize(classes, 0.0)
+        .map_err(|_| Failure::Classes(classes))?;
+    // SAFETY: `run` is called once, so this is the only reference to the arena.
+    let arena: &mut [u8] = unsafe { &mut (*addr_of_mut!(ARENA)).0 };
+
+    for &choice in config::ALGOS {
+        let force = match choice {
+            "default" => None,
+            "bitserial" => Some(Algo::BitSerial),
+            "int8dot" => Some(Algo::Int8Dot),
+            "reference" => Some(Algo::Reference),
+            other => return Err(Failure::Choice(other)),
+        };
+        let opts = PlanOptions {
+            force,
+            ..PlanOptions::default()
+        };
+        let plan = Plan::with_options(&model, Engine::Packed, opts).map_err(Failure::Runtime)?;
+        let need = plan.arena_bytes();
+        hprintln!(
+            "plan {} need {} have {} weights {} activations {} scratch {}",
+            choice,
+            need,
+            arena.len(),
+            plan.weights_bytes(),
+            plan.activation_peak_bytes(),
+            plan.scratch_bytes()
+        );
+        if need > arena.len() {
+            return Err(Failure::Arena {
+                need,
+                have: arena.len(),
+            });
+        }
+        for (i, layer) in model.layers.iter().enumerate() {
+            if let (Layer::Conv(_), Some(k)) = (layer, plan.kernel(i)) {
+                hprintln!("kernel {} {}", i, k);
+            }
+        }
+        let t0 = ticks.now();
+        slb_runtime::prepare(&model, &plan, arena).map_err(Failure::Runtime)?;
+        hprintln!("prepare ticks {}", ticks.now() - t0);
+
+        for (i, image) in IMAGES.chunks_exact(image_len).enumerate() {
+            let t0 = ticks.now();
+            slb_runtime::run_with_busy_pin(&model, &plan, arena, image, &mut logits, &mut led)
+                .map_err(Failure::Runtime)?;
+            let dt = ticks.now() - t0;
+            if led.is_on() {
+                // The runtime lowers the busy pin when it returns; say so if it did not.
+                let _ = led.set_low();
+                hprintln!("warning: busy pin left high");
+            }
+            let best = argmax(&logits);
+            let name = model.input.class_names().nth(best).unwrap_or("?");
+            hprintln!("image {} class {} {} ticks {}", i, best, name, dt);
+            print_logits(i, &logits);
+        }
+    }
+    match painted.peak() {
+        Some(b) => hprintln!("stack {}", b),
+        None => hprintln!("stack overflowed-paint"),
+    }
+    hprintln!("done");
+    Ok(())
+}
+
+/// Index of the largest logit (the first one on ties).
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Prints `logits <i>` and each logit's bit pattern in hex, in one semihosting call.
+fn print_logits(i: usize, logits: &[f32]) {
+    // "logits " + index + 9 bytes a logit fits MAX_CLASSES logits.
+    let mut line: String<{ 16 + 9 * MAX_CLASSES }> = String::new();
+    let _ = write!(line, "logits {}", i);
+    for &x in logits {
+        let _ = write!(line, " {:08x}", x.to_bits());
+    }
+    hprintln!("{}", line);
+}

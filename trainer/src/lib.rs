@@ -8,9 +8,11 @@
 #![deny(missing_docs)]
 
 pub mod algo;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod nn;
 pub mod train;
 

@@ -1,0 +1,116 @@
+//! `slb train`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::data::{self, DeviceData, Split};
+use crate::export::export_checkpoint;
+use crate::train::{checkpoint_path, run, Checkpoint, RunOptions};
+
+/// Arguments of `slb train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// TOML configuration (Golden Stick's keys plus the recipe).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Dataset: a CIFAR-10 binary folder, an image-folder tree or a .tar/.tar.xz of one.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory (checkpoint.ot, metrics.jsonl, config.toml, model.slb).
+    #[arg(long, default_value = "runs/slb")]
+    pub out: PathBuf,
+    /// Training device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Epochs (overrides the config's `epochs`).
+    #[arg(long)]
+    pub epochs: Option<i64>,
+    /// Continue from OUT/checkpoint.ot (has_trained_epoch is taken from it).
+    #[arg(long)]
+    pub resume: bool,
+    /// Train at most this many epochs in this run (resume later to continue the schedule).
+    #[arg(long)]
+    pub stop_after: Option<i64>,
+    /// Do not export OUT/model.slb at the end.
+    #[arg(long)]
+    pub no_export: bool,
+    /// Seed (overrides the config's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Runs `slb train`. The configuration is validated before any data is read or any device
+/// memory is touched.
+pub fn main(a: &TrainArgs) -> Result<()> {
+    let mut cfg = Config::from_file(&a.config)?;
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if a.stop_after.is_some_and(|n| n <= 0) {
+        anyhow::bail!("--stop-after must be greater than 0");
+    }
+    let algo = cfg.algorithm()?;
+    let device = super::parse_device(&a.device)?;
+    eprintln!("{algo}");
+    let load = |split| {
+        let per_class = match split {
+            Split::Train => cfg.train_per_class,
+            Split::Test => cfg.test_per_class,
+        };
+        data::load_limited(&a.data, split, per_class)
+            .with_context(|| format!("loading {}", a.data.display()))
+    };
+    let train = load(Split::Train)?;
+    let test = load(Split::Test)?;
+    eprintln!(
+        "data: {} training, {} test images, {} classes, {}x{}",
+        train.len(),
+        test.len(),
+        train.classes.len(),
+        train.height,
+        train.width
+    );
+    let opts = RunOptions {
+        out: a.out.clone(),
+        device,
+        resume: a.resume,
+        stop_after: a.stop_after,
+        progress: true,
+    };
+    let summary = run(&cfg, &train, &test, &opts)?;
+    if let Some(m) = summary.epochs.last() {
+        eprintln!(
+            "done: epoch {} test top1 {:.2}% top5 {:.2}%; checkpoint {}",
+            m.epoch,
+            m.test_top1 * 100.0,
+            m.test_top5 * 100.0,
+            summary.checkpoint.display()
+        );
+    }
+    if !a.no_export {
+        let ck = Checkpoint::load(&checkpoint_path(&a.out))?;
+        let calib = (!ck.meta.ranges_valid).then(|| DeviceData::new(&train, tch::Device::Cpu));
+        let ex = export_checkpoint(&ck, calib.as_ref())?;
+        let path = a.out.join("model.slb");
+        crate::train::write_atomic(&path, |p| {
+            std::fs::write(p, &ex.bytes).map_err(|e| crate::Error::io("write", p, e))
+        })?;
+        eprintln!(
+            "exported {} ({} bytes, {} SLB convs){}",
+            path.display(),
+            ex.bytes.len(),
+            ex.convs,
+            if ex.calibrated {
+                "; 8-bit activation ranges calibrated on training images (activation quantization was off in training)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}

@@ -111,10 +111,11 @@ impl Sgd {
     pub fn step(&mut self, lr: f64) {
         tch::no_grad(|| {
             for ((_, p, decay), buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
+                // A variable without a gradient this step (the logits in the hard phase) still
+                // gets momentum and weight decay, exactly as a zeroed gradient would: so a
+                // resumed run, whose gradients start undefined, matches an uninterrupted one.
                 let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
+                let g = if g.defined() { g } else { p.zeros_like() };
                 let g = if *decay && self.weight_decay > 0.0 {
                     g + &*p * self.weight_decay
                 } else {

@@ -39,6 +39,9 @@ pub struct TrainArgs {
     /// Seed (overrides the config's).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// libtorch intra-op CPU threads (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
 }
 
 /// Runs `slb train`. The configuration is validated before any data is read or any device
@@ -56,6 +59,9 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     }
     let algo = cfg.algorithm()?;
     let device = super::parse_device(&a.device)?;
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t.max(1));
+    }
     eprintln!("{algo}");
     let load = |split| {
         let per_class = match split {

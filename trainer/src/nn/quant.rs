@@ -183,9 +183,12 @@ pub fn fake_quant(x: &Tensor, scale: &Tensor, zp: &Tensor, bits: u8) -> Tensor {
 impl ActQuant {
     /// An 8-bit min/max node with buffers `min`, `max` under `p` (initial range [-6, 6]).
     pub fn minmax(p: &nn::Path) -> ActQuant {
-        let min = p.var("min", &[1], nn::Init::Const(-6.0));
-        let max = p.var("max", &[1], nn::Init::Const(6.0));
-        let (min, max) = (min.set_requires_grad(false), max.set_requires_grad(false));
+        let mut min = p.zeros_no_train("min", &[1]);
+        let mut max = p.zeros_no_train("max", &[1]);
+        tch::no_grad(|| {
+            let _ = min.fill_(-6.0);
+            let _ = max.fill_(6.0);
+        });
         ActQuant {
             kind: ActKind::MinMax { min, max },
         }

@@ -74,13 +74,22 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::ArenaTooSmall { needed, got } => {
-                write!(f, "arena too small: the plan needs {needed} bytes, got {got}")
+                write!(
+                    f,
+                    "arena too small: the plan needs {needed} bytes, got {got}"
+                )
             }
             Error::InputSize { expected, got } => {
-                write!(f, "input image has {got} bytes, the model needs {expected} (H*W*C)")
+                write!(
+                    f,
+                    "input image has {got} bytes, the model needs {expected} (H*W*C)"
+                )
             }
             Error::OutputSize { expected, got } => {
-                write!(f, "output slice holds {got} values, the model produces {expected}")
+                write!(
+                    f,
+                    "output slice holds {got} values, the model produces {expected}"
+                )
             }
             Error::Unsupported { layer, what } => {
                 if *layer == u16::MAX {
@@ -100,11 +109,17 @@ impl fmt::Display for Error {
                 if *layer == u16::MAX {
                     write!(f, "the plan was made for another model")
                 } else {
-                    write!(f, "the plan was made for another model (layer {layer} differs)")
+                    write!(
+                        f,
+                        "the plan was made for another model (layer {layer} differs)"
+                    )
                 }
             }
             Error::KernelUnavailable { layer, kernel } => {
-                write!(f, "layer {layer}: kernel {kernel} is not available for it here")
+                write!(
+                    f,
+                    "layer {layer}: kernel {kernel} is not available for it here"
+                )
             }
             Error::Format(e) => write!(f, "invalid model: {e}"),
             Error::Pin => write!(f, "could not drive the busy pin"),

@@ -8,7 +8,7 @@ use slb_format::{Conv, DenseWeights, Layer, Model, Pool};
 
 use crate::float;
 use crate::kernels::{self, portable, reference, ConvShape, KernelKind, Run};
-use crate::plan::{Engine, LayerPlan, Plan, TensorSlot, ALIGN, HEADER};
+use crate::plan::{conv_shape, Engine, LayerPlan, Plan, TensorSlot, ALIGN, HEADER};
 use crate::quant::{self, QParams};
 use crate::{Error, Result};
 
@@ -84,15 +84,21 @@ fn check_plan(model: &Model<'_>, plan: &Plan) -> Result<()> {
         }
     }
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
+        let differs = Error::PlanMismatch { layer: i as u16 };
         if let Layer::Conv(c) = layer {
-            let inp = plan.tensors.get(c.input as usize).ok_or(whole)?;
-            let abits = inp.q.map_or(0, |q| q.bits);
-            let s = ConvShape::of(&c, inp.shape.h as usize, inp.shape.w as usize, abits);
-            if s.is_none() || s != lp.shape {
-                return Err(Error::PlanMismatch { layer: i as u16 });
+            let s = conv_shape(&c, &plan.tensors).ok_or(differs)?;
+            // The prepared sizes must be the ones this conv needs.
+            let w_len = match lp.kernel {
+                Some(KernelKind::Float) => s.cout * s.taps() * 4,
+                Some(KernelKind::Reference) => 0,
+                Some(kind) => kernels::by_kind(kind).map_or(usize::MAX, |k| (k.prepared_len)(&s)),
+                None => usize::MAX,
+            };
+            if !lp.conv || w_len != lp.w_len as usize {
+                return Err(differs);
             }
-        } else if lp.shape.is_some() {
-            return Err(Error::PlanMismatch { layer: i as u16 });
+        } else if lp.conv {
+            return Err(differs);
         }
     }
     Ok(())
@@ -108,15 +114,21 @@ pub fn prepare(model: &Model<'_>, plan: &Plan, arena: &mut [u8]) -> Result<()> {
     prepare_regions(model, plan, r.header, r.weights)
 }
 
-fn prepare_regions(model: &Model<'_>, plan: &Plan, header: &mut [u8], weights: &mut [u8]) -> Result<()> {
+fn prepare_regions(
+    model: &Model<'_>,
+    plan: &Plan,
+    header: &mut [u8],
+    weights: &mut [u8],
+) -> Result<()> {
     header[..8].fill(0);
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
-        let (Layer::Conv(conv), Some(s)) = (layer, lp.shape) else {
+        let Layer::Conv(conv) = layer else {
             continue;
         };
         let li = i as u16;
+        let s = conv_shape(&conv, &plan.tensors).ok_or(Error::PlanMismatch { layer: li })?;
         let w = weights
-            .get_mut(lp.w_off..lp.w_off + lp.w_len)
+            .get_mut(lp.w())
             .ok_or(Error::PlanMismatch { layer: li })?;
         w.fill(0);
         match lp.kernel {
@@ -131,7 +143,7 @@ fn prepare_regions(model: &Model<'_>, plan: &Plan, header: &mut [u8], weights: &
             }
         }
         let aux = weights
-            .get_mut(lp.aux_off..lp.aux_off + lp.aux_len)
+            .get_mut(lp.aux())
             .ok_or(Error::PlanMismatch { layer: li })?;
         prepare_aux(&conv, &s, aux);
     }
@@ -185,7 +197,13 @@ fn i32_at(b: &[u8], i: usize) -> i32 {
 ///
 /// The arena must hold [`Plan::arena_bytes`] bytes; its prepared weights are reused between
 /// calls (prepared on the first call, or by [`prepare`]).
-pub fn run(model: &Model<'_>, plan: &Plan, arena: &mut [u8], image: &[u8], logits: &mut [f32]) -> Result<()> {
+pub fn run(
+    model: &Model<'_>,
+    plan: &Plan,
+    arena: &mut [u8],
+    image: &[u8],
+    logits: &mut [f32],
+) -> Result<()> {
     if image.len() != plan.input_len {
         return Err(Error::InputSize {
             expected: plan.input_len,
@@ -275,7 +293,12 @@ fn load_input(model: &Model<'_>, slot: &TensorSlot, dst: &mut [u8], image: &[u8]
     match slot.q {
         Some(_) => {
             for (i, (d, &v)) in dst.iter_mut().zip(image).enumerate() {
-                *d = model.input.lut.get((i % c) * 256 + v as usize).copied().unwrap_or(0);
+                *d = model
+                    .input
+                    .lut
+                    .get((i % c) * 256 + v as usize)
+                    .copied()
+                    .unwrap_or(0);
             }
         }
         None => {
@@ -308,9 +331,17 @@ fn run_packed(
         let ta = plan.tensors[ins[0].unwrap_or(0) as usize];
         let tb = ins[1].map(|t| plan.tensors[t as usize]);
         let to = plan.tensors[layer.output() as usize];
-        let (out, a, b) = io(acts, range(&to), range(&ta), tb.as_ref().map_or(0..0, range))?;
+        let (out, a, b) = io(
+            acts,
+            range(&to),
+            range(&ta),
+            tb.as_ref().map_or(0..0, range),
+        )?;
         match &layer {
-            Layer::Conv(conv) => conv_layer(li, conv, lp, &ta, &to, a, out, weights, scratch)?,
+            Layer::Conv(conv) => {
+                let s = conv_shape(conv, &plan.tensors).ok_or(Error::PlanMismatch { layer: li })?;
+                conv_layer(li, conv, &s, lp, &ta, &to, a, out, weights, scratch)?
+            }
             Layer::Dense(d) => dense(&d.weights, d.bias, &ta, a, out, ta.q.is_none())?,
             Layer::MaxPool(p) => pool(p, &ta, &to, ta.q, a, out, true),
             Layer::AvgPool(p) => pool(p, &ta, &to, ta.q, a, out, false),
@@ -318,11 +349,22 @@ fn run_packed(
             Layer::Add(add) => {
                 let (qa, qb, qo) = match (ta.q, tb.and_then(|t| t.q), to.q) {
                     (Some(x), Some(y), Some(z)) => (x, y, z),
-                    _ => return Err(Error::Unsupported { layer: li, what: "add of f32 tensors" }),
+                    _ => {
+                        return Err(Error::Unsupported {
+                            layer: li,
+                            what: "add of f32 tensors",
+                        })
+                    }
                 };
                 let c = ta.shape.c as usize;
                 for (k, o) in out.iter_mut().enumerate() {
-                    *o = quant::add_code(qa.centred(a[k]), qb.centred(b[k]), &add.params, k % c, &qo);
+                    *o = quant::add_code(
+                        qa.centred(a[k]),
+                        qb.centred(b[k]),
+                        &add.params,
+                        k % c,
+                        &qo,
+                    );
                 }
             }
             Layer::Relu(_) => match ta.q {
@@ -348,7 +390,7 @@ pub(crate) fn f32_map(a: &[u8], out: &mut [u8], f: impl Fn(f32) -> f32) {
 /// `[C,H,W]` stored HWC becomes `[C*H*W,1,1]` in CHW element order.
 pub(crate) fn flatten(ta: &TensorSlot, a: &[u8], out: &mut [u8]) {
     let (c, hw) = (ta.shape.c as usize, (ta.shape.h * ta.shape.w) as usize);
-    let e = if hw * c == 0 { 1 } else { a.len() / (hw * c) };
+    let e = a.len().checked_div(hw * c).unwrap_or(1);
     for p in 0..hw {
         for ch in 0..c {
             let src = (p * c + ch) * e;
@@ -407,7 +449,11 @@ pub(crate) fn dense(
                 }
             }
         }
-        let in_scale = if f32_in { 1.0 } else { ta.q.map_or(1.0, |q| q.scale) };
+        let in_scale = if f32_in {
+            1.0
+        } else {
+            ta.q.map_or(1.0, |q| q.scale)
+        };
         let v = match w {
             DenseWeights::F32(_) => sum * in_scale,
             DenseWeights::Int8 { scale, .. } => {
@@ -426,8 +472,20 @@ pub(crate) fn dense(
 }
 
 /// Max / average pooling on codes (`q` given) or f32 values (`q == None`).
-pub(crate) fn pool(p: &Pool, ta: &TensorSlot, to: &TensorSlot, q: Option<QParams>, a: &[u8], out: &mut [u8], max: bool) {
-    let (c, h, w) = (ta.shape.c as usize, ta.shape.h as usize, ta.shape.w as usize);
+pub(crate) fn pool(
+    p: &Pool,
+    ta: &TensorSlot,
+    to: &TensorSlot,
+    q: Option<QParams>,
+    a: &[u8],
+    out: &mut [u8],
+    max: bool,
+) {
+    let (c, h, w) = (
+        ta.shape.c as usize,
+        ta.shape.h as usize,
+        ta.shape.w as usize,
+    );
     let (oh, ow) = (to.shape.h as usize, to.shape.w as usize);
     let (kh, kw) = (p.kernel[0] as usize, p.kernel[1] as usize);
     let (sh, sw) = (p.stride[0] as usize, p.stride[1] as usize);
@@ -446,10 +504,18 @@ pub(crate) fn pool(p: &Pool, ta: &TensorSlot, to: &TensorSlot, q: Option<QParams
                         let iy = (oy * sh + ky) as isize - ph;
                         let ix = (ox * sw + kx) as isize - pw;
                         let inside = iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w;
-                        let idx = if inside { (iy as usize * w + ix as usize) * c + ch } else { 0 };
+                        let idx = if inside {
+                            (iy as usize * w + ix as usize) * c + ch
+                        } else {
+                            0
+                        };
                         match q {
                             Some(q) => {
-                                let v = if inside { a.get(idx).copied().unwrap_or(0) } else { q.zp as u8 };
+                                let v = if inside {
+                                    a.get(idx).copied().unwrap_or(0)
+                                } else {
+                                    q.zp as u8
+                                };
                                 if inside && (!any || v > best_q) {
                                     best_q = v;
                                 }
@@ -457,8 +523,9 @@ pub(crate) fn pool(p: &Pool, ta: &TensorSlot, to: &TensorSlot, q: Option<QParams
                             }
                             None => {
                                 let v = if inside {
-                                    a.get(4 * idx..4 * idx + 4)
-                                        .map_or(0.0, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                                    a.get(4 * idx..4 * idx + 4).map_or(0.0, |b| {
+                                        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+                                    })
                                 } else {
                                     0.0
                                 };
@@ -475,7 +542,11 @@ pub(crate) fn pool(p: &Pool, ta: &TensorSlot, to: &TensorSlot, q: Option<QParams
                 match q {
                     Some(q) => {
                         let v = if max {
-                            if any { best_q } else { q.zp as u8 }
+                            if any {
+                                best_q
+                            } else {
+                                q.zp as u8
+                            }
                         } else {
                             // Round half up: floor((2*sum + n) / 2n) for sum >= 0.
                             ((2 * sum_q + n) / (2 * n)) as u8
@@ -486,7 +557,11 @@ pub(crate) fn pool(p: &Pool, ta: &TensorSlot, to: &TensorSlot, q: Option<QParams
                     }
                     None => {
                         let v = if max {
-                            if any { best_f } else { 0.0 }
+                            if any {
+                                best_f
+                            } else {
+                                0.0
+                            }
                         } else {
                             sum_f / n as f32
                         };
@@ -502,14 +577,22 @@ pub(crate) fn pool(p: &Pool, ta: &TensorSlot, to: &TensorSlot, q: Option<QParams
 
 /// Global average pooling (codes: mean code rounded half up; to f32: exact mean of reals;
 /// `qin == None`: f32 input).
-pub(crate) fn gap(ta: &TensorSlot, qin: Option<QParams>, qout: Option<QParams>, a: &[u8], out: &mut [u8]) {
+pub(crate) fn gap(
+    ta: &TensorSlot,
+    qin: Option<QParams>,
+    qout: Option<QParams>,
+    a: &[u8],
+    out: &mut [u8],
+) {
     let c = ta.shape.c as usize;
     let hw = (ta.shape.h * ta.shape.w) as usize;
     let n = hw as i64;
     for ch in 0..c {
         match qin {
             Some(q) => {
-                let sum: i64 = (0..hw).map(|p| i64::from(a.get(p * c + ch).copied().unwrap_or(0))).sum();
+                let sum: i64 = (0..hw)
+                    .map(|p| i64::from(a.get(p * c + ch).copied().unwrap_or(0)))
+                    .sum();
                 match qout {
                     Some(_) => {
                         if let Some(d) = out.get_mut(ch) {
@@ -517,7 +600,11 @@ pub(crate) fn gap(ta: &TensorSlot, qin: Option<QParams>, qout: Option<QParams>, 
                         }
                     }
                     None => {
-                        let centred = if q.bits == 1 { 2 * sum - n } else { sum - n * i64::from(q.zp) };
+                        let centred = if q.bits == 1 {
+                            2 * sum - n
+                        } else {
+                            sum - n * i64::from(q.zp)
+                        };
                         let v = q.scale * (centred as f64 / n as f64) as f32;
                         if let Some(d) = out.get_mut(4 * ch..4 * ch + 4) {
                             d.copy_from_slice(&v.to_le_bytes());
@@ -546,6 +633,7 @@ pub(crate) fn gap(ta: &TensorSlot, qin: Option<QParams>, qout: Option<QParams>, 
 fn conv_layer(
     li: u16,
     conv: &Conv<'_>,
+    s: &ConvShape,
     lp: &LayerPlan,
     ta: &TensorSlot,
     to: &TensorSlot,
@@ -555,20 +643,20 @@ fn conv_layer(
     scratch: &mut [u8],
 ) -> Result<()> {
     let bad = Error::PlanMismatch { layer: li };
-    let s = lp.shape.ok_or(bad)?;
     let (inq, outq) = match (ta.q, to.q) {
         (Some(a), Some(b)) => (a, b),
         _ => return Err(bad),
     };
     let kind = lp.kernel.ok_or(bad)?;
-    let aux = weights.get(lp.aux_off..lp.aux_off + lp.aux_len).ok_or(bad)?;
-    let w = weights.get(lp.w_off..lp.w_off + lp.w_len).ok_or(bad)?;
-    let scratch = scratch.get_mut(..lp.scratch).ok_or(bad)?;
+    let aux = weights.get(lp.aux()).ok_or(bad)?;
+    let w = weights.get(lp.w()).ok_or(bad)?;
+    let scratch = scratch.get_mut(..lp.scratch as usize).ok_or(bad)?;
     let row = s.ow * s.cout;
     if kind == KernelKind::Reference {
-        let acc: &mut [i32] = bytemuck::try_cast_slice_mut(&mut scratch[..s.oh * row * 4]).map_err(|_| bad)?;
-        reference::conv_acc(conv, &s, &inq, x, acc);
-        requant_rows(conv, &s, &outq, acc, 0, s.oh, out);
+        let acc: &mut [i32] =
+            bytemuck::try_cast_slice_mut(&mut scratch[..s.oh * row * 4]).map_err(|_| bad)?;
+        reference::conv_acc(conv, s, &inq, x, acc);
+        requant_rows(conv, s, &outq, acc, 0, s.oh, out);
         return Ok(());
     }
     let k = kernels::by_kind(kind).ok_or(Error::KernelUnavailable {
@@ -584,43 +672,45 @@ fn conv_layer(
             (n, xb, rest)
         }
         Run::Bits(_) => {
-            let n = s.hp * s.wp * portable::bit_pixel_words(&s) * 8;
+            let n = s.hp * s.wp * portable::bit_pixel_words(s) * 8;
             let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
             (n, xb, rest)
         }
     };
-    let rows = lp.rows.max(1);
+    let rows = (lp.rows as usize).max(1);
     let acc_all: &mut [i32] =
-        bytemuck::try_cast_slice_mut(accbuf.get_mut(..rows * row * 4).ok_or(bad)?).map_err(|_| bad)?;
+        bytemuck::try_cast_slice_mut(accbuf.get_mut(..rows * row * 4).ok_or(bad)?)
+            .map_err(|_| bad)?;
     match k.run {
         Run::Bytes(f) => {
             let xin: &[u8] = if xin_len == 0 {
                 x
             } else {
-                portable::pad_bytes(&s, x, pad, &mut xbuf[..xin_len]);
+                portable::pad_bytes(s, x, pad, &mut xbuf[..xin_len]);
                 &xbuf[..xin_len]
             };
             let mut y0 = 0;
             while y0 < s.oh {
                 let y1 = (y0 + rows).min(s.oh);
                 let acc = &mut acc_all[..(y1 - y0) * row];
-                f(&s, xin, w, y0, y1, acc);
-                correct(&s, &inq, aux, acc, y0, y1);
-                requant_rows(conv, &s, &outq, acc, y0, y1, out);
+                f(s, xin, w, y0, y1, acc);
+                correct(s, &inq, aux, acc, y0, y1);
+                requant_rows(conv, s, &outq, acc, y0, y1, out);
                 y0 = y1;
             }
         }
         Run::Bits(f) => {
-            let words: &mut [u64] = bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
-            portable::pack_bits(&s, x, pad, words);
+            let words: &mut [u64] =
+                bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
+            portable::pack_bits(s, x, pad, words);
             let words: &[u64] = words;
             let mut y0 = 0;
             while y0 < s.oh {
                 let y1 = (y0 + rows).min(s.oh);
                 let acc = &mut acc_all[..(y1 - y0) * row];
-                f(&s, words, w, y0, y1, acc);
-                correct(&s, &inq, aux, acc, y0, y1);
-                requant_rows(conv, &s, &outq, acc, y0, y1, out);
+                f(s, words, w, y0, y1, acc);
+                correct(s, &inq, aux, acc, y0, y1);
+                requant_rows(conv, s, &outq, acc, y0, y1, out);
                 y0 = y1;
             }
         }
@@ -631,7 +721,14 @@ fn conv_layer(
 /// Turns a kernel's raw sums (CONTRACT.md) into exact accumulators: removes the zero point's
 /// contribution (abits >= 2) or adds back the numerators of padded taps (abits 1, whose pad
 /// code 0 stands for -1 instead of 0).
-pub(crate) fn correct(s: &ConvShape, inq: &QParams, aux: &[u8], acc: &mut [i32], y0: usize, y1: usize) {
+pub(crate) fn correct(
+    s: &ConvShape,
+    inq: &QParams,
+    aux: &[u8],
+    acc: &mut [i32],
+    y0: usize,
+    y1: usize,
+) {
     if s.abits != 1 {
         if inq.zp == 0 {
             return;
@@ -673,7 +770,15 @@ pub(crate) fn correct(s: &ConvShape, inq: &QParams, aux: &[u8], acc: &mut [i32],
 }
 
 /// Stage 1 and stage 2 on exact accumulators of rows `y0..y1`, into the output codes.
-fn requant_rows(conv: &Conv<'_>, s: &ConvShape, outq: &QParams, acc: &[i32], y0: usize, y1: usize, out: &mut [u8]) {
+fn requant_rows(
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    outq: &QParams,
+    acc: &[i32],
+    y0: usize,
+    y1: usize,
+    out: &mut [u8],
+) {
     let raw = &conv.requant.raw;
     let row = s.ow * s.cout;
     let Some(dst) = out.get_mut(y0 * row..y1 * row) else {

@@ -95,7 +95,13 @@ fn fake_quant(v: &mut [f32], q: &QParams) {
     }
 }
 
-pub(crate) fn run_float(model: &Model<'_>, plan: &Plan, weights: &[u8], acts: &mut [u8], image: &[u8]) -> Result<()> {
+pub(crate) fn run_float(
+    model: &Model<'_>,
+    plan: &Plan,
+    weights: &[u8],
+    acts: &mut [u8],
+    image: &[u8],
+) -> Result<()> {
     let bad = Error::PlanMismatch { layer: u16::MAX };
     let input = &plan.tensors[model.input.tensor as usize];
     {
@@ -104,7 +110,14 @@ pub(crate) fn run_float(model: &Model<'_>, plan: &Plan, weights: &[u8], acts: &m
         for (i, (d, &v)) in dst.iter_mut().zip(image).enumerate() {
             let ch = i % c;
             *d = match input.q {
-                Some(q) => q.real(model.input.lut.get(ch * 256 + v as usize).copied().unwrap_or(0)),
+                Some(q) => q.real(
+                    model
+                        .input
+                        .lut
+                        .get(ch * 256 + v as usize)
+                        .copied()
+                        .unwrap_or(0),
+                ),
                 None => {
                     let m = model.input.mean.get(ch).unwrap_or(0.0);
                     let sd = model.input.std.get(ch).unwrap_or(1.0);
@@ -119,9 +132,24 @@ pub(crate) fn run_float(model: &Model<'_>, plan: &Plan, weights: &[u8], acts: &m
         let ta = plan.tensors[ins[0].unwrap_or(0) as usize];
         let tb = ins[1].map(|t| plan.tensors[t as usize]);
         let to = plan.tensors[layer.output() as usize];
-        let (out, a, b) = io(acts, range(&to), range(&ta), tb.as_ref().map_or(0..0, range))?;
+        let (out, a, b) = io(
+            acts,
+            range(&to),
+            range(&ta),
+            tb.as_ref().map_or(0..0, range),
+        )?;
         match &layer {
-            Layer::Conv(conv) => conv_layer(li, conv, lp, &ta, &to, f32s(a)?, f32s_mut(out)?, weights)?,
+            Layer::Conv(conv) => conv_layer(
+                li,
+                conv,
+                plan,
+                lp,
+                &ta,
+                &to,
+                f32s(a)?,
+                f32s_mut(out)?,
+                weights,
+            )?,
             Layer::Dense(d) => dense(&d.weights, d.bias, &ta, a, out, true)?,
             Layer::MaxPool(p) => pool(p, &ta, &to, None, a, out, true),
             Layer::AvgPool(p) => {
@@ -139,7 +167,12 @@ pub(crate) fn run_float(model: &Model<'_>, plan: &Plan, weights: &[u8], acts: &m
             Layer::Add(add) => {
                 let (qa, qb, qo) = match (ta.q, tb.and_then(|t| t.q), to.q) {
                     (Some(x), Some(y), Some(z)) => (x, y, z),
-                    _ => return Err(Error::Unsupported { layer: li, what: "add of f32 tensors" }),
+                    _ => {
+                        return Err(Error::Unsupported {
+                            layer: li,
+                            what: "add of f32 tensors",
+                        })
+                    }
                 };
                 let (fa, fb, fo) = (f32s(a)?, f32s(b)?, f32s_mut(out)?);
                 let c = ta.shape.c as usize;
@@ -150,7 +183,10 @@ pub(crate) fn run_float(model: &Model<'_>, plan: &Plan, weights: &[u8], acts: &m
                     let ma = f64::from(p.mult_a.get(ch).unwrap_or(0));
                     let mb = f64::from(p.mult_b.get(ch).unwrap_or(0));
                     let bias = f64::from(p.bias.get(ch).unwrap_or(0));
-                    let v = (f64::from(fa[k] / qa.scale) * ma + f64::from(fb[k] / qb.scale) * mb + bias) * scale;
+                    let v = (f64::from(fa[k] / qa.scale) * ma
+                        + f64::from(fb[k] / qb.scale) * mb
+                        + bias)
+                        * scale;
                     *o = qo.real(round_code(v, &qo, p.relu));
                 }
             }
@@ -165,7 +201,11 @@ pub(crate) fn run_float(model: &Model<'_>, plan: &Plan, weights: &[u8], acts: &m
 /// point.
 fn round_code(v: f64, q: &QParams, relu: bool) -> u8 {
     let r = libm_floor((v + 0.5) as f32);
-    let r = if r.is_nan() { 0 } else { r.clamp(-1e9, 1e9) as i64 };
+    let r = if r.is_nan() {
+        0
+    } else {
+        r.clamp(-1e9, 1e9) as i64
+    };
     q.clamp_code(r, relu)
 }
 
@@ -173,6 +213,7 @@ fn round_code(v: f64, q: &QParams, relu: bool) -> u8 {
 fn conv_layer(
     li: u16,
     conv: &Conv<'_>,
+    plan: &Plan,
     lp: &LayerPlan,
     ta: &TensorSlot,
     to: &TensorSlot,
@@ -181,10 +222,10 @@ fn conv_layer(
     weights: &[u8],
 ) -> Result<()> {
     let bad = Error::PlanMismatch { layer: li };
-    let s = lp.shape.ok_or(bad)?;
+    let s = crate::plan::conv_shape(conv, &plan.tensors).ok_or(bad)?;
     let outq = to.q.ok_or(bad)?;
     let _ = ta;
-    let w = f32s(weights.get(lp.w_off..lp.w_off + lp.w_len).ok_or(bad)?)?;
+    let w = f32s(weights.get(lp.w()).ok_or(bad)?)?;
     conv_f32(&s, x, w, out);
     // Stage 1: the raw fake-quant; stage 2: BatchNorm/ReLU/next quantizer, in float.
     let raw = &conv.requant.raw;
@@ -201,7 +242,8 @@ fn conv_layer(
                 for (o, v) in px.iter_mut().enumerate() {
                     let qr = rq.quantize(*v, false);
                     let p = quant::affine_at(aff, o);
-                    let y = (f64::from(rq.centred(qr)) * f64::from(p.mult) + f64::from(p.bias)) * scale;
+                    let y =
+                        (f64::from(rq.centred(qr)) * f64::from(p.mult) + f64::from(p.bias)) * scale;
                     *v = outq.real(round_code(y, &outq, aff.relu));
                 }
             }

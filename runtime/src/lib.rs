@@ -30,8 +30,8 @@ mod quant;
 
 pub use error::{Error, Result};
 pub use exec::{prepare, run, run_with_busy_pin};
-pub use plan::{Engine, Plan, PlanOptions, MAX_LAYERS, MAX_TENSORS};
 pub use kernels::{Algo, KernelKind};
+pub use plan::{Engine, Plan, PlanOptions, MAX_LAYERS, MAX_TENSORS};
 pub use slb_format::Model;
 
 /// Reference kernels and kernel-level entry points, exposed for benchmarks and tests.
@@ -43,6 +43,6 @@ pub mod bench {
 }
 
 #[cfg(test)]
-mod testutil;
-#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;

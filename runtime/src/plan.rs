@@ -54,20 +54,60 @@ pub(crate) struct TensorSlot {
     pub q: Option<QParams>,
 }
 
+/// A layer's plan, kept small (u32 sizes: a plan is often on a microcontroller's stack).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct LayerPlan {
     pub kernel: Option<KernelKind>,
-    pub shape: Option<ConvShape>,
+    pub conv: bool,
     /// Kernel's prepared weights, relative to the weights region.
-    pub w_off: usize,
-    pub w_len: usize,
+    pub w_off: u32,
+    pub w_len: u32,
     /// Driver's per-conv tables (wsum or border sums), relative to the weights region.
-    pub aux_off: usize,
-    pub aux_len: usize,
+    pub aux_off: u32,
+    pub aux_len: u32,
     /// Output rows per kernel call.
-    pub rows: usize,
+    pub rows: u32,
     /// Scratch bytes this layer needs.
-    pub scratch: usize,
+    pub scratch: u32,
+}
+
+impl LayerPlan {
+    /// The prepared weights' range in the weights region.
+    pub fn w(&self) -> core::ops::Range<usize> {
+        self.w_off as usize..self.w_off as usize + self.w_len as usize
+    }
+    /// The driver tables' range in the weights region.
+    pub fn aux(&self) -> core::ops::Range<usize> {
+        self.aux_off as usize..self.aux_off as usize + self.aux_len as usize
+    }
+}
+
+fn small(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::Overflow {
+        what: "arena size (more than 4 GiB)",
+    })
+}
+
+/// The geometry of a conv layer given the plan's tensors.
+pub(crate) fn conv_shape(conv: &slb_format::Conv<'_>, tensors: &[TensorSlot]) -> Option<ConvShape> {
+    let inp = tensors.get(conv.input as usize)?;
+    let s = ConvShape::of(
+        conv,
+        inp.shape.h as usize,
+        inp.shape.w as usize,
+        inp.q?.bits,
+    )?;
+    let out = tensors.get(conv.output as usize)?;
+    if (s.cout, s.oh, s.ow)
+        != (
+            out.shape.c as usize,
+            out.shape.h as usize,
+            out.shape.w as usize,
+        )
+    {
+        return None;
+    }
+    Some(s)
 }
 
 /// Everything [`crate::run`] needs to know before it runs: which kernel each conv uses, where
@@ -93,11 +133,13 @@ fn align(n: usize) -> Result<usize> {
 }
 
 fn mul(a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b).ok_or(Error::Overflow { what: "arena size" })
+    a.checked_mul(b)
+        .ok_or(Error::Overflow { what: "arena size" })
 }
 
 fn add(a: usize, b: usize) -> Result<usize> {
-    a.checked_add(b).ok_or(Error::Overflow { what: "arena size" })
+    a.checked_add(b)
+        .ok_or(Error::Overflow { what: "arena size" })
 }
 
 impl Plan {
@@ -114,7 +156,9 @@ impl Plan {
         let nl = model.layers.len();
         let mut tensors: Vec<TensorSlot, MAX_TENSORS> = Vec::new();
         for t in model.tensors.iter() {
-            let elems = t.shape.elements().ok_or(Error::Overflow { what: "tensor size" })? as usize;
+            let elems = t.shape.elements().ok_or(Error::Overflow {
+                what: "tensor size",
+            })? as usize;
             let per = match (engine, t.dtype) {
                 (Engine::Packed, DType::Quant { .. }) => 1,
                 _ => 4,
@@ -134,7 +178,9 @@ impl Plan {
         let out = model.output as usize;
         // Lifetimes.
         {
-            let slot = tensors.get_mut(input).ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+            let slot = tensors
+                .get_mut(input)
+                .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
             slot.first = 0;
         }
         for (i, layer) in model.layers.iter().enumerate() {
@@ -168,7 +214,7 @@ impl Plan {
             let li = i as u16;
             let mut lp = LayerPlan {
                 kernel: None,
-                shape: None,
+                conv: false,
                 w_off: 0,
                 w_len: 0,
                 aux_off: 0,
@@ -177,20 +223,26 @@ impl Plan {
                 scratch: 0,
             };
             if let Layer::Conv(conv) = &layer {
-                let inp = tensors.get(conv.input as usize).ok_or(Error::PlanMismatch { layer: li })?;
+                let inp = tensors
+                    .get(conv.input as usize)
+                    .ok_or(Error::PlanMismatch { layer: li })?;
                 let abits = inp.q.map(|q| q.bits).ok_or(Error::Unsupported {
                     layer: li,
                     what: "conv on an f32 tensor",
                 })?;
                 let s = ConvShape::of(conv, inp.shape.h as usize, inp.shape.w as usize, abits)
-                    .ok_or(Error::Unsupported { layer: li, what: "conv geometry" })?;
-                lp.shape = Some(s);
+                    .ok_or(Error::Unsupported {
+                        layer: li,
+                        what: "conv geometry",
+                    })?;
+                lp.conv = true;
                 let row_acc = mul(mul(s.ow, s.cout)?, 4)?;
-                lp.rows = (ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
+                let mut rows = (ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
+                let (mut w_len, mut aux_len, mut scr) = (0usize, 0usize, 0usize);
                 match engine {
                     Engine::Float => {
                         lp.kernel = Some(KernelKind::Float);
-                        lp.w_len = mul(mul(s.cout, s.taps())?, 4)?;
+                        w_len = mul(mul(s.cout, s.taps())?, 4)?;
                     }
                     Engine::Packed => {
                         let algo = opts.force.unwrap_or_else(|| kernels::default_algo(&s));
@@ -213,13 +265,13 @@ impl Plan {
                         match k {
                             None => {
                                 lp.kernel = Some(KernelKind::Reference);
-                                lp.rows = s.oh;
-                                lp.scratch = mul(mul(s.oh, s.ow)?, mul(s.cout, 4)?)?;
+                                rows = s.oh;
+                                scr = mul(mul(s.oh, s.ow)?, mul(s.cout, 4)?)?;
                             }
                             Some(k) => {
                                 lp.kernel = Some(k.kind);
-                                lp.w_len = (k.prepared_len)(&s);
-                                lp.aux_len = if abits == 1 {
+                                w_len = (k.prepared_len)(&s);
+                                aux_len = if abits == 1 {
                                     mul(mul(s.cout, s.kh * s.kw)?, 4)?
                                 } else {
                                     mul(s.cout, 4)?
@@ -237,22 +289,29 @@ impl Plan {
                                         mul(kernels::portable::bit_pixel_words(&s), 8)?,
                                     )?,
                                 };
-                                lp.scratch = add(align(input)?, mul(lp.rows, row_acc)?)?;
+                                scr = add(align(input)?, mul(rows, row_acc)?)?;
                             }
                         }
                     }
                 }
-                lp.w_off = weights;
-                weights = add(weights, align(lp.w_len)?)?;
-                lp.aux_off = weights;
-                weights = add(weights, align(lp.aux_len)?)?;
-                scratch = scratch.max(align(lp.scratch)?);
+                lp.w_off = small(weights)?;
+                lp.w_len = small(w_len)?;
+                weights = add(weights, align(w_len)?)?;
+                lp.aux_off = small(weights)?;
+                lp.aux_len = small(aux_len)?;
+                weights = add(weights, align(aux_len)?)?;
+                lp.rows = small(rows)?;
+                lp.scratch = small(scr)?;
+                scratch = scratch.max(align(scr)?);
             }
             layers.push(lp).map_err(|_| Error::TooManyLayers)?;
         }
 
         let (act_bytes, act_lower) = place(&mut tensors, nl + 2)?;
-        let ot = tensors.get(out).ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+        small(ALIGN - 1 + HEADER + weights + act_bytes + scratch)?;
+        let ot = tensors
+            .get(out)
+            .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
         let output_len = ot.shape.elements().unwrap_or(0) as usize;
         let s = model.input.shape;
         let input_len = mul(mul(s.c as usize, s.h as usize)?, s.w as usize)?;

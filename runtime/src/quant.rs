@@ -73,7 +73,11 @@ impl QParams {
     #[inline]
     pub fn quantize(&self, x: f32, relu: bool) -> u8 {
         let r = libm_floor(x / self.scale + 0.5);
-        let r = if r.is_nan() { 0 } else { r.clamp(-1e9, 1e9) as i64 };
+        let r = if r.is_nan() {
+            0
+        } else {
+            r.clamp(-1e9, 1e9) as i64
+        };
         self.clamp_code(r, relu)
     }
 }
@@ -132,13 +136,7 @@ pub(crate) fn stage2(
 
 /// The residual add of one element of channel `c`, on centred inputs.
 #[inline]
-pub(crate) fn add_code(
-    ca: i32,
-    cb: i32,
-    p: &AddParams<'_>,
-    c: usize,
-    out: &QParams,
-) -> u8 {
+pub(crate) fn add_code(ca: i32, cb: i32, p: &AddParams<'_>, c: usize, out: &QParams) -> u8 {
     let ma = i64::from(p.mult_a.get(c).unwrap_or(0));
     let mb = i64::from(p.mult_b.get(c).unwrap_or(0));
     let b = i64::from(p.bias.get(c).unwrap_or(0));
@@ -167,10 +165,18 @@ mod tests {
 
     #[test]
     fn sign_and_clamp() {
-        let q1 = QParams { scale: 1.0, zp: 0, bits: 1 };
+        let q1 = QParams {
+            scale: 1.0,
+            zp: 0,
+            bits: 1,
+        };
         assert_eq!(q1.clamp_code(0, false), 1);
         assert_eq!(q1.clamp_code(-1, false), 0);
-        let q4 = QParams { scale: 1.0, zp: 3, bits: 4 };
+        let q4 = QParams {
+            scale: 1.0,
+            zp: 3,
+            bits: 4,
+        };
         assert_eq!(q4.clamp_code(-5, true), 3);
         assert_eq!(q4.clamp_code(-5, false), 0);
         assert_eq!(q4.clamp_code(100, false), 15);

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use slb_format::{
-    encode, f32_bytes, i32_bytes, pack_codes, ChannelAffine, Conv, DType, F32s, I32s, InputSpec, Layer,
-    ModelSpec, RawQuant, Requant, Shape, TensorDesc, Unary,
+    encode, f32_bytes, i32_bytes, pack_codes, ChannelAffine, Conv, DType, F32s, I32s, InputSpec,
+    Layer, ModelSpec, RawQuant, Requant, Shape, TensorDesc, Unary,
 };
 
 use crate::exec::{correct, prepare_aux};
@@ -23,9 +23,18 @@ fn hand_model() -> &'static [u8] {
     // Identity LUT clamped to 15: pixel v -> code min(v, 15).
     let lut = leak((0..256).map(|v: u32| v.min(15) as u8).collect());
     let tensors = leak(vec![
-        TensorDesc { shape: Shape::new(1, 2, 2), dtype: quant(4, 2, 0.5) },
-        TensorDesc { shape: Shape::new(1, 2, 2), dtype: quant(4, 3, 1.0) },
-        TensorDesc { shape: Shape::new(1, 1, 1), dtype: DType::F32 },
+        TensorDesc {
+            shape: Shape::new(1, 2, 2),
+            dtype: quant(4, 2, 0.5),
+        },
+        TensorDesc {
+            shape: Shape::new(1, 2, 2),
+            dtype: quant(4, 3, 1.0),
+        },
+        TensorDesc {
+            shape: Shape::new(1, 1, 1),
+            dtype: DType::F32,
+        },
     ]);
     let layers = leak(vec![
         Layer::Conv(Conv {
@@ -40,7 +49,13 @@ fn hand_model() -> &'static [u8] {
             weight_bits: 2,
             codes: packed,
             requant: Requant {
-                raw: RawQuant { mult: 1, shift: 2, zero_point: 128, bits: 8, scale: 0.1 },
+                raw: RawQuant {
+                    mult: 1,
+                    shift: 2,
+                    zero_point: 128,
+                    bits: 8,
+                    scale: 0.1,
+                },
                 affine: Some(ChannelAffine {
                     shift: 3,
                     mult: I32s(leak(i32_bytes(&[5]))),
@@ -49,7 +64,10 @@ fn hand_model() -> &'static [u8] {
                 }),
             },
         }),
-        Layer::GlobalAvgPool(Unary { input: 1, output: 2 }),
+        Layer::GlobalAvgPool(Unary {
+            input: 1,
+            output: 2,
+        }),
     ]);
     let spec = ModelSpec {
         name: "hand",
@@ -84,18 +102,39 @@ fn hand_worked_conv() {
     let bytes = hand_model();
     let model = Model::parse(bytes).unwrap();
     let image = [5u8, 0, 3, 7];
-    let Layer::Conv(conv) = model.layers.get(0).unwrap() else { panic!() };
+    let Layer::Conv(conv) = model.layers.get(0).unwrap() else {
+        panic!()
+    };
     let s = ConvShape::of(&conv, 2, 2, 4).unwrap();
-    let inq = QParams { scale: 0.5, zp: 2, bits: 4 };
+    let inq = QParams {
+        scale: 0.5,
+        zp: 2,
+        bits: 4,
+    };
     let mut acc = [0i32; 4];
     reference::conv_acc(&conv, &s, &inq, &image, &mut acc);
     assert_eq!(acc, [-19, 31, -13, -19]);
     for algo in [Algo::Reference, Algo::Int8Dot, Algo::BitSerial] {
         let mut got = [0i32; 4];
-        assert!(kernel_exact(algo_kernel(algo).as_ref(), &conv, &s, &inq, &image, &mut got, 1));
+        assert!(kernel_exact(
+            algo_kernel(algo).as_ref(),
+            &conv,
+            &s,
+            &inq,
+            &image,
+            &mut got,
+            1
+        ));
         assert_eq!(got, acc, "{algo:?}");
-        let plan = Plan::with_options(&model, Engine::Packed, PlanOptions { force: Some(algo), portable_only: true })
-            .unwrap();
+        let plan = Plan::with_options(
+            &model,
+            Engine::Packed,
+            PlanOptions {
+                force: Some(algo),
+                portable_only: true,
+            },
+        )
+        .unwrap();
         let mut arena = vec![0u8; plan.arena_bytes()];
         let mut logits = [0f32; 1];
         run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
@@ -145,7 +184,11 @@ fn kernel_exact(
     let mut wbuf = vec![0u64; wl.div_ceil(8)];
     let w = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut wbuf)[..wl];
     (k.prepare)(conv, s, w);
-    let al = if s.abits == 1 { s.cout * s.kh * s.kw * 4 } else { s.cout * 4 };
+    let al = if s.abits == 1 {
+        s.cout * s.kh * s.kw * 4
+    } else {
+        s.cout * 4
+    };
     let mut aux = vec![0u8; al];
     prepare_aux(conv, s, &mut aux);
     let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
@@ -184,7 +227,10 @@ fn kernels_for(s: &ConvShape) -> Vec<ConvKernel> {
             None => {
                 SKIPPED.with(|c| {
                     if c.borrow_mut().insert(kind.name()) {
-                        println!("skipped {} (not available in this build or CPU)", kind.name());
+                        println!(
+                            "skipped {} (not available in this build or CPU)",
+                            kind.name()
+                        );
                     }
                 });
             }
@@ -228,11 +274,31 @@ fn case() -> impl Strategy<Value = Case> {
         any::<u64>(),
         1usize..=4,
     )
-        .prop_map(|(cin_g, groups, cout_g, k, stride, pad, (h, w), wbits, abits, seed, rows)| {
-            let qmax = (1i32 << abits) - 1;
-            let zp = if abits == 1 { 0 } else { (seed % (qmax as u64 + 1)) as i32 };
-            Case { cin_g, groups, cout_g, k, stride, pad, h, w, wbits, abits, zp, rows, seed }
-        })
+        .prop_map(
+            |(cin_g, groups, cout_g, k, stride, pad, (h, w), wbits, abits, seed, rows)| {
+                let qmax = (1i32 << abits) - 1;
+                let zp = if abits == 1 {
+                    0
+                } else {
+                    (seed % (qmax as u64 + 1)) as i32
+                };
+                Case {
+                    cin_g,
+                    groups,
+                    cout_g,
+                    k,
+                    stride,
+                    pad,
+                    h,
+                    w,
+                    wbits,
+                    abits,
+                    zp,
+                    rows,
+                    seed,
+                }
+            },
+        )
         .prop_filter("kernel fits the padded input", |c| {
             c.h + 2 * c.pad.0 as u32 >= c.k.0 as u32 && c.w + 2 * c.pad.1 as u32 >= c.k.1 as u32
         })
@@ -256,10 +322,23 @@ fn check_case(c: &Case) -> usize {
         groups: c.groups,
         weight_bits: c.wbits,
         codes: &packed,
-        requant: Requant { raw: RawQuant { mult: 1, shift: 1, zero_point: 0, bits: 8, scale: 1.0 }, affine: None },
+        requant: Requant {
+            raw: RawQuant {
+                mult: 1,
+                shift: 1,
+                zero_point: 0,
+                bits: 8,
+                scale: 1.0,
+            },
+            affine: None,
+        },
     };
     let s = ConvShape::of(&conv, c.h as usize, c.w as usize, c.abits).unwrap();
-    let inq = QParams { scale: 1.0, zp: c.zp, bits: c.abits };
+    let inq = QParams {
+        scale: 1.0,
+        zp: c.zp,
+        bits: c.abits,
+    };
     // Extreme codes (0 and max) are over-represented: they stress the accumulator's range.
     let qmax = (1u64 << c.abits) - 1;
     let x: Vec<u8> = (0..c.h * c.w * cin)
@@ -275,7 +354,15 @@ fn check_case(c: &Case) -> usize {
     let mut ran = 0;
     for k in kernels_for(&s) {
         let mut got = vec![i32::MIN; len];
-        assert!(kernel_exact(Some(&k), &conv, &s, &inq, &x, &mut got, c.rows));
+        assert!(kernel_exact(
+            Some(&k),
+            &conv,
+            &s,
+            &inq,
+            &x,
+            &mut got,
+            c.rows
+        ));
         assert_eq!(got, want, "{} on {c:?}", k.kind.name());
         ran += 1;
     }
@@ -352,7 +439,15 @@ fn accumulator_extremes() {
 fn all_algos_agree(bytes: &[u8], image: &[u8]) -> Vec<f32> {
     let model = Model::parse(bytes).unwrap();
     let want = {
-        let plan = Plan::with_options(&model, Engine::Packed, PlanOptions { force: Some(Algo::Reference), portable_only: true }).unwrap();
+        let plan = Plan::with_options(
+            &model,
+            Engine::Packed,
+            PlanOptions {
+                force: Some(Algo::Reference),
+                portable_only: true,
+            },
+        )
+        .unwrap();
         let mut arena = vec![0u8; plan.arena_bytes()];
         let mut logits = vec![0f32; plan.output_len()];
         run(&model, &plan, &mut arena, image, &mut logits).unwrap();
@@ -360,8 +455,14 @@ fn all_algos_agree(bytes: &[u8], image: &[u8]) -> Vec<f32> {
     };
     let mut opts: Vec<PlanOptions> = vec![PlanOptions::default()];
     for a in [Algo::Int8Dot, Algo::BitSerial] {
-        opts.push(PlanOptions { force: Some(a), portable_only: true });
-        opts.push(PlanOptions { force: Some(a), portable_only: false });
+        opts.push(PlanOptions {
+            force: Some(a),
+            portable_only: true,
+        });
+        opts.push(PlanOptions {
+            force: Some(a),
+            portable_only: false,
+        });
     }
     for o in opts {
         let plan = Plan::with_options(&model, Engine::Packed, o).unwrap();
@@ -458,7 +559,13 @@ fn float_engine_agrees_with_packed_mostly() {
         let (mut l1, mut l2) = (vec![0f32; 10], vec![0f32; 10]);
         run(&model, &pp, &mut pa, &image, &mut l1).unwrap();
         run(&model, &fp, &mut fa, &image, &mut l2).unwrap();
-        let am = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        let am = |l: &[f32]| {
+            l.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0
+        };
         same += usize::from(am(&l1) == am(&l2));
     }
     assert!(same >= n * 6 / 10, "float and packed agree on {same}/{n}");
@@ -490,7 +597,10 @@ fn tensors_alive_together_never_overlap() {
             if a.bytes == 0 || b.bytes == 0 || a.last < b.first || b.last < a.first {
                 continue;
             }
-            assert!(a.offset + a.bytes <= b.offset || b.offset + b.bytes <= a.offset, "{a:?} {b:?}");
+            assert!(
+                a.offset + a.bytes <= b.offset || b.offset + b.bytes <= a.offset,
+                "{a:?} {b:?}"
+            );
         }
         assert!(a.offset + a.bytes <= plan.activation_peak_bytes());
     }
@@ -508,17 +618,29 @@ fn error_paths() {
     let n = plan.arena_bytes();
     assert_eq!(
         run(&model, &plan, &mut arena[..n - 1], &img, &mut logits),
-        Err(Error::ArenaTooSmall { needed: n, got: n - 1 })
+        Err(Error::ArenaTooSmall {
+            needed: n,
+            got: n - 1
+        })
     );
-    assert!(matches!(run(&model, &plan, &mut [], &img, &mut logits), Err(Error::ArenaTooSmall { .. })));
+    assert!(matches!(
+        run(&model, &plan, &mut [], &img, &mut logits),
+        Err(Error::ArenaTooSmall { .. })
+    ));
     // Wrong image and output sizes.
     assert_eq!(
         run(&model, &plan, &mut arena, &img[..3], &mut logits),
-        Err(Error::InputSize { expected: 4, got: 3 })
+        Err(Error::InputSize {
+            expected: 4,
+            got: 3
+        })
     );
     assert_eq!(
         run(&model, &plan, &mut arena, &img, &mut [0f32; 2]),
-        Err(Error::OutputSize { expected: 1, got: 2 })
+        Err(Error::OutputSize {
+            expected: 1,
+            got: 2
+        })
     );
     // A plan made for another model.
     let other = Model::parse(resnet(4, 4, 1, 1, 1, 1)).unwrap();
@@ -526,11 +648,25 @@ fn error_paths() {
     let mut oarena = vec![0u8; oplan.arena_bytes().max(n)];
     let oimg = vec![0u8; oplan.input_len()];
     let mut ologits = vec![0f32; oplan.output_len()];
-    assert!(matches!(run(&model, &oplan, &mut oarena, &oimg, &mut ologits), Err(Error::PlanMismatch { .. })));
+    assert!(matches!(
+        run(&model, &oplan, &mut oarena, &oimg, &mut ologits),
+        Err(Error::PlanMismatch { .. })
+    ));
     // XNOR forced on a W2A4 layer.
     assert_eq!(
-        Plan::with_options(&model, Engine::Packed, PlanOptions { force: Some(Algo::Xnor), portable_only: false }).err(),
-        Some(Error::KernelUnavailable { layer: 0, kernel: "xnor (needs 1-bit weights and activations)" })
+        Plan::with_options(
+            &model,
+            Engine::Packed,
+            PlanOptions {
+                force: Some(Algo::Xnor),
+                portable_only: false
+            }
+        )
+        .err(),
+        Some(Error::KernelUnavailable {
+            layer: 0,
+            kernel: "xnor (needs 1-bit weights and activations)"
+        })
     );
     // Format errors convert.
     let e: Error = Model::parse(&bytes[..10]).unwrap_err().into();
@@ -545,9 +681,17 @@ fn error_paths() {
     let g = b.unary(x, "gap_f32");
     let _ = g;
     let big = Model::parse(b.finish()).unwrap();
-    assert_eq!(Plan::new(&big, Engine::Packed).err(), Some(Error::TooManyLayers));
+    assert_eq!(
+        Plan::new(&big, Engine::Packed).err(),
+        Some(Error::TooManyLayers)
+    );
     // Every error displays something.
-    for e in [Error::TooManyLayers, Error::Pin, Error::Overflow { what: "x" }, Error::PlanMismatch { layer: 3 }] {
+    for e in [
+        Error::TooManyLayers,
+        Error::Pin,
+        Error::Overflow { what: "x" },
+        Error::PlanMismatch { layer: 3 },
+    ] {
         assert!(!format!("{e}").is_empty());
     }
 }
@@ -576,7 +720,15 @@ fn busy_pin_goes_high_then_low() {
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut logits = [0f32; 1];
     let mut pin = Pin::default();
-    run_with_busy_pin(&model, &plan, &mut arena, &[5, 0, 3, 7], &mut logits, &mut pin).unwrap();
+    run_with_busy_pin(
+        &model,
+        &plan,
+        &mut arena,
+        &[5, 0, 3, 7],
+        &mut logits,
+        &mut pin,
+    )
+    .unwrap();
     assert_eq!(pin.0, [true, false]);
     assert_eq!(logits, [-0.5]);
     // Low again after an error too.
@@ -615,4 +767,45 @@ fn default_kernel_choice() {
     let plan = Plan::new(&model, Engine::Packed).unwrap();
     assert_eq!(plan.kernel(1).and_then(|k| k.algo()), Some(Algo::BitSerial));
     let _ = DType::F32;
+}
+
+#[test]
+fn float_conv_matches_its_reference() {
+    // The float engine's direct conv (prepared weights, axpy order) against the plain loop nest.
+    for (cin_g, groups, k, stride, pad) in [
+        (3u32, 1u32, 3u16, 1u16, 1u16),
+        (33, 2, 3, 2, 2),
+        (64, 1, 1, 1, 0),
+        (5, 3, 2, 2, 1),
+    ] {
+        let mut b = Builder::new(cin_g * groups, 5, 6, 4, 3, u64::from(cin_g));
+        let y = b.conv(0, 6 * groups, k, stride, pad, groups, 2, 4, true, false);
+        b.unary(y, "gap_f32");
+        let model = Model::parse(b.finish()).unwrap();
+        let Layer::Conv(conv) = model.layers.get(0).unwrap() else {
+            panic!()
+        };
+        let s = ConvShape::of(&conv, 5, 6, 4).unwrap();
+        let mut w = vec![0f32; s.cout * s.taps()];
+        crate::float::prepare_conv(&conv, &s, bytemuck::cast_slice_mut(&mut w)).unwrap();
+        let mut rng = Rng(9);
+        let x: Vec<f32> = (0..5 * 6 * s.c)
+            .map(|_| rng.below(100) as f32 / 10.0 - 5.0)
+            .collect();
+        let n = s.oh * s.ow * s.cout;
+        let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
+        crate::float::conv_f32(&s, &x, &w, &mut got);
+        reference::conv_f32(&conv, &s, &x, &mut want);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn plan_is_small_enough_for_a_microcontroller_stack() {
+    // 256 layers + 256 tensors; on 32-bit targets usize fields are half as wide.
+    let size = core::mem::size_of::<Plan>();
+    println!("size_of::<Plan>() = {size} bytes");
+    assert!(size <= 24 * 1024, "{size}");
 }

@@ -1,8 +1,9 @@
 //! Building small synthetic models for tests (buffers are leaked: tests only).
 
 use slb_format::{
-    encode, f32_bytes, i32_bytes, pack_codes, AddParams, ChannelAffine, Conv, DType, Dense, DenseWeights,
-    F32s, I32s, InputSpec, Layer, ModelSpec, Pool, RawQuant, Requant, Shape, TensorDesc, Unary,
+    encode, f32_bytes, i32_bytes, pack_codes, AddParams, ChannelAffine, Conv, DType, Dense,
+    DenseWeights, F32s, I32s, InputSpec, Layer, ModelSpec, Pool, RawQuant, Requant, Shape,
+    TensorDesc, Unary,
 };
 
 pub(crate) fn leak<T>(v: Vec<T>) -> &'static [T] {
@@ -27,7 +28,11 @@ impl Rng {
 }
 
 pub(crate) fn quant(bits: u8, zp: i32, scale: f32) -> DType {
-    DType::Quant { scale, zero_point: zp, bits }
+    DType::Quant {
+        scale,
+        zero_point: zp,
+        bits,
+    }
 }
 
 /// Incremental model builder.
@@ -44,19 +49,34 @@ impl Builder {
     pub fn new(c: u32, h: u32, w: u32, bits: u8, zp: i32, seed: u64) -> Builder {
         let mut rng = Rng(seed | 1);
         let shape = Shape::new(c, h, w);
-        let dtype = if bits == 0 { DType::F32 } else { quant(bits, zp, 0.05) };
+        let dtype = if bits == 0 {
+            DType::F32
+        } else {
+            quant(bits, zp, 0.05)
+        };
         let lut: &'static [u8] = if bits == 0 {
             &[]
         } else {
             let qmax = (1u64 << bits) - 1;
-            leak((0..c as usize * 256).map(|_| rng.below(qmax + 1) as u8).collect())
+            leak(
+                (0..c as usize * 256)
+                    .map(|_| rng.below(qmax + 1) as u8)
+                    .collect(),
+            )
         };
         let mean = leak(f32_bytes(&vec![0.5; c as usize]));
         let std = leak(f32_bytes(&vec![0.25; c as usize]));
         Builder {
             tensors: vec![TensorDesc { shape, dtype }],
             layers: vec![],
-            input: InputSpec { shape, mean: F32s(mean), std: F32s(std), classes: "", tensor: 0, lut },
+            input: InputSpec {
+                shape,
+                mean: F32s(mean),
+                std: F32s(std),
+                classes: "",
+                tensor: 0,
+                lut,
+            },
             rng,
         }
     }
@@ -99,15 +119,31 @@ impl Builder {
         let taps = (k as u32 * k as u32 * cin_g) as f64;
         // Scale the raw quantizer to the accumulator's typical size (sqrt(taps) * spread).
         let shift = 20u8;
-        let mult = ((1u64 << shift) as f64 * 8.0 / (taps.sqrt() * 4.0 * (1 << wbits) as f64)).max(1.0) as i32;
-        let raw = RawQuant { mult, shift, zero_point: 128, bits: 8, scale: 0.1 };
+        let mult = ((1u64 << shift) as f64 * 8.0 / (taps.sqrt() * 4.0 * (1 << wbits) as f64))
+            .max(1.0) as i32;
+        let raw = RawQuant {
+            mult,
+            shift,
+            zero_point: 128,
+            bits: 8,
+            scale: 0.1,
+        };
         let (odt, aff) = if affine {
-            let zp = if out_bits == 1 { 0 } else { self.rng.range_i32(0, (1 << out_bits) / 2) };
+            let zp = if out_bits == 1 {
+                0
+            } else {
+                self.rng.range_i32(0, (1 << out_bits) / 2)
+            };
             let mult = self.i32s(cout as usize, 1 << 10, 1 << 12);
             let bias = self.i32s(cout as usize, -(1 << 14), 1 << 14);
             (
                 quant(out_bits, zp, 0.07),
-                Some(ChannelAffine { shift: 12, mult, bias, relu: relu && out_bits != 1 }),
+                Some(ChannelAffine {
+                    shift: 12,
+                    mult,
+                    bias,
+                    relu: relu && out_bits != 1,
+                }),
             )
         } else {
             (quant(8, 128, 0.1), None)
@@ -137,7 +173,11 @@ impl Builder {
     pub fn add(&mut self, a: u16, b: u16, out_bits: u8, relu: bool) -> u16 {
         let sh = self.shape(a);
         let c = sh.c as usize;
-        let zp = if out_bits == 1 { 0 } else { self.rng.range_i32(0, (1 << out_bits) / 2) };
+        let zp = if out_bits == 1 {
+            0
+        } else {
+            self.rng.range_i32(0, (1 << out_bits) / 2)
+        };
         let output = self.tensor(sh, quant(out_bits, zp, 0.07));
         let mult_a = self.i32s(c, 1 << 9, 1 << 11);
         let mult_b = self.i32s(c, 1 << 9, 1 << 11);
@@ -146,7 +186,13 @@ impl Builder {
             a,
             b,
             output,
-            params: AddParams { shift: 11, mult_a, mult_b, bias, relu: relu && out_bits != 1 },
+            params: AddParams {
+                shift: 11,
+                mult_a,
+                mult_b,
+                bias,
+                relu: relu && out_bits != 1,
+            },
         }));
         output
     }
@@ -160,8 +206,18 @@ impl Builder {
             (sh.w + 2 * pad as u32 - k as u32) / stride as u32 + 1,
         );
         let output = self.tensor(osh, dt);
-        let p = Pool { input, output, kernel: [k, k], stride: [stride, stride], padding: [pad, pad] };
-        self.layers.push(if max { Layer::MaxPool(p) } else { Layer::AvgPool(p) });
+        let p = Pool {
+            input,
+            output,
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [pad, pad],
+        };
+        self.layers.push(if max {
+            Layer::MaxPool(p)
+        } else {
+            Layer::AvgPool(p)
+        });
         output
     }
 
@@ -190,13 +246,23 @@ impl Builder {
         let weights = if int8 {
             let v: Vec<u8> = (0..n).map(|_| self.rng.next() as u8).collect();
             let s: Vec<f32> = (0..out).map(|i| 0.01 + i as f32 * 0.001).collect();
-            DenseWeights::Int8 { values: leak(v), scale: F32s(leak(f32_bytes(&s))) }
+            DenseWeights::Int8 {
+                values: leak(v),
+                scale: F32s(leak(f32_bytes(&s))),
+            }
         } else {
-            let v: Vec<f32> = (0..n).map(|_| (self.rng.below(2001) as f32 - 1000.0) / 1000.0).collect();
+            let v: Vec<f32> = (0..n)
+                .map(|_| (self.rng.below(2001) as f32 - 1000.0) / 1000.0)
+                .collect();
             DenseWeights::F32(F32s(leak(f32_bytes(&v))))
         };
         let b: Vec<f32> = (0..out).map(|i| i as f32 * 0.1).collect();
-        self.layers.push(Layer::Dense(Dense { input, output, weights, bias: F32s(leak(f32_bytes(&b))) }));
+        self.layers.push(Layer::Dense(Dense {
+            input,
+            output,
+            weights,
+            bias: F32s(leak(f32_bytes(&b))),
+        }));
         output
     }
 
@@ -216,7 +282,14 @@ impl Builder {
 
 /// A ResNet-shaped model (CIFAR, basic blocks), `width` channels at stage 1, `blocks` per
 /// stage, four stages, weights `wbits`, activations `abits`, first conv's input 8 bits.
-pub(crate) fn resnet(width: u32, hw: u32, blocks: usize, wbits: u8, abits: u8, seed: u64) -> &'static [u8] {
+pub(crate) fn resnet(
+    width: u32,
+    hw: u32,
+    blocks: usize,
+    wbits: u8,
+    abits: u8,
+    seed: u64,
+) -> &'static [u8] {
     let mut b = Builder::new(3, hw, hw, 8, 128, seed);
     let mut x = b.conv(0, width, 3, 1, 1, 1, wbits, abits, true, true);
     let mut c = width;
@@ -226,7 +299,11 @@ pub(crate) fn resnet(width: u32, hw: u32, blocks: usize, wbits: u8, abits: u8, s
             let co = if stage > 0 && blk == 0 { c * 2 } else { c };
             let y = b.conv(x, co, 3, stride, 1, 1, wbits, abits, true, true);
             let y = b.conv(y, co, 3, 1, 1, 1, wbits, 8, false, false);
-            let sc = if stride != 1 || co != c { b.conv(x, co, 1, stride, 0, 1, wbits, 8, false, false) } else { x };
+            let sc = if stride != 1 || co != c {
+                b.conv(x, co, 1, stride, 0, 1, wbits, 8, false, false)
+            } else {
+                x
+            };
             x = b.add(y, sc, abits, true);
             c = co;
         }

@@ -65,7 +65,15 @@ pub(crate) fn int8_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
 }
 
 /// Codes of channels `i0 .. i0 + out.len()` of `(o, ky, kx)`.
-fn decode_range(conv: &Conv<'_>, s: &ConvShape, o: usize, ky: usize, kx: usize, i0: usize, out: &mut [u8]) {
+fn decode_range(
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    o: usize,
+    ky: usize,
+    kx: usize,
+    i0: usize,
+    out: &mut [u8],
+) {
     let row = s.cin_g.div_ceil(8);
     let wb = s.wbits as usize;
     let base = ((o * s.kh + ky) * s.kw + kx) * wb * row;
@@ -162,7 +170,10 @@ pub(crate) fn bits_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
                 while i0 < s.cin_g {
                     let n = (s.cin_g - i0).min(64);
                     decode_range(conv, s, o, ky, kx, i0, &mut codes[..n]);
-                    sum += codes[..n].iter().map(|&k| 2 * i32::from(k) - off).sum::<i32>();
+                    sum += codes[..n]
+                        .iter()
+                        .map(|&k| 2 * i32::from(k) - off)
+                        .sum::<i32>();
                     i0 += n;
                 }
             }
@@ -253,7 +264,14 @@ fn xnor_body<W: Words>(s: &ConvShape, x: &[u64], wv: W, y0: usize, y1: usize, ac
 /// Portable bit-serial AND + popcount: `sum k*q = sum_{i,j} 2^(i+j) popcount(w_i & x_j)`,
 /// then `sum num*q = 2 * sum k*q - (2^wb - 1) * sum q` (and `2 * that - wsum` for 1-bit signs,
 /// whose value is `2q - 1`).
-pub(crate) fn bitserial_run(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+pub(crate) fn bitserial_run(
+    s: &ConvShape,
+    x: &[u64],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
     let n = w.len() / 8;
     match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
         Ok(wv) => bitserial_body(s, x, wv, w, y0, y1, acc),

@@ -38,8 +38,9 @@ pub(crate) fn conv_acc(conv: &Conv<'_>, s: &ConvShape, inq: &QParams, x: &[u8], 
     }
 }
 
-/// Reference float convolution (the float engine's twin): `out[(oy*ow+ox)*cout + o] =
+/// Reference float convolution (the float engine's twin, used by its tests): `out[(oy*ow+ox)*cout + o] =
 /// sum w_real * x` over taps inside the input, `w_real = num / (2^b - 1)`.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn conv_f32(conv: &Conv<'_>, s: &ConvShape, x: &[f32], out: &mut [f32]) {
     let codes = CodeReader::new(conv);
     let den = ((1i32 << s.wbits) - 1) as f32;

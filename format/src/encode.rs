@@ -2,8 +2,6 @@
 
 use alloc::vec::Vec;
 
-use bitvec::prelude::*;
-
 use crate::model::Payload;
 use crate::{
     packed_len, row_bytes, Error, InputSpec, Layer, Model, Result, TensorDesc, HEADER_LEN, MAGIC,
@@ -119,12 +117,22 @@ pub fn pack_codes(
     }
     let row = row_bytes(in_per_group);
     let mut packed = alloc::vec![0u8; len];
-    for (pos, chunk) in codes.chunks_exact(cin.max(1)).enumerate() {
-        for p in 0..bits as usize {
-            let start = (pos * bits as usize + p) * row;
-            let bits_row = packed[start..start + row].view_bits_mut::<Lsb0>();
-            for (i, &k) in chunk.iter().enumerate() {
-                bits_row.set(i, (k >> p) & 1 == 1);
+    if row == 0 {
+        return Ok(packed);
+    }
+    // Byte-wise, eight channels at a time: the same bits as setting bit `i` of each row through
+    // bitvec's `Lsb0` view, which `CodeReader` reads (`tests/pack.rs` pins the order).
+    let b = bits as usize;
+    for (chunk, rows) in codes
+        .chunks_exact(cin)
+        .zip(packed.chunks_exact_mut(b * row))
+    {
+        for (p, plane) in rows.chunks_exact_mut(row).enumerate() {
+            for (byte, eight) in plane.iter_mut().zip(chunk.chunks(8)) {
+                *byte = eight
+                    .iter()
+                    .enumerate()
+                    .fold(0u8, |acc, (j, &k)| acc | (((k >> p) & 1) << j));
             }
         }
     }

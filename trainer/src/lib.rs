@@ -14,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod nn;
+pub mod tools;
 pub mod train;
 
 pub use algo::{QuantDtype, SlbQuantAwareTraining, Temperature};

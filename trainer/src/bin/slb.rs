@@ -1,7 +1,7 @@
 //! `slb`: SLB quantization-aware training, export of packed models.
 
 use clap::{Parser, Subcommand};
-use slb_trainer::cli;
+use slb_trainer::{cli, tools};
 
 #[derive(Parser)]
 #[command(
@@ -20,7 +20,47 @@ enum Cmd {
     Train(cli::train::TrainArgs),
     /// Export a checkpoint to a packed model file.
     Export(cli::export::ExportArgs),
-    // `eval`, `inspect` and `bench` (packed models) are added beside these.
+    /// Evaluate a packed model file on a dataset's test split with the host runtime.
+    Eval(EvalArgs),
+    /// Print a per-layer summary of a model file: bits, bytes, MACs, kernels, board fit.
+    Inspect {
+        /// The model file.
+        model: std::path::PathBuf,
+    },
+    /// Time the packed runtime against float (in-house executor and libtorch CPU), one thread.
+    Bench {
+        /// The model file.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Seconds to measure each engine.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The model file.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// Dataset: a CIFAR-10 binary folder, an image-folder tree or a .tar/.tar.xz of one.
+    #[arg(long)]
+    data: std::path::PathBuf,
+    /// Engine: the packed kernels or the float executor of the same graph.
+    #[arg(long, value_enum, default_value_t = EngineArg::Packed)]
+    engine: EngineArg,
+    /// Print one JSON object (top1, top5, images, images_per_s, ...).
+    #[arg(long)]
+    json: bool,
+    /// Evaluate only the first N test images of each class.
+    #[arg(long)]
+    per_class: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Packed,
+    Float,
 }
 
 fn main() {
@@ -28,6 +68,18 @@ fn main() {
     let r = match &args.cmd {
         Cmd::Train(a) => cli::train::main(a),
         Cmd::Export(a) => cli::export::main(a),
+        Cmd::Eval(a) => tools::eval::command(
+            &a.model,
+            &a.data,
+            match a.engine {
+                EngineArg::Packed => slb_runtime::Engine::Packed,
+                EngineArg::Float => slb_runtime::Engine::Float,
+            },
+            a.json,
+            a.per_class,
+        ),
+        Cmd::Inspect { model } => tools::inspect::command(model),
+        Cmd::Bench { model, seconds } => tools::bench::command(model, *seconds),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -16,6 +16,12 @@ const FPGAIO_LED0: *mut u32 = 0x4002_8000 as *mut u32;
 /// User LED 0 of the board as a push-pull output pin.
 pub struct Led0(());
 
+impl Default for Led0 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Led0 {
     /// Takes the LED, switched off.
     pub fn new() -> Self {
@@ -51,6 +57,56 @@ impl embedded_hal::digital::OutputPin for Led0 {
     }
     fn set_high(&mut self) -> Result<(), Infallible> {
         set_led0(true);
+        Ok(())
+    }
+}
+
+/// An output pin that counts its rising and falling edges (to show that the runtime drove it).
+pub struct CountingPin<P> {
+    pin: P,
+    high: bool,
+    /// Low-to-high transitions so far.
+    pub rises: u32,
+    /// High-to-low transitions so far.
+    pub falls: u32,
+}
+
+impl<P: embedded_hal::digital::OutputPin> CountingPin<P> {
+    /// Wraps a pin that is low.
+    pub fn new(pin: P) -> Self {
+        CountingPin {
+            pin,
+            high: false,
+            rises: 0,
+            falls: 0,
+        }
+    }
+
+    /// Whether the pin was last driven high.
+    pub fn is_high(&self) -> bool {
+        self.high
+    }
+}
+
+impl<P: embedded_hal::digital::ErrorType> embedded_hal::digital::ErrorType for CountingPin<P> {
+    type Error = P::Error;
+}
+
+impl<P: embedded_hal::digital::OutputPin> embedded_hal::digital::OutputPin for CountingPin<P> {
+    fn set_low(&mut self) -> Result<(), P::Error> {
+        self.pin.set_low()?;
+        if self.high {
+            self.falls += 1;
+        }
+        self.high = false;
+        Ok(())
+    }
+    fn set_high(&mut self) -> Result<(), P::Error> {
+        self.pin.set_high()?;
+        if !self.high {
+            self.rises += 1;
+        }
+        self.high = true;
         Ok(())
     }
 }

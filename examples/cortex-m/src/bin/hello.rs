@@ -8,12 +8,10 @@
 #![no_std]
 #![no_main]
 
-#[path = "../board.rs"]
-mod board;
-
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};
 use panic_semihosting as _;
+use slb_cortex_m::board;
 
 #[entry]
 fn main() -> ! {

@@ -10,6 +10,7 @@
 //! prepare ticks <SysTick ticks of the weight preparation>
 //! image <i> class <k> <name> ticks <SysTick ticks of the inference>
 //! logits <i> <f32 bit patterns, hex, one per class>
+//! busy-pin rises <n> falls <n>                      (LED0 edges driven by the runtime)
 //! stack <bytes used at the deepest point>
 //! done
 //! ```
@@ -17,11 +18,6 @@
 //! with status 0, or prints `error: ...` and exits with status 1.
 #![no_std]
 #![no_main]
-
-#[path = "../board.rs"]
-mod board;
-#[path = "../stack.rs"]
-mod stack;
 
 mod config {
     include!(concat!(env!("OUT_DIR"), "/config.rs"));
@@ -35,6 +31,8 @@ use cortex_m_semihosting::{debug, hprintln};
 use embedded_hal::digital::OutputPin;
 use heapless::{String, Vec};
 use panic_semihosting as _;
+use slb_cortex_m::board;
+use slb_cortex_m::stack;
 use slb_format::{Layer, Model};
 use slb_runtime::{Algo, Engine, Plan, PlanOptions};
 
@@ -53,7 +51,7 @@ static mut ARENA: Arena = Arena([0; config::ARENA_BYTES]);
 
 #[entry]
 fn main() -> ! {
-    let painted = stack::paint(64 * 1024);
+    let painted = stack::paint(256 * 1024);
     let code = match run(&painted) {
         Ok(()) => debug::EXIT_SUCCESS,
         Err(e) => {
@@ -102,7 +100,7 @@ impl core::fmt::Display for Failure {
 fn run(painted: &stack::Painted) -> Result<(), Failure> {
     let cp = cortex_m::Peripherals::take().ok_or(Failure::Choice("peripherals taken twice"))?;
     let ticks = board::Ticks::start(cp.SYST);
-    let mut led = board::Led0::new();
+    let mut led = board::CountingPin::new(board::Led0::new());
 
     let model = Model::parse(MODEL).map_err(Failure::Format)?;
     let s = model.input.shape;
@@ -176,7 +174,7 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
             slb_runtime::run_with_busy_pin(&model, &plan, arena, image, &mut logits, &mut led)
                 .map_err(Failure::Runtime)?;
             let dt = ticks.now() - t0;
-            if led.is_on() {
+            if led.is_high() || led.rises != led.falls {
                 // The runtime lowers the busy pin when it returns; say so if it did not.
                 let _ = led.set_low();
                 hprintln!("warning: busy pin left high");
@@ -187,6 +185,7 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
             print_logits(i, &logits);
         }
     }
+    hprintln!("busy-pin rises {} falls {}", led.rises, led.falls);
     match painted.peak() {
         Some(b) => hprintln!("stack {}", b),
         None => hprintln!("stack overflowed-paint"),

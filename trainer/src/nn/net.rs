@@ -134,7 +134,7 @@ pub enum Stage {
         p: i64,
     },
     /// Residual block.
-    Block(Block),
+    Block(Box<Block>),
 }
 
 /// An SLB network.
@@ -177,14 +177,14 @@ impl Net {
         };
         let block = |p: &nn::Path, name: String, cin: i64, cout: i64, stride: i64| {
             let bp = p / name.as_str();
-            Stage::Block(Block {
+            Stage::Block(Box::new(Block {
                 conv1: QConv::new(&(&bp / "c1"), cin, cout, 3, stride, 1, wb),
                 q1: ActQuant::new(&(&bp / "act1"), act_bits),
                 conv2: QConv::new(&(&bp / "c2"), cout, cout, 3, 1, 1, wb),
                 down: (stride != 1 || cin != cout)
                     .then(|| QConv::new(&(&bp / "down"), cin, cout, 1, stride, 0, wb)),
                 out: ActQuant::new(&(&bp / "act"), act_bits),
-            })
+            }))
         };
         let feat;
         let mut flatten = false;

@@ -15,7 +15,13 @@ pub fn relaxed_weight(logits: &Tensor, t: f64, bits: u8) -> Tensor {
     let wl = Tensor::from_slice(&w_list(bits))
         .to_device(logits.device())
         .to_kind(logits.kind());
-    (logits * t).softmax(-1, logits.kind()).matmul(&wl)
+    relaxed_weight_with(logits, t, &wl)
+}
+
+/// [`relaxed_weight`] with the value table `wl` already on the logits' device (no host copy
+/// inside a training step).
+pub fn relaxed_weight_with(logits: &Tensor, t: f64, wl: &Tensor) -> Tensor {
+    (logits * t).softmax(-1, logits.kind()).matmul(wl)
 }
 
 /// The argmax codes `k` of logits `A` (`[.., 2^bits]` -> `[..]`, int64).
@@ -48,6 +54,8 @@ pub struct SlbConv {
     pub padding: i64,
     /// Groups.
     pub groups: i64,
+    /// `w_list(bits)` on the logits' device.
+    pub wl: Tensor,
 }
 
 impl SlbConv {
@@ -75,8 +83,10 @@ impl SlbConv {
                 stdev: std,
             },
         );
+        let wl = Tensor::from_slice(&w_list(bits)).to_device(p.device());
         SlbConv {
             logits,
+            wl,
             bits,
             out_channels,
             in_channels,
@@ -92,7 +102,7 @@ impl SlbConv {
         if hard {
             hard_weight(&self.logits, self.bits)
         } else {
-            relaxed_weight(&self.logits, t, self.bits)
+            relaxed_weight_with(&self.logits, t, &self.wl)
         }
     }
 
@@ -119,6 +129,14 @@ pub enum ActKind {
         min: Tensor,
         /// Running maximum (buffer).
         max: Tensor,
+        /// Working scale of libtorch's fused observer (`[1]`, f32; not checkpointed: always
+        /// recomputed from `min`/`max`).
+        scale: Tensor,
+        /// Working zero point of the fused observer (`[1]`, i32).
+        zp: Tensor,
+        /// Constant 1 and 0 (`[1]`, i64) switching the fused op's fake quant on and off
+        /// without a host round trip.
+        on_off: (Tensor, Tensor),
     },
     /// 1 bit: `scale * sign(x)` (sign(0) = +1), gradient straight through where |x| <= 1.
     Sign {
@@ -157,7 +175,8 @@ pub struct ActQuant {
 /// `scale = (max - min) / 255`, `zp = clamp(round(-min / scale), 0, 255)`.
 pub fn minmax_qparams(min: &Tensor, max: &Tensor, bits: u8) -> (Tensor, Tensor) {
     let qmax = ((1i64 << bits) - 1) as f64;
-    let scale = ((max - min) / qmax).clamp_min(1e-8);
+    let (min, max) = (min.clamp_max(0.0), max.clamp_min(0.0));
+    let scale = ((&max - &min) / qmax).clamp_min(f32::EPSILON as f64);
     let zp = (-min / &scale).round().clamp(0.0, qmax);
     (scale, zp)
 }
@@ -189,8 +208,18 @@ impl ActQuant {
             let _ = min.fill_(-6.0);
             let _ = max.fill_(6.0);
         });
+        let dev = p.device();
         ActQuant {
-            kind: ActKind::MinMax { min, max },
+            kind: ActKind::MinMax {
+                min,
+                max,
+                scale: Tensor::full([1], 12.0 / 255.0, (Kind::Float, dev)),
+                zp: Tensor::full([1], 128, (Kind::Int, dev)),
+                on_off: (
+                    Tensor::ones([1], (Kind::Int64, dev)),
+                    Tensor::zeros([1], (Kind::Int64, dev)),
+                ),
+            },
         }
     }
 
@@ -229,24 +258,28 @@ impl ActQuant {
     /// Applies the node (and the ReLU before it when `relu` and the node is not a sign).
     pub fn forward(&self, x: &Tensor, relu: bool, mode: QuantMode) -> Tensor {
         match &self.kind {
-            ActKind::MinMax { min, max } => {
+            ActKind::MinMax {
+                min,
+                max,
+                scale,
+                zp,
+                on_off,
+            } => {
                 let x = if relu { x.relu() } else { x.shallow_clone() };
                 if mode.observe {
-                    tch::no_grad(|| {
-                        let (bmin, bmax) = x.detach().aminmax(None, false);
-                        let bmin = bmin.to_kind(Kind::Float).clamp_max(0.0).reshape([1]);
-                        let bmax = bmax.to_kind(Kind::Float).clamp_min(0.0).reshape([1]);
-                        let (mut min, mut max) = (min.shallow_clone(), max.shallow_clone());
-                        if mode.ema {
-                            let nmin = &min * 0.999 + bmin * 0.001;
-                            let nmax = &max * 0.999 + bmax * 0.001;
-                            min.copy_(&nmin);
-                            max.copy_(&nmax);
-                        } else {
-                            min.copy_(&bmin);
-                            max.copy_(&bmax);
-                        }
-                    });
+                    // libtorch's fused observer + fake quant: range update (batch min/max with
+                    // averaging constant 1, or the EMA), qparams and fake quant in one op, all
+                    // on the device; its backward is the straight-through mask.
+                    let xf = if x.kind() == Kind::Float {
+                        x
+                    } else {
+                        x.to_kind(Kind::Float)
+                    };
+                    let c = if mode.ema { 0.001 } else { 1.0 };
+                    let fq = if mode.quantize { &on_off.0 } else { &on_off.1 };
+                    return xf.fused_moving_avg_obs_fake_quant(
+                        &on_off.0, fq, min, max, scale, zp, c, 0, 255, 0, false, false,
+                    );
                 }
                 if mode.quantize {
                     let (s, zp) = minmax_qparams(min, max, 8);
@@ -275,7 +308,7 @@ impl ActQuant {
     /// For a sign node the scale is the learned magnitude and the zero point 0.
     pub fn qparams(&self) -> (f32, i32) {
         match &self.kind {
-            ActKind::MinMax { min, max } => {
+            ActKind::MinMax { min, max, .. } => {
                 let (s, zp) = minmax_qparams(min, max, 8);
                 (s.double_value(&[0]) as f32, zp.double_value(&[0]) as i32)
             }
@@ -427,7 +460,7 @@ mod tests {
         );
         assert_eq!(vals(&y4), vec![0.123]);
         if let ActKind::MinMax { max, .. } = &q.kind {
-            let want = 2.0 * 0.999 + 0.123 * 0.001;
+            let want = 2.0 + (0.123 - 2.0) * 0.001;
             assert!((max.double_value(&[0]) - want).abs() < 1e-6);
         }
     }

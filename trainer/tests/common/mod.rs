@@ -24,7 +24,11 @@ pub fn synthetic(n: usize, size: usize, classes: usize, seed: u64) -> Dataset {
         labels.push(c as i64);
         for y in 0..size {
             for x in 0..size {
-                let stripe = if c % 2 == 0 { (x / 2) % 2 } else { (y / 2) % 2 };
+                let stripe = if c.is_multiple_of(2) {
+                    (x / 2) % 2
+                } else {
+                    (y / 2) % 2
+                };
                 for ch in 0..3 {
                     let base = 40 + 60 * ((c + ch) % 3) + 50 * stripe;
                     let v = base as i32 + (rnd() % 60) as i32 - 30;

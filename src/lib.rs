@@ -2,3 +2,5 @@
 #![deny(missing_docs)]
 pub use slb_format as format;
 pub use slb_runtime as runtime;
+
+pub mod synth;

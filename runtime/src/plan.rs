@@ -245,22 +245,28 @@ impl Plan {
                         w_len = mul(mul(s.cout, s.taps())?, 4)?;
                     }
                     Engine::Packed => {
-                        let algo = opts.force.unwrap_or_else(|| kernels::default_algo(&s));
-                        if !kernels::algo_fits(algo, &s) {
-                            return Err(Error::KernelUnavailable {
-                                layer: li,
-                                kernel: match algo {
-                                    Algo::Xnor => "xnor (needs 1-bit weights and activations)",
-                                    _ => "forced kernel",
-                                },
-                            });
-                        }
-                        let k = if algo == Algo::Reference {
-                            None
-                        } else if opts.portable_only {
-                            kernels::portable::kernel(algo)
-                        } else {
-                            kernels::select(algo, &s)
+                        let k = match opts.force {
+                            None => kernels::default_kernel(&s, opts.portable_only),
+                            Some(algo) => {
+                                if !kernels::algo_fits(algo, &s) {
+                                    return Err(Error::KernelUnavailable {
+                                        layer: li,
+                                        kernel: match algo {
+                                            Algo::Xnor => {
+                                                "xnor (needs 1-bit weights and activations)"
+                                            }
+                                            _ => "forced kernel",
+                                        },
+                                    });
+                                }
+                                if algo == Algo::Reference {
+                                    None
+                                } else if opts.portable_only {
+                                    kernels::portable::kernel(algo)
+                                } else {
+                                    kernels::select(algo, &s)
+                                }
+                            }
                         };
                         match k {
                             None => {

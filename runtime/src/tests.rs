@@ -754,19 +754,32 @@ fn explicit_prepare_and_unaligned_arena() {
 
 #[test]
 fn default_kernel_choice() {
-    let bytes = resnet(64, 8, 1, 1, 1, 2);
-    let model = Model::parse(bytes).unwrap();
-    let plan = Plan::new(&model, Engine::Packed).unwrap();
-    // Layer 0: 3-channel 8-bit input -> int8 dot; later W1A1 convs -> xnor; convs reading the
-    // 8-bit raw output (none here: adds read them) ...
-    assert_eq!(plan.kernel(0).and_then(|k| k.algo()), Some(Algo::Int8Dot));
-    assert_eq!(plan.kernel(1).and_then(|k| k.algo()), Some(Algo::Xnor));
-    assert_eq!(plan.kernel(plan.layers() - 1), None); // dense
-    let bytes = resnet(64, 8, 1, 2, 4, 2);
-    let model = Model::parse(bytes).unwrap();
-    let plan = Plan::new(&model, Engine::Packed).unwrap();
-    assert_eq!(plan.kernel(1).and_then(|k| k.algo()), Some(Algo::BitSerial));
-    let _ = DType::F32;
+    // Portable costs (deterministic on every machine): the 3-channel 8-bit first layer -> int8
+    // dot; W1A1 -> XNOR; W1A2 (2 plane pairs) -> bit-serial; W2A4 (8 pairs) -> int8 dot.
+    let portable = PlanOptions {
+        force: None,
+        portable_only: true,
+    };
+    let algo = |plan: &Plan, l: usize| plan.kernel(l).and_then(|k| k.algo());
+    for (wbits, abits, want) in [
+        (1u8, 1u8, Algo::Xnor),
+        (1, 2, Algo::BitSerial),
+        (2, 4, Algo::Int8Dot),
+        (4, 8, Algo::Int8Dot),
+    ] {
+        let model = Model::parse(resnet(64, 8, 1, wbits, abits, 2)).unwrap();
+        let plan = Plan::with_options(&model, Engine::Packed, portable).unwrap();
+        assert_eq!(algo(&plan, 0), Some(Algo::Int8Dot));
+        assert_eq!(algo(&plan, 1), Some(want), "W{wbits}A{abits}");
+        assert_eq!(plan.kernel(plan.layers() - 1), None); // dense
+                                                          // With SIMD available the choice may differ, but it is always a kernel that fits.
+        let plan = Plan::new(&model, Engine::Packed).unwrap();
+        let k = plan.kernel(1).unwrap();
+        assert!(
+            k.algo() != Some(Algo::Xnor) || (wbits, abits) == (1, 1),
+            "{k:?}"
+        );
+    }
 }
 
 #[test]
@@ -808,4 +821,74 @@ fn plan_is_small_enough_for_a_microcontroller_stack() {
     let size = core::mem::size_of::<Plan>();
     println!("size_of::<Plan>() = {size} bytes");
     assert!(size <= 24 * 1024, "{size}");
+}
+
+/// Timing of a ResNet-18-shaped CIFAR model (64..512 channels, 32x32), one thread:
+/// `cargo test -p slb-runtime --release -- --ignored --nocapture timing`.
+#[test]
+#[ignore = "timing; run in release"]
+fn timing_resnet18_cifar() {
+    use std::time::Instant;
+    let pairs: &[(u8, u8)] = &[(1, 1), (1, 2), (2, 2), (1, 8), (2, 8), (4, 8), (4, 4)];
+    let mut rng = Rng(1);
+    let image: Vec<u8> = (0..3 * 32 * 32).map(|_| rng.next() as u8).collect();
+    for &(wbits, abits) in pairs {
+        let bytes = resnet(64, 32, 2, wbits, abits, 1);
+        let model = Model::parse(bytes).unwrap();
+        let mut configs: Vec<(String, Engine, PlanOptions)> = vec![
+            ("default".into(), Engine::Packed, PlanOptions::default()),
+            (
+                "portable".into(),
+                Engine::Packed,
+                PlanOptions {
+                    force: None,
+                    portable_only: true,
+                },
+            ),
+        ];
+        for a in [Algo::Int8Dot, Algo::BitSerial] {
+            configs.push((
+                format!("{a:?}"),
+                Engine::Packed,
+                PlanOptions {
+                    force: Some(a),
+                    portable_only: false,
+                },
+            ));
+            configs.push((
+                format!("{a:?}-portable"),
+                Engine::Packed,
+                PlanOptions {
+                    force: Some(a),
+                    portable_only: true,
+                },
+            ));
+        }
+        if (wbits, abits) == (1, 1) {
+            configs.push(("float".into(), Engine::Float, PlanOptions::default()));
+        }
+        for (name, engine, opts) in configs {
+            let plan = Plan::with_options(&model, engine, opts).unwrap();
+            let mut arena = vec![0u8; plan.arena_bytes()];
+            let mut logits = vec![0f32; 10];
+            run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
+            let n = 3;
+            let t = Instant::now();
+            for _ in 0..n {
+                run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+            let kinds: std::collections::BTreeSet<&str> = (0..plan.layers())
+                .filter_map(|l| plan.kernel(l))
+                .map(|k| k.name())
+                .collect();
+            println!(
+                "W{wbits}A{abits} {name:<20} {ms:8.2} ms  arena {:>9} B (weights {:>9}, act {:>7}, scratch {:>7})  {kinds:?}",
+                plan.arena_bytes(),
+                plan.weights_bytes(),
+                plan.activation_peak_bytes(),
+                plan.scratch_bytes()
+            );
+        }
+    }
 }

@@ -241,24 +241,66 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
     }
 }
 
-/// The default algorithm for a shape (documented in README.md):
-/// W1A1 -> XNOR; A8 -> int8 dot; otherwise bit-serial when its cost per tap,
-/// `3 * wbits * abits * cw` word operations (an AND, a popcount and a shifted add per plane
-/// pair and 64-channel word), is below the int8 dot's `cin_g` multiply-adds per tap, else
-/// int8 dot (e.g. the 3-channel first layer).
-pub(crate) fn default_algo(s: &ConvShape) -> Algo {
-    if s.wbits == 1 && s.abits == 1 {
-        Algo::Xnor
-    } else if s.abits == 8 {
-        Algo::Int8Dot
-    } else {
-        let bit_cost = 3 * s.wbits as usize * s.abits as usize * s.cw;
-        if bit_cost < s.cin_g {
-            Algo::BitSerial
+/// Relative cost of one kernel step, in tenths of a nanosecond on one core (measured on the
+/// development machine over a whole ResNet-18-shaped CIFAR network, see README.md):
+/// int8 kinds per 64 multiply-adds, bit kinds per 64-channel word and weight/activation plane
+/// pair. Rows marked "estimate" were not measured.
+pub(crate) fn step_cost(kind: KernelKind) -> u32 {
+    match kind {
+        KernelKind::Int8Dot => 510,
+        KernelKind::BitSerial => 150,
+        KernelKind::Xnor => 125,
+        KernelKind::Int8DotAvx2 => 40,
+        KernelKind::BitSerialAvx2 => 25,
+        KernelKind::XnorAvx2 => 25,
+        // Estimates: VNNI does 4x the int8 work of AVX2 per instruction, VPOPCNTQ replaces the
+        // AVX2 nibble-table popcount.
+        KernelKind::Int8DotVnni => 16,
+        KernelKind::BitSerialAvx512 => 8,
+        KernelKind::XnorAvx512 => 7,
+        KernelKind::Float | KernelKind::Reference => u32::MAX,
+    }
+}
+
+/// Estimated cost of one output element (all taps) with kernel `kind`.
+pub(crate) fn cost(kind: KernelKind, s: &ConvShape) -> u64 {
+    let taps = (s.kh * s.kw) as u64;
+    let step = u64::from(step_cost(kind));
+    match kind.algo() {
+        // Int8: cin_g multiply-adds per tap, in units of 64.
+        Some(Algo::Int8Dot) => taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64,
+        Some(Algo::BitSerial) => {
+            taps * step * s.cw as u64 * u64::from(s.wbits) * u64::from(s.abits)
+        }
+        Some(Algo::Xnor) => taps * step * s.cw as u64,
+        _ => u64::MAX,
+    }
+}
+
+/// The default kernel for a shape: the cheapest of the kernels available (the SIMD ones when
+/// the CPU has them, unless `portable_only`) by [`cost`]. With the measured costs this means:
+/// XNOR for W1A1; int8 dot for A8 and for narrow inputs (the 3-channel first layer); bit-serial
+/// for small bit products (portable: `wbits * abits <= 3`) on wide layers.
+pub(crate) fn default_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvKernel> {
+    let mut best: Option<(u64, ConvKernel)> = None;
+    for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {
+        let k = if portable_only {
+            if algo_fits(algo, s) {
+                portable::kernel(algo)
+            } else {
+                None
+            }
         } else {
-            Algo::Int8Dot
+            select(algo, s)
+        };
+        if let Some(k) = k {
+            let c = cost(k.kind, s);
+            if best.as_ref().is_none_or(|(b, _)| c < *b) {
+                best = Some((c, k));
+            }
         }
     }
+    best.map(|(_, k)| k)
 }
 
 /// The best available kernel for `algo` and shape: an ISA-specific one when the CPU has it,

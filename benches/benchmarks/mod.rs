@@ -1,0 +1,8 @@
+//! The benchmark modules of `benches/main.rs`.
+
+pub mod common;
+pub mod conv;
+pub mod cputime;
+pub mod network;
+#[cfg(feature = "torch")]
+pub mod torch;

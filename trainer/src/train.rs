@@ -49,9 +49,19 @@ pub fn net_config(cfg: &Config, classes: i64, image_size: i64) -> NetConfig {
     }
 }
 
-/// Builds the network of a configuration: the algorithm's `apply`.
-pub fn build(algo: &SlbQuantAwareTraining, vs: &nn::VarStore, cfg: NetConfig) -> Net {
-    algo.apply(&vs.root(), cfg)
+/// Builds the network of a configuration: the algorithm's `apply`, or, with `float_weights`,
+/// the same network with plain float convolutions (the float baseline).
+pub fn build(
+    algo: &SlbQuantAwareTraining,
+    vs: &nn::VarStore,
+    cfg: NetConfig,
+    float_weights: bool,
+) -> Net {
+    if float_weights {
+        Net::new(&vs.root(), cfg, 0, algo.act_quant_dtype().bits())
+    } else {
+        algo.apply(&vs.root(), cfg)
+    }
 }
 
 /// SGD with momentum (optionally Nesterov) and decoupled parameter groups, its state held in
@@ -68,7 +78,7 @@ pub struct Sgd {
 /// Whether a variable gets weight decay: conv logits and dense weights do, BatchNorm, biases
 /// and quantizer parameters do not (as Golden Stick).
 pub fn decays(name: &str) -> bool {
-    name.ends_with(".logits") || name.ends_with("dense.weight")
+    name.ends_with(".logits") || name.ends_with("conv.weight") || name.ends_with("dense.weight")
 }
 
 impl Sgd {
@@ -302,6 +312,33 @@ pub fn evaluate(
     )
 }
 
+/// The predicted class of every image of `data` (in order), in evaluation mode as
+/// [`evaluate`].
+pub fn predict(net: &Net, data: &DeviceData, aug: &Augment, batch: i64, quant: bool) -> Vec<i64> {
+    let ctx = Ctx {
+        train: false,
+        t: 1.0,
+        hard: true,
+        q: QuantMode {
+            observe: false,
+            quantize: quant,
+            ema: false,
+        },
+        amp: false,
+    };
+    let mut out = Vec::with_capacity(data.len());
+    tch::no_grad(|| {
+        for (x, _) in data.batches(batch, false, 0) {
+            let p = net
+                .forward(&aug.eval(&x), &ctx)
+                .argmax(-1, false)
+                .to_device(Device::Cpu);
+            out.extend(Vec::<i64>::try_from(p).unwrap_or_default());
+        }
+    });
+    out
+}
+
 /// One epoch's record in `metrics.jsonl`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochMetrics {
@@ -390,7 +427,12 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
     let classes = train.classes.len() as i64;
     let image_size = cfg.resize.unwrap_or(train.height as i64);
     let vs = nn::VarStore::new(dev);
-    let net = build(&algo, &vs, net_config(&cfg, classes, image_size));
+    let net = build(
+        &algo,
+        &vs,
+        net_config(&cfg, classes, image_size),
+        cfg.float_weights,
+    );
     let mut opt = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay);
     let mut step = 0i64;
     let mut ranges_valid = cfg.enable_act_quant;

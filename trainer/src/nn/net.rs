@@ -116,6 +116,7 @@ pub struct Block {
 
 /// One stage of a network, in execution order.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a network holds a few dozen stages; boxing buys nothing
 pub enum Stage {
     /// Conv unit followed by ReLU and an activation node.
     Conv {

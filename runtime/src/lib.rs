@@ -15,14 +15,6 @@ pub use kernels::{Algo, KernelKind};
 pub use plan::{Engine, Plan, PlanOptions, MAX_LAYERS, MAX_TENSORS};
 pub use slb_format::Model;
 
-/// Reference kernels and kernel-level entry points, exposed for benchmarks and tests.
-///
-/// These run one convolution's raw sums outside a model (see `kernels/CONTRACT.md`); most
-/// users only need [`run`].
-pub mod bench {
-    pub use crate::kernels::bench::*;
-}
-
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -832,7 +832,12 @@ fn timing_resnet18_cifar() {
     let pairs: &[(u8, u8)] = &[(1, 1), (1, 2), (2, 2), (1, 8), (2, 8), (4, 8), (4, 4)];
     let mut rng = Rng(1);
     let image: Vec<u8> = (0..3 * 32 * 32).map(|_| rng.next() as u8).collect();
+    // SLB_TIMING=W1A8 (a substring) limits the bit pairs.
+    let only = std::env::var("SLB_TIMING").unwrap_or_default();
     for &(wbits, abits) in pairs {
+        if !format!("W{wbits}A{abits}").contains(only.as_str()) {
+            continue;
+        }
         let bytes = resnet(64, 32, 2, wbits, abits, 1);
         let model = Model::parse(bytes).unwrap();
         let mut configs: Vec<(String, Engine, PlanOptions)> = vec![

@@ -331,9 +331,3 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
         _ => None,
     }
 }
-
-/// Kernel-level entry points for benchmarks: one convolution's exact accumulators outside a
-/// model.
-pub mod bench {
-    pub use super::ConvShape;
-}

@@ -88,49 +88,98 @@ fn decode_range(
     }
 }
 
+/// The value a code stands for in the dot product: `q`, or `2q - 1` for 1-bit signs.
+#[inline(always)]
+fn val<const SIGN: bool>(a: u8) -> i16 {
+    if SIGN {
+        2 * a as i16 - 1
+    } else {
+        a as i16
+    }
+}
+
+/// One dot product (products fit i16: 255 * 15; i16 x i16 -> i32 sums map onto SMLAD/pmaddwd).
 #[inline]
-fn dot_u8_i8(x: &[u8], w: &[u8]) -> i32 {
-    // Products fit i16 (255 * 15); i16 x i16 -> i32 sums map onto SMLAD / pmaddwd.
+fn dot1<const SIGN: bool>(x: &[u8], w: &[u8]) -> i32 {
     x.iter()
         .zip(w)
-        .map(|(&a, &b)| i32::from(a as i16 * i16::from(b as i8)))
+        .map(|(&a, &b)| i32::from(val::<SIGN>(a) * i16::from(b as i8)))
         .fold(0i32, |s, v| s.wrapping_add(v))
 }
 
+/// Four dot products sharing the activation loads.
 #[inline]
-fn dot_sign_i8(x: &[u8], w: &[u8]) -> i32 {
-    // 1-bit activations stand for 2q - 1.
-    x.iter()
-        .zip(w)
-        .map(|(&a, &b)| i32::from((2 * a as i16 - 1) * i16::from(b as i8)))
-        .fold(0i32, |s, v| s.wrapping_add(v))
+fn dot4<const SIGN: bool>(x: &[u8], w: [&[u8]; 4]) -> [i32; 4] {
+    let n = x.len();
+    let (w0, w1, w2, w3) = (&w[0][..n], &w[1][..n], &w[2][..n], &w[3][..n]);
+    let mut s = [0i32; 4];
+    for i in 0..n {
+        let v = i32::from(val::<SIGN>(x[i]));
+        s[0] = s[0].wrapping_add(v * i32::from(w0[i] as i8));
+        s[1] = s[1].wrapping_add(v * i32::from(w1[i] as i8));
+        s[2] = s[2].wrapping_add(v * i32::from(w2[i] as i8));
+        s[3] = s[3].wrapping_add(v * i32::from(w3[i] as i8));
+    }
+    s
 }
 
-/// Portable u8 x i8 dot product (contract: raw sums over the padded HWC input).
+/// Portable u8 x i8 dot product (contract: raw sums over the padded HWC input), four output
+/// channels at a time.
 pub(crate) fn int8_run(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+    if s.abits == 1 {
+        int8_body::<true>(s, x, w, y0, y1, acc)
+    } else {
+        int8_body::<false>(s, x, w, y0, y1, acc)
+    }
+}
+
+fn int8_body<const SIGN: bool>(
+    s: &ConvShape,
+    x: &[u8],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
     let k = s.cin_g;
     let wrow = s.kh * s.kw * k;
-    let dot = if s.abits == 1 { dot_sign_i8 } else { dot_u8_i8 };
+    if w.len() < s.cout * wrow {
+        return;
+    }
     for oy in y0..y1 {
         for ox in 0..s.ow {
             let base = ((oy - y0) * s.ow + ox) * s.cout;
             let Some(out) = acc.get_mut(base..base + s.cout) else {
                 return;
             };
-            for (o, a) in out.iter_mut().enumerate() {
-                let g = o / s.cout_g;
-                let wo = &w[o * wrow..(o + 1) * wrow];
-                let mut sum = 0i32;
-                for ky in 0..s.kh {
-                    let iy = oy * s.sh + ky;
-                    for kx in 0..s.kw {
-                        let ix = ox * s.sw + kx;
+            out.fill(0);
+            for ky in 0..s.kh {
+                let iy = oy * s.sh + ky;
+                for kx in 0..s.kw {
+                    let ix = ox * s.sw + kx;
+                    let wt = (ky * s.kw + kx) * k;
+                    for g in 0..s.groups {
                         let xo = (iy * s.wp + ix) * s.c + g * k;
-                        let wt = (ky * s.kw + kx) * k;
-                        sum = sum.wrapping_add(dot(&x[xo..xo + k], &wo[wt..wt + k]));
+                        let Some(xs) = x.get(xo..xo + k) else {
+                            return;
+                        };
+                        let (o0, o1) = (g * s.cout_g, (g + 1) * s.cout_g);
+                        let mut o = o0;
+                        while o + 4 <= o1 {
+                            let wr = |j: usize| &w[(o + j) * wrow + wt..(o + j) * wrow + wt + k];
+                            let d = dot4::<SIGN>(xs, [wr(0), wr(1), wr(2), wr(3)]);
+                            for (a, v) in out[o..o + 4].iter_mut().zip(d) {
+                                *a = a.wrapping_add(v);
+                            }
+                            o += 4;
+                        }
+                        while o < o1 {
+                            let wo = &w[o * wrow + wt..o * wrow + wt + k];
+                            out[o] = out[o].wrapping_add(dot1::<SIGN>(xs, wo));
+                            o += 1;
+                        }
                     }
                 }
-                *a = sum;
             }
         }
     }

@@ -74,12 +74,30 @@ pub(crate) fn conv_f32(s: &ConvShape, x: &[f32], w: &[f32], out: &mut [f32]) {
                         }
                         let xo = (iy as usize * wd + ix as usize) * s.c + g * s.cin_g;
                         let wt = ((g * s.kh + ky) * s.kw + kx) * s.cin_g * s.cout_g;
-                        for i in 0..s.cin_g {
+                        // Four input channels per pass over the accumulators.
+                        let n = s.cout_g;
+                        let mut i = 0;
+                        while i + 4 <= s.cin_g {
+                            let (x0, x1, x2, x3) =
+                                (x[xo + i], x[xo + i + 1], x[xo + i + 2], x[xo + i + 3]);
+                            let wb = &w[wt + i * n..wt + (i + 4) * n];
+                            let (w0, rest) = wb.split_at(n);
+                            let (w1, rest) = rest.split_at(n);
+                            let (w2, w3) = rest.split_at(n);
+                            for ((((a, &a0), &a1), &a2), &a3) in
+                                acc.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3)
+                            {
+                                *a += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3;
+                            }
+                            i += 4;
+                        }
+                        while i < s.cin_g {
                             let xv = x[xo + i];
-                            let wrow = &w[wt + i * s.cout_g..wt + (i + 1) * s.cout_g];
+                            let wrow = &w[wt + i * n..wt + (i + 1) * n];
                             for (a, &wv) in acc.iter_mut().zip(wrow) {
                                 *a += wv * xv;
                             }
+                            i += 1;
                         }
                     }
                 }

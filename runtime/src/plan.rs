@@ -423,13 +423,13 @@ fn place(tensors: &mut Vec<TensorSlot, MAX_TENSORS>, steps: usize) -> Result<(us
         for &j in placed.iter() {
             let u = &tensors[j as usize];
             if u.first <= t.last && t.first <= u.last {
-                let _ = busy.push((u.offset, u.offset + align(u.bytes)?));
+                let _ = busy.push((u.offset, add(u.offset, align(u.bytes)?)?));
             }
         }
         busy.sort_unstable();
         let mut off = 0usize;
         for &(s, e) in busy.iter() {
-            if off + size <= s {
+            if add(off, size)? <= s {
                 break;
             }
             off = off.max(e);

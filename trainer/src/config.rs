@@ -78,6 +78,9 @@ pub struct Config {
     pub mixed_precision: bool,
     /// NHWC (channels-last) activations on CUDA.
     pub channels_last: bool,
+    /// Plain float convolutions instead of SLB ones: the float baseline of the accuracy table
+    /// (such a network cannot be exported to a packed model).
+    pub float_weights: bool,
     /// Random-crop padding.
     pub crop_pad: i64,
     /// Random horizontal flip.
@@ -127,6 +130,7 @@ impl Default for Config {
             ema: false,
             mixed_precision: true,
             channels_last: true,
+            float_weights: false,
             crop_pad: 4,
             flip: true,
             resize: None,

@@ -512,6 +512,7 @@ pub fn load_net(ck: &Checkpoint) -> Result<(nn::VarStore, Net)> {
         &algo,
         &vs,
         net_config(&cfg, ck.meta.classes.len() as i64, ck.meta.image_size),
+        cfg.float_weights,
     );
     ck.restore(&vs)?;
     Ok((vs, net))
@@ -530,6 +531,12 @@ pub fn augment_of(ck: &Checkpoint) -> Augment {
 /// Exports a checkpoint. `calib` supplies training data when the 8-bit ranges were not trained
 /// (enable_act_quant = false); its first `calibration_batches * batch_size` images are used.
 pub fn export_checkpoint(ck: &Checkpoint, calib: Option<&DeviceData>) -> Result<Exported> {
+    if ck.meta.config.float_weights {
+        return Err(Error::Export(
+            "this is a float-weight baseline (float_weights = true): it has no codes to pack"
+                .into(),
+        ));
+    }
     let (_vs, net) = load_net(ck)?;
     let aug = augment_of(ck);
     let mut calibrated = false;

@@ -98,7 +98,9 @@ pub fn main(a: &TrainArgs) -> Result<()> {
             summary.checkpoint.display()
         );
     }
-    if !a.no_export {
+    if cfg.float_weights {
+        eprintln!("float-weight baseline: nothing to export");
+    } else if !a.no_export {
         let ck = Checkpoint::load(&checkpoint_path(&a.out))?;
         let calib = (!ck.meta.ranges_valid).then(|| DeviceData::new(&train, tch::Device::Cpu));
         let ex = export_checkpoint(&ck, calib.as_ref())?;

@@ -72,18 +72,25 @@ impl SlbConv {
         groups: i64,
         bits: u8,
     ) -> SlbConv {
-        let n = 1i64 << bits;
+        // bits == 0: a plain float conv (the float baseline), weight `[out, in/groups, kh, kw]`.
+        let n = if bits == 0 { 1 } else { 1i64 << bits };
         let fan_out = (out_channels * kernel * kernel * n) as f64;
         let std = (2.0 / fan_out).sqrt();
-        let logits = p.var(
-            "logits",
-            &[out_channels, in_channels / groups, kernel, kernel, n],
-            nn::Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-        );
-        let wl = Tensor::from_slice(&w_list(bits)).to_device(p.device());
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
+        let shape = [out_channels, in_channels / groups, kernel, kernel, n];
+        let logits = if bits == 0 {
+            p.var("weight", &shape[..4], init)
+        } else {
+            p.var("logits", &shape, init)
+        };
+        let wl = if bits == 0 {
+            Tensor::zeros([0], (Kind::Float, p.device()))
+        } else {
+            Tensor::from_slice(&w_list(bits)).to_device(p.device())
+        };
         SlbConv {
             logits,
             wl,
@@ -99,7 +106,9 @@ impl SlbConv {
 
     /// The weight for a temperature: relaxed unless `hard`.
     pub fn weight(&self, t: f64, hard: bool) -> Tensor {
-        if hard {
+        if self.bits == 0 {
+            self.logits.shallow_clone()
+        } else if hard {
             hard_weight(&self.logits, self.bits)
         } else {
             relaxed_weight_with(&self.logits, t, &self.wl)

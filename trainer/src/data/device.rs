@@ -15,7 +15,8 @@ pub struct DeviceData {
 }
 
 impl DeviceData {
-    /// Copies `ds` to `device` (one upload of the whole set).
+    /// Copies `ds` to `device` (one upload of the whole set). Panics if `ds.images` does not
+    /// hold `len * height * width * 3` bytes (every loader guarantees it).
     pub fn new(ds: &Dataset, device: Device) -> DeviceData {
         let n = ds.len() as i64;
         let images = Tensor::from_slice(&ds.images)

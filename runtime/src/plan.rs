@@ -150,6 +150,41 @@ impl Plan {
 
     /// Plans `model` for `engine` with explicit options.
     pub fn with_options(model: &Model<'_>, engine: Engine, opts: PlanOptions) -> Result<Plan> {
+        Plan::build(model, engine, opts, false)
+    }
+
+    /// Plans like [`Plan::with_options`] and, if the arena would need more than `max_arena`
+    /// bytes, plans again choosing for every conv (without a forced algorithm) the available
+    /// kernel with the smallest prepared weights: bit kernels keep `wbits` bits per weight where
+    /// the int8 dot keeps 8, at some cost in speed. For a microcontroller's fixed arena.
+    /// [`Error::ArenaTooSmall`] if even that does not fit.
+    pub fn fit(
+        model: &Model<'_>,
+        engine: Engine,
+        opts: PlanOptions,
+        max_arena: usize,
+    ) -> Result<Plan> {
+        let plan = Plan::build(model, engine, opts, false)?;
+        if plan.arena_bytes() <= max_arena {
+            return Ok(plan);
+        }
+        let small = Plan::build(model, engine, opts, true)?;
+        if small.arena_bytes() <= max_arena {
+            Ok(small)
+        } else {
+            Err(Error::ArenaTooSmall {
+                needed: small.arena_bytes(),
+                got: max_arena,
+            })
+        }
+    }
+
+    fn build(
+        model: &Model<'_>,
+        engine: Engine,
+        opts: PlanOptions,
+        small_weights: bool,
+    ) -> Result<Plan> {
         if model.layers.len() > MAX_LAYERS || model.tensors.len() > MAX_TENSORS {
             return Err(Error::TooManyLayers);
         }
@@ -246,6 +281,9 @@ impl Plan {
                     }
                     Engine::Packed => {
                         let k = match opts.force {
+                            None if small_weights => {
+                                kernels::smallest_kernel(&s, opts.portable_only)
+                            }
                             None => kernels::default_kernel(&s, opts.portable_only),
                             Some(algo) => {
                                 if !kernels::algo_fits(algo, &s) {

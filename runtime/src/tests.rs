@@ -897,3 +897,83 @@ fn timing_resnet18_cifar() {
         }
     }
 }
+
+#[test]
+fn never_panics_on_short_or_dirty_buffers() {
+    let bytes = resnet(8, 8, 1, 1, 2, 13);
+    let model = Model::parse(bytes).unwrap();
+    let plan = Plan::new(&model, Engine::Packed).unwrap();
+    let n = plan.arena_bytes();
+    let image = vec![7u8; plan.input_len()];
+    let mut logits = vec![0f32; plan.output_len()];
+    // Every short arena length in a coarse sweep is an error, never a panic.
+    let mut arena = vec![0xA5u8; n];
+    for len in (0..n).step_by(n / 97 + 1) {
+        assert!(matches!(
+            run(&model, &plan, &mut arena[..len], &image, &mut logits),
+            Err(Error::ArenaTooSmall { .. })
+        ));
+    }
+    // Garbage in the arena (header included) is re-prepared; weights scribbled over after
+    // preparation give garbage logits but no panic.
+    run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
+    let want = logits.clone();
+    let pad = arena.as_ptr().align_offset(crate::plan::ALIGN);
+    let w0 = pad + crate::plan::HEADER;
+    for b in &mut arena[w0..w0 + plan.weights_bytes()] {
+        *b = 0xFF;
+    }
+    run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
+    crate::prepare(&model, &plan, &mut arena).unwrap();
+    run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
+    assert_eq!(logits, want);
+    // Empty and oversized images and outputs.
+    for len in [0, 1, plan.input_len() - 1, plan.input_len() + 1] {
+        let img = vec![0u8; len];
+        assert!(matches!(
+            run(&model, &plan, &mut arena, &img, &mut logits),
+            Err(Error::InputSize { .. })
+        ));
+    }
+    assert!(matches!(
+        run(&model, &plan, &mut arena, &image, &mut []),
+        Err(Error::OutputSize { .. })
+    ));
+}
+
+#[test]
+fn fit_trades_speed_for_a_smaller_arena() {
+    let model = Model::parse(resnet(32, 8, 1, 1, 8, 3)).unwrap();
+    let opts = PlanOptions {
+        force: None,
+        portable_only: true,
+    };
+    let fast = Plan::with_options(&model, Engine::Packed, opts).unwrap();
+    // Generous limit: the default plan.
+    let p = Plan::fit(&model, Engine::Packed, opts, usize::MAX).unwrap();
+    assert_eq!(p.arena_bytes(), fast.arena_bytes());
+    // One byte less: bit-serial weights (1 bit each instead of 8).
+    let p = Plan::fit(&model, Engine::Packed, opts, fast.arena_bytes() - 1).unwrap();
+    assert!(
+        p.weights_bytes() * 4 < fast.weights_bytes(),
+        "{} vs {}",
+        p.weights_bytes(),
+        fast.weights_bytes()
+    );
+    assert_eq!(p.kernel(1).and_then(|k| k.algo()), Some(Algo::BitSerial));
+    // Same logits either way.
+    let image = vec![3u8; p.input_len()];
+    let mut outs = vec![];
+    for plan in [&fast, &p] {
+        let mut arena = vec![0u8; plan.arena_bytes()];
+        let mut logits = vec![0f32; plan.output_len()];
+        run(&model, plan, &mut arena, &image, &mut logits).unwrap();
+        outs.push(logits);
+    }
+    assert_eq!(outs[0], outs[1]);
+    // Too small for anything.
+    assert!(matches!(
+        Plan::fit(&model, Engine::Packed, opts, 100),
+        Err(Error::ArenaTooSmall { got: 100, .. })
+    ));
+}

@@ -303,6 +303,29 @@ pub(crate) fn default_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvK
     best.map(|(_, k)| k)
 }
 
+/// The available kernel with the smallest prepared weights (ties: the cheaper one).
+pub(crate) fn smallest_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvKernel> {
+    let mut best: Option<((usize, u64), ConvKernel)> = None;
+    for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {
+        let k = if portable_only {
+            if algo_fits(algo, s) {
+                portable::kernel(algo)
+            } else {
+                None
+            }
+        } else {
+            select(algo, s)
+        };
+        if let Some(k) = k {
+            let key = ((k.prepared_len)(s), cost(k.kind, s));
+            if best.as_ref().is_none_or(|(b, _)| key < *b) {
+                best = Some((key, k));
+            }
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
 /// The best available kernel for `algo` and shape: an ISA-specific one when the CPU has it,
 /// else the portable one. `None` for [`Algo::Reference`] (the driver runs it directly).
 pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {

@@ -91,7 +91,7 @@ impl Geom {
         self.out_c / self.groups
     }
     /// Length of the accumulators of all output rows (`oh * ow * out_c`).
-    #[cfg(any(test, slb_scratch))]
+    #[cfg(test)]
     pub fn acc_len(&self) -> usize {
         self.oh() * self.ow() * self.out_c
     }
@@ -739,7 +739,7 @@ pub fn bits_prepare(codes: &[u8], g: &Geom, out: &mut [u8]) -> Result<(), Kernel
 
 /// Packs the padded `u8` input into bit planes `u64 [h][w][g][abits][words]` (bit `r` of each
 /// code; bits above `abits` are ignored). Uses AVX2 `vpmovmskb` where available.
-#[cfg(any(test, slb_scratch))]
+#[cfg(test)]
 pub fn pack_planes(
     g: &Geom,
     abits: u8,
@@ -781,7 +781,7 @@ pub fn pack_planes(
     Ok(())
 }
 
-#[cfg(any(test, slb_scratch))]
+#[cfg(test)]
 /// Scalar twin of [`planes_of_chunk_avx2`]: `w[r]` = bit `r` of the 64 codes.
 fn planes_of_chunk(chunk: &[u8; 64], w: &mut [u64; 8]) {
     *w = [0; 8];
@@ -794,7 +794,7 @@ fn planes_of_chunk(chunk: &[u8; 64], w: &mut [u64; 8]) {
 
 /// # Safety
 /// The CPU supports AVX2.
-#[cfg(any(test, slb_scratch))]
+#[cfg(test)]
 #[target_feature(enable = "avx2")]
 unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
     // SAFETY: `chunk` holds 64 bytes: two 32-byte loads.
@@ -1029,6 +1029,7 @@ unsafe fn bits_tile_512<const XNOR: bool, const NB: usize, const P: usize>(
     for (j, b) in base.iter_mut().enumerate() {
         *b = t.base(j);
     }
+    let wp = t.w as *const u64;
     let mut tot = [[_mm512_setzero_si512(); NB]; P];
     let pairs = if XNOR { 1 } else { wb * ab };
     for pr in 0..pairs {
@@ -1037,19 +1038,23 @@ unsafe fn bits_tile_512<const XNOR: bool, const NB: usize, const P: usize>(
         for ky in 0..g.kh {
             for kx in 0..g.kw {
                 let tap = t.tap(ky, kx);
-                let wt = ((ky * g.kw + kx) * nw * wb + p) * 8;
+                let mut xp = [t.x; P];
+                for j in 0..P {
+                    // SAFETY: plane `r` of the tap's input pixel lies inside the planes.
+                    xp[j] = unsafe { t.x.add(base[j] + tap + r * nw) };
+                }
+                // SAFETY: plane `p` of the tap inside block `b0` of the weights.
+                let wt = unsafe { wp.add(((ky * g.kw + kx) * nw * wb + p) * 8) };
                 for wd in 0..nw {
                     let mut wv = [_mm512_setzero_si512(); NB];
                     for (b, v) in wv.iter_mut().enumerate() {
-                        // SAFETY: block `b0 + b`, tap, word and plane are inside the weights.
-                        *v = unsafe {
-                            _mm512_loadu_si512(t.w.add((b * bw + wt + wd * wb * 8) * 8) as *const _)
-                        };
+                        // SAFETY: block `b0 + b`, word `wd` of the tap's plane `p`.
+                        *v =
+                            unsafe { _mm512_loadu_si512(wt.add(b * bw + wd * wb * 8) as *const _) };
                     }
                     for j in 0..P {
-                        // SAFETY: word `wd`, plane `r` of an input pixel inside the planes.
-                        let a = unsafe { t.x.add(base[j] + tap + r * nw + wd).read() as i64 };
-                        let av = _mm512_set1_epi64(a);
+                        // SAFETY: word `wd < nw` of the pixel's plane.
+                        let av = _mm512_set1_epi64(unsafe { xp[j].add(wd).read() } as i64);
                         for b in 0..NB {
                             let m = if XNOR {
                                 _mm512_xor_si512(av, wv[b])
@@ -1139,11 +1144,9 @@ unsafe fn bits_avx2_impl<const XNOR: bool>(
     let nblk = g.cout_g().div_ceil(8);
     let bw = bits_block_words(g);
     for gi in 0..g.groups {
-        let mut b0 = 0;
-        while b0 < nblk {
-            let nb = (nblk - b0).min(2);
+        for b0 in 0..nblk {
             let w = prepared[(gi * nblk + b0) * bw * 8..].as_ptr();
-            tiles::<3>(first, end, |p0, np| {
+            tiles::<4>(first, end, |p0, np| {
                 let t = BitTile {
                     g,
                     gi,
@@ -1156,15 +1159,13 @@ unsafe fn bits_avx2_impl<const XNOR: bool>(
                 };
                 // SAFETY: same preconditions as this function; the tile lies inside `acc`.
                 unsafe {
-                    match (nb, np) {
-                        (2, 3) => bits_tile_avx2::<XNOR, 2, 3>(&t, acc),
-                        (1, 3) => bits_tile_avx2::<XNOR, 1, 3>(&t, acc),
-                        (2, _) => bits_tile_avx2::<XNOR, 2, 1>(&t, acc),
-                        _ => bits_tile_avx2::<XNOR, 1, 1>(&t, acc),
+                    if np == 4 {
+                        bits_tile_avx2::<XNOR, 1, 4>(&t, acc)
+                    } else {
+                        bits_tile_avx2::<XNOR, 1, 1>(&t, acc)
                     }
                 }
             });
-            b0 += nb;
         }
     }
 }
@@ -1208,46 +1209,17 @@ unsafe fn bits_tile_avx2<const XNOR: bool, const NB: usize, const P: usize>(
     for (j, b) in base.iter_mut().enumerate() {
         *b = t.base(j);
     }
+    let wp = t.w as *const u64;
     let mut tot = [[[0i64; 8]; NB]; P];
     let pairs = if XNOR { 1 } else { wb * ab };
-    let steps = g.kh * g.kw * nw;
     for pr in 0..pairs {
         let (p, r) = (pr / ab, pr % ab);
         let mut s = [[[zero; 2]; NB]; P];
         let mut c8 = [[[zero; 2]; NB]; P];
         let mut pending = 0;
-        for step in 0..steps {
-            let (tap, wd) = (step / nw, step % nw);
-            let (ky, kx) = (tap / g.kw, tap % g.kw);
-            let toff = t.tap(ky, kx);
-            let wt = ((tap * nw + wd) * wb + p) * 8;
-            for b in 0..NB {
-                // SAFETY: block `b0 + b`, tap, word and plane are inside the weights.
-                let (w0, w1) = unsafe {
-                    let q = t.w.add((b * bw + wt) * 8);
-                    (
-                        _mm256_loadu_si256(q as *const _),
-                        _mm256_loadu_si256(q.add(32) as *const _),
-                    )
-                };
-                for j in 0..P {
-                    // SAFETY: word `wd`, plane `r` of an input pixel inside the planes.
-                    let a = unsafe { t.x.add(base[j] + toff + r * nw + wd).read() as i64 };
-                    let av = _mm256_set1_epi64x(a);
-                    let (m0, m1) = if XNOR {
-                        (_mm256_xor_si256(av, w0), _mm256_xor_si256(av, w1))
-                    } else {
-                        (_mm256_and_si256(av, w0), _mm256_and_si256(av, w1))
-                    };
-                    // SAFETY: AVX2 present (this function's precondition).
-                    unsafe {
-                        c8[j][b][0] = _mm256_add_epi8(c8[j][b][0], popcnt8_avx2(m0, lut, low));
-                        c8[j][b][1] = _mm256_add_epi8(c8[j][b][1], popcnt8_avx2(m1, lut, low));
-                    }
-                }
-            }
-            pending += 1;
-            if pending == 31 || step + 1 == steps {
+        // Widens the byte counts (each below 256 after at most 31 words) into `s`.
+        macro_rules! flush {
+            () => {
                 for j in 0..P {
                     for b in 0..NB {
                         for h in 0..2 {
@@ -1257,9 +1229,53 @@ unsafe fn bits_tile_avx2<const XNOR: bool, const NB: usize, const P: usize>(
                         }
                     }
                 }
-                pending = 0;
+            };
+        }
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let tap = t.tap(ky, kx);
+                let mut xp = [t.x; P];
+                for j in 0..P {
+                    // SAFETY: plane `r` of the tap's input pixel lies inside the planes.
+                    xp[j] = unsafe { t.x.add(base[j] + tap + r * nw) };
+                }
+                // SAFETY: plane `p` of the tap inside block `b0` of the weights.
+                let wt = unsafe { wp.add(((ky * g.kw + kx) * nw * wb + p) * 8) };
+                for wd in 0..nw {
+                    let mut wv = [[zero; 2]; NB];
+                    for (b, v) in wv.iter_mut().enumerate() {
+                        // SAFETY: block `b0 + b`, word `wd` of the tap's plane `p` (8 lanes).
+                        unsafe {
+                            let q = wt.add(b * bw + wd * wb * 8);
+                            v[0] = _mm256_loadu_si256(q as *const _);
+                            v[1] = _mm256_loadu_si256(q.add(4) as *const _);
+                        }
+                    }
+                    for j in 0..P {
+                        // SAFETY: word `wd < nw` of the pixel's plane.
+                        let av = _mm256_set1_epi64x(unsafe { xp[j].add(wd).read() } as i64);
+                        for b in 0..NB {
+                            for h in 0..2 {
+                                let m = if XNOR {
+                                    _mm256_xor_si256(av, wv[b][h])
+                                } else {
+                                    _mm256_and_si256(av, wv[b][h])
+                                };
+                                // SAFETY: AVX2 present (this function's precondition).
+                                let c = unsafe { popcnt8_avx2(m, lut, low) };
+                                c8[j][b][h] = _mm256_add_epi8(c8[j][b][h], c);
+                            }
+                        }
+                    }
+                    pending += 1;
+                    if pending == 31 {
+                        flush!();
+                        pending = 0;
+                    }
+                }
             }
         }
+        flush!();
         for j in 0..P {
             for b in 0..NB {
                 let mut v = [0i64; 8];
@@ -1803,6 +1819,135 @@ mod tests {
                 match glue_case(&c, kind) {
                     Some(acc) => prop_assert_eq!(acc, c.want(c.abits == 1), "{:?}", kind),
                     None => skipped(&std::format!("{kind:?}")),
+                }
+            }
+        }
+    }
+
+    /// Thread CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`, Linux), so that a loaded machine
+    /// does not count waiting for a core.
+    fn cpu_ns() -> f64 {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+        }
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `ts` is a writable timespec; 3 is CLOCK_THREAD_CPUTIME_ID on Linux.
+        let rc = unsafe { clock_gettime(3, &mut ts) };
+        assert_eq!(rc, 0);
+        ts.sec as f64 * 1e9 + ts.nsec as f64
+    }
+
+    /// Best of 5 batches of ~20 ms: ns per call.
+    fn time(mut f: impl FnMut()) -> f64 {
+        f();
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t0 = cpu_ns();
+            let mut n = 0;
+            while cpu_ns() - t0 < 2e7 {
+                f();
+                n += 1;
+            }
+            best = best.min((cpu_ns() - t0) / n as f64);
+        }
+        best
+    }
+
+    /// Kernel-only speed (MAC/ns, thread CPU time) on the ResNet18-CIFAR layer shapes, for
+    /// every x86 kernel this CPU has; not a correctness test. Run with
+    /// `cargo test -p slb-runtime --release kernel_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn kernel_speed() {
+        let f = Features::detect();
+        std::println!("{f:?}");
+        std::println!("| shape | bits | kernel | MAC/ns | us |");
+        std::println!("|---|---|---|---:|---:|");
+        for (c, s) in [(64usize, 32usize), (128, 16), (256, 8), (512, 4)] {
+            for k in [3usize, 1] {
+                let p = k / 2;
+                for (wb, ab) in [(1u8, 1u8), (1, 8), (2, 8), (4, 8), (2, 2), (1, 4)] {
+                    let g = Geom {
+                        h: s + 2 * p,
+                        w: s + 2 * p,
+                        c,
+                        out_c: c,
+                        groups: 1,
+                        kh: k,
+                        kw: k,
+                        sh: 1,
+                        sw: 1,
+                        wbits: wb,
+                    };
+                    let macs = (g.oh() * g.ow() * c * c * k * k) as f64;
+                    let codes: Vec<u8> =
+                        (0..g.codes_len()).map(|i| (i * 7919 % 251) as u8).collect();
+                    let mask = ((1u16 << ab) - 1) as u8;
+                    let input: Vec<u8> = (0..g.input_len())
+                        .map(|i| (i * 31 % 256) as u8 & mask)
+                        .collect();
+                    let rows = (0, g.oh());
+                    let mut acc = vec![0i32; g.acc_len()];
+                    let mut wa = vec![0u8; a8_prepared_len(&g)];
+                    a8_prepare(&codes, &g, &mut wa).unwrap();
+                    let mut wbits = vec![0u8; bits_prepared_len(&g)];
+                    bits_prepare(&codes, &g, &mut wbits).unwrap();
+                    let mut planes = vec![0u64; planes_len(&g, ab)];
+                    pack_planes(&g, ab, &input, &mut planes).unwrap();
+                    let mut runs: Vec<(&str, f64)> = Vec::new();
+                    if ab > 1 {
+                        if f.avx512vnni {
+                            runs.push((
+                                "int8-dot/avx512-vnni",
+                                time(|| a8_avx512vnni(&g, &wa, &input, rows, &mut acc).unwrap()),
+                            ));
+                        }
+                        if f.avx2 {
+                            runs.push((
+                                "int8-dot/avx2",
+                                time(|| a8_avx2(&g, &wa, &input, rows, &mut acc).unwrap()),
+                            ));
+                        }
+                    }
+                    let bits: [(
+                        &str,
+                        bool,
+                        fn(&Geom, u8, &[u8], &[u64], Rows, &mut [i32]) -> Result<(), KernelError>,
+                    ); 2] = if ab == 1 {
+                        [
+                            ("xnor/avx512", f.avx512popcnt, |g, _, w, x, r, a| {
+                                xnor_avx512(g, w, x, r, a)
+                            }),
+                            ("xnor/avx2", f.avx2, |g, _, w, x, r, a| {
+                                xnor_avx2(g, w, x, r, a)
+                            }),
+                        ]
+                    } else {
+                        [
+                            ("bitserial/avx512", f.avx512popcnt, bitserial_avx512),
+                            ("bitserial/avx2", f.avx2, bitserial_avx2),
+                        ]
+                    };
+                    for (name, ok, run) in bits {
+                        if ok {
+                            runs.push((
+                                name,
+                                time(|| run(&g, ab, &wbits, &planes, rows, &mut acc).unwrap()),
+                            ));
+                        }
+                    }
+                    for (name, t) in runs {
+                        std::println!(
+                            "| c{c}-s{s}-k{k} | W{wb}A{ab} | {name} | {:.1} | {:.0} |",
+                            macs / t,
+                            t / 1e3
+                        );
+                    }
                 }
             }
         }

@@ -153,6 +153,8 @@ pub struct ConvShape {
 
 impl ConvShape {
     /// The shape of a validated conv on an input of `h x w` with `abits`-bit codes.
+    // `%` rather than `is_multiple_of`: the workspace's MSRV is 1.85.
+    #[allow(clippy::manual_is_multiple_of)]
     pub fn of(conv: &Conv<'_>, h: usize, w: usize, abits: u8) -> Option<ConvShape> {
         let ph = conv.padding[0] as usize;
         let pw = conv.padding[1] as usize;

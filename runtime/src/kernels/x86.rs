@@ -1824,6 +1824,9 @@ mod tests {
         }
     }
 
+    /// A bit-plane kernel entry point, for the speed table.
+    type BitKernel = fn(&Geom, u8, &[u8], &[u64], Rows, &mut [i32]) -> Result<(), KernelError>;
+
     /// Thread CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`, Linux), so that a loaded machine
     /// does not count waiting for a core.
     fn cpu_ns() -> f64 {
@@ -1914,11 +1917,7 @@ mod tests {
                             ));
                         }
                     }
-                    let bits: [(
-                        &str,
-                        bool,
-                        fn(&Geom, u8, &[u8], &[u64], Rows, &mut [i32]) -> Result<(), KernelError>,
-                    ); 2] = if ab == 1 {
+                    let bits: [(&str, bool, BitKernel); 2] = if ab == 1 {
                         [
                             ("xnor/avx512", f.avx512popcnt, |g, _, w, x, r, a| {
                                 xnor_avx512(g, w, x, r, a)

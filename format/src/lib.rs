@@ -6,8 +6,10 @@
 //! the whole file once and returns a zero-copy view whose weights and per-channel parameters
 //! borrow from the input bytes.
 //!
-//! The byte layout, the arithmetic every field stands for and the weight bit layout are specified
-//! in `docs/FORMAT.md` at the repository root; this page summarises them.
+//! The byte layout, the arithmetic every field stands for, the weight bit layout and the
+//! validation rules are specified in `docs/FORMAT.md` at the repository root (complete enough
+//! to write another reader); this page summarises them. Fuzzing of [`Model::parse`] (input
+//! counts and results) is recorded in `docs/RELIABILITY.md`.
 //!
 //! ## Container
 //! ```text
@@ -22,10 +24,57 @@
 //!
 //! ## Versioning policy
 //! The version is a single number. Any change to the payload's encoding or to the meaning of a
-//! field bumps it. A reader accepts every version it knows (today only 1) and rejects a newer
-//! one with [`Error::UnsupportedVersion`] instead of guessing; it never silently reads a file
+//! field bumps it (postcard has no skippable fields, so even an added field or enum variant
+//! does). A reader accepts every version it knows (today only 1) and rejects a newer one, and
+//! 0, with [`Error::UnsupportedVersion`] instead of guessing; it never silently reads a file
 //! written by a newer writer. Writers always write [`VERSION`]. Older versions stay readable as
-//! long as the runtime can execute them.
+//! long as the runtime can execute them. The reserved header flags must be 0. A new validation
+//! rule that only rejects files no runtime could execute correctly does not bump the version.
+//!
+//! ## Payload
+//! The payload is the postcard encoding of: name (`&str`), [`InputSpec`], tensor count (`u16`),
+//! tensor table (bytes holding that many [`TensorDesc`] records), layer count (`u16`), layer
+//! table (bytes holding that many [`Layer`] records), output tensor id (`u16`). Per-channel
+//! arrays ([`F32s`], [`I32s`]) are little-endian byte arrays borrowed in place. Enum tags are
+//! the variants' declaration order: never reorder variants or fields.
+//!
+//! ## Example
+//! ```
+//! use slb_format::*;
+//! let lut: Vec<u8> = (0..=255).collect();
+//! let (mean, std) = (f32_bytes(&[0.5]), f32_bytes(&[0.25]));
+//! let codes = pack_codes(&[1, 0], 2, [1, 1], 1, 1)?; // two 1x1 filters, 1-bit codes
+//! let (w, b) = (f32_bytes(&[1.0, 0.0, 0.0, -1.0]), f32_bytes(&[0.0, 0.5]));
+//! let q = |scale, zero_point, bits| DType::Quant { scale, zero_point, bits };
+//! let t = |c, dtype| TensorDesc { shape: Shape::new(c, 2, 2), dtype };
+//! let f = |c| TensorDesc { shape: Shape::new(c, 1, 1), dtype: DType::F32 };
+//! let tensors = [t(1, q(0.5, 128, 8)), t(2, q(1.0, 1, 2)), f(2), f(2)];
+//! let raw = RawQuant { mult: 3, shift: 2, zero_point: 1, bits: 2, scale: 1.0 };
+//! let layers = [
+//!     Layer::Conv(Conv {
+//!         input: 0, output: 1, out_channels: 2, in_channels: 1, kernel: [1, 1],
+//!         stride: [1, 1], padding: [0, 0], groups: 1, weight_bits: 1, codes: &codes,
+//!         requant: Requant { raw, affine: None },
+//!     }),
+//!     Layer::GlobalAvgPool(Unary { input: 1, output: 2 }),
+//!     Layer::Dense(Dense {
+//!         input: 2, output: 3, weights: DenseWeights::F32(F32s(&w)), bias: F32s(&b),
+//!     }),
+//! ];
+//! let input = InputSpec {
+//!     shape: Shape::new(1, 2, 2), mean: F32s(&mean), std: F32s(&std),
+//!     classes: "a\nb", tensor: 0, lut: &lut,
+//! };
+//! let bytes = encode(&ModelSpec { name: "g", input, tensors: &tensors, layers: &layers, output: 3 })?;
+//! assert_eq!(bytes.len(), 386);
+//!
+//! // In flash: no allocator needed from here on.
+//! let model = Model::parse(&bytes)?;
+//! let Some(Layer::Conv(conv)) = model.layers.get(0) else { unreachable!() };
+//! assert_eq!(CodeReader::new(&conv).numerator(0, 0, 0, 0), 1); // code 1 of 1 bit: +1
+//! assert_eq!(Model::parse(&bytes[..100]).unwrap_err(), Error::Truncated { needed: 386, got: 100 });
+//! # Ok::<(), Error>(())
+//! ```
 //!
 //! ## Numbers
 //! * A `b`-bit weight code `k` stands for `(2k - (2^b - 1)) / (2^b - 1)` (SLB's discrete sets,

@@ -335,6 +335,8 @@ pub struct Unary {
 /// quantized to the output tensor:
 /// `v = (qa - zpa) * mult_a[c] + (qb - zpb) * mult_b[c] + bias[c]`,
 /// `q = clamp(zp_out + round_shift(v, shift), lo, qmax)`, `lo = zp_out` with `relu`.
+/// For a 1-bit input, `(q - zp)` is its centred value `2q - 1`; a 1-bit output is the sign,
+/// `q = 1` if `round_shift(v, shift) >= 0` (as in [`ChannelAffine`]).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct AddParams<'a> {
     /// Right shift, 1..=62.

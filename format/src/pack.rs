@@ -26,6 +26,11 @@ pub fn packed_len(out: u32, kernel: [u16; 2], in_per_group: u32, bits: u8) -> Op
 }
 
 /// Random access to a parsed conv's codes (the reference view; kernels read rows directly).
+///
+/// Indices must lie inside the conv (`o < out_channels`, `ky < kernel[0]`, `kx < kernel[1]`,
+/// `i < in_channels / groups`, `p < weight_bits`) and the conv must come from a parsed
+/// [`crate::Model`] (so `codes` has the packed length); otherwise the accessors panic on the
+/// out-of-bounds slice, like indexing.
 #[derive(Clone, Copy, Debug)]
 pub struct CodeReader<'a> {
     codes: &'a [u8],

@@ -226,3 +226,24 @@ fn golden_bytes() {
 fn crc_hex(bytes: &[u8]) -> String {
     hex(&bytes[bytes.len() - 4..])
 }
+
+/// The fuzz seeds (`fuzz/seeds`, written by `fuzz/examples/seeds.rs` from `slb::synth`) and any
+/// input kept as a fuzz regression (`fuzz/regressions`) go through the parser: seeds parse,
+/// regressions return (they once panicked).
+#[test]
+fn fuzz_seeds_and_regressions() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut seeds = 0;
+    for entry in std::fs::read_dir(root.join("seeds")).expect("fuzz/seeds") {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        Model::parse(&bytes).expect("seed parses");
+        seeds += 1;
+    }
+    assert!(seeds >= 10, "{seeds} seeds");
+    if let Ok(dir) = std::fs::read_dir(root.join("regressions")) {
+        for entry in dir {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let _ = Model::parse(&bytes);
+        }
+    }
+}

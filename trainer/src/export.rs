@@ -49,6 +49,22 @@ pub fn pick_shift(values: &[f64]) -> Result<u8> {
     Ok(s)
 }
 
+/// For a 1-bit (sign) output the stored affine only needs the right sign, but the format takes
+/// the sign of the *rounded* value, so values in `[-0.5, 0)` output codes would read as
+/// non-negative. Scaling the whole affine by a large power of two (the largest that still
+/// fits 32-bit fixed point, at most 2^20) shrinks that band to nothing. 1 for other outputs.
+pub fn sign_gain(values: &[f64], out_bits: u8) -> f64 {
+    if out_bits != 1 {
+        return 1.0;
+    }
+    let m = values.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    let mut k = 20;
+    while k > 0 && m * 2f64.powi(k) >= 2f64.powi(29) {
+        k -= 1;
+    }
+    2f64.powi(k)
+}
+
 fn fixed(values: &[f64], shift: u8) -> Vec<i32> {
     let f = 2f64.powi(shift as i32);
     values.iter().map(|v| (v * f).round() as i32).collect()
@@ -221,8 +237,11 @@ impl Builder {
                 let od = dtype(q);
                 let (s_out, _, _) = qp(od);
                 let (a, b) = bn_affine(&c.bn);
-                let mult: Vec<f64> = a.iter().map(|a| a * s_raw / s_out).collect();
-                let bias: Vec<f64> = b.iter().map(|b| b / s_out).collect();
+                let mut mult: Vec<f64> = a.iter().map(|a| a * s_raw / s_out).collect();
+                let mut bias: Vec<f64> = b.iter().map(|b| b / s_out).collect();
+                let all: Vec<f64> = mult.iter().chain(&bias).copied().collect();
+                let g = sign_gain(&all, q.bits());
+                mult.iter_mut().chain(bias.iter_mut()).for_each(|v| *v *= g);
                 let all: Vec<f64> = mult.iter().chain(&bias).copied().collect();
                 let sh = pick_shift(&all)?;
                 (
@@ -307,19 +326,18 @@ pub fn export_net(
                         )
                     }
                     None => {
-                        let (s_x, _, bits_x) = qp(bld.tensors[x as usize].dtype);
-                        let c = ma.len();
-                        if bits_x == 1 {
-                            // A sign tensor's real value is s * (2q - 1): 2s per code, -s offset.
-                            for acc in bias.iter_mut() {
-                                *acc -= s_x / s_out;
-                            }
-                            (x, vec![2.0 * s_x / s_out; c])
-                        } else {
-                            (x, vec![s_x / s_out; c])
-                        }
+                        // Add inputs are centred codes (`q - zp`, or `2q - 1` for a sign
+                        // tensor), so the identity's real value is `s_x` per centred code.
+                        let (s_x, _, _) = qp(bld.tensors[x as usize].dtype);
+                        (x, vec![s_x / s_out; ma.len()])
                     }
                 };
+                let (mut ma, mut mb) = (ma, mb);
+                let all: Vec<f64> = ma.iter().chain(&mb).chain(&bias).copied().collect();
+                let g = sign_gain(&all, b.out.bits());
+                for v in ma.iter_mut().chain(mb.iter_mut()).chain(bias.iter_mut()) {
+                    *v *= g;
+                }
                 let all: Vec<f64> = ma.iter().chain(&mb).chain(&bias).copied().collect();
                 let shift = pick_shift(&all)?;
                 let shape = bld.tensors[r2 as usize].shape;

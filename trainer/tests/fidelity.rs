@@ -10,6 +10,10 @@ use slb_trainer::train::{checkpoint_path, predict, run, Checkpoint, RunOptions};
 use tch::Device;
 
 fn agreement(act_bits: u8, act_quant: bool) -> (f64, f64) {
+    agreement_w(1, act_bits, act_quant)
+}
+
+fn agreement_w(weight_bits: u8, act_bits: u8, act_quant: bool) -> (f64, f64) {
     let train = common::synthetic(96, 16, 4, 11);
     let test = common::synthetic(200, 16, 4, 12);
     tch::set_num_threads(1);
@@ -22,6 +26,7 @@ fn agreement(act_bits: u8, act_quant: bool) -> (f64, f64) {
     cfg.enable_act_quant = act_quant;
     cfg.calibration_batches = 6;
     cfg.act_quant_dtype = slb_trainer::QuantDtype::from_bits(act_bits).unwrap();
+    cfg.weight_quant_dtype = slb_trainer::QuantDtype::from_bits(weight_bits).unwrap();
     let d = tempfile::tempdir().unwrap();
     let opts = RunOptions {
         out: d.path().to_path_buf(),
@@ -63,6 +68,13 @@ fn agreement(act_bits: u8, act_quant: bool) -> (f64, f64) {
         acc > 0.4 && distinct.len() >= 3,
         "accuracy {acc}, classes {distinct:?}"
     );
+    eprintln!(
+        "runtime top1 packed {:.3} float {:.3}; first predictions ours {:?} packed {:?}",
+        packed.top1,
+        float.top1,
+        &ours[..12],
+        &packed.predictions[..12]
+    );
     let agree = |p: &[usize]| {
         ours.iter()
             .zip(p)
@@ -89,4 +101,16 @@ fn packed_runtime_agrees_with_trainer_calibrated() {
     // trained without activation quantization sits on more rounding boundaries (measured 0.98).
     assert!(float >= 0.99, "float agreement {float}");
     assert!(packed >= 0.95, "packed agreement {packed}");
+}
+
+#[test]
+fn low_bit_activations_and_weights_export_faithfully() {
+    for (w, a) in [(1u8, 1u8), (2, 2), (4, 4)] {
+        let (packed, float) = agreement_w(w, a, true);
+        eprintln!("W{w}A{a}: packed agreement {packed:.4}, float engine {float:.4}");
+        assert!(
+            packed >= 0.97 && float >= 0.97,
+            "W{w}A{a}: {packed} {float}"
+        );
+    }
 }

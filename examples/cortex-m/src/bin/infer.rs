@@ -5,6 +5,7 @@
 //! Output (semihosting), one record a line, parsed by `tests/mcu_qemu.rs`:
 //! ```text
 //! model <name> bytes <n> layers <n> classes <n> images <n>
+//! sizes plan <bytes of a Plan value>
 //! plan <choice> need <arena bytes> have <static arena bytes> weights <b> activations <b> scratch <b>
 //! kernel <layer> <kernel name>                       (one per conv)
 //! prepare ticks <SysTick ticks of the weight preparation>
@@ -121,6 +122,7 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
         classes,
         images
     );
+    hprintln!("sizes plan {}", core::mem::size_of::<Plan>());
     if classes > MAX_CLASSES {
         return Err(Failure::Classes(classes));
     }

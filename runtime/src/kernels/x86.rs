@@ -596,6 +596,9 @@ unsafe fn a8_tile_avx2<const P: usize>(
     }
     let x = input.as_ptr();
     let ones = _mm256_set1_epi16(1);
+    // One `vpmaddubsw` lane is at most `2 * 255 * (2^wb - 1)` in magnitude (never saturates
+    // for wb <= 4); `group` of them still fit an i16: 64 (W1), 21 (W2), 4 (W4).
+    let group = (i16::MAX as usize / (2 * 255 * ((1usize << g.wbits) - 1))).max(1);
     let mut a = [[_mm256_setzero_si256(); 2]; P];
     // SAFETY (both loads): `xp[j]` is channel `gi*cin` of an input pixel inside the padded
     // buffer; a full chunk (`q < full`) reads 4 of its `cin` channels, the partial chunk `rem`.
@@ -632,35 +635,30 @@ unsafe fn a8_tile_avx2<const P: usize>(
                 xp[j] = unsafe { x.add(base[j] + aoff) };
             }
             let mut q = 0;
-            // Two chunks at a time: four u8 x s8 products per i16 lane stay below 2^15.
-            while q + 2 <= full {
-                // SAFETY: chunks `q, q + 1 < c4n` are inside the block.
-                let (w0, w1, w2, w3) = unsafe {
-                    (
-                        _mm256_loadu_si256(wt.add(q * 64) as *const _),
-                        _mm256_loadu_si256(wt.add(q * 64 + 32) as *const _),
-                        _mm256_loadu_si256(wt.add(q * 64 + 64) as *const _),
-                        _mm256_loadu_si256(wt.add(q * 64 + 96) as *const _),
-                    )
-                };
-                for j in 0..P {
-                    let x0 = _mm256_set1_epi32(full_load(xp[j], q));
-                    let x1 = _mm256_set1_epi32(full_load(xp[j], q + 1));
-                    let lo = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(x0, w0),
-                        _mm256_maddubs_epi16(x1, w2),
-                    );
-                    let hi = _mm256_add_epi16(
-                        _mm256_maddubs_epi16(x0, w1),
-                        _mm256_maddubs_epi16(x1, w3),
-                    );
-                    a[j][0] = _mm256_add_epi32(a[j][0], _mm256_madd_epi16(lo, ones));
-                    a[j][1] = _mm256_add_epi32(a[j][1], _mm256_madd_epi16(hi, ones));
+            // Runs of up to `group` chunks summed in i16 lanes (exact: see `group`), then
+            // widened to i32 with one `vpmaddwd` per run.
+            while q < full {
+                let n = (full - q).min(group);
+                let mut s16 = [[_mm256_setzero_si256(); 2]; P];
+                for c in q..q + n {
+                    // SAFETY: chunk `c < full <= c4n` is inside the block.
+                    let (w0, w1) = unsafe {
+                        (
+                            _mm256_loadu_si256(wt.add(c * 64) as *const _),
+                            _mm256_loadu_si256(wt.add(c * 64 + 32) as *const _),
+                        )
+                    };
+                    for j in 0..P {
+                        let x0 = _mm256_set1_epi32(full_load(xp[j], c));
+                        s16[j][0] = _mm256_add_epi16(s16[j][0], _mm256_maddubs_epi16(x0, w0));
+                        s16[j][1] = _mm256_add_epi16(s16[j][1], _mm256_maddubs_epi16(x0, w1));
+                    }
                 }
-                q += 2;
-            }
-            if q < full {
-                single!(wt, xp, q, full_load);
+                for j in 0..P {
+                    a[j][0] = _mm256_add_epi32(a[j][0], _mm256_madd_epi16(s16[j][0], ones));
+                    a[j][1] = _mm256_add_epi32(a[j][1], _mm256_madd_epi16(s16[j][1], ones));
+                }
+                q += n;
             }
             if rem != 0 {
                 single!(wt, xp, full, part_load);

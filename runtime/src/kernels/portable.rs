@@ -249,7 +249,7 @@ trait Words {
 impl Words for &[u64] {
     #[inline(always)]
     fn at(&self, i: usize) -> u64 {
-        self.get(i).copied().unwrap_or(0)
+        self[i]
     }
 }
 struct Bytes<'a>(&'a [u8]);
@@ -322,13 +322,22 @@ pub(crate) fn bitserial_run(
     acc: &mut [i32],
 ) {
     let n = w.len() / 8;
-    match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
-        Ok(wv) => bitserial_body(s, x, wv, w, y0, y1, acc),
-        Err(_) => bitserial_body(s, x, Bytes(w), w, y0, y1, acc),
+    // Monomorphized per bit pair so that the plane loops unroll.
+    macro_rules! go {
+        ($($wb:literal, $ab:literal);*) => {
+            match (s.wbits, s.abits) {
+                $(($wb, $ab) => match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
+                    Ok(wv) => bitserial_body::<_, $wb, $ab>(s, x, wv, w, y0, y1, acc),
+                    Err(_) => bitserial_body::<_, $wb, $ab>(s, x, Bytes(w), w, y0, y1, acc),
+                },)*
+                _ => {}
+            }
+        };
     }
+    go!(1, 1; 1, 2; 1, 4; 1, 8; 2, 1; 2, 2; 2, 4; 2, 8; 4, 1; 4, 2; 4, 4; 4, 8);
 }
 
-fn bitserial_body<W: Words>(
+fn bitserial_body<W: Words, const WB: usize, const AB: usize>(
     s: &ConvShape,
     x: &[u64],
     wv: W,
@@ -338,8 +347,7 @@ fn bitserial_body<W: Words>(
     acc: &mut [i32],
 ) {
     let cw = s.cw;
-    let wb = s.wbits as usize;
-    let ab = s.abits as usize;
+    let (wb, ab) = (WB, AB);
     let tap_words = s.kh * s.kw * wb * cw;
     let off = (1i32 << wb) - 1;
     for oy in y0..y1 {

@@ -228,7 +228,8 @@ impl Checkpoint {
         if !path.exists() {
             return Err(ck("no such file".into()));
         }
-        let mut tensors = Tensor::load_multi(path).map_err(|e| ck(e.to_string()))?;
+        let mut tensors = Tensor::load_multi_with_device(path, tch::Device::Cpu)
+            .map_err(|e| ck(e.to_string()))?;
         let pos = tensors
             .iter()
             .position(|(n, _)| n == "meta")

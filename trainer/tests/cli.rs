@@ -1,0 +1,147 @@
+//! The `slb` binary: configuration errors exit non-zero with the validation message before any
+//! data is read; `slb export` writes a model file that parses.
+
+mod common;
+
+use std::process::Command;
+
+fn slb(args: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_slb"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+#[test]
+fn bad_config_fails_before_reading_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "t_start_time = 1.5\n",
+            "t_start_time must be a float in [0, 1]",
+        ),
+        (
+            "t_end_time = 0.1\n",
+            "t_end_time must be greater than or equal to t_start_time",
+        ),
+        ("t_factor = 0\n", "t_factor"),
+        (
+            "weight_quant_dtype = \"INT8\"\n",
+            "weight_quant_dtype must be one of INT1, INT2, INT4",
+        ),
+        ("act_quant_dtype = \"INT2\"\n", "needs enable_act_quant"),
+        ("epochs = 0\n", "epoch_size must be an int greater than 0"),
+        (
+            "has_trained_epoch = 100\n",
+            "has_trained_epoch must be smaller than epoch_size",
+        ),
+        ("batch_size = -1\n", "batch_size"),
+        ("weight_quant_dtype = \"INT3\"\n", "unknown variant"),
+        ("no_such_key = 1\n", "no_such_key"),
+    ];
+    for (i, (toml, msg)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let (ok, err) = slb(&[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data",
+            "/nonexistent/data",
+            "--device",
+            "cuda",
+            "--out",
+            dir.path().join("out").to_str().unwrap(),
+        ]);
+        assert!(!ok, "{toml}");
+        assert!(err.contains(msg), "{toml}: {err}");
+        assert!(!err.contains("nonexistent"), "data was touched: {err}");
+        assert!(!dir.path().join("out").exists());
+    }
+    let (ok, err) = slb(&["train", "--config", "/nonexistent.toml", "--data", "x"]);
+    assert!(!ok && err.contains("/nonexistent.toml"), "{err}");
+}
+
+#[test]
+fn train_then_export_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    common::write_cifar_bin(
+        &common::synthetic(32, 32, 4, 21),
+        &data.join("data_batch_1.bin"),
+    );
+    common::write_cifar_bin(
+        &common::synthetic(8, 32, 4, 22),
+        &data.join("test_batch.bin"),
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"vgg_small\"\nwidth = 4\nepochs = 1\nbatch_size = 16\nmixed_precision = false\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (ok, err) = slb(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("SlbQuantAwareTraining<weight_quant_dtype=INT1"),
+        "{err}"
+    );
+    assert!(err.contains("calibrated on training images"), "{err}");
+    let model = std::fs::read(out.join("model.slb")).unwrap();
+    slb_format::Model::parse(&model).unwrap();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert_eq!(m["epoch"], 1);
+    assert!(m["test_top1"].as_f64().is_some() && m["test_top5"].as_f64().is_some());
+    // Export again from the checkpoint: without data the uncalibrated ranges are refused.
+    let again = dir.path().join("again.slb");
+    let ck = out.join("checkpoint.ot");
+    let (ok, err) = slb(&[
+        "export",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("pass --data"), "{err}");
+    let (ok, err) = slb(&[
+        "export",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let m = std::fs::read(&again).unwrap();
+    let parsed = slb_format::Model::parse(&m).unwrap();
+    // A binary folder without batches.meta.txt carries CIFAR-10's ten class names.
+    assert_eq!(parsed.input.num_classes(), 10);
+    assert!(parsed
+        .layers
+        .iter()
+        .any(|l| matches!(l, slb_format::Layer::MaxPool(_))));
+    assert!(parsed
+        .layers
+        .iter()
+        .any(|l| matches!(l, slb_format::Layer::Flatten(_))));
+}

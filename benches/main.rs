@@ -21,7 +21,6 @@ use criterion::Criterion;
 
 use benchmarks::cputime::CpuTime;
 use benchmarks::{common, conv, network};
-use slb::synth;
 
 fn main() {
     #[cfg(feature = "torch")]
@@ -124,7 +123,7 @@ fn summary() {
     println!("|---|---:|---:|---:|---:|");
     let fl = median_ns("resnet18", float, "float");
     for (wb, ab) in network::BITS {
-        let bytes = synth::resnet18_cifar(synth::Quant::new(wb, ab, 11)).expect("resnet18");
+        let bytes = network::net(wb, ab);
         let model = slb::format::Model::parse(&bytes).expect("parses");
         let macs = common::conv_macs(&model) as f64;
         let (packed, f32b) = common::conv_weight_bytes(&model);

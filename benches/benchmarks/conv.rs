@@ -3,7 +3,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use slb::runtime::Engine;
 
-use super::common::{conv_macs, Ready};
+use super::common::lazy_run;
 use super::cputime::CpuTime;
 use slb::synth::{single_conv, ConvGeom, Quant};
 
@@ -29,27 +29,26 @@ pub fn bench(c: &mut Criterion<CpuTime>) {
     for &(ch, s) in &STAGES {
         for &k in &KERNELS {
             let name = shape_name(ch, s, k);
+            let macs = ch as u64 * ch as u64 * (s * s) as u64 * (k as u64).pow(2);
+            g.throughput(Throughput::Elements(macs));
             for &(wb, ab) in &BITS {
-                let bytes = model(ch, s, k, wb, ab);
-                let mut r = Ready::new(&bytes, Engine::Packed, false);
-                g.throughput(Throughput::Elements(conv_macs(&r.model)));
-                g.bench_function(BenchmarkId::new(format!("W{wb}A{ab}"), &name), |b| {
-                    b.iter(|| r.run())
-                });
+                g.bench_function(
+                    BenchmarkId::new(format!("W{wb}A{ab}"), &name),
+                    lazy_run(move || model(ch, s, k, wb, ab), Engine::Packed),
+                );
             }
             // The in-house float executor on the same graph (f32 activations and weights).
-            let bytes = model(ch, s, k, 1, 8);
-            let mut r = Ready::new(&bytes, Engine::Float, false);
-            g.throughput(Throughput::Elements(conv_macs(&r.model)));
-            g.bench_function(BenchmarkId::new("f32-inhouse", &name), |b| {
-                b.iter(|| r.run())
-            });
+            g.bench_function(
+                BenchmarkId::new("f32-inhouse", &name),
+                lazy_run(move || model(ch, s, k, 1, 8), Engine::Float),
+            );
             #[cfg(feature = "torch")]
             {
-                let macs = ch as u64 * ch as u64 * (s * s) as u64 * (k as u64).pow(2);
-                let t = super::torch::Conv::new(ch, s, k);
-                g.throughput(Throughput::Elements(macs));
-                g.bench_function(BenchmarkId::new("f32-torch", &name), |b| b.iter(|| t.run()));
+                let mut t = None;
+                g.bench_function(BenchmarkId::new("f32-torch", &name), |b| {
+                    let t = t.get_or_insert_with(|| super::torch::Conv::new(ch, s, k));
+                    b.iter(|| t.run())
+                });
             }
         }
     }

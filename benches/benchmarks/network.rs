@@ -1,36 +1,41 @@
 //! A whole ResNet18-CIFAR-shaped model with random packed weights, packed vs float.
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use slb::format::Model;
 use slb::runtime::Engine;
-
-use super::common::{conv_macs, Ready};
-use super::cputime::CpuTime;
 use slb::synth::{resnet18_cifar, Quant};
+
+use super::common::{conv_macs, lazy_run};
+use super::cputime::CpuTime;
 
 /// Bit pairs of the whole-network runs.
 pub const BITS: [(u8, u8); 2] = [(1, 8), (1, 1)];
 
+/// The synthetic network of a bit pair (seed fixed).
+pub fn net(wb: u8, ab: u8) -> Vec<u8> {
+    resnet18_cifar(Quant::new(wb, ab, 11)).expect("synthetic resnet18")
+}
+
 pub fn bench(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("resnet18");
+    // The conv MACs do not depend on the bits.
+    let macs = conv_macs(&Model::parse(&net(1, 8)).expect("parses"));
+    g.throughput(Throughput::Elements(macs));
     for &(wb, ab) in &BITS {
-        let bytes = resnet18_cifar(Quant::new(wb, ab, 11)).expect("synthetic resnet18");
-        let mut r = Ready::new(&bytes, Engine::Packed, false);
-        g.throughput(Throughput::Elements(conv_macs(&r.model)));
-        g.bench_function(BenchmarkId::new(format!("W{wb}A{ab}"), "packed"), |b| {
-            b.iter(|| r.run())
-        });
+        g.bench_function(
+            BenchmarkId::new(format!("W{wb}A{ab}"), "packed"),
+            lazy_run(move || net(wb, ab), Engine::Packed),
+        );
     }
-    let bytes = resnet18_cifar(Quant::new(1, 8, 11)).expect("synthetic resnet18");
-    let mut r = Ready::new(&bytes, Engine::Float, false);
-    g.throughput(Throughput::Elements(conv_macs(&r.model)));
-    g.bench_function(BenchmarkId::new("f32-inhouse", "float"), |b| {
-        b.iter(|| r.run())
-    });
+    g.bench_function(
+        BenchmarkId::new("f32-inhouse", "float"),
+        lazy_run(|| net(1, 8), Engine::Float),
+    );
     #[cfg(feature = "torch")]
     {
-        let t = super::torch::ResNet18::new();
-        g.throughput(Throughput::Elements(conv_macs(&r.model)));
+        let mut t = None;
         g.bench_function(BenchmarkId::new("f32-torch", "float"), |b| {
+            let t = t.get_or_insert_with(super::torch::ResNet18::new);
             b.iter(|| t.run())
         });
     }

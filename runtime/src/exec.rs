@@ -89,7 +89,7 @@ fn check_plan(model: &Model<'_>, plan: &Plan) -> Result<()> {
             let s = conv_shape(&c, &plan.tensors).ok_or(differs)?;
             // The prepared sizes must be the ones this conv needs.
             let w_len = match lp.kernel {
-                Some(KernelKind::Float) => s.cout * s.taps() * 4,
+                Some(KernelKind::Float | KernelKind::FloatAvx2) => s.cout * s.taps() * 4,
                 Some(KernelKind::Reference) => 0,
                 Some(kind) => kernels::by_kind(kind).map_or(usize::MAX, |k| (k.prepared_len)(&s)),
                 None => usize::MAX,
@@ -132,7 +132,7 @@ fn prepare_regions(
             .ok_or(Error::PlanMismatch { layer: li })?;
         w.fill(0);
         match lp.kernel {
-            Some(KernelKind::Float) => float::prepare_conv(&conv, &s, w)?,
+            Some(KernelKind::Float | KernelKind::FloatAvx2) => float::prepare_conv(&conv, &s, w)?,
             Some(KernelKind::Reference) | None => {}
             Some(kind) => {
                 let k = kernels::by_kind(kind).ok_or(Error::KernelUnavailable {

@@ -276,7 +276,7 @@ impl Plan {
                 let (mut w_len, mut aux_len, mut scr) = (0usize, 0usize, 0usize);
                 match engine {
                     Engine::Float => {
-                        lp.kernel = Some(KernelKind::Float);
+                        lp.kernel = Some(crate::float::float_kind(opts.portable_only));
                         w_len = mul(mul(s.cout, s.taps())?, 4)?;
                     }
                     Engine::Packed => {

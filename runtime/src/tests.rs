@@ -150,7 +150,10 @@ fn hand_worked_conv() {
     // differ from the fixed-point stage 1 (which here approximates 1/0.6 by 1/4), so only
     // check that it runs and is finite.
     let plan = Plan::new(&model, Engine::Float).unwrap();
-    assert_eq!(plan.kernel(0), Some(KernelKind::Float));
+    assert!(matches!(
+        plan.kernel(0),
+        Some(KernelKind::Float | KernelKind::FloatAvx2)
+    ));
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut logits = [0f32; 1];
     run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
@@ -807,10 +810,15 @@ fn float_conv_matches_its_reference() {
             .collect();
         let n = s.oh * s.ow * s.cout;
         let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
-        crate::float::conv_f32(&s, &x, &w, &mut got);
         reference::conv_f32(&conv, &s, &x, &mut want);
-        for (g, w) in got.iter().zip(&want) {
-            assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{g} vs {w}");
+        for kind in [KernelKind::Float, crate::float::float_kind(false)] {
+            crate::float::conv_f32_with(kind, &s, &x, &w, &mut got);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+                    "{kind:?}: {g} vs {w}"
+                );
+            }
         }
     }
 }

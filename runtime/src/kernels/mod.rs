@@ -53,11 +53,13 @@ pub enum KernelKind {
     Int8DotAvx2,
     /// u8 x i8 dot product with AVX-512 VNNI (`vpdpbusd`).
     Int8DotVnni,
+    /// The float executor's direct convolution compiled for AVX2.
+    FloatAvx2,
 }
 
 impl KernelKind {
     /// Every kind, for tests and listings.
-    pub const ALL: [KernelKind; 11] = [
+    pub const ALL: [KernelKind; 12] = [
         KernelKind::Xnor,
         KernelKind::BitSerial,
         KernelKind::Int8Dot,
@@ -69,6 +71,7 @@ impl KernelKind {
         KernelKind::BitSerialAvx512,
         KernelKind::Int8DotAvx2,
         KernelKind::Int8DotVnni,
+        KernelKind::FloatAvx2,
     ];
 
     /// Short name, `algorithm/isa`, e.g. `"xnor-popcnt/avx512"`.
@@ -85,10 +88,11 @@ impl KernelKind {
             KernelKind::BitSerialAvx512 => "bitserial-popcnt/avx512",
             KernelKind::Int8DotAvx2 => "int8-dot/avx2",
             KernelKind::Int8DotVnni => "int8-dot/avx512-vnni",
+            KernelKind::FloatAvx2 => "f32-direct/avx2",
         }
     }
 
-    /// The algorithm family (`None` for [`KernelKind::Float`]).
+    /// The algorithm family (`None` for the float kinds).
     pub fn algo(&self) -> Option<Algo> {
         match self {
             KernelKind::Xnor | KernelKind::XnorAvx2 | KernelKind::XnorAvx512 => Some(Algo::Xnor),
@@ -99,7 +103,7 @@ impl KernelKind {
                 Some(Algo::Int8Dot)
             }
             KernelKind::Reference => Some(Algo::Reference),
-            KernelKind::Float => None,
+            KernelKind::Float | KernelKind::FloatAvx2 => None,
         }
     }
 }
@@ -260,7 +264,7 @@ pub(crate) fn step_cost(kind: KernelKind) -> u32 {
         KernelKind::Int8DotVnni => 16,
         KernelKind::BitSerialAvx512 => 8,
         KernelKind::XnorAvx512 => 7,
-        KernelKind::Float | KernelKind::Reference => u32::MAX,
+        KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => u32::MAX,
     }
 }
 
@@ -348,7 +352,7 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
         KernelKind::Xnor => portable::kernel(Algo::Xnor),
         KernelKind::BitSerial => portable::kernel(Algo::BitSerial),
         KernelKind::Int8Dot => portable::kernel(Algo::Int8Dot),
-        KernelKind::Float | KernelKind::Reference => None,
+        KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => None,
         // X86-HOOK (wired by SIMD).
         #[cfg(target_arch = "x86_64")]
         other => x86::by_kind(other),

@@ -253,7 +253,7 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
 /// pair. Rows marked "estimate" were not measured.
 pub(crate) fn step_cost(kind: KernelKind) -> u32 {
     match kind {
-        KernelKind::Int8Dot => 510,
+        KernelKind::Int8Dot => 340,
         KernelKind::BitSerial => 150,
         KernelKind::Xnor => 125,
         KernelKind::Int8DotAvx2 => 40,

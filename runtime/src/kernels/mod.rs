@@ -286,7 +286,7 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape) -> u64 {
 /// The default kernel for a shape: the cheapest of the kernels available (the SIMD ones when
 /// the CPU has them, unless `portable_only`) by [`cost`]. With the measured costs this means:
 /// XNOR for W1A1; int8 dot for A8 and for narrow inputs (the 3-channel first layer); bit-serial
-/// for small bit products (portable: `wbits * abits <= 3`) on wide layers.
+/// for small bit products (portable: `wbits * abits <= 2`) on wide layers.
 pub(crate) fn default_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvKernel> {
     let mut best: Option<(u64, ConvKernel)> = None;
     for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {

@@ -27,13 +27,14 @@ fn main() {
         Err(_) => 192 * 1024,
     };
     println!("cargo:rerun-if-env-changed=SLB_ARENA_BYTES");
-    // Kernel choices to run, in order: `default` (the runtime's own choice), `bitserial`,
-    // `int8dot`, `reference`.
+    // Kernel choices to run, in order: `default` (the runtime's own choice), `fit` (the default
+    // if it fits the static arena, else the smallest prepared weights), `bitserial`, `int8dot`,
+    // `reference`.
     let algos = env::var("SLB_ALGOS").unwrap_or_else(|_| "default".into());
     println!("cargo:rerun-if-env-changed=SLB_ALGOS");
     let mut list = String::new();
     for a in algos.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        if !matches!(a, "default" | "bitserial" | "int8dot" | "reference") {
+        if !matches!(a, "default" | "fit" | "bitserial" | "int8dot" | "reference") {
             panic!(
                 "SLB_ALGOS: unknown kernel choice {a:?} (default, bitserial, int8dot, reference)"
             );

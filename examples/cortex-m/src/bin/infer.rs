@@ -15,7 +15,9 @@
 //! stack <bytes used at the deepest point>
 //! done
 //! ```
-//! `plan` to `logits` repeat for each kernel choice built in (`SLB_ALGOS`). The program exits
+//! `plan` to `logits` repeat for each kernel choice built in (`SLB_ALGOS`: `default`, `fit` (the
+//! default if it fits the static arena, else the smallest prepared weights: `Plan::fit`),
+//! `bitserial`, `int8dot`, `reference`). The program exits
 //! with status 0, or prints `error: ...` and exits with status 1.
 #![no_std]
 #![no_main]
@@ -135,7 +137,7 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
 
     for &choice in config::ALGOS {
         let force = match choice {
-            "default" => None,
+            "default" | "fit" => None,
             "bitserial" => Some(Algo::BitSerial),
             "int8dot" => Some(Algo::Int8Dot),
             "reference" => Some(Algo::Reference),
@@ -145,7 +147,14 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
             force,
             ..PlanOptions::default()
         };
-        let plan = Plan::with_options(&model, Engine::Packed, opts).map_err(Failure::Runtime)?;
+        let plan = if choice == "fit" {
+            // What a board with a fixed arena does: the default kernels if their plan fits the
+            // static arena, else the kernels with the smallest prepared weights.
+            Plan::fit(&model, Engine::Packed, opts, arena.len())
+        } else {
+            Plan::with_options(&model, Engine::Packed, opts)
+        }
+        .map_err(Failure::Runtime)?;
         let need = plan.arena_bytes();
         hprintln!(
             "plan {} need {} have {} weights {} activations {} scratch {}",

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(m) = Model::parse(&b) else {
         return;
     };
+    common::walk(&m);
     for engine in [Engine::Packed, Engine::Float] {
         let Ok(plan) = Plan::new(&m, engine) else {
             continue;

@@ -2,13 +2,14 @@
 # The Cortex-M example under QEMU, bit-exact with the host runtime (CI runs this).
 #
 #   scripts/mcu-test.sh            build examples/cortex-m for thumbv7em-none-eabihf (Cortex-M4F)
-#                                  with a ResNet20 W1A8 model and test images, run it on QEMU's
+#                                  with the trained ResNet20 W1A8 model of examples/cortex-m/trained
+#                                  and four test images, run it on QEMU's
 #                                  mps2-an386, and require its logits to equal the host runtime's
 #                                  bit for bit; also build it for thumbv6m-none-eabi (Cortex-M0).
 #   scripts/mcu-test.sh budget     also measure the flash/RAM/instruction table of docs/MCU.md
 #                                  (several minutes; writes examples/cortex-m/models/budget.md).
 #
-# SLB_MCU_MODEL=path.slb uses that model file instead of the generated one.
+# SLB_MCU_MODEL=path.slb uses that model file instead (SLB_MCU_MODEL=synth: a generated one).
 # Installs Debian's Cortex-M toolchain and QEMU when missing (needs root, as CI is).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 //! The packed model on a Cortex-M4F under QEMU, bit-exact with the host runtime.
 //!
-//! `qemu_matches_host` generates a ResNet20 W1A8 model (or takes `SLB_MCU_MODEL`) and a few
-//! test images, computes the host runtime's logits, builds `examples/cortex-m` with both
+//! `qemu_matches_host` takes the trained ResNet20 W1A8 model shipped in
+//! `examples/cortex-m/trained/` (or `SLB_MCU_MODEL`: a file, or `synth` for a generated one) and
+//! a few test images, computes the host runtime's logits, builds `examples/cortex-m` with both
 //! embedded, runs it on QEMU's `mps2-an386` and requires every logit's bit pattern, every
 //! predicted class and the arena size to agree. It needs Debian's `rustc-web`/`cargo-web`/
 //! `rust-web-src`, `gcc-arm-none-eabi` and `qemu-system-arm`, so it is `#[ignore]`d in the plain
@@ -178,10 +179,20 @@ fn parse_board(text: &str) -> Result<BoardRun, String> {
 }
 
 /// The host runtime's arena size, classes and logit bit patterns for each image, with the
-/// kernel choice `choice` (the board program's names).
-fn host_run(model_bytes: &[u8], images: &[u8], choice: &str) -> (usize, Vec<usize>, Vec<Vec<u32>>) {
+/// kernel choice `choice` (the board program's names; `fit` plans for an arena of at most
+/// `max_arena` bytes).
+fn host_run(
+    model_bytes: &[u8],
+    images: &[u8],
+    choice: &str,
+    max_arena: usize,
+) -> (usize, Vec<usize>, Vec<Vec<u32>>) {
     let model = Model::parse(model_bytes).expect("model parses");
-    let plan = Plan::with_options(&model, Engine::Packed, options(choice)).expect("plan");
+    let plan = if choice == "fit" {
+        Plan::fit(&model, Engine::Packed, options("default"), max_arena).expect("plan fits")
+    } else {
+        Plan::with_options(&model, Engine::Packed, options(choice)).expect("plan")
+    };
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut classes = Vec::new();
     let mut all = Vec::new();
@@ -203,7 +214,7 @@ fn host_run(model_bytes: &[u8], images: &[u8], choice: &str) -> (usize, Vec<usiz
 /// Plan options for a kernel choice of the board program (`SLB_ALGOS`).
 fn options(choice: &str) -> PlanOptions {
     let force = match choice {
-        "default" => None,
+        "default" | "fit" => None,
         "bitserial" => Some(Algo::BitSerial),
         "int8dot" => Some(Algo::Int8Dot),
         "reference" => Some(Algo::Reference),
@@ -373,17 +384,87 @@ fn synth_model(arch: &str, wbits: u8, abits: u8) -> Vec<u8> {
     synth::build(a, Quant::new(wbits, abits, 1)).expect("synthetic model")
 }
 
-/// The model under test: `SLB_MCU_MODEL` if set, else a generated ResNet20 W1A8.
+/// The trained ResNet20 W1A8 model shipped with the example.
+fn trained_model() -> PathBuf {
+    crate_dir().join("trained/resnet20-w1a8.slb")
+}
+
+/// The model under test: `SLB_MCU_MODEL` if set (`synth` for a generated ResNet20 W1A8), else
+/// the trained model shipped with the example.
 fn model_under_test() -> (PathBuf, Vec<u8>) {
-    if let Some(p) = std::env::var_os("SLB_MCU_MODEL") {
-        let p = PathBuf::from(p);
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-        return (p, bytes);
-    }
-    let bytes = synth_model("resnet20", 1, 8);
-    let p = work_dir().join("resnet20-w1a8-synth.slb");
-    std::fs::write(&p, &bytes).expect("write model");
+    let p = match std::env::var_os("SLB_MCU_MODEL") {
+        Some(p) if p == "synth" => {
+            let bytes = synth_model("resnet20", 1, 8);
+            let p = work_dir().join("resnet20-w1a8-synth.slb");
+            std::fs::write(&p, &bytes).expect("write model");
+            return (p, bytes);
+        }
+        Some(p) => PathBuf::from(p),
+        None => trained_model(),
+    };
+    let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
     (p, bytes)
+}
+
+/// Builds the program with `choices` (static arena: `arena` bytes, or the first host plan's need
+/// when 0), runs it under QEMU and requires the board's arena sizes, classes, logits and busy-pin
+/// edges to equal the host's. Returns `(text, data, bss, stack)`.
+fn run_and_compare(
+    model_path: &Path,
+    images_path: &Path,
+    n: usize,
+    choices: &[&str],
+    host: &[(usize, Vec<usize>, Vec<Vec<u32>>)],
+    arena: usize,
+) -> (u64, u64, u64, Option<usize>) {
+    let arena = if arena == 0 { host[0].0 } else { arena };
+    let elf = build(
+        "thumbv7em-none-eabihf",
+        "infer",
+        model_path,
+        images_path,
+        arena,
+        &[("SLB_ALGOS", &choices.join(","))],
+    );
+    let (text, data, bss) = size(&elf);
+    let out = qemu(&elf, false, Duration::from_secs(600));
+    std::fs::write(work_dir().join("qemu-output.txt"), &out).expect("write output");
+    print!("{out}");
+    let board = parse_board(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        board.model_bytes,
+        std::fs::metadata(model_path).expect("model").len() as usize
+    );
+    assert_eq!(board.images, n);
+    assert_eq!(board.plans.len(), choices.len());
+    for (p, (c, (need, classes, logits))) in board.plans.iter().zip(choices.iter().zip(host)) {
+        assert_eq!(p.choice, *c);
+        assert_eq!(
+            p.need, *need,
+            "{c}: the board's plan needs another arena size than the host's"
+        );
+        assert_eq!(
+            &p.classes, classes,
+            "{c}: predicted classes differ from the host's"
+        );
+        assert_eq!(p.logits.len(), n);
+        for (i, (b, h)) in p.logits.iter().zip(logits).enumerate() {
+            assert_eq!(
+                b,
+                h,
+                "{c}, image {i}: board logits {:?} != host {:?}",
+                floats(b),
+                floats(h)
+            );
+        }
+    }
+    let runs = (n * choices.len()) as u64;
+    assert_eq!(
+        board.pin,
+        (runs, runs),
+        "the busy pin must rise and fall once per inference"
+    );
+    (text, data, bss, board.stack)
 }
 
 /// Bit patterns as readable floats, for failure messages.
@@ -403,64 +484,28 @@ fn qemu_matches_host() {
     let images_path = work_dir().join("images.bin");
     std::fs::write(&images_path, &images).expect("write images");
 
-    // The runtime's own choice and the other kernel family, both bit-exact with the host.
+    // The runtime's own choice and each kernel family, all bit-exact with the host.
     let choices = ["default", "bitserial", "int8dot"];
     let host: Vec<_> = choices
         .iter()
-        .map(|c| host_run(&bytes, &images, c))
+        .map(|c| host_run(&bytes, &images, c, usize::MAX))
         .collect();
     let arena = host.iter().map(|h| h.0).max().unwrap();
-    let elf = build(
-        "thumbv7em-none-eabihf",
-        "infer",
-        &model_path,
-        &images_path,
-        arena,
-        &[("SLB_ALGOS", &choices.join(","))],
-    );
-    let (text, data, bss) = size(&elf);
-    let out = qemu(&elf, false, Duration::from_secs(600));
-    std::fs::write(work_dir().join("qemu-output.txt"), &out).expect("write output");
-    print!("{out}");
-    let board = parse_board(&out).unwrap_or_else(|e| panic!("{e}"));
-
-    assert_eq!(board.model_bytes, bytes.len());
-    assert_eq!(board.images, n);
-    assert_eq!(board.plans.len(), choices.len());
-    let (_, classes, logits) = &host[0];
-    for (p, (c, h)) in board.plans.iter().zip(choices.iter().zip(&host)) {
-        assert_eq!(p.choice, *c);
-        assert_eq!(
-            p.need, h.0,
-            "{c}: the board's plan needs another arena size than the host's"
-        );
-        assert_eq!(
-            &p.classes, classes,
-            "{c}: predicted classes differ from the host's"
-        );
-        for (i, (b, h)) in p.logits.iter().zip(logits).enumerate() {
-            assert_eq!(
-                b,
-                h,
-                "{c}, image {i}: board logits {:?} != host {:?}",
-                floats(b),
-                floats(h)
-            );
-        }
-        assert_eq!(p.logits.len(), n);
-    }
-    let runs = (n * choices.len()) as u64;
-    assert_eq!(
-        board.pin,
-        (runs, runs),
-        "the busy pin must rise and fall once per inference"
-    );
+    let (text, data, bss, stack) =
+        run_and_compare(&model_path, &images_path, n, &choices, &host, arena);
     println!(
-        "mcu: {n} images x {} kernel choices bit-exact with the host; classes {classes:?}; \
-         text {text} data {data} bss {bss}; stack {:?}",
+        "mcu: {n} images x {} kernel choices bit-exact with the host; classes {:?}; \
+         text {text} data {data} bss {bss}; stack {stack:?}",
         choices.len(),
-        board.stack
+        host[0].1
     );
+
+    // A board whose arena is too small for the default plan: `Plan::fit` falls back to the
+    // kernels with the smallest prepared weights, in a smaller static arena.
+    let small = host_run(&bytes, &images, "fit", host[0].0 - 1);
+    assert!(small.0 < host[0].0, "Plan::fit must find a smaller plan");
+    let (_, _, bss_small, _) = run_and_compare(&model_path, &images_path, n, &["fit"], &[small], 0);
+    println!("mcu: Plan::fit in a smaller arena bit-exact with the host; bss {bss_small}");
 
     // Cortex-M0 (no DSP, no FPU): the same program must build and link.
     let m0 = build(

@@ -181,12 +181,7 @@ fn parse_board(text: &str) -> Result<BoardRun, String> {
 /// The host runtime's arena size, classes and logit bit patterns for each image, with the
 /// kernel choice `choice` (the board program's names; `fit` plans for an arena of at most
 /// `max_arena` bytes).
-fn host_run(
-    model_bytes: &[u8],
-    images: &[u8],
-    choice: &str,
-    max_arena: usize,
-) -> (usize, Vec<usize>, Vec<Vec<u32>>) {
+fn host_run(model_bytes: &[u8], images: &[u8], choice: &str, max_arena: usize) -> HostRun {
     let model = Model::parse(model_bytes).expect("model parses");
     let plan = if choice == "fit" {
         Plan::fit(&model, Engine::Packed, options("default"), max_arena).expect("plan fits")
@@ -406,6 +401,9 @@ fn model_under_test() -> (PathBuf, Vec<u8>) {
     (p, bytes)
 }
 
+/// The host's arena size, classes and logit bit patterns (one vector per image) for a choice.
+type HostRun = (usize, Vec<usize>, Vec<Vec<u32>>);
+
 /// Builds the program with `choices` (static arena: `arena` bytes, or the first host plan's need
 /// when 0), runs it under QEMU and requires the board's arena sizes, classes, logits and busy-pin
 /// edges to equal the host's. Returns `(text, data, bss, stack)`.
@@ -414,7 +412,7 @@ fn run_and_compare(
     images_path: &Path,
     n: usize,
     choices: &[&str],
-    host: &[(usize, Vec<usize>, Vec<Vec<u32>>)],
+    host: &[HostRun],
     arena: usize,
 ) -> (u64, u64, u64, Option<usize>) {
     let arena = if arena == 0 { host[0].0 } else { arena };

@@ -702,7 +702,14 @@ fn conv_layer(
         Run::Bits(f) => {
             let words: &mut [u64] =
                 bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
-            portable::pack_bits(s, x, pad, words);
+            // SIMD-wired: the AVX2 packer where the CPU has it (same result).
+            #[cfg(target_arch = "x86_64")]
+            let packed = kernels::x86::pack_bits(s, x, pad, words);
+            #[cfg(not(target_arch = "x86_64"))]
+            let packed = false;
+            if !packed {
+                portable::pack_bits(s, x, pad, words);
+            }
             let words: &[u64] = words;
             let mut y0 = 0;
             while y0 < s.oh {

@@ -11,7 +11,7 @@ pub(crate) mod reference;
 
 // X86-HOOK (wired by SIMD): see CONTRACT.md.
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 /// The algorithm family of a convolution kernel (what [`crate::PlanOptions::force`] picks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -792,7 +792,6 @@ fn planes_of_chunk(chunk: &[u8; 64], w: &mut [u64; 8]) {
 
 /// # Safety
 /// The CPU supports AVX2.
-#[cfg(test)]
 #[target_feature(enable = "avx2")]
 unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
     // SAFETY: `chunk` holds 64 bytes: two 32-byte loads.
@@ -1372,6 +1371,62 @@ pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
     kinds.into_iter().find_map(by_kind)
 }
 
+/// The driver's bit packer with AVX2 (`vpmovmskb`: 32 channels per instruction and plane):
+/// the same result as `portable::pack_bits` (unpadded HWC input, `pad` codes around it, planes
+/// as in CONTRACT.md). Returns `false`, touching nothing, when the CPU lacks AVX2 or a slice is
+/// shorter than the shape needs; the caller then runs the portable packer.
+pub(crate) fn pack_bits(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) -> bool {
+    let (h, w, c, cin, cw, ab) = (s.h(), s.w(), s.c, s.cin_g, s.cw, s.abits as usize);
+    let px = s.groups * ab * cw;
+    if !Features::detect().avx2
+        || ab > 8
+        || cin * s.groups != c
+        || out.len() < s.hp * s.wp * px
+        || x.len() < h * w * c
+    {
+        return false;
+    }
+    // The words of a pad pixel: plane `p` is all ones over the valid channels when bit `p` of
+    // `pad` is set.
+    let valid = |wd: usize| match cin - wd * 64 {
+        n if n >= 64 => u64::MAX,
+        n => (1u64 << n) - 1,
+    };
+    let mut chunk = [0u8; 64];
+    let mut planes = [0u64; 8];
+    for y in 0..s.hp {
+        for xx in 0..s.wp {
+            let dst = &mut out[(y * s.wp + xx) * px..(y * s.wp + xx + 1) * px];
+            let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
+            if !inside {
+                for g in 0..s.groups {
+                    for p in 0..ab {
+                        for wd in 0..cw {
+                            dst[(g * ab + p) * cw + wd] =
+                                if pad >> p & 1 == 1 { valid(wd) } else { 0 };
+                        }
+                    }
+                }
+                continue;
+            }
+            let src = &x[((y - s.ph) * w + (xx - s.pw)) * c..][..c];
+            for g in 0..s.groups {
+                for wd in 0..cw {
+                    let part = &src[g * cin + wd * 64..g * cin + (wd * 64 + 64).min(cin)];
+                    chunk[..part.len()].copy_from_slice(part);
+                    chunk[part.len()..].fill(0);
+                    // SAFETY: AVX2 detected above.
+                    unsafe { planes_of_chunk_avx2(&chunk, &mut planes) };
+                    for p in 0..ab {
+                        dst[(g * ab + p) * cw + wd] = planes[p];
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
 /// `sum_{taps} num[o]` for every output channel, as little-endian `i32`s.
 fn write_wsum(conv: &Conv<'_>, g: &Geom, out: &mut [u8]) {
     for o in 0..g.out_c {
@@ -1946,6 +2001,51 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// The AVX2 driver packer equals the portable one (padding, groups, odd channels).
+        #[test]
+        fn pack_bits_matches_portable(
+            c in case(Just(1u8), prop::sample::select(vec![1u8, 2, 4, 8])),
+            ph in 0usize..=2,
+            pw in 0usize..=2,
+            pad in any::<u8>(),
+        ) {
+            let g = &c.g;
+            let s = ConvShape {
+                hp: g.h + 2 * ph,
+                wp: g.w + 2 * pw,
+                c: g.c,
+                oh: 1,
+                ow: 1,
+                cout: g.out_c,
+                kh: g.kh,
+                kw: g.kw,
+                sh: 1,
+                sw: 1,
+                groups: g.groups,
+                cin_g: g.cin_g(),
+                cout_g: g.cout_g(),
+                wbits: 1,
+                abits: c.abits,
+                cw: g.cin_g().div_ceil(64),
+                ph,
+                pw,
+            };
+            let pad = pad & ((1u16 << c.abits) - 1) as u8;
+            let n = s.hp * s.wp * s.groups * c.abits as usize * s.cw;
+            let mut want = vec![7u64; n];
+            super::super::portable::pack_bits(&s, &c.input, pad, &mut want);
+            let mut got = vec![9u64; n];
+            if pack_bits(&s, &c.input, pad, &mut got) {
+                prop_assert_eq!(got, want);
+            } else {
+                skipped("pack_bits (avx2)");
             }
         }
     }

@@ -145,3 +145,24 @@ fn train_then_export_command() {
         .iter()
         .any(|l| matches!(l, slb_format::Layer::Flatten(_))));
 }
+
+#[test]
+fn shipped_configs_validate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for name in ["golden-stick.toml", "fast.toml", "cpu-demo.toml"] {
+        let cfg = slb_trainer::config::Config::from_file(&dir.join(name)).unwrap();
+        let algo = cfg.algorithm().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            algo.weight_quant_dtype(),
+            slb_trainer::QuantDtype::Int1,
+            "{name}"
+        );
+    }
+    let gs = slb_trainer::config::Config::from_file(&dir.join("golden-stick.toml")).unwrap();
+    assert_eq!(gs.model, slb_trainer::nn::Arch::Resnet18Imagenet);
+    assert_eq!(
+        (gs.epochs, gs.resize, gs.label_smoothing),
+        (100, Some(224), 0.1)
+    );
+    assert!(gs.enable_bn_calibration && gs.enable_act_quant);
+}

@@ -17,12 +17,29 @@ fn agreement(act_bits: u8, act_quant: bool) -> (f64, f64) {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn agreement_w(weight_bits: u8, act_bits: u8, act_quant: bool) -> (f64, f64) {
+    agreement_arch(
+        slb_trainer::nn::Arch::Resnet20,
+        8,
+        weight_bits,
+        act_bits,
+        act_quant,
+    )
+}
+
+fn agreement_arch(
+    arch: slb_trainer::nn::Arch,
+    width: i64,
+    weight_bits: u8,
+    act_bits: u8,
+    act_quant: bool,
+) -> (f64, f64) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let train = common::synthetic(96, 16, 4, 11);
     let test = common::synthetic(200, 16, 4, 12);
     tch::set_num_threads(1);
     let mut cfg = common::tiny_config();
-    cfg.width = Some(8);
+    cfg.model = arch;
+    cfg.width = Some(width);
     cfg.epochs = 4;
     cfg.lr = 0.1;
     cfg.t_end_time = 0.5;
@@ -116,6 +133,23 @@ fn low_bit_activations_and_weights_export_faithfully() {
         assert!(
             packed >= 0.97 && float >= 0.97,
             "W{w}A{a}: {packed} {float}"
+        );
+    }
+}
+
+#[test]
+fn other_networks_export_faithfully() {
+    use slb_trainer::nn::Arch;
+    for (arch, width) in [
+        (Arch::Resnet18Imagenet, 8),
+        (Arch::Resnet18Cifar, 4),
+        (Arch::VggSmall, 8),
+    ] {
+        let (packed, float) = agreement_arch(arch, width, 1, 8, true);
+        eprintln!("{arch:?} W1A8: packed agreement {packed:.4}, float engine {float:.4}");
+        assert!(
+            packed >= 0.97 && float >= 0.97,
+            "{arch:?}: {packed} {float}"
         );
     }
 }

@@ -676,3 +676,56 @@ pub fn bn_calibrate(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_decay_groups() {
+        assert!(decays("block1.c1.conv.logits"));
+        assert!(decays("dense.weight"));
+        assert!(!decays("dense.bias"));
+        assert!(!decays("block1.c1.bn.weight"));
+        assert!(!decays("block1.c1.bn.bias"));
+        assert!(!decays("block1.act.alpha"));
+    }
+
+    #[test]
+    fn atomic_write_leaves_only_the_final_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f.bin");
+        write_atomic(&p, |tmp| {
+            std::fs::write(tmp, b"abc").map_err(|e| Error::io("write", tmp, e))
+        })
+        .unwrap();
+        // A failing writer leaves the previous file untouched.
+        let r = write_atomic(&p, |_| Err(Error::config("boom")));
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"abc");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("f.bin")]);
+    }
+
+    #[test]
+    fn sgd_momentum_and_decay_by_hand() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let p = (vs.root() / "x").var("logits", &[1], nn::Init::Const(1.0));
+        let b = (vs.root() / "x").var("bias", &[1], nn::Init::Const(1.0));
+        let mut opt = Sgd::new(&vs, 0.9, false, 0.1);
+        for _ in 0..2 {
+            opt.zero_grad();
+            (&p * 2.0 + &b * 3.0).sum(Kind::Float).backward();
+            opt.step(0.5);
+        }
+        // logits: g1 = 2 + 0.1*1 = 2.1, p = 1 - 1.05 = -0.05;
+        // g2 = 2 - 0.005 = 1.995, buf = 0.9*2.1 + 1.995 = 3.885, p = -0.05 - 1.9425 = -1.9925.
+        assert!((p.double_value(&[0]) + 1.9925).abs() < 1e-6);
+        // bias (no decay): buf 3 then 5.7; b = 1 - 1.5 - 2.85 = -3.35.
+        assert!((b.double_value(&[0]) + 3.35).abs() < 1e-6);
+    }
+}

@@ -8,8 +8,9 @@
 //!
 //! The byte layout, the arithmetic every field stands for, the weight bit layout and the
 //! validation rules are specified in `docs/FORMAT.md` at the repository root (complete enough
-//! to write another reader); this page summarises them. Fuzzing of [`Model::parse`] (input
-//! counts and results) is recorded in `docs/RELIABILITY.md`.
+//! to write another reader); this page summarises them. [`Model::parse`] has been fuzzed with
+//! 10,000,000 inputs (cargo-fuzz, debug assertions on) without a panic; commands, counts and
+//! results are recorded in `docs/RELIABILITY.md`.
 //!
 //! ## Container
 //! ```text

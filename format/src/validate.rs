@@ -373,8 +373,8 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
     if c.groups == 0
         || c.in_channels == 0
         || c.out_channels == 0
-        || c.in_channels % c.groups != 0
-        || c.out_channels % c.groups != 0
+        || !c.in_channels.is_multiple_of(c.groups)
+        || !c.out_channels.is_multiple_of(c.groups)
     {
         return Err(Error::InvalidParam {
             layer: l,

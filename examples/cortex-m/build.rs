@@ -12,7 +12,7 @@ fn main() {
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed=memory.x");
 
-    let model = input(&dir, "SLB_MODEL", "models/model.slb");
+    let model = input(&dir, "SLB_MODEL", "trained/resnet20-w1a8.slb");
     let images = input(&dir, "SLB_IMAGES", "models/images.bin");
     println!("cargo:rustc-env=SLB_MODEL_PATH={}", model.display());
     println!("cargo:rustc-env=SLB_IMAGES_PATH={}", images.display());

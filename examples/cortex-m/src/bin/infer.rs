@@ -11,6 +11,7 @@
 //! prepare ticks <SysTick ticks of the weight preparation>
 //! image <i> class <k> <name> ticks <SysTick ticks of the inference>
 //! logits <i> <f32 bit patterns, hex, one per class>
+//! stack-phases plan <bytes> inference <bytes>       (stack high-water mark of each phase)
 //! busy-pin rises <n> falls <n>                      (LED0 edges driven by the runtime)
 //! stack <bytes used at the deepest point>
 //! done
@@ -44,6 +45,9 @@ static MODEL: &[u8] = include_bytes!(env!("SLB_MODEL_PATH"));
 /// Test images, HWC bytes back to back (path from `SLB_IMAGES` at build time).
 static IMAGES: &[u8] = include_bytes!(env!("SLB_IMAGES_PATH"));
 
+/// Bytes of stack painted below the current frame for the high-water marks.
+const STACK_PAINT: usize = 256 * 1024;
+
 /// Most classes this program prints logits for.
 const MAX_CLASSES: usize = 100;
 
@@ -54,7 +58,7 @@ static mut ARENA: Arena = Arena([0; config::ARENA_BYTES]);
 
 #[entry]
 fn main() -> ! {
-    let painted = stack::paint(256 * 1024);
+    let painted = stack::paint(STACK_PAINT);
     let code = match run(&painted) {
         Ok(()) => debug::EXIT_SUCCESS,
         Err(e) => {
@@ -135,7 +139,11 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
     // SAFETY: `run` is called once, so this is the only reference to the arena.
     let arena: &mut [u8] = unsafe { &mut (*addr_of_mut!(ARENA)).0 };
 
+    // Stack high-water marks: since start (parsing), and per phase (planning, inference), each
+    // phase repainting the stack first; the overall peak is the largest of them.
+    let mut peak = painted.peak();
     for &choice in config::ALGOS {
+        let planning = stack::paint(STACK_PAINT);
         let force = match choice {
             "default" | "fit" => None,
             "bitserial" => Some(Algo::BitSerial),
@@ -176,6 +184,8 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
                 hprintln!("kernel {} {}", i, k);
             }
         }
+        let plan_peak = planning.peak();
+        let inference = stack::paint(STACK_PAINT);
         let t0 = ticks.now();
         slb_runtime::prepare(&model, &plan, arena).map_err(Failure::Runtime)?;
         hprintln!("prepare ticks {}", ticks.now() - t0);
@@ -195,9 +205,21 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
             hprintln!("image {} class {} {} ticks {}", i, best, name, dt);
             print_logits(i, &logits);
         }
+        let run_peak = inference.peak();
+        hprintln!(
+            "stack-phases plan {} inference {}",
+            plan_peak.unwrap_or(usize::MAX),
+            run_peak.unwrap_or(usize::MAX)
+        );
+        for p in [plan_peak, run_peak] {
+            peak = match (peak, p) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
     }
     hprintln!("busy-pin rises {} falls {}", led.rises, led.falls);
-    match painted.peak() {
+    match peak {
         Some(b) => hprintln!("stack {}", b),
         None => hprintln!("stack overflowed-paint"),
     }

@@ -517,9 +517,11 @@ impl Net {
         }
     }
 
-    /// A fresh activation dtype: `act_bits`, zero point 0, a random scale.
+    /// A fresh activation dtype: `act_bits`, zero point 0, a random scale such that the codes
+    /// span a real range of 2 to 6 (a sign is +-1 to +-3), as a trained network's would.
     fn act_dtype(&mut self, scale: Option<f32>) -> DType {
-        let scale = scale.unwrap_or_else(|| self.rng.uniform(0.02, 0.2) as f32);
+        let range = self.qmax().max(2.0);
+        let scale = scale.unwrap_or_else(|| (self.rng.uniform(2.0, 6.0) / range) as f32);
         DType::Quant {
             scale,
             zero_point: 0,

@@ -79,6 +79,8 @@ struct PlanRun {
     classes: Vec<usize>,
     ticks: Vec<u64>,
     logits: Vec<Vec<u32>>,
+    /// Stack high-water marks of planning and of inference (`None`: not printed).
+    stack_phases: Option<(u64, u64)>,
 }
 
 /// What the board printed, parsed.
@@ -151,6 +153,9 @@ fn parse_board(text: &str) -> Result<BoardRun, String> {
                 p.kernels.push((i, w.collect::<Vec<_>>().join(" ")));
             }
             Some("prepare") => p.prepare_ticks = field(line, "ticks")?,
+            Some("stack-phases") => {
+                p.stack_phases = Some((field(line, "plan")?, field(line, "inference")?))
+            }
             Some("image") => {
                 let i: usize = w.next().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
                 if i != p.classes.len() {
@@ -332,6 +337,7 @@ fn board_output_parser_reads_every_record_and_rejects_failures() {
                 plan default need 100 have 128 weights 10 activations 20 scratch 30\n\
                 kernel 0 bitserial-popcnt/portable\nprepare ticks 7\n\
                 image 0 class 1 dog ticks 99\nlogits 0 3f800000 bf800000\n\
+                stack-phases plan 300 inference 200\n\
                 busy-pin rises 1 falls 1\nstack 2048\ndone\n";
     let r = parse_board(text).unwrap();
     assert_eq!(
@@ -350,6 +356,7 @@ fn board_output_parser_reads_every_record_and_rejects_failures() {
     );
     assert_eq!((p.classes.clone(), p.ticks.clone()), (vec![1], vec![99]));
     assert_eq!(p.logits, vec![vec![1.0f32.to_bits(), (-1.0f32).to_bits()]]);
+    assert_eq!(p.stack_phases, Some((300, 200)));
     assert!(
         parse_board("model x bytes 1 layers 1 classes 1 images 0\n").is_err(),
         "no done"
@@ -699,7 +706,18 @@ fn budget_table() {
                 }
                 None => ("-".to_string(), "-".to_string()),
             };
-            let stack = board.stack.map_or("?".to_string(), |s| s.to_string());
+            let phases = board
+                .plans
+                .iter()
+                .find(|p| p.choice == "default")
+                .or(board.plans.first())
+                .and_then(|p| p.stack_phases)
+                .map_or(String::new(), |(a, b)| {
+                    format!(" (plan {a}, inference {b})")
+                });
+            let stack = board
+                .stack
+                .map_or("?".to_string(), |s| format!("{s}{phases}"));
             let minsn = |c: &str| {
                 board
                     .plans

@@ -104,7 +104,9 @@ def main():
     y = torch.from_numpy(ytr).to(dev)
     mean = torch.tensor([0.4914, 0.4822, 0.4465], device=dev).view(1, 3, 1, 1)
     std = torch.tensor([0.2023, 0.1994, 0.2010], device=dev).view(1, 3, 1, 1)
-    net = ResNet18(mode != "float").to(dev).to(memory_format=torch.channels_last)
+    net = ResNet18(mode != "float").to(dev)
+    if mode == "float":  # SLB logits are 5-D; their per-step weights are computed in the step
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     bs, n = 512, len(x)
     for ep in range(epochs):

@@ -3,7 +3,8 @@
 # the release binary at .dev/slb and the data archive at .dev/cifar10-jpeg.tar.xz (both carried
 # from the build machine), torch 2.11 in the machine's python3. Writes logs under $OUT.
 #   scripts/gpu-results.sh smoke   # 2 epochs each: plain-PyTorch baseline, ours W1A8, ours float
-#   scripts/gpu-results.sh full    # 100-epoch runs (W1A8, float), packed evaluation
+#   scripts/gpu-results.sh w1a8    # ResNet18-CIFAR W1A8, 100 epochs, packed evaluation
+#   scripts/gpu-results.sh float   # plain-PyTorch baseline (3 epochs) and our float baseline, 100 epochs
 set -uo pipefail
 R=$PWD
 OUT=${OUT:-$R/out}
@@ -21,9 +22,9 @@ MEMPID=$!
 train() { # name limit_s args...
   local name=$1 limit=$2; shift 2
   echo "== $name: slb train $* (limit ${limit}s)"
-  local t0=$(date +%s.%N)
+  local t0=$(date +%s)
   timeout "$limit" "$BIN" train --data "$DATA" --device cuda --out "/tmp/runs/$name" "$@"
-  echo "== $name: exit $? after $(echo "$(date +%s.%N) - $t0" | bc) s"
+  echo "== $name: exit $? after $(( $(date +%s) - t0 )) s"
   cat "/tmp/runs/$name/metrics.jsonl" 2>/dev/null | tail -n 3
   if [ -f "/tmp/runs/$name/model.slb" ]; then
     "$BIN" eval --model "/tmp/runs/$name/model.slb" --data "$DATA" --json
@@ -36,12 +37,15 @@ case "${1:-smoke}" in
     train w1a8-smoke 150 --config trainer/configs/fast.toml --epochs 100 --stop-after 3 --no-export
     train float-smoke 90 --config trainer/configs/float.toml --epochs 100 --stop-after 3 --no-export
     ;;
-  full)
-    train w1a8 330 --config trainer/configs/fast.toml
-    train float 200 --config trainer/configs/float.toml
+  w1a8)   # the main run: ResNet18-CIFAR W1A8, 100 epochs, then packed evaluation
+    train w1a8 390 --config trainer/configs/fast.toml
+    ;;
+  float)   # side-by-side plain-PyTorch baseline (3 epochs), then our float baseline, 100 epochs
+    (cd /tmp/d && timeout 45 python3 "$R/scripts/baseline_pytorch.py" cifar10 w1a8 3)
+    train float 210 --config trainer/configs/float.toml
     ;;
 esac
 kill $MEMPID 2>/dev/null
 sort -n "$OUT/gpu-mem.csv" | tail -1 | sed 's/^/peak GPU memory used (MiB, nvidia-smi): /'
-tar -czf "$OUT/runs.tgz" --exclude='*.ot' -C /tmp/runs . 2>/dev/null
+tar -czf "$OUT/runs-${1:-smoke}.tgz" --exclude='*.ot' -C /tmp/runs . 2>/dev/null
 date -u

@@ -85,7 +85,11 @@ impl QConv {
         let w = self.conv.weight(ctx.t, ctx.hard);
         let y = if ctx.amp {
             let bf = tch::Kind::BFloat16;
-            self.conv.conv(&x.to_kind(bf), &w.to_kind(bf))
+            // Back to f32 for the node and BatchNorm (the node converts anyway; a float-weight
+            // baseline without nodes must not hand bf16 to BatchNorm and the dense layer).
+            self.conv
+                .conv(&x.to_kind(bf), &w.to_kind(bf))
+                .to_kind(tch::Kind::Float)
         } else {
             self.conv.conv(x, &w)
         };

@@ -25,7 +25,9 @@ pub fn time_it(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f6
 
 fn real_of(d: DType) -> (f64, f64) {
     match d {
-        DType::Quant { scale, zero_point, .. } => (scale as f64, zero_point as f64),
+        DType::Quant {
+            scale, zero_point, ..
+        } => (scale as f64, zero_point as f64),
         DType::F32 => (1.0, 0.0),
     }
 }
@@ -45,14 +47,58 @@ pub struct TorchFloat {
 }
 
 enum Step {
-    Conv { i: usize, o: usize, w: Tensor, stride: [i64; 2], pad: [i64; 2], groups: i64, scale: Tensor, bias: Option<Tensor>, relu: bool },
-    Add { a: usize, b: usize, o: usize, ka: Tensor, kb: Tensor, bias: Tensor, relu: bool },
-    MaxPool { i: usize, o: usize, k: [i64; 2], s: [i64; 2], p: [i64; 2] },
-    AvgPool { i: usize, o: usize, k: [i64; 2], s: [i64; 2], p: [i64; 2] },
-    Gap { i: usize, o: usize },
-    Relu { i: usize, o: usize },
-    Flatten { i: usize, o: usize },
-    Dense { i: usize, o: usize, w: Tensor, b: Tensor },
+    Conv {
+        i: usize,
+        o: usize,
+        w: Tensor,
+        stride: [i64; 2],
+        pad: [i64; 2],
+        groups: i64,
+        scale: Tensor,
+        bias: Option<Tensor>,
+        relu: bool,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        o: usize,
+        ka: Tensor,
+        kb: Tensor,
+        bias: Tensor,
+        relu: bool,
+    },
+    MaxPool {
+        i: usize,
+        o: usize,
+        k: [i64; 2],
+        s: [i64; 2],
+        p: [i64; 2],
+    },
+    AvgPool {
+        i: usize,
+        o: usize,
+        k: [i64; 2],
+        s: [i64; 2],
+        p: [i64; 2],
+    },
+    Gap {
+        i: usize,
+        o: usize,
+    },
+    Relu {
+        i: usize,
+        o: usize,
+    },
+    Flatten {
+        i: usize,
+        o: usize,
+    },
+    Dense {
+        i: usize,
+        o: usize,
+        w: Tensor,
+        b: Tensor,
+    },
 }
 
 impl TorchFloat {
@@ -64,19 +110,29 @@ impl TorchFloat {
             steps.push(match layer {
                 Layer::Conv(c) => {
                     let r = slb_format::CodeReader::new(&c);
-                    let (kh, kw, cin) = (c.kernel[0] as usize, c.kernel[1] as usize, c.in_per_group() as usize);
+                    let (kh, kw, cin) = (
+                        c.kernel[0] as usize,
+                        c.kernel[1] as usize,
+                        c.in_per_group() as usize,
+                    );
                     let denom = ((1i32 << c.weight_bits) - 1) as f32;
                     let mut w = vec![0f32; c.out_channels as usize * cin * kh * kw];
                     for o in 0..c.out_channels as usize {
                         for i in 0..cin {
                             for y in 0..kh {
                                 for x in 0..kw {
-                                    w[((o * cin + i) * kh + y) * kw + x] = r.numerator(o, y, x, i) as f32 / denom;
+                                    w[((o * cin + i) * kh + y) * kw + x] =
+                                        r.numerator(o, y, x, i) as f32 / denom;
                                 }
                             }
                         }
                     }
-                    let w = Tensor::from_slice(&w).view([c.out_channels as i64, cin as i64, kh as i64, kw as i64]);
+                    let w = Tensor::from_slice(&w).view([
+                        c.out_channels as i64,
+                        cin as i64,
+                        kh as i64,
+                        kw as i64,
+                    ]);
                     let (s_raw, _) = (c.requant.raw.scale as f64, 0);
                     let (s_out, _) = real_of(td(c.output)?.dtype);
                     let (scale, bias, relu) = match c.requant.affine {
@@ -88,7 +144,11 @@ impl TorchFloat {
                                 a.relu,
                             )
                         }
-                        None => (Tensor::ones([1, 1, 1, 1], (Kind::Float, tch::Device::Cpu)), None, false),
+                        None => (
+                            Tensor::ones([1, 1, 1, 1], (Kind::Float, tch::Device::Cpu)),
+                            None,
+                            false,
+                        ),
                     };
                     Step::Conv {
                         i: c.input as usize,
@@ -117,18 +177,43 @@ impl TorchFloat {
                         relu: a.params.relu,
                     }
                 }
-                Layer::MaxPool(p) => Step::MaxPool { i: p.input as usize, o: p.output as usize, k: k2(p.kernel), s: k2(p.stride), p: k2(p.padding) },
-                Layer::AvgPool(p) => Step::AvgPool { i: p.input as usize, o: p.output as usize, k: k2(p.kernel), s: k2(p.stride), p: k2(p.padding) },
-                Layer::GlobalAvgPool(u) => Step::Gap { i: u.input as usize, o: u.output as usize },
-                Layer::Relu(u) => Step::Relu { i: u.input as usize, o: u.output as usize },
-                Layer::Flatten(u) => Step::Flatten { i: u.input as usize, o: u.output as usize },
+                Layer::MaxPool(p) => Step::MaxPool {
+                    i: p.input as usize,
+                    o: p.output as usize,
+                    k: k2(p.kernel),
+                    s: k2(p.stride),
+                    p: k2(p.padding),
+                },
+                Layer::AvgPool(p) => Step::AvgPool {
+                    i: p.input as usize,
+                    o: p.output as usize,
+                    k: k2(p.kernel),
+                    s: k2(p.stride),
+                    p: k2(p.padding),
+                },
+                Layer::GlobalAvgPool(u) => Step::Gap {
+                    i: u.input as usize,
+                    o: u.output as usize,
+                },
+                Layer::Relu(u) => Step::Relu {
+                    i: u.input as usize,
+                    o: u.output as usize,
+                },
+                Layer::Flatten(u) => Step::Flatten {
+                    i: u.input as usize,
+                    o: u.output as usize,
+                },
                 Layer::Dense(d) => {
                     let outf = td(d.output)?.shape.c as i64;
                     let w: Vec<f32> = match d.weights {
                         DenseWeights::F32(w) => w.iter().collect(),
                         DenseWeights::Int8 { values, scale } => {
                             let inf = values.len() / outf as usize;
-                            values.iter().enumerate().map(|(j, &v)| v as i8 as f32 * scale.get(j / inf).unwrap_or(0.0)).collect()
+                            values
+                                .iter()
+                                .enumerate()
+                                .map(|(j, &v)| v as i8 as f32 * scale.get(j / inf).unwrap_or(0.0))
+                                .collect()
                         }
                     };
                     Step::Dense {
@@ -140,7 +225,12 @@ impl TorchFloat {
                 }
             });
         }
-        Ok(TorchFloat { steps, input: model.input.tensor as usize, output: model.output as usize, tensors: model.tensors.len() })
+        Ok(TorchFloat {
+            steps,
+            input: model.input.tensor as usize,
+            output: model.output as usize,
+            tensors: model.tensors.len(),
+        })
     }
 
     /// Runs the graph on a normalised `[1, C, H, W]` input and returns the logits.
@@ -148,26 +238,58 @@ impl TorchFloat {
         let _g = tch::no_grad_guard();
         let mut t: Vec<Option<Tensor>> = (0..self.tensors).map(|_| None).collect();
         t[self.input] = Some(x.shallow_clone());
-        let get = |t: &Vec<Option<Tensor>>, i: usize| t[i].as_ref().expect("validated dataflow").shallow_clone();
+        let get = |t: &Vec<Option<Tensor>>, i: usize| {
+            t[i].as_ref().expect("validated dataflow").shallow_clone()
+        };
         for s in &self.steps {
             let (o, v) = match s {
-                Step::Conv { i, o, w, stride, pad, groups, scale, bias, relu } => {
-                    let mut y = get(&t, *i).conv2d(w, None::<Tensor>, stride, pad, [1, 1], *groups) * scale;
+                Step::Conv {
+                    i,
+                    o,
+                    w,
+                    stride,
+                    pad,
+                    groups,
+                    scale,
+                    bias,
+                    relu,
+                } => {
+                    let mut y =
+                        get(&t, *i).conv2d(w, None::<Tensor>, stride, pad, [1, 1], *groups) * scale;
                     if let Some(b) = bias {
                         y += b;
                     }
                     (*o, if *relu { y.relu() } else { y })
                 }
-                Step::Add { a, b, o, ka, kb, bias, relu } => {
+                Step::Add {
+                    a,
+                    b,
+                    o,
+                    ka,
+                    kb,
+                    bias,
+                    relu,
+                } => {
                     let y = get(&t, *a) * ka + get(&t, *b) * kb + bias;
                     (*o, if *relu { y.relu() } else { y })
                 }
-                Step::MaxPool { i, o, k, s, p } => (*o, get(&t, *i).max_pool2d(k, s, p, [1, 1], false)),
-                Step::AvgPool { i, o, k, s, p } => (*o, get(&t, *i).avg_pool2d(k, s, p, false, true, None::<i64>)),
+                Step::MaxPool { i, o, k, s, p } => {
+                    (*o, get(&t, *i).max_pool2d(k, s, p, [1, 1], false))
+                }
+                Step::AvgPool { i, o, k, s, p } => (
+                    *o,
+                    get(&t, *i).avg_pool2d(k, s, p, false, true, None::<i64>),
+                ),
                 Step::Gap { i, o } => (*o, get(&t, *i).adaptive_avg_pool2d([1, 1])),
                 Step::Relu { i, o } => (*o, get(&t, *i).relu()),
                 Step::Flatten { i, o } => (*o, get(&t, *i).flatten(1, -1).view([1, -1, 1, 1])),
-                Step::Dense { i, o, w, b } => (*o, get(&t, *i).view([1, -1]).linear(w, Some(b)).view([1, -1, 1, 1])),
+                Step::Dense { i, o, w, b } => (
+                    *o,
+                    get(&t, *i)
+                        .view([1, -1])
+                        .linear(w, Some(b))
+                        .view([1, -1, 1, 1]),
+                ),
             };
             t[o] = Some(v);
         }
@@ -185,7 +307,10 @@ pub fn normalised(model: &Model<'_>, image: &[u8]) -> Tensor {
     let (c, h, w) = (c as usize, h as usize, w as usize);
     let mut v = vec![0f32; c * h * w];
     for ch in 0..c {
-        let (m, s) = (model.input.mean.get(ch).unwrap_or(0.0), model.input.std.get(ch).unwrap_or(1.0));
+        let (m, s) = (
+            model.input.mean.get(ch).unwrap_or(0.0),
+            model.input.std.get(ch).unwrap_or(1.0),
+        );
         for p in 0..h * w {
             v[ch * h * w + p] = (image[p * c + ch] as f32 / 255.0 - m) / s;
         }
@@ -208,7 +333,9 @@ pub struct BenchReport {
 pub fn bench(bytes: &[u8], budget: Duration) -> Result<BenchReport> {
     let model = Model::parse(bytes)?;
     let s = model.input.shape;
-    let image: Vec<u8> = (0..(s.c * s.h * s.w) as usize).map(|i| (i * 37 % 251) as u8).collect();
+    let image: Vec<u8> = (0..(s.c * s.h * s.w) as usize)
+        .map(|i| (i * 37 % 251) as u8)
+        .collect();
     let classes = model.tensor(model.output).map_or(0, |t| t.shape.c as usize);
     let mut logits = vec![0f32; classes];
     let mut time_engine = |engine| -> Result<f64> {
@@ -227,16 +354,31 @@ pub fn bench(bytes: &[u8], budget: Duration) -> Result<BenchReport> {
         let _ = net.forward(&x);
         Ok(())
     })?;
-    Ok(BenchReport { packed_s, float_s, torch_s })
+    Ok(BenchReport {
+        packed_s,
+        float_s,
+        torch_s,
+    })
 }
 
 /// The `slb bench` command.
 pub fn command(path: &Path, seconds: f64) -> Result<()> {
     let bytes = super::read_model_file(path)?;
     let r = bench(&bytes, Duration::from_secs_f64(seconds))?;
-    println!("{} — one thread, median time per inference:", path.display());
+    println!(
+        "{} — one thread, median time per inference:",
+        path.display()
+    );
     println!("  packed runtime          {:>9.3} ms", r.packed_s * 1e3);
-    println!("  in-house float executor {:>9.3} ms   packed is {:.2}x faster", r.float_s * 1e3, r.float_s / r.packed_s);
-    println!("  libtorch CPU float      {:>9.3} ms   packed is {:.2}x faster", r.torch_s * 1e3, r.torch_s / r.packed_s);
+    println!(
+        "  in-house float executor {:>9.3} ms   packed is {:.2}x faster",
+        r.float_s * 1e3,
+        r.float_s / r.packed_s
+    );
+    println!(
+        "  libtorch CPU float      {:>9.3} ms   packed is {:.2}x faster",
+        r.torch_s * 1e3,
+        r.torch_s / r.packed_s
+    );
     Ok(())
 }

@@ -60,7 +60,10 @@ pub fn check_compatible(model: &Model<'_>, ds: &Dataset, data_path: &Path) -> Re
         );
     }
     if let Some(bad) = ds.labels.iter().find(|&&l| l < 0 || l as usize >= out) {
-        bail!("{}: label {bad} is out of range for {out} classes", data_path.display());
+        bail!(
+            "{}: label {bad} is out of range for {out} classes",
+            data_path.display()
+        );
     }
     Ok(())
 }
@@ -128,7 +131,13 @@ pub fn argmax(v: &[f32]) -> usize {
 }
 
 /// The `slb eval` command: loads the model and the test split, evaluates, prints.
-pub fn command(model_path: &Path, data_path: &Path, engine: Engine, json: bool, limit: Option<usize>) -> Result<()> {
+pub fn command(
+    model_path: &Path,
+    data_path: &Path,
+    engine: Engine,
+    json: bool,
+    limit: Option<usize>,
+) -> Result<()> {
     let bytes = super::read_model_file(model_path)?;
     let model = Model::parse(&bytes)?;
     let ds = match limit {

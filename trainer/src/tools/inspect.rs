@@ -60,7 +60,9 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
         "#", "op", "input", "output", "W", "A", "bytes", "MACs"
     )?;
     for (i, layer) in model.layers.iter().enumerate() {
-        let tin = model.tensor(layer.inputs()[0].unwrap_or(0)).context("tensor")?;
+        let tin = model
+            .tensor(layer.inputs()[0].unwrap_or(0))
+            .context("tensor")?;
         let tout = model.tensor(layer.output()).context("tensor")?;
         let (wb, bytes_, macs) = match &layer {
             Layer::Conv(c) => {
@@ -73,7 +75,10 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
                 let macs = c.macs(tout.shape);
                 (
                     format!("{}", c.weight_bits),
-                    c.codes.len() + c.requant.affine.map_or(0, |a| a.mult.0.len() + a.bias.0.len()),
+                    c.codes.len()
+                        + c.requant
+                            .affine
+                            .map_or(0, |a| a.mult.0.len() + a.bias.0.len()),
                     macs,
                 )
             }
@@ -83,7 +88,9 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
                 t.fp32_bytes += ((outf * inf + outf) * 4) as usize;
                 let (w, b) = match d.weights {
                     DenseWeights::F32(w) => ("32".to_string(), w.0.len()),
-                    DenseWeights::Int8 { values, scale } => ("8".to_string(), values.len() + scale.0.len()),
+                    DenseWeights::Int8 { values, scale } => {
+                        ("8".to_string(), values.len() + scale.0.len())
+                    }
                 };
                 (w, b + d.bias.0.len(), outf * inf)
             }
@@ -116,8 +123,15 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
     writeln!(out, "packed weight codes {:>12} bytes", t.packed_bytes)?;
     writeln!(out, "MACs per inference  {:>12}", t.macs)?;
     writeln!(out, "activation peak     {:>12} bytes", t.activation_peak)?;
-    writeln!(out, "host arena          {:>12} bytes (activations, scratch, prepared weights)", t.arena_bytes)?;
-    writeln!(out, "boards (flash = model file, SRAM = activation peak; code and stack not counted):")?;
+    writeln!(
+        out,
+        "host arena          {:>12} bytes (activations, scratch, prepared weights)",
+        t.arena_bytes
+    )?;
+    writeln!(
+        out,
+        "boards (flash = model file, SRAM = activation peak; code and stack not counted):"
+    )?;
     for (name, flash, sram) in BOARDS {
         let fits = t.file_bytes <= flash && t.activation_peak <= sram;
         writeln!(

@@ -14,7 +14,7 @@ if ! [ -e .venv/libtorch/lib/libtorch_cpu.so ] || \
   python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
-ln -sfn "$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')" .venv/libtorch
+ln -sfn "$(.venv/bin/python -W ignore -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)" .venv/libtorch
 
 if [ "${1:-}" = "--mcu" ]; then
   missing=()

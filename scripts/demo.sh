@@ -29,3 +29,7 @@ echo "== summary"
 
 echo "== speed, one thread"
 "$SLB" bench --model "$OUT/model.slb" --seconds 2
+
+echo "== the ResNet18-CIFAR W1A8 model trained on an H100 (models/, docs/RESULTS.md: 88.78 % top-1)"
+"$SLB" eval --model models/resnet18-cifar-w1a8.slb --data "$DATA" --engine packed
+"$SLB" bench --model models/resnet18-cifar-w1a8.slb --seconds 2

@@ -370,15 +370,23 @@ pub fn command(path: &Path, seconds: f64) -> Result<()> {
         path.display()
     );
     println!("  packed runtime          {:>9.3} ms", r.packed_s * 1e3);
+    let ratio = |float_s: f64| {
+        let r = float_s / r.packed_s;
+        if r >= 1.0 {
+            format!("packed is {r:.2}x faster")
+        } else {
+            format!("packed is {:.2}x slower", 1.0 / r)
+        }
+    };
     println!(
-        "  in-house float executor {:>9.3} ms   packed is {:.2}x faster",
+        "  in-house float executor {:>9.3} ms   {}",
         r.float_s * 1e3,
-        r.float_s / r.packed_s
+        ratio(r.float_s)
     );
     println!(
-        "  libtorch CPU float      {:>9.3} ms   packed is {:.2}x faster",
+        "  libtorch CPU float      {:>9.3} ms   {}",
         r.torch_s * 1e3,
-        r.torch_s / r.packed_s
+        ratio(r.torch_s)
     );
     Ok(())
 }

@@ -22,20 +22,7 @@ fn is_bin_dir(dir: &Path) -> bool {
 /// The binary folder at `path`, or in a sub-folder of it (the download unpacks to
 /// `cifar-10-batches-bin/`), if there is one.
 pub(crate) fn find(path: &Path) -> Option<PathBuf> {
-    if is_bin_dir(path) {
-        return Some(path.to_path_buf());
-    }
-    let preferred = path.join("cifar-10-batches-bin");
-    if is_bin_dir(&preferred) {
-        return Some(preferred);
-    }
-    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    subdirs.sort();
-    subdirs.into_iter().find(|d| is_bin_dir(d))
+    super::find_dir(path, "cifar-10-batches-bin", is_bin_dir)
 }
 
 /// The batch files of a split: `test_batch.bin`, or `data_batch_<n>.bin` in numeric order.

@@ -45,20 +45,7 @@ fn has_split_dir(dir: &Path) -> bool {
 /// The tree root at `path`: `path` itself when it holds `train/` or `test/`, else
 /// `path/cifar10`, else the first sub-folder (by name) that holds one.
 pub(crate) fn find_root(path: &Path) -> Option<PathBuf> {
-    if has_split_dir(path) {
-        return Some(path.to_path_buf());
-    }
-    let preferred = path.join("cifar10");
-    if has_split_dir(&preferred) {
-        return Some(preferred);
-    }
-    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    subdirs.sort();
-    subdirs.into_iter().find(|d| has_split_dir(d))
+    super::find_dir(path, "cifar10", has_split_dir)
 }
 
 /// Sorted entries of `dir` (names as UTF-8; other names are skipped) that satisfy `keep`.

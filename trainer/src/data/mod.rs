@@ -26,7 +26,7 @@ mod folder;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -196,4 +196,27 @@ pub fn load_limited(
         });
     }
     Ok(ds)
+}
+
+/// `path` itself when `is(path)`, else `path/preferred`, else the first sub-folder (by name)
+/// for which `is` holds: how both loaders find their folder below what the user named.
+pub(crate) fn find_dir(
+    path: &Path,
+    preferred: &str,
+    is: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    if is(path) {
+        return Some(path.to_path_buf());
+    }
+    let preferred = path.join(preferred);
+    if is(&preferred) {
+        return Some(preferred);
+    }
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    subdirs.into_iter().find(|d| is(d))
 }

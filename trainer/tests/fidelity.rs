@@ -110,8 +110,10 @@ fn agreement_arch(
 fn packed_runtime_agrees_with_trainer_w1a8() {
     let (packed, float) = agreement(8, true);
     eprintln!("W1A8: packed agreement {packed:.4}, float engine {float:.4}");
-    assert!(packed >= 0.99, "packed agreement {packed}");
-    assert!(float >= 0.99, "float agreement {float}");
+    // The pipeline issue's bar: the packed runtime and the trainer agree on at least 99.5 % of
+    // the predicted classes (measured here: 100 %).
+    assert!(packed >= 0.995, "packed agreement {packed}");
+    assert!(float >= 0.995, "float agreement {float}");
 }
 
 #[test]

@@ -786,25 +786,10 @@ fn requant_rows(
     y1: usize,
     out: &mut [u8],
 ) {
-    let raw = &conv.requant.raw;
     let row = s.ow * s.cout;
     let Some(dst) = out.get_mut(y0 * row..y1 * row) else {
         return;
     };
-    match &conv.requant.affine {
-        None => {
-            for (d, &a) in dst.iter_mut().zip(acc) {
-                *d = quant::stage1(a, raw) as u8;
-            }
-        }
-        Some(aff) => {
-            for (dpx, apx) in dst.chunks_exact_mut(s.cout).zip(acc.chunks_exact(s.cout)) {
-                for (o, (d, &a)) in dpx.iter_mut().zip(apx).enumerate() {
-                    let q = quant::stage1(a, raw);
-                    let p = quant::affine_at(aff, o);
-                    *d = quant::stage2(q, raw.zero_point, p, aff.shift, aff.relu, outq);
-                }
-            }
-        }
-    }
+    let rq = &conv.requant;
+    quant::requant(&rq.raw, rq.affine.as_ref(), outq, s.cout, acc, dst);
 }

@@ -96,7 +96,8 @@ pub(crate) fn libm_floor(x: f32) -> f32 {
     }
 }
 
-/// Stage 1: the raw code of an exact accumulator.
+/// Stage 1: the raw code of an exact accumulator (reference; the driver runs [`requant`]).
+#[cfg(test)]
 #[inline]
 pub(crate) fn stage1(acc: i32, raw: &RawQuant) -> i32 {
     let r = round_shift(i64::from(acc) * i64::from(raw.mult), raw.shift);
@@ -120,7 +121,8 @@ pub(crate) fn affine_at(a: &ChannelAffine<'_>, c: usize) -> Affine {
     }
 }
 
-/// Stage 2 on one raw code: output code.
+/// Stage 2 on one raw code: output code (reference; the driver runs [`requant`]).
+#[cfg(test)]
 #[inline]
 pub(crate) fn stage2(
     q_raw: i32,
@@ -144,9 +146,246 @@ pub(crate) fn add_code(ca: i32, cb: i32, p: &AddParams<'_>, c: usize, out: &QPar
     out.clamp_code(round_shift(v, p.shift), p.relu)
 }
 
+/// Stage 1 (and stage 2 when `aff` is set) over `acc` (HWC, `cout` channels per pixel) into
+/// `dst`: the reference, one element at a time through [`stage1`] and [`stage2`]. The driver
+/// runs [`requant`]; this is its twin for tests.
+#[cfg(test)]
+pub(crate) fn requant_ref(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    match aff {
+        None => {
+            for (d, &a) in dst.iter_mut().zip(acc) {
+                *d = stage1(a, raw) as u8;
+            }
+        }
+        Some(aff) => {
+            for (dpx, apx) in dst.chunks_exact_mut(cout).zip(acc.chunks_exact(cout)) {
+                for (o, (d, &a)) in dpx.iter_mut().zip(apx).enumerate() {
+                    let q = stage1(a, raw);
+                    let p = affine_at(aff, o);
+                    *d = stage2(q, raw.zero_point, p, aff.shift, aff.relu, outq);
+                }
+            }
+        }
+    }
+}
+
+/// Channels per block of hoisted stage-2 parameters in [`requant_body`].
+const RQ_BLOCK: usize = 64;
+
+/// [`requant_ref`] with the same result for every input, written so LLVM vectorises it: the
+/// per-layer constants and a block of per-channel `mult`/`bias` are hoisted out of the element
+/// loop, the clamps are branch-free and the sign / no-affine cases are separate loops. Value
+/// ranges: `acc * mult` and `(q - zp) * mult[c] + bias[c]` are below `2^62 + 2^31` in
+/// magnitude, so adding `2^(shift-1) <= 2^61` never wraps and the later `+ zp` never
+/// saturates (the reference's `saturating_add` is a plain add here).
+pub(crate) fn requant(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::x86::requant(raw, aff, outq, cout, acc, dst) {
+        return;
+    }
+    requant_body(raw, aff, outq, cout, acc, dst);
+}
+
+/// The body of [`requant`], also compiled with AVX2 enabled by `kernels::x86::requant`.
+#[inline(always)]
+pub(crate) fn requant_body(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    let s1 = u32::from(raw.shift.clamp(1, 62));
+    let r1 = 1i64 << (s1 - 1);
+    let m1 = i64::from(raw.mult);
+    let zp1 = i64::from(raw.zero_point);
+    let qmax1 = (1i64 << raw.bits.min(8)) - 1;
+    let st1 = move |a: i32| -> i64 {
+        ((i64::from(a) * m1).wrapping_add(r1) >> s1)
+            .wrapping_add(zp1)
+            .max(0)
+            .min(qmax1)
+    };
+    let Some(aff) = aff else {
+        for (d, &a) in dst.iter_mut().zip(acc) {
+            *d = st1(a) as u8;
+        }
+        return;
+    };
+    if cout == 0 {
+        return;
+    }
+    let zp_raw = raw.zero_point;
+    let s2 = u32::from(aff.shift.clamp(1, 62));
+    let r2 = 1i64 << (s2 - 1);
+    let sign = outq.bits == 1;
+    let zp2 = i64::from(outq.zp);
+    let lo2 = if aff.relu { zp2 } else { 0 };
+    let hi2 = i64::from(outq.qmax());
+    let npx = (dst.len() / cout).min(acc.len() / cout);
+    let mut mult = [0i32; RQ_BLOCK];
+    let mut bias = [0i64; RQ_BLOCK];
+    let mut c0 = 0;
+    while c0 < cout {
+        let n = (cout - c0).min(RQ_BLOCK);
+        let (mult, bias) = (&mut mult[..n], &mut bias[..n]);
+        for (i, (m, b)) in mult.iter_mut().zip(bias.iter_mut()).enumerate() {
+            let p = affine_at(aff, c0 + i);
+            *m = p.mult;
+            *b = i64::from(p.bias);
+        }
+        let (mult, bias): (&[i32], &[i64]) = (mult, bias);
+        let v = move |a: i32, m: i32, b: i64| -> i64 {
+            let d = (st1(a) as i32).wrapping_sub(zp_raw);
+            (i64::from(d) * i64::from(m) + b).wrapping_add(r2) >> s2
+        };
+        for px in 0..npx {
+            let o = px * cout + c0;
+            let (a, d) = (&acc[o..o + n], &mut dst[o..o + n]);
+            if sign {
+                for (((d, &a), &m), &b) in d.iter_mut().zip(a).zip(mult).zip(bias) {
+                    *d = u8::from(v(a, m, b) >= 0);
+                }
+            } else {
+                for (((d, &a), &m), &b) in d.iter_mut().zip(a).zip(mult).zip(bias) {
+                    *d = (v(a, m, b) + zp2).max(lo2).min(hi2) as u8;
+                }
+            }
+        }
+        c0 += n;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use slb_format::{i32_bytes, I32s};
+
+    fn i32_wide() -> impl Strategy<Value = i32> {
+        prop_oneof![
+            Just(i32::MIN),
+            Just(i32::MAX),
+            Just(0),
+            Just(-1),
+            -70_000i32..70_000,
+            any::<i32>(),
+        ]
+    }
+
+    fn shift() -> impl Strategy<Value = u8> {
+        prop_oneof![Just(1u8), Just(62), Just(31), Just(32), 1u8..=62]
+    }
+
+    fn bits() -> impl Strategy<Value = u8> {
+        prop_oneof![Just(1u8), Just(2), Just(4), Just(8)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// The driver's requantization (AVX2 where the CPU has it, and the portable body)
+        /// against the element-wise reference, bit for bit.
+        #[test]
+        fn requant_matches_reference(
+            cout in prop_oneof![1usize..=9, 60usize..=70, 127usize..=130],
+            npx in 1usize..=5,
+            seed in prop::collection::vec(i32_wide(), 3 * 130 * 5 + 2),
+            raw_mult in i32_wide(),
+            (s1, s2) in (shift(), shift()),
+            (raw_bits, out_bits) in (prop_oneof![Just(2u8), Just(4), Just(8)], bits()),
+            (zr, zo) in (0u32..256, 0u32..256),
+            (relu, affine) in (any::<bool>(), prop_oneof![1 => Just(false), 4 => Just(true)]),
+        ) {
+            let n = npx * cout;
+            let acc = &seed[..n];
+            let mult = i32_bytes(&seed[n..n + cout]);
+            let bias = i32_bytes(&seed[n + cout..n + 2 * cout]);
+            let raw = RawQuant {
+                mult: raw_mult,
+                shift: s1,
+                zero_point: (zr % (1 << raw_bits)) as i32,
+                bits: raw_bits,
+                scale: 1.0,
+            };
+            let aff = ChannelAffine { shift: s2, mult: I32s(&mult), bias: I32s(&bias), relu };
+            let aff = affine.then_some(&aff);
+            let outq = QParams {
+                scale: 1.0,
+                zp: (zo % (1 << out_bits)) as i32,
+                bits: if affine { out_bits } else { raw_bits },
+            };
+            let mut want = vec![7u8; n];
+            requant_ref(&raw, aff, &outq, cout, acc, &mut want);
+            let mut got = vec![7u8; n];
+            requant(&raw, aff, &outq, cout, acc, &mut got);
+            prop_assert_eq!(&got, &want);
+            let mut got = vec![7u8; n];
+            requant_body(&raw, aff, &outq, cout, acc, &mut got);
+            prop_assert_eq!(&got, &want);
+        }
+    }
+
+    /// Accumulator and multiplier extremes with shifts 1 and 62, every output width.
+    #[test]
+    fn requant_extremes() {
+        let vals = [i32::MIN, i32::MIN + 1, -1, 0, 1, i32::MAX - 1, i32::MAX];
+        let acc: Vec<i32> = vals.iter().flat_map(|&a| vals.map(|_| a)).collect();
+        let cout = vals.len();
+        for &rm in &vals {
+            for (s1, s2) in [(1u8, 1u8), (1, 62), (62, 1), (62, 62), (31, 33)] {
+                for out_bits in [1u8, 2, 4, 8] {
+                    for relu in [false, true] {
+                        for rb in [2u8, 8] {
+                            let raw = RawQuant {
+                                mult: rm,
+                                shift: s1,
+                                zero_point: (1 << (rb - 1)) - 1,
+                                bits: rb,
+                                scale: 1.0,
+                            };
+                            let mult = i32_bytes(&vals);
+                            let bias = i32_bytes(&vals.map(|v| v.wrapping_neg()));
+                            let aff = ChannelAffine {
+                                shift: s2,
+                                mult: I32s(&mult),
+                                bias: I32s(&bias),
+                                relu,
+                            };
+                            let outq = QParams {
+                                scale: 1.0,
+                                zp: (1 << out_bits) / 2,
+                                bits: out_bits,
+                            };
+                            for a in [None, Some(&aff)] {
+                                let mut want = vec![0u8; acc.len()];
+                                requant_ref(&raw, a, &outq, cout, &acc, &mut want);
+                                let mut got = vec![0u8; acc.len()];
+                                requant(&raw, a, &outq, cout, &acc, &mut got);
+                                assert_eq!(got, want);
+                                requant_body(&raw, a, &outq, cout, &acc, &mut got);
+                                assert_eq!(got, want);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn round_shift_is_half_up() {

@@ -1542,6 +1542,38 @@ fn glue_bits_avx2(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc:
     glue_bits_run(s, x, w, y0, y1, acc, false)
 }
 
+/// The driver's requantization (`quant::requant_body`, same result) compiled with AVX2, so
+/// that LLVM vectorises its i64 arithmetic (`vpmuldq`, `vpcmpgtq`) 4 lanes wide. Returns
+/// `false`, touching nothing, when the CPU lacks AVX2; the caller then runs the portable body.
+pub(crate) fn requant(
+    raw: &slb_format::RawQuant,
+    aff: Option<&slb_format::ChannelAffine<'_>>,
+    outq: &crate::quant::QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) -> bool {
+    if !Features::detect().avx2 {
+        return false;
+    }
+    // SAFETY: `requant_avx2` only requires AVX2, detected just above; its body is safe Rust
+    // (bounds-checked slices).
+    unsafe { requant_avx2(raw, aff, outq, cout, acc, dst) };
+    true
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn requant_avx2(
+    raw: &slb_format::RawQuant,
+    aff: Option<&slb_format::ChannelAffine<'_>>,
+    outq: &crate::quant::QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    crate::quant::requant_body(raw, aff, outq, cout, acc, dst);
+}
+
 #[cfg(test)]
 mod tests {
     //! Every SIMD kernel against the plain loop nest, bit for bit, over awkward shapes. A CPU

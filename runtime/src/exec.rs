@@ -283,6 +283,43 @@ pub(crate) fn io<'a>(
     Ok((o, pick(a)?, pick(b)?))
 }
 
+/// What one layer reads and writes: its tensors' slots and their bytes in the activation
+/// region (shared by the packed and the float executor).
+pub(crate) struct LayerIo<'a> {
+    pub ta: TensorSlot,
+    pub tb: Option<TensorSlot>,
+    pub to: TensorSlot,
+    pub out: &'a mut [u8],
+    pub a: &'a [u8],
+    pub b: &'a [u8],
+}
+
+/// The [`LayerIo`] of `layer` under `plan`.
+pub(crate) fn layer_io<'a>(
+    plan: &Plan,
+    layer: &Layer<'_>,
+    acts: &'a mut [u8],
+) -> Result<LayerIo<'a>> {
+    let ins = layer.inputs();
+    let ta = plan.tensors[ins[0].unwrap_or(0) as usize];
+    let tb = ins[1].map(|t| plan.tensors[t as usize]);
+    let to = plan.tensors[layer.output() as usize];
+    let (out, a, b) = io(
+        acts,
+        range(&to),
+        range(&ta),
+        tb.as_ref().map_or(0..0, range),
+    )?;
+    Ok(LayerIo {
+        ta,
+        tb,
+        to,
+        out,
+        a,
+        b,
+    })
+}
+
 pub(crate) fn range(t: &TensorSlot) -> Range<usize> {
     t.offset..t.offset + t.bytes
 }
@@ -327,16 +364,14 @@ fn run_packed(
     load_input(model, input, dst, image);
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
         let li = i as u16;
-        let ins = layer.inputs();
-        let ta = plan.tensors[ins[0].unwrap_or(0) as usize];
-        let tb = ins[1].map(|t| plan.tensors[t as usize]);
-        let to = plan.tensors[layer.output() as usize];
-        let (out, a, b) = io(
-            acts,
-            range(&to),
-            range(&ta),
-            tb.as_ref().map_or(0..0, range),
-        )?;
+        let LayerIo {
+            ta,
+            tb,
+            to,
+            out,
+            a,
+            b,
+        } = layer_io(plan, &layer, acts)?;
         match &layer {
             Layer::Conv(conv) => {
                 let s = conv_shape(conv, &plan.tensors).ok_or(Error::PlanMismatch { layer: li })?;

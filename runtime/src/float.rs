@@ -4,7 +4,7 @@
 
 use slb_format::{Conv, Layer, Model};
 
-use crate::exec::{dense, f32_map, flatten, gap, io, pool, range};
+use crate::exec::{dense, f32_map, flatten, gap, layer_io, pool, range, LayerIo};
 use crate::kernels::{ConvShape, KernelKind};
 use crate::plan::{LayerPlan, Plan, TensorSlot};
 use crate::quant::{self, libm_floor, QParams};
@@ -191,16 +191,14 @@ pub(crate) fn run_float(
     }
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
         let li = i as u16;
-        let ins = layer.inputs();
-        let ta = plan.tensors[ins[0].unwrap_or(0) as usize];
-        let tb = ins[1].map(|t| plan.tensors[t as usize]);
-        let to = plan.tensors[layer.output() as usize];
-        let (out, a, b) = io(
-            acts,
-            range(&to),
-            range(&ta),
-            tb.as_ref().map_or(0..0, range),
-        )?;
+        let LayerIo {
+            ta,
+            tb,
+            to,
+            out,
+            a,
+            b,
+        } = layer_io(plan, &layer, acts)?;
         match &layer {
             Layer::Conv(conv) => conv_layer(
                 li,

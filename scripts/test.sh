@@ -23,3 +23,6 @@ cargo test --workspace --release
 
 step "Cortex-M example under QEMU, bit-exact with the host"
 scripts/mcu-test.sh
+
+step "aarch64 NEON kernels under qemu-aarch64, bit-exact with the reference"
+scripts/aarch64-test.sh

@@ -407,6 +407,19 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
         },
     )?;
     check_len(l, "packed weight codes", c.codes.len(), need)?;
+    // Bits past the input channels in each row's last byte are zero (the popcount kernels
+    // count them otherwise: an XOR with the zero activation bits there would set them).
+    let used = (c.in_per_group() % 8) as u32;
+    if used != 0 {
+        let row = (c.in_per_group() as usize).div_ceil(8);
+        let mask = !((1u8 << used) - 1);
+        if c.codes.chunks_exact(row).any(|r| r[row - 1] & mask != 0) {
+            return Err(Error::InvalidParam {
+                layer: l,
+                what: "packed weight codes (bits past the input channels must be zero)",
+            });
+        }
+    }
     // The accumulator must fit i32: |c| <= 15, |q - zp| <= 255 per term. (The length check
     // above already bounds `terms` by the file size; saturate anyway so that this check can
     // never overflow on its own.)

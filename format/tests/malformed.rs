@@ -354,6 +354,24 @@ fn packed_length_off_by_one() {
             }
         );
     }
+    // A set bit past the input channels in a row's last byte (the spec says zero).
+    let in_g = 3; // conv 0 reads the RGB input: one byte per plane row, bits 3..8 unused
+    for bit in in_g..8 {
+        let mut dirty = tiny.codes0.clone();
+        dirty[n - 1] |= 1 << bit;
+        let b = tiny.mutated(|p| p.conv(0).codes = &dirty);
+        assert_eq!(
+            parse(&b).unwrap_err(),
+            Error::InvalidParam {
+                layer: 0,
+                what: "packed weight codes (bits past the input channels must be zero)"
+            }
+        );
+    }
+    let mut clean = tiny.codes0.clone();
+    clean[n - 1] ^= (1 << in_g) - 1; // used bits may hold anything
+    let b = tiny.mutated(|p| p.conv(0).codes = &clean);
+    parse(&b).unwrap();
     // Other arrays: per-channel multipliers, add biases, dense weights, LUT, mean.
     let short = &tiny.aff_mult[..12];
     let b = tiny.mutated(|p| {

@@ -13,6 +13,9 @@ pub(crate) mod reference;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod aarch64;
+
 /// The algorithm family of a convolution kernel (what [`crate::PlanOptions::force`] picks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -55,11 +58,19 @@ pub enum KernelKind {
     Int8DotVnni,
     /// The float executor's direct convolution compiled for AVX2.
     FloatAvx2,
+    /// XNOR + popcount with aarch64 NEON (`cnt`).
+    XnorNeon,
+    /// Bit-serial with aarch64 NEON (`cnt`).
+    BitSerialNeon,
+    /// u8 x i8 dot product with aarch64 NEON (widening `smlal`).
+    Int8DotNeon,
+    /// u8 x i8 dot product with the Armv8.2 dot-product instruction (`sdot`).
+    Int8DotSdot,
 }
 
 impl KernelKind {
     /// Every kind, for tests and listings.
-    pub const ALL: [KernelKind; 12] = [
+    pub const ALL: [KernelKind; 16] = [
         KernelKind::Xnor,
         KernelKind::BitSerial,
         KernelKind::Int8Dot,
@@ -72,6 +83,10 @@ impl KernelKind {
         KernelKind::Int8DotAvx2,
         KernelKind::Int8DotVnni,
         KernelKind::FloatAvx2,
+        KernelKind::XnorNeon,
+        KernelKind::BitSerialNeon,
+        KernelKind::Int8DotNeon,
+        KernelKind::Int8DotSdot,
     ];
 
     /// Short name, `algorithm/isa`, e.g. `"xnor-popcnt/avx512"`.
@@ -89,19 +104,29 @@ impl KernelKind {
             KernelKind::Int8DotAvx2 => "int8-dot/avx2",
             KernelKind::Int8DotVnni => "int8-dot/avx512-vnni",
             KernelKind::FloatAvx2 => "f32-direct/avx2",
+            KernelKind::XnorNeon => "xnor-popcnt/neon",
+            KernelKind::BitSerialNeon => "bitserial-popcnt/neon",
+            KernelKind::Int8DotNeon => "int8-dot/neon",
+            KernelKind::Int8DotSdot => "int8-dot/neon-sdot",
         }
     }
 
     /// The algorithm family (`None` for the float kinds).
     pub fn algo(&self) -> Option<Algo> {
         match self {
-            KernelKind::Xnor | KernelKind::XnorAvx2 | KernelKind::XnorAvx512 => Some(Algo::Xnor),
-            KernelKind::BitSerial | KernelKind::BitSerialAvx2 | KernelKind::BitSerialAvx512 => {
-                Some(Algo::BitSerial)
-            }
-            KernelKind::Int8Dot | KernelKind::Int8DotAvx2 | KernelKind::Int8DotVnni => {
-                Some(Algo::Int8Dot)
-            }
+            KernelKind::Xnor
+            | KernelKind::XnorAvx2
+            | KernelKind::XnorAvx512
+            | KernelKind::XnorNeon => Some(Algo::Xnor),
+            KernelKind::BitSerial
+            | KernelKind::BitSerialAvx2
+            | KernelKind::BitSerialAvx512
+            | KernelKind::BitSerialNeon => Some(Algo::BitSerial),
+            KernelKind::Int8Dot
+            | KernelKind::Int8DotAvx2
+            | KernelKind::Int8DotVnni
+            | KernelKind::Int8DotNeon
+            | KernelKind::Int8DotSdot => Some(Algo::Int8Dot),
             KernelKind::Reference => Some(Algo::Reference),
             KernelKind::Float | KernelKind::FloatAvx2 => None,
         }
@@ -264,6 +289,13 @@ pub(crate) fn step_cost(kind: KernelKind) -> u32 {
         KernelKind::Int8DotVnni => 16,
         KernelKind::BitSerialAvx512 => 8,
         KernelKind::XnorAvx512 => 7,
+        // Estimates, not measured (no aarch64 hardware was available; the kernels were only
+        // run under qemu-aarch64): 128-bit vectors, `cnt` per byte, `sdot` 16 MACs per
+        // instruction, widening `smlal` 4.
+        KernelKind::Int8DotSdot => 30,
+        KernelKind::Int8DotNeon => 90,
+        KernelKind::BitSerialNeon => 40,
+        KernelKind::XnorNeon => 35,
         KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => u32::MAX,
     }
 }
@@ -343,6 +375,10 @@ pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
     if let Some(k) = x86::select(algo, s) {
         return Some(k);
     }
+    #[cfg(target_arch = "aarch64")]
+    if let Some(k) = aarch64::select(algo, s) {
+        return Some(k);
+    }
     portable::kernel(algo)
 }
 
@@ -356,7 +392,9 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
         // X86-HOOK (wired by SIMD).
         #[cfg(target_arch = "x86_64")]
         other => x86::by_kind(other),
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        other => aarch64::by_kind(other),
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         _ => None,
     }
 }

@@ -505,12 +505,27 @@ fn qemu_matches_host() {
         host[0].1
     );
 
-    // A board whose arena is too small for the default plan: `Plan::fit` falls back to the
-    // kernels with the smallest prepared weights, in a smaller static arena.
-    let small = host_run(&bytes, &images, "fit", host[0].0 - 1);
+    // A board whose arena is too small for the default plan: `Plan::fit` moves convs to the
+    // in-place kernels (codes read from the model in flash). Plan for the smallest arena any
+    // plan needs, so that every conv runs in place on the board.
+    let floor = match Plan::fit(
+        &Model::parse(&bytes).expect("model parses"),
+        Engine::Packed,
+        options("fit"),
+        0,
+    ) {
+        Err(slb::runtime::Error::ArenaTooSmall { needed, .. }) => needed,
+        other => panic!("an arena of 0 bytes cannot fit: {other:?}"),
+    };
+    let small = host_run(&bytes, &images, "fit", floor);
     assert!(small.0 < host[0].0, "Plan::fit must find a smaller plan");
+    let small_arena = small.0;
     let (_, _, bss_small, _) = run_and_compare(&model_path, &images_path, n, &["fit"], &[small], 0);
-    println!("mcu: Plan::fit in a smaller arena bit-exact with the host; bss {bss_small}");
+    println!(
+        "mcu: Plan::fit in the smallest arena ({} bytes) bit-exact with \
+         the host; bss {bss_small}",
+        small_arena
+    );
 
     // Cortex-M0 (no DSP, no FPU): the same program must build and link.
     let m0 = build(
@@ -615,8 +630,9 @@ fn budget_table() {
     table.push_str(
         "| model | weights x act. | model bytes | flash (text+data) | static RAM (data+bss) | \
          arena: weights / activations / scratch | stack | Minsn/inference: default / bitserial / int8dot | \
-         default kernel | fits | static RAM with bitserial | fits with bitserial |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         default kernel | fits | static RAM with bitserial | fits with bitserial | \
+         in place (smallest `Plan::fit`): static RAM / stack / Minsn | fits in place |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let images = test_images(1);
     let images_path = work_dir().join("budget-image.bin");
@@ -660,10 +676,41 @@ fn budget_table() {
             }
             let kernel = kinds.join(" + ");
             let row_head = format!("| {arch} | W{wbits}A{abits} | {} |", bytes.len());
+            // Every conv reading its codes in place: the smallest arena any plan needs.
+            let floor = match Plan::fit(&model, Engine::Packed, options("fit"), 0) {
+                Err(slb::runtime::Error::ArenaTooSmall { needed, .. }) => needed,
+                other => panic!("{name}: an arena of 0 bytes cannot fit: {other:?}"),
+            };
+            let in_place = if bytes.len() as u64 > QEMU_LIMIT - (128 << 10) {
+                "not run | - |".to_string()
+            } else {
+                let elf = build(
+                    "thumbv7em-none-eabihf",
+                    "infer",
+                    &model_path,
+                    &images_path,
+                    floor,
+                    &[("SLB_ALGOS", "fit")],
+                );
+                let (text, data, bss) = size(&elf);
+                let out = qemu(&elf, true, Duration::from_secs(600));
+                std::fs::write(work_dir().join(format!("{name}-inplace-qemu.txt")), &out)
+                    .expect("write");
+                let board = parse_board(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
+                let p = board.plans.first().expect("the fit plan ran");
+                assert_eq!(p.need, floor, "{name}: the board plans as the host does");
+                let stack = board.stack.unwrap_or(0) as u64;
+                format!(
+                    "{} / {stack} / {:.1} | {} |",
+                    data + bss,
+                    (p.ticks[0] * INSNS_PER_TICK) as f64 / 1e6,
+                    fits(text + data, data + bss + stack)
+                )
+            };
             if bytes.len() as u64 > QEMU_LIMIT - (128 << 10) || choices.is_empty() {
                 let _ = writeln!(
                     table,
-                    "{row_head} - | - | {} / {} / {} | - | not run (does not fit QEMU's 4 MiB) | {kernel} | {} | - | - |",
+                    "{row_head} - | - | {} / {} / {} | - | not run (does not fit QEMU's 4 MiB) | {kernel} | {} | - | - | {in_place}",
                     default.weights_bytes(),
                     default.activation_peak_bytes(),
                     default.scratch_bytes(),
@@ -729,7 +776,7 @@ fn budget_table() {
             };
             let _ = writeln!(
                 table,
-                "{row_head} {} | {ram} | {} / {} / {} | {stack} | {} / {} / {} | {kernel} | {} | {ram_bs} | {fits_bs} |",
+                "{row_head} {} | {ram} | {} / {} / {} | {stack} | {} / {} / {} | {kernel} | {} | {ram_bs} | {fits_bs} | {in_place}",
                 text + data,
                 w,
                 a,

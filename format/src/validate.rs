@@ -409,7 +409,7 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
     check_len(l, "packed weight codes", c.codes.len(), need)?;
     // Bits past the input channels in each row's last byte are zero (the popcount kernels
     // count them otherwise: an XOR with the zero activation bits there would set them).
-    let used = (c.in_per_group() % 8) as u32;
+    let used = c.in_per_group() % 8;
     if used != 0 {
         let row = (c.in_per_group() as usize).div_ceil(8);
         let mask = !((1u8 << used) - 1);

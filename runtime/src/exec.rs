@@ -698,6 +698,8 @@ fn conv_layer(
         layer: li,
         kernel: kind.name(),
     })?;
+    // In-place kernels read the packed codes where the model lies (flash), not the arena.
+    let w = if k.reads_codes { conv.codes } else { w };
     let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
     let (xin_len, xbuf, accbuf) = match k.run {
         Run::Bytes(_) if s.ph == 0 && s.pw == 0 => (0, &mut [][..], &mut scratch[..]),

@@ -142,6 +142,22 @@ fn add(a: usize, b: usize) -> Result<usize> {
         .ok_or(Error::Overflow { what: "arena size" })
 }
 
+/// A set of layer indices (below [`MAX_LAYERS`]): the convs [`Plan::fit`] gives the kernel
+/// with the smallest prepared weights.
+#[derive(Clone, Copy, Default)]
+struct LayerSet([u64; MAX_LAYERS / 64]);
+
+impl LayerSet {
+    fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+    fn insert(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+}
+
 impl Plan {
     /// Plans `model` for `engine` with the default kernel choice.
     pub fn new(model: &Model<'_>, engine: Engine) -> Result<Plan> {
@@ -150,40 +166,89 @@ impl Plan {
 
     /// Plans `model` for `engine` with explicit options.
     pub fn with_options(model: &Model<'_>, engine: Engine, opts: PlanOptions) -> Result<Plan> {
-        Plan::build(model, engine, opts, false)
+        Plan::build(model, engine, opts, &LayerSet::default())
     }
 
     /// Plans like [`Plan::with_options`] and, if the arena would need more than `max_arena`
-    /// bytes, plans again choosing for every conv (without a forced algorithm) the available
-    /// kernel with the smallest prepared weights: bit kernels keep `wbits` bits per weight where
-    /// the int8 dot keeps 8, at some cost in speed. For a microcontroller's fixed arena.
-    /// [`Error::ArenaTooSmall`] if even that does not fit.
+    /// bytes, moves convs (those without a forced algorithm) one at a time to the available
+    /// kernel with the smallest prepared weights until the arena fits: the in-place bit
+    /// kernels (`*/in-place`), which read the packed codes from the model's bytes (flash on a
+    /// microcontroller) and keep no weights in the arena, at some cost in speed (and a bit-plane
+    /// copy of the layer's input as scratch). The conv moved next is the one that frees the
+    /// most weight bytes per unit of added estimated run time, so layers with large weights and
+    /// few outputs go first. For a microcontroller's fixed arena. [`Error::ArenaTooSmall`] if
+    /// no plan of that sequence fits; its `needed` is the smallest arena among them, which
+    /// `fit` then meets (the sequence does not depend on `max_arena`).
     pub fn fit(
         model: &Model<'_>,
         engine: Engine,
         opts: PlanOptions,
         max_arena: usize,
     ) -> Result<Plan> {
-        let plan = Plan::build(model, engine, opts, false)?;
+        let mut moved = LayerSet::default();
+        let mut plan = Plan::build(model, engine, opts, &moved)?;
         if plan.arena_bytes() <= max_arena {
             return Ok(plan);
         }
-        let small = Plan::build(model, engine, opts, true)?;
-        if small.arena_bytes() <= max_arena {
-            Ok(small)
-        } else {
-            Err(Error::ArenaTooSmall {
-                needed: small.arena_bytes(),
-                got: max_arena,
-            })
+        let mut smallest = plan.arena_bytes();
+        // Only packed convs without a forced algorithm can move.
+        let movable = engine == Engine::Packed && opts.force.is_none();
+        loop {
+            // (freed bytes per unit of added cost, layer)
+            let mut best: Option<(u64, usize)> = None;
+            for (li, layer) in model.layers.iter().enumerate() {
+                let Layer::Conv(conv) = layer else { continue };
+                if !movable || moved.contains(li) {
+                    continue;
+                }
+                let now = plan.layers[li];
+                let Some(s) = conv_shape(&conv, &plan.tensors) else {
+                    continue;
+                };
+                // The kernel with the smallest prepared weights (what `build` gives a moved
+                // conv).
+                let Some(to) = kernels::smallest_kernel(&s, opts.portable_only) else {
+                    continue;
+                };
+                let to_w_len = (to.prepared_len)(&s) as u64;
+                if to_w_len >= u64::from(now.w_len) {
+                    continue;
+                }
+                let freed = u64::from(now.w_len) - to_w_len;
+                let outputs = (s.oh * s.ow * s.cout) as u64;
+                let before = now.kernel.map_or(0, |k| kernels::cost(k, &s));
+                let added = kernels::cost(to.kind, &s)
+                    .saturating_sub(before)
+                    .saturating_mul(outputs)
+                    .max(1);
+                let score = freed.saturating_mul(1 << 20) / added;
+                if best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, li));
+                }
+            }
+            let Some((_, li)) = best else {
+                return Err(Error::ArenaTooSmall {
+                    needed: smallest,
+                    got: max_arena,
+                });
+            };
+            moved.insert(li);
+            plan = Plan::build(model, engine, opts, &moved)?;
+            if plan.arena_bytes() <= max_arena {
+                return Ok(plan);
+            }
+            smallest = smallest.min(plan.arena_bytes());
         }
     }
 
+    // Never inlined: `fit` calls it twice, and inlined copies would each keep their own large
+    // stack slots in `fit`'s frame on a microcontroller.
+    #[inline(never)]
     fn build(
         model: &Model<'_>,
         engine: Engine,
         opts: PlanOptions,
-        small_weights: bool,
+        in_place: &LayerSet,
     ) -> Result<Plan> {
         if model.layers.len() > MAX_LAYERS || model.tensors.len() > MAX_TENSORS {
             return Err(Error::TooManyLayers);
@@ -281,7 +346,7 @@ impl Plan {
                     }
                     Engine::Packed => {
                         let k = match opts.force {
-                            None if small_weights => {
+                            None if in_place.contains(i) => {
                                 kernels::smallest_kernel(&s, opts.portable_only)
                             }
                             None => kernels::default_kernel(&s, opts.portable_only),

@@ -187,6 +187,7 @@ fn kernel_exact(
     let mut wbuf = vec![0u64; wl.div_ceil(8)];
     let w = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut wbuf)[..wl];
     (k.prepare)(conv, s, w);
+    let w: &[u8] = if k.reads_codes { conv.codes } else { w };
     let al = if s.abits == 1 {
         s.cout * s.kh * s.kw * 4
     } else {
@@ -956,29 +957,66 @@ fn fit_trades_speed_for_a_smaller_arena() {
         force: None,
         portable_only: true,
     };
+    let convs: Vec<usize> = (0..model.layers.len())
+        .filter(|&i| matches!(model.layers.get(i), Some(slb_format::Layer::Conv(_))))
+        .collect();
+    let in_place = |p: &Plan| {
+        convs
+            .iter()
+            .filter(|&&i| {
+                matches!(
+                    p.kernel(i),
+                    Some(KernelKind::BitSerialInPlace | KernelKind::XnorInPlace)
+                )
+            })
+            .count()
+    };
     let fast = Plan::with_options(&model, Engine::Packed, opts).unwrap();
+    assert_eq!(in_place(&fast), 0);
     // Generous limit: the default plan.
     let p = Plan::fit(&model, Engine::Packed, opts, usize::MAX).unwrap();
     assert_eq!(p.arena_bytes(), fast.arena_bytes());
-    // One byte less: bit-serial weights (1 bit each instead of 8).
-    let p = Plan::fit(&model, Engine::Packed, opts, fast.arena_bytes() - 1).unwrap();
+    // One byte less: some convs (not all) read their codes in place.
+    let some = Plan::fit(&model, Engine::Packed, opts, fast.arena_bytes() - 1).unwrap();
+    assert!(some.arena_bytes() < fast.arena_bytes());
+    let n = in_place(&some);
     assert!(
-        p.weights_bytes() * 4 < fast.weights_bytes(),
+        n >= 1 && n < convs.len(),
+        "{n} of {} convs in place",
+        convs.len()
+    );
+    // The smallest plan: every conv in place, only the driver's small tables as weights.
+    let mut tight = some.arena_bytes();
+    let all = loop {
+        match Plan::fit(&model, Engine::Packed, opts, tight - 1) {
+            Ok(p) => tight = p.arena_bytes(),
+            Err(Error::ArenaTooSmall { needed, got }) => {
+                assert_eq!(got, tight - 1);
+                assert_eq!(needed, tight);
+                break Plan::fit(&model, Engine::Packed, opts, tight).unwrap();
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(in_place(&all), convs.len());
+    assert!(
+        all.weights_bytes() * 8 < fast.weights_bytes(),
         "{} vs {}",
-        p.weights_bytes(),
+        all.weights_bytes(),
         fast.weights_bytes()
     );
-    assert_eq!(p.kernel(1).and_then(|k| k.algo()), Some(Algo::BitSerial));
+    assert_eq!(all.kernel(1).and_then(|k| k.algo()), Some(Algo::BitSerial));
     // Same logits either way.
-    let image = vec![3u8; p.input_len()];
+    let image = vec![3u8; fast.input_len()];
     let mut outs = vec![];
-    for plan in [&fast, &p] {
+    for plan in [&fast, &some, &all] {
         let mut arena = vec![0u8; plan.arena_bytes()];
         let mut logits = vec![0f32; plan.output_len()];
         run(&model, plan, &mut arena, &image, &mut logits).unwrap();
         outs.push(logits);
     }
     assert_eq!(outs[0], outs[1]);
+    assert_eq!(outs[0], outs[2]);
     // Too small for anything.
     assert!(matches!(
         Plan::fit(&model, Engine::Packed, opts, 100),

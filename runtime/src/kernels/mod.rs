@@ -66,11 +66,16 @@ pub enum KernelKind {
     Int8DotNeon,
     /// u8 x i8 dot product with the Armv8.2 dot-product instruction (`sdot`).
     Int8DotSdot,
+    /// Portable XNOR + popcount reading the model's packed codes in place (no prepared
+    /// weights in the arena: the codes stay in flash).
+    XnorInPlace,
+    /// Portable bit-serial reading the model's packed codes in place.
+    BitSerialInPlace,
 }
 
 impl KernelKind {
     /// Every kind, for tests and listings.
-    pub const ALL: [KernelKind; 16] = [
+    pub const ALL: [KernelKind; 18] = [
         KernelKind::Xnor,
         KernelKind::BitSerial,
         KernelKind::Int8Dot,
@@ -87,6 +92,8 @@ impl KernelKind {
         KernelKind::BitSerialNeon,
         KernelKind::Int8DotNeon,
         KernelKind::Int8DotSdot,
+        KernelKind::XnorInPlace,
+        KernelKind::BitSerialInPlace,
     ];
 
     /// Short name, `algorithm/isa`, e.g. `"xnor-popcnt/avx512"`.
@@ -108,6 +115,8 @@ impl KernelKind {
             KernelKind::BitSerialNeon => "bitserial-popcnt/neon",
             KernelKind::Int8DotNeon => "int8-dot/neon",
             KernelKind::Int8DotSdot => "int8-dot/neon-sdot",
+            KernelKind::XnorInPlace => "xnor-popcnt/in-place",
+            KernelKind::BitSerialInPlace => "bitserial-popcnt/in-place",
         }
     }
 
@@ -117,11 +126,13 @@ impl KernelKind {
             KernelKind::Xnor
             | KernelKind::XnorAvx2
             | KernelKind::XnorAvx512
-            | KernelKind::XnorNeon => Some(Algo::Xnor),
+            | KernelKind::XnorNeon
+            | KernelKind::XnorInPlace => Some(Algo::Xnor),
             KernelKind::BitSerial
             | KernelKind::BitSerialAvx2
             | KernelKind::BitSerialAvx512
-            | KernelKind::BitSerialNeon => Some(Algo::BitSerial),
+            | KernelKind::BitSerialNeon
+            | KernelKind::BitSerialInPlace => Some(Algo::BitSerial),
             KernelKind::Int8Dot
             | KernelKind::Int8DotAvx2
             | KernelKind::Int8DotVnni
@@ -262,6 +273,9 @@ pub(crate) struct ConvKernel {
     pub prepared_len: fn(&ConvShape) -> usize,
     pub prepare: fn(&Conv<'_>, &ConvShape, &mut [u8]),
     pub run: Run,
+    /// The kernel reads `Conv::codes` (the model's bytes, e.g. in flash) as its weights
+    /// instead of prepared weights in the arena (`prepared_len` is then 0).
+    pub reads_codes: bool,
 }
 
 /// Whether `algo` can run a conv of this shape at all.
@@ -296,6 +310,9 @@ pub(crate) fn step_cost(kind: KernelKind) -> u32 {
         KernelKind::Int8DotNeon => 90,
         KernelKind::BitSerialNeon => 40,
         KernelKind::XnorNeon => 35,
+        // The portable loops with byte-wise word loads from the packed rows (estimate).
+        KernelKind::XnorInPlace => 140,
+        KernelKind::BitSerialInPlace => 170,
         KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => u32::MAX,
     }
 }
@@ -341,20 +358,20 @@ pub(crate) fn default_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvK
     best.map(|(_, k)| k)
 }
 
-/// The available kernel with the smallest prepared weights (ties: the cheaper one).
+/// The available kernel with the smallest prepared weights (ties: the cheaper one). The
+/// in-place bit kernels keep none in the arena, so every conv gets one of them.
 pub(crate) fn smallest_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvKernel> {
     let mut best: Option<((usize, u64), ConvKernel)> = None;
     for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {
+        if !algo_fits(algo, s) {
+            continue;
+        }
         let k = if portable_only {
-            if algo_fits(algo, s) {
-                portable::kernel(algo)
-            } else {
-                None
-            }
+            portable::kernel(algo)
         } else {
             select(algo, s)
         };
-        if let Some(k) = k {
+        for k in [k, portable::in_place_kernel(algo)].into_iter().flatten() {
             let key = ((k.prepared_len)(s), cost(k.kind, s));
             if best.as_ref().is_none_or(|(b, _)| key < *b) {
                 best = Some((key, k));
@@ -388,6 +405,8 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
         KernelKind::Xnor => portable::kernel(Algo::Xnor),
         KernelKind::BitSerial => portable::kernel(Algo::BitSerial),
         KernelKind::Int8Dot => portable::kernel(Algo::Int8Dot),
+        KernelKind::XnorInPlace => portable::in_place_kernel(Algo::Xnor),
+        KernelKind::BitSerialInPlace => portable::in_place_kernel(Algo::BitSerial),
         KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => None,
         // X86-HOOK (wired by SIMD).
         #[cfg(target_arch = "x86_64")]

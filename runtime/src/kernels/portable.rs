@@ -14,21 +14,45 @@ pub(crate) fn kernel(algo: Algo) -> Option<ConvKernel> {
             prepared_len: bits_prepared_len,
             prepare: bits_prepare,
             run: Run::Bits(xnor_run),
+            reads_codes: false,
         }),
         Algo::BitSerial => Some(ConvKernel {
             kind: KernelKind::BitSerial,
             prepared_len: bits_prepared_len,
             prepare: bits_prepare,
             run: Run::Bits(bitserial_run),
+            reads_codes: false,
         }),
         Algo::Int8Dot => Some(ConvKernel {
             kind: KernelKind::Int8Dot,
             prepared_len: int8_prepared_len,
             prepare: int8_prepare,
             run: Run::Bytes(int8_run),
+            reads_codes: false,
         }),
         Algo::Reference => None,
     }
+}
+
+/// The portable kernel of an algorithm that reads the model's packed codes in place (from
+/// flash on a microcontroller) instead of prepared weights in the arena: XNOR and bit-serial
+/// only (the int8 dot needs unpacked weights). `None` for the other algorithms.
+pub(crate) fn in_place_kernel(algo: Algo) -> Option<ConvKernel> {
+    let (kind, run) = match algo {
+        Algo::Xnor => (KernelKind::XnorInPlace, xnor_in_place_run as super::BitRun),
+        Algo::BitSerial => (
+            KernelKind::BitSerialInPlace,
+            bitserial_in_place_run as super::BitRun,
+        ),
+        _ => return None,
+    };
+    Some(ConvKernel {
+        kind,
+        prepared_len: |_| 0,
+        prepare: |_, _, _| {},
+        run: Run::Bits(run),
+        reads_codes: true,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,21 +266,66 @@ fn word(w: &[u8], i: usize) -> u64 {
     }
 }
 
-/// The prepared words: a free cast when aligned (the arena always is), else a byte-wise view.
-trait Words {
-    fn at(&self, i: usize) -> u64;
+/// Where a kernel reads weight plane rows: word `k` of plane row `r` (row `r` =
+/// `((o*kh + ky)*kw + kx)*wbits + p`, the format's row order), and `wsum[o]` when stored.
+trait Planes {
+    fn word(&self, r: usize, k: usize) -> u64;
+    /// `wsum[o]` if the layout stores it (`None`: the kernel sums the numerators itself).
+    fn wsum(&self, s: &ConvShape, o: usize) -> Option<i32>;
 }
-impl Words for &[u64] {
+
+/// Prepared `u64` words, `cw` per row (a free cast when aligned, as the arena always is).
+struct Prepared<'a> {
+    w: &'a [u64],
+    bytes: &'a [u8],
+    cw: usize,
+}
+impl Planes for Prepared<'_> {
     #[inline(always)]
-    fn at(&self, i: usize) -> u64 {
-        self[i]
+    fn word(&self, r: usize, k: usize) -> u64 {
+        self.w[r * self.cw + k]
+    }
+    fn wsum(&self, s: &ConvShape, o: usize) -> Option<i32> {
+        Some(wsum_at(s, self.bytes, o))
     }
 }
-struct Bytes<'a>(&'a [u8]);
-impl Words for Bytes<'_> {
+
+/// Prepared words read byte-wise (an unaligned arena).
+struct PreparedBytes<'a> {
+    w: &'a [u8],
+    cw: usize,
+}
+impl Planes for PreparedBytes<'_> {
     #[inline(always)]
-    fn at(&self, i: usize) -> u64 {
-        word(self.0, i)
+    fn word(&self, r: usize, k: usize) -> u64 {
+        word(self.w, r * self.cw + k)
+    }
+    fn wsum(&self, s: &ConvShape, o: usize) -> Option<i32> {
+        Some(wsum_at(s, self.w, o))
+    }
+}
+
+/// The format's packed codes in place: rows of `ceil(cin_g / 8)` bytes, any alignment, the
+/// last word of a row zero-extended.
+struct Codes<'a> {
+    c: &'a [u8],
+    row: usize,
+}
+impl Planes for Codes<'_> {
+    #[inline(always)]
+    fn word(&self, r: usize, k: usize) -> u64 {
+        let at = r * self.row + 8 * k;
+        let n = (self.row - 8 * k).min(8);
+        match self.c.get(at..at + n) {
+            Some(b) if n == 8 => {
+                u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            }
+            Some(b) => b.iter().rev().fold(0u64, |v, &x| v << 8 | u64::from(x)),
+            None => 0,
+        }
+    }
+    fn wsum(&self, _: &ConvShape, _: usize) -> Option<i32> {
+        None
     }
 }
 
@@ -275,30 +344,56 @@ fn wsum_at(s: &ConvShape, w: &[u8], o: usize) -> i32 {
 pub(crate) fn xnor_run(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     let n = w.len() / 8;
     match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
-        Ok(wv) => xnor_body(s, x, wv, y0, y1, acc),
-        Err(_) => xnor_body(s, x, Bytes(w), y0, y1, acc),
+        Ok(wv) => xnor_body(
+            s,
+            x,
+            Prepared {
+                w: wv,
+                bytes: w,
+                cw: s.cw,
+            },
+            y0,
+            y1,
+            acc,
+        ),
+        Err(_) => xnor_body(s, x, PreparedBytes { w, cw: s.cw }, y0, y1, acc),
     }
 }
 
-fn xnor_body<W: Words>(s: &ConvShape, x: &[u64], wv: W, y0: usize, y1: usize, acc: &mut [i32]) {
+/// [`xnor_run`] on the model's packed codes in place (`w` = `Conv::codes`).
+pub(crate) fn xnor_in_place_run(
+    s: &ConvShape,
+    x: &[u64],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    if s.wbits == 1 && s.abits == 1 {
+        let row = s.cin_g.div_ceil(8);
+        xnor_body(s, x, Codes { c: w, row }, y0, y1, acc)
+    } else {
+        bitserial_in_place_run(s, x, w, y0, y1, acc)
+    }
+}
+
+fn xnor_body<W: Planes>(s: &ConvShape, x: &[u64], wv: W, y0: usize, y1: usize, acc: &mut [i32]) {
     let cw = s.cw;
     let taps = s.taps() as i32;
-    let tap_words = s.kh * s.kw * cw;
     for oy in y0..y1 {
         for ox in 0..s.ow {
             let base = ((oy - y0) * s.ow + ox) * s.cout;
             for o in 0..s.cout {
                 let g = o / s.cout_g;
-                let wo = o * tap_words;
                 let mut pc = 0u32;
                 for ky in 0..s.kh {
                     let iy = oy * s.sh + ky;
                     for kx in 0..s.kw {
                         let ix = ox * s.sw + kx;
                         let xo = ((iy * s.wp + ix) * s.groups + g) * cw;
-                        let wt = wo + (ky * s.kw + kx) * cw;
+                        let r = (o * s.kh + ky) * s.kw + kx;
                         for (k, a) in x[xo..xo + cw].iter().enumerate() {
-                            pc += (a ^ wv.at(wt + k)).count_ones();
+                            pc += (a ^ wv.word(r, k)).count_ones();
                         }
                     }
                 }
@@ -322,14 +417,49 @@ pub(crate) fn bitserial_run(
     acc: &mut [i32],
 ) {
     let n = w.len() / 8;
+    match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
+        Ok(wv) => bitserial_pairs(
+            s,
+            x,
+            Prepared {
+                w: wv,
+                bytes: w,
+                cw: s.cw,
+            },
+            y0,
+            y1,
+            acc,
+        ),
+        Err(_) => bitserial_pairs(s, x, PreparedBytes { w, cw: s.cw }, y0, y1, acc),
+    }
+}
+
+/// [`bitserial_run`] on the model's packed codes in place (`w` = `Conv::codes`).
+pub(crate) fn bitserial_in_place_run(
+    s: &ConvShape,
+    x: &[u64],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let row = s.cin_g.div_ceil(8);
+    bitserial_pairs(s, x, Codes { c: w, row }, y0, y1, acc)
+}
+
+fn bitserial_pairs<W: Planes>(
+    s: &ConvShape,
+    x: &[u64],
+    wv: W,
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
     // Monomorphized per bit pair so that the plane loops unroll.
     macro_rules! go {
         ($($wb:literal, $ab:literal);*) => {
             match (s.wbits, s.abits) {
-                $(($wb, $ab) => match bytemuck::try_cast_slice::<u8, u64>(&w[..n * 8]) {
-                    Ok(wv) => bitserial_body::<_, $wb, $ab>(s, x, wv, w, y0, y1, acc),
-                    Err(_) => bitserial_body::<_, $wb, $ab>(s, x, Bytes(w), w, y0, y1, acc),
-                },)*
+                $(($wb, $ab) => bitserial_body::<_, $wb, $ab>(s, x, wv, y0, y1, acc),)*
                 _ => {}
             }
         };
@@ -337,19 +467,18 @@ pub(crate) fn bitserial_run(
     go!(1, 1; 1, 2; 1, 4; 1, 8; 2, 1; 2, 2; 2, 4; 2, 8; 4, 1; 4, 2; 4, 4; 4, 8);
 }
 
-fn bitserial_body<W: Words, const WB: usize, const AB: usize>(
+fn bitserial_body<W: Planes, const WB: usize, const AB: usize>(
     s: &ConvShape,
     x: &[u64],
     wv: W,
-    wbytes: &[u8],
     y0: usize,
     y1: usize,
     acc: &mut [i32],
 ) {
     let cw = s.cw;
     let (wb, ab) = (WB, AB);
-    let tap_words = s.kh * s.kw * wb * cw;
     let off = (1i32 << wb) - 1;
+    let taps = s.taps() as i32;
     for oy in y0..y1 {
         for ox in 0..s.ow {
             let base = ((oy - y0) * s.ow + ox) * s.cout;
@@ -376,20 +505,26 @@ fn bitserial_body<W: Words, const WB: usize, const AB: usize>(
                     }
                     last_g = g;
                 }
-                let wo = o * tap_words;
+                // Sign activations need `wsum[o]`; a layout without it sums the codes here.
+                let stored = if AB == 1 { wv.wsum(s, o) } else { Some(0) };
+                let mut ksum = 0u32;
                 let mut kq = 0u32;
                 for ky in 0..s.kh {
                     let iy = oy * s.sh + ky;
                     for kx in 0..s.kw {
                         let ix = ox * s.sw + kx;
                         let xo = ((iy * s.wp + ix) * s.groups + g) * ab * cw;
-                        let wt = wo + (ky * s.kw + kx) * wb * cw;
+                        let r = ((o * s.kh + ky) * s.kw + kx) * wb;
                         for i in 0..wb {
                             for j in 0..ab {
                                 let xrow = &x[xo + j * cw..xo + (j + 1) * cw];
                                 let mut c = 0u32;
                                 for (k, a) in xrow.iter().enumerate() {
-                                    c += (a & wv.at(wt + i * cw + k)).count_ones();
+                                    let wk = wv.word(r + i, k);
+                                    if stored.is_none() {
+                                        ksum = ksum.wrapping_add(wk.count_ones() << i);
+                                    }
+                                    c += (a & wk).count_ones();
                                 }
                                 kq = kq.wrapping_add(c << (i + j));
                             }
@@ -398,7 +533,10 @@ fn bitserial_body<W: Words, const WB: usize, const AB: usize>(
                 }
                 let numq = (kq.wrapping_mul(2) as i32).wrapping_sub(off.wrapping_mul(qsum as i32));
                 let v = if s.abits == 1 {
-                    numq.wrapping_mul(2).wrapping_sub(wsum_at(s, wbytes, o))
+                    let wsum = stored.unwrap_or_else(|| {
+                        (ksum.wrapping_mul(2) as i32).wrapping_sub(off.wrapping_mul(taps))
+                    });
+                    numq.wrapping_mul(2).wrapping_sub(wsum)
                 } else {
                     numq
                 };

@@ -1354,6 +1354,7 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
         prepared_len,
         prepare,
         run,
+        reads_codes: false,
     })
 }
 

@@ -130,8 +130,9 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
     )?;
     writeln!(
         out,
-        "boards (flash: the model file; SRAM: the arena of a portable-kernel plan, prepared \
-         weights included, as the Cortex-M build runs it; code and stack (docs/MCU.md) not counted):"
+        "boards (flash: the model file; SRAM: the arena of the portable-kernel plan `Plan::fit` \
+         finds for the board, as the Cortex-M build runs it: prepared weights where they fit, \
+         else codes read in place from flash; code and stack (docs/MCU.md) not counted):"
     )?;
     let portable = PlanOptions {
         portable_only: true,

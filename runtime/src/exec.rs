@@ -145,16 +145,22 @@ fn prepare_regions(
         let aux = weights
             .get_mut(lp.aux())
             .ok_or(Error::PlanMismatch { layer: li })?;
-        prepare_aux(&conv, &s, aux);
+        let zp = plan
+            .tensors
+            .get(conv.input as usize)
+            .and_then(|t| t.q)
+            .map_or(0, |q| q.zp);
+        prepare_aux(&conv, &s, zp, aux);
     }
     header[8..16].copy_from_slice(&fingerprint(model, plan).to_le_bytes());
     header[..8].copy_from_slice(&MAGIC);
     Ok(())
 }
 
-/// The driver's tables: `wsum[o]` (abits >= 2) or `S[o][ky][kx]`, the numerator sum of one tap
+/// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or
+/// `S[o][ky][kx]`, the numerator sum of one tap
 /// (abits 1, for the border correction). Empty `aux` (float/reference) is left alone.
-pub(crate) fn prepare_aux(conv: &Conv<'_>, s: &ConvShape, aux: &mut [u8]) {
+pub(crate) fn prepare_aux(conv: &Conv<'_>, s: &ConvShape, zp: i32, aux: &mut [u8]) {
     if aux.is_empty() {
         return;
     }
@@ -178,8 +184,9 @@ pub(crate) fn prepare_aux(conv: &Conv<'_>, s: &ConvShape, aux: &mut [u8]) {
             }
         }
         if !per_tap {
+            // Stored premultiplied by the input's zero point: the correction is one subtraction.
             if let Some(d) = aux.get_mut(o * 4..o * 4 + 4) {
-                d.copy_from_slice(&total.to_le_bytes());
+                d.copy_from_slice(&zp.wrapping_mul(total).to_le_bytes());
             }
         }
     }
@@ -329,13 +336,15 @@ fn load_input(model: &Model<'_>, slot: &TensorSlot, dst: &mut [u8], image: &[u8]
     let c = model.input.shape.c as usize;
     match slot.q {
         Some(_) => {
-            for (i, (d, &v)) in dst.iter_mut().zip(image).enumerate() {
-                *d = model
-                    .input
-                    .lut
-                    .get((i % c) * 256 + v as usize)
-                    .copied()
-                    .unwrap_or(0);
+            // Pixel by pixel, so that the channel is a loop index, not a division.
+            let lut = model.input.lut;
+            for (dp, ip) in dst
+                .chunks_exact_mut(c.max(1))
+                .zip(image.chunks_exact(c.max(1)))
+            {
+                for (ch, (d, &v)) in dp.iter_mut().zip(ip).enumerate() {
+                    *d = lut.get(ch * 256 + v as usize).copied().unwrap_or(0);
+                }
             }
         }
         None => {
@@ -391,16 +400,7 @@ fn run_packed(
                         })
                     }
                 };
-                let c = ta.shape.c as usize;
-                for (k, o) in out.iter_mut().enumerate() {
-                    *o = quant::add_code(
-                        qa.centred(a[k]),
-                        qb.centred(b[k]),
-                        &add.params,
-                        k % c,
-                        &qo,
-                    );
-                }
+                quant::add_rows(a, b, &qa, &qb, &add.params, &qo, ta.shape.c as usize, out);
             }
             Layer::Relu(_) => match ta.q {
                 Some(q) => out
@@ -777,9 +777,24 @@ pub(crate) fn correct(
         if inq.zp == 0 {
             return;
         }
-        for px in acc.chunks_exact_mut(s.cout) {
-            for (o, a) in px.iter_mut().enumerate() {
-                *a = a.wrapping_sub(inq.zp.wrapping_mul(i32_at(aux, o)));
+        // `aux` holds `zp * wsum[o]`; the arena keeps it aligned, so this is a vector loop.
+        match aux
+            .get(..s.cout * 4)
+            .map(bytemuck::try_cast_slice::<u8, i32>)
+        {
+            Some(Ok(zw)) => {
+                for px in acc.chunks_exact_mut(s.cout) {
+                    for (a, &z) in px.iter_mut().zip(zw) {
+                        *a = a.wrapping_sub(z);
+                    }
+                }
+            }
+            _ => {
+                for px in acc.chunks_exact_mut(s.cout) {
+                    for (o, a) in px.iter_mut().enumerate() {
+                        *a = a.wrapping_sub(i32_at(aux, o));
+                    }
+                }
             }
         }
         return;

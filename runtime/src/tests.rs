@@ -194,7 +194,7 @@ fn kernel_exact(
         s.cout * 4
     };
     let mut aux = vec![0u8; al];
-    prepare_aux(conv, s, &mut aux);
+    prepare_aux(conv, s, inq.zp, &mut aux);
     let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
     let row = s.ow * s.cout;
     let mut y0 = 0;

@@ -1575,6 +1575,42 @@ unsafe fn requant_avx2(
     crate::quant::requant_body(raw, aff, outq, cout, acc, dst);
 }
 
+/// The residual add (`quant::add_rows_body`, same result) compiled with AVX2; `false`,
+/// touching nothing, when the CPU lacks AVX2.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_rows(
+    a: &[u8],
+    b: &[u8],
+    qa: &crate::quant::QParams,
+    qb: &crate::quant::QParams,
+    p: &slb_format::AddParams<'_>,
+    qo: &crate::quant::QParams,
+    c: usize,
+    out: &mut [u8],
+) -> bool {
+    if !Features::detect().avx2 {
+        return false;
+    }
+    // SAFETY: `add_rows_avx2` only requires AVX2, detected just above; its body is safe Rust.
+    unsafe { add_rows_avx2(a, b, qa, qb, p, qo, c, out) };
+    true
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+unsafe fn add_rows_avx2(
+    a: &[u8],
+    b: &[u8],
+    qa: &crate::quant::QParams,
+    qb: &crate::quant::QParams,
+    p: &slb_format::AddParams<'_>,
+    qo: &crate::quant::QParams,
+    c: usize,
+    out: &mut [u8],
+) {
+    crate::quant::add_rows_body(a, b, qa, qb, p, qo, c, out);
+}
+
 #[cfg(test)]
 mod tests {
     //! Every SIMD kernel against the plain loop nest, bit for bit, over awkward shapes. A CPU

@@ -1023,3 +1023,49 @@ fn fit_trades_speed_for_a_smaller_arena() {
         Err(Error::ArenaTooSmall { got: 100, .. })
     ));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    /// The portable 8-channels-at-a-time bit packer against the one-bit-at-a-time reference.
+    #[test]
+    fn pack_bits_matches_reference(
+        cin_g in prop::sample::select(vec![1usize, 3, 7, 8, 9, 31, 63, 64, 65, 130]),
+        groups in 1usize..=3,
+        (h, w) in (1usize..=4, 1usize..=4),
+        (ph, pw) in (0usize..=2, 0usize..=2),
+        abits in prop::sample::select(vec![1u8, 2, 4, 8]),
+        pad in any::<u8>(),
+        seed in any::<u64>(),
+    ) {
+        let c = cin_g * groups;
+        let s = ConvShape {
+            hp: h + 2 * ph,
+            wp: w + 2 * pw,
+            c,
+            oh: 1,
+            ow: 1,
+            cout: 1,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            groups,
+            cin_g,
+            cout_g: 1,
+            wbits: 1,
+            abits,
+            cw: cin_g.div_ceil(64),
+            ph,
+            pw,
+        };
+        let mut rng = Rng(seed | 1);
+        let mask = if abits == 8 { 0xff } else { (1u8 << abits) - 1 };
+        let x: Vec<u8> = (0..h * w * c).map(|_| rng.below(256) as u8 & mask).collect();
+        let n = s.hp * s.wp * portable::bit_pixel_words(&s);
+        let mut want = vec![0xdead_beefu64; n];
+        reference::pack_bits_ref(&s, &x, pad & mask, &mut want);
+        let mut got = vec![0x1234u64; n];
+        portable::pack_bits(&s, &x, pad & mask, &mut got);
+        prop_assert_eq!(got, want);
+    }
+}

@@ -574,19 +574,27 @@ pub(crate) fn bit_pixel_words(s: &ConvShape) -> usize {
     s.groups * s.abits as usize * s.cw
 }
 
-/// Packs an HWC u8 tensor into padded bit planes (CONTRACT.md), pad pixels holding `pad`.
+/// Gathers bit 0 of each of the 8 bytes of `v` into one byte (byte `i` -> bit `i`): the
+/// masked bits times `0x0102040810204080` land, without carries, in the top byte.
+#[inline(always)]
+fn gather8(v: u64) -> u64 {
+    (v & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Packs an HWC u8 tensor into padded bit planes (CONTRACT.md), pad pixels holding `pad`:
+/// 8 channels at a time, one multiply per plane ([`gather8`]); equal to the one-bit-at-a-time
+/// `reference::pack_bits_ref` (proptest `pack_bits_matches_reference`).
 pub(crate) fn pack_bits(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) {
     let (h, w, c) = (s.h(), s.w(), s.c);
-    let ab = s.abits as usize;
-    let cw = s.cw;
+    let ab = usize::from(s.abits).min(8);
+    let (cw, cin) = (s.cw, s.cin_g);
     let px = bit_pixel_words(s);
-    // The words of a pad pixel, built once per group/plane.
     for y in 0..s.hp {
         for xx in 0..s.wp {
-            let Some(dst) = out.get_mut((y * s.wp + xx) * px..(y * s.wp + xx + 1) * px) else {
+            let at = (y * s.wp + xx) * px;
+            let Some(dst) = out.get_mut(at..at + px) else {
                 return;
             };
-            dst.fill(0);
             let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
             let src = if inside {
                 let p = ((y - s.ph) * w + (xx - s.pw)) * c;
@@ -595,19 +603,36 @@ pub(crate) fn pack_bits(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) {
                 None
             };
             for g in 0..s.groups {
-                for i in 0..s.cin_g {
-                    let q = match src {
-                        Some(sv) => sv[g * s.cin_g + i],
-                        None => pad,
-                    };
-                    if q == 0 {
-                        continue;
-                    }
-                    let bit = 1u64 << (i % 64);
-                    for p in 0..ab {
-                        if (q >> p) & 1 == 1 {
-                            dst[(g * ab + p) * cw + i / 64] |= bit;
+                for wd in 0..cw {
+                    let c0 = wd * 64;
+                    let n = (cin - c0).min(64);
+                    let mut planes = [0u64; 8];
+                    let mut k = 0;
+                    while k < n {
+                        let m = (n - k).min(8);
+                        let v = match src {
+                            Some(sv) => {
+                                let b = &sv[g * cin + c0 + k..g * cin + c0 + k + m];
+                                if m == 8 {
+                                    u64::from_le_bytes([
+                                        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+                                    ])
+                                } else {
+                                    b.iter().rev().fold(0u64, |v, &q| v << 8 | u64::from(q))
+                                }
+                            }
+                            None => {
+                                u64::from(pad).wrapping_mul(0x0101_0101_0101_0101)
+                                    & (u64::MAX >> (64 - 8 * m))
+                            }
+                        };
+                        for (p, plane) in planes[..ab].iter_mut().enumerate() {
+                            *plane |= gather8(v >> p) << k;
                         }
+                        k += 8;
+                    }
+                    for (p, &plane) in planes[..ab].iter().enumerate() {
+                        dst[(g * ab + p) * cw + wd] = plane;
                     }
                 }
             }

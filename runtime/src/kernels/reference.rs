@@ -3,6 +3,8 @@
 
 use slb_format::{CodeReader, Conv};
 
+#[cfg(test)]
+use super::portable::bit_pixel_words;
 use super::ConvShape;
 use crate::quant::QParams;
 
@@ -65,6 +67,49 @@ pub(crate) fn conv_f32(conv: &Conv<'_>, s: &ConvShape, x: &[f32], out: &mut [f32
                     }
                 }
                 out[(oy * s.ow + ox) * s.cout + o] = sum;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+/// Packs an HWC u8 tensor into padded bit planes (CONTRACT.md), pad pixels holding `pad`: one
+/// bit at a time (the twin of `portable::pack_bits`).
+pub(crate) fn pack_bits_ref(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) {
+    let (h, w, c) = (s.h(), s.w(), s.c);
+    let ab = s.abits as usize;
+    let cw = s.cw;
+    let px = bit_pixel_words(s);
+    // The words of a pad pixel, built once per group/plane.
+    for y in 0..s.hp {
+        for xx in 0..s.wp {
+            let Some(dst) = out.get_mut((y * s.wp + xx) * px..(y * s.wp + xx + 1) * px) else {
+                return;
+            };
+            dst.fill(0);
+            let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
+            let src = if inside {
+                let p = ((y - s.ph) * w + (xx - s.pw)) * c;
+                x.get(p..p + c)
+            } else {
+                None
+            };
+            for g in 0..s.groups {
+                for i in 0..s.cin_g {
+                    let q = match src {
+                        Some(sv) => sv[g * s.cin_g + i],
+                        None => pad,
+                    };
+                    if q == 0 {
+                        continue;
+                    }
+                    let bit = 1u64 << (i % 64);
+                    for p in 0..ab {
+                        if (q >> p) & 1 == 1 {
+                            dst[(g * ab + p) * cw + i / 64] |= bit;
+                        }
+                    }
+                }
             }
         }
     }

@@ -71,11 +71,14 @@ pub enum KernelKind {
     XnorInPlace,
     /// Portable bit-serial reading the model's packed codes in place.
     BitSerialInPlace,
+    /// Portable u8 x i8 dot product decoding the model's packed codes in place, a block of
+    /// channels at a time (weight stationary).
+    Int8DotInPlace,
 }
 
 impl KernelKind {
     /// Every kind, for tests and listings.
-    pub const ALL: [KernelKind; 18] = [
+    pub const ALL: [KernelKind; 19] = [
         KernelKind::Xnor,
         KernelKind::BitSerial,
         KernelKind::Int8Dot,
@@ -94,6 +97,7 @@ impl KernelKind {
         KernelKind::Int8DotSdot,
         KernelKind::XnorInPlace,
         KernelKind::BitSerialInPlace,
+        KernelKind::Int8DotInPlace,
     ];
 
     /// Short name, `algorithm/isa`, e.g. `"xnor-popcnt/avx512"`.
@@ -117,6 +121,7 @@ impl KernelKind {
             KernelKind::Int8DotSdot => "int8-dot/neon-sdot",
             KernelKind::XnorInPlace => "xnor-popcnt/in-place",
             KernelKind::BitSerialInPlace => "bitserial-popcnt/in-place",
+            KernelKind::Int8DotInPlace => "int8-dot/in-place",
         }
     }
 
@@ -137,7 +142,8 @@ impl KernelKind {
             | KernelKind::Int8DotAvx2
             | KernelKind::Int8DotVnni
             | KernelKind::Int8DotNeon
-            | KernelKind::Int8DotSdot => Some(Algo::Int8Dot),
+            | KernelKind::Int8DotSdot
+            | KernelKind::Int8DotInPlace => Some(Algo::Int8Dot),
             KernelKind::Reference => Some(Algo::Reference),
             KernelKind::Float | KernelKind::FloatAvx2 => None,
         }
@@ -313,6 +319,8 @@ pub(crate) fn step_cost(kind: KernelKind) -> u32 {
         // The portable loops with byte-wise word loads from the packed rows (estimate).
         KernelKind::XnorInPlace => 140,
         KernelKind::BitSerialInPlace => 170,
+        // The portable dot plus decoding each code once per output-row chunk (estimate).
+        KernelKind::Int8DotInPlace => 400,
         KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => u32::MAX,
     }
 }
@@ -407,6 +415,7 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
         KernelKind::Int8Dot => portable::kernel(Algo::Int8Dot),
         KernelKind::XnorInPlace => portable::in_place_kernel(Algo::Xnor),
         KernelKind::BitSerialInPlace => portable::in_place_kernel(Algo::BitSerial),
+        KernelKind::Int8DotInPlace => portable::in_place_kernel(Algo::Int8Dot),
         KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => None,
         // X86-HOOK (wired by SIMD).
         #[cfg(target_arch = "x86_64")]

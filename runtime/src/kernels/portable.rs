@@ -35,22 +35,23 @@ pub(crate) fn kernel(algo: Algo) -> Option<ConvKernel> {
 }
 
 /// The portable kernel of an algorithm that reads the model's packed codes in place (from
-/// flash on a microcontroller) instead of prepared weights in the arena: XNOR and bit-serial
-/// only (the int8 dot needs unpacked weights). `None` for the other algorithms.
+/// flash on a microcontroller) instead of prepared weights in the arena. `None` for
+/// [`Algo::Reference`].
 pub(crate) fn in_place_kernel(algo: Algo) -> Option<ConvKernel> {
     let (kind, run) = match algo {
-        Algo::Xnor => (KernelKind::XnorInPlace, xnor_in_place_run as super::BitRun),
+        Algo::Xnor => (KernelKind::XnorInPlace, Run::Bits(xnor_in_place_run)),
         Algo::BitSerial => (
             KernelKind::BitSerialInPlace,
-            bitserial_in_place_run as super::BitRun,
+            Run::Bits(bitserial_in_place_run),
         ),
-        _ => return None,
+        Algo::Int8Dot => (KernelKind::Int8DotInPlace, Run::Bytes(int8_in_place_run)),
+        Algo::Reference => return None,
     };
     Some(ConvKernel {
         kind,
         prepared_len: |_| 0,
         prepare: |_, _, _| {},
-        run: Run::Bits(run),
+        run,
         reads_codes: true,
     })
 }
@@ -203,6 +204,99 @@ fn int8_body<const SIGN: bool>(
                             o += 1;
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// `SPREAD[b]`: byte `i` of the word holds bit `i` of `b` (bit planes to bytes, 8 at a time).
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[b] |= (((b >> i) & 1) as u64) << (8 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// Channels decoded at a time by [`int8_in_place_run`] (its stack buffer).
+const IN_PLACE_BLOCK: usize = 256;
+
+/// The int8 dot reading the model's packed codes in place (`w` = `Conv::codes`), weight
+/// stationary: for each output channel and tap, a block of up to [`IN_PLACE_BLOCK`] input
+/// channels is decoded once (plane bytes spread to code bytes through [`SPREAD`]) into a stack
+/// buffer of i8 numerators and applied to every output pixel of the rows `y0..y1`.
+pub(crate) fn int8_in_place_run(
+    s: &ConvShape,
+    x: &[u8],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    if s.abits == 1 {
+        int8_in_place_body::<true>(s, x, w, y0, y1, acc)
+    } else {
+        int8_in_place_body::<false>(s, x, w, y0, y1, acc)
+    }
+}
+
+fn int8_in_place_body<const SIGN: bool>(
+    s: &ConvShape,
+    x: &[u8],
+    codes: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let n_acc = (y1 - y0) * s.ow * s.cout;
+    let Some(acc) = acc.get_mut(..n_acc) else {
+        return;
+    };
+    acc.fill(0);
+    let row = s.cin_g.div_ceil(8);
+    let wb = s.wbits as usize;
+    let off = (1i32 << wb) - 1;
+    let mut buf = [0u8; IN_PLACE_BLOCK];
+    for o in 0..s.cout {
+        let g = o / s.cout_g;
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let base = ((o * s.kh + ky) * s.kw + kx) * wb * row;
+                let mut i0 = 0;
+                while i0 < s.cin_g {
+                    let n = (s.cin_g - i0).min(IN_PLACE_BLOCK);
+                    // Decode channels i0 .. i0 + n (i0 is a multiple of 8) to numerators.
+                    for (j, chunk) in buf[..n].chunks_mut(8).enumerate() {
+                        let byte = i0 / 8 + j;
+                        let mut k8 = 0u64;
+                        for p in 0..wb {
+                            let b = codes.get(base + p * row + byte).copied().unwrap_or(0);
+                            k8 |= SPREAD[b as usize] << p;
+                        }
+                        for (d, k) in chunk.iter_mut().zip(k8.to_le_bytes()) {
+                            *d = (2 * i32::from(k) - off) as i8 as u8;
+                        }
+                    }
+                    let wv = &buf[..n];
+                    for oy in y0..y1 {
+                        let iy = oy * s.sh + ky;
+                        for ox in 0..s.ow {
+                            let xo = (iy * s.wp + ox * s.sw + kx) * s.c + g * s.cin_g + i0;
+                            let Some(xs) = x.get(xo..xo + n) else {
+                                return;
+                            };
+                            let a = &mut acc[((oy - y0) * s.ow + ox) * s.cout + o];
+                            *a = a.wrapping_add(dot1::<SIGN>(xs, wv));
+                        }
+                    }
+                    i0 += n;
                 }
             }
         }

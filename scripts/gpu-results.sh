@@ -5,6 +5,8 @@
 #   scripts/gpu-results.sh smoke   # 2 epochs each: plain-PyTorch baseline, ours W1A8, ours float
 #   scripts/gpu-results.sh w1a8    # ResNet18-CIFAR W1A8, 100 epochs, packed evaluation
 #   scripts/gpu-results.sh float   # plain-PyTorch baseline (3 epochs) and our float baseline, 100 epochs
+#   scripts/gpu-results.sh profile # where a W1A8 and a float step's time goes (2 epochs each,
+#                                  # 40 steps profiled per epoch: phases, host vs device time)
 set -uo pipefail
 R=$PWD
 OUT=${OUT:-$R/out}
@@ -39,6 +41,10 @@ case "${1:-smoke}" in
     ;;
   w1a8)   # the main run: ResNet18-CIFAR W1A8, 100 epochs, then packed evaluation
     train w1a8 390 --config trainer/configs/fast.toml
+    ;;
+  profile)   # per-phase step times (host enqueue vs total), soft phase and float
+    train w1a8-profile 120 --config trainer/configs/fast.toml --epochs 100 --stop-after 2 --no-export --profile-steps 40
+    train float-profile 90 --config trainer/configs/float.toml --epochs 100 --stop-after 2 --no-export --profile-steps 40
     ;;
   float)   # side-by-side plain-PyTorch baseline (3 epochs), then our float baseline, 100 epochs
     (cd /tmp/d && timeout 45 python3 "$R/scripts/baseline_pytorch.py" cifar10 w1a8 3)

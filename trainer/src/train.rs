@@ -365,7 +365,111 @@ pub struct EpochMetrics {
     pub train_seconds: f64,
     /// Whether BatchNorm was recalibrated after this epoch.
     pub bn_calibrated: bool,
+    /// Where a training step's time goes (`RunOptions::profile_steps`), if profiled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<StepProfile>,
 }
+
+/// Mean time per training step by phase, over the profiled steps of an epoch. The device is
+/// synchronised at every phase boundary, so `total_ms` is the phase's own time; `host_ms` is
+/// the part spent enqueueing it on the host before the synchronisation. A phase whose
+/// `host_ms` is close to its `total_ms` is bound by the host (per-op launch overhead), one
+/// with a much larger `total_ms` by the device.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepProfile {
+    /// Steps measured.
+    pub steps: i64,
+    /// One entry per phase: augment, forward (with the loss), backward (with zero_grad),
+    /// optimizer, metrics.
+    pub phases: Vec<PhaseTime>,
+}
+
+/// One phase of [`StepProfile`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PhaseTime {
+    /// Phase name.
+    pub name: String,
+    /// Mean host time to enqueue the phase, ms.
+    pub host_ms: f64,
+    /// Mean time of the phase including the device's work, ms.
+    pub total_ms: f64,
+}
+
+/// The step phases [`StepProfile`] reports.
+const PHASES: [&str; 5] = ["augment", "forward", "backward", "optimizer", "metrics"];
+
+/// Times the phases of profiled steps (a no-op when off).
+struct Profiler {
+    on: bool,
+    cuda: Option<i64>,
+    last: Instant,
+    host: [f64; PHASES.len()],
+    total: [f64; PHASES.len()],
+    steps: i64,
+}
+
+impl Profiler {
+    fn new(cuda: Option<i64>) -> Profiler {
+        Profiler {
+            on: false,
+            cuda,
+            last: Instant::now(),
+            host: [0.0; PHASES.len()],
+            total: [0.0; PHASES.len()],
+            steps: 0,
+        }
+    }
+
+    fn sync(&self) {
+        if let Some(d) = self.cuda {
+            tch::Cuda::synchronize(d);
+        }
+    }
+
+    /// Starts a step (profiled if `on`).
+    fn start(&mut self, on: bool) {
+        self.on = on;
+        if on {
+            self.sync();
+            self.last = Instant::now();
+        }
+    }
+
+    /// Ends phase `k` of the current step.
+    fn phase(&mut self, k: usize) {
+        if !self.on {
+            return;
+        }
+        let host = self.last.elapsed().as_secs_f64();
+        self.sync();
+        let total = self.last.elapsed().as_secs_f64();
+        self.host[k] += host;
+        self.total[k] += total;
+        if k + 1 == PHASES.len() {
+            self.steps += 1;
+        }
+        self.last = Instant::now();
+    }
+
+    /// The means so far, `None` if no step was profiled.
+    fn report(&self) -> Option<StepProfile> {
+        (self.steps > 0).then(|| StepProfile {
+            steps: self.steps,
+            phases: PHASES
+                .iter()
+                .enumerate()
+                .map(|(k, name)| PhaseTime {
+                    name: name.to_string(),
+                    host_ms: self.host[k] * 1e3 / self.steps as f64,
+                    total_ms: self.total[k] * 1e3 / self.steps as f64,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Steps skipped at the start of an epoch before profiling (cuDNN's algorithm search, caches).
+const PROFILE_WARMUP: i64 = 3;
 
 /// Options of one training run.
 #[derive(Clone, Debug)]
@@ -380,6 +484,10 @@ pub struct RunOptions {
     pub stop_after: Option<i64>,
     /// Show a progress bar (only drawn on a terminal anyway).
     pub progress: bool,
+    /// Profile this many training steps of each epoch (after a few warm-up steps; 0: off):
+    /// the device is synchronised between phases, which slows those steps a little, and the
+    /// means land in `EpochMetrics::profile`.
+    pub profile_steps: i64,
 }
 
 /// The result of a run.
@@ -498,7 +606,10 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
         let mut seen = 0i64;
         let mut lr = cfg.lr_at(step, steps_per_epoch);
         let seed = cfg.seed.wrapping_mul(7919).wrapping_add(epoch as u64);
+        let mut prof = Profiler::new(cuda.then(|| dev_index(dev)));
         for (i, (x, y)) in train_data.batches(cfg.batch_size, true, seed).enumerate() {
+            let i64i = i as i64;
+            prof.start(i64i >= PROFILE_WARMUP && i64i < PROFILE_WARMUP + opts.profile_steps);
             let active = cfg.enable_act_quant && step >= cfg.quant_delay;
             let ctx = Ctx {
                 train: true,
@@ -515,6 +626,7 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
             if cuda && cfg.channels_last {
                 xin = xin.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
             }
+            prof.phase(0);
             let logits = net.forward(&xin, &ctx).to_kind(Kind::Float);
             let loss = logits.cross_entropy_loss::<Tensor>(
                 &y,
@@ -523,10 +635,13 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
                 -100,
                 cfg.label_smoothing,
             );
+            prof.phase(1);
             opt.zero_grad();
             loss.backward();
+            prof.phase(2);
             lr = cfg.lr_at(step, steps_per_epoch);
             opt.step(lr);
+            prof.phase(3);
             step += 1;
             let n = y.size()[0];
             seen += n;
@@ -534,6 +649,7 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
                 loss_sum += loss.detach() * n as f64;
                 correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
             });
+            prof.phase(4);
             if (i as i64 + 1) % cfg.log_every == 0 || i as i64 + 1 == steps_per_epoch {
                 // One host read every log_every steps: the progress bar and the NaN check.
                 let l = loss_sum.double_value(&[]) / seen as f64;
@@ -609,7 +725,20 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
             images_per_s: seen as f64 / secs,
             train_seconds: secs,
             bn_calibrated: calibrate,
+            profile: prof.report(),
         };
+        if let Some(p) = &m.profile {
+            eprintln!(
+                "epoch {epoch}: step profile over {} steps (ms, host / total):",
+                p.steps
+            );
+            for ph in &p.phases {
+                eprintln!(
+                    "  {:<10} {:>8.3} / {:>8.3}",
+                    ph.name, ph.host_ms, ph.total_ms
+                );
+            }
+        }
         let meta = Meta {
             version: 1,
             epoch,

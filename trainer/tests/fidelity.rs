@@ -55,6 +55,7 @@ fn agreement_arch(
         resume: false,
         stop_after: None,
         progress: false,
+        profile_steps: 0,
     };
     run(&cfg, &train, &test, &opts).unwrap();
     let ck = Checkpoint::load(&checkpoint_path(d.path())).unwrap();

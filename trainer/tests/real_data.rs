@@ -57,6 +57,7 @@ fn short_real_training_beats_chance() {
         resume: false,
         stop_after: None,
         progress: false,
+        profile_steps: 0,
     };
     let s = run(&cfg, &train, &test, &opts).unwrap();
     let last = s.epochs.last().unwrap();

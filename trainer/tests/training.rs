@@ -23,6 +23,7 @@ fn opts(out: &std::path::Path, resume: bool, stop_after: Option<i64>) -> RunOpti
         resume,
         stop_after,
         progress: false,
+        profile_steps: 0,
     }
 }
 
@@ -198,4 +199,42 @@ fn export_round_trip_with_trained_ranges() {
 #[test]
 fn export_round_trip_with_calibrated_ranges() {
     check_export(false);
+}
+
+#[test]
+fn profiled_steps_report_every_phase_and_change_nothing() {
+    let _guard = serial();
+    tch::set_num_threads(1);
+    // 96 images at batch 16: 6 steps per epoch, 3 warm-up steps, so 3 profiled of the 5 asked.
+    let train = common::synthetic(96, 16, 4, 1);
+    let test = common::synthetic(16, 16, 4, 2);
+    let cfg = common::tiny_config();
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let plain = run(&cfg, &train, &test, &opts(a.path(), false, Some(1))).unwrap();
+    assert!(plain.epochs[0].profile.is_none());
+    let mut o = opts(b.path(), false, Some(1));
+    o.profile_steps = 5;
+    let profiled = run(&cfg, &train, &test, &o).unwrap();
+    let p = profiled.epochs[0].profile.as_ref().expect("a profile");
+    assert_eq!(p.steps, 3);
+    let names: Vec<&str> = p.phases.iter().map(|ph| ph.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["augment", "forward", "backward", "optimizer", "metrics"]
+    );
+    for ph in &p.phases {
+        assert!(ph.total_ms > 0.0 && ph.host_ms <= ph.total_ms, "{ph:?}");
+    }
+    // Forward and backward dominate a CPU step.
+    let ms = |n: &str| p.phases.iter().find(|ph| ph.name == n).unwrap().total_ms;
+    assert!(ms("forward") + ms("backward") > ms("metrics"));
+    // The profile is in metrics.jsonl too.
+    let jsonl = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
+    assert!(jsonl.contains("\"profile\""), "{jsonl}");
+    // Profiling only synchronises and reads clocks: the weights are the same.
+    assert_eq!(
+        tensors(&checkpoint_path(a.path())),
+        tensors(&checkpoint_path(b.path()))
+    );
 }

@@ -42,6 +42,11 @@ pub struct TrainArgs {
     /// libtorch intra-op CPU threads (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Profile N training steps per epoch (after 3 warm-up steps): time per phase (augment,
+    /// forward, backward, optimizer, metrics), host enqueue vs total with the device
+    /// synchronised; printed and written to metrics.jsonl ("profile").
+    #[arg(long, default_value_t = 0)]
+    pub profile_steps: i64,
 }
 
 /// Runs `slb train`. The configuration is validated before any data is read or any device
@@ -56,6 +61,9 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     }
     if a.stop_after.is_some_and(|n| n <= 0) {
         anyhow::bail!("--stop-after must be greater than 0");
+    }
+    if a.profile_steps < 0 {
+        anyhow::bail!("--profile-steps must be 0 or more");
     }
     let algo = cfg.algorithm()?;
     let device = super::parse_device(&a.device)?;
@@ -87,6 +95,7 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         resume: a.resume,
         stop_after: a.stop_after,
         progress: true,
+        profile_steps: a.profile_steps,
     };
     let summary = run(&cfg, &train, &test, &opts)?;
     if let Some(m) = summary.epochs.last() {

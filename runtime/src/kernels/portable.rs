@@ -263,42 +263,62 @@ fn int8_in_place_body<const SIGN: bool>(
     let row = s.cin_g.div_ceil(8);
     let wb = s.wbits as usize;
     let off = (1i32 << wb) - 1;
-    let mut buf = [0u8; IN_PLACE_BLOCK];
-    for o in 0..s.cout {
-        let g = o / s.cout_g;
-        for ky in 0..s.kh {
-            for kx in 0..s.kw {
-                let base = ((o * s.kh + ky) * s.kw + kx) * wb * row;
-                let mut i0 = 0;
-                while i0 < s.cin_g {
-                    let n = (s.cin_g - i0).min(IN_PLACE_BLOCK);
-                    // Decode channels i0 .. i0 + n (i0 is a multiple of 8) to numerators.
-                    for (j, chunk) in buf[..n].chunks_mut(8).enumerate() {
-                        let byte = i0 / 8 + j;
-                        let mut k8 = 0u64;
-                        for p in 0..wb {
-                            let b = codes.get(base + p * row + byte).copied().unwrap_or(0);
-                            k8 |= SPREAD[b as usize] << p;
+    // Four output channels at a time share every activation load (`dot4`).
+    let mut buf = [[0u8; IN_PLACE_BLOCK]; 4];
+    for g in 0..s.groups {
+        let mut o = g * s.cout_g;
+        let o1 = o + s.cout_g;
+        while o < o1 {
+            let nb = (o1 - o).min(4);
+            for ky in 0..s.kh {
+                for kx in 0..s.kw {
+                    let mut i0 = 0;
+                    while i0 < s.cin_g {
+                        let n = (s.cin_g - i0).min(IN_PLACE_BLOCK);
+                        // Decode channels i0 .. i0 + n (i0 is a multiple of 8) to numerators.
+                        for (j, b) in buf[..nb].iter_mut().enumerate() {
+                            let base = (((o + j) * s.kh + ky) * s.kw + kx) * wb * row;
+                            for (k, chunk) in b[..n].chunks_mut(8).enumerate() {
+                                let byte = i0 / 8 + k;
+                                let mut k8 = 0u64;
+                                for p in 0..wb {
+                                    let v = codes.get(base + p * row + byte).copied().unwrap_or(0);
+                                    k8 |= SPREAD[v as usize] << p;
+                                }
+                                for (d, k) in chunk.iter_mut().zip(k8.to_le_bytes()) {
+                                    *d = (2 * i32::from(k) - off) as i8 as u8;
+                                }
+                            }
                         }
-                        for (d, k) in chunk.iter_mut().zip(k8.to_le_bytes()) {
-                            *d = (2 * i32::from(k) - off) as i8 as u8;
+                        for oy in y0..y1 {
+                            let iy = oy * s.sh + ky;
+                            for ox in 0..s.ow {
+                                let xo = (iy * s.wp + ox * s.sw + kx) * s.c + g * s.cin_g + i0;
+                                let Some(xs) = x.get(xo..xo + n) else {
+                                    return;
+                                };
+                                let at = ((oy - y0) * s.ow + ox) * s.cout + o;
+                                let out = &mut acc[at..at + nb];
+                                if nb == 4 {
+                                    let d = dot4::<SIGN>(
+                                        xs,
+                                        [&buf[0][..n], &buf[1][..n], &buf[2][..n], &buf[3][..n]],
+                                    );
+                                    for (a, v) in out.iter_mut().zip(d) {
+                                        *a = a.wrapping_add(v);
+                                    }
+                                } else {
+                                    for (a, b) in out.iter_mut().zip(&buf) {
+                                        *a = a.wrapping_add(dot1::<SIGN>(xs, &b[..n]));
+                                    }
+                                }
+                            }
                         }
+                        i0 += n;
                     }
-                    let wv = &buf[..n];
-                    for oy in y0..y1 {
-                        let iy = oy * s.sh + ky;
-                        for ox in 0..s.ow {
-                            let xo = (iy * s.wp + ox * s.sw + kx) * s.c + g * s.cin_g + i0;
-                            let Some(xs) = x.get(xo..xo + n) else {
-                                return;
-                            };
-                            let a = &mut acc[((oy - y0) * s.ow + ox) * s.cout + o];
-                            *a = a.wrapping_add(dot1::<SIGN>(xs, wv));
-                        }
-                    }
-                    i0 += n;
                 }
             }
+            o += nb;
         }
     }
 }

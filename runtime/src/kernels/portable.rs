@@ -229,9 +229,11 @@ const SPREAD: [u64; 256] = {
 const IN_PLACE_BLOCK: usize = 256;
 
 /// The int8 dot reading the model's packed codes in place (`w` = `Conv::codes`), weight
-/// stationary: for each output channel and tap, a block of up to [`IN_PLACE_BLOCK`] input
-/// channels is decoded once (plane bytes spread to code bytes through [`SPREAD`]) into a stack
-/// buffer of i8 numerators and applied to every output pixel of the rows `y0..y1`.
+/// stationary: for each block of four output channels and each tap, up to [`IN_PLACE_BLOCK`]
+/// input channels are decoded once (plane bytes spread to code bytes through [`SPREAD`]) into
+/// a stack buffer of i8 numerators (1 KB) and applied to every output pixel of the rows
+/// `y0..y1` with [`dot4`]. On a Cortex-M4 this takes fewer instructions than the prepared int8
+/// kernel (docs/MCU.md).
 pub(crate) fn int8_in_place_run(
     s: &ConvShape,
     x: &[u8],

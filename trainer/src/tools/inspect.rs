@@ -128,16 +128,28 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
         "host arena          {:>12} bytes (activations, scratch, prepared weights)",
         t.arena_bytes
     )?;
+    let portable = PlanOptions {
+        portable_only: true,
+        ..PlanOptions::default()
+    };
+    // The smallest arena any plan of `Plan::fit` needs (every conv it can move in place).
+    let smallest = match Plan::fit(&model, Engine::Packed, portable, 0) {
+        Err(slb_runtime::Error::ArenaTooSmall { needed, .. }) => Some(needed),
+        _ => None,
+    };
+    if let Some(n) = smallest {
+        writeln!(
+            out,
+            "smallest arena      {:>12} bytes (Plan::fit: convs reading their codes in place)",
+            n
+        )?;
+    }
     writeln!(
         out,
         "boards (flash: the model file; SRAM: the arena of the portable-kernel plan `Plan::fit` \
          finds for the board, as the Cortex-M build runs it: prepared weights where they fit, \
          else codes read in place from flash; code and stack (docs/MCU.md) not counted):"
     )?;
-    let portable = PlanOptions {
-        portable_only: true,
-        ..PlanOptions::default()
-    };
     for (name, flash, sram) in BOARDS {
         let arena = Plan::fit(&model, Engine::Packed, portable, sram).map(|p| p.arena_bytes());
         let verdict = match (&arena, t.file_bytes <= flash) {

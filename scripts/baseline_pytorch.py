@@ -109,6 +109,7 @@ def main():
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     bs, n = 512, len(x)
+    ar32 = torch.arange(32, device=dev)
     for ep in range(epochs):
         torch.cuda.synchronize()
         t = time.time()
@@ -117,8 +118,11 @@ def main():
             idx = perm[i : i + bs]
             xb = x[idx].permute(0, 3, 1, 2).float().div(255)
             xb = F.pad(xb, (4, 4, 4, 4))
-            dx, dy = torch.randint(0, 9, (2,), device=dev)
-            xb = torch.roll(xb, shifts=(int(0), int(0)), dims=(2, 3))[:, :, 4:36, 4:36]
+            # Random 32x32 crop per image, on the GPU (no host sync): gather rows and columns.
+            off = torch.randint(0, 9, (2, len(idx)), device=dev)
+            iy, ix = off[0][:, None] + ar32, off[1][:, None] + ar32
+            b = torch.arange(len(idx), device=dev)[:, None, None]
+            xb = xb[b, :, iy[:, :, None], ix[:, None, :]].permute(0, 3, 1, 2)
             flip = torch.rand(len(idx), device=dev) < 0.5
             xb = torch.where(flip.view(-1, 1, 1, 1), xb.flip(3), xb)
             xb = ((xb - mean) / std).contiguous(memory_format=torch.channels_last)

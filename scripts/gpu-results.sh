@@ -7,6 +7,9 @@
 #   scripts/gpu-results.sh float   # plain-PyTorch baseline (3 epochs) and our float baseline, 100 epochs
 #   scripts/gpu-results.sh profile # where a W1A8 and a float step's time goes (2 epochs each,
 #                                  # 40 steps profiled per epoch: phases, host vs device time)
+#   scripts/gpu-results.sh avx512  # the runtime's kernel proptests on the host CPU (AVX-512 VNNI,
+#                                  # VPOPCNTDQ), which the build machine lacks: carry the test
+#                                  # binary as .dev/runtime-tests (scripts/gpu-results.sh prints how)
 set -uo pipefail
 R=$PWD
 OUT=${OUT:-$R/out}
@@ -14,6 +17,18 @@ BIN=$R/.dev/slb
 mkdir -p "$OUT" /tmp/d /tmp/runs
 export LD_LIBRARY_PATH=$(python3 -c 'import torch,os;print(os.path.dirname(torch.__file__))')/lib
 exec > >(tee -a "$OUT/main.log") 2>&1
+if [ "${1:-}" = "avx512" ]; then
+  # Build here with: cargo test -p slb-runtime --release --no-run, then copy the
+  # target/release/deps/slb_runtime-<hash> executable to .dev/runtime-tests.
+  grep -o -w -E 'avx512(f|bw|_vnni|_vpopcntdq)' /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+  .dev/runtime-tests --nocapture > "$OUT/avx512-tests.log" 2>&1
+  rc=$?
+  grep -E "skipped|test result|panicked" "$OUT/avx512-tests.log"
+  if grep -q "skipped .*avx512" "$OUT/avx512-tests.log"; then echo "AVX-512 kernels were skipped"; exit 1; fi
+  echo "runtime tests exit $rc"
+  exit $rc
+fi
+
 date -u
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 [ -d /tmp/d/cifar10 ] || tar -xJf .dev/cifar10-jpeg.tar.xz -C /tmp/d

@@ -1,10 +1,10 @@
-//! The runtime's planner (both engines) on every model that parses, and a run when the arena
-//! is small.
+//! The runtime's planner (both engines, `Plan::new` and `Plan::fit` into half the arena) on
+//! every model that parses, and runs when the arena is small.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use slb_format::Model;
-use slb_runtime::{run, Engine, Plan};
+use slb_runtime::{run, Engine, Plan, PlanOptions};
 
 #[path = "common.rs"]
 mod common;
@@ -34,5 +34,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = run(&m, &plan, &mut arena, &image, &mut logits);
         // A second run reuses the prepared weights.
         let _ = run(&m, &plan, &mut arena, &image, &mut logits);
+        // `Plan::fit` into half that arena: convs move to the in-place kernels, which read the
+        // codes from the model's bytes.
+        if let Ok(small) = Plan::fit(&m, engine, PlanOptions::default(), plan.arena_bytes() / 2) {
+            let mut arena = vec![0u8; small.arena_bytes()];
+            let _ = run(&m, &small, &mut arena, &image, &mut logits);
+        }
     }
 });

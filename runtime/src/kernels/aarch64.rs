@@ -115,24 +115,6 @@ fn i32_at(w: &[u8], at: usize, i: usize) -> i32 {
     }
 }
 
-/// Writes `wsum[o]`, the numerator sum of output channel `o` over all taps, at byte `at`.
-fn write_wsum(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8], at: usize) {
-    let reader = slb_format::CodeReader::new(conv);
-    for o in 0..s.cout {
-        let mut sum = 0i32;
-        for ky in 0..s.kh {
-            for kx in 0..s.kw {
-                for i in 0..s.cin_g {
-                    sum += reader.numerator(o, ky, kx, i);
-                }
-            }
-        }
-        if let Some(d) = out.get_mut(at + 4 * o..at + 4 * o + 4) {
-            d.copy_from_slice(&sum.to_le_bytes());
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // int8 dot
 
@@ -150,7 +132,11 @@ fn int8_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     if let Some(w) = out.get_mut(..n) {
         portable::int8_prepare(conv, s, w);
     }
-    write_wsum(conv, s, out, int8_weight_bytes(s));
+    super::write_wsum(
+        conv,
+        s,
+        out.get_mut(int8_weight_bytes(s)..).unwrap_or(&mut []),
+    );
 }
 
 /// A dot-product flavour: how 16 byte pairs are multiplied and summed into four `i32` lanes.
@@ -395,7 +381,7 @@ fn bits_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
             }
         }
     }
-    write_wsum(conv, s, out, len);
+    super::write_wsum(conv, s, out.get_mut(len..).unwrap_or(&mut []));
 }
 
 fn bits_fits(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &[i32]) -> bool {

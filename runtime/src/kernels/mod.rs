@@ -258,6 +258,26 @@ impl ConvShape {
     }
 }
 
+/// Writes `wsum[o]`, the numerator sum of output channel `o` over all taps, as little-endian
+/// `i32`s at the start of `out` (the table the popcount and sign-activation kernels append to
+/// their prepared weights).
+pub(crate) fn write_wsum(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    let reader = slb_format::CodeReader::new(conv);
+    for o in 0..s.cout {
+        let mut sum = 0i32;
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                for i in 0..s.cin_g {
+                    sum += reader.numerator(o, ky, kx, i);
+                }
+            }
+        }
+        if let Some(d) = out.get_mut(4 * o..4 * o + 4) {
+            d.copy_from_slice(&sum.to_le_bytes());
+        }
+    }
+}
+
 /// A byte-family kernel: padded HWC u8 input.
 pub(crate) type ByteRun = fn(&ConvShape, &[u8], &[u8], usize, usize, &mut [i32]);
 /// A bit-family kernel: padded bit-plane input.

@@ -348,29 +348,8 @@ pub(crate) fn bits_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
             dst.copy_from_slice(src);
         }
     }
-    let off = (1i32 << wb) - 1;
     let ws = nrows * s.cw * 8;
-    let mut codes = [0u8; 64];
-    for o in 0..s.cout {
-        let mut sum = 0i32;
-        for ky in 0..s.kh {
-            for kx in 0..s.kw {
-                let mut i0 = 0;
-                while i0 < s.cin_g {
-                    let n = (s.cin_g - i0).min(64);
-                    decode_range(conv, s, o, ky, kx, i0, &mut codes[..n]);
-                    sum += codes[..n]
-                        .iter()
-                        .map(|&k| 2 * i32::from(k) - off)
-                        .sum::<i32>();
-                    i0 += n;
-                }
-            }
-        }
-        if let Some(d) = out.get_mut(ws + 4 * o..ws + 4 * o + 4) {
-            d.copy_from_slice(&sum.to_le_bytes());
-        }
-    }
+    super::write_wsum(conv, s, out.get_mut(ws..).unwrap_or(&mut []));
 }
 
 /// Reads a little-endian u64 word `i` of a byte slice (0 past the end).

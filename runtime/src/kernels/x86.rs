@@ -1428,23 +1428,6 @@ pub(crate) fn pack_bits(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) -> bo
     true
 }
 
-/// `sum_{taps} num[o]` for every output channel, as little-endian `i32`s.
-fn write_wsum(conv: &Conv<'_>, g: &Geom, out: &mut [u8]) {
-    for o in 0..g.out_c {
-        let mut sum = 0i32;
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                for i in 0..g.cin_g() {
-                    sum += g.numerator(conv.codes, o, ky, kx, i);
-                }
-            }
-        }
-        if let Some(d) = out.get_mut(4 * o..4 * o + 4) {
-            d.copy_from_slice(&sum.to_le_bytes());
-        }
-    }
-}
-
 /// Turns `sum num*q` into `sum num*(2q - 1) = 2 sum num*q - wsum` for 1-bit sign inputs.
 fn sign_fix(s: &ConvShape, wsum: &[u8], acc: &mut [i32]) {
     for row in acc.chunks_exact_mut(s.cout) {
@@ -1464,7 +1447,7 @@ fn glue_a8_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     let n = a8_prepared_len(&g);
     let r = a8_prepare(conv.codes, &g, out);
     debug_assert!(r.is_ok(), "int8 prepare: {r:?}");
-    write_wsum(conv, &g, out.get_mut(n..).unwrap_or(&mut []));
+    super::write_wsum(conv, s, out.get_mut(n..).unwrap_or(&mut []));
 }
 
 fn glue_a8_run(
@@ -1507,7 +1490,7 @@ fn glue_bits_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     let n = bits_prepared_len(&g);
     let r = bits_prepare(conv.codes, &g, out);
     debug_assert!(r.is_ok(), "bit prepare: {r:?}");
-    write_wsum(conv, &g, out.get_mut(n..).unwrap_or(&mut []));
+    super::write_wsum(conv, s, out.get_mut(n..).unwrap_or(&mut []));
 }
 
 fn glue_bits_run(

@@ -80,25 +80,45 @@ impl QConv {
         }
     }
 
+    /// The conv's weight for `ctx` (relaxed or hard; bf16 under mixed precision). A network
+    /// computes all of its weights at once instead ([`Net::conv_weights`]).
+    pub fn weight(&self, ctx: &Ctx) -> Tensor {
+        let w = self.conv.weight(ctx.t, ctx.hard);
+        if ctx.amp {
+            w.to_kind(tch::Kind::BFloat16)
+        } else {
+            w
+        }
+    }
+
     /// Raw conv output after its node (before BatchNorm).
     pub fn raw_forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        let w = self.conv.weight(ctx.t, ctx.hard);
-        let y = if ctx.amp {
-            let bf = tch::Kind::BFloat16;
-            // Back to f32 for the node and BatchNorm (the node converts anyway; a float-weight
-            // baseline without nodes must not hand bf16 to BatchNorm and the dense layer).
-            self.conv
-                .conv(&x.to_kind(bf), &w.to_kind(bf))
-                .to_kind(tch::Kind::Float)
+        self.raw_forward_with(x, &self.weight(ctx), ctx)
+    }
+
+    /// [`QConv::raw_forward`] with the weight `w` given (as [`QConv::weight`] makes it).
+    pub fn raw_forward_with(&self, x: &Tensor, w: &Tensor, ctx: &Ctx) -> Tensor {
+        // Under mixed precision the output stays bf16 from here on: the node, BatchNorm (f32
+        // statistics and affine parameters on a bf16 input, as libtorch's autocast runs it),
+        // ReLU and the residual adds all read and write half the bytes, and the next conv's
+        // cast is a no-op. The head averages in f32 ([`Net::forward`]).
+        let x = if ctx.amp {
+            x.to_kind(tch::Kind::BFloat16)
         } else {
-            self.conv.conv(x, &w)
+            x.shallow_clone()
         };
-        self.raw.forward(&y, false, ctx.q)
+        self.raw.forward(&self.conv.conv(&x, w), false, ctx.q)
     }
 
     /// BatchNorm of the raw node's output.
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
-        self.bn.forward_t(&self.raw_forward(x, ctx), ctx.train)
+        self.forward_with(x, &self.weight(ctx), ctx)
+    }
+
+    /// [`QConv::forward`] with the weight `w` given.
+    pub fn forward_with(&self, x: &Tensor, w: &Tensor, ctx: &Ctx) -> Tensor {
+        self.bn
+            .forward_t(&self.raw_forward_with(x, w, ctx), ctx.train)
     }
 }
 
@@ -266,21 +286,70 @@ impl Net {
         self.act_bits != 1
     }
 
+    /// The weights of every conv ([`Net::convs`] order) for `ctx`, as [`QConv::weight`] makes
+    /// them but computed in one expression over all the logits: one concatenation, one
+    /// relaxed (or argmax) weight and one cast for the network instead of a few kernels per
+    /// conv, forward and backward. The results are views into that one tensor.
+    pub fn conv_weights(&self, ctx: &Ctx) -> Vec<Tensor> {
+        let convs = self.convs();
+        if !ctx.amp && self.weight_bits == 0 {
+            return convs.iter().map(|c| c.weight(ctx)).collect();
+        }
+        let n = if self.weight_bits == 0 {
+            1
+        } else {
+            1i64 << self.weight_bits
+        };
+        let parts: Vec<Tensor> = convs
+            .iter()
+            .map(|c| c.conv.logits.reshape([-1, n]))
+            .collect();
+        let all = Tensor::cat(&parts, 0);
+        let w = if self.weight_bits == 0 {
+            all.reshape([-1])
+        } else if ctx.hard {
+            super::quant::hard_weight(&all, self.weight_bits)
+        } else {
+            super::quant::relaxed_weight_with(&all, ctx.t, &convs[0].conv.wl)
+        };
+        let w = if ctx.amp {
+            w.to_kind(tch::Kind::BFloat16)
+        } else {
+            w
+        };
+        let sizes: Vec<i64> = parts.iter().map(|p| p.size()[0]).collect();
+        w.split_with_sizes(&sizes, 0)
+            .into_iter()
+            .zip(&convs)
+            .map(|(w, c)| {
+                // [out, in/groups, kh, kw] (the logits have a last axis of 2^bits).
+                w.view(&c.conv.logits.size()[..4])
+            })
+            .collect()
+    }
+
     /// The quantized feature map before the head.
     pub fn features(&self, x: &Tensor, ctx: &Ctx) -> Tensor {
         let relu = self.relu();
+        let weights = self.conv_weights(ctx);
+        let mut w = weights.iter();
+        // `conv_weights` has one weight per conv in `convs()` order, the order used here.
+        let mut next = || w.next().expect("one weight per conv");
         let mut x = self.input.forward(x, false, ctx.q);
         for s in &self.stages {
             x = match s {
-                Stage::Conv { conv, q } => q.forward(&conv.forward(&x, ctx), relu, ctx.q),
+                Stage::Conv { conv, q } => {
+                    q.forward(&conv.forward_with(&x, next(), ctx), relu, ctx.q)
+                }
                 Stage::MaxPool { k, s, p } => {
                     x.max_pool2d([*k, *k], [*s, *s], [*p, *p], [1, 1], false)
                 }
                 Stage::Block(b) => {
-                    let h = b.q1.forward(&b.conv1.forward(&x, ctx), relu, ctx.q);
-                    let main = b.conv2.forward(&h, ctx);
+                    let h =
+                        b.q1.forward(&b.conv1.forward_with(&x, next(), ctx), relu, ctx.q);
+                    let main = b.conv2.forward_with(&h, next(), ctx);
                     let short = match &b.down {
-                        Some(d) => d.forward(&x, ctx),
+                        Some(d) => d.forward_with(&x, next(), ctx),
                         None => x.shallow_clone(),
                     };
                     b.out.forward(&(main + short), relu, ctx.q)
@@ -296,9 +365,10 @@ impl Net {
         let f = if self.flatten {
             f.flatten(1, -1)
         } else {
-            f.mean_dim([2i64, 3].as_slice(), false, f.kind())
+            f.mean_dim([2i64, 3].as_slice(), false, tch::Kind::Float)
         };
-        f.apply(&self.dense)
+        // The dense layer is f32 (its input is bf16 under mixed precision).
+        f.to_kind(tch::Kind::Float).apply(&self.dense)
     }
 
     /// Every SLB conv, in execution order (block order conv1, conv2, downsample).
@@ -358,5 +428,93 @@ mod tests {
         // ResNet20: stem + 18 + 2 downsamples.
         assert_eq!(count(Arch::Resnet20, 4, 32), (21, vec![2, 10]));
         assert_eq!(count(Arch::VggSmall, 8, 32), (6, vec![2, 10]));
+    }
+
+    /// Mixed precision keeps activations bf16 from the first conv to the head: the raw node,
+    /// BatchNorm, ReLU, the activation nodes and the residual adds all run on bf16 (CPU
+    /// kernels here; the same ops on CUDA), the logits are f32 and every variable gets a
+    /// finite gradient.
+    #[test]
+    fn mixed_precision_is_bf16_end_to_end() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = NetConfig {
+            arch: Arch::Resnet18Cifar,
+            num_classes: 10,
+            width: 8,
+            image_size: 16,
+        };
+        let net = Net::new(&vs.root(), cfg, 1, 8);
+        let ctx = |amp| Ctx {
+            train: true,
+            t: 1.0,
+            hard: false,
+            q: QuantMode {
+                observe: true,
+                quantize: true,
+                ema: false,
+            },
+            amp,
+        };
+        let x = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let first = &net.convs()[0];
+        let raw = first.raw_forward(&net.input.forward(&x, false, ctx(true).q), &ctx(true));
+        assert_eq!(raw.kind(), Kind::BFloat16);
+        assert_eq!(first.forward(&x, &ctx(true)).kind(), Kind::BFloat16);
+        assert_eq!(net.features(&x, &ctx(true)).kind(), Kind::BFloat16);
+        let logits = net.forward(&x, &ctx(true));
+        assert_eq!(logits.kind(), Kind::Float);
+        let reference = net.forward(&x, &ctx(false));
+        // Same network, bf16 vs f32 activations: close, not equal.
+        let diff = (&logits - &reference).abs().max().double_value(&[]);
+        let scale = reference.abs().max().double_value(&[]);
+        assert!(
+            diff.is_finite() && diff > 0.0 && diff < 0.25 * scale.max(1e-3),
+            "{diff} vs {scale}"
+        );
+        logits.square().sum(Kind::Float).backward();
+        for (name, v) in vs.trainable_variables().iter().enumerate() {
+            let g = v.grad();
+            assert!(g.defined(), "variable {name} has no gradient");
+            assert!(g.isfinite().all().int64_value(&[]) == 1, "variable {name}");
+        }
+    }
+
+    /// The batched weights equal each conv's own, bit for bit: relaxed, hard, f32 and bf16,
+    /// SLB and float convs.
+    #[test]
+    fn batched_conv_weights_equal_per_conv_weights() {
+        for bits in [0u8, 1, 2, 4] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let cfg = NetConfig {
+                arch: Arch::Resnet20,
+                num_classes: 10,
+                width: 4,
+                image_size: 16,
+            };
+            let net = Net::new(&vs.root(), cfg, bits, 8);
+            for (hard, amp) in [(false, false), (true, false), (false, true), (true, true)] {
+                let ctx = Ctx {
+                    train: true,
+                    t: 2.5,
+                    hard,
+                    q: QuantMode {
+                        observe: true,
+                        quantize: true,
+                        ema: false,
+                    },
+                    amp,
+                };
+                let batched = net.conv_weights(&ctx);
+                let convs = net.convs();
+                assert_eq!(batched.len(), convs.len());
+                for (w, c) in batched.iter().zip(&convs) {
+                    let own = c.weight(&ctx);
+                    assert_eq!(w.size(), own.size());
+                    assert_eq!(w.kind(), own.kind());
+                    assert!(w.equal(&own), "bits {bits} hard {hard} amp {amp}");
+                }
+            }
+        }
     }
 }

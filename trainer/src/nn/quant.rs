@@ -143,9 +143,9 @@ pub enum ActKind {
         scale: Tensor,
         /// Working zero point of the fused observer (`[1]`, i32).
         zp: Tensor,
-        /// Constant 1 and 0 (`[1]`, i64) switching the fused op's fake quant on and off
-        /// without a host round trip.
-        on_off: (Tensor, Tensor),
+        /// Constant 1 (`[1]`, i64): libtorch's "fake quant enabled" flag, a tensor so that
+        /// nothing is read back to the host.
+        on: Tensor,
     },
     /// 1 bit: `scale * sign(x)` (sign(0) = +1), gradient straight through where |x| <= 1.
     Sign {
@@ -192,15 +192,11 @@ pub fn minmax_qparams(min: &Tensor, max: &Tensor, bits: u8) -> (Tensor, Tensor) 
 
 /// Fake quantization exactly as SLB.md: nudged range `[-zp*s, (qmax - zp)*s]`,
 /// `round((clamp(x) - nmin) / s) * s + nmin`, gradient straight through inside the range.
-/// Uses libtorch's fused op with tensor qparams.
+/// Uses libtorch's fused op with tensor qparams; the result has `x`'s dtype (f32, or bf16
+/// under mixed precision, where the op computes in f32 and rounds the result once).
 pub fn fake_quant(x: &Tensor, scale: &Tensor, zp: &Tensor, bits: u8) -> Tensor {
     let qmax = (1i64 << bits) - 1;
-    let xf = if x.kind() == Kind::Float {
-        x.shallow_clone()
-    } else {
-        x.to_kind(Kind::Float)
-    };
-    xf.fake_quantize_per_tensor_affine_tensor_qparams(
+    x.fake_quantize_per_tensor_affine_tensor_qparams(
         &scale.to_kind(Kind::Float),
         &zp.to_kind(Kind::Int),
         0,
@@ -224,10 +220,7 @@ impl ActQuant {
                 max,
                 scale: Tensor::full([1], 12.0 / 255.0, (Kind::Float, dev)),
                 zp: Tensor::full([1], 128, (Kind::Int, dev)),
-                on_off: (
-                    Tensor::ones([1], (Kind::Int64, dev)),
-                    Tensor::zeros([1], (Kind::Int64, dev)),
-                ),
+                on: Tensor::ones([1], (Kind::Int64, dev)),
             },
         }
     }
@@ -272,23 +265,31 @@ impl ActQuant {
                 max,
                 scale,
                 zp,
-                on_off,
+                on,
             } => {
                 let x = if relu { x.relu() } else { x.shallow_clone() };
                 if mode.observe {
-                    // libtorch's fused observer + fake quant: range update (batch min/max with
-                    // averaging constant 1, or the EMA), qparams and fake quant in one op, all
-                    // on the device; its backward is the straight-through mask.
-                    let xf = if x.kind() == Kind::Float {
-                        x
-                    } else {
-                        x.to_kind(Kind::Float)
-                    };
+                    // The batch range in one pass over `x` (any dtype, any strides), then
+                    // libtorch's fused observer on that 2-element range: the min/max update
+                    // (averaging constant 1, or the EMA) and the nudged qparams, on the device.
+                    // The fused op on `x` itself would first copy a channels-last `x` to NCHW
+                    // and accepts only f32.
+                    let (lo, hi) = tch::no_grad(|| x.aminmax(None, false));
+                    let range = Tensor::stack(&[lo, hi], 0).to_kind(Kind::Float);
                     let c = if mode.ema { 0.001 } else { 1.0 };
-                    let fq = if mode.quantize { &on_off.0 } else { &on_off.1 };
-                    return xf.fused_moving_avg_obs_fake_quant(
-                        &on_off.0, fq, min, max, scale, zp, c, 0, 255, 0, false, false,
+                    let _ = range.fused_moving_avg_obs_fake_quant(
+                        on, on, min, max, scale, zp, c, 0, 255, 0, false, false,
                     );
+                    if !mode.quantize {
+                        return x;
+                    }
+                    // The fused op's own fake quant (one pass, f32 or bf16), whose backward
+                    // is the straight-through mask.
+                    return x
+                        .internal_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+                            scale, zp, on, 0, 255,
+                        )
+                        .0;
                 }
                 if mode.quantize {
                     let (s, zp) = minmax_qparams(min, max, 8);

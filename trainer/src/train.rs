@@ -126,7 +126,7 @@ impl Sgd {
             for (name, mut var) in named {
                 let n = var.numel() as i64;
                 let mut view = flat.narrow(0, off, n).view(var.size().as_slice());
-                let _ = view.copy_(&var);
+                view.copy_(&var);
                 var.set_data(&view);
                 vars.push((name, var, off, n));
                 off += n;

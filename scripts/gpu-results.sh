@@ -7,6 +7,8 @@
 #   scripts/gpu-results.sh float   # plain-PyTorch baseline (3 epochs) and our float baseline, 100 epochs
 #   scripts/gpu-results.sh profile # where a W1A8 and a float step's time goes (2 epochs each,
 #                                  # 40 steps profiled per epoch: phases, host vs device time)
+#   scripts/gpu-results.sh speed   # epoch times side by side: W1A8 with CUDA graphs, W1A8 eager,
+#                                  # float with graphs (a few epochs each, activation nodes on)
 #   scripts/gpu-results.sh avx512  # the runtime's kernel proptests on the host CPU (AVX-512 VNNI,
 #                                  # VPOPCNTDQ), which the build machine lacks: carry the test
 #                                  # binary as .dev/runtime-tests (scripts/gpu-results.sh prints how)
@@ -62,6 +64,13 @@ case "${1:-smoke}" in
     sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml
     train w1a8-profile 120 --config /tmp/fast-q0.toml --epochs 100 --stop-after 2 --no-export --profile-steps 40
     train float-profile 90 --config trainer/configs/float.toml --epochs 100 --stop-after 2 --no-export --profile-steps 40
+    ;;
+  speed)   # CUDA graphs against the eager step, same binary, same machine, same minute
+    sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml
+    (cat /tmp/fast-q0.toml; echo 'cuda_graphs = false') > /tmp/fast-q0-eager.toml
+    train w1a8-graphs 150 --config /tmp/fast-q0.toml --epochs 100 --stop-after 4 --no-export
+    train w1a8-eager 150 --config /tmp/fast-q0-eager.toml --epochs 100 --stop-after 3 --no-export
+    train float-graphs 90 --config trainer/configs/float.toml --epochs 100 --stop-after 4 --no-export
     ;;
   float)   # side-by-side plain-PyTorch baseline (3 epochs), then our float baseline, 100 epochs
     (cd /tmp/d && timeout 45 python3 "$R/scripts/baseline_pytorch.py" cifar10 w1a8 3)

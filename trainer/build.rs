@@ -1,21 +1,72 @@
 //! Keeps libtorch_cuda linked (tch calls nothing in it directly, so `--as-needed` would drop it
-//! and CUDA would look unavailable) and adds an rpath to torch's library folder for local runs.
+//! and CUDA would look unavailable), adds an rpath to torch's library folder for local runs, and
+//! compiles the CUDA graph shim (`csrc/cuda_graph.cpp`) when libtorch has CUDA and the CUDA
+//! runtime headers are next to it (the `nvidia-*` wheels that `torch` installs) or under
+//! `CUDA_HOME`. Without them the trainer builds without CUDA graphs (`slb_cuda_graph` unset).
+use std::path::{Path, PathBuf};
+
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rustc-check-cfg=cfg(slb_cuda_graph)");
     // LIBTORCH is set by .cargo/config.toml to .venv/libtorch; resolve the link so the rpath
     // survives a rebuild of the venv at the same place.
-    let lib = std::env::var("LIBTORCH")
+    let Some(root) = std::env::var("LIBTORCH")
         .ok()
-        .map(|p| std::path::Path::new(&p).join("lib"))
         .and_then(|p| std::fs::canonicalize(p).ok())
-        .map(|p| p.display().to_string());
-    if let Some(lib) = lib {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-        if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {
-            println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-            println!("cargo:rustc-link-arg=-ltorch_cuda");
-            println!("cargo:rustc-link-arg=-Wl,--as-needed");
-        }
+    else {
+        return;
+    };
+    let lib = root.join("lib");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if !lib.join("libtorch_cuda.so").exists() {
+        return;
     }
+    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+    println!("cargo:rustc-link-arg=-ltorch_cuda");
+    println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    match cuda_include(&root) {
+        Some(cuda) if root.join("include/ATen/cuda/CUDAGraph.h").exists() => {
+            cc::Build::new()
+                .cpp(true)
+                .std("c++17")
+                .file("csrc/cuda_graph.cpp")
+                .include(root.join("include"))
+                .include(root.join("include/torch/csrc/api/include"))
+                .include(cuda)
+                .define("_GLIBCXX_USE_CXX11_ABI", "1")
+                .warnings(false)
+                .compile("slb_cuda_graph");
+            println!("cargo:rustc-link-search=native={}", lib.display());
+            for l in ["torch_cuda", "c10_cuda", "torch_cpu", "c10"] {
+                println!("cargo:rustc-link-lib=dylib={l}");
+            }
+            println!("cargo:rustc-cfg=slb_cuda_graph");
+        }
+        _ => println!(
+            "cargo:warning=no CUDA runtime headers next to libtorch: building without CUDA graphs"
+        ),
+    }
+}
+
+/// A folder with the CUDA runtime headers (`cuda_runtime.h` and the `crt/` it includes):
+/// `$CUDA_HOME/include`, else one in the Python environment that holds torch (`root` is
+/// `<site-packages>/torch`): the `nvidia/*` wheels, or the toolkit headers of the `triton`
+/// wheel that torch depends on.
+fn cuda_include(root: &Path) -> Option<PathBuf> {
+    let has = |p: &Path| p.join("cuda_runtime.h").exists() && p.join("crt/host_config.h").exists();
+    let mut candidates = Vec::new();
+    if let Some(h) = std::env::var_os("CUDA_HOME") {
+        candidates.push(PathBuf::from(h).join("include"));
+    }
+    let site = root.parent()?;
+    if let Ok(dirs) = std::fs::read_dir(site.join("nvidia")) {
+        let mut v: Vec<PathBuf> = dirs.flatten().map(|e| e.path().join("include")).collect();
+        v.sort();
+        candidates.extend(v.into_iter().rev());
+    }
+    candidates.push(site.join("triton/backends/nvidia/include"));
+    candidates.into_iter().find(|p| has(p))
 }

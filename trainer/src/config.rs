@@ -78,6 +78,9 @@ pub struct Config {
     pub mixed_precision: bool,
     /// NHWC (channels-last) activations on CUDA.
     pub channels_last: bool,
+    /// Record each full-batch training step as a CUDA graph and replay it (CUDA only; off
+    /// while `--profile-steps` times phases). Same arithmetic as the eager step.
+    pub cuda_graphs: bool,
     /// Plain float convolutions instead of SLB ones: the float baseline of the accuracy table
     /// (such a network cannot be exported to a packed model).
     pub float_weights: bool,
@@ -130,6 +133,7 @@ impl Default for Config {
             ema: false,
             mixed_precision: true,
             channels_last: true,
+            cuda_graphs: true,
             float_weights: false,
             crop_pad: 4,
             flip: true,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod graph;
 pub mod nn;
 pub mod tools;
 pub mod train;

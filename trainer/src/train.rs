@@ -12,6 +12,7 @@ use crate::algo::SlbQuantAwareTraining;
 use crate::config::Config;
 use crate::data::{Augment, Dataset, DeviceData};
 use crate::error::{Error, Result};
+use crate::graph::StepGraph;
 use crate::nn::net::{Ctx, Net, NetConfig};
 use crate::nn::QuantMode;
 
@@ -82,6 +83,8 @@ pub struct Sgd {
     grad: Option<Tensor>,
     /// Zeros standing in for a variable that got no gradient (as long as the largest one).
     zeros: Tensor,
+    /// The learning rate, a device scalar so that a captured step reads the current one.
+    lr: Tensor,
     /// Elements of the decayed variables (the head of `flat`).
     n_decay: i64,
     momentum: f64,
@@ -138,6 +141,7 @@ impl Sgd {
             flat,
             grad: None,
             zeros: Tensor::zeros([largest], opts),
+            lr: Tensor::zeros([], opts),
             n_decay,
             momentum,
             nesterov,
@@ -167,8 +171,20 @@ impl Sgd {
     }
 
     /// One step at learning rate `lr` with the gradient of the last [`Sgd::backward`] (none
-    /// yet: a zero gradient).
+    /// yet: a zero gradient): [`Sgd::set_lr`] then [`Sgd::apply`].
     pub fn step(&mut self, lr: f64) {
+        self.set_lr(lr);
+        self.apply();
+    }
+
+    /// Sets the learning rate the next [`Sgd::apply`] uses (in place, on the device).
+    pub fn set_lr(&mut self, lr: f64) {
+        let _ = self.lr.fill_(lr);
+    }
+
+    /// The update itself, reading the learning rate from the device: nothing in it comes from
+    /// the host, so a CUDA graph can record it once.
+    pub fn apply(&mut self) {
         tch::no_grad(|| {
             let g = match self.grad.take() {
                 Some(g) => g,
@@ -186,7 +202,7 @@ impl Sgd {
             } else {
                 self.buf.shallow_clone()
             };
-            let _ = self.flat.g_sub_(&(d * lr));
+            let _ = self.flat.g_sub_(&(d * &self.lr));
         });
     }
 
@@ -634,6 +650,16 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
         epochs: Vec::new(),
         checkpoint: ckpt_path.clone(),
     };
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, dev));
+    let mut correct = Tensor::zeros([], (Kind::Int64, dev));
+    let mut graphs = if cuda && cfg.cuda_graphs && opts.profile_steps == 0 {
+        if !crate::graph::AVAILABLE {
+            eprintln!("CUDA graphs off (this slb was built without them); training runs eagerly");
+        }
+        crate::graph::AVAILABLE.then(|| StepGraph::new(dev_index(dev)))
+    } else {
+        None
+    };
     for epoch in first..=last {
         let temp = algo.temperature(epoch);
         // Every epoch's randomness depends only on (seed, epoch): resuming reproduces it.
@@ -656,8 +682,9 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
             None
         };
         let t0 = Instant::now();
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, dev));
-        let mut correct = Tensor::zeros([], (Kind::Int64, dev));
+        // Zeroed in place: a captured step accumulates into these very tensors.
+        let _ = loss_sum.zero_();
+        let _ = correct.zero_();
         let mut seen = 0i64;
         let mut lr = cfg.lr_at(step, steps_per_epoch);
         let seed = cfg.seed.wrapping_mul(7919).wrapping_add(epoch as u64);
@@ -682,28 +709,40 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
                 xin = xin.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
             }
             prof.phase(0);
-            let logits = net.forward(&xin, &ctx).to_kind(Kind::Float);
-            let loss = logits.cross_entropy_loss::<Tensor>(
-                &y,
-                None,
-                tch::Reduction::Mean,
-                -100,
-                cfg.label_smoothing,
-            );
-            prof.phase(1);
-            opt.backward(&loss);
-            prof.phase(2);
             lr = cfg.lr_at(step, steps_per_epoch);
-            opt.step(lr);
-            prof.phase(3);
-            step += 1;
+            opt.set_lr(lr);
             let n = y.size()[0];
+            let mut body = |x: &Tensor, y: &Tensor, prof: &mut Profiler| {
+                let logits = net.forward(x, &ctx).to_kind(Kind::Float);
+                let loss = logits.cross_entropy_loss::<Tensor>(
+                    y,
+                    None,
+                    tch::Reduction::Mean,
+                    -100,
+                    cfg.label_smoothing,
+                );
+                prof.phase(1);
+                opt.backward(&loss);
+                prof.phase(2);
+                opt.apply();
+                prof.phase(3);
+                tch::no_grad(|| {
+                    loss_sum += loss.detach() * n as f64;
+                    correct += logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
+                });
+                prof.phase(4);
+            };
+            let replayed = match graphs.as_mut() {
+                Some(g) if n == cfg.batch_size => {
+                    g.step(&ctx, &xin, &y, |x, y| body(x, y, &mut Profiler::new(None)))
+                }
+                _ => false,
+            };
+            if !replayed {
+                body(&xin, &y, &mut prof);
+            }
+            step += 1;
             seen += n;
-            tch::no_grad(|| {
-                loss_sum += loss.detach() * n as f64;
-                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
-            });
-            prof.phase(4);
             if (i as i64 + 1) % cfg.log_every == 0 || i as i64 + 1 == steps_per_epoch {
                 // One host read every log_every steps: the progress bar and the NaN check.
                 let l = loss_sum.double_value(&[]) / seen as f64;

@@ -7,6 +7,7 @@
 #   scripts/gpu-results.sh float   # plain-PyTorch baseline (3 epochs) and our float baseline, 100 epochs
 #   scripts/gpu-results.sh profile # where a W1A8 and a float step's time goes (2 epochs each,
 #                                  # 40 steps profiled per epoch: phases, host vs device time)
+#   scripts/gpu-results.sh trace   # GPU time per kernel of 10 eager steps, W1A8 and float (Kineto)
 #   scripts/gpu-results.sh speed   # epoch times side by side: W1A8 with CUDA graphs, W1A8 eager,
 #                                  # float with graphs (a few epochs each, activation nodes on)
 #   scripts/gpu-results.sh avx512  # the runtime's kernel proptests on the host CPU (AVX-512 VNNI,
@@ -64,6 +65,14 @@ case "${1:-smoke}" in
     sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml
     train w1a8-profile 120 --config /tmp/fast-q0.toml --epochs 100 --stop-after 2 --no-export --profile-steps 40
     train float-profile 90 --config trainer/configs/float.toml --epochs 100 --stop-after 2 --no-export --profile-steps 40
+    ;;
+  trace)   # which kernels take a step's GPU time (10 eager steps of epoch 1, activation nodes on)
+    sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml
+    train w1a8-trace 120 --config /tmp/fast-q0.toml --epochs 100 --stop-after 1 --no-export --profile-steps 10 --trace "$OUT/w1a8-trace.json"
+    python3 scripts/trace_summary.py "$OUT/w1a8-trace.json" 10 45
+    train float-trace 90 --config trainer/configs/float.toml --epochs 100 --stop-after 1 --no-export --profile-steps 10 --trace "$OUT/float-trace.json"
+    python3 scripts/trace_summary.py "$OUT/float-trace.json" 10 25
+    gzip -f "$OUT"/*-trace.json
     ;;
   speed)   # CUDA graphs against the eager step, same binary, same machine, same minute
     sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml

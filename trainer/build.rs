@@ -1,6 +1,6 @@
 //! Keeps libtorch_cuda linked (tch calls nothing in it directly, so `--as-needed` would drop it
 //! and CUDA would look unavailable), adds an rpath to torch's library folder for local runs, and
-//! compiles the CUDA graph shim (`csrc/cuda_graph.cpp`) when libtorch has CUDA and the CUDA
+//! compiles the CUDA graph and profiler shims (`csrc/`) when libtorch has CUDA and the CUDA
 //! runtime headers are next to it (the `nvidia-*` wheels that `torch` installs) or under
 //! `CUDA_HOME`. Without them the trainer builds without CUDA graphs (`slb_cuda_graph` unset).
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
+    println!("cargo:rerun-if-changed=csrc/profiler.cpp");
     println!("cargo:rustc-check-cfg=cfg(slb_cuda_graph)");
     // LIBTORCH is set by .cargo/config.toml to .venv/libtorch; resolve the link so the rpath
     // survives a rebuild of the venv at the same place.
@@ -33,6 +34,7 @@ fn main() {
                 .cpp(true)
                 .std("c++17")
                 .file("csrc/cuda_graph.cpp")
+                .file("csrc/profiler.cpp")
                 .include(root.join("include"))
                 .include(root.join("include/torch/csrc/api/include"))
                 .include(cuda)

@@ -47,9 +47,12 @@ SlbGraph* slb_graph_new(int device, char* err, size_t len) {
   }
 }
 
+// Frees the graph, then returns the cached blocks of the allocator (its private pool
+// included) to the device, so that the next capture starts from free memory.
 void slb_graph_free(SlbGraph* g) {
   try {
     delete g;
+    c10::cuda::CUDACachingAllocator::emptyCache();
   } catch (...) {
   }
 }

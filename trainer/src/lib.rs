@@ -10,10 +10,10 @@
 pub mod algo;
 pub mod cli;
 pub mod config;
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod export;
-pub mod graph;
 pub mod nn;
 pub mod tools;
 pub mod train;

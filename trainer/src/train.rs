@@ -10,9 +10,9 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::algo::SlbQuantAwareTraining;
 use crate::config::Config;
+use crate::cuda::StepGraph;
 use crate::data::{Augment, Dataset, DeviceData};
 use crate::error::{Error, Result};
-use crate::graph::StepGraph;
 use crate::nn::net::{Ctx, Net, NetConfig};
 use crate::nn::QuantMode;
 
@@ -559,6 +559,9 @@ pub struct RunOptions {
     /// the device is synchronised between phases, which slows those steps a little, and the
     /// means land in `EpochMetrics::profile`.
     pub profile_steps: i64,
+    /// Record the profiled steps of the run's first epoch (CPU ops and CUDA kernels, with
+    /// device times) into this Chrome trace file (libtorch's Kineto profiler).
+    pub trace: Option<PathBuf>,
 }
 
 /// The result of a run.
@@ -653,10 +656,10 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
     let mut loss_sum = Tensor::zeros([], (Kind::Float, dev));
     let mut correct = Tensor::zeros([], (Kind::Int64, dev));
     let mut graphs = if cuda && cfg.cuda_graphs && opts.profile_steps == 0 {
-        if !crate::graph::AVAILABLE {
+        if !crate::cuda::AVAILABLE {
             eprintln!("CUDA graphs off (this slb was built without them); training runs eagerly");
         }
-        crate::graph::AVAILABLE.then(|| StepGraph::new(dev_index(dev)))
+        crate::cuda::AVAILABLE.then(|| StepGraph::new(dev_index(dev)))
     } else {
         None
     };
@@ -692,6 +695,16 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
         for (i, (x, y)) in train_data.batches(cfg.batch_size, true, seed).enumerate() {
             let i64i = i as i64;
             prof.start(i64i >= PROFILE_WARMUP && i64i < PROFILE_WARMUP + opts.profile_steps);
+            if let Some(path) = opts.trace.as_ref().filter(|_| epoch == first) {
+                if i64i == PROFILE_WARMUP {
+                    crate::cuda::trace_begin()
+                        .map_err(|e| Error::config(format!("--trace: {e}")))?;
+                } else if i64i == PROFILE_WARMUP + opts.profile_steps {
+                    crate::cuda::trace_end(path)
+                        .map_err(|e| Error::config(format!("--trace: {e}")))?;
+                    eprintln!("trace of {} steps: {}", opts.profile_steps, path.display());
+                }
+            }
             let active = cfg.enable_act_quant && step >= cfg.quant_delay;
             let ctx = Ctx {
                 train: true,
@@ -711,6 +724,7 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
             prof.phase(0);
             lr = cfg.lr_at(step, steps_per_epoch);
             opt.set_lr(lr);
+            net.set_temperature(ctx.t);
             let n = y.size()[0];
             let mut body = |x: &Tensor, y: &Tensor, prof: &mut Profiler| {
                 let logits = net.forward(x, &ctx).to_kind(Kind::Float);

@@ -56,6 +56,7 @@ fn agreement_arch(
         stop_after: None,
         progress: false,
         profile_steps: 0,
+        trace: None,
     };
     run(&cfg, &train, &test, &opts).unwrap();
     let ck = Checkpoint::load(&checkpoint_path(d.path())).unwrap();

@@ -58,6 +58,7 @@ fn short_real_training_beats_chance() {
         stop_after: None,
         progress: false,
         profile_steps: 0,
+        trace: None,
     };
     let s = run(&cfg, &train, &test, &opts).unwrap();
     let last = s.epochs.last().unwrap();

@@ -24,6 +24,7 @@ fn opts(out: &std::path::Path, resume: bool, stop_after: Option<i64>) -> RunOpti
         stop_after,
         progress: false,
         profile_steps: 0,
+        trace: None,
     }
 }
 

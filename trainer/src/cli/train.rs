@@ -47,6 +47,10 @@ pub struct TrainArgs {
     /// synchronised; printed and written to metrics.jsonl ("profile").
     #[arg(long, default_value_t = 0)]
     pub profile_steps: i64,
+    /// With --profile-steps: record those steps of the first epoch (CPU ops, CUDA kernels and
+    /// their device times) into this Chrome trace (`scripts/trace_summary.py` sums it up).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
 }
 
 /// Runs `slb train`. The configuration is validated before any data is read or any device
@@ -64,6 +68,9 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     }
     if a.profile_steps < 0 {
         anyhow::bail!("--profile-steps must be 0 or more");
+    }
+    if a.trace.is_some() && a.profile_steps == 0 {
+        anyhow::bail!("--trace records the profiled steps: give --profile-steps N too");
     }
     let algo = cfg.algorithm()?;
     let device = super::parse_device(&a.device)?;
@@ -96,6 +103,7 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         stop_after: a.stop_after,
         progress: true,
         profile_steps: a.profile_steps,
+        trace: a.trace.clone(),
     };
     let summary = run(&cfg, &train, &test, &opts)?;
     if let Some(m) = summary.epochs.last() {

@@ -179,6 +179,10 @@ pub struct Net {
     pub flatten: bool,
     /// The float dense classifier.
     pub dense: nn::Linear,
+    /// The temperature the relaxed weights use, as a device scalar (f32), and the value it
+    /// holds. A replayed CUDA graph reads the scalar, so one capture serves every epoch of
+    /// the temperature schedule; see [`Net::set_temperature`].
+    temperature: (Tensor, std::cell::Cell<f64>),
 }
 
 impl Net {
@@ -278,6 +282,21 @@ impl Net {
             stages,
             flatten,
             dense,
+            temperature: (
+                Tensor::ones([], (tch::Kind::Float, p.device())),
+                std::cell::Cell::new(1.0),
+            ),
+        }
+    }
+
+    /// Makes the device temperature `t` (a no-op when it already is). [`Net::conv_weights`]
+    /// calls it with the context's temperature; a caller replaying a captured forward pass,
+    /// which runs no host code, calls it before each replay.
+    pub fn set_temperature(&self, t: f64) {
+        if self.temperature.1.get() != t {
+            let mut d = self.temperature.0.shallow_clone();
+            let _ = d.fill_(t);
+            self.temperature.1.set(t);
         }
     }
 
@@ -310,7 +329,8 @@ impl Net {
         } else if ctx.hard {
             super::quant::hard_weight(&all, self.weight_bits)
         } else {
-            super::quant::relaxed_weight_with(&all, ctx.t, &convs[0].conv.wl)
+            self.set_temperature(ctx.t);
+            super::quant::relaxed_weight_scaled(&all, &self.temperature.0, &convs[0].conv.wl)
         };
         let w = if ctx.amp {
             w.to_kind(tch::Kind::BFloat16)

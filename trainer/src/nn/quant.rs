@@ -24,6 +24,13 @@ pub fn relaxed_weight_with(logits: &Tensor, t: f64, wl: &Tensor) -> Tensor {
     (logits * t).softmax(-1, logits.kind()).matmul(wl)
 }
 
+/// [`relaxed_weight_with`] with the temperature a (0-dimensional) tensor on the logits' device,
+/// so that a recorded CUDA graph reads its current value. Equal bit for bit to the scalar form
+/// (libtorch multiplies an f32 tensor by a scalar in f32).
+pub fn relaxed_weight_scaled(logits: &Tensor, t: &Tensor, wl: &Tensor) -> Tensor {
+    (logits * t).softmax(-1, logits.kind()).matmul(wl)
+}
+
 /// The argmax codes `k` of logits `A` (`[.., 2^bits]` -> `[..]`, int64).
 pub fn argmax_codes(logits: &Tensor) -> Tensor {
     logits.argmax(-1, false)

@@ -1,4 +1,4 @@
-//! CUDA graphs for the training step.
+//! CUDA graphs for the training step, and libtorch's Kineto profiler.
 //!
 //! At ResNet-18-CIFAR sizes a training step is a few thousand small kernels, and enqueueing
 //! them from the host (tch call, dispatcher, autograd) takes about as long as the GPU takes to
@@ -11,7 +11,10 @@
 //! allocator settle on that stream), capture it once ([`CudaGraph::capture`]: recorded, not
 //! executed), then [`CudaGraph::replay`] it for every step. What changes between replays must
 //! live in tensors whose addresses do not change (inputs copied into static buffers, the
-//! learning rate in a device scalar); anything else (temperature, phase) needs a new capture.
+//! learning rate in a device scalar); anything else (phase, shapes) needs a new capture.
+//!
+//! [`trace_begin`]/[`trace_end`] (`csrc/profiler.cpp`) record CPU ops and CUDA kernels, with
+//! their device times, into a Chrome trace: `slb train --profile-steps N --trace FILE`.
 
 use std::ffi::{c_char, c_int, c_void};
 
@@ -29,6 +32,37 @@ extern "C" {
     fn slb_graph_enter(g: *mut c_void, capture: c_int, err: *mut c_char, len: usize) -> c_int;
     fn slb_graph_exit(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
     fn slb_graph_replay(g: *mut c_void, err: *mut c_char, len: usize) -> c_int;
+    fn slb_trace_begin(err: *mut c_char, len: usize) -> c_int;
+    fn slb_trace_end(path: *const c_char, err: *mut c_char, len: usize) -> c_int;
+}
+
+/// Starts libtorch's Kineto profiler (CPU ops and CUDA kernels) on this process.
+pub fn trace_begin() -> Result<(), String> {
+    #[cfg(slb_cuda_graph)]
+    {
+        // SAFETY: error buffer as in `call`.
+        call(|e, n| unsafe { slb_trace_begin(e, n) == 0 })
+    }
+    #[cfg(not(slb_cuda_graph))]
+    {
+        Err("this slb was built without the libtorch profiler shim".into())
+    }
+}
+
+/// Stops the profiler started by [`trace_begin`] and writes its Chrome trace to `path`.
+pub fn trace_end(path: &std::path::Path) -> Result<(), String> {
+    #[cfg(slb_cuda_graph)]
+    {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{}: a path with a NUL byte", path.display()))?;
+        // SAFETY: `c` is a NUL-terminated string alive for the call; error buffer as in `call`.
+        call(|e, n| unsafe { slb_trace_end(c.as_ptr(), e, n) == 0 })
+    }
+    #[cfg(not(slb_cuda_graph))]
+    {
+        let _ = path;
+        Err("this slb was built without the libtorch profiler shim".into())
+    }
 }
 
 /// Whether this build has the CUDA graph shim (libtorch with CUDA headers at build time).
@@ -167,14 +201,15 @@ impl Drop for CudaGraph {
 const WARM_UP_STEPS: u32 = 2;
 
 /// The training step as a CUDA graph, captured again whenever what is baked into it changes
-/// (temperature, hard/soft weights, activation-node mode, input shape): two warm-up steps,
-/// one capture, then replays. Inputs go through static buffers; the learning rate lives in
-/// the optimizer's device scalar ([`crate::train::Sgd::set_lr`]).
+/// (hard/soft weights, activation-node mode, input shape): two warm-up steps, one capture,
+/// then replays, so a run captures about three times. Inputs go through static buffers; the
+/// learning rate and the temperature live in device scalars ([`crate::train::Sgd::set_lr`],
+/// [`crate::nn::Net::set_temperature`]), set before each step.
 #[derive(Debug)]
 pub struct StepGraph {
     device: i64,
     graph: Option<CudaGraph>,
-    key: Option<(u64, bool, QuantMode)>,
+    key: Option<(bool, QuantMode)>,
     warm: u32,
     inputs: Option<(Tensor, Tensor)>,
     off: bool,
@@ -214,7 +249,8 @@ impl StepGraph {
         if self.off {
             return false;
         }
-        let key = (ctx.t.to_bits(), ctx.hard, ctx.q);
+        // The temperature is not baked in: the network reads it from a device scalar.
+        let key = (ctx.hard, ctx.q);
         if self.key != Some(key) {
             self.key = Some(key);
             self.graph = None;

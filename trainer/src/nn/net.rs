@@ -295,7 +295,7 @@ impl Net {
     pub fn set_temperature(&self, t: f64) {
         if self.temperature.1.get() != t {
             let mut d = self.temperature.0.shallow_clone();
-            let _ = d.fill_(t);
+            let _ = d.fill_(t as f32 as f64);
             self.temperature.1.set(t);
         }
     }

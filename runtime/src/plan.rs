@@ -1,6 +1,7 @@
 //! The planner: kernel choice per layer, prepared-weight sizes, tensor lifetimes and arena
 //! offsets, all computed before anything runs, in fixed-capacity (`heapless`) tables.
 
+use bitvec::array::BitArray;
 use heapless::Vec;
 use slb_format::{DType, Layer, Model, Shape};
 
@@ -143,17 +144,18 @@ fn add(a: usize, b: usize) -> Result<usize> {
 }
 
 /// A set of layer indices (below [`MAX_LAYERS`]): the convs [`Plan::fit`] gives the kernel
-/// with the smallest prepared weights.
+/// with the smallest prepared weights. Indices past [`MAX_LAYERS`] are never members (a plan
+/// rejects such models before this matters).
 #[derive(Clone, Copy, Default)]
-struct LayerSet([u64; MAX_LAYERS / 64]);
+struct LayerSet(BitArray<[u64; MAX_LAYERS / 64]>);
 
 impl LayerSet {
     fn contains(&self, i: usize) -> bool {
-        self.0.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1)
+        self.0.get(i).is_some_and(|b| *b)
     }
     fn insert(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
-            *w |= 1 << (i % 64);
+        if let Some(mut b) = self.0.get_mut(i) {
+            *b = true;
         }
     }
 }

@@ -303,6 +303,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn step_graph_without_the_device_hands_the_step_back() {
+        // CUDA device 99 exists nowhere (and no CUDA at all on CI): no graph can be made.
+        let mut g = StepGraph::new(99);
+        let ctx = Ctx {
+            train: true,
+            t: 1.0,
+            hard: false,
+            q: QuantMode {
+                observe: true,
+                quantize: true,
+                ema: false,
+            },
+            amp: false,
+        };
+        let x = Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        let y = Tensor::zeros([2], (tch::Kind::Int64, tch::Device::Cpu));
+        let mut ran = false;
+        assert!(!g.step(&ctx, &x, &y, |_, _| ran = true));
+        assert!(!ran, "the step must not run inside a failed graph");
+        // Off for good: the next step is handed back at once.
+        assert!(!g.step(&ctx, &x, &y, |_, _| ran = true));
+        assert!(!ran);
+    }
+
+    #[test]
     fn cpu_machine_reports_instead_of_crashing() {
         // No GPU here (or not CUDA device 99): creating or using a graph is an error, never a
         // crash; a graph that was never captured cannot be replayed.

@@ -416,6 +416,21 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
+    /// A training context: soft weights at `t`, nodes observing and quantizing.
+    fn train_ctx(t: f64, hard: bool, amp: bool) -> Ctx {
+        Ctx {
+            train: true,
+            t,
+            hard,
+            q: QuantMode {
+                observe: true,
+                quantize: true,
+                ema: false,
+            },
+            amp,
+        }
+    }
+
     fn count(arch: Arch, width: i64, size: i64) -> (usize, Vec<i64>) {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = NetConfig {
@@ -426,18 +441,10 @@ mod tests {
         };
         let net = Net::new(&vs.root(), cfg, 1, 8);
         let x = Tensor::randn([2, 3, size, size], (Kind::Float, Device::Cpu));
-        let ctx = Ctx {
-            train: true,
-            t: 1.0,
-            hard: false,
-            q: QuantMode {
-                observe: true,
-                quantize: true,
-                ema: false,
-            },
-            amp: false,
-        };
-        (net.convs().len(), net.forward(&x, &ctx).size())
+        (
+            net.convs().len(),
+            net.forward(&x, &train_ctx(1.0, false, false)).size(),
+        )
     }
 
     #[test]
@@ -465,17 +472,7 @@ mod tests {
             image_size: 16,
         };
         let net = Net::new(&vs.root(), cfg, 1, 8);
-        let ctx = |amp| Ctx {
-            train: true,
-            t: 1.0,
-            hard: false,
-            q: QuantMode {
-                observe: true,
-                quantize: true,
-                ema: false,
-            },
-            amp,
-        };
+        let ctx = |amp| train_ctx(1.0, false, amp);
         let x = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
         let first = &net.convs()[0];
         let raw = first.raw_forward(&net.input.forward(&x, false, ctx(true).q), &ctx(true));
@@ -514,17 +511,7 @@ mod tests {
             };
             let net = Net::new(&vs.root(), cfg, bits, 8);
             for (hard, amp) in [(false, false), (true, false), (false, true), (true, true)] {
-                let ctx = Ctx {
-                    train: true,
-                    t: 2.5,
-                    hard,
-                    q: QuantMode {
-                        observe: true,
-                        quantize: true,
-                        ema: false,
-                    },
-                    amp,
-                };
+                let ctx = train_ctx(2.5, hard, amp);
                 let batched = net.conv_weights(&ctx);
                 let convs = net.convs();
                 assert_eq!(batched.len(), convs.len());

@@ -242,6 +242,14 @@ impl Sgd {
     }
 }
 
+/// Ends the `--trace` recording of `steps` steps and writes it to `path`.
+fn end_trace(path: &Path, tracing: &mut bool, steps: i64) -> Result<()> {
+    *tracing = false;
+    crate::cuda::trace_end(path).map_err(|e| Error::config(format!("--trace: {e}")))?;
+    eprintln!("trace of {steps} steps: {}", path.display());
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// fsync of the directory. A reader never sees a half-written file.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
@@ -659,6 +667,7 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
     };
     let mut loss_sum = Tensor::zeros([], (Kind::Float, dev));
     let mut correct = Tensor::zeros([], (Kind::Int64, dev));
+    let mut tracing = false;
     let mut graphs = if cuda && cfg.cuda_graphs && opts.profile_steps == 0 {
         if !crate::cuda::AVAILABLE {
             eprintln!("CUDA graphs off (this slb was built without them); training runs eagerly");
@@ -703,10 +712,9 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
                 if i64i == PROFILE_WARMUP {
                     crate::cuda::trace_begin()
                         .map_err(|e| Error::config(format!("--trace: {e}")))?;
-                } else if i64i == PROFILE_WARMUP + opts.profile_steps {
-                    crate::cuda::trace_end(path)
-                        .map_err(|e| Error::config(format!("--trace: {e}")))?;
-                    eprintln!("trace of {} steps: {}", opts.profile_steps, path.display());
+                    tracing = true;
+                } else if tracing && i64i == PROFILE_WARMUP + opts.profile_steps {
+                    end_trace(path, &mut tracing, i64i - PROFILE_WARMUP)?;
                 }
             }
             let active = cfg.enable_act_quant && step >= cfg.quant_delay;
@@ -784,6 +792,10 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
                     ));
                 }
             }
+        }
+        if let Some(path) = opts.trace.as_ref().filter(|_| tracing) {
+            // An epoch shorter than the profiled steps: the trace ends with it.
+            end_trace(path, &mut tracing, steps_per_epoch - PROFILE_WARMUP)?;
         }
         if cuda {
             tch::Cuda::synchronize(dev_index(dev));

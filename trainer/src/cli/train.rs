@@ -44,7 +44,8 @@ pub struct TrainArgs {
     pub threads: Option<i32>,
     /// Profile N training steps per epoch (after 3 warm-up steps): time per phase (augment,
     /// forward, backward, optimizer, metrics), host enqueue vs total with the device
-    /// synchronised; printed and written to metrics.jsonl ("profile").
+    /// synchronised; printed and written to metrics.jsonl ("profile"). Profiled runs train
+    /// eagerly (no CUDA graphs: phases cannot be timed inside one).
     #[arg(long, default_value_t = 0)]
     pub profile_steps: i64,
     /// With --profile-steps: record those steps of the first epoch (CPU ops, CUDA kernels and

@@ -147,7 +147,7 @@ fn add(a: usize, b: usize) -> Result<usize> {
 /// with the smallest prepared weights. Indices past [`MAX_LAYERS`] are never members (a plan
 /// rejects such models before this matters).
 #[derive(Clone, Copy, Default)]
-struct LayerSet(BitArray<[u64; MAX_LAYERS / 64]>);
+struct LayerSet(BitArray<[u32; MAX_LAYERS / 32]>);
 
 impl LayerSet {
     fn contains(&self, i: usize) -> bool {

@@ -166,3 +166,63 @@ fn shipped_configs_validate() {
     );
     assert!(gs.enable_bn_calibration && gs.enable_act_quant);
 }
+
+/// `--profile-steps N --trace FILE` writes a Chrome trace of those steps (libtorch's Kineto
+/// profiler through the C++ shim, which CI's build has); `--trace` alone is refused.
+#[test]
+fn trace_records_the_profiled_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    common::write_cifar_bin(
+        &common::synthetic(32, 32, 4, 23),
+        &data.join("data_batch_1.bin"),
+    );
+    common::write_cifar_bin(
+        &common::synthetic(8, 32, 4, 24),
+        &data.join("test_batch.bin"),
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"resnet20\"\nwidth = 4\nepochs = 1\nbatch_size = 4\nmixed_precision = false\nenable_act_quant = true\nquant_delay = 0\n",
+    )
+    .unwrap();
+    let trace = dir.path().join("trace.json");
+    let out = dir.path().join("run");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--no-export",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        slb(&args)
+    };
+    let (ok, err) = run(&["--trace", trace.to_str().unwrap()]);
+    assert!(!ok && err.contains("--profile-steps"), "{err}");
+    assert!(!trace.exists());
+    let (ok, err) = run(&["--profile-steps", "2", "--trace", trace.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("trace of 2 steps"), "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let events = json["traceEvents"].as_array().expect("a Chrome trace");
+    let ops: Vec<&str> = events
+        .iter()
+        .filter(|e| e["cat"] == "cpu_op")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    // The traced steps ran convolutions and the 8-bit nodes' fused fake quant.
+    assert!(ops.iter().any(|n| n.contains("convolution")), "{ops:?}");
+    assert!(ops.iter().any(|n| n.contains("fake_quantize")), "{ops:?}");
+}

@@ -16,7 +16,9 @@
 //! [`trace_begin`]/[`trace_end`] (`csrc/profiler.cpp`) record CPU ops and CUDA kernels, with
 //! their device times, into a Chrome trace: `slb train --profile-steps N --trace FILE`.
 
-use std::ffi::{c_char, c_int, c_void};
+#[cfg(slb_cuda_graph)]
+use std::ffi::c_int;
+use std::ffi::{c_char, c_void};
 
 use tch::Tensor;
 
@@ -71,6 +73,7 @@ pub const AVAILABLE: bool = cfg!(slb_cuda_graph);
 /// One captured CUDA graph (and its side stream).
 #[derive(Debug)]
 pub struct CudaGraph {
+    #[cfg_attr(not(slb_cuda_graph), allow(dead_code))]
     ptr: *mut c_void,
     captured: bool,
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 fn slb(args: &[&str]) -> (bool, String) {
@@ -66,25 +67,32 @@ fn bad_config_fails_before_reading_data() {
     assert!(!ok && err.contains("/nonexistent.toml"), "{err}");
 }
 
-#[test]
-fn train_then_export_command() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// A CIFAR-10 binary tree of synthetic images (32 training, 8 test) and a config file with
+/// `toml` in `dir`: `(data, config)`.
+fn tiny_run_inputs(dir: &std::path::Path, toml: &str, seed: u64) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     common::write_cifar_bin(
-        &common::synthetic(32, 32, 4, 21),
+        &common::synthetic(32, 32, 4, seed),
         &data.join("data_batch_1.bin"),
     );
     common::write_cifar_bin(
-        &common::synthetic(8, 32, 4, 22),
+        &common::synthetic(8, 32, 4, seed + 1),
         &data.join("test_batch.bin"),
     );
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    (data, cfg)
+}
+
+#[test]
+fn train_then_export_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, cfg) = tiny_run_inputs(
+        dir.path(),
         "model = \"vgg_small\"\nwidth = 4\nepochs = 1\nbatch_size = 16\nmixed_precision = false\n",
-    )
-    .unwrap();
+        21,
+    );
     let out = dir.path().join("run");
     let (ok, err) = slb(&[
         "train",
@@ -172,22 +180,11 @@ fn shipped_configs_validate() {
 #[test]
 fn trace_records_the_profiled_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    common::write_cifar_bin(
-        &common::synthetic(32, 32, 4, 23),
-        &data.join("data_batch_1.bin"),
-    );
-    common::write_cifar_bin(
-        &common::synthetic(8, 32, 4, 24),
-        &data.join("test_batch.bin"),
-    );
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
+    let (data, cfg) = tiny_run_inputs(
+        dir.path(),
         "model = \"resnet20\"\nwidth = 4\nepochs = 1\nbatch_size = 4\nmixed_precision = false\nenable_act_quant = true\nquant_delay = 0\n",
-    )
-    .unwrap();
+        23,
+    );
     let trace = dir.path().join("trace.json");
     let out = dir.path().join("run");
     let run = |extra: &[&str]| {

@@ -2,12 +2,14 @@
 //! and CUDA would look unavailable), adds an rpath to torch's library folder for local runs, and
 //! compiles the CUDA graph and profiler shims (`csrc/`) when libtorch has CUDA and the CUDA
 //! runtime headers are next to it (the `nvidia-*` wheels that `torch` installs) or under
-//! `CUDA_HOME`. Without them the trainer builds without CUDA graphs (`slb_cuda_graph` unset).
+//! `CUDA_HOME`. Without them, or with `SLB_NO_CUDA_SHIMS=1` (CI checks that build too), the
+//! trainer builds without CUDA graphs and Kineto traces (`slb_cuda_graph` unset).
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=SLB_NO_CUDA_SHIMS");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo:rerun-if-changed=csrc/profiler.cpp");
@@ -28,6 +30,10 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch_cuda");
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    if std::env::var_os("SLB_NO_CUDA_SHIMS").is_some_and(|v| v == "1") {
+        println!("cargo:warning=SLB_NO_CUDA_SHIMS=1: building without CUDA graphs");
+        return;
+    }
     match cuda_include(&root) {
         Some(cuda) if root.join("include/ATen/cuda/CUDAGraph.h").exists() => {
             cc::Build::new()

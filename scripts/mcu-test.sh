@@ -8,6 +8,8 @@
 #                                  bit for bit; also build it for thumbv6m-none-eabi (Cortex-M0).
 #   scripts/mcu-test.sh budget     also measure the flash/RAM/instruction table of docs/MCU.md
 #                                  (several minutes; writes examples/cortex-m/models/budget.md).
+#   scripts/mcu-test.sh costs      only the per-layer int8 instruction counts behind the Cortex-M4
+#                                  cost table (writes examples/cortex-m/models/layer-costs.md).
 #
 # SLB_MCU_MODEL=path.slb uses that model file instead (SLB_MCU_MODEL=synth: a generated one).
 # Installs Debian's Cortex-M toolchain and QEMU when missing (needs root, as CI is).
@@ -35,6 +37,7 @@ if [ -z "${CI:-}" ]; then
 fi
 tests=(qemu_matches_host)
 [ "${1:-}" = "budget" ] && tests+=(budget_table)
+[ "${1:-}" = "costs" ] && tests=(layer_costs)
 for t in "${tests[@]}"; do
   cargo test --release --test mcu_qemu -- --ignored --exact "$t" --nocapture
 done

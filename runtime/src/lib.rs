@@ -11,7 +11,7 @@ mod quant;
 
 pub use error::{Error, Result};
 pub use exec::{prepare, run, run_with_busy_pin};
-pub use kernels::{Algo, KernelKind};
+pub use kernels::{Algo, CostModel, KernelKind};
 pub use plan::{Engine, Plan, PlanOptions, MAX_LAYERS, MAX_TENSORS};
 pub use slb_format::Model;
 

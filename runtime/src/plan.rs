@@ -5,7 +5,7 @@ use bitvec::array::BitArray;
 use heapless::Vec;
 use slb_format::{DType, Layer, Model, Shape};
 
-use crate::kernels::{self, Algo, ConvShape, KernelKind};
+use crate::kernels::{self, Algo, ConvShape, CostModel, KernelKind};
 use crate::quant::QParams;
 use crate::{Error, Result};
 
@@ -33,13 +33,40 @@ pub enum Engine {
 }
 
 /// Options for [`Plan::with_options`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
     /// Run every conv with this algorithm instead of the default rule (an error where it
     /// cannot run a layer, e.g. [`Algo::Xnor`] on a 2-bit layer).
     pub force: Option<Algo>,
     /// Use the portable kernels only (no SIMD), e.g. to measure the SIMD speed-up.
     pub portable_only: bool,
+    /// The kernel cost table the default choice and [`Plan::fit`] rank kernels by
+    /// ([`CostModel::NATIVE`] by default). A host that plans for a microcontroller (to size its
+    /// arena, or to check it bit for bit) sets [`CostModel::CortexM4`] and `portable_only`.
+    pub costs: CostModel,
+}
+
+impl Default for PlanOptions {
+    /// The default kernel rule, SIMD where the CPU has it, this build's cost table.
+    fn default() -> Self {
+        PlanOptions {
+            force: None,
+            portable_only: false,
+            costs: CostModel::NATIVE,
+        }
+    }
+}
+
+impl PlanOptions {
+    /// What a microcontroller of this table plans (portable kernels, its costs), for a host
+    /// that must plan exactly as the board does.
+    pub const fn for_board(costs: CostModel) -> PlanOptions {
+        PlanOptions {
+            force: None,
+            portable_only: true,
+            costs,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -209,7 +236,7 @@ impl Plan {
                 };
                 // The kernel with the smallest prepared weights (what `build` gives a moved
                 // conv).
-                let Some(to) = kernels::smallest_kernel(&s, opts.portable_only) else {
+                let Some(to) = kernels::smallest_kernel(&s, opts.portable_only, opts.costs) else {
                     continue;
                 };
                 let to_w_len = (to.prepared_len)(&s) as u64;
@@ -218,8 +245,8 @@ impl Plan {
                 }
                 let freed = u64::from(now.w_len) - to_w_len;
                 let outputs = (s.oh * s.ow * s.cout) as u64;
-                let before = now.kernel.map_or(0, |k| kernels::cost(k, &s));
-                let added = kernels::cost(to.kind, &s)
+                let before = now.kernel.map_or(0, |k| kernels::cost(k, &s, opts.costs));
+                let added = kernels::cost(to.kind, &s, opts.costs)
                     .saturating_sub(before)
                     .saturating_mul(outputs)
                     .max(1);
@@ -349,9 +376,9 @@ impl Plan {
                     Engine::Packed => {
                         let k = match opts.force {
                             None if in_place.contains(i) => {
-                                kernels::smallest_kernel(&s, opts.portable_only)
+                                kernels::smallest_kernel(&s, opts.portable_only, opts.costs)
                             }
-                            None => kernels::default_kernel(&s, opts.portable_only),
+                            None => kernels::default_kernel(&s, opts.portable_only, opts.costs),
                             Some(algo) => {
                                 if !kernels::algo_fits(algo, &s) {
                                     return Err(Error::KernelUnavailable {

@@ -11,7 +11,7 @@ use crate::exec::{correct, prepare_aux};
 use crate::kernels::{self, portable, reference, Algo, ConvKernel, ConvShape, KernelKind, Run};
 use crate::quant::QParams;
 use crate::testutil::{leak, quant, resnet, Builder, Rng};
-use crate::{run, run_with_busy_pin, Engine, Error, Model, Plan, PlanOptions};
+use crate::{run, run_with_busy_pin, CostModel, Engine, Error, Model, Plan, PlanOptions};
 
 /// The hand-worked model: a 2x2 one-channel 4-bit image, one 3x3 W2 conv (stride 1, pad 1)
 /// with both requantization stages, then a global average pool to f32.
@@ -132,6 +132,7 @@ fn hand_worked_conv() {
             PlanOptions {
                 force: Some(algo),
                 portable_only: true,
+                ..PlanOptions::default()
             },
         )
         .unwrap();
@@ -477,6 +478,7 @@ fn all_algos_agree(bytes: &[u8], image: &[u8]) -> Vec<f32> {
             PlanOptions {
                 force: Some(Algo::Reference),
                 portable_only: true,
+                ..PlanOptions::default()
             },
         )
         .unwrap();
@@ -490,10 +492,12 @@ fn all_algos_agree(bytes: &[u8], image: &[u8]) -> Vec<f32> {
         opts.push(PlanOptions {
             force: Some(a),
             portable_only: true,
+            ..PlanOptions::default()
         });
         opts.push(PlanOptions {
             force: Some(a),
             portable_only: false,
+            ..PlanOptions::default()
         });
     }
     for o in opts {
@@ -691,7 +695,8 @@ fn error_paths() {
             Engine::Packed,
             PlanOptions {
                 force: Some(Algo::Xnor),
-                portable_only: false
+                portable_only: false,
+                ..PlanOptions::default()
             }
         )
         .err(),
@@ -788,10 +793,7 @@ fn explicit_prepare_and_unaligned_arena() {
 fn default_kernel_choice() {
     // Portable costs (deterministic on every machine): the 3-channel 8-bit first layer -> int8
     // dot; W1A1 -> XNOR; W1A2 (2 plane pairs) -> bit-serial; W2A4 (8 pairs) -> int8 dot.
-    let portable = PlanOptions {
-        force: None,
-        portable_only: true,
-    };
+    let portable = PlanOptions::for_board(CostModel::Desktop);
     let algo = |plan: &Plan, l: usize| plan.kernel(l).and_then(|k| k.algo());
     for (wbits, abits, want) in [
         (1u8, 1u8, Algo::Xnor),
@@ -885,6 +887,7 @@ fn timing_resnet18_cifar() {
                 PlanOptions {
                     force: None,
                     portable_only: true,
+                    ..PlanOptions::default()
                 },
             ),
         ];
@@ -895,6 +898,7 @@ fn timing_resnet18_cifar() {
                 PlanOptions {
                     force: Some(a),
                     portable_only: false,
+                    ..PlanOptions::default()
                 },
             ));
             configs.push((
@@ -903,6 +907,7 @@ fn timing_resnet18_cifar() {
                 PlanOptions {
                     force: Some(a),
                     portable_only: true,
+                    ..PlanOptions::default()
                 },
             ));
         }
@@ -981,10 +986,7 @@ fn never_panics_on_short_or_dirty_buffers() {
 #[test]
 fn fit_trades_speed_for_a_smaller_arena() {
     let model = Model::parse(resnet(32, 8, 1, 1, 8, 3)).unwrap();
-    let opts = PlanOptions {
-        force: None,
-        portable_only: true,
-    };
+    let opts = PlanOptions::for_board(CostModel::Desktop);
     let convs: Vec<usize> = (0..model.layers.len())
         .filter(|&i| matches!(model.layers.get(i), Some(slb_format::Layer::Conv(_))))
         .collect();
@@ -1055,6 +1057,64 @@ fn fit_trades_speed_for_a_smaller_arena() {
         Plan::fit(&model, Engine::Packed, opts, 100),
         Err(Error::ArenaTooSmall { got: 100, .. })
     ));
+}
+
+#[test]
+fn cortex_m4_costs_read_codes_in_place() {
+    // On a Cortex-M4 the int8 dot runs fewer instructions reading the model's codes in place
+    // than from prepared weights, so its table's default plan keeps no weights in the arena for
+    // A8 networks (W1A1 keeps prepared XNOR, faster on wide layers); the desktop table never
+    // picks an in-place kernel. Both plans give the same logits.
+    let m4 = PlanOptions::for_board(CostModel::CortexM4);
+    let desktop = PlanOptions::for_board(CostModel::Desktop);
+    assert_eq!(PlanOptions::default().costs, CostModel::Desktop); // this host is no Cortex-M
+    for (wbits, abits, want) in [
+        (1u8, 8u8, KernelKind::Int8DotInPlace),
+        (4, 8, KernelKind::Int8DotInPlace),
+        (1, 1, KernelKind::Xnor),
+    ] {
+        let model = Model::parse(resnet(64, 8, 1, wbits, abits, 2)).unwrap();
+        let a = Plan::with_options(&model, Engine::Packed, m4).unwrap();
+        let b = Plan::with_options(&model, Engine::Packed, desktop).unwrap();
+        assert_eq!(
+            a.kernel(0),
+            Some(KernelKind::Int8DotInPlace),
+            "the 8-bit stem"
+        );
+        assert_eq!(a.kernel(1), Some(want), "W{wbits}A{abits}");
+        let kinds = |p: &Plan| {
+            (0..p.layers())
+                .filter_map(|i| p.kernel(i))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            kinds(&b).iter().all(|k| !matches!(
+                k,
+                KernelKind::Int8DotInPlace | KernelKind::XnorInPlace | KernelKind::BitSerialInPlace
+            )),
+            "{:?}",
+            kinds(&b)
+        );
+        let shrinks = want == KernelKind::Int8DotInPlace;
+        assert!(
+            !shrinks || a.weights_bytes() * 8 < b.weights_bytes(),
+            "W{wbits}A{abits}: {} vs {}",
+            a.weights_bytes(),
+            b.weights_bytes()
+        );
+        // `fit` with room to spare returns the table's default plan.
+        let f = Plan::fit(&model, Engine::Packed, m4, usize::MAX).unwrap();
+        assert_eq!(kinds(&f), kinds(&a));
+        let image: Vec<u8> = (0..a.input_len()).map(|i| (i * 37 % 251) as u8).collect();
+        let mut outs = vec![];
+        for plan in [&a, &b] {
+            let mut arena = vec![0u8; plan.arena_bytes()];
+            let mut logits = vec![0f32; plan.output_len()];
+            run(&model, plan, &mut arena, &image, &mut logits).unwrap();
+            outs.push(logits);
+        }
+        assert_eq!(outs[0], outs[1], "W{wbits}A{abits}");
+    }
 }
 
 proptest! {

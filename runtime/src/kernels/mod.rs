@@ -312,11 +312,63 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
     }
 }
 
-/// Relative cost of one kernel step, in tenths of a nanosecond on one core (measured on the
-/// development machine over a whole ResNet-18-shaped CIFAR network, see README.md):
-/// int8 kinds per 64 multiply-adds, bit kinds per 64-channel word and weight/activation plane
-/// pair. Rows marked "estimate" were not measured.
-pub(crate) fn step_cost(kind: KernelKind) -> u32 {
+/// Which table of measured kernel costs the planner ranks kernels by.
+///
+/// A kernel's speed relative to another depends on the CPU: on an x86 desktop the prepared
+/// kernels (and SIMD) win, on a Cortex-M4 the int8 dot that reads the model's codes in place
+/// (weight stationary) runs fewer instructions than the prepared one. The table decides the
+/// default kernel of each conv and the order in which [`crate::Plan::fit`] moves convs in
+/// place; it never changes results, which are bit-identical for every kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CostModel {
+    /// Measured on an x86-64 desktop core (AVX2 and portable kernels; AVX-512 and NEON rows
+    /// are estimates).
+    Desktop,
+    /// Measured on a Cortex-M4 (instructions under QEMU, `docs/MCU.md`): portable kernels only.
+    CortexM4,
+}
+
+impl CostModel {
+    /// The table for the CPU this build targets: [`CostModel::CortexM4`] on 32-bit Arm
+    /// (microcontrollers), [`CostModel::Desktop`] elsewhere.
+    pub const NATIVE: CostModel = if cfg!(target_arch = "arm") {
+        CostModel::CortexM4
+    } else {
+        CostModel::Desktop
+    };
+}
+
+/// Relative cost of one kernel step: int8 kinds per 64 multiply-adds, bit kinds per 64-channel
+/// word and weight/activation plane pair. Only comparable within one table.
+///
+/// * [`CostModel::Desktop`]: tenths of a nanosecond on one core, measured on the development
+///   machine over a whole ResNet-18-shaped CIFAR network (see README.md). Rows marked
+///   "estimate" were not measured.
+/// * [`CostModel::CortexM4`]: the portable kernels' desktop costs (on the M4 they rank the
+///   same: `docs/MCU.md`, "Kernel choice"), with each in-place kernel scaled against its
+///   prepared twin by the ratio of the two measured on the M4 (instructions under QEMU, the
+///   same work both ways): the int8 dot in place ran 166.2 M instructions per ResNet-20 W1A8
+///   inference against 204.8 M prepared, and 0.85-0.88x on single ResNet-18-wide layers with
+///   8x8 or more outputs, 1.09x at 4x4 (512 channels: each block of codes is decoded for 16
+///   pixels only; `scripts/mcu-test.sh costs`), which the per-step table does not model; XNOR in place ran 0.95x its prepared twin on ResNet-20 W1A1
+///   (16-64 channels) but 1.40x on ResNet-18 W1A1 (64-512 channels: its byte-wise row loads
+///   grow with the row), so the table takes the wide ratio and keeps prepared XNOR first.
+///   Bit-serial in place was not measured there and keeps its desktop ratio. SIMD kinds do not
+///   exist on a Cortex-M and cost `u32::MAX`.
+pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
+    if model == CostModel::CortexM4 {
+        return match kind {
+            KernelKind::Int8Dot => 340,
+            KernelKind::BitSerial => 150,
+            KernelKind::Xnor => 125,
+            // 340 * 166.2 / 204.8 and 125 * 1.40.
+            KernelKind::Int8DotInPlace => 276,
+            KernelKind::XnorInPlace => 175,
+            KernelKind::BitSerialInPlace => 170,
+            _ => u32::MAX,
+        };
+    }
     match kind {
         KernelKind::Int8Dot => 340,
         KernelKind::BitSerial => 150,
@@ -346,9 +398,9 @@ pub(crate) fn step_cost(kind: KernelKind) -> u32 {
 }
 
 /// Estimated cost of one output element (all taps) with kernel `kind`.
-pub(crate) fn cost(kind: KernelKind, s: &ConvShape) -> u64 {
+pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
     let taps = (s.kh * s.kw) as u64;
-    let step = u64::from(step_cost(kind));
+    let step = u64::from(step_cost(kind, model));
     match kind.algo() {
         // Int8: cin_g multiply-adds per tap, in units of 64.
         Some(Algo::Int8Dot) => taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64,
@@ -360,24 +412,35 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape) -> u64 {
     }
 }
 
-/// The default kernel for a shape: the cheapest of the kernels available (the SIMD ones when
-/// the CPU has them, unless `portable_only`) by [`cost`]. With the measured costs this means:
-/// XNOR for W1A1; int8 dot for A8 and for narrow inputs (the 3-channel first layer); bit-serial
-/// for small bit products (portable: `wbits * abits <= 2`) on wide layers.
-pub(crate) fn default_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvKernel> {
+/// The kernels the planner may give a conv of algorithm `algo`: the best prepared one
+/// ([`select`], or the portable one when `portable_only`) and the portable in-place one.
+fn candidates(algo: Algo, s: &ConvShape, portable_only: bool) -> [Option<ConvKernel>; 2] {
+    if !algo_fits(algo, s) {
+        return [None, None];
+    }
+    let prepared = if portable_only {
+        portable::kernel(algo)
+    } else {
+        select(algo, s)
+    };
+    [prepared, portable::in_place_kernel(algo)]
+}
+
+/// The default kernel for a shape: the cheapest by [`cost`] in `model` of the available kernels
+/// (the SIMD ones when the CPU has them, unless `portable_only`; the in-place ones too). With
+/// the desktop costs this means: XNOR for W1A1; int8 dot for A8 and for narrow inputs (the
+/// 3-channel first layer); bit-serial for small bit products (portable: `wbits * abits <= 2`)
+/// on wide layers; never an in-place kernel. With the Cortex-M4 costs the int8 dot reads the
+/// codes in place.
+pub(crate) fn default_kernel(
+    s: &ConvShape,
+    portable_only: bool,
+    model: CostModel,
+) -> Option<ConvKernel> {
     let mut best: Option<(u64, ConvKernel)> = None;
     for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {
-        let k = if portable_only {
-            if algo_fits(algo, s) {
-                portable::kernel(algo)
-            } else {
-                None
-            }
-        } else {
-            select(algo, s)
-        };
-        if let Some(k) = k {
-            let c = cost(k.kind, s);
+        for k in candidates(algo, s, portable_only).into_iter().flatten() {
+            let c = cost(k.kind, s, model);
             if best.as_ref().is_none_or(|(b, _)| c < *b) {
                 best = Some((c, k));
             }
@@ -386,21 +449,17 @@ pub(crate) fn default_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvK
     best.map(|(_, k)| k)
 }
 
-/// The available kernel with the smallest prepared weights (ties: the cheaper one). The
-/// in-place bit kernels keep none in the arena, so every conv gets one of them.
-pub(crate) fn smallest_kernel(s: &ConvShape, portable_only: bool) -> Option<ConvKernel> {
+/// The available kernel with the smallest prepared weights (ties: the cheaper one in `model`).
+/// The in-place kernels keep none in the arena, so every conv gets one of them.
+pub(crate) fn smallest_kernel(
+    s: &ConvShape,
+    portable_only: bool,
+    model: CostModel,
+) -> Option<ConvKernel> {
     let mut best: Option<((usize, u64), ConvKernel)> = None;
     for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {
-        if !algo_fits(algo, s) {
-            continue;
-        }
-        let k = if portable_only {
-            portable::kernel(algo)
-        } else {
-            select(algo, s)
-        };
-        for k in [k, portable::in_place_kernel(algo)].into_iter().flatten() {
-            let key = ((k.prepared_len)(s), cost(k.kind, s));
+        for k in candidates(algo, s, portable_only).into_iter().flatten() {
+            let key = ((k.prepared_len)(s), cost(k.kind, s, model));
             if best.as_ref().is_none_or(|(b, _)| key < *b) {
                 best = Some((key, k));
             }

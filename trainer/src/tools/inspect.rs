@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use slb_format::{DType, DenseWeights, Layer, Model, Shape};
-use slb_runtime::{Engine, Plan, PlanOptions};
+use slb_runtime::{CostModel, Engine, Plan, PlanOptions};
 
 /// A board to budget for: name, flash bytes, SRAM bytes.
 pub const BOARDS: [(&str, usize, usize); 3] = [
@@ -128,10 +128,8 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
         "host arena          {:>12} bytes (activations, scratch, prepared weights)",
         t.arena_bytes
     )?;
-    let portable = PlanOptions {
-        portable_only: true,
-        ..PlanOptions::default()
-    };
+    // What a Cortex-M build plans: portable kernels ranked by the Cortex-M4 costs.
+    let portable = PlanOptions::for_board(CostModel::CortexM4);
     // The smallest arena any plan of `Plan::fit` needs (every conv it can move in place).
     let smallest = match Plan::fit(&model, Engine::Packed, portable, 0) {
         Err(slb_runtime::Error::ArenaTooSmall { needed, .. }) => Some(needed),
@@ -147,8 +145,8 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
     writeln!(
         out,
         "boards (flash: the model file; SRAM: the arena of the portable-kernel plan `Plan::fit` \
-         finds for the board, as the Cortex-M build runs it: prepared weights where they fit, \
-         else codes read in place from flash; code and stack (docs/MCU.md) not counted):"
+         finds for the board, as the Cortex-M build runs it: its default kernels where they fit, \
+         else more convs reading their codes in place from flash; code and stack (docs/MCU.md) not counted):"
     )?;
     for (name, flash, sram) in BOARDS {
         let arena = Plan::fit(&model, Engine::Packed, portable, sram).map(|p| p.arena_bytes());

@@ -97,7 +97,7 @@ impl core::fmt::Display for Failure {
                 "{len} bytes of images is not a whole number of {image}-byte images"
             ),
             Failure::Classes(n) => {
-                write!(f, "{n} classes; this program prints at most {MAX_CLASSES}")
+                write!(f, "{n} outputs; this program prints at most {MAX_CLASSES}")
             }
             Failure::Choice(c) => write!(f, "unknown kernel choice {c}"),
         }
@@ -129,13 +129,8 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
         images
     );
     hprintln!("sizes plan {}", core::mem::size_of::<Plan>());
-    if classes > MAX_CLASSES {
-        return Err(Failure::Classes(classes));
-    }
+    // Sized by each plan's output (a model may name no classes, e.g. a single synthetic conv).
     let mut logits: Vec<f32, MAX_CLASSES> = Vec::new();
-    logits
-        .resize(classes, 0.0)
-        .map_err(|_| Failure::Classes(classes))?;
     // SAFETY: `run` is called once, so this is the only reference to the arena.
     let arena: &mut [u8] = unsafe { &mut (*addr_of_mut!(ARENA)).0 };
 
@@ -163,6 +158,10 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
             Plan::with_options(&model, Engine::Packed, opts)
         }
         .map_err(Failure::Runtime)?;
+        logits.clear();
+        logits
+            .resize(plan.output_len(), 0.0)
+            .map_err(|_| Failure::Classes(plan.output_len()))?;
         let need = plan.arena_bytes();
         hprintln!(
             "plan {} need {} have {} weights {} activations {} scratch {}",

@@ -102,6 +102,17 @@ fn sigkill_mid_epoch_then_resume() {
             "round {round}: epoch went back from {last} to {e}"
         );
         last = e;
+        // The metrics never run ahead of the checkpoint a resume starts from (an epoch's line
+        // is appended after its checkpoint is in place).
+        let logged = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["epoch"].as_i64())
+            .max();
+        assert!(
+            logged.is_none_or(|m| m <= e),
+            "round {round}: metrics.jsonl reaches epoch {logged:?}, the checkpoint {e}"
+        );
         // Only complete files under their final names (a killed write leaves at most a hidden
         // temporary file, which the next run removes).
         for f in std::fs::read_dir(&out).unwrap().flatten() {

@@ -83,6 +83,13 @@ struct PlanRun {
     stack_phases: Option<(u64, u64)>,
 }
 
+impl PlanRun {
+    /// Millions of instructions of the first image's inference (under `-icount shift=0`).
+    fn minsn(&self) -> f64 {
+        (self.ticks[0] * INSNS_PER_TICK) as f64 / 1e6
+    }
+}
+
 /// What the board printed, parsed.
 #[derive(Debug, Default, PartialEq)]
 struct BoardRun {
@@ -316,6 +323,32 @@ fn qemu(elf: &Path, icount: bool, timeout: Duration) -> String {
     }
 }
 
+/// The Cortex-M4 program built with `model`, `images`, a static arena of `arena` bytes and the
+/// kernel `choices`, run once under QEMU (`icount`: one instruction per virtual nanosecond, for
+/// instruction counts), its output kept as `log` in the work folder. Returns the ELF's
+/// `(text, data, bss)`, the output and the parsed run (a parse failure panics, naming `log`).
+fn board_run(
+    model: &Path,
+    images: &Path,
+    arena: usize,
+    choices: &[&str],
+    icount: bool,
+    log: &str,
+) -> ((u64, u64, u64), String, BoardRun) {
+    let elf = build(
+        "thumbv7em-none-eabihf",
+        "infer",
+        model,
+        images,
+        arena,
+        &[("SLB_ALGOS", &choices.join(","))],
+    );
+    let out = qemu(&elf, icount, Duration::from_secs(600));
+    std::fs::write(work_dir().join(log), &out).expect("write the board's output");
+    let board = parse_board(&out).unwrap_or_else(|e| panic!("{log}: {e}"));
+    (size(&elf), out, board)
+}
+
 /// `(text, data, bss)` of an ELF from `arm-none-eabi-size`.
 fn size(elf: &Path) -> (u64, u64, u64) {
     let out = Command::new("arm-none-eabi-size")
@@ -424,19 +457,15 @@ fn run_and_compare(
     arena: usize,
 ) -> (u64, u64, u64, Option<usize>) {
     let arena = if arena == 0 { host[0].0 } else { arena };
-    let elf = build(
-        "thumbv7em-none-eabihf",
-        "infer",
+    let ((text, data, bss), out, board) = board_run(
         model_path,
         images_path,
         arena,
-        &[("SLB_ALGOS", &choices.join(","))],
+        choices,
+        false,
+        "qemu-output.txt",
     );
-    let (text, data, bss) = size(&elf);
-    let out = qemu(&elf, false, Duration::from_secs(600));
-    std::fs::write(work_dir().join("qemu-output.txt"), &out).expect("write output");
     print!("{out}");
-    let board = parse_board(&out).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         board.model_bytes,
         std::fs::metadata(model_path).expect("model").len() as usize
@@ -694,26 +723,21 @@ fn budget_table() {
             let in_place = if bytes.len() as u64 > QEMU_LIMIT - (128 << 10) {
                 "not run | - |".to_string()
             } else {
-                let elf = build(
-                    "thumbv7em-none-eabihf",
-                    "infer",
+                let ((text, data, bss), _, board) = board_run(
                     &model_path,
                     &images_path,
                     floor,
-                    &[("SLB_ALGOS", "fit")],
+                    &["fit"],
+                    true,
+                    &format!("{name}-inplace-qemu.txt"),
                 );
-                let (text, data, bss) = size(&elf);
-                let out = qemu(&elf, true, Duration::from_secs(600));
-                std::fs::write(work_dir().join(format!("{name}-inplace-qemu.txt")), &out)
-                    .expect("write");
-                let board = parse_board(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
                 let p = board.plans.first().expect("the fit plan ran");
                 assert_eq!(p.need, floor, "{name}: the board plans as the host does");
                 let stack = board.stack.unwrap_or(0) as u64;
                 format!(
                     "{} / {stack} / {:.1} | {} |",
                     data + bss,
-                    (p.ticks[0] * INSNS_PER_TICK) as f64 / 1e6,
+                    p.minsn(),
                     fits(text + data, data + bss + stack)
                 )
             };
@@ -729,18 +753,14 @@ fn budget_table() {
                 continue;
             }
             let arena = *needs.iter().max().unwrap();
-            let elf = build(
-                "thumbv7em-none-eabihf",
-                "infer",
+            let ((text, data, bss), _, board) = board_run(
                 &model_path,
                 &images_path,
                 arena,
-                &[("SLB_ALGOS", &choices.join(","))],
+                &choices,
+                true,
+                &format!("{name}-qemu.txt"),
             );
-            let (text, data, bss) = size(&elf);
-            let out = qemu(&elf, true, Duration::from_secs(600));
-            std::fs::write(work_dir().join(format!("{name}-qemu.txt")), &out).expect("write");
-            let board = parse_board(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
             // The default choice's plan, measured on the board when it fits QEMU, else the
             // host's (identical: the test above checks that the board plans as the host does).
             let d = board.plans.iter().find(|p| p.choice == "default");
@@ -780,9 +800,7 @@ fn budget_table() {
                     .plans
                     .iter()
                     .find(|p| p.choice == c)
-                    .map_or("-".to_string(), |p| {
-                        format!("{:.1}", (p.ticks[0] * INSNS_PER_TICK) as f64 / 1e6)
-                    })
+                    .map_or("-".to_string(), |p| format!("{:.1}", p.minsn()))
             };
             let _ = writeln!(
                 table,
@@ -840,21 +858,19 @@ fn layer_costs() {
         let images_path = work_dir().join(format!("{name}-image.bin"));
         std::fs::write(&images_path, &image).expect("write image");
         let arena = plans.iter().map(Plan::arena_bytes).max().unwrap();
-        let elf = build(
-            "thumbv7em-none-eabihf",
-            "infer",
+        let (_, _, board) = board_run(
             &model_path,
             &images_path,
             arena,
-            &[("SLB_ALGOS", &choices.join(","))],
+            &choices,
+            true,
+            &format!("{name}-qemu.txt"),
         );
-        let out = qemu(&elf, true, Duration::from_secs(600));
-        let board = parse_board(&out).unwrap_or_else(|e| panic!("{name}: {e}"));
         let minsn: Vec<f64> = choices
             .iter()
             .map(|c| {
                 let p = board.plans.iter().find(|p| p.choice == *c).expect("ran");
-                (p.ticks[0] * INSNS_PER_TICK) as f64 / 1e6
+                p.minsn()
             })
             .collect();
         assert_eq!(

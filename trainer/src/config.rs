@@ -68,6 +68,9 @@ pub struct Config {
     pub nesterov: bool,
     /// Weight decay (weights and SLB logits; never BatchNorm or biases).
     pub weight_decay: f64,
+    /// Weight decay of the SLB logits alone (default: `weight_decay`). Decay pulls the logits
+    /// toward a uniform choice, so they may want less than the float weights.
+    pub logit_weight_decay: Option<f64>,
     /// Label smoothing.
     pub label_smoothing: f64,
     /// Steps before the 8-bit activation nodes quantize (Golden Stick: 900).
@@ -101,6 +104,9 @@ pub struct Config {
     /// Batches of training data used to calibrate 8-bit ranges at export when
     /// enable_act_quant is false.
     pub calibration_batches: i64,
+    /// Batches of training data each BatchNorm calibration pass averages (default: the whole
+    /// training set, as Golden Stick). A few thousand images measure the statistics closely.
+    pub bn_calibration_batches: Option<i64>,
 }
 
 impl Default for Config {
@@ -128,6 +134,7 @@ impl Default for Config {
             momentum: 0.9,
             nesterov: false,
             weight_decay: 1e-4,
+            logit_weight_decay: None,
             label_smoothing: 0.1,
             quant_delay: 900,
             ema: false,
@@ -143,6 +150,7 @@ impl Default for Config {
             seed: 1,
             log_every: 25,
             calibration_batches: 8,
+            bn_calibration_batches: None,
         }
     }
 }
@@ -153,6 +161,25 @@ fn positive(name: &str, ok: bool, v: impl std::fmt::Display) -> Result<()> {
     } else {
         Err(Error::config(format!("{name} is out of range: got {v}")))
     }
+}
+
+/// One `KEY=VALUE` override: the key and its TOML value.
+pub fn parse_set(s: &str) -> Result<(String, toml::Value)> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| Error::config(format!("--set {s}: expected KEY=VALUE")))?;
+    let key = key.trim();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Error::config(format!("--set {s}: bad key {key:?}")));
+    }
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    Ok((
+        key.to_string(),
+        parsed.unwrap_or_else(|| toml::Value::String(value.to_string())),
+    ))
 }
 
 impl Config {
@@ -176,9 +203,40 @@ impl Config {
         toml::from_str(text).map_err(|e| Error::config(e.to_string()))
     }
 
+    /// Reads a TOML file as [`Config::from_file`] does, with `KEY=VALUE` overrides applied on
+    /// top (`slb train --set`): VALUE is a TOML value (`0.5`, `true`, `"INT2"`), or else taken
+    /// as a string (`weight_quant_dtype=INT2`). An unknown key is an error naming it.
+    pub fn from_file_with(path: &Path, sets: &[String]) -> Result<Config> {
+        if sets.is_empty() {
+            return Config::from_file(path);
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| Error::ConfigFile {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        for s in sets {
+            let (key, value) = parse_set(s)?;
+            table.insert(key, value);
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                Error::config(format!("{} with --set: {e}", path.display()))
+            })
+    }
+
     /// The TOML text of this configuration.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The weight decay of the SLB logits.
+    pub fn logit_decay(&self) -> f64 {
+        self.logit_weight_decay.unwrap_or(self.weight_decay)
     }
 
     /// The schedule length: epoch_size, or epochs.
@@ -230,6 +288,17 @@ impl Config {
             "weight_decay (must be >= 0)",
             self.weight_decay >= 0.0,
             self.weight_decay,
+        )?;
+        positive(
+            "logit_weight_decay (must be finite and >= 0)",
+            self.logit_weight_decay
+                .is_none_or(|d| d.is_finite() && d >= 0.0),
+            format!("{:?}", self.logit_weight_decay),
+        )?;
+        positive(
+            "bn_calibration_batches (must be > 0)",
+            self.bn_calibration_batches.is_none_or(|n| n > 0),
+            format!("{:?}", self.bn_calibration_batches),
         )?;
         positive(
             "label_smoothing (must be in [0, 1))",
@@ -315,6 +384,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("batch_size"));
+    }
+
+    #[test]
+    fn set_overrides_keys_with_toml_values_or_strings() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, "epochs = 10\nlr = 0.1\n").unwrap();
+        let sets = [
+            "lr=0.5".to_string(),
+            "weight_quant_dtype=INT2".to_string(),
+            "enable_act_quant = true".to_string(),
+            "act_quant_dtype=\"INT8\"".to_string(),
+            "logit_weight_decay=1e-4".to_string(),
+        ];
+        let c = Config::from_file_with(&p, &sets).unwrap();
+        assert_eq!(c.epochs, 10);
+        assert_eq!(c.lr, 0.5);
+        assert_eq!(c.weight_quant_dtype, QuantDtype::Int2);
+        assert!(c.enable_act_quant);
+        assert_eq!(c.logit_decay(), 1e-4);
+        for (bad, names) in [
+            ("no_such_key=1", "no_such_key"),
+            ("lr", "KEY=VALUE"),
+            ("=3", "bad key"),
+            ("epochs=ten", "epochs"),
+        ] {
+            let e = Config::from_file_with(&p, &[bad.to_string()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(names), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -87,9 +87,18 @@ pub struct Sgd {
     lr: Tensor,
     /// Elements of the decayed variables (the head of `flat`).
     n_decay: i64,
+    /// Elements of the SLB logits (the head of the decayed part).
+    n_logits: i64,
     momentum: f64,
     nesterov: bool,
     weight_decay: f64,
+    /// The logits' weight decay ([`Sgd::with_logit_decay`]; default `weight_decay`).
+    logit_decay: f64,
+}
+
+/// Whether a variable is an SLB conv's logits (decayed at `logit_weight_decay`).
+pub fn is_logit(name: &str) -> bool {
+    name.ends_with(".logits")
 }
 
 /// Whether a variable gets weight decay: conv logits and dense weights do, BatchNorm, biases
@@ -108,8 +117,10 @@ impl Sgd {
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .collect();
-        // Decayed first, then by name: the decay is one op over the head of the buffer.
-        named.sort_by(|a, b| (!decays(&a.0), &a.0).cmp(&(!decays(&b.0), &b.0)));
+        // Logits first, then the other decayed variables, then by name: the decay is one op
+        // over the head of the buffer (two when the logits' rate differs).
+        let group = |n: &str| (!is_logit(n), !decays(n));
+        named.sort_by(|a, b| (group(&a.0), &a.0).cmp(&(group(&b.0), &b.0)));
         let total: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
         let largest = named
             .iter()
@@ -119,6 +130,11 @@ impl Sgd {
         let n_decay = named
             .iter()
             .filter(|(n, _)| decays(n))
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        let n_logits = named
+            .iter()
+            .filter(|(n, _)| is_logit(n))
             .map(|(_, t)| t.numel() as i64)
             .sum();
         let opts = (Kind::Float, vs.device());
@@ -143,10 +159,19 @@ impl Sgd {
             zeros: Tensor::zeros([largest], opts),
             lr: Tensor::zeros([], opts),
             n_decay,
+            n_logits,
             momentum,
             nesterov,
             weight_decay,
+            logit_decay: weight_decay,
         }
+    }
+
+    /// The same optimizer with weight decay `wd` on the SLB logits (the config's
+    /// `logit_weight_decay`).
+    pub fn with_logit_decay(mut self, wd: f64) -> Sgd {
+        self.logit_decay = wd;
+        self
     }
 
     /// Back-propagates `loss` into the optimizer's flat gradient (nothing accumulates in the
@@ -193,11 +218,24 @@ impl Sgd {
                 Some(g) => g,
                 None => self.flat.zeros_like(),
             };
-            if self.weight_decay > 0.0 && self.n_decay > 0 {
-                let p = self.flat.narrow(0, 0, self.n_decay);
-                let _ = g
-                    .narrow(0, 0, self.n_decay)
-                    .g_add_(&(p * self.weight_decay));
+            // (offset, length, rate) of the decayed parts of the buffer's head.
+            let parts = if self.logit_decay == self.weight_decay {
+                [(0, self.n_decay, self.weight_decay), (0, 0, 0.0)]
+            } else {
+                [
+                    (0, self.n_logits, self.logit_decay),
+                    (
+                        self.n_logits,
+                        self.n_decay - self.n_logits,
+                        self.weight_decay,
+                    ),
+                ]
+            };
+            for (off, len, wd) in parts {
+                if wd > 0.0 && len > 0 {
+                    let p = self.flat.narrow(0, off, len);
+                    let _ = g.narrow(0, off, len).g_add_(&(p * wd));
+                }
             }
             let _ = self.buf.g_mul_scalar_(self.momentum).g_add_(&g);
             let d = if self.nesterov {
@@ -553,8 +591,12 @@ pub struct EpochMetrics {
     /// and waiting for the previous epoch's write, which runs in the background.
     #[serde(default)]
     pub checkpoint_seconds: f64,
-    /// Whether BatchNorm was recalibrated after this epoch.
+    /// Whether BatchNorm was recalibrated after this epoch (in place, as Golden Stick).
     pub bn_calibrated: bool,
+    /// Whether the test figures used BatchNorm statistics measured for the argmax weights
+    /// (in place, or for the evaluation only before the temperature starts).
+    #[serde(default)]
+    pub eval_bn_calibrated: bool,
     /// Where a training step's time goes (`RunOptions::profile_steps`), if profiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<StepProfile>,
@@ -735,7 +777,8 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
         net_config(&cfg, classes, image_size),
         cfg.float_weights,
     );
-    let mut opt = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay);
+    let mut opt = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+        .with_logit_decay(cfg.logit_decay());
     let mut step = 0i64;
     let mut ranges_valid = cfg.enable_act_quant;
     if let Some(ck) = &resume {
@@ -923,28 +966,46 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
             });
         }
         let t_eval = Instant::now();
-        let calibrate = algo.epoch_end_calibrates(epoch);
-        if calibrate {
+        let quant_now = cfg.enable_act_quant && step >= cfg.quant_delay;
+        if quant_now {
+            ranges_valid = true;
+        }
+        let calibrate_pass = || {
             bn_calibrate(
                 &net,
                 &train_data,
                 &aug,
                 cfg.batch_size,
-                cfg.enable_act_quant && step >= cfg.quant_delay,
+                quant_now,
                 amp,
                 seed,
-            );
-        }
-        if cfg.enable_act_quant && step >= cfg.quant_delay {
-            ranges_valid = true;
-        }
-        let (top1, top5) = evaluate(
-            &net,
-            &test_data,
-            &aug,
-            cfg.batch_size,
-            cfg.enable_act_quant && ranges_valid,
-        );
+                cfg.bn_calibration_batches,
+            )
+        };
+        let eval = || {
+            evaluate(
+                &net,
+                &test_data,
+                &aug,
+                cfg.batch_size,
+                cfg.enable_act_quant && ranges_valid,
+            )
+        };
+        // Golden Stick calibrates in place after the temperature starts. Before that (and only
+        // with enable_bn_calibration), the test figure still uses statistics measured for the
+        // argmax weights, put back afterwards: the epoch line shows what export would give.
+        let calibrate = algo.epoch_end_calibrates(epoch);
+        let (top1, top5, eval_bn_calibrated) = if calibrate {
+            let k = calibrate_pass();
+            let (a, b) = eval();
+            (a, b, k > 0)
+        } else if cfg.enable_bn_calibration && !cfg.float_weights {
+            let ((a, b), k) = with_bn_calibrated(&net, calibrate_pass, eval);
+            (a, b, k > 0)
+        } else {
+            let (a, b) = eval();
+            (a, b, false)
+        };
         let eval_seconds = t_eval.elapsed().as_secs_f64();
         let mut m = EpochMetrics {
             epoch,
@@ -960,6 +1021,7 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
             eval_seconds,
             checkpoint_seconds: 0.0,
             bn_calibrated: calibrate,
+            eval_bn_calibrated,
             profile: prof.report(),
         };
         if let Some(p) = &m.profile {
@@ -992,12 +1054,17 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
         let line = serde_json::to_string(&m).unwrap_or_default();
         writer.submit(snap, line)?;
         eprintln!(
-            "epoch {epoch}/{total}: T {:.4}{} lr {lr:.5} loss {train_loss:.4} train {:.2}% test top1 {:.2}% top5 {:.2}% {:.1}s {:.0} img/s",
+            "epoch {epoch}/{total}: T {:.4}{} lr {lr:.5} loss {train_loss:.4} train {:.2}% test top1 {:.2}% top5 {:.2}%{} {:.1}s {:.0} img/s",
             temp.t,
             if temp.hard { " (hard)" } else { "" },
             m.train_top1 * 100.0,
             top1 * 100.0,
             top5 * 100.0,
+            if eval_bn_calibrated {
+                " (BN calibrated)"
+            } else {
+                ""
+            },
             secs,
             m.images_per_s
         );
@@ -1014,9 +1081,17 @@ fn dev_index(d: Device) -> i64 {
     }
 }
 
-/// Golden Stick's BN calibration: one pass over the training data with hard weights and frozen
-/// activation ranges, BatchNorm in batch-statistics mode updating its running statistics; no
-/// gradient step.
+/// The momentum of every BatchNorm the networks build (tch's default): a training-mode forward
+/// pass sets `running = (1 - m) * running + m * batch statistic`.
+const BN_MOMENTUM: f64 = 0.1;
+
+/// Golden Stick's BN calibration: a pass over (the first `max_batches` shuffled batches of) the
+/// training data with hard weights and frozen activation ranges; no gradient step. Each
+/// BatchNorm's running mean and variance become the plain average of the batch statistics
+/// (PyTorch's cumulative average, `momentum=None`), so the result depends on every batch
+/// equally and not on the statistics before the pass. Batches of one image (no variance) are
+/// skipped. Returns the number of batches averaged (0 leaves the statistics as they were).
+#[allow(clippy::too_many_arguments)]
 pub fn bn_calibrate(
     net: &Net,
     data: &DeviceData,
@@ -1025,7 +1100,8 @@ pub fn bn_calibrate(
     quant: bool,
     amp: bool,
     seed: u64,
-) {
+    max_batches: Option<i64>,
+) -> i64 {
     let ctx = Ctx {
         train: true,
         t: 1.0,
@@ -1037,11 +1113,66 @@ pub fn bn_calibrate(
         },
         amp,
     };
+    let stats = bn_stats(net);
+    let limit = max_batches.map_or(usize::MAX, |n| n.max(0) as usize);
+    let mut k = 0i64;
     tch::no_grad(|| {
-        for (x, _) in data.batches(batch, true, seed ^ 0x5eed) {
+        let sums: Vec<Tensor> = stats.iter().map(|t| t.zeros_like()).collect();
+        for (x, _) in data
+            .batches(batch, true, seed ^ 0x5eed)
+            .filter(|(x, _)| x.size()[0] > 1)
+            .take(limit)
+        {
+            // From zero, one step leaves exactly `m * batch statistic` in the buffers.
+            for t in &stats {
+                let _ = t.shallow_clone().zero_();
+            }
             let _ = net.forward(&aug.train(&x), &ctx);
+            for (sum, t) in sums.iter().zip(&stats) {
+                let _ = sum.shallow_clone().g_add_(t);
+            }
+            k += 1;
+        }
+        if k > 0 {
+            for (sum, t) in sums.iter().zip(&stats) {
+                t.shallow_clone().copy_(&(sum / (k as f64 * BN_MOMENTUM)));
+            }
         }
     });
+    k
+}
+
+/// Every BatchNorm's running mean and variance, in a fixed order (views of the buffers).
+pub fn bn_stats(net: &Net) -> Vec<Tensor> {
+    net.convs()
+        .into_iter()
+        .flat_map(|c| {
+            [
+                c.bn.running_mean.shallow_clone(),
+                c.bn.running_var.shallow_clone(),
+            ]
+        })
+        .collect()
+}
+
+/// Evaluation-only calibration: the BatchNorm statistics of [`bn_stats`] are copied, replaced
+/// by the calibrated ones while `f` runs, and put back afterwards, so training goes on exactly
+/// as without it.
+pub fn with_bn_calibrated<R>(
+    net: &Net,
+    calibrate: impl FnOnce() -> i64,
+    f: impl FnOnce() -> R,
+) -> (R, i64) {
+    let stats = bn_stats(net);
+    let saved: Vec<Tensor> = tch::no_grad(|| stats.iter().map(|t| t.copy()).collect());
+    let k = calibrate();
+    let r = f();
+    tch::no_grad(|| {
+        for (t, s) in stats.iter().zip(&saved) {
+            t.shallow_clone().copy_(s);
+        }
+    });
+    (r, k)
 }
 
 #[cfg(test)]
@@ -1164,13 +1295,13 @@ mod tests {
         assert!((b.double_value(&[0]) + 3.35).abs() < 1e-6);
     }
 
-    /// The per-variable SGD that [`Sgd`] replaces: its reference twin.
+    /// The per-variable SGD that [`Sgd`] replaces: its reference twin (each variable with
+    /// its own decay rate).
     struct RefSgd {
-        params: Vec<(Tensor, bool)>,
+        params: Vec<(Tensor, f64)>,
         bufs: Vec<Tensor>,
         momentum: f64,
         nesterov: bool,
-        weight_decay: f64,
     }
 
     impl RefSgd {
@@ -1179,11 +1310,7 @@ mod tests {
                 for ((p, decay), buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
                     let g = p.grad();
                     let g = if g.defined() { g } else { p.zeros_like() };
-                    let g = if *decay && self.weight_decay > 0.0 {
-                        g + &*p * self.weight_decay
-                    } else {
-                        g
-                    };
+                    let g = if *decay > 0.0 { g + &*p * *decay } else { g };
                     let _ = buf.g_mul_scalar_(self.momentum).g_add_(&g);
                     let d = if self.nesterov {
                         g + &*buf * self.momentum
@@ -1242,20 +1369,20 @@ mod tests {
 
     #[test]
     fn flat_sgd_equals_the_per_variable_reference_bit_for_bit() {
-        for nesterov in [false, true] {
+        // The logits' own decay rate: the same as the weights' (one op) or not (two).
+        for (nesterov, logit_decay) in [(false, 5e-4), (true, 5e-4), (true, 1e-4), (false, 0.0)] {
             let (vs_a, va) = tiny(7);
             let (_vs_b, vb) = tiny(7);
-            let mut fast = Sgd::new(&vs_a, 0.9, nesterov, 5e-4);
+            let mut fast = Sgd::new(&vs_a, 0.9, nesterov, 5e-4).with_logit_decay(logit_decay);
             let mut reference = RefSgd {
                 params: vb
                     .iter()
-                    .zip([true, false, true, false])
+                    .zip([logit_decay, 0.0, 5e-4, 0.0])
                     .map(|(t, d)| (t.shallow_clone(), d))
                     .collect(),
                 bufs: vb.iter().map(|t| t.zeros_like()).collect(),
                 momentum: 0.9,
                 nesterov,
-                weight_decay: 5e-4,
             };
             for step in 0..6 {
                 fast.backward(&tiny_loss(&va, step));
@@ -1271,7 +1398,10 @@ mod tests {
                 reference.step(0.05);
             }
             for (a, b) in va.iter().zip(&vb) {
-                assert!(a.equal(b), "nesterov {nesterov}: {a:?} vs {b:?}");
+                assert!(
+                    a.equal(b),
+                    "nesterov {nesterov}, logit decay {logit_decay}: {a:?} vs {b:?}"
+                );
             }
             // The state round-trips through named tensors.
             let state = fast.state();

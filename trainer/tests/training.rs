@@ -239,3 +239,113 @@ fn profiled_steps_report_every_phase_and_change_nothing() {
         tensors(&checkpoint_path(b.path()))
     );
 }
+
+/// Every BatchNorm's (running mean, running variance) as f64 vectors.
+fn bn_values(net: &slb_trainer::nn::Net) -> Vec<Vec<f64>> {
+    slb_trainer::train::bn_stats(net)
+        .iter()
+        .map(|t| Vec::<f64>::try_from(t.to_kind(tch::Kind::Double)).unwrap())
+        .collect()
+}
+
+#[test]
+fn bn_calibration_averages_the_batch_statistics_of_the_argmax_weights() {
+    use slb_trainer::data::Augment;
+    use slb_trainer::nn::net::Ctx;
+    use slb_trainer::nn::QuantMode;
+    use slb_trainer::train::{bn_calibrate, build, net_config};
+    let _guard = serial();
+    tch::manual_seed(3);
+    let cfg = common::tiny_config();
+    let algo = cfg.algorithm().unwrap();
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let net = build(&algo, &vs, net_config(&cfg, 4, 16), false);
+    let data = DeviceData::new(&common::synthetic(40, 16, 4, 5), Device::Cpu);
+    let aug = Augment::cifar();
+    // Statistics before the pass must not matter: start from nonsense.
+    for t in slb_trainer::train::bn_stats(&net) {
+        let _ = t.shallow_clone().fill_(123.0);
+    }
+    // 40 images in batches of 16: 16, 16, 8; at most 2 of them. The augmentation draws from
+    // torch's generator: both passes start from the same state.
+    tch::manual_seed(42);
+    let k = bn_calibrate(&net, &data, &aug, 16, false, false, 9, Some(2));
+    assert_eq!(k, 2);
+    let got = bn_values(&net);
+    // By hand: each batch's statistics from a fresh (zeroed) pass with momentum 1 per batch.
+    let ctx = Ctx {
+        train: true,
+        t: 1.0,
+        hard: true,
+        q: QuantMode {
+            observe: false,
+            quantize: false,
+            ema: false,
+        },
+        amp: false,
+    };
+    let mut sums = vec![vec![0.0f64; 0]; got.len()];
+    tch::manual_seed(42);
+    for (x, _) in data.batches(16, true, 9 ^ 0x5eed).take(2) {
+        for t in slb_trainer::train::bn_stats(&net) {
+            let _ = t.shallow_clone().zero_();
+        }
+        tch::no_grad(|| net.forward(&aug.train(&x), &ctx));
+        for (s, v) in sums.iter_mut().zip(bn_values(&net)) {
+            let v: Vec<f64> = v.iter().map(|x| x / 0.1).collect();
+            if s.is_empty() {
+                *s = v;
+            } else {
+                s.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
+            }
+        }
+    }
+    for (i, (g, s)) in got.iter().zip(&sums).enumerate() {
+        for (a, b) in g.iter().zip(s) {
+            assert!(
+                (a - b / 2.0).abs() <= 1e-4 * (1.0 + b.abs()),
+                "statistic {i}: {a} vs {}",
+                b / 2.0
+            );
+        }
+    }
+    // Variances are averages of positive batch variances, not the 123 of before.
+    assert!(got[1].iter().all(|v| *v > 0.0 && *v != 123.0));
+}
+
+#[test]
+fn evaluation_only_bn_calibration_leaves_the_training_bit_for_bit() {
+    let _guard = serial();
+    tch::set_num_threads(1);
+    let train = common::synthetic(48, 16, 4, 11);
+    let test = common::synthetic(16, 16, 4, 12);
+    let mut cfg = common::tiny_config();
+    // The temperature starts after the run: Golden Stick would not calibrate in place, so
+    // the calibration is for the evaluation alone.
+    cfg.epochs = 3;
+    cfg.t_start_time = 1.0;
+    cfg.t_end_time = 1.0;
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let plain = run(&cfg, &train, &test, &opts(a.path(), false, Some(2))).unwrap();
+    cfg.enable_bn_calibration = true;
+    let calibrated = run(&cfg, &train, &test, &opts(b.path(), false, Some(2))).unwrap();
+    assert!(plain
+        .epochs
+        .iter()
+        .all(|m| !m.eval_bn_calibrated && !m.bn_calibrated));
+    assert!(calibrated
+        .epochs
+        .iter()
+        .all(|m| m.eval_bn_calibrated && !m.bn_calibrated));
+    // Training went on bit for bit as without the calibration: its statistics were put back
+    // (the checkpoint holds the running statistics too).
+    let ta = tensors(&checkpoint_path(a.path()));
+    let tb = tensors(&checkpoint_path(b.path()));
+    assert!(ta.iter().any(|(n, _)| n.ends_with("running_var")));
+    assert_eq!(ta, tb);
+    let losses = |s: &slb_trainer::train::RunSummary| {
+        s.epochs.iter().map(|m| m.train_loss).collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&plain), losses(&calibrated));
+}

@@ -20,6 +20,8 @@ enum Cmd {
     Train(cli::train::TrainArgs),
     /// Export a checkpoint to a packed model file.
     Export(cli::export::ExportArgs),
+    /// Draw a run's per-epoch curves (accuracy, loss, temperature, learning rate) as a PNG.
+    Plot(cli::plot::PlotArgs),
     /// Evaluate a packed model file on a dataset's test split with the host runtime.
     Eval(EvalArgs),
     /// Print a per-layer summary of a model file: bits, bytes, MACs, kernels, board fit.
@@ -68,6 +70,7 @@ fn main() {
     let r = match &args.cmd {
         Cmd::Train(a) => cli::train::main(a),
         Cmd::Export(a) => cli::export::main(a),
+        Cmd::Plot(a) => cli::plot::main(a),
         Cmd::Eval(a) => tools::eval::command(
             &a.model,
             &a.data,

@@ -1,7 +1,8 @@
-//! The `slb` command line's subcommands (`train`, `export`; `eval`, `inspect` and `bench` read
+//! The `slb` command line's subcommands (`train`, `export`, `plot`; `eval`, `inspect` and `bench` read
 //! packed models and live beside them).
 
 pub mod export;
+pub mod plot;
 pub mod train;
 
 use tch::Device;

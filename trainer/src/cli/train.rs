@@ -15,6 +15,10 @@ pub struct TrainArgs {
     /// TOML configuration (Golden Stick's keys plus the recipe).
     #[arg(long)]
     pub config: PathBuf,
+    /// Override a configuration key: `--set KEY=VALUE` (repeatable; VALUE in TOML, or a bare
+    /// string), e.g. `--set weight_quant_dtype=INT2 --set epochs=50`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     /// Dataset: a CIFAR-10 binary folder, an image-folder tree or a .tar/.tar.xz of one.
     #[arg(long)]
     pub data: PathBuf,
@@ -57,7 +61,7 @@ pub struct TrainArgs {
 /// Runs `slb train`. The configuration is validated before any data is read or any device
 /// memory is touched.
 pub fn main(a: &TrainArgs) -> Result<()> {
-    let mut cfg = Config::from_file(&a.config)?;
+    let mut cfg = Config::from_file_with(&a.config, &a.set)?;
     if let Some(e) = a.epochs {
         cfg.epochs = e;
     }

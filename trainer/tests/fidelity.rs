@@ -34,13 +34,13 @@ fn agreement_arch(
     act_quant: bool,
 ) -> (f64, f64) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let train = common::synthetic(96, 16, 4, 11);
+    let train = common::synthetic(192, 16, 4, 11);
     let test = common::synthetic(200, 16, 4, 12);
     tch::set_num_threads(1);
     let mut cfg = common::tiny_config();
     cfg.model = arch;
     cfg.width = Some(width);
-    cfg.epochs = 4;
+    cfg.epochs = 6;
     cfg.lr = 0.1;
     cfg.t_end_time = 0.5;
     cfg.enable_bn_calibration = true;

@@ -8,7 +8,9 @@ use slb_format::{
 };
 
 use crate::exec::{correct, prepare_aux};
-use crate::kernels::{self, portable, reference, Algo, ConvKernel, ConvShape, KernelKind, Run};
+use crate::kernels::{
+    self, portable, reference, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run,
+};
 use crate::quant::QParams;
 use crate::testutil::{leak, quant, resnet, Builder, Rng};
 use crate::{run, run_with_busy_pin, CostModel, Engine, Error, Model, Plan, PlanOptions};
@@ -203,7 +205,23 @@ fn kernel_exact(
     let mut xw = vec![0u64; s.hp * s.wp * portable::bit_pixel_words(s)];
     match k.run {
         Run::Bytes(_) => portable::pad_bytes(s, x, pad, &mut xb),
-        Run::Bits(_) => portable::pack_bits(s, x, pad, &mut xw),
+        // The portable bit kernels get the portable packer, the SIMD ones the CPU's (AVX2 on
+        // x86): both packers are checked here, through the kernels' results.
+        Run::Bits(_) => {
+            let portable_kind = matches!(
+                k.kind,
+                KernelKind::Xnor
+                    | KernelKind::BitSerial
+                    | KernelKind::XnorInPlace
+                    | KernelKind::BitSerialInPlace
+            );
+            let ops = if portable_kind {
+                RowOps::PORTABLE
+            } else {
+                RowOps::native()
+            };
+            (ops.pack_bits)(s, x, pad, &mut xw)
+        }
     }
     while y0 < s.oh {
         let y1 = (y0 + rows).min(s.oh);
@@ -218,8 +236,16 @@ fn kernel_exact(
     true
 }
 
-/// Every kernel kind this build and CPU can run for `algo` (portable first). Kinds that are
-/// not available are reported as skipped.
+/// Writes a line to the test binary's stderr past the harness's output capture, so that it
+/// shows in a passing run too.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Every kernel kind this build and CPU can run for the shape (portable first). Kinds that are
+/// not available are reported once as skipped; [`isa_variants_match_the_cpu`] makes sure that
+/// none the CPU supports is among them.
 fn kernels_for(s: &ConvShape) -> Vec<ConvKernel> {
     let mut v = Vec::new();
     for kind in KernelKind::ALL {
@@ -230,22 +256,93 @@ fn kernels_for(s: &ConvShape) -> Vec<ConvKernel> {
         match kernels::by_kind(kind) {
             Some(k) => v.push(k),
             None => {
-                SKIPPED.with(|c| {
-                    if c.borrow_mut().insert(kind.name()) {
-                        println!(
-                            "skipped {} (not available in this build or CPU)",
-                            kind.name()
-                        );
-                    }
-                });
+                let mut seen = SKIPPED.lock().unwrap();
+                if seen.insert(kind.name()) {
+                    report(&format!(
+                        "kernels: skipped {} (not available in this build or CPU)",
+                        kind.name()
+                    ));
+                }
             }
         }
     }
     v
 }
 
-std::thread_local! {
-    static SKIPPED: std::cell::RefCell<std::collections::BTreeSet<&'static str>> = Default::default();
+static SKIPPED: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The SIMD kinds `by_kind` hands out are exactly those whose instructions this CPU has
+/// (detected here independently), so the shared proptests run every variant the CPU supports;
+/// and every kind named by `SLB_REQUIRE_KERNELS` (a comma list matched against kind names,
+/// e.g. `avx512`, `avx2`, `neon`, `int8-dot/neon-sdot`) is available, else the test fails. A
+/// CPU without AVX-512 is legitimate (the development machine): a line says which kernels did
+/// not run.
+#[test]
+fn isa_variants_match_the_cpu() {
+    #[cfg(target_arch = "x86_64")]
+    let cpu: Vec<(KernelKind, bool)> = {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2");
+        let f = has!("avx512f") && has!("avx512bw");
+        let (vnni, popcnt) = (f && has!("avx512vnni"), f && has!("avx512vpopcntdq"));
+        if !(vnni && popcnt) {
+            report(&format!(
+                "kernels: AVX-512 NOT TESTED on this CPU (avx512f+bw: {f}, vnni: {vnni}, \
+                 vpopcntdq: {popcnt}): int8-dot/avx512-vnni, xnor-popcnt/avx512 and \
+                 bitserial-popcnt/avx512 did not run; run the tests on an AVX-512 CPU with \
+                 SLB_REQUIRE_KERNELS=avx512"
+            ));
+        }
+        vec![
+            (KernelKind::XnorAvx2, avx2),
+            (KernelKind::BitSerialAvx2, avx2),
+            (KernelKind::Int8DotAvx2, avx2),
+            (KernelKind::Int8DotVnni, vnni),
+            (KernelKind::XnorAvx512, popcnt),
+            (KernelKind::BitSerialAvx512, popcnt),
+        ]
+    };
+    #[cfg(target_arch = "aarch64")]
+    let cpu: Vec<(KernelKind, bool)> = {
+        use std::arch::is_aarch64_feature_detected as has;
+        let (neon, dot) = (has!("neon"), has!("neon") && has!("dotprod"));
+        vec![
+            (KernelKind::XnorNeon, neon),
+            (KernelKind::BitSerialNeon, neon),
+            (KernelKind::Int8DotNeon, neon),
+            (KernelKind::Int8DotSdot, dot),
+        ]
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let cpu: Vec<(KernelKind, bool)> = Vec::new();
+    for (kind, has) in cpu {
+        assert_eq!(
+            kernels::by_kind(kind).is_some(),
+            has,
+            "{kind}: the CPU has its instructions: {has}"
+        );
+        if has {
+            report(&format!("kernels: {kind} runs on this CPU"));
+        }
+    }
+    let required = std::env::var("SLB_REQUIRE_KERNELS").unwrap_or_default();
+    for want in required.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let kinds: Vec<KernelKind> = KernelKind::ALL
+            .into_iter()
+            .filter(|k| k.algo().is_some_and(|a| a != Algo::Reference) && k.name().contains(want))
+            .collect();
+        assert!(
+            !kinds.is_empty(),
+            "SLB_REQUIRE_KERNELS: no kernel kind matches {want:?}"
+        );
+        for kind in kinds {
+            assert!(
+                kernels::by_kind(kind).is_some(),
+                "SLB_REQUIRE_KERNELS={required}: {kind} is required but not available on this CPU"
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

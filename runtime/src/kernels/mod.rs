@@ -16,6 +16,9 @@ pub(crate) mod lanes8;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
+#[cfg(test)]
+pub(crate) mod tests;
+
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
 

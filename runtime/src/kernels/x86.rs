@@ -343,6 +343,53 @@ trait Dot {
     /// # Safety
     /// The ISA is present; `n` `i32`s writable at `out`.
     unsafe fn store(acc: Self::Acc, out: *mut i32, n: usize);
+    /// One register tile of `call` ([`Int8Call::tile_body`]) compiled for the ISA.
+    ///
+    /// # Safety
+    /// As [`Tile::tile`].
+    unsafe fn tile<const NB: usize, const P: usize>(
+        call: &Int8Call<'_, Self>,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) where
+        Self: Sized;
+}
+
+/// A 512-bit AVX2 operand: two `__m256i` halves.
+type Pair = [__m256i; 2];
+
+/// # Safety
+/// AVX2 present.
+#[inline(always)]
+unsafe fn pair_zero() -> Pair {
+    // SAFETY: AVX2 present (caller).
+    unsafe { [_mm256_setzero_si256(); 2] }
+}
+
+/// # Safety
+/// AVX2 present; 64 readable bytes at `p` (any alignment).
+#[inline(always)]
+unsafe fn pair_load(p: *const u8) -> Pair {
+    // SAFETY: 64 readable bytes at `p` (caller).
+    unsafe {
+        [
+            _mm256_loadu_si256(p as *const _),
+            _mm256_loadu_si256(p.add(32) as *const _),
+        ]
+    }
+}
+
+/// # Safety
+/// AVX2 present; 64 writable bytes at `p` (any alignment).
+#[inline(always)]
+unsafe fn pair_store(v: Pair, p: *mut u8) {
+    // SAFETY: 64 writable bytes at `p` (caller).
+    unsafe {
+        _mm256_storeu_si256(p as *mut _, v[0]);
+        _mm256_storeu_si256(p.add(32) as *mut _, v[1]);
+    }
 }
 
 /// AVX2: `vpmaddubsw` (pairs summed in saturating `i16`) over runs short enough never to
@@ -350,10 +397,21 @@ trait Dot {
 struct Avx2Dot;
 
 impl Dot for Avx2Dot {
-    type W = [__m256i; 2];
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile<const NB: usize, const P: usize>(
+        call: &Int8Call<'_, Self>,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) {
+        // SAFETY: forwarded preconditions.
+        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
+    }
+    type W = Pair;
     type X = __m256i;
-    type Acc = [__m256i; 2];
-    type Part = [__m256i; 2];
+    type Acc = Pair;
+    type Part = Pair;
     fn run_len(wbits: u8) -> usize {
         // One `vpmaddubsw` lane is at most `2 * 255 * (2^wb - 1)` in magnitude; this many of
         // them still fit an i16: 64 (W1), 21 (W2), 4 (W4).
@@ -362,17 +420,12 @@ impl Dot for Avx2Dot {
     #[inline(always)]
     unsafe fn zero() -> Self::Acc {
         // SAFETY: AVX2 present (caller).
-        unsafe { [_mm256_setzero_si256(); 2] }
+        unsafe { pair_zero() }
     }
     #[inline(always)]
     unsafe fn load_w(w: *const u8) -> Self::W {
         // SAFETY: 64 readable bytes at `w` (caller).
-        unsafe {
-            [
-                _mm256_loadu_si256(w as *const _),
-                _mm256_loadu_si256(w.add(32) as *const _),
-            ]
-        }
+        unsafe { pair_load(w) }
     }
     #[inline(always)]
     unsafe fn splat(x: i32) -> Self::X {
@@ -382,7 +435,7 @@ impl Dot for Avx2Dot {
     #[inline(always)]
     unsafe fn begin(_acc: Self::Acc) -> Self::Part {
         // SAFETY: AVX2 present (caller).
-        unsafe { Self::zero() }
+        unsafe { pair_zero() }
     }
     #[inline(always)]
     unsafe fn dot(part: Self::Part, x: Self::X, w: Self::W) -> Self::Part {
@@ -408,10 +461,9 @@ impl Dot for Avx2Dot {
     #[inline(always)]
     unsafe fn store(acc: Self::Acc, out: *mut i32, n: usize) {
         let mut t = [0i32; 16];
-        // SAFETY: `t` holds 16 i32 (two 32-byte stores); `n <= 16` writable at `out` (caller).
+        // SAFETY: `t` holds 16 i32 (64 bytes); `n <= 16` writable at `out` (caller).
         unsafe {
-            _mm256_storeu_si256(t.as_mut_ptr() as *mut _, acc[0]);
-            _mm256_storeu_si256(t.as_mut_ptr().add(8) as *mut _, acc[1]);
+            pair_store(acc, t.as_mut_ptr() as *mut u8);
             core::ptr::copy_nonoverlapping(t.as_ptr(), out, n);
         }
     }
@@ -421,6 +473,17 @@ impl Dot for Avx2Dot {
 struct VnniDot;
 
 impl Dot for VnniDot {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const NB: usize, const P: usize>(
+        call: &Int8Call<'_, Self>,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) {
+        // SAFETY: forwarded preconditions.
+        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
+    }
     type W = __m512i;
     type X = __m512i;
     type Acc = __m512i;
@@ -489,7 +552,19 @@ struct Int8Call<'a, D> {
     isa: PhantomData<D>,
 }
 
-impl<D: Dot> Int8Call<'_, D> {
+impl<'a, D: Dot> Int8Call<'a, D> {
+    /// The call over rows from `y0`.
+    fn new(s: &'a ConvShape, x: &'a [u8], w: &'a [u8], y0: usize) -> Self {
+        let (first, isa) = (y0 * s.ow, PhantomData);
+        Int8Call {
+            s,
+            x,
+            w,
+            first,
+            isa,
+        }
+    }
+
     /// Runs rows `y0..y1` in tiles of up to `NB` 16-channel blocks by `P` pixels.
     ///
     /// # Safety
@@ -502,39 +577,63 @@ impl<D: Dot> Int8Call<'_, D> {
         unsafe { for_tiles::<_, NB, P>(self, self.s, nblk, y0, y1, acc) }
     }
 
-    /// Adds one chunk `q` of a tap to the partial sums: `NB` weight loads from `wt`, one
-    /// broadcast of `xs[j]` per pixel.
+    /// Adds the run of chunks `q0 .. q0 + n` of a tap to the sums `a`: per chunk `NB` weight
+    /// loads from `wt`, one broadcast of 4 activation codes per pixel (only the first `rem`
+    /// codes for the `PARTIAL` chunk past the full ones).
     ///
     /// # Safety
-    /// `D`'s ISA is present; chunk `q` of blocks `0 .. NB` lies inside the weights at `wt`.
+    /// `D`'s ISA is present; chunks `q0 .. q0 + n` of blocks `0 .. NB` lie inside the weights
+    /// at `wt` and inside the input pixels at `xp` (4 bytes each, `rem` for `PARTIAL`).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn chunk<const NB: usize, const P: usize>(
+    unsafe fn run_chunks<const NB: usize, const P: usize, const PARTIAL: bool>(
         &self,
-        part: &mut [[D::Part; NB]; P],
+        a: &mut [[D::Acc; NB]; P],
         wt: *const u8,
-        q: usize,
-        xs: [i32; P],
+        xp: &[*const u8; P],
+        q0: usize,
+        n: usize,
+        rem: usize,
     ) {
         let bb = int8_block_bytes(self.s);
-        // SAFETY: chunk `q` of blocks `0 .. NB` is inside the weights (caller).
+        // SAFETY: the ISA is present and every load in bounds (caller).
         unsafe {
-            let mut wv = [D::load_w(wt.add(q * 64)); NB];
-            for b in 1..NB {
-                wv[b] = D::load_w(wt.add(b * bb + q * 64));
+            let mut part = [[D::begin(a[0][0]); NB]; P];
+            for j in 0..P {
+                for b in 0..NB {
+                    part[j][b] = D::begin(a[j][b]);
+                }
+            }
+            for q in q0..q0 + n {
+                let mut wv = [D::load_w(wt.add(q * 64)); NB];
+                for b in 1..NB {
+                    wv[b] = D::load_w(wt.add(b * bb + q * 64));
+                }
+                for j in 0..P {
+                    let xv = D::splat(if PARTIAL {
+                        load4(xp[j].add(4 * q), rem)
+                    } else {
+                        (xp[j].add(4 * q) as *const i32).read_unaligned()
+                    });
+                    for b in 0..NB {
+                        part[j][b] = D::dot(part[j][b], xv, wv[b]);
+                    }
+                }
             }
             for j in 0..P {
-                let xv = D::splat(xs[j]);
                 for b in 0..NB {
-                    part[j][b] = D::dot(part[j][b], xv, wv[b]);
+                    a[j][b] = D::end(a[j][b], part[j][b]);
                 }
             }
         }
     }
-}
 
-impl<D: Dot> Tile for Int8Call<'_, D> {
+    /// The body of [`Tile::tile`], compiled into each ISA's [`Dot::tile`].
+    ///
+    /// # Safety
+    /// As [`Tile::tile`].
     #[inline(always)]
-    unsafe fn tile<const NB: usize, const P: usize>(
+    unsafe fn tile_body<const NB: usize, const P: usize>(
         &self,
         acc: &mut [i32],
         g: usize,
@@ -566,41 +665,16 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
                 }
                 // Runs of full chunks, then the partial chunk `rem` as a run of one.
                 let mut q = 0;
-                while q < full || (q == full && rem != 0) {
-                    let n = if q < full { (full - q).min(run) } else { 1 };
-                    // SAFETY: the ISA is present (caller).
-                    let mut part = [[unsafe { D::begin(a[0][0]) }; NB]; P];
-                    for j in 0..P {
-                        for b in 0..NB {
-                            // SAFETY: the ISA is present (caller).
-                            part[j][b] = unsafe { D::begin(a[j][b]) };
-                        }
-                    }
-                    for c in q..q + n {
-                        let mut xs = [0i32; P];
-                        for j in 0..P {
-                            // SAFETY: `xp[j]` is channel `g*cin` of an input pixel inside the
-                            // padded input; a full chunk (`c < full`) reads 4 of its `cin`
-                            // channels, the partial chunk `rem`.
-                            xs[j] = unsafe {
-                                if c < full {
-                                    (xp[j].add(4 * c) as *const i32).read_unaligned()
-                                } else {
-                                    load4(xp[j].add(4 * c), rem)
-                                }
-                            };
-                        }
-                        // SAFETY: chunk `c < c4n` of blocks `b0 .. b0 + NB` is inside the
-                        // weights.
-                        unsafe { self.chunk::<NB, P>(&mut part, wt, c, xs) };
-                    }
-                    for j in 0..P {
-                        for b in 0..NB {
-                            // SAFETY: the ISA is present (caller).
-                            a[j][b] = unsafe { D::end(a[j][b], part[j][b]) };
-                        }
-                    }
+                while q < full {
+                    let n = (full - q).min(run);
+                    // SAFETY: chunks `q .. q + n < full` are inside the block and the pixels.
+                    unsafe { self.run_chunks::<NB, P, false>(&mut a, wt, &xp, q, n, rem) };
                     q += n;
+                }
+                if rem != 0 {
+                    // SAFETY: chunk `full < c4n` is inside the block, its first `rem` codes
+                    // inside the pixels.
+                    unsafe { self.run_chunks::<NB, P, true>(&mut a, wt, &xp, full, 1, rem) };
                 }
             }
         }
@@ -613,6 +687,20 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
                 unsafe { D::store(a[j][b], acc.as_mut_ptr().add(row + o0), n) };
             }
         }
+    }
+}
+
+impl<D: Dot> Tile for Int8Call<'_, D> {
+    #[inline(always)]
+    unsafe fn tile<const NB: usize, const P: usize>(
+        &self,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) {
+        // SAFETY: forwarded preconditions.
+        unsafe { D::tile::<NB, P>(self, acc, g, b0, p0) }
     }
 }
 
@@ -664,30 +752,16 @@ fn int8_vnni(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut 
 /// AVX2 present; the call passed [`ConvShape::assert_call`].
 #[target_feature(enable = "avx2")]
 unsafe fn int8_avx2_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-    let call = Int8Call::<Avx2Dot> {
-        s,
-        x,
-        w,
-        first: y0 * s.ow,
-        isa: PhantomData,
-    };
     // SAFETY: forwarded preconditions.
-    unsafe { call.run::<1, 4>(y0, y1, acc) }
+    unsafe { Int8Call::<Avx2Dot>::new(s, x, w, y0).run::<1, 4>(y0, y1, acc) }
 }
 
 /// # Safety
 /// AVX-512 F/BW/VNNI present; the call passed [`ConvShape::assert_call`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn int8_vnni_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-    let call = Int8Call::<VnniDot> {
-        s,
-        x,
-        w,
-        first: y0 * s.ow,
-        isa: PhantomData,
-    };
     // SAFETY: forwarded preconditions.
-    unsafe { call.run::<4, 6>(y0, y1, acc) }
+    unsafe { Int8Call::<VnniDot>::new(s, x, w, y0).run::<4, 6>(y0, y1, acc) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -706,7 +780,7 @@ trait Popcount {
     type Cnt: Copy;
     /// 8 `u64` lanes.
     type Sum: Copy;
-    /// Words a run may hold.
+    /// Words a run may hold (`usize::MAX`: no limit, the counts are already wide).
     const RUN: usize;
     /// # Safety
     /// The ISA is present (so for every method of this trait).
@@ -742,6 +816,18 @@ trait Popcount {
     /// # Safety
     /// The ISA is present.
     unsafe fn lanes(sum: Self::Sum) -> [i64; 8];
+    /// One register tile of `call` ([`BitsCall::tile_body`]) compiled for the ISA.
+    ///
+    /// # Safety
+    /// As [`Tile::tile`].
+    unsafe fn tile<const XNOR: bool, const NB: usize, const P: usize>(
+        call: &BitsCall<'_, Self, XNOR>,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) where
+        Self: Sized;
 }
 
 /// AVX2: byte-wise `vpshufb` nibble-table counts summed in `u8` lanes for up to 31 words, then
@@ -770,26 +856,32 @@ impl Avx2Popcount {
 }
 
 impl Popcount for Avx2Popcount {
-    type W = [__m256i; 2];
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile<const XNOR: bool, const NB: usize, const P: usize>(
+        call: &BitsCall<'_, Self, XNOR>,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) {
+        // SAFETY: forwarded preconditions.
+        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
+    }
+    type W = Pair;
     type X = __m256i;
-    type Cnt = [__m256i; 2];
-    type Sum = [__m256i; 2];
+    type Cnt = Pair;
+    type Sum = Pair;
     // Each byte count grows by at most 8 a word: 31 words stay below 256.
     const RUN: usize = 31;
     #[inline(always)]
     unsafe fn zero() -> Self::Sum {
         // SAFETY: AVX2 present (caller).
-        unsafe { [_mm256_setzero_si256(); 2] }
+        unsafe { pair_zero() }
     }
     #[inline(always)]
     unsafe fn load_w(w: *const u64) -> Self::W {
         // SAFETY: 8 readable u64s at `w` (caller).
-        unsafe {
-            [
-                _mm256_loadu_si256(w as *const _),
-                _mm256_loadu_si256(w.add(4) as *const _),
-            ]
-        }
+        unsafe { pair_load(w as *const u8) }
     }
     #[inline(always)]
     unsafe fn splat(x: u64) -> Self::X {
@@ -799,7 +891,7 @@ impl Popcount for Avx2Popcount {
     #[inline(always)]
     unsafe fn begin(_sum: Self::Sum) -> Self::Cnt {
         // SAFETY: AVX2 present (caller).
-        unsafe { Self::zero() }
+        unsafe { pair_zero() }
     }
     #[inline(always)]
     unsafe fn count<const XNOR: bool>(cnt: Self::Cnt, x: Self::X, w: Self::W) -> Self::Cnt {
@@ -842,11 +934,8 @@ impl Popcount for Avx2Popcount {
     #[inline(always)]
     unsafe fn lanes(sum: Self::Sum) -> [i64; 8] {
         let mut v = [0i64; 8];
-        // SAFETY: `v` holds 8 i64 (two 32-byte stores).
-        unsafe {
-            _mm256_storeu_si256(v.as_mut_ptr() as *mut _, sum[0]);
-            _mm256_storeu_si256(v.as_mut_ptr().add(4) as *mut _, sum[1]);
-        }
+        // SAFETY: `v` holds 8 i64 (64 bytes).
+        unsafe { pair_store(sum, v.as_mut_ptr() as *mut u8) };
         v
     }
 }
@@ -855,6 +944,17 @@ impl Popcount for Avx2Popcount {
 struct Avx512Popcount;
 
 impl Popcount for Avx512Popcount {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq")]
+    unsafe fn tile<const XNOR: bool, const NB: usize, const P: usize>(
+        call: &BitsCall<'_, Self, XNOR>,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) {
+        // SAFETY: forwarded preconditions.
+        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
+    }
     type W = __m512i;
     type X = __m512i;
     type Cnt = __m512i;
@@ -922,7 +1022,19 @@ struct BitsCall<'a, I, const XNOR: bool> {
     isa: PhantomData<I>,
 }
 
-impl<I: Popcount, const XNOR: bool> BitsCall<'_, I, XNOR> {
+impl<'a, I: Popcount, const XNOR: bool> BitsCall<'a, I, XNOR> {
+    /// The call over rows from `y0`.
+    fn new(s: &'a ConvShape, x: &'a [u64], w: &'a [u8], y0: usize) -> Self {
+        let (first, isa) = (y0 * s.ow, PhantomData);
+        BitsCall {
+            s,
+            x,
+            w,
+            first,
+            isa,
+        }
+    }
+
     /// Runs rows `y0..y1` in tiles of up to `NB` 8-channel blocks by `P` pixels.
     ///
     /// # Safety
@@ -961,6 +1073,24 @@ impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
         b0: usize,
         p0: usize,
     ) {
+        // SAFETY: forwarded preconditions.
+        unsafe { I::tile::<XNOR, NB, P>(self, acc, g, b0, p0) }
+    }
+}
+
+impl<I: Popcount, const XNOR: bool> BitsCall<'_, I, XNOR> {
+    /// The body of [`Tile::tile`], compiled into each ISA's [`Popcount::tile`].
+    ///
+    /// # Safety
+    /// As [`Tile::tile`].
+    #[inline(always)]
+    unsafe fn tile_body<const NB: usize, const P: usize>(
+        &self,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) {
         let s = self.s;
         let (nw, wb, ab) = (s.cw, s.wbits as usize, s.abits as usize);
         let px = portable::bit_pixel_words(s);
@@ -986,12 +1116,17 @@ impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
             for ky in 0..s.kh {
                 for kx in 0..s.kw {
                     let tap = (ky * s.wp + kx) * px + r * nw;
+                    let mut xp = [x; P];
+                    for j in 0..P {
+                        // SAFETY: plane `r` of the tap's input pixel lies inside the planes.
+                        xp[j] = unsafe { x.add(base[j] + tap) };
+                    }
                     // SAFETY: plane `p` of the tap inside block `b0` of the weights.
                     let wt = unsafe { wp.add(((ky * s.kw + kx) * nw * wb + p) * lanes8::LANES) };
                     for wd in 0..nw {
                         // SAFETY: word `wd` of plane `p` of the tap in blocks `b0 .. b0 + NB`
-                        // lies inside the weights; word `wd` of plane `r` of the tap's input
-                        // pixel inside the planes.
+                        // lies inside the weights; word `wd` of the pixels' planes inside the
+                        // planes.
                         unsafe {
                             let at = wd * wb * lanes8::LANES;
                             let mut wv = [I::load_w(wt.add(at)); NB];
@@ -999,14 +1134,14 @@ impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
                                 wv[b] = I::load_w(wt.add(b * bw + at));
                             }
                             for j in 0..P {
-                                let xv = I::splat(x.add(base[j] + tap + wd).read());
+                                let xv = I::splat(xp[j].add(wd).read());
                                 for b in 0..NB {
                                     cnt[j][b] = I::count::<XNOR>(cnt[j][b], xv, wv[b]);
                                 }
                             }
                         }
                         pending += 1;
-                        if pending == I::RUN {
+                        if I::RUN != usize::MAX && pending == I::RUN {
                             for j in 0..P {
                                 for b in 0..NB {
                                     // SAFETY: the ISA is present (caller).
@@ -1123,15 +1258,8 @@ unsafe fn bits_avx2_impl<const XNOR: bool>(
     y1: usize,
     acc: &mut [i32],
 ) {
-    let call = BitsCall::<Avx2Popcount, XNOR> {
-        s,
-        x,
-        w,
-        first: y0 * s.ow,
-        isa: PhantomData,
-    };
     // SAFETY: forwarded preconditions.
-    unsafe { call.run::<1, 4>(y0, y1, acc) }
+    unsafe { BitsCall::<Avx2Popcount, XNOR>::new(s, x, w, y0).run::<1, 4>(y0, y1, acc) }
 }
 
 /// # Safety
@@ -1145,15 +1273,8 @@ unsafe fn bits_avx512_impl<const XNOR: bool>(
     y1: usize,
     acc: &mut [i32],
 ) {
-    let call = BitsCall::<Avx512Popcount, XNOR> {
-        s,
-        x,
-        w,
-        first: y0 * s.ow,
-        isa: PhantomData,
-    };
     // SAFETY: forwarded preconditions.
-    unsafe { call.run::<4, 6>(y0, y1, acc) }
+    unsafe { BitsCall::<Avx512Popcount, XNOR>::new(s, x, w, y0).run::<4, 6>(y0, y1, acc) }
 }
 
 // ---------------------------------------------------------------------------------------------

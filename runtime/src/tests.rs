@@ -1,15 +1,13 @@
-//! Crate-level tests: a hand-worked conv, kernel equivalence, whole models, the planner's
-//! bound and every error path.
+//! Crate-level tests: a hand-worked conv, whole models across kernels, the planner's bound and
+//! every error path (the kernel tests are in `kernels/tests.rs`).
 
-use proptest::prelude::*;
 use slb_format::{
     encode, f32_bytes, i32_bytes, pack_codes, ChannelAffine, Conv, DType, F32s, I32s, InputSpec,
     Layer, ModelSpec, RawQuant, Requant, Shape, TensorDesc, Unary,
 };
 
-use crate::exec::{correct, prepare_aux};
 use crate::kernels::tests::{algo_kernel, kernel_exact};
-use crate::kernels::{self, portable, reference, Algo, ConvShape, KernelKind};
+use crate::kernels::{reference, Algo, ConvShape, KernelKind};
 use crate::quant::QParams;
 use crate::testutil::{leak, quant, resnet, Builder, Rng};
 use crate::{run, run_with_busy_pin, CostModel, Engine, Error, Model, Plan, PlanOptions};

@@ -20,7 +20,7 @@
 //!
 //! All sums wrap in `i32`, which is exact because the true value fits (the format bounds it).
 //! Every kernel is checked bit for bit against `reference::conv_acc` by the shared proptest
-//! (`tests::kernels_match_reference`), run under `qemu-aarch64` by `scripts/aarch64-test.sh`.
+//! (`kernels::tests::kernels_match_reference`), run under `qemu-aarch64` by `scripts/aarch64-test.sh`.
 
 // Register tiles are indexed by pixel and lane in lock step; index loops read clearest there.
 #![allow(clippy::needless_range_loop)]

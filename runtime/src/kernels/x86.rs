@@ -32,7 +32,7 @@
 //! module, reachable only through those two) rely on that. Each entry point checks the call
 //! against the contract with [`ConvShape::assert_call`] (stated once, guaranteed by the
 //! planner) before its unchecked loads. Every kernel is checked bit for bit against
-//! `reference::conv_acc` by the shared proptests (`tests::kernels_match_reference`).
+//! `reference::conv_acc` by the shared proptests (`kernels::tests::kernels_match_reference`).
 
 // Register tiles are indexed by pixel and block in lock step; index loops read clearest there.
 #![allow(clippy::needless_range_loop)]

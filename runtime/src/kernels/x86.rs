@@ -343,18 +343,6 @@ trait Dot {
     /// # Safety
     /// The ISA is present; `n` `i32`s writable at `out`.
     unsafe fn store(acc: Self::Acc, out: *mut i32, n: usize);
-    /// One register tile of `call` ([`Int8Call::tile_body`]) compiled for the ISA.
-    ///
-    /// # Safety
-    /// As [`Tile::tile`].
-    unsafe fn tile<const NB: usize, const P: usize>(
-        call: &Int8Call<'_, Self>,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) where
-        Self: Sized;
 }
 
 /// A 512-bit AVX2 operand: two `__m256i` halves.
@@ -397,17 +385,6 @@ unsafe fn pair_store(v: Pair, p: *mut u8) {
 struct Avx2Dot;
 
 impl Dot for Avx2Dot {
-    #[target_feature(enable = "avx2")]
-    unsafe fn tile<const NB: usize, const P: usize>(
-        call: &Int8Call<'_, Self>,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) {
-        // SAFETY: forwarded preconditions.
-        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
-    }
     type W = Pair;
     type X = __m256i;
     type Acc = Pair;
@@ -473,17 +450,6 @@ impl Dot for Avx2Dot {
 struct VnniDot;
 
 impl Dot for VnniDot {
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile<const NB: usize, const P: usize>(
-        call: &Int8Call<'_, Self>,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) {
-        // SAFETY: forwarded preconditions.
-        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
-    }
     type W = __m512i;
     type X = __m512i;
     type Acc = __m512i;
@@ -628,7 +594,7 @@ impl<'a, D: Dot> Int8Call<'a, D> {
         }
     }
 
-    /// The body of [`Tile::tile`], compiled into each ISA's [`Dot::tile`].
+    /// The body of [`Tile::tile`] (inlined into the ISA's target-feature entry point).
     ///
     /// # Safety
     /// As [`Tile::tile`].
@@ -700,7 +666,7 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
         p0: usize,
     ) {
         // SAFETY: forwarded preconditions.
-        unsafe { D::tile::<NB, P>(self, acc, g, b0, p0) }
+        unsafe { self.tile_body::<NB, P>(acc, g, b0, p0) }
     }
 }
 
@@ -816,18 +782,6 @@ trait Popcount {
     /// # Safety
     /// The ISA is present.
     unsafe fn lanes(sum: Self::Sum) -> [i64; 8];
-    /// One register tile of `call` ([`BitsCall::tile_body`]) compiled for the ISA.
-    ///
-    /// # Safety
-    /// As [`Tile::tile`].
-    unsafe fn tile<const XNOR: bool, const NB: usize, const P: usize>(
-        call: &BitsCall<'_, Self, XNOR>,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) where
-        Self: Sized;
 }
 
 /// AVX2: byte-wise `vpshufb` nibble-table counts summed in `u8` lanes for up to 31 words, then
@@ -856,17 +810,6 @@ impl Avx2Popcount {
 }
 
 impl Popcount for Avx2Popcount {
-    #[target_feature(enable = "avx2")]
-    unsafe fn tile<const XNOR: bool, const NB: usize, const P: usize>(
-        call: &BitsCall<'_, Self, XNOR>,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) {
-        // SAFETY: forwarded preconditions.
-        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
-    }
     type W = Pair;
     type X = __m256i;
     type Cnt = Pair;
@@ -944,17 +887,6 @@ impl Popcount for Avx2Popcount {
 struct Avx512Popcount;
 
 impl Popcount for Avx512Popcount {
-    #[target_feature(enable = "avx512f,avx512bw,avx512vpopcntdq")]
-    unsafe fn tile<const XNOR: bool, const NB: usize, const P: usize>(
-        call: &BitsCall<'_, Self, XNOR>,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) {
-        // SAFETY: forwarded preconditions.
-        unsafe { call.tile_body::<NB, P>(acc, g, b0, p0) }
-    }
     type W = __m512i;
     type X = __m512i;
     type Cnt = __m512i;
@@ -1074,12 +1006,12 @@ impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
         p0: usize,
     ) {
         // SAFETY: forwarded preconditions.
-        unsafe { I::tile::<XNOR, NB, P>(self, acc, g, b0, p0) }
+        unsafe { self.tile_body::<NB, P>(acc, g, b0, p0) }
     }
 }
 
 impl<I: Popcount, const XNOR: bool> BitsCall<'_, I, XNOR> {
-    /// The body of [`Tile::tile`], compiled into each ISA's [`Popcount::tile`].
+    /// The body of [`Tile::tile`] (inlined into the ISA's target-feature entry point).
     ///
     /// # Safety
     /// As [`Tile::tile`].

@@ -508,41 +508,56 @@ unsafe fn load4(p: *const u8, n: usize) -> i32 {
     v as i32
 }
 
-/// One int8 kernel call: the generic driver over the primitive `D`.
-struct Int8Call<'a, D> {
+/// One kernel call: the shape, the input (`X`: `u8` codes or `u64` bit planes), the prepared
+/// weights and the output pixel `acc` starts at; `K` the kernel ([`Int8Call`], [`BitsCall`]).
+struct Call<'a, X, K> {
     s: &'a ConvShape,
-    x: &'a [u8],
+    x: &'a [X],
     w: &'a [u8],
-    /// The output pixel `acc` starts at.
     first: usize,
-    isa: PhantomData<D>,
+    kernel: PhantomData<K>,
 }
 
-impl<'a, D: Dot> Int8Call<'a, D> {
+impl<'a, X, K> Call<'a, X, K>
+where
+    Self: Tile,
+{
     /// The call over rows from `y0`.
-    fn new(s: &'a ConvShape, x: &'a [u8], w: &'a [u8], y0: usize) -> Self {
-        let (first, isa) = (y0 * s.ow, PhantomData);
-        Int8Call {
+    fn new(s: &'a ConvShape, x: &'a [X], w: &'a [u8], y0: usize) -> Self {
+        let (first, kernel) = (y0 * s.ow, PhantomData);
+        Call {
             s,
             x,
             w,
             first,
-            isa,
+            kernel,
         }
     }
 
-    /// Runs rows `y0..y1` in tiles of up to `NB` 16-channel blocks by `P` pixels.
+    /// Runs rows `y0..y1` in tiles of up to `NB` blocks of `lanes` output channels by `P`
+    /// pixels.
     ///
     /// # Safety
-    /// `D`'s ISA is present and the call passed [`ConvShape::assert_call`] with
-    /// [`int8_prepared_len`].
+    /// The kernel's ISA is present and the call passed [`ConvShape::assert_call`] with the
+    /// kernel's prepared length.
     #[inline(always)]
-    unsafe fn run<const NB: usize, const P: usize>(&self, y0: usize, y1: usize, acc: &mut [i32]) {
-        let nblk = self.s.cout_g.div_ceil(16);
+    unsafe fn run<const NB: usize, const P: usize>(
+        &self,
+        lanes: usize,
+        y0: usize,
+        y1: usize,
+        acc: &mut [i32],
+    ) {
+        let nblk = self.s.cout_g.div_ceil(lanes);
         // SAFETY: forwarded preconditions.
         unsafe { for_tiles::<_, NB, P>(self, self.s, nblk, y0, y1, acc) }
     }
+}
 
+/// An int8 kernel call over the dot-product primitive `D`.
+type Int8Call<'a, D> = Call<'a, u8, D>;
+
+impl<D: Dot> Int8Call<'_, D> {
     /// Adds the run of chunks `q0 .. q0 + n` of a tap to the sums `a`: per chunk `NB` weight
     /// loads from `wt`, one broadcast of 4 activation codes per pixel (only the first `rem`
     /// codes for the `PARTIAL` chunk past the full ones).
@@ -593,13 +608,11 @@ impl<'a, D: Dot> Int8Call<'a, D> {
             }
         }
     }
+}
 
-    /// The body of [`Tile::tile`] (inlined into the ISA's target-feature entry point).
-    ///
-    /// # Safety
-    /// As [`Tile::tile`].
+impl<D: Dot> Tile for Int8Call<'_, D> {
     #[inline(always)]
-    unsafe fn tile_body<const NB: usize, const P: usize>(
+    unsafe fn tile<const NB: usize, const P: usize>(
         &self,
         acc: &mut [i32],
         g: usize,
@@ -656,20 +669,6 @@ impl<'a, D: Dot> Int8Call<'a, D> {
     }
 }
 
-impl<D: Dot> Tile for Int8Call<'_, D> {
-    #[inline(always)]
-    unsafe fn tile<const NB: usize, const P: usize>(
-        &self,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) {
-        // SAFETY: forwarded preconditions.
-        unsafe { self.tile_body::<NB, P>(acc, g, b0, p0) }
-    }
-}
-
 /// An int8 kernel's driver for one ISA.
 type Int8Impl = unsafe fn(&ConvShape, &[u8], &[u8], usize, usize, &mut [i32]);
 
@@ -719,7 +718,7 @@ fn int8_vnni(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut 
 #[target_feature(enable = "avx2")]
 unsafe fn int8_avx2_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     // SAFETY: forwarded preconditions.
-    unsafe { Int8Call::<Avx2Dot>::new(s, x, w, y0).run::<1, 4>(y0, y1, acc) }
+    unsafe { Int8Call::<Avx2Dot>::new(s, x, w, y0).run::<1, 4>(16, y0, y1, acc) }
 }
 
 /// # Safety
@@ -727,7 +726,7 @@ unsafe fn int8_avx2_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn int8_vnni_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     // SAFETY: forwarded preconditions.
-    unsafe { Int8Call::<VnniDot>::new(s, x, w, y0).run::<4, 6>(y0, y1, acc) }
+    unsafe { Int8Call::<VnniDot>::new(s, x, w, y0).run::<4, 6>(16, y0, y1, acc) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -944,41 +943,13 @@ impl Popcount for Avx512Popcount {
     }
 }
 
-/// One XNOR (`XNOR`) or bit-serial kernel call: the generic driver over the primitive `I`.
-struct BitsCall<'a, I, const XNOR: bool> {
-    s: &'a ConvShape,
-    x: &'a [u64],
-    w: &'a [u8],
-    /// The output pixel `acc` starts at.
-    first: usize,
-    isa: PhantomData<I>,
-}
+/// The XNOR (`XNOR`) or bit-serial kernel over the popcount primitive `I`.
+struct Bits<I, const XNOR: bool>(PhantomData<I>);
 
-impl<'a, I: Popcount, const XNOR: bool> BitsCall<'a, I, XNOR> {
-    /// The call over rows from `y0`.
-    fn new(s: &'a ConvShape, x: &'a [u64], w: &'a [u8], y0: usize) -> Self {
-        let (first, isa) = (y0 * s.ow, PhantomData);
-        BitsCall {
-            s,
-            x,
-            w,
-            first,
-            isa,
-        }
-    }
+/// An XNOR or bit-serial kernel call.
+type BitsCall<'a, I, const XNOR: bool> = Call<'a, u64, Bits<I, XNOR>>;
 
-    /// Runs rows `y0..y1` in tiles of up to `NB` 8-channel blocks by `P` pixels.
-    ///
-    /// # Safety
-    /// `I`'s ISA is present and the call passed [`ConvShape::assert_call`] with
-    /// [`lanes8::prepared_len`].
-    #[inline(always)]
-    unsafe fn run<const NB: usize, const P: usize>(&self, y0: usize, y1: usize, acc: &mut [i32]) {
-        let nblk = self.s.cout_g.div_ceil(lanes8::LANES);
-        // SAFETY: forwarded preconditions.
-        unsafe { for_tiles::<_, NB, P>(self, self.s, nblk, y0, y1, acc) }
-    }
-
+impl<I: Popcount, const XNOR: bool> BitsCall<'_, I, XNOR> {
     /// `sum q` over the window at `base` (the valid channels of group planes).
     fn act_sum(&self, base: usize) -> i64 {
         let s = self.s;
@@ -999,24 +970,6 @@ impl<'a, I: Popcount, const XNOR: bool> BitsCall<'a, I, XNOR> {
 impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
     #[inline(always)]
     unsafe fn tile<const NB: usize, const P: usize>(
-        &self,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-    ) {
-        // SAFETY: forwarded preconditions.
-        unsafe { self.tile_body::<NB, P>(acc, g, b0, p0) }
-    }
-}
-
-impl<I: Popcount, const XNOR: bool> BitsCall<'_, I, XNOR> {
-    /// The body of [`Tile::tile`] (inlined into the ISA's target-feature entry point).
-    ///
-    /// # Safety
-    /// As [`Tile::tile`].
-    #[inline(always)]
-    unsafe fn tile_body<const NB: usize, const P: usize>(
         &self,
         acc: &mut [i32],
         g: usize,
@@ -1191,7 +1144,9 @@ unsafe fn bits_avx2_impl<const XNOR: bool>(
     acc: &mut [i32],
 ) {
     // SAFETY: forwarded preconditions.
-    unsafe { BitsCall::<Avx2Popcount, XNOR>::new(s, x, w, y0).run::<1, 4>(y0, y1, acc) }
+    unsafe {
+        BitsCall::<Avx2Popcount, XNOR>::new(s, x, w, y0).run::<1, 4>(lanes8::LANES, y0, y1, acc)
+    }
 }
 
 /// # Safety
@@ -1206,7 +1161,9 @@ unsafe fn bits_avx512_impl<const XNOR: bool>(
     acc: &mut [i32],
 ) {
     // SAFETY: forwarded preconditions.
-    unsafe { BitsCall::<Avx512Popcount, XNOR>::new(s, x, w, y0).run::<4, 6>(y0, y1, acc) }
+    unsafe {
+        BitsCall::<Avx512Popcount, XNOR>::new(s, x, w, y0).run::<4, 6>(lanes8::LANES, y0, y1, acc)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

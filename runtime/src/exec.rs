@@ -7,9 +7,9 @@ use embedded_hal::digital::OutputPin;
 use slb_format::{Conv, DenseWeights, Layer, Model, Pool};
 
 use crate::float;
-use crate::kernels::{self, portable, reference, ConvShape, KernelKind, Run};
+use crate::kernels::{self, portable, reference, ConvShape, KernelKind, RowOps, Run};
 use crate::plan::{conv_shape, Engine, LayerPlan, Plan, TensorSlot, ALIGN, HEADER};
-use crate::quant::{self, QParams};
+use crate::quant::QParams;
 use crate::{Error, Result};
 
 const MAGIC: [u8; 8] = *b"SLBRTW01";
@@ -384,7 +384,9 @@ fn run_packed(
         match &layer {
             Layer::Conv(conv) => {
                 let s = conv_shape(conv, &plan.tensors).ok_or(Error::PlanMismatch { layer: li })?;
-                conv_layer(li, conv, &s, lp, &ta, &to, a, out, weights, scratch)?
+                conv_layer(
+                    li, conv, &s, lp, &plan.ops, &ta, &to, a, out, weights, scratch,
+                )?
             }
             Layer::Dense(d) => dense(&d.weights, d.bias, &ta, a, out, ta.q.is_none())?,
             Layer::MaxPool(p) => pool(p, &ta, &to, ta.q, a, out, true),
@@ -400,7 +402,7 @@ fn run_packed(
                         })
                     }
                 };
-                quant::add_rows(a, b, &qa, &qb, &add.params, &qo, ta.shape.c as usize, out);
+                (plan.ops.add_rows)(a, b, &qa, &qb, &add.params, &qo, ta.shape.c as usize, out);
             }
             Layer::Relu(_) => match ta.q {
                 Some(q) => out
@@ -670,6 +672,7 @@ fn conv_layer(
     conv: &Conv<'_>,
     s: &ConvShape,
     lp: &LayerPlan,
+    ops: &RowOps,
     ta: &TensorSlot,
     to: &TensorSlot,
     x: &[u8],
@@ -691,7 +694,7 @@ fn conv_layer(
         let acc: &mut [i32] =
             bytemuck::try_cast_slice_mut(&mut scratch[..s.oh * row * 4]).map_err(|_| bad)?;
         reference::conv_acc(conv, s, &inq, x, acc);
-        requant_rows(conv, s, &outq, acc, 0, s.oh, out);
+        requant_rows(ops, conv, s, &outq, acc, 0, s.oh, out);
         return Ok(());
     }
     let k = kernels::by_kind(kind).ok_or(Error::KernelUnavailable {
@@ -732,21 +735,14 @@ fn conv_layer(
                 let acc = &mut acc_all[..(y1 - y0) * row];
                 f(s, xin, w, y0, y1, acc);
                 correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(conv, s, &outq, acc, y0, y1, out);
+                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
                 y0 = y1;
             }
         }
         Run::Bits(f) => {
             let words: &mut [u64] =
                 bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
-            // SIMD-wired: the AVX2 packer where the CPU has it (same result).
-            #[cfg(target_arch = "x86_64")]
-            let packed = kernels::x86::pack_bits(s, x, pad, words);
-            #[cfg(not(target_arch = "x86_64"))]
-            let packed = false;
-            if !packed {
-                portable::pack_bits(s, x, pad, words);
-            }
+            (ops.pack_bits)(s, x, pad, words);
             let words: &[u64] = words;
             let mut y0 = 0;
             while y0 < s.oh {
@@ -754,7 +750,7 @@ fn conv_layer(
                 let acc = &mut acc_all[..(y1 - y0) * row];
                 f(s, words, w, y0, y1, acc);
                 correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(conv, s, &outq, acc, y0, y1, out);
+                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
                 y0 = y1;
             }
         }
@@ -829,7 +825,9 @@ pub(crate) fn correct(
 }
 
 /// Stage 1 and stage 2 on exact accumulators of rows `y0..y1`, into the output codes.
+#[allow(clippy::too_many_arguments)]
 fn requant_rows(
+    ops: &RowOps,
     conv: &Conv<'_>,
     s: &ConvShape,
     outq: &QParams,
@@ -843,5 +841,5 @@ fn requant_rows(
         return;
     };
     let rq = &conv.requant;
-    quant::requant(&rq.raw, rq.affine.as_ref(), outq, s.cout, acc, dst);
+    (ops.requant)(&rq.raw, rq.affine.as_ref(), outq, s.cout, acc, dst);
 }

@@ -5,7 +5,7 @@ use bitvec::array::BitArray;
 use heapless::Vec;
 use slb_format::{DType, Layer, Model, Shape};
 
-use crate::kernels::{self, Algo, ConvShape, CostModel, KernelKind};
+use crate::kernels::{self, Algo, ConvShape, CostModel, KernelKind, RowOps};
 use crate::quant::QParams;
 use crate::{Error, Result};
 
@@ -152,6 +152,9 @@ pub struct Plan {
     pub(crate) scratch_bytes: usize,
     pub(crate) output_len: usize,
     pub(crate) input_len: usize,
+    /// The drivers' requantization, residual add and bit packer for this CPU (portable with
+    /// [`PlanOptions::portable_only`]), chosen once here.
+    pub(crate) ops: RowOps,
 }
 
 fn align(n: usize) -> Result<usize> {
@@ -463,6 +466,11 @@ impl Plan {
             scratch_bytes: scratch,
             output_len,
             input_len,
+            ops: if opts.portable_only {
+                RowOps::PORTABLE
+            } else {
+                RowOps::native()
+            },
         })
     }
 

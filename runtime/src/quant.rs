@@ -142,29 +142,10 @@ pub(crate) fn stage2(
 /// channel index, and the arithmetic folded into `v = qa * A[c] + qb * B[c] + C[c]` (the
 /// centring `q - zp` or `2q - 1` moved into the constants; every term stays below 2^42, so
 /// nothing wraps) and branch-free clamps, so that LLVM vectorises it (compiled once more with
-/// AVX2 by `kernels::x86::add_rows` where the CPU has it).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn add_rows(
-    a: &[u8],
-    b: &[u8],
-    qa: &QParams,
-    qb: &QParams,
-    p: &AddParams<'_>,
-    qo: &QParams,
-    c: usize,
-    out: &mut [u8],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::x86::add_rows(a, b, qa, qb, p, qo, c, out) {
-        return;
-    }
-    add_rows_body(a, b, qa, qb, p, qo, c, out)
-}
-
-/// The body of [`add_rows`] (see there).
+/// AVX2 by `kernels::x86` where the CPU has it: the planner picks the variant, `kernels::RowOps`).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn add_rows_body(
+pub(crate) fn add_rows(
     a: &[u8],
     b: &[u8],
     qa: &QParams,
@@ -270,7 +251,7 @@ pub(crate) fn requant_ref(
     }
 }
 
-/// Channels per block of hoisted stage-2 parameters in [`requant_body`].
+/// Channels per block of hoisted stage-2 parameters in [`requant`].
 const RQ_BLOCK: usize = 64;
 
 /// [`requant_ref`] with the same result for every input, written so LLVM vectorises it: the
@@ -279,24 +260,11 @@ const RQ_BLOCK: usize = 64;
 /// ranges: `acc * mult` and `(q - zp) * mult[c] + bias[c]` are below `2^62 + 2^31` in
 /// magnitude, so adding `2^(shift-1) <= 2^61` never wraps and the later `+ zp` never
 /// saturates (the reference's `saturating_add` is a plain add here).
-pub(crate) fn requant(
-    raw: &RawQuant,
-    aff: Option<&ChannelAffine<'_>>,
-    outq: &QParams,
-    cout: usize,
-    acc: &[i32],
-    dst: &mut [u8],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::x86::requant(raw, aff, outq, cout, acc, dst) {
-        return;
-    }
-    requant_body(raw, aff, outq, cout, acc, dst);
-}
-
-/// The body of [`requant`], also compiled with AVX2 enabled by `kernels::x86::requant`.
+///
+/// Compiled once more with AVX2 by `kernels::x86` where the CPU has it (the planner picks the
+/// variant, `kernels::RowOps`).
 #[inline(always)]
-pub(crate) fn requant_body(
+pub(crate) fn requant(
     raw: &RawQuant,
     aff: Option<&ChannelAffine<'_>>,
     outq: &QParams,
@@ -368,6 +336,7 @@ pub(crate) fn requant_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::RowOps;
     use proptest::prelude::*;
     use slb_format::{i32_bytes, I32s};
 
@@ -429,7 +398,7 @@ mod tests {
             requant(&raw, aff, &outq, cout, acc, &mut got);
             prop_assert_eq!(&got, &want);
             let mut got = vec![7u8; n];
-            requant_body(&raw, aff, &outq, cout, acc, &mut got);
+            (RowOps::native().requant)(&raw, aff, &outq, cout, acc, &mut got);
             prop_assert_eq!(&got, &want);
         }
     }
@@ -479,7 +448,7 @@ mod tests {
             add_rows(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
             prop_assert_eq!(&got, &want);
             let mut got = vec![0u8; n];
-            add_rows_body(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
+            (RowOps::native().add_rows)(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
             prop_assert_eq!(&got, &want);
         }
     }
@@ -521,7 +490,7 @@ mod tests {
                                 let mut got = vec![0u8; acc.len()];
                                 requant(&raw, a, &outq, cout, &acc, &mut got);
                                 assert_eq!(got, want);
-                                requant_body(&raw, a, &outq, cout, &acc, &mut got);
+                                (RowOps::native().requant)(&raw, a, &outq, cout, &acc, &mut got);
                                 assert_eq!(got, want);
                             }
                         }

@@ -3,10 +3,8 @@
 //! core) or with the Armv8.2 dot-product instruction (`sdot`, where the CPU has `dotprod`).
 //!
 //! # Layouts
-//! * Bit kinds: `u64 [g][ceil(cout_g/8)][kh][kw][cw][wb][8]` (a block of 8 output channels,
-//!   four 128-bit registers, lane = output channel; zero past `cout_g` and past `cin_g`),
-//!   followed by `i32 wsum[cout]` (the numerator sum of each output channel over all taps, for
-//!   the 1-bit sign convention). One activation word is broadcast against a whole block.
+//! * Bit kinds: the 8-lane layout of [`super::lanes8`], shared with the x86 kernels (a block of
+//!   8 output channels is four 128-bit registers), followed by `i32 wsum[cout]`.
 //! * Int8 kinds: the portable layout `i8 w[o][ky][kx][i]` padded to 4 bytes, followed by
 //!   `i32 wsum[cout]`. With one group the taps of a kernel row are contiguous in both the
 //!   weights and the padded input (`kw * c` bytes), so the dot products run over whole rows.
@@ -22,7 +20,7 @@
 //!
 //! All sums wrap in `i32`, which is exact because the true value fits (the format bounds it).
 //! Every kernel is checked bit for bit against `reference::conv_acc` by the shared proptest
-//! (`tests::kernels_match_reference`), run under `qemu-aarch64` by `scripts/aarch64-test.sh`.
+//! (`kernels::tests::kernels_match_reference`), run under `qemu-aarch64` by `scripts/aarch64-test.sh`.
 
 // Register tiles are indexed by pixel and lane in lock step; index loops read clearest there.
 #![allow(clippy::needless_range_loop)]
@@ -31,6 +29,7 @@ use core::arch::aarch64::*;
 
 use slb_format::Conv;
 
+use super::lanes8::{self, block_words, LANES};
 use super::{portable, Algo, ConvKernel, ConvShape, KernelKind, Run};
 
 /// What the running CPU offers (run-time detection with `std`, target features without).
@@ -74,14 +73,14 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
     let (ok, prepared_len, prepare, run): (bool, fn(&ConvShape) -> usize, _, Run) = match kind {
         KernelKind::XnorNeon => (
             f.neon,
-            bits_prepared_len,
-            bits_prepare as fn(&Conv<'_>, &ConvShape, &mut [u8]),
+            lanes8::prepared_len,
+            lanes8::prepare as fn(&Conv<'_>, &ConvShape, &mut [u8]),
             Run::Bits(xnor_run),
         ),
         KernelKind::BitSerialNeon => (
             f.neon,
-            bits_prepared_len,
-            bits_prepare,
+            lanes8::prepared_len,
+            lanes8::prepare,
             Run::Bits(bitserial_run),
         ),
         KernelKind::Int8DotNeon => (
@@ -211,18 +210,16 @@ impl Dot for Sdot {
 }
 
 fn int8_run_smlal(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-    if features().neon && int8_fits(s, x, w, y0, y1, acc) {
-        // SAFETY: NEON present and every slice checked by `int8_fits`.
-        unsafe { int8_neon::<Smlal>(s, x, w, y0, y1, acc) }
-    }
+    int8_check(s, x, w, y0, y1, acc);
+    // SAFETY: NEON present (`by_kind` hands this kernel out only then) and the call checked.
+    unsafe { int8_neon::<Smlal>(s, x, w, y0, y1, acc) }
 }
 
 fn int8_run_sdot(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-    let f = features();
-    if f.neon && f.dotprod && int8_fits(s, x, w, y0, y1, acc) {
-        // SAFETY: NEON and dotprod present and every slice checked by `int8_fits`.
-        unsafe { int8_dotprod(s, x, w, y0, y1, acc) }
-    }
+    int8_check(s, x, w, y0, y1, acc);
+    // SAFETY: NEON and dotprod present (`by_kind` hands this kernel out only then) and the
+    // call checked.
+    unsafe { int8_dotprod(s, x, w, y0, y1, acc) }
 }
 
 /// The `sdot` kernel, compiled with the `dotprod` feature.
@@ -235,13 +232,10 @@ unsafe fn int8_dotprod(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, 
     unsafe { int8_neon::<Sdot>(s, x, w, y0, y1, acc) }
 }
 
-/// Whether the slices are as long as the contract says (the kernel then reads in bounds).
-fn int8_fits(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &[i32]) -> bool {
-    y0 <= y1
-        && y1 <= s.oh
-        && x.len() >= s.hp * s.wp * s.c
-        && w.len() >= int8_prepared_len(s)
-        && acc.len() >= (y1 - y0) * s.ow * s.cout
+/// The kernel preconditions ([`ConvShape::assert_call`]) of an int8 call.
+fn int8_check(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &[i32]) {
+    let (xl, xn, wl, wn) = (x.len(), s.byte_input_len(), w.len(), int8_prepared_len(s));
+    s.assert_call(xl, xn, wl, wn, y0, y1, acc.len());
 }
 
 /// Output channels computed together (they share every activation load).
@@ -251,7 +245,7 @@ const OB: usize = 4;
 /// over contiguous segments of the window (whole kernel rows with one group, else one tap).
 ///
 /// # Safety
-/// NEON present (and `dotprod` for [`Sdot`]); `int8_fits` holds.
+/// NEON present (and `dotprod` for [`Sdot`]); `int8_check` passed.
 #[inline(always)]
 unsafe fn int8_neon<D: Dot>(
     s: &ConvShape,
@@ -295,7 +289,7 @@ unsafe fn int8_neon<D: Dot>(
                     for i in 0..nseg {
                         let (xo, wo) = seg(i);
                         // SAFETY: the window lies inside the padded input and the weights of
-                        // outputs `o .. o + n` inside `w` (`int8_fits`); `c + 16 <= seg_len`
+                        // outputs `o .. o + n` inside `w` (`int8_check`); `c + 16 <= seg_len`
                         // keeps the 16-byte loads inside the segment.
                         unsafe {
                             let xs = xp.add(xg + xo);
@@ -338,66 +332,16 @@ unsafe fn int8_neon<D: Dot>(
 // ---------------------------------------------------------------------------------------------
 // bit planes: XNOR and bit-serial
 
-/// Output channels per block (four `u64x2` registers).
-const LANES: usize = 8;
-
-/// `u64`s of one block of [`LANES`] output channels.
-fn block_words(s: &ConvShape) -> usize {
-    s.kh * s.kw * s.cw * s.wbits as usize * LANES
-}
-
-/// Bytes of the blocked weights, before `wsum`.
-fn bits_weight_bytes(s: &ConvShape) -> usize {
-    s.groups * s.cout_g.div_ceil(LANES) * block_words(s) * 8
-}
-
-fn bits_prepared_len(s: &ConvShape) -> usize {
-    bits_weight_bytes(s) + 4 * s.cout
-}
-
-/// Regroups the format's plane rows (`codes[((o*kh + ky)*kw + kx)*wb + p][row]`, little-endian
-/// bit order) into blocks of [`LANES`] output channels, then appends `wsum`.
-fn bits_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
-    let len = bits_weight_bytes(s);
-    let Some(dst) = out.get_mut(..len) else {
-        return;
-    };
-    dst.fill(0);
-    let row = s.cin_g.div_ceil(8);
-    let (wb, cw) = (s.wbits as usize, s.cw);
-    let nblk = s.cout_g.div_ceil(LANES);
-    let bw = block_words(s);
-    for o in 0..s.cout {
-        let (g, oc) = (o / s.cout_g, o % s.cout_g);
-        let blk = (g * nblk + oc / LANES) * bw;
-        for t in 0..s.kh * s.kw {
-            for p in 0..wb {
-                let src_at = ((o * s.kh * s.kw + t) * wb + p) * row;
-                let src = conv.codes.get(src_at..src_at + row).unwrap_or(&[]);
-                for (wd, chunk) in src.chunks(8).enumerate() {
-                    let at = (blk + ((t * cw + wd) * wb + p) * LANES + oc % LANES) * 8;
-                    dst[at..at + chunk.len()].copy_from_slice(chunk);
-                }
-            }
-        }
-    }
-    super::write_wsum(conv, s, out.get_mut(len..).unwrap_or(&mut []));
-}
-
-fn bits_fits(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &[i32]) -> bool {
-    y0 <= y1
-        && y1 <= s.oh
-        && x.len() >= s.hp * s.wp * portable::bit_pixel_words(s)
-        && w.len() >= bits_prepared_len(s)
-        && acc.len() >= (y1 - y0) * s.ow * s.cout
+/// The kernel preconditions ([`ConvShape::assert_call`]) of a bit-plane call.
+fn bits_check(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &[i32]) {
+    let (xl, xn, wl, wn) = (x.len(), s.bit_input_len(), w.len(), lanes8::prepared_len(s));
+    s.assert_call(xl, xn, wl, wn, y0, y1, acc.len());
 }
 
 /// XNOR + popcount for W1A1 (any other shape runs bit-serial).
 fn xnor_run(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-    if !(features().neon && bits_fits(s, x, w, y0, y1, acc)) {
-        return;
-    }
-    // SAFETY: NEON present and every slice checked by `bits_fits`.
+    bits_check(s, x, w, y0, y1, acc);
+    // SAFETY: NEON present (`by_kind` hands this kernel out only then) and the call checked.
     unsafe {
         if s.wbits == 1 && s.abits == 1 {
             bits_neon::<true>(s, x, w, y0, y1, acc)
@@ -409,17 +353,16 @@ fn xnor_run(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut 
 
 /// Bit-serial AND + popcount, any bit pair.
 fn bitserial_run(s: &ConvShape, x: &[u64], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-    if features().neon && bits_fits(s, x, w, y0, y1, acc) {
-        // SAFETY: NEON present and every slice checked by `bits_fits`.
-        unsafe { bits_neon::<false>(s, x, w, y0, y1, acc) }
-    }
+    bits_check(s, x, w, y0, y1, acc);
+    // SAFETY: NEON present (`by_kind` hands this kernel out only then) and the call checked.
+    unsafe { bits_neon::<false>(s, x, w, y0, y1, acc) }
 }
 
 /// Output pixels per register tile.
 const PIX: usize = 4;
 
 /// # Safety
-/// NEON present; `bits_fits` holds.
+/// NEON present; `bits_check` passed.
 #[target_feature(enable = "neon")]
 unsafe fn bits_neon<const XNOR: bool>(
     s: &ConvShape,
@@ -455,7 +398,7 @@ unsafe fn bits_neon<const XNOR: bool>(
 /// One block of [`LANES`] output channels of group `g` by `P` output pixels from `p0`.
 ///
 /// # Safety
-/// NEON present; `bits_fits` holds; block `b` exists and pixels `p0 .. p0 + P` are below
+/// NEON present; `bits_check` passed; block `b` exists and pixels `p0 .. p0 + P` are below
 /// `oh * ow`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -538,7 +481,7 @@ unsafe fn bits_tile<const XNOR: bool, const P: usize>(
     let n = (s.cout_g - b * LANES).min(LANES);
     let taps = (s.kh * s.kw * s.cin_g) as i64;
     let wmax = (1i64 << wb) - 1;
-    let ws = bits_weight_bytes(s);
+    let ws = lanes8::weight_bytes(s);
     for j in 0..P {
         let asum = if XNOR {
             0

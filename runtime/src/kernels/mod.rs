@@ -4,14 +4,20 @@
 //! this file: a kernel computes raw integer sums over a padded input for a range of output rows;
 //! the driver does padding, zero-point and border corrections and requantization.
 
-use slb_format::Conv;
+use slb_format::{AddParams, ChannelAffine, Conv, RawQuant};
+
+use crate::quant::{self, QParams};
 
 pub(crate) mod portable;
 pub(crate) mod reference;
 
-// X86-HOOK (wired by SIMD): see CONTRACT.md.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) mod lanes8;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+
+#[cfg(test)]
+pub(crate) mod tests;
 
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod aarch64;
@@ -256,6 +262,65 @@ impl ConvShape {
     pub fn w(&self) -> usize {
         self.wp - 2 * self.pw
     }
+
+    /// Elements of the padded byte input of the byte family (`hp * wp * c`).
+    pub(crate) fn byte_input_len(&self) -> usize {
+        self.hp.saturating_mul(self.wp).saturating_mul(self.c)
+    }
+
+    /// `u64`s of the padded bit planes of the bit family.
+    pub(crate) fn bit_input_len(&self) -> usize {
+        self.hp
+            .saturating_mul(self.wp)
+            .saturating_mul(portable::bit_pixel_words(self))
+    }
+
+    /// Whether the fields agree with each other as [`ConvShape::of`] makes them.
+    fn is_consistent(&self) -> bool {
+        self.groups > 0
+            && self.kh > 0
+            && self.kw > 0
+            && self.sh > 0
+            && self.sw > 0
+            && self.hp >= self.kh
+            && self.wp >= self.kw
+            && self.cin_g.checked_mul(self.groups) == Some(self.c)
+            && self.cout_g.checked_mul(self.groups) == Some(self.cout)
+            && self.cw == self.cin_g.div_ceil(64)
+            && self.oh == (self.hp - self.kh) / self.sh + 1
+            && self.ow == (self.wp - self.kw) / self.sw + 1
+            && matches!(self.wbits, 1 | 2 | 4)
+            && matches!(self.abits, 1 | 2 | 4 | 8)
+    }
+
+    /// The preconditions of a kernel call (CONTRACT.md), stated once: the shape is one
+    /// [`ConvShape::of`] builds, `y0 <= y1 <= oh`, the input has at least `x_need` elements
+    /// (`byte_input_len` or `bit_input_len`), the weights at least `w_need` bytes (the kernel's
+    /// `prepared_len`) and the accumulators `(y1 - y0) * ow * cout` elements. The planner and
+    /// the driver guarantee them; SIMD kernels, whose loads are unchecked, call this first.
+    ///
+    /// # Panics
+    /// When a precondition fails, which no planned conv does: a kernel never reads out of
+    /// bounds nor returns with its accumulators unwritten.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assert_call(
+        &self,
+        x_len: usize,
+        x_need: usize,
+        w_len: usize,
+        w_need: usize,
+        y0: usize,
+        y1: usize,
+        acc_len: usize,
+    ) {
+        let ok = self.is_consistent()
+            && y0 <= y1
+            && y1 <= self.oh
+            && x_len >= x_need
+            && w_len >= w_need
+            && acc_len >= (y1 - y0).saturating_mul(self.ow).saturating_mul(self.cout);
+        assert!(ok, "kernel call outside the contract (kernels/CONTRACT.md)");
+    }
 }
 
 /// Writes `wsum[o]`, the numerator sum of output channel `o` over all taps, as little-endian
@@ -282,6 +347,46 @@ pub(crate) fn write_wsum(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
 pub(crate) type ByteRun = fn(&ConvShape, &[u8], &[u8], usize, usize, &mut [i32]);
 /// A bit-family kernel: padded bit-plane input.
 pub(crate) type BitRun = fn(&ConvShape, &[u64], &[u8], usize, usize, &mut [i32]);
+
+/// The driver's requantization of exact accumulators into codes (`quant::requant`).
+pub(crate) type RequantFn =
+    fn(&RawQuant, Option<&ChannelAffine<'_>>, &QParams, usize, &[i32], &mut [u8]);
+/// The residual add of two code tensors (`quant::add_rows`).
+pub(crate) type AddRowsFn =
+    fn(&[u8], &[u8], &QParams, &QParams, &AddParams<'_>, &QParams, usize, &mut [u8]);
+/// The bit-plane packer of the bit family's input (`portable::pack_bits`).
+pub(crate) type PackBitsFn = fn(&ConvShape, &[u8], u8, &mut [u64]);
+
+/// The drivers' row operations around the kernels, in the variant the planner chose once
+/// (every variant gives the same result: SIMD ones are the portable code compiled for the ISA,
+/// or checked against it by the shared tests).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowOps {
+    /// Stage 1 and 2 requantization.
+    pub requant: RequantFn,
+    /// The residual add.
+    pub add_rows: AddRowsFn,
+    /// The bit packer.
+    pub pack_bits: PackBitsFn,
+}
+
+impl RowOps {
+    /// The portable variants.
+    pub(crate) const PORTABLE: RowOps = RowOps {
+        requant: quant::requant,
+        add_rows: quant::add_rows,
+        pack_bits: portable::pack_bits,
+    };
+
+    /// The best variants this CPU runs.
+    pub(crate) fn native() -> RowOps {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(ops) = x86::row_ops() {
+            return ops;
+        }
+        RowOps::PORTABLE
+    }
+}
 
 /// How a kernel consumes its input.
 #[derive(Clone, Copy)]
@@ -474,7 +579,6 @@ pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
     if !algo_fits(algo, s) {
         return None;
     }
-    // X86-HOOK (wired by SIMD).
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = x86::select(algo, s) {
         return Some(k);
@@ -496,7 +600,6 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
         KernelKind::BitSerialInPlace => portable::in_place_kernel(Algo::BitSerial),
         KernelKind::Int8DotInPlace => portable::in_place_kernel(Algo::Int8Dot),
         KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => None,
-        // X86-HOOK (wired by SIMD).
         #[cfg(target_arch = "x86_64")]
         other => x86::by_kind(other),
         #[cfg(target_arch = "aarch64")]

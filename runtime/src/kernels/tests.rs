@@ -1,0 +1,463 @@
+//! The kernel tests, the only ones: every kernel kind this build and CPU has against
+//! `reference::conv_acc`, bit for bit, through the conv driver's own steps (prepare, pad or
+//! pack, run over row chunks, correct), over awkward shapes; the ISA variants against the CPU's
+//! features; the bit packers against their reference.
+
+use proptest::prelude::*;
+use slb_format::{pack_codes, Conv, RawQuant, Requant};
+
+use super::{portable, reference, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run};
+use crate::exec::{correct, prepare_aux};
+use crate::quant::QParams;
+use crate::testutil::Rng;
+
+pub(crate) fn algo_kernel(algo: Algo) -> Option<ConvKernel> {
+    portable::kernel(algo)
+}
+
+/// The driver's path for one conv with kernel `k` (None: the reference): prepare, pad/pack,
+/// run in chunks of `rows` output rows, correct. Returns false if the kernel cannot run.
+pub(crate) fn kernel_exact(
+    k: Option<&ConvKernel>,
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    inq: &QParams,
+    x: &[u8],
+    acc: &mut [i32],
+    rows: usize,
+) -> bool {
+    let Some(k) = k else {
+        reference::conv_acc(conv, s, inq, x, acc);
+        return true;
+    };
+    if !super::algo_fits(k.kind.algo().unwrap(), s) {
+        return false;
+    }
+    // u64 buffers keep everything 8-byte aligned, as the arena does.
+    let wl = (k.prepared_len)(s);
+    let mut wbuf = vec![0u64; wl.div_ceil(8)];
+    let w = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut wbuf)[..wl];
+    (k.prepare)(conv, s, w);
+    let w: &[u8] = if k.reads_codes { conv.codes } else { w };
+    let al = if s.abits == 1 {
+        s.cout * s.kh * s.kw * 4
+    } else {
+        s.cout * 4
+    };
+    let mut aux = vec![0u8; al];
+    prepare_aux(conv, s, inq.zp, &mut aux);
+    let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
+    let row = s.ow * s.cout;
+    let mut y0 = 0;
+    let mut xb = vec![0u8; s.hp * s.wp * s.c];
+    let mut xw = vec![0u64; s.hp * s.wp * portable::bit_pixel_words(s)];
+    match k.run {
+        Run::Bytes(_) => portable::pad_bytes(s, x, pad, &mut xb),
+        // The portable bit kernels get the portable packer, the SIMD ones the CPU's (AVX2 on
+        // x86): both packers are checked here, through the kernels' results.
+        Run::Bits(_) => {
+            let portable_kind = matches!(
+                k.kind,
+                KernelKind::Xnor
+                    | KernelKind::BitSerial
+                    | KernelKind::XnorInPlace
+                    | KernelKind::BitSerialInPlace
+            );
+            let ops = if portable_kind {
+                RowOps::PORTABLE
+            } else {
+                RowOps::native()
+            };
+            (ops.pack_bits)(s, x, pad, &mut xw)
+        }
+    }
+    while y0 < s.oh {
+        let y1 = (y0 + rows).min(s.oh);
+        let chunk = &mut acc[y0 * row..y1 * row];
+        match k.run {
+            Run::Bytes(f) => f(s, &xb, w, y0, y1, chunk),
+            Run::Bits(f) => f(s, &xw, w, y0, y1, chunk),
+        }
+        correct(s, inq, &aux, chunk, y0, y1);
+        y0 = y1;
+    }
+    true
+}
+
+/// Writes a line to the test binary's stderr past the harness's output capture, so that it
+/// shows in a passing run too.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Every kernel kind this build and CPU can run for the shape (portable first). Kinds that are
+/// not available are reported once as skipped; [`isa_variants_match_the_cpu`] makes sure that
+/// none the CPU supports is among them.
+fn kernels_for(s: &ConvShape) -> Vec<ConvKernel> {
+    let mut v = Vec::new();
+    for kind in KernelKind::ALL {
+        let Some(algo) = kind.algo() else { continue };
+        if algo == Algo::Reference || !super::algo_fits(algo, s) {
+            continue;
+        }
+        match super::by_kind(kind) {
+            Some(k) => v.push(k),
+            None => {
+                let mut seen = SKIPPED.lock().unwrap();
+                if seen.insert(kind.name()) {
+                    report(&format!(
+                        "kernels: skipped {} (not available in this build or CPU)",
+                        kind.name()
+                    ));
+                }
+            }
+        }
+    }
+    v
+}
+
+static SKIPPED: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The SIMD kinds `by_kind` hands out are exactly those whose instructions this CPU has
+/// (detected here independently), so the shared proptests run every variant the CPU supports;
+/// and every kind named by `SLB_REQUIRE_KERNELS` (a comma list matched against kind names,
+/// e.g. `avx512`, `avx2`, `neon`, `int8-dot/neon-sdot`) is available, else the test fails. A
+/// CPU without AVX-512 is legitimate (the development machine): a line says which kernels did
+/// not run.
+#[test]
+fn isa_variants_match_the_cpu() {
+    #[cfg(target_arch = "x86_64")]
+    let cpu: Vec<(KernelKind, bool)> = {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2");
+        let f = has!("avx512f") && has!("avx512bw");
+        let (vnni, popcnt) = (f && has!("avx512vnni"), f && has!("avx512vpopcntdq"));
+        if !(vnni && popcnt) {
+            report(&format!(
+                "kernels: AVX-512 NOT TESTED on this CPU (avx512f+bw: {f}, vnni: {vnni}, \
+                 vpopcntdq: {popcnt}): int8-dot/avx512-vnni, xnor-popcnt/avx512 and \
+                 bitserial-popcnt/avx512 did not run; run the tests on an AVX-512 CPU with \
+                 SLB_REQUIRE_KERNELS=avx512"
+            ));
+        }
+        vec![
+            (KernelKind::XnorAvx2, avx2),
+            (KernelKind::BitSerialAvx2, avx2),
+            (KernelKind::Int8DotAvx2, avx2),
+            (KernelKind::Int8DotVnni, vnni),
+            (KernelKind::XnorAvx512, popcnt),
+            (KernelKind::BitSerialAvx512, popcnt),
+        ]
+    };
+    #[cfg(target_arch = "aarch64")]
+    let cpu: Vec<(KernelKind, bool)> = {
+        use std::arch::is_aarch64_feature_detected as has;
+        let (neon, dot) = (has!("neon"), has!("neon") && has!("dotprod"));
+        vec![
+            (KernelKind::XnorNeon, neon),
+            (KernelKind::BitSerialNeon, neon),
+            (KernelKind::Int8DotNeon, neon),
+            (KernelKind::Int8DotSdot, dot),
+        ]
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let cpu: Vec<(KernelKind, bool)> = Vec::new();
+    for (kind, has) in cpu {
+        assert_eq!(
+            super::by_kind(kind).is_some(),
+            has,
+            "{kind}: the CPU has its instructions: {has}"
+        );
+        if has {
+            report(&format!("kernels: {kind} runs on this CPU"));
+        }
+    }
+    let required = std::env::var("SLB_REQUIRE_KERNELS").unwrap_or_default();
+    for want in required.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let kinds: Vec<KernelKind> = KernelKind::ALL
+            .into_iter()
+            .filter(|k| k.algo().is_some_and(|a| a != Algo::Reference) && k.name().contains(want))
+            .collect();
+        assert!(
+            !kinds.is_empty(),
+            "SLB_REQUIRE_KERNELS: no kernel kind matches {want:?}"
+        );
+        for kind in kinds {
+            assert!(
+                super::by_kind(kind).is_some(),
+                "SLB_REQUIRE_KERNELS={required}: {kind} is required but not available on this CPU"
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    cin_g: u32,
+    groups: u32,
+    cout_g: u32,
+    k: (u16, u16),
+    stride: (u16, u16),
+    pad: (u16, u16),
+    h: u32,
+    w: u32,
+    wbits: u8,
+    abits: u8,
+    zp: i32,
+    rows: usize,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop::sample::select(vec![1u32, 3, 31, 32, 33, 63, 64, 65]),
+        1u32..=3,
+        1u32..=5,
+        (1u16..=3, 1u16..=3),
+        (1u16..=2, 1u16..=2),
+        (0u16..=2, 0u16..=2),
+        (1u32..=6, 1u32..=6),
+        prop::sample::select(vec![1u8, 2, 4]),
+        prop::sample::select(vec![1u8, 2, 4, 8]),
+        any::<u64>(),
+        1usize..=4,
+    )
+        .prop_map(
+            |(cin_g, groups, cout_g, k, stride, pad, (h, w), wbits, abits, seed, rows)| {
+                let qmax = (1i32 << abits) - 1;
+                let zp = if abits == 1 {
+                    0
+                } else {
+                    (seed % (qmax as u64 + 1)) as i32
+                };
+                Case {
+                    cin_g,
+                    groups,
+                    cout_g,
+                    k,
+                    stride,
+                    pad,
+                    h,
+                    w,
+                    wbits,
+                    abits,
+                    zp,
+                    rows,
+                    seed,
+                }
+            },
+        )
+        .prop_filter("kernel fits the padded input", |c| {
+            c.h + 2 * c.pad.0 as u32 >= c.k.0 as u32 && c.w + 2 * c.pad.1 as u32 >= c.k.1 as u32
+        })
+}
+
+fn check_case(c: &Case) -> usize {
+    let mut rng = Rng(c.seed | 1);
+    let cin = c.cin_g * c.groups;
+    let cout = c.cout_g * c.groups;
+    let n = (cout * c.k.0 as u32 * c.k.1 as u32 * c.cin_g) as usize;
+    let codes: Vec<u8> = (0..n).map(|_| rng.below(1 << c.wbits) as u8).collect();
+    let packed = pack_codes(&codes, cout, [c.k.0, c.k.1], c.cin_g, c.wbits).unwrap();
+    let conv = Conv {
+        input: 0,
+        output: 1,
+        out_channels: cout,
+        in_channels: cin,
+        kernel: [c.k.0, c.k.1],
+        stride: [c.stride.0, c.stride.1],
+        padding: [c.pad.0, c.pad.1],
+        groups: c.groups,
+        weight_bits: c.wbits,
+        codes: &packed,
+        requant: Requant {
+            raw: RawQuant {
+                mult: 1,
+                shift: 1,
+                zero_point: 0,
+                bits: 8,
+                scale: 1.0,
+            },
+            affine: None,
+        },
+    };
+    let s = ConvShape::of(&conv, c.h as usize, c.w as usize, c.abits).unwrap();
+    let inq = QParams {
+        scale: 1.0,
+        zp: c.zp,
+        bits: c.abits,
+    };
+    // Extreme codes (0 and max) are over-represented: they stress the accumulator's range.
+    let qmax = (1u64 << c.abits) - 1;
+    let x: Vec<u8> = (0..c.h * c.w * cin)
+        .map(|_| match rng.below(4) {
+            0 => 0,
+            1 => qmax as u8,
+            _ => rng.below(qmax + 1) as u8,
+        })
+        .collect();
+    let len = s.oh * s.ow * s.cout;
+    let mut want = vec![0i32; len];
+    reference::conv_acc(&conv, &s, &inq, &x, &mut want);
+    let mut ran = 0;
+    for k in kernels_for(&s) {
+        let mut got = vec![i32::MIN; len];
+        assert!(kernel_exact(
+            Some(&k),
+            &conv,
+            &s,
+            &inq,
+            &x,
+            &mut got,
+            c.rows
+        ));
+        assert_eq!(got, want, "{} on {c:?}", k.kind.name());
+        ran += 1;
+    }
+    ran
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    /// Every optimized kernel equals the reference bit for bit over awkward shapes.
+    #[test]
+    fn kernels_match_reference(c in case()) {
+        let ran = check_case(&c);
+        // Int8Dot and BitSerial run every shape; Xnor adds itself for W1A1.
+        prop_assert!(ran >= 2);
+    }
+}
+
+#[test]
+fn kernels_match_reference_on_wide_inputs() {
+    // More input channels than one block of the in-place int8 kernel (256) and than four
+    // 64-channel words, for every weight width, 8- and 1-bit activations.
+    let mut total = 0;
+    for wbits in [1u8, 2, 4] {
+        for abits in [1u8, 8] {
+            let c = Case {
+                cin_g: 300,
+                groups: 1,
+                cout_g: 5,
+                k: (3, 3),
+                stride: (1, 1),
+                pad: (1, 1),
+                h: 3,
+                w: 3,
+                wbits,
+                abits,
+                zp: if abits == 1 { 0 } else { 77 },
+                rows: 2,
+                seed: 99 + u64::from(wbits * abits),
+            };
+            total += check_case(&c);
+        }
+    }
+    assert!(total >= 2 * 3 * 2);
+}
+
+#[test]
+fn kernels_match_reference_every_bit_pair() {
+    // Deterministic sweep: every (wbits, abits) pair on the awkward channel counts, with
+    // stride 2, padding 1 and groups 2.
+    let mut total = 0;
+    for wbits in [1u8, 2, 4] {
+        for abits in [1u8, 2, 4, 8] {
+            for cin_g in [1u32, 3, 31, 32, 33, 63, 64, 65] {
+                let qmax = (1i32 << abits) - 1;
+                let c = Case {
+                    cin_g,
+                    groups: 2,
+                    cout_g: 3,
+                    k: (3, 3),
+                    stride: (2, 2),
+                    pad: (1, 1),
+                    h: 5,
+                    w: 4,
+                    wbits,
+                    abits,
+                    zp: if abits == 1 { 0 } else { qmax / 3 },
+                    rows: 2,
+                    seed: u64::from(cin_g) * 7919 + u64::from(wbits) * 31 + u64::from(abits),
+                };
+                total += check_case(&c);
+            }
+        }
+    }
+    assert!(total >= 2 * 3 * 4 * 8);
+}
+
+#[test]
+fn accumulator_extremes() {
+    // All-max codes and all-max weights over a large window: the raw bit-serial sum 2*sum(k*q)
+    // exceeds i32 but the exact result fits; kernels must still agree.
+    for (wbits, abits) in [(4u8, 8u8), (4, 4), (1, 8), (2, 1)] {
+        let c = Case {
+            cin_g: 130,
+            groups: 1,
+            cout_g: 2,
+            k: (3, 3),
+            stride: (1, 1),
+            pad: (2, 2),
+            h: 3,
+            w: 3,
+            wbits,
+            abits,
+            zp: 0,
+            rows: 3,
+            seed: 99,
+        };
+        check_case(&c);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    /// The bit packers (the portable one, 8 channels at a time, and the CPU's: AVX2 on x86)
+    /// against the one-bit-at-a-time reference.
+    #[test]
+    fn pack_bits_matches_reference(
+        cin_g in prop::sample::select(vec![1usize, 3, 7, 8, 9, 31, 63, 64, 65, 130]),
+        groups in 1usize..=3,
+        (h, w) in (1usize..=4, 1usize..=4),
+        (ph, pw) in (0usize..=2, 0usize..=2),
+        abits in prop::sample::select(vec![1u8, 2, 4, 8]),
+        pad in any::<u8>(),
+        seed in any::<u64>(),
+    ) {
+        let c = cin_g * groups;
+        let s = ConvShape {
+            hp: h + 2 * ph,
+            wp: w + 2 * pw,
+            c,
+            oh: 1,
+            ow: 1,
+            cout: 1,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            groups,
+            cin_g,
+            cout_g: 1,
+            wbits: 1,
+            abits,
+            cw: cin_g.div_ceil(64),
+            ph,
+            pw,
+        };
+        let mut rng = Rng(seed | 1);
+        let mask = if abits == 8 { 0xff } else { (1u8 << abits) - 1 };
+        let x: Vec<u8> = (0..h * w * c).map(|_| rng.below(256) as u8 & mask).collect();
+        let n = s.hp * s.wp * portable::bit_pixel_words(&s);
+        let mut want = vec![0xdead_beefu64; n];
+        reference::pack_bits_ref(&s, &x, pad & mask, &mut want);
+        for ops in [RowOps::PORTABLE, RowOps::native()] {
+            let mut got = vec![0x1234u64; n];
+            (ops.pack_bits)(&s, &x, pad & mask, &mut got);
+            prop_assert_eq!(&got, &want);
+        }
+    }
+}

@@ -155,13 +155,151 @@ fn positive(name: &str, ok: bool, v: impl std::fmt::Display) -> Result<()> {
     }
 }
 
+/// The largest configuration file read: 1 MiB (a real one is under 2 KB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The largest `resize`, `width` and image side a configuration accepts: 1024 (Golden Stick's
+/// ImageNet recipe uses 224; ResNet-18's width is 64). Larger values would ask libtorch for
+/// tens of gigabytes in the first step.
+pub const MAX_SIDE: i64 = 1024;
+/// The largest `crop_pad`: 256 pixels each side.
+pub const MAX_CROP_PAD: i64 = 256;
+/// The largest `batch_size`: 65536.
+pub const MAX_BATCH: i64 = 1 << 16;
+/// The largest schedule (`epochs`, `epoch_size`): 100,000 epochs.
+pub const MAX_EPOCHS: i64 = 100_000;
+/// The largest `calibration_batches`, `log_every` and `quant_delay`: 1e9.
+pub const MAX_COUNT: i64 = 1_000_000_000;
+/// The largest temperature the schedule may reach (`t_start_val * t_factor^epochs`): 1e30
+/// (the logits are f32; the default recipe reaches 1.2^40, about 1470).
+pub const MAX_TEMPERATURE: f64 = 1e30;
+
+/// Reads a configuration file: at most [`MAX_CONFIG_BYTES`], UTF-8, with at least one key.
+fn read_config_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let err = |msg: String| Error::ConfigFile {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut raw = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| err(e.to_string()))?;
+    if raw.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes: not a configuration"
+        )));
+    }
+    let text = String::from_utf8(raw).map_err(|_| err("not UTF-8 text".into()))?;
+    let has_key = text.lines().any(|l| {
+        let l = l.trim();
+        !l.is_empty() && !l.starts_with('#')
+    });
+    if !has_key {
+        return Err(err(
+            "the file is empty: give at least `model` and `epochs` (see trainer/configs/)".into(),
+        ));
+    }
+    Ok(text)
+}
+
+/// A TOML error on one line, with the offending line of the file (which names the key).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return msg;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text.get(..start).unwrap_or(text).matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let shown: String = line.chars().take(80).collect();
+    format!("line {line_no} (`{shown}`): {msg}")
+}
+
+/// A float that must be finite and in `range`, named by its key.
+fn finite_in(
+    key: &str,
+    v: f64,
+    range: impl std::ops::RangeBounds<f64> + std::fmt::Debug,
+) -> Result<()> {
+    if v.is_finite() && range.contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{key} must be a finite number in {range:?}, but got {v}"
+        )))
+    }
+}
+
+/// An integer that must be in `range`, named by its key.
+fn int_in(key: &str, v: i64, range: std::ops::RangeInclusive<i64>) -> Result<()> {
+    if range.contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{key} must be an int in [{}, {}], but got {v}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
 impl Config {
+    /// The checks [`Config::algorithm`] adds to the algorithm's own: every float finite, every
+    /// size and count within a stated bound (so the first step cannot ask libtorch for more
+    /// memory than exists), and a temperature schedule that stays finite.
+    fn check_bounds(&self, a: &SlbQuantAwareTraining) -> Result<()> {
+        int_in("epochs", self.epochs, 1..=MAX_EPOCHS)?;
+        if let Some(e) = self.epoch_size {
+            int_in("epoch_size", e, 1..=MAX_EPOCHS)?;
+        }
+        int_in("batch_size", self.batch_size, 1..=MAX_BATCH)?;
+        finite_in("lr", self.lr, f64::MIN_POSITIVE..)?;
+        finite_in("warmup_lr", self.warmup_lr, 0.0..)?;
+        finite_in("warmup_epochs", self.warmup_epochs, 0.0..=MAX_EPOCHS as f64)?;
+        finite_in("poly_power", self.poly_power, f64::MIN_POSITIVE..=1e6)?;
+        finite_in("momentum", self.momentum, 0.0..1.0)?;
+        finite_in("weight_decay", self.weight_decay, 0.0..=1.0)?;
+        finite_in("label_smoothing", self.label_smoothing, 0.0..1.0)?;
+        int_in("quant_delay", self.quant_delay, 0..=MAX_COUNT)?;
+        int_in("log_every", self.log_every, 1..=MAX_COUNT)?;
+        int_in(
+            "calibration_batches",
+            self.calibration_batches,
+            1..=MAX_COUNT,
+        )?;
+        if let Some(w) = self.width {
+            int_in("width", w, 1..=MAX_SIDE)?;
+        }
+        if let Some(r) = self.resize {
+            int_in("resize", r, 1..=MAX_SIDE)?;
+        }
+        int_in("crop_pad", self.crop_pad, 0..=MAX_CROP_PAD)?;
+        for (key, n) in [
+            ("train_per_class", self.train_per_class),
+            ("test_per_class", self.test_per_class),
+        ] {
+            if n == Some(0) {
+                return Err(Error::config(format!(
+                    "{key} must be greater than 0 (leave it out to keep every image), but got 0"
+                )));
+            }
+        }
+        let end = a.temperature(self.schedule_epochs()).t;
+        let (lo, hi) = (end.min(self.t_start_val), end.max(self.t_start_val));
+        if !(lo > 0.0 && hi.is_finite() && hi <= MAX_TEMPERATURE) {
+            return Err(Error::config(format!(
+                "t_start_val and t_factor reach a temperature of {end:e} by the end of the \
+                 schedule (epochs/epoch_size = {}); it must stay in (0, {MAX_TEMPERATURE:e}]",
+                self.schedule_epochs()
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads and parses a TOML file (not yet validated: see [`Config::algorithm`]).
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let text = read_config_text(path)?;
         Config::from_toml(&text).map_err(|e| match e {
             Error::Config(msg) => Error::ConfigFile {
                 path: path.to_path_buf(),
@@ -173,7 +311,7 @@ impl Config {
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| Error::config(e.to_string()))
+        toml::from_str(text).map_err(|e| Error::config(toml_message(text, &e)))
     }
 
     /// The TOML text of this configuration.
@@ -193,7 +331,15 @@ impl Config {
         a.set_act_quant_dtype(self.act_quant_dtype)?;
         a.set_enable_act_quant(self.enable_act_quant);
         a.set_enable_bn_calibration(self.enable_bn_calibration);
-        a.set_epoch_size(self.schedule_epochs())?;
+        a.set_epoch_size(self.schedule_epochs())
+            .map_err(|e| match self.epoch_size {
+                // The file said `epochs`: name it.
+                None => Error::config(format!(
+                    "epochs = {}: {e} (the schedule is `epochs` long unless `epoch_size` is given)",
+                    self.epochs
+                )),
+                Some(_) => e,
+            })?;
         a.set_has_trained_epoch(self.has_trained_epoch.unwrap_or(0))?;
         a.set_t_start_val(self.t_start_val)?;
         a.set_t_start_time(self.t_start_time)?;
@@ -260,6 +406,7 @@ impl Config {
         if self.nesterov && self.momentum == 0.0 {
             return Err(Error::config("nesterov needs momentum > 0"));
         }
+        self.check_bounds(&a)?;
         Ok(a)
     }
 

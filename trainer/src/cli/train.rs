@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::data::{self, DeviceData, Split};
 use crate::export::export_checkpoint;
+use crate::lock::{remove_stale_temps, OutLock};
 use crate::train::{checkpoint_path, run, Checkpoint, RunOptions};
 
 /// Arguments of `slb train`.
@@ -52,6 +53,11 @@ pub struct TrainArgs {
     /// their device times) into this Chrome trace (`scripts/trace_summary.py` sums it up).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Accept a test split whose class names differ from the training split's: test labels are
+    /// matched by name and test images of classes the training split lacks are left out
+    /// (without it, any difference is an error).
+    #[arg(long)]
+    pub allow_class_mismatch: bool,
 }
 
 /// Runs `slb train`. The configuration is validated before any data is read or any device
@@ -75,9 +81,15 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     }
     let algo = cfg.algorithm()?;
     let device = super::parse_device(&a.device)?;
+    if let Some(t) = &a.trace {
+        check_writable(t).with_context(|| format!("--trace {}", t.display()))?;
+    }
     if let Some(t) = a.threads {
         tch::set_num_threads(t.max(1));
     }
+    // Held until this command ends (the export included): a second run on this folder refuses.
+    let _lock = OutLock::acquire(&a.out)?;
+    remove_stale_temps(&a.out, "model.slb");
     eprintln!("{algo}");
     let load = |split| {
         let per_class = match split {
@@ -88,7 +100,19 @@ pub fn main(a: &TrainArgs) -> Result<()> {
             .with_context(|| format!("loading {}", a.data.display()))
     };
     let train = load(Split::Train)?;
-    let test = load(Split::Test)?;
+    let mut test = load(Split::Test)?;
+    let dropped = data::align_classes(
+        &mut test,
+        &train.classes,
+        &format!("test split of {} vs its training split", a.data.display()),
+        a.allow_class_mismatch,
+    )?;
+    if !dropped.is_empty() {
+        eprintln!(
+            "warning: test images of classes the training split lacks are left out: {}",
+            dropped.join(", ")
+        );
+    }
     eprintln!(
         "data: {} training, {} test images, {} classes, {}x{}",
         train.len(),
@@ -137,6 +161,24 @@ pub fn main(a: &TrainArgs) -> Result<()> {
                 ""
             }
         );
+    }
+    Ok(())
+}
+
+/// Checks before a run that `path` can be created (its folder exists and is writable), so a
+/// run is not spent on a trace that cannot be written. A file already there is left alone.
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    if path.is_dir() {
+        anyhow::bail!("is a folder");
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot be written: {e}"))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }

@@ -216,17 +216,13 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
     format!("line {line_no} (`{shown}`): {msg}")
 }
 
-/// A float that must be finite and in `range`, named by its key.
-fn finite_in(
-    key: &str,
-    v: f64,
-    range: impl std::ops::RangeBounds<f64> + std::fmt::Debug,
-) -> Result<()> {
+/// A float that must be finite and in `range` (`shown` in the message), named by its key.
+fn finite_in(key: &str, v: f64, range: impl std::ops::RangeBounds<f64>, shown: &str) -> Result<()> {
     if v.is_finite() && range.contains(&v) {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "{key} must be a finite number in {range:?}, but got {v}"
+            "{key} must be a finite number {shown}, but got {v}"
         )))
     }
 }
@@ -254,13 +250,28 @@ impl Config {
             int_in("epoch_size", e, 1..=MAX_EPOCHS)?;
         }
         int_in("batch_size", self.batch_size, 1..=MAX_BATCH)?;
-        finite_in("lr", self.lr, f64::MIN_POSITIVE..)?;
-        finite_in("warmup_lr", self.warmup_lr, 0.0..)?;
-        finite_in("warmup_epochs", self.warmup_epochs, 0.0..=MAX_EPOCHS as f64)?;
-        finite_in("poly_power", self.poly_power, f64::MIN_POSITIVE..=1e6)?;
-        finite_in("momentum", self.momentum, 0.0..1.0)?;
-        finite_in("weight_decay", self.weight_decay, 0.0..=1.0)?;
-        finite_in("label_smoothing", self.label_smoothing, 0.0..1.0)?;
+        finite_in("lr", self.lr, f64::MIN_POSITIVE.., "greater than 0")?;
+        finite_in("warmup_lr", self.warmup_lr, 0.0.., "of at least 0")?;
+        finite_in(
+            "warmup_epochs",
+            self.warmup_epochs,
+            0.0..=MAX_EPOCHS as f64,
+            "in [0, 100000]",
+        )?;
+        finite_in(
+            "poly_power",
+            self.poly_power,
+            f64::MIN_POSITIVE..=1e6,
+            "in (0, 1e6]",
+        )?;
+        finite_in("momentum", self.momentum, 0.0..1.0, "in [0, 1)")?;
+        finite_in("weight_decay", self.weight_decay, 0.0..=1.0, "in [0, 1]")?;
+        finite_in(
+            "label_smoothing",
+            self.label_smoothing,
+            0.0..1.0,
+            "in [0, 1)",
+        )?;
         int_in("quant_delay", self.quant_delay, 0..=MAX_COUNT)?;
         int_in("log_every", self.log_every, 1..=MAX_COUNT)?;
         int_in(

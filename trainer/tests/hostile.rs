@@ -28,6 +28,12 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     v.extend(13u32.to_be_bytes());
     v.extend(&ihdr);
     v.extend(crc32(&ihdr).to_be_bytes());
+    // An empty IDAT (the decoder reads up to the first one for the header) and the end.
+    for name in [b"IDAT", b"IEND"] {
+        v.extend(0u32.to_be_bytes());
+        v.extend(name);
+        v.extend(crc32(name).to_be_bytes());
+    }
     v
 }
 
@@ -529,7 +535,7 @@ fn messages_are_one_line_with_each_cause_once() {
     );
     assert_eq!(
         slb_trainer::error::torch_message(&e),
-        "PytorchStreamReader failed"
+        "Internal torch error: PytorchStreamReader failed"
     );
     // The NaN stop claims a checkpoint only when there is one.
     let nan = |checkpoint: &Path| {

@@ -173,6 +173,10 @@ pub const MAX_COUNT: i64 = 1_000_000_000;
 /// (the logits are f32; the default recipe reaches 1.2^40, about 1470).
 pub const MAX_TEMPERATURE: f64 = 1e30;
 
+/// The largest first activation a configuration may ask for (`batch_size * width * side^2` f32
+/// values): 64 GiB. Beyond it the first step's allocation fails inside libtorch.
+pub const MAX_ACTIVATION_BYTES: u128 = 64 << 30;
+
 /// Reads a configuration file: at most [`MAX_CONFIG_BYTES`], UTF-8, with at least one key.
 fn read_config_text(path: &Path) -> Result<String> {
     use std::io::Read;
@@ -296,6 +300,9 @@ impl Config {
                 )));
             }
         }
+        if let Some(side) = self.resize {
+            self.check_memory(side)?;
+        }
         let end = a.temperature(self.schedule_epochs()).t;
         let (lo, hi) = (end.min(self.t_start_val), end.max(self.t_start_val));
         if !(lo > 0.0 && hi.is_finite() && hi <= MAX_TEMPERATURE) {
@@ -303,6 +310,25 @@ impl Config {
                 "t_start_val and t_factor reach a temperature of {end:e} by the end of the \
                  schedule (epochs/epoch_size = {}); it must stay in (0, {MAX_TEMPERATURE:e}]",
                 self.schedule_epochs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that the first activation of a batch at image side `side` (the data's, or
+    /// `resize`) stays under [`MAX_ACTIVATION_BYTES`]: a run that cannot allocate its first step
+    /// is refused before it starts, naming the keys to lower.
+    pub fn check_memory(&self, side: i64) -> Result<()> {
+        let width = self.width.unwrap_or(self.model.default_width()).max(1) as u128;
+        let side = side.max(1) as u128;
+        let bytes = self.batch_size.max(1) as u128 * width * side * side * 4;
+        if bytes > MAX_ACTIVATION_BYTES {
+            return Err(Error::config(format!(
+                "batch_size {} x width {width} x image side {side}^2 needs {} GiB for one \
+                 activation (the limit is {} GiB): lower batch_size, width or resize",
+                self.batch_size,
+                bytes >> 30,
+                MAX_ACTIVATION_BYTES >> 30
             )));
         }
         Ok(())

@@ -83,6 +83,11 @@ fn bad_numbers_and_huge_inputs_are_errors_not_panics() {
         ("width = 1000000\n", "width"),
         ("crop_pad = 100000\n", "crop_pad"),
         ("batch_size = 100000000\n", "batch_size"),
+        // Each within its bound, together a terabyte per activation.
+        (
+            "batch_size = 4096\nresize = 1024\n",
+            "lower batch_size, width or resize",
+        ),
     ] {
         let cfg = dir.path().join("c.toml");
         fs::write(&cfg, toml).unwrap();
@@ -527,6 +532,9 @@ fn messages_are_one_line_with_each_cause_once() {
         s(&dir.path().join("m.slb")),
     ]);
     assert_clean_error(&r, &["bad.ot"]);
+    // `--out` a folder (the export's rename failed after all the work, leaving `.NAME.tmpPID`).
+    let r = slb(&["export", "--checkpoint", s(&ck), "--out", s(dir.path())]);
+    assert_clean_error(&r, &["is a folder"]);
     assert!(!r.2.contains("Exception raised from"), "{}", r.2);
     assert_eq!(r.2.lines().count(), 1, "{}", r.2);
     let e = tch::TchError::Torch(

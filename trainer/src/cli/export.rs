@@ -29,6 +29,23 @@ pub struct ExportArgs {
 
 /// Runs `slb export`.
 pub fn main(a: &ExportArgs) -> Result<()> {
+    // Where the file goes, checked before the work: a folder or a missing parent is refused.
+    if a.out.is_dir() {
+        anyhow::bail!(
+            "--out {} is a folder: give the model file's name (e.g. {})",
+            a.out.display(),
+            a.out.join("model.slb").display()
+        );
+    }
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            anyhow::bail!(
+                "--out {}: folder {} does not exist",
+                a.out.display(),
+                parent.display()
+            );
+        }
+    }
     let ck = Checkpoint::load(&a.checkpoint)?;
     let calib = match (&a.data, ck.meta.ranges_valid) {
         (Some(p), false) => {

@@ -113,6 +113,7 @@ pub fn main(a: &TrainArgs) -> Result<()> {
             dropped.join(", ")
         );
     }
+    cfg.check_memory(cfg.resize.unwrap_or(train.height.max(train.width) as i64))?;
     eprintln!(
         "data: {} training, {} test images, {} classes, {}x{}",
         train.len(),

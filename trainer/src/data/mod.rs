@@ -184,7 +184,8 @@ pub fn align_classes(
         .cloned()
         .collect();
     let none_shared = extra.len() == ds.classes.len();
-    if none_shared || (!allow_mismatch && !(missing.is_empty() && extra.is_empty())) {
+    let same_set = missing.is_empty() && extra.is_empty();
+    if none_shared || !(allow_mismatch || same_set) {
         return Err(DataError::ClassMismatch {
             context: context.to_string(),
             missing,

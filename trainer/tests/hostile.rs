@@ -77,6 +77,24 @@ fn bad_numbers_and_huge_inputs_are_errors_not_panics() {
         ]);
         assert_clean_error(&r, &["--seconds"]);
     }
+    // Step counts that overflowed the loop's arithmetic.
+    let cfg = dir.path().join("ok0.toml");
+    fs::write(&cfg, "model = \"resnet20\"\nepochs = 1\n").unwrap();
+    for (flag, value) in [
+        ("--stop-after", "9223372036854775807"),
+        ("--profile-steps", "9223372036854775807"),
+        ("--profile-steps", "-1"),
+    ] {
+        let r = slb(&[
+            "train",
+            "--config",
+            s(&cfg),
+            "--data",
+            "/nonexistent/data",
+            &format!("{flag}={value}"),
+        ]);
+        assert_clean_error(&r, &[flag]);
+    }
     // Configs whose first step asked libtorch for terabytes.
     for (toml, key) in [
         ("resize = 100000\n", "resize"),

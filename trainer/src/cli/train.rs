@@ -70,11 +70,15 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
-    if a.stop_after.is_some_and(|n| n <= 0) {
-        anyhow::bail!("--stop-after must be greater than 0");
+    let max = crate::config::MAX_EPOCHS;
+    if a.stop_after.is_some_and(|n| n <= 0 || n > max) {
+        anyhow::bail!("--stop-after must be greater than 0 and at most {max}");
     }
-    if a.profile_steps < 0 {
-        anyhow::bail!("--profile-steps must be 0 or more");
+    if !(0..=crate::config::MAX_COUNT).contains(&a.profile_steps) {
+        anyhow::bail!(
+            "--profile-steps must be 0 or more and at most {}",
+            crate::config::MAX_COUNT
+        );
     }
     if a.trace.is_some() && a.profile_steps == 0 {
         anyhow::bail!("--trace records the profiled steps: give --profile-steps N too");

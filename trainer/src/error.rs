@@ -68,6 +68,19 @@ pub enum Error {
         /// The holder's process id, as it wrote it in the lock file.
         pid: Option<u32>,
     },
+    /// Not enough free space for a file about to be written.
+    #[error(
+        "not enough free space in {}: {needed} bytes needed, {available} available",
+        path.display()
+    )]
+    DiskFull {
+        /// The folder written to.
+        path: PathBuf,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes free.
+        available: u64,
+    },
     /// A run cannot continue from its checkpoint (finished, or made for other data).
     #[error("cannot resume from {}: {msg}", path.display())]
     Resume {

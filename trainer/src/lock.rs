@@ -1,5 +1,5 @@
-//! The advisory lock on a run's output folder, and the clean-up of temporary files that failed
-//! or killed writers left behind.
+//! The advisory lock on a run's output folder, the free-space check before a checkpoint is
+//! written, and the clean-up of temporary files that failed or killed writers left behind.
 //!
 //! `slb train` holds [`OutLock`] on `OUT/.slb.lock` from before it reads data until it exits, so
 //! a second run on the same `--out` refuses at once instead of interleaving metrics and
@@ -89,4 +89,38 @@ pub fn remove_stale_temps(dir: &Path, name: &str) -> usize {
         }
     }
     removed
+}
+
+/// Bytes an unprivileged writer can still put on the file system holding `dir`, where the
+/// system says (`statvfs`); `None` where it cannot be known.
+pub fn available_space(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let s = rustix::fs::statvfs(dir).ok()?;
+        Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// [`Error::DiskFull`] when the file system holding `dir` has less than `needed` bytes free:
+/// checked before libtorch writes a checkpoint, whose zip writer fails on a full disk with no
+/// word of the disk (or aborts the process).
+pub fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    match available_space(dir) {
+        Some(available) if available < needed => Err(Error::DiskFull {
+            path: dir.to_path_buf(),
+            needed,
+            available,
+        }),
+        _ => Ok(()),
+    }
 }

@@ -320,6 +320,13 @@ impl Snapshot {
 
     /// Writes the snapshot to `path`, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes: u64 = self
+            .named
+            .iter()
+            .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        crate::lock::check_free_space(dir, bytes + (1 << 20))?;
         write_atomic(path, |tmp| {
             Tensor::save_multi(&self.named, tmp).map_err(|e| Error::Checkpoint {
                 path: path.to_path_buf(),

@@ -595,6 +595,21 @@ fn messages_are_one_line_with_each_cause_once() {
 }
 
 #[test]
+fn a_checkpoint_that_cannot_fit_is_refused_before_libtorch_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = slb_trainer::lock::available_space(dir.path()).expect("statvfs on Linux");
+    assert!(free > 0);
+    slb_trainer::lock::check_free_space(dir.path(), 1).unwrap();
+    let err =
+        slb_trainer::lock::check_free_space(dir.path(), free.saturating_mul(4) + 1).unwrap_err();
+    assert!(
+        matches!(err, slb_trainer::Error::DiskFull { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not enough free space"), "{err}");
+}
+
+#[test]
 fn failed_and_killed_writes_leave_no_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("model.slb");

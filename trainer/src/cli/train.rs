@@ -19,7 +19,8 @@ pub struct TrainArgs {
     /// Dataset: a CIFAR-10 binary folder, an image-folder tree or a .tar/.tar.xz of one.
     #[arg(long)]
     pub data: PathBuf,
-    /// Output directory (checkpoint.ot, metrics.jsonl, config.toml, model.slb).
+    /// Output directory (checkpoint.ot, metrics.jsonl, config.toml, model.slb; .slb.lock, whose
+    /// advisory lock makes a second run on the same folder refuse).
     #[arg(long, default_value = "runs/slb")]
     pub out: PathBuf,
     /// Training device: cpu, cuda or cuda:N.

@@ -182,13 +182,194 @@ pub fn parse_set(s: &str) -> Result<(String, toml::Value)> {
     ))
 }
 
+/// The largest configuration file read: 1 MiB (a real one is under 2 KB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The largest `resize`, `width` and image side a configuration accepts: 1024 (Golden Stick's
+/// ImageNet recipe uses 224; ResNet-18's width is 64). Larger values would ask libtorch for
+/// tens of gigabytes in the first step.
+pub const MAX_SIDE: i64 = 1024;
+/// The largest `crop_pad`: 256 pixels each side.
+pub const MAX_CROP_PAD: i64 = 256;
+/// The largest `batch_size`: 65536.
+pub const MAX_BATCH: i64 = 1 << 16;
+/// The largest schedule (`epochs`, `epoch_size`): 100,000 epochs.
+pub const MAX_EPOCHS: i64 = 100_000;
+/// The largest `calibration_batches`, `log_every` and `quant_delay`: 1e9.
+pub const MAX_COUNT: i64 = 1_000_000_000;
+/// The largest temperature the schedule may reach (`t_start_val * t_factor^epochs`): 1e30
+/// (the logits are f32; the default recipe reaches 1.2^40, about 1470).
+pub const MAX_TEMPERATURE: f64 = 1e30;
+
+/// The largest first activation a configuration may ask for (`batch_size * width * side^2` f32
+/// values): 64 GiB. Beyond it the first step's allocation fails inside libtorch.
+pub const MAX_ACTIVATION_BYTES: u128 = 64 << 30;
+
+/// Reads a configuration file: at most [`MAX_CONFIG_BYTES`], UTF-8, with at least one key.
+fn read_config_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let err = |msg: String| Error::ConfigFile {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut raw = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| err(e.to_string()))?;
+    if raw.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(err(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes: not a configuration"
+        )));
+    }
+    let text = String::from_utf8(raw).map_err(|_| err("not UTF-8 text".into()))?;
+    let has_key = text.lines().any(|l| {
+        let l = l.trim();
+        !l.is_empty() && !l.starts_with('#')
+    });
+    if !has_key {
+        return Err(err(
+            "the file is empty: give at least `model` and `epochs` (see trainer/configs/)".into(),
+        ));
+    }
+    Ok(text)
+}
+
+/// A TOML error on one line, with the offending line of the file (which names the key).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else {
+        return msg;
+    };
+    let start = span.start.min(text.len());
+    let line_no = text.get(..start).unwrap_or(text).matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let shown: String = line.chars().take(80).collect();
+    format!("line {line_no} (`{shown}`): {msg}")
+}
+
+/// A float that must be finite and in `range` (`shown` in the message), named by its key.
+fn finite_in(key: &str, v: f64, range: impl std::ops::RangeBounds<f64>, shown: &str) -> Result<()> {
+    if v.is_finite() && range.contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{key} must be a finite number {shown}, but got {v}"
+        )))
+    }
+}
+
+/// An integer that must be in `range`, named by its key.
+fn int_in(key: &str, v: i64, range: std::ops::RangeInclusive<i64>) -> Result<()> {
+    if range.contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "{key} must be an int in [{}, {}], but got {v}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
 impl Config {
+    /// The checks [`Config::algorithm`] adds to the algorithm's own: every float finite, every
+    /// size and count within a stated bound (so the first step cannot ask libtorch for more
+    /// memory than exists), and a temperature schedule that stays finite.
+    fn check_bounds(&self, a: &SlbQuantAwareTraining) -> Result<()> {
+        int_in("epochs", self.epochs, 1..=MAX_EPOCHS)?;
+        if let Some(e) = self.epoch_size {
+            int_in("epoch_size", e, 1..=MAX_EPOCHS)?;
+        }
+        int_in("batch_size", self.batch_size, 1..=MAX_BATCH)?;
+        finite_in("lr", self.lr, f64::MIN_POSITIVE.., "greater than 0")?;
+        finite_in("warmup_lr", self.warmup_lr, 0.0.., "of at least 0")?;
+        finite_in(
+            "warmup_epochs",
+            self.warmup_epochs,
+            0.0..=MAX_EPOCHS as f64,
+            "in [0, 100000]",
+        )?;
+        finite_in(
+            "poly_power",
+            self.poly_power,
+            f64::MIN_POSITIVE..=1e6,
+            "in (0, 1e6]",
+        )?;
+        finite_in("momentum", self.momentum, 0.0..1.0, "in [0, 1)")?;
+        finite_in("weight_decay", self.weight_decay, 0.0..=1.0, "in [0, 1]")?;
+        if let Some(d) = self.logit_weight_decay {
+            finite_in("logit_weight_decay", d, 0.0..=1.0, "in [0, 1]")?;
+        }
+        if let Some(n) = self.bn_calibration_batches {
+            int_in("bn_calibration_batches", n, 1..=MAX_COUNT)?;
+        }
+        finite_in(
+            "label_smoothing",
+            self.label_smoothing,
+            0.0..1.0,
+            "in [0, 1)",
+        )?;
+        int_in("quant_delay", self.quant_delay, 0..=MAX_COUNT)?;
+        int_in("log_every", self.log_every, 1..=MAX_COUNT)?;
+        int_in(
+            "calibration_batches",
+            self.calibration_batches,
+            1..=MAX_COUNT,
+        )?;
+        if let Some(w) = self.width {
+            int_in("width", w, 1..=MAX_SIDE)?;
+        }
+        if let Some(r) = self.resize {
+            int_in("resize", r, 1..=MAX_SIDE)?;
+        }
+        int_in("crop_pad", self.crop_pad, 0..=MAX_CROP_PAD)?;
+        for (key, n) in [
+            ("train_per_class", self.train_per_class),
+            ("test_per_class", self.test_per_class),
+        ] {
+            if n == Some(0) {
+                return Err(Error::config(format!(
+                    "{key} must be greater than 0 (leave it out to keep every image), but got 0"
+                )));
+            }
+        }
+        if let Some(side) = self.resize {
+            self.check_memory(side)?;
+        }
+        let end = a.temperature(self.schedule_epochs()).t;
+        let (lo, hi) = (end.min(self.t_start_val), end.max(self.t_start_val));
+        if !(lo > 0.0 && hi.is_finite() && hi <= MAX_TEMPERATURE) {
+            return Err(Error::config(format!(
+                "t_start_val and t_factor reach a temperature of {end:e} by the end of the \
+                 schedule (epochs/epoch_size = {}); it must stay in (0, {MAX_TEMPERATURE:e}]",
+                self.schedule_epochs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that the first activation of a batch at image side `side` (the data's, or
+    /// `resize`) stays under [`MAX_ACTIVATION_BYTES`]: a run that cannot allocate its first step
+    /// is refused before it starts, naming the keys to lower.
+    pub fn check_memory(&self, side: i64) -> Result<()> {
+        let width = self.width.unwrap_or(self.model.default_width()).max(1) as u128;
+        let side = side.max(1) as u128;
+        let bytes = self.batch_size.max(1) as u128 * width * side * side * 4;
+        if bytes > MAX_ACTIVATION_BYTES {
+            return Err(Error::config(format!(
+                "batch_size {} x width {width} x image side {side}^2 needs {} GiB for one \
+                 activation (the limit is {} GiB): lower batch_size, width or resize",
+                self.batch_size,
+                bytes >> 30,
+                MAX_ACTIVATION_BYTES >> 30
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads and parses a TOML file (not yet validated: see [`Config::algorithm`]).
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let text = read_config_text(path)?;
         Config::from_toml(&text).map_err(|e| match e {
             Error::Config(msg) => Error::ConfigFile {
                 path: path.to_path_buf(),
@@ -200,7 +381,7 @@ impl Config {
 
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config> {
-        toml::from_str(text).map_err(|e| Error::config(e.to_string()))
+        toml::from_str(text).map_err(|e| Error::config(toml_message(text, &e)))
     }
 
     /// Reads a TOML file as [`Config::from_file`] does, with `KEY=VALUE` overrides applied on
@@ -210,13 +391,10 @@ impl Config {
         if sets.is_empty() {
             return Config::from_file(path);
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let text = read_config_text(path)?;
         let mut table: toml::Table = toml::from_str(&text).map_err(|e| Error::ConfigFile {
             path: path.to_path_buf(),
-            msg: e.to_string(),
+            msg: toml_message(&text, &e),
         })?;
         for s in sets {
             let (key, value) = parse_set(s)?;
@@ -225,7 +403,8 @@ impl Config {
         toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| {
-                Error::config(format!("{} with --set: {e}", path.display()))
+                let msg = e.message().trim().replace('\n', " ");
+                Error::config(format!("{} with --set: {msg}", path.display()))
             })
     }
 
@@ -251,7 +430,15 @@ impl Config {
         a.set_act_quant_dtype(self.act_quant_dtype)?;
         a.set_enable_act_quant(self.enable_act_quant);
         a.set_enable_bn_calibration(self.enable_bn_calibration);
-        a.set_epoch_size(self.schedule_epochs())?;
+        a.set_epoch_size(self.schedule_epochs())
+            .map_err(|e| match self.epoch_size {
+                // The file said `epochs`: name it.
+                None => Error::config(format!(
+                    "epochs = {}: {e} (the schedule is `epochs` long unless `epoch_size` is given)",
+                    self.epochs
+                )),
+                Some(_) => e,
+            })?;
         a.set_has_trained_epoch(self.has_trained_epoch.unwrap_or(0))?;
         a.set_t_start_val(self.t_start_val)?;
         a.set_t_start_time(self.t_start_time)?;
@@ -290,17 +477,6 @@ impl Config {
             self.weight_decay,
         )?;
         positive(
-            "logit_weight_decay (must be finite and >= 0)",
-            self.logit_weight_decay
-                .is_none_or(|d| d.is_finite() && d >= 0.0),
-            format!("{:?}", self.logit_weight_decay),
-        )?;
-        positive(
-            "bn_calibration_batches (must be > 0)",
-            self.bn_calibration_batches.is_none_or(|n| n > 0),
-            format!("{:?}", self.bn_calibration_batches),
-        )?;
-        positive(
             "label_smoothing (must be in [0, 1))",
             (0.0..1.0).contains(&self.label_smoothing),
             self.label_smoothing,
@@ -329,6 +505,7 @@ impl Config {
         if self.nesterov && self.momentum == 0.0 {
             return Err(Error::config("nesterov needs momentum > 0"));
         }
+        self.check_bounds(&a)?;
         Ok(a)
     }
 

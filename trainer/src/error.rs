@@ -18,8 +18,8 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
-    /// A libtorch operation failed.
-    #[error("libtorch: {0}")]
+    /// A libtorch operation failed (shown without libtorch's C++ backtrace).
+    #[error("libtorch: {}", torch_message(.0))]
     Torch(#[from] tch::TchError),
     /// A file operation failed.
     #[error("{what} {path}: {source}")]
@@ -39,8 +39,12 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
-    /// The loss became NaN or infinite; the last good checkpoint is kept.
-    #[error("loss is {value} at epoch {epoch}, step {step}: training stopped; the last good checkpoint ({checkpoint}) is left untouched")]
+    /// The loss became NaN or infinite; the last good checkpoint is kept (the message says
+    /// so only when one exists).
+    #[error(
+        "loss is {value} at epoch {epoch}, step {step}: training stopped; {}",
+        kept(checkpoint)
+    )]
     NonFiniteLoss {
         /// The loss value.
         value: f64,
@@ -50,6 +54,40 @@ pub enum Error {
         step: i64,
         /// The checkpoint that survives.
         checkpoint: String,
+    },
+    /// Another process holds the lock on the output folder.
+    #[error(
+        "output folder {} is in use by another slb run{}: wait for it to finish or choose \
+         another --out",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    OutputBusy {
+        /// The output folder.
+        path: PathBuf,
+        /// The holder's process id, as it wrote it in the lock file.
+        pid: Option<u32>,
+    },
+    /// Not enough free space for a file about to be written.
+    #[error(
+        "not enough free space in {}: {needed} bytes needed, {available} available",
+        path.display()
+    )]
+    DiskFull {
+        /// The folder written to.
+        path: PathBuf,
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes free.
+        available: u64,
+    },
+    /// A run cannot continue from its checkpoint (finished, or made for other data).
+    #[error("cannot resume from {}: {msg}", path.display())]
+    Resume {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Why.
+        msg: String,
     },
     /// Export failed (the model does not fit the file format).
     #[error("export: {0}")]
@@ -74,5 +112,34 @@ impl Error {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// A libtorch error's message without the C++ backtrace libtorch appends (`Exception raised
+/// from ...` and its `frame #N` lines), on one line.
+pub fn torch_message(e: &tch::TchError) -> String {
+    one_line_torch(&e.to_string())
+}
+
+/// [`torch_message`] on text.
+pub fn one_line_torch(text: &str) -> String {
+    let cut = [
+        "Exception raised from",
+        "\nframe #",
+        "(most recent call first)",
+    ]
+    .iter()
+    .filter_map(|m| text.find(m))
+    .min()
+    .unwrap_or(text.len());
+    let words: Vec<&str> = text[..cut].split_whitespace().collect();
+    words.join(" ")
+}
+
+fn kept(checkpoint: &str) -> String {
+    if !checkpoint.is_empty() && std::path::Path::new(checkpoint).is_file() {
+        format!("the last good checkpoint ({checkpoint}) is left untouched")
+    } else {
+        "no checkpoint was written before it (nothing to resume from)".into()
     }
 }

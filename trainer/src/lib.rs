@@ -14,6 +14,7 @@ pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod lock;
 pub mod nn;
 pub mod tools;
 pub mod train;

@@ -284,6 +284,12 @@ impl Sgd {
 fn end_trace(path: &Path, tracing: &mut bool, steps: i64) -> Result<()> {
     *tracing = false;
     crate::cuda::trace_end(path).map_err(|e| Error::config(format!("--trace: {e}")))?;
+    if !path.is_file() {
+        return Err(Error::config(format!(
+            "--trace: the profiler wrote no file at {}",
+            path.display()
+        )));
+    }
     eprintln!("trace of {steps} steps: {}", path.display());
     Ok(())
 }
@@ -297,11 +303,17 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    write(&tmp)?;
-    let f = std::fs::File::open(&tmp).map_err(|e| Error::io("open", &tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    let written = write(&tmp).and_then(|()| {
+        let f = std::fs::File::open(&tmp).map_err(|e| Error::io("open", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))
+    });
+    if let Err(e) = written {
+        // A failed write leaves no temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -346,7 +358,22 @@ impl Snapshot {
 
     /// Writes the snapshot to `path`, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        write_atomic(path, |tmp| Ok(Tensor::save_multi(&self.named, tmp)?))
+        let bytes: u64 = self
+            .named
+            .iter()
+            .map(|(_, t)| (t.numel() * t.kind().elt_size_in_bytes()) as u64)
+            .sum();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        crate::lock::check_free_space(dir, bytes + (1 << 20))?;
+        write_atomic(path, |tmp| {
+            Tensor::save_multi(&self.named, tmp).map_err(|e| Error::Checkpoint {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "cannot write it (is the disk full or the folder read-only?): {}",
+                    crate::error::torch_message(&e)
+                ),
+            })
+        })
     }
 }
 
@@ -447,13 +474,13 @@ impl Checkpoint {
             return Err(ck("no such file".into()));
         }
         let mut tensors = Tensor::load_multi_with_device(path, tch::Device::Cpu)
-            .map_err(|e| ck(e.to_string()))?;
+            .map_err(|e| ck(crate::error::torch_message(&e)))?;
         let pos = tensors
             .iter()
             .position(|(n, _)| n == "meta")
             .ok_or_else(|| ck("no metadata (not an slb checkpoint)".into()))?;
         let (_, m) = tensors.remove(pos);
-        let bytes = Vec::<u8>::try_from(&m).map_err(|e| ck(e.to_string()))?;
+        let bytes = Vec::<u8>::try_from(&m).map_err(|e| ck(crate::error::torch_message(&e)))?;
         let meta: Meta = serde_json::from_slice(&bytes).map_err(|e| ck(e.to_string()))?;
         Ok(Checkpoint {
             path: path.to_path_buf(),
@@ -756,6 +783,7 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
     }
     let resume = if opts.resume && ckpt_path.exists() {
         let ck = Checkpoint::load(&ckpt_path)?;
+        check_resume(&ck, &cfg, train)?;
         cfg.has_trained_epoch = Some(ck.meta.epoch);
         Some(ck)
     } else {
@@ -1072,6 +1100,41 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
     }
     writer.finish()?;
     Ok(summary)
+}
+
+/// Whether the checkpoint of `OUT` can be continued with `cfg` on `train`: its schedule is not
+/// finished, and it was trained on the same classes (by name) at the same image size.
+fn check_resume(ck: &Checkpoint, cfg: &Config, train: &Dataset) -> Result<()> {
+    let err = |msg: String| Error::Resume {
+        path: ck.path.clone(),
+        msg,
+    };
+    let total = cfg.schedule_epochs();
+    if ck.meta.epoch >= total {
+        return Err(err(format!(
+            "the run has finished: it trained {} of {total} epochs; raise `epochs` (or \
+             --epochs) to train longer, or export it with `slb export`",
+            ck.meta.epoch
+        )));
+    }
+    if ck.meta.classes != train.classes {
+        return Err(err(format!(
+            "it was trained on {} classes ({}) but the data has {} ({})",
+            ck.meta.classes.len(),
+            ck.meta.classes.join(", "),
+            train.classes.len(),
+            train.classes.join(", ")
+        )));
+    }
+    let size = cfg.resize.unwrap_or(train.height as i64);
+    if ck.meta.image_size != size {
+        return Err(err(format!(
+            "it was trained at image size {} but this run's images are {size}x{size} \
+             (check `resize` and the data)",
+            ck.meta.image_size
+        )));
+    }
+    Ok(())
 }
 
 fn dev_index(d: Device) -> i64 {

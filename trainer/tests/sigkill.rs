@@ -114,11 +114,18 @@ fn sigkill_mid_epoch_then_resume() {
             "round {round}: metrics.jsonl reaches epoch {logged:?}, the checkpoint {e}"
         );
         // Only complete files under their final names (a killed write leaves at most a hidden
-        // temporary file, which the next run removes).
+        // temporary file, which the next run removes) and the `--out` lock file, whose lock
+        // died with the process: the next run takes it.
         for f in std::fs::read_dir(&out).unwrap().flatten() {
             let n = f.file_name().to_string_lossy().to_string();
             assert!(
-                ["checkpoint.ot", "metrics.jsonl", "config.toml"].contains(&n.as_str())
+                [
+                    "checkpoint.ot",
+                    "metrics.jsonl",
+                    "config.toml",
+                    slb_trainer::lock::LOCK_FILE,
+                ]
+                .contains(&n.as_str())
                     || n.starts_with(".checkpoint.ot.tmp"),
                 "unexpected file {n}"
             );

@@ -34,8 +34,8 @@ enum Cmd {
         /// The model file.
         #[arg(long)]
         model: std::path::PathBuf,
-        /// Seconds to measure each engine.
-        #[arg(long, default_value_t = 3.0)]
+        /// Seconds to measure each engine (more than 0, at most 3600).
+        #[arg(long, default_value_t = 3.0, value_parser = cli::parse_seconds)]
         seconds: f64,
     },
 }
@@ -57,6 +57,11 @@ struct EvalArgs {
     /// Evaluate only the first N test images of each class.
     #[arg(long)]
     per_class: Option<usize>,
+    /// Accept test data whose class names differ from those stored in the model: labels are
+    /// matched by name and images of classes the model lacks are left out (without it, any
+    /// difference is an error).
+    #[arg(long)]
+    allow_class_mismatch: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -80,12 +85,13 @@ fn main() {
             },
             a.json,
             a.per_class,
+            a.allow_class_mismatch,
         ),
         Cmd::Inspect { model } => tools::inspect::command(model),
         Cmd::Bench { model, seconds } => tools::bench::command(model, *seconds),
     };
     if let Err(e) = r {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", cli::one_line(&e));
         std::process::exit(2);
     }
 }

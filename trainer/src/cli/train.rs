@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use crate::config::Config;
 use crate::data::{self, DeviceData, Split};
 use crate::export::export_checkpoint;
+use crate::lock::{remove_stale_temps, OutLock};
 use crate::train::{checkpoint_path, run, Checkpoint, RunOptions};
 
 /// Arguments of `slb train`.
@@ -22,7 +23,8 @@ pub struct TrainArgs {
     /// Dataset: a CIFAR-10 binary folder, an image-folder tree or a .tar/.tar.xz of one.
     #[arg(long)]
     pub data: PathBuf,
-    /// Output directory (checkpoint.ot, metrics.jsonl, config.toml, model.slb).
+    /// Output directory (checkpoint.ot, metrics.jsonl, config.toml, model.slb; .slb.lock, whose
+    /// advisory lock makes a second run on the same folder refuse).
     #[arg(long, default_value = "runs/slb")]
     pub out: PathBuf,
     /// Training device: cpu, cuda or cuda:N.
@@ -56,6 +58,11 @@ pub struct TrainArgs {
     /// their device times) into this Chrome trace (`scripts/trace_summary.py` sums it up).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Accept a test split whose class names differ from the training split's: test labels are
+    /// matched by name and test images of classes the training split lacks are left out
+    /// (without it, any difference is an error).
+    #[arg(long)]
+    pub allow_class_mismatch: bool,
 }
 
 /// Runs `slb train`. The configuration is validated before any data is read or any device
@@ -68,20 +75,30 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
-    if a.stop_after.is_some_and(|n| n <= 0) {
-        anyhow::bail!("--stop-after must be greater than 0");
+    let max = crate::config::MAX_EPOCHS;
+    if a.stop_after.is_some_and(|n| n <= 0 || n > max) {
+        anyhow::bail!("--stop-after must be greater than 0 and at most {max}");
     }
-    if a.profile_steps < 0 {
-        anyhow::bail!("--profile-steps must be 0 or more");
+    if !(0..=crate::config::MAX_COUNT).contains(&a.profile_steps) {
+        anyhow::bail!(
+            "--profile-steps must be 0 or more and at most {}",
+            crate::config::MAX_COUNT
+        );
     }
     if a.trace.is_some() && a.profile_steps == 0 {
         anyhow::bail!("--trace records the profiled steps: give --profile-steps N too");
     }
     let algo = cfg.algorithm()?;
     let device = super::parse_device(&a.device)?;
+    if let Some(t) = &a.trace {
+        check_writable(t).with_context(|| format!("--trace {}", t.display()))?;
+    }
     if let Some(t) = a.threads {
         tch::set_num_threads(t.max(1));
     }
+    // Held until this command ends (the export included): a second run on this folder refuses.
+    let _lock = OutLock::acquire(&a.out)?;
+    remove_stale_temps(&a.out, "model.slb");
     eprintln!("{algo}");
     let load = |split| {
         let per_class = match split {
@@ -92,7 +109,20 @@ pub fn main(a: &TrainArgs) -> Result<()> {
             .with_context(|| format!("loading {}", a.data.display()))
     };
     let train = load(Split::Train)?;
-    let test = load(Split::Test)?;
+    let mut test = load(Split::Test)?;
+    let dropped = data::align_classes(
+        &mut test,
+        &train.classes,
+        &format!("test split of {} vs its training split", a.data.display()),
+        a.allow_class_mismatch,
+    )?;
+    if !dropped.is_empty() {
+        eprintln!(
+            "warning: test images of classes the training split lacks are left out: {}",
+            dropped.join(", ")
+        );
+    }
+    cfg.check_memory(cfg.resize.unwrap_or(train.height.max(train.width) as i64))?;
     eprintln!(
         "data: {} training, {} test images, {} classes, {}x{}",
         train.len(),
@@ -141,6 +171,24 @@ pub fn main(a: &TrainArgs) -> Result<()> {
                 ""
             }
         );
+    }
+    Ok(())
+}
+
+/// Checks before a run that `path` can be created (its folder exists and is writable), so a
+/// run is not spent on a trace that cannot be written. A file already there is left alone.
+fn check_writable(path: &std::path::Path) -> Result<()> {
+    if path.is_dir() {
+        anyhow::bail!("is a folder");
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot be written: {e}"))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
     }
     Ok(())
 }

@@ -83,6 +83,17 @@ pub(crate) fn load(
                 break;
             }
         }
+        // The length first, from the file system: a file that is not whole records (or not a
+        // regular file, /dev/zero) is refused before it is read.
+        let meta = std::fs::metadata(&file).map_err(|e| DataError::io(&file, e))?;
+        let len = meta.len();
+        if !meta.is_file() || len == 0 || len % RECORD as u64 != 0 {
+            return Err(DataError::Truncated {
+                path: file,
+                len,
+                record: RECORD,
+            });
+        }
         let bytes = std::fs::read(&file).map_err(|e| DataError::io(&file, e))?;
         if bytes.is_empty() || bytes.len() % RECORD != 0 {
             return Err(DataError::Truncated {

@@ -106,6 +106,111 @@ pub enum DataError {
         /// Number of class names.
         classes: usize,
     },
+    /// A class folder (or an archive's class prefix) holds no image.
+    #[error(
+        "class folder {}{} holds no .jpg, .jpeg or .png image: remove it or add images \
+         (an empty folder would still count as a class and shift every later label)",
+        path.display(), in_member(member)
+    )]
+    EmptyClass {
+        /// The class folder, or the archive holding it.
+        path: PathBuf,
+        /// The class's member prefix, when `path` is an archive.
+        member: Option<String>,
+    },
+    /// A class folder is a link back to its own split folder or above it.
+    #[error(
+        "class folder {} links back to {} (a loop): remove the link",
+        path.display(), target.display()
+    )]
+    LinkLoop {
+        /// The class folder (the link).
+        path: PathBuf,
+        /// Where it leads.
+        target: PathBuf,
+    },
+    /// A file or folder name that is not UTF-8 (class names are stored in the model as text).
+    #[error(
+        "{}{}: the name is not valid UTF-8; rename it (class and image names must be UTF-8)",
+        path.display(), in_member(member)
+    )]
+    NonUtf8Name {
+        /// The file or folder (lossily shown), or the archive holding it.
+        path: PathBuf,
+        /// The archive member (lossily shown), when `path` is an archive.
+        member: Option<String>,
+    },
+    /// An image is larger than the loader accepts (its file size or its pixel dimensions).
+    #[error("image {}{} is too large: {detail}", path.display(), in_member(member))]
+    ImageTooLarge {
+        /// The image file, or the archive holding it.
+        path: PathBuf,
+        /// The archive member, when `path` is an archive.
+        member: Option<String>,
+        /// The size found and the limit.
+        detail: String,
+    },
+    /// The decoded images do not fit in memory.
+    #[error(
+        "the {count} decoded images of {} need {bytes} bytes, which cannot be allocated; \
+         use train_per_class / test_per_class or smaller images",
+        path.display()
+    )]
+    DatasetTooLarge {
+        /// The dataset.
+        path: PathBuf,
+        /// Number of images.
+        count: usize,
+        /// Bytes needed.
+        bytes: u128,
+    },
+    /// A dataset's class names differ from the reference list (the training split's, or the
+    /// model's), by name.
+    #[error("{}", class_mismatch(context, missing, extra, none_shared))]
+    ClassMismatch {
+        /// What is compared ("test split of data/ vs training split").
+        context: String,
+        /// Reference classes the dataset lacks.
+        missing: Vec<String>,
+        /// Dataset classes the reference lacks.
+        extra: Vec<String>,
+        /// No class name is shared at all (matching by name cannot help).
+        none_shared: bool,
+    },
+}
+
+fn class_mismatch(
+    context: &str,
+    missing: &[String],
+    extra: &[String],
+    none_shared: &bool,
+) -> String {
+    let list = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
+        let more = if v.len() > 8 {
+            format!(" and {} more", v.len() - 8)
+        } else {
+            String::new()
+        };
+        format!("[{}]{more}", shown.join(", "))
+    };
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing {}", list(missing)));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("not in the reference {}", list(extra)));
+    }
+    let hint = if *none_shared {
+        "no class name is shared, so labels cannot be matched by name"
+    } else {
+        "pass --allow-class-mismatch to match labels by name and leave out images of classes \
+         the reference lacks"
+    };
+    format!(
+        "class names differ ({context}): {}; {hint}",
+        parts.join(", ")
+    )
 }
 
 fn in_member(member: &Option<String>) -> String {

@@ -48,7 +48,8 @@ pub(crate) fn find_root(path: &Path) -> Option<PathBuf> {
     super::find_dir(path, "cifar10", has_split_dir)
 }
 
-/// Sorted entries of `dir` (names as UTF-8; other names are skipped) that satisfy `keep`.
+/// Sorted entries of `dir` that satisfy `keep`, hidden ones (`.*`) left out; a kept entry whose
+/// name is not UTF-8 is an error (skipping it would silently drop a class or an image).
 fn sorted_entries(
     dir: &Path,
     keep: impl Fn(&Path) -> bool,
@@ -57,7 +58,15 @@ fn sorted_entries(
     for entry in std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
         let path = entry.path();
-        let Ok(name) = entry.file_name().into_string() else {
+        let os_name = entry.file_name();
+        if os_name.as_encoded_bytes().first() == Some(&b'.') {
+            // Hidden (editor and macOS litter): never a class or an image.
+            continue;
+        }
+        let Ok(name) = os_name.into_string() else {
+            if keep(&path) {
+                return Err(DataError::NonUtf8Name { path, member: None });
+            }
             continue;
         };
         if keep(&path) {
@@ -82,19 +91,29 @@ pub(crate) fn load_tree(
         });
     }
     let class_dirs = sorted_entries(&split_dir, |p| p.is_dir())?;
+    let split_real = std::fs::canonicalize(&split_dir).map_err(|e| DataError::io(&split_dir, e))?;
     let mut files: Vec<(PathBuf, i64)> = Vec::new();
     let mut classes = Vec::new();
-    for (label, (name, dir)) in class_dirs
-        .into_iter()
-        .filter(|(n, _)| !n.starts_with('.'))
-        .enumerate()
-    {
+    for (label, (name, dir)) in class_dirs.into_iter().enumerate() {
+        let real = std::fs::canonicalize(&dir).map_err(|e| DataError::io(&dir, e))?;
+        if split_real.starts_with(&real) {
+            return Err(DataError::LinkLoop {
+                path: dir,
+                target: real,
+            });
+        }
         let mut images = sorted_entries(&dir, |p| {
             p.is_file()
                 && p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(is_image_name)
+                    .map(|n| n.to_string_lossy())
+                    .is_some_and(|n| is_image_name(&n))
         })?;
+        if images.is_empty() {
+            return Err(DataError::EmptyClass {
+                path: dir,
+                member: None,
+            });
+        }
         if let Some(k) = per_class {
             images.truncate(k);
         }
@@ -104,6 +123,10 @@ pub(crate) fn load_tree(
     let (images, (width, height)) = decode_all(
         &files,
         |(p, _)| {
+            let len = std::fs::metadata(p).map_err(|e| DataError::io(p, e))?.len();
+            if len > MAX_IMAGE_FILE_BYTES {
+                return Err(too_large_file(p.clone(), None, len));
+            }
             std::fs::read(p)
                 .map(Cow::Owned)
                 .map_err(|e| DataError::io(p, e))
@@ -178,7 +201,18 @@ fn collect_members<R: Read>(
         let mut entry = entry.map_err(|e| archive_err(None, e))?;
         let kind = entry.header().entry_type();
         let member_path = entry.path().map_err(|e| archive_err(None, e))?.into_owned();
-        let member = member_path.to_string_lossy().into_owned();
+        let lossy = member_path.to_string_lossy().into_owned();
+        let Some(member) = member_path.to_str().map(str::to_string) else {
+            // Only an error where it matters: a member of the wanted split.
+            let in_split = lossy.split('/').any(|p| p == split.dir_name());
+            if in_split {
+                return Err(DataError::NonUtf8Name {
+                    path: archive_path.to_path_buf(),
+                    member: Some(lossy),
+                });
+            }
+            continue;
+        };
         let parts: Vec<&str> = member
             .split('/')
             .filter(|s| !s.is_empty() && *s != ".")
@@ -203,10 +237,28 @@ fn collect_members<R: Read>(
                 continue;
             }
         }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry
+        // The header's size is only a claim: bound it before reading, and read no more than
+        // the bound whatever the header says.
+        let size = entry.size();
+        if size > MAX_IMAGE_FILE_BYTES {
+            return Err(too_large_file(
+                archive_path.to_path_buf(),
+                Some(member),
+                size,
+            ));
+        }
+        let mut bytes = Vec::new();
+        (&mut entry)
+            .take(MAX_IMAGE_FILE_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| archive_err(Some(member.clone()), e))?;
+        if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+            return Err(too_large_file(
+                archive_path.to_path_buf(),
+                Some(member),
+                bytes.len() as u64,
+            ));
+        }
         class.insert(name.to_string(), (member, bytes));
         if let Some(k) = per_class {
             while class.len() > k {
@@ -214,42 +266,136 @@ fn collect_members<R: Read>(
             }
         }
     }
+    if let Some((class, _)) = by_class.iter().find(|(_, files)| files.is_empty()) {
+        return Err(DataError::EmptyClass {
+            path: archive_path.to_path_buf(),
+            member: Some(format!("{}/{class}/", split.dir_name())),
+        });
+    }
     Ok(by_class)
+}
+
+/// The largest image file (or archive member) the loaders read: 64 MiB.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
+/// The largest image side the loaders decode: 8192 pixels (an image of 8192 x 8192 decodes to
+/// 192 MiB of RGB).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+
+fn too_large_file(path: PathBuf, member: Option<String>, len: u64) -> DataError {
+    DataError::ImageTooLarge {
+        path,
+        member,
+        detail: format!("{len} bytes (the limit is {MAX_IMAGE_FILE_BYTES})"),
+    }
+}
+
+/// The decoder's limits: [`MAX_IMAGE_SIDE`] on each side, and no more memory than such an image.
+fn limits() -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(MAX_IMAGE_SIDE);
+    l.max_image_height = Some(MAX_IMAGE_SIDE);
+    l.max_alloc = Some(u64::from(MAX_IMAGE_SIDE) * u64::from(MAX_IMAGE_SIDE) * 4 + (16 << 20));
+    l
+}
+
+fn reader(
+    data: &[u8],
+    limits: image::Limits,
+) -> std::io::Result<image::ImageReader<std::io::Cursor<&[u8]>>> {
+    let mut r = image::ImageReader::new(std::io::Cursor::new(data)).with_guessed_format()?;
+    r.limits(limits);
+    Ok(r)
 }
 
 /// Decodes every item (in parallel) into one HWC buffer; returns it and the common
 /// (width, height). `bytes` fetches an item's encoded bytes, `locate` names it for errors.
+///
+/// A first pass reads only each image's header: every side is checked against
+/// [`MAX_IMAGE_SIDE`], the common size is the one most images have (so an odd image is the
+/// one blamed, wherever it sorts), and the whole buffer is reserved fallibly before any pixel
+/// is decoded.
 fn decode_all<T: Sync>(
     items: &[T],
     bytes: impl Fn(&T) -> Result<Cow<'_, [u8]>, DataError> + Sync,
     locate: impl Fn(&T) -> (PathBuf, Option<String>) + Sync,
 ) -> Result<(Vec<u8>, (usize, usize)), DataError> {
-    let Some(first) = items.first() else {
+    if items.is_empty() {
         return Ok((Vec::new(), (0, 0)));
+    }
+    let decode_err = |item: &T, source: image::ImageError| {
+        let (path, member) = locate(item);
+        DataError::Decode {
+            path,
+            member,
+            source,
+        }
     };
-    let decode = |item: &T| -> Result<image::RgbImage, DataError> {
-        let data = bytes(item)?;
-        image::load_from_memory(&data)
-            .map(|img| img.into_rgb8())
-            .map_err(|source| {
+    let dims: Vec<(usize, usize)> = items
+        .par_iter()
+        .map(|item| {
+            let data = bytes(item)?;
+            // Only the header is read here: no decoder limit, the sides are checked below.
+            let (w, h) = reader(&data, image::Limits::no_limits())
+                .map_err(image::ImageError::IoError)
+                .and_then(|r| r.into_dimensions())
+                .map_err(|e| decode_err(item, e))?;
+            if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
                 let (path, member) = locate(item);
-                DataError::Decode {
+                return Err(DataError::ImageTooLarge {
                     path,
                     member,
-                    source,
-                }
-            })
+                    detail: format!(
+                        "{w}x{h} pixels (the limit is {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE})"
+                    ),
+                });
+            }
+            Ok((w as usize, h as usize))
+        })
+        .collect::<Result<_, _>>()?;
+    // The most common size (the first image's on a tie).
+    let mut counts: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    for &d in &dims {
+        *counts.entry(d).or_default() += 1;
+    }
+    let best = counts.values().copied().max().unwrap_or(0);
+    let size = if counts[&dims[0]] == best {
+        dims[0]
+    } else {
+        *dims.iter().find(|d| counts[*d] == best).unwrap_or(&dims[0])
     };
-    let img0 = decode(first)?;
-    let size = (img0.width() as usize, img0.height() as usize);
+    if let Some(i) = dims.iter().position(|&d| d != size) {
+        let (path, member) = locate(&items[i]);
+        return Err(DataError::SizeMismatch {
+            path,
+            member,
+            expected: size,
+            found: dims[i],
+        });
+    }
     let per_image = size.0 * size.1 * 3;
-    let mut out = vec![0u8; items.len() * per_image];
-    out[..per_image].copy_from_slice(img0.as_raw());
-    out[per_image..]
-        .par_chunks_mut(per_image.max(1))
-        .zip(items[1..].par_iter())
+    let total = (per_image as u128) * items.len() as u128;
+    let mut out: Vec<u8> = Vec::new();
+    let reserved = usize::try_from(total)
+        .ok()
+        .is_some_and(|t| out.try_reserve_exact(t).is_ok());
+    if !reserved {
+        let (path, _) = locate(&items[0]);
+        return Err(DataError::DatasetTooLarge {
+            path,
+            count: items.len(),
+            bytes: total,
+        });
+    }
+    out.resize(total as usize, 0);
+    out.par_chunks_mut(per_image.max(1))
+        .zip(items.par_iter())
         .try_for_each(|(dst, item)| {
-            let img = decode(item)?;
+            let data = bytes(item)?;
+            let img = reader(&data, limits())
+                .map_err(image::ImageError::IoError)
+                .and_then(|r| r.decode())
+                .map_err(|e| decode_err(item, e))?
+                .into_rgb8();
             let found = (img.width() as usize, img.height() as usize);
             if found != size {
                 let (path, member) = locate(item);

@@ -34,6 +34,7 @@ use rand::SeedableRng;
 pub use augment::{normalise_value, Augment, CIFAR_MEAN, CIFAR_STD};
 pub use device::DeviceData;
 pub use error::DataError;
+pub use folder::{MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE};
 
 /// The class names of CIFAR-10 in label order (used when a binary folder has no
 /// `batches.meta.txt`).
@@ -146,6 +147,79 @@ impl Dataset {
             classes: self.classes.clone(),
         }
     }
+}
+
+/// Matches the labels of `ds` to a reference class list (the training split's, or the class
+/// names stored in a model) by name, so that label `i` means `reference[i]`.
+///
+/// The same names in another order are re-labelled. Any other difference (a class missing or
+/// extra) is a [`DataError::ClassMismatch`] naming the classes, unless `allow_mismatch`: then
+/// images of classes the reference lacks are left out and the rest re-labelled by name; the
+/// names of the classes left out are returned. With no name in common there is nothing to match
+/// and it is an error either way. `context` says what is compared, for the message.
+pub fn align_classes(
+    ds: &mut Dataset,
+    reference: &[String],
+    context: &str,
+    allow_mismatch: bool,
+) -> Result<Vec<String>, DataError> {
+    if ds.classes == reference {
+        return Ok(Vec::new());
+    }
+    let index: std::collections::HashMap<&str, usize> = reference
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let missing: Vec<String> = reference
+        .iter()
+        .filter(|n| !ds.classes.contains(n))
+        .cloned()
+        .collect();
+    let extra: Vec<String> = ds
+        .classes
+        .iter()
+        .filter(|n| !index.contains_key(n.as_str()))
+        .cloned()
+        .collect();
+    let none_shared = extra.len() == ds.classes.len();
+    let same_set = missing.is_empty() && extra.is_empty();
+    if none_shared || !(allow_mismatch || same_set) {
+        return Err(DataError::ClassMismatch {
+            context: context.to_string(),
+            missing,
+            extra,
+            none_shared,
+        });
+    }
+    let map: Vec<Option<i64>> = ds
+        .classes
+        .iter()
+        .map(|n| index.get(n.as_str()).map(|&i| i as i64))
+        .collect();
+    let mut keep = Vec::with_capacity(ds.len());
+    let mut labels = Vec::with_capacity(ds.len());
+    for (i, &l) in ds.labels.iter().enumerate() {
+        if let Some(Some(new)) = usize::try_from(l).ok().and_then(|l| map.get(l)) {
+            keep.push(i);
+            labels.push(*new);
+        }
+    }
+    if keep.is_empty() {
+        return Err(DataError::ClassMismatch {
+            context: context.to_string(),
+            missing,
+            extra,
+            none_shared: true,
+        });
+    }
+    if keep.len() != ds.len() {
+        *ds = ds.select(&keep);
+    }
+    ds.labels = labels;
+    ds.classes = reference.to_vec();
+    Ok(extra)
 }
 
 /// Loads one split of the dataset at `path` (see the [module docs](self) for the layouts).

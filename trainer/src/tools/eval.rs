@@ -137,14 +137,36 @@ pub fn command(
     engine: Engine,
     json: bool,
     limit: Option<usize>,
+    allow_class_mismatch: bool,
 ) -> Result<()> {
     let bytes = super::read_model_file(model_path)?;
     let model = Model::parse(&bytes)?;
-    let ds = match limit {
+    let mut ds = match limit {
         Some(per_class) => data::load_limited(data_path, Split::Test, Some(per_class)),
         None => data::load(data_path, Split::Test),
     }
     .with_context(|| format!("cannot load test images from {}", data_path.display()))?;
+    // By name: a model that stores its class names is only scored on images of those classes,
+    // each under the label the model gives it.
+    if model.input.num_classes() > 0 {
+        let names: Vec<String> = model.input.class_names().map(str::to_string).collect();
+        let dropped = data::align_classes(
+            &mut ds,
+            &names,
+            &format!(
+                "test split of {} vs model {}",
+                data_path.display(),
+                model_path.display()
+            ),
+            allow_class_mismatch,
+        )?;
+        if !dropped.is_empty() {
+            eprintln!(
+                "warning: test images of classes the model lacks are left out: {}",
+                dropped.join(", ")
+            );
+        }
+    }
     check_compatible(&model, &ds, data_path)?;
     let r = evaluate(&bytes, &ds, engine)?;
     if json {

@@ -91,3 +91,47 @@ pub fn shared_archive() -> PathBuf {
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-jpeg.tar.xz")
 }
+
+/// Writes `ds` as an image-folder split `root/<split>/<class>/<i>.png` (one folder per class
+/// name of `ds`, in its label order).
+pub fn write_png_split(ds: &Dataset, root: &Path, split: &str) {
+    for (c, name) in ds.classes.iter().enumerate() {
+        std::fs::create_dir_all(root.join(split).join(name)).unwrap();
+        let _ = c;
+    }
+    for i in 0..ds.len() {
+        let class = &ds.classes[ds.labels[i] as usize];
+        let img =
+            image::RgbImage::from_raw(ds.width as u32, ds.height as u32, ds.image(i).to_vec())
+                .unwrap();
+        img.save(root.join(split).join(class).join(format!("{i:04}.png")))
+            .unwrap();
+    }
+}
+
+/// Runs the `slb` binary: (exit code, stdout, stderr).
+pub fn slb(args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_slb"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// Asserts that `slb` failed cleanly: exit code 2 (not a panic's 101 or an abort's 134), one
+/// `error:` line on stderr containing every one of `wanted`, no C++ backtrace.
+pub fn assert_clean_error(r: &(i32, String, String), wanted: &[&str]) {
+    let (code, _, err) = r;
+    assert_eq!(*code, 2, "exit code {code}: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(!lines[0].contains("frame #"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for w in wanted {
+        assert!(lines[0].contains(w), "{w:?} not in {:?}", lines[0]);
+    }
+}

@@ -2,6 +2,9 @@
 # The GPU runs behind docs/RESULTS.md. Runs on the GPU machine from the repository root, with
 # the release binary at .dev/slb and the data archive at .dev/cifar10-jpeg.tar.xz (both carried
 # from the build machine), torch 2.11 in the machine's python3. Writes logs under $OUT.
+# Prepare .dev on the build machine, after committing:
+#   cargo build --release -p slb-trainer && strip -o .dev/slb target/release/slb
+#   cp ../shared/data/cifar10-jpeg.tar.xz .dev/ && git rev-parse --short HEAD > .dev/commit
 #   scripts/gpu-results.sh smoke   # 2 epochs each: plain-PyTorch baseline, ours W1A8, ours float
 #   scripts/gpu-results.sh w1a8    # ResNet18-CIFAR W1A8, 100 epochs, packed evaluation
 #   scripts/gpu-results.sh float   # plain-PyTorch baseline (3 epochs) and our float baseline, 100 epochs
@@ -85,7 +88,7 @@ table_row() { # row limit_s: trains (or resumes) one row into $RUNS/row
   local t0=$(date +%s)
   # shellcheck disable=SC2086
   timeout "$limit" "$BIN" train --config trainer/configs/table.toml $args ${TABLE_EXTRA:-} --data "$DATA" \
-    --device "${DEVICE:-cuda}" --out "$out" --threads 2 $resume >> "$out/train.log" 2>&1
+    --device "${DEVICE:-cuda}" --out "$out" $resume >> "$out/train.log" 2>&1
   local rc=$?
   echo "== $r: exit $rc after $(( $(date +%s) - t0 )) s; $(grep -c . "$out/metrics.jsonl" 2>/dev/null) epochs in metrics"
   [ $rc = 0 ] && touch "$out/done"
@@ -157,10 +160,11 @@ case "$MODE" in
       # Does sharing the GPU raise throughput? One W1A8 run alone, then two at once (nodes
       # quantizing from step 0, no BN calibration: the training step alone), 3 epochs each.
       conc() { "$BIN" train --config trainer/configs/table.toml --set quant_delay=0 --set enable_bn_calibration=false \
-          --data "$DATA" --device cuda --out "/tmp/runs/conc-$1" --stop-after 3 --no-export --threads 2 > "/tmp/runs/conc-$1.log" 2>&1; }
+          --data "$DATA" --device cuda --out "/tmp/runs/conc-$1" --stop-after 3 --no-export > "/tmp/runs/conc-$1.log" 2>&1; }
       rm -rf /tmp/runs/conc-*
       conc solo
-      conc pair1 & conc pair2 & wait
+      # Wait for these two alone (a bare `wait` also waits for the memory sampler: forever).
+      conc pair1 & P1=$!; conc pair2 & P2=$!; wait $P1 $P2
       python3 - <<'PY' | tee "$OUT/concurrency.txt"
 import json
 def ep(n):

@@ -145,6 +145,7 @@ pub fn draw(m: &[EpochMetrics], title: &str, out: &Path, width: u32, height: u32
             ($chart:expr) => {{
                 let mut c = $chart.map_err(|e| err(&e))?;
                 c.configure_mesh()
+                    .light_line_style(WHITE)
                     .x_desc("epoch")
                     .draw()
                     .map_err(|e| err(&e))?;

@@ -403,7 +403,8 @@ impl Config {
         toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| {
-                let msg = e.message().trim().replace('\n', " ");
+                // Display names the key (`for key `epochs``); on one line.
+                let msg = e.to_string().trim().replace('\n', " ");
                 Error::config(format!("{} with --set: {msg}", path.display()))
             })
     }

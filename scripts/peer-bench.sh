@@ -3,8 +3,8 @@
 # CIFAR stem (32x32), batch 1, one thread, pinned to one CPU, engines alternating, several rounds.
 #
 #   slb        `slb bench` on models/resnet18-cifar-w1a8.slb (W1A8; also gives the in-house float
-#              executor and libtorch fp32) and `slb bench --packed-only` on synthetic W1A1, W2A2
-#              and W4A8 models (`cargo run --example synth_model`, random packed weights)
+#              executor and libtorch fp32) and `slb bench --packed-only` on synthetic W1A8, W1A1,
+#              W2A2 and W4A8 models (`cargo run --example synth_model`, random packed weights)
 #   ONNX Runtime  fp32 and static int8 (U8S8, per-channel, QDQ, MinMax calibration on random
 #              inputs), the same network with random weights (scripts/peer_bench/ort_worker.py)
 #   Larq Compute Engine  the W1A1 network (float first conv), its kernel options
@@ -16,8 +16,10 @@
 #
 # Usage: scripts/peer-bench.sh [--quick | --full] [--rounds N] [--seconds S] [--cpu C]
 #                              [--out DIR] [--no-ort] [--no-lce]
-#   default: 3 rounds of 1 s per engine (a few minutes, most of it installing and converting);
-#   --quick: 2 rounds of 0.5 s; --full: 6 rounds of 3 s (the figures in docs/PERFORMANCE.md).
+#   default: 3 rounds of 1 s per engine (about 3 minutes once installed: 20 s per round, plus
+#   building the peers' models); --quick: 2 rounds of 0.3 s (about a minute); --full: 6 rounds of
+#   1 s (the figures in docs/PERFORMANCE.md). The first run installs the peers (minutes, about
+#   1.5 GB of wheels for TensorFlow) and builds slb in release mode (libtorch bindings: minutes).
 # Writes DIR/results.md (the markdown table, also printed), DIR/results.json (every round),
 # DIR/workers.log; DIR defaults to target/peer-bench.
 set -euo pipefail
@@ -27,8 +29,8 @@ CMDLINE="scripts/peer-bench.sh${*:+ }$*"
 ROUNDS=3 SECONDS_PER=1 CPU=1 OUT=target/peer-bench ORT=1 LCE=1
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) ROUNDS=2 SECONDS_PER=0.5 ;;
-    --full) ROUNDS=6 SECONDS_PER=3 ;;
+    --quick) ROUNDS=2 SECONDS_PER=0.3 ;;
+    --full) ROUNDS=6 SECONDS_PER=1 ;;
     --rounds) ROUNDS="$2"; shift ;;
     --seconds) SECONDS_PER="$2"; shift ;;
     --cpu) CPU="$2"; shift ;;
@@ -61,7 +63,7 @@ nice -n 19 cargo build --release -q --example synth_model
 SLB="$TARGET/release/slb"
 mkdir -p "$OUT/models"
 SLB_MODELS=()
-for bits in W1A1 W2A2 W4A8; do
+for bits in W1A8 W1A1 W2A2 W4A8; do
   m="$OUT/models/resnet18-cifar-$(echo $bits | tr A-Z a-z)-synth.slb"
   "$TARGET/release/examples/synth_model" resnet18 "$bits" "$m" 11 >/dev/null
   SLB_MODELS+=(--slb-model "$bits=$m")

@@ -16,10 +16,11 @@
 #
 # Usage: scripts/peer-bench.sh [--quick | --full] [--rounds N] [--seconds S] [--cpu C]
 #                              [--out DIR] [--no-ort] [--no-lce]
-#   default: 3 rounds of 1 s per engine (about 3 minutes once installed: 20 s per round, plus
-#   building the peers' models); --quick: 2 rounds of 0.3 s (about a minute); --full: 6 rounds of
-#   1 s (the figures in docs/PERFORMANCE.md). The first run installs the peers (minutes, about
-#   1.5 GB of wheels for TensorFlow) and builds slb in release mode (libtorch bindings: minutes).
+#   default: 3 rounds of 1 s per engine (about 1.5 minutes once installed: some 17 s per round,
+#   plus 30 s building and converting the peers' models); --quick: 2 rounds of 0.3 s (under a
+#   minute); --full: 6 rounds of 1 s (about 2.5 minutes; the figures in docs/PERFORMANCE.md).
+#   The first run installs the peers (minutes: the TensorFlow wheel alone is 590 MB, the LCE venv
+#   2 GB on disk) and builds slb in release mode (the libtorch bindings: many minutes).
 # Writes DIR/results.md (the markdown table, also printed), DIR/results.json (every round),
 # DIR/workers.log; DIR defaults to target/peer-bench.
 set -euo pipefail

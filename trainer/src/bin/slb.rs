@@ -37,6 +37,10 @@ enum Cmd {
         /// Seconds to measure each engine (more than 0, at most 3600).
         #[arg(long, default_value_t = 3.0, value_parser = cli::parse_seconds)]
         seconds: f64,
+        /// Time only the packed runtime (for scripts that time other engines themselves, such
+        /// as scripts/peer-bench.sh).
+        #[arg(long)]
+        packed_only: bool,
     },
 }
 
@@ -88,7 +92,11 @@ fn main() {
             a.allow_class_mismatch,
         ),
         Cmd::Inspect { model } => tools::inspect::command(model),
-        Cmd::Bench { model, seconds } => tools::bench::command(model, *seconds),
+        Cmd::Bench {
+            model,
+            seconds,
+            packed_only,
+        } => tools::bench::command(model, *seconds, *packed_only),
     };
     if let Err(e) = r {
         eprintln!("error: {}", cli::one_line(&e));

@@ -323,14 +323,14 @@ pub fn normalised(model: &Model<'_>, image: &[u8]) -> Tensor {
 pub struct BenchReport {
     /// Packed runtime.
     pub packed_s: f64,
-    /// In-house float executor.
-    pub float_s: f64,
-    /// libtorch CPU, float.
-    pub torch_s: f64,
+    /// In-house float executor (`None`: not timed).
+    pub float_s: Option<f64>,
+    /// libtorch CPU, float (`None`: not timed).
+    pub torch_s: Option<f64>,
 }
 
-/// Times the engines on a deterministic image.
-pub fn bench(bytes: &[u8], budget: Duration) -> Result<BenchReport> {
+/// Times the engines on a deterministic image (only the packed runtime if `packed_only`).
+pub fn bench(bytes: &[u8], budget: Duration, packed_only: bool) -> Result<BenchReport> {
     let model = Model::parse(bytes)?;
     let s = model.input.shape;
     let image: Vec<u8> = (0..(s.c * s.h * s.w) as usize)
@@ -346,6 +346,13 @@ pub fn bench(bytes: &[u8], budget: Duration) -> Result<BenchReport> {
         })
     };
     let packed_s = time_engine(Engine::Packed)?;
+    if packed_only {
+        return Ok(BenchReport {
+            packed_s,
+            float_s: None,
+            torch_s: None,
+        });
+    }
     let float_s = time_engine(Engine::Float)?;
     tch::set_num_threads(1);
     let net = TorchFloat::new(&model)?;
@@ -356,15 +363,15 @@ pub fn bench(bytes: &[u8], budget: Duration) -> Result<BenchReport> {
     })?;
     Ok(BenchReport {
         packed_s,
-        float_s,
-        torch_s,
+        float_s: Some(float_s),
+        torch_s: Some(torch_s),
     })
 }
 
 /// The `slb bench` command.
-pub fn command(path: &Path, seconds: f64) -> Result<()> {
+pub fn command(path: &Path, seconds: f64, packed_only: bool) -> Result<()> {
     let bytes = super::read_model_file(path)?;
-    let r = bench(&bytes, Duration::from_secs_f64(seconds))?;
+    let r = bench(&bytes, Duration::from_secs_f64(seconds), packed_only)?;
     println!(
         "{} — one thread, median time per inference:",
         path.display()
@@ -378,15 +385,19 @@ pub fn command(path: &Path, seconds: f64) -> Result<()> {
             format!("packed is {:.2}x slower", 1.0 / r)
         }
     };
-    println!(
-        "  in-house float executor {:>9.3} ms   {}",
-        r.float_s * 1e3,
-        ratio(r.float_s)
-    );
-    println!(
-        "  libtorch CPU float      {:>9.3} ms   {}",
-        r.torch_s * 1e3,
-        ratio(r.torch_s)
-    );
+    if let Some(float_s) = r.float_s {
+        println!(
+            "  in-house float executor {:>9.3} ms   {}",
+            float_s * 1e3,
+            ratio(float_s)
+        );
+    }
+    if let Some(torch_s) = r.torch_s {
+        println!(
+            "  libtorch CPU float      {:>9.3} ms   {}",
+            torch_s * 1e3,
+            ratio(torch_s)
+        );
+    }
     Ok(())
 }

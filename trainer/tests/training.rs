@@ -290,7 +290,7 @@ fn bn_calibration_averages_the_batch_statistics_of_the_argmax_weights() {
         for t in slb_trainer::train::bn_stats(&net) {
             let _ = t.shallow_clone().zero_();
         }
-        tch::no_grad(|| net.forward(&aug.train(&x), &ctx));
+        let _ = tch::no_grad(|| net.forward(&aug.train(&x), &ctx));
         for (s, v) in sums.iter_mut().zip(bn_values(&net)) {
             let v: Vec<f64> = v.iter().map(|x| x / 0.1).collect();
             if s.is_empty() {

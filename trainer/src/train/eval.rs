@@ -19,7 +19,7 @@ pub fn evaluate(
     batch: i64,
     quant: bool,
 ) -> (f64, f64) {
-    let ctx = eval_ctx(quant);
+    let ctx = hard_ctx(false, quant, false);
     let k = 5.min(net.cfg.num_classes);
     let dev = data.device();
     let mut top1 = Tensor::zeros([], (Kind::Int64, dev));
@@ -40,11 +40,12 @@ pub fn evaluate(
     )
 }
 
-/// The forward pass of [`evaluate`] and [`predict`]: evaluation mode, hard weights, f32,
-/// activation nodes quantizing when `quant`.
-fn eval_ctx(quant: bool) -> Ctx {
+/// A forward pass with hard weights and frozen activation ranges (quantizing when `quant`):
+/// in evaluation mode and f32 for [`evaluate`] and [`predict`], in training mode (batch
+/// statistics) for [`bn_calibrate`].
+fn hard_ctx(train: bool, quant: bool, amp: bool) -> Ctx {
     Ctx {
-        train: false,
+        train,
         t: 1.0,
         hard: true,
         q: QuantMode {
@@ -52,14 +53,14 @@ fn eval_ctx(quant: bool) -> Ctx {
             quantize: quant,
             ema: false,
         },
-        amp: false,
+        amp,
     }
 }
 
 /// The predicted class of every image of `data` (in order), in evaluation mode as
 /// [`evaluate`].
 pub fn predict(net: &Net, data: &DeviceData, aug: &Augment, batch: i64, quant: bool) -> Vec<i64> {
-    let ctx = eval_ctx(quant);
+    let ctx = hard_ctx(false, quant, false);
     let mut out = Vec::with_capacity(data.len());
     tch::no_grad(|| {
         for (x, _) in data.batches(batch, false, 0) {
@@ -94,17 +95,7 @@ pub fn bn_calibrate(
     seed: u64,
     max_batches: Option<i64>,
 ) -> i64 {
-    let ctx = Ctx {
-        train: true,
-        t: 1.0,
-        hard: true,
-        q: QuantMode {
-            observe: false,
-            quantize: quant,
-            ema: false,
-        },
-        amp,
-    };
+    let ctx = hard_ctx(true, quant, amp);
     let stats = bn_stats(net);
     let limit = max_batches.map_or(usize::MAX, |n| n.max(0) as usize);
     let mut k = 0i64;

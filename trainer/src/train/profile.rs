@@ -175,3 +175,40 @@ fn end_trace(path: &Path, steps: i64) -> Result<()> {
     eprintln!("trace of {steps} steps: {}", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profiled_steps_follow_the_warm_up() {
+        let on: Vec<i64> = (0..10).filter(|&i| profiled(i, 4)).collect();
+        assert_eq!(on, vec![3, 4, 5, 6]);
+        assert!(!(0..10).any(|i| profiled(i, 0)));
+    }
+
+    #[test]
+    fn the_profiler_counts_only_profiled_steps_and_no_trace_path_records_nothing() {
+        let mut p = Profiler::new(None);
+        for _ in 0..3 {
+            p.start(false);
+            for k in 0..PHASES.len() {
+                p.phase(k);
+            }
+        }
+        assert_eq!(p.report(), None);
+        p.start(true);
+        for k in 0..PHASES.len() {
+            p.phase(k);
+        }
+        let r = p.report().unwrap();
+        assert_eq!(r.steps, 1);
+        let names: Vec<&str> = r.phases.iter().map(|ph| ph.name.as_str()).collect();
+        assert_eq!(names, PHASES);
+        let mut t = Trace::new(None, 2);
+        for i in 0..10 {
+            t.before_step(i).unwrap();
+        }
+        t.end_epoch(10).unwrap();
+    }
+}

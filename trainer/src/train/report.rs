@@ -178,3 +178,69 @@ impl Report {
         self.writer.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tch::{nn, Device};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::train::{Checkpoint, Meta};
+
+    fn record(epoch: i64) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            temperature: 1.5,
+            hard: false,
+            lr: 0.1,
+            train_loss: 1.25,
+            train_top1: 0.5,
+            test_top1: 0.25,
+            test_top5: 1.0,
+            images_per_s: 100.0,
+            train_seconds: 2.0,
+            eval_seconds: 0.5,
+            checkpoint_seconds: 0.0,
+            bn_calibrated: false,
+            eval_bn_calibrated: true,
+            profile: None,
+        }
+    }
+
+    #[test]
+    fn an_epoch_goes_to_the_checkpoint_then_the_metrics_file() {
+        let d = tempfile::tempdir().unwrap();
+        let ck = d.path().join("checkpoint.ot");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _x = (vs.root() / "x").var("logits", &[2], nn::Init::Const(1.0));
+        let meta = Meta {
+            version: 1,
+            epoch: 1,
+            step: 3,
+            temperature: 1.5,
+            hard: false,
+            config: Config::default(),
+            classes: vec!["a".into()],
+            image_size: 8,
+            ranges_valid: true,
+        };
+        let mut report = Report::new(d.path(), ck.clone(), false, 4).unwrap();
+        report.start_epoch(1, 3);
+        report.progress(3, || unreachable!("no bar was asked for"));
+        report.end_steps();
+        let m = report
+            .epoch(record(1), || Snapshot::take(&ck, &vs, None, &meta))
+            .unwrap();
+        report.finish().unwrap();
+        assert_eq!(Checkpoint::load(&ck).unwrap().meta, meta);
+        let line = std::fs::read_to_string(d.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(line, serde_json::to_string(&m).unwrap() + "\n");
+        assert!(m.checkpoint_seconds >= 0.0);
+        // A snapshot that fails reports its error and appends nothing.
+        let err = report.epoch(record(2), || Err(Error::config("no snapshot")));
+        assert!(err.is_err());
+        report.finish().unwrap();
+        let again = std::fs::read_to_string(d.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(again, line);
+    }
+}

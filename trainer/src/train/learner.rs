@@ -1,0 +1,524 @@
+//! The epoch loop, shaped as burn's `Learner`: [`run`] sets a run up (or resumes it) into a
+//! [`Learner`], then each epoch trains its steps, evaluates (calibrating BatchNorm when the
+//! schedule says so), checkpoints and reports through one sink ([`Report`]).
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use super::checkpoint::{checkpoint_path, Checkpoint, Meta, Snapshot};
+use super::eval::{bn_calibrate, evaluate, with_bn_calibrated};
+use super::optimizer::Sgd;
+use super::profile::{profiled, Profiler, Trace};
+use super::report::{EpochMetrics, Report};
+use super::{build, net_config};
+use crate::algo::{SlbQuantAwareTraining, Temperature};
+use crate::config::Config;
+use crate::cuda::StepGraph;
+use crate::data::{Augment, Dataset, DeviceData};
+use crate::error::{Error, Result};
+use crate::nn::net::{Ctx, Net};
+use crate::nn::QuantMode;
+
+/// Options of one training run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Output directory (checkpoint.ot, metrics.jsonl, config.toml).
+    pub out: PathBuf,
+    /// Training device.
+    pub device: Device,
+    /// Resume from `out/checkpoint.ot` if it exists.
+    pub resume: bool,
+    /// Stop after this many epochs in this run (the schedule continues on resume).
+    pub stop_after: Option<i64>,
+    /// Show a progress bar (only drawn on a terminal anyway).
+    pub progress: bool,
+    /// Profile this many training steps of each epoch (after a few warm-up steps; 0: off):
+    /// the device is synchronised between phases, which slows those steps a little, and the
+    /// means land in `EpochMetrics::profile`.
+    pub profile_steps: i64,
+    /// Record the profiled steps of the run's first epoch (CPU ops and CUDA kernels, with
+    /// device times) into this Chrome trace file (libtorch's Kineto profiler).
+    pub trace: Option<PathBuf>,
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// Metrics of every epoch trained in this run.
+    pub epochs: Vec<EpochMetrics>,
+    /// The checkpoint written last.
+    pub checkpoint: PathBuf,
+}
+
+/// Trains `cfg` on `train` (evaluating on `test` after each epoch), writing a checkpoint every
+/// epoch. `cfg` must have been validated with [`Config::algorithm`].
+pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> Result<RunSummary> {
+    let mut learner = Learner::new(cfg, train, test, opts)?;
+    let mut summary = RunSummary {
+        epochs: Vec::new(),
+        checkpoint: learner.ckpt_path.clone(),
+    };
+    for epoch in learner.first..=learner.last {
+        summary.epochs.push(learner.epoch(epoch)?);
+    }
+    learner.report.finish()?;
+    Ok(summary)
+}
+
+/// A run's state between epochs: the network, its optimizer, the data and the sink.
+struct Learner<'a> {
+    cfg: Config,
+    opts: &'a RunOptions,
+    /// Class names of the training data, in label order.
+    classes: &'a [String],
+    algo: SlbQuantAwareTraining,
+    dev: Device,
+    cuda: bool,
+    /// bf16 activations (CUDA with `mixed_precision`).
+    amp: bool,
+    /// Image side the network reads.
+    image_size: i64,
+    vs: nn::VarStore,
+    net: Net,
+    opt: Sgd,
+    /// Optimizer steps done.
+    step: i64,
+    /// Whether the 8-bit ranges hold calibrated values.
+    ranges_valid: bool,
+    /// The training images (shared with an epoch's batch iterator, which outlives the
+    /// steps' mutable borrows of the learner).
+    train_data: Rc<DeviceData>,
+    test_data: DeviceData,
+    aug: Augment,
+    steps_per_epoch: i64,
+    /// The first and last epochs this run trains.
+    first: i64,
+    last: i64,
+    ckpt_path: PathBuf,
+    report: Report,
+    /// The epoch's loss sum and correct count, on the device (zeroed in place each epoch: a
+    /// captured step accumulates into these very tensors).
+    loss_sum: Tensor,
+    correct: Tensor,
+    /// The training step as a CUDA graph (`cuda_graphs`), if on.
+    graphs: Option<StepGraph>,
+}
+
+impl<'a> Learner<'a> {
+    /// Sets a run up: the output folder, the checkpoint it resumes from (if any), the network,
+    /// the optimizer, the data on the device, the sink.
+    fn new(
+        cfg: &Config,
+        train: &'a Dataset,
+        test: &Dataset,
+        opts: &'a RunOptions,
+    ) -> Result<Learner<'a>> {
+        let mut cfg = cfg.clone();
+        let ckpt_path = prepare_out(&opts.out)?;
+        let resume = resume_from(&ckpt_path, opts, &mut cfg, train)?;
+        let algo = cfg.algorithm()?;
+        let dev = opts.device;
+        let cuda = dev.is_cuda();
+        if cuda {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        tch::manual_seed(cfg.seed as i64);
+        let classes = train.classes.len() as i64;
+        let image_size = cfg.resize.unwrap_or(train.height as i64);
+        let vs = nn::VarStore::new(dev);
+        let net = build(
+            &algo,
+            &vs,
+            net_config(&cfg, classes, image_size),
+            cfg.float_weights,
+        );
+        let mut opt = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+            .with_logit_decay(cfg.logit_decay());
+        let mut step = 0i64;
+        let mut ranges_valid = cfg.enable_act_quant;
+        if let Some(ck) = &resume {
+            ck.restore(&vs)?;
+            opt.load_state(&ck.tensors, &ck.path)?;
+            step = ck.meta.step;
+            ranges_valid = ck.meta.ranges_valid;
+        }
+        std::fs::write(opts.out.join("config.toml"), cfg.to_toml())
+            .map_err(|e| Error::io("write", &opts.out.join("config.toml"), e))?;
+        let train_data = Rc::new(DeviceData::new(train, dev));
+        let test_data = DeviceData::new(test, dev);
+        let aug = Augment {
+            pad: cfg.crop_pad,
+            flip: cfg.flip,
+            resize: cfg.resize,
+            ..Augment::cifar()
+        };
+        let steps_per_epoch = (train_data.len() as i64 + cfg.batch_size - 1) / cfg.batch_size;
+        let total = algo.epoch_size().unwrap_or(cfg.epochs);
+        let first = algo.has_trained_epoch().unwrap_or(0) + 1;
+        let last = match opts.stop_after {
+            Some(n) => (first + n - 1).min(total),
+            None => total,
+        };
+        let report = Report::new(&opts.out, ckpt_path.clone(), opts.progress, total)?;
+        Ok(Learner {
+            amp: cuda && cfg.mixed_precision,
+            loss_sum: Tensor::zeros([], (Kind::Float, dev)),
+            correct: Tensor::zeros([], (Kind::Int64, dev)),
+            graphs: step_graphs(&cfg, opts),
+            cfg,
+            opts,
+            classes: &train.classes,
+            algo,
+            dev,
+            cuda,
+            image_size,
+            vs,
+            net,
+            opt,
+            step,
+            ranges_valid,
+            train_data,
+            test_data,
+            aug,
+            steps_per_epoch,
+            first,
+            last,
+            ckpt_path,
+            report,
+        })
+    }
+
+    /// Trains, evaluates, checkpoints and reports epoch `epoch`; its record.
+    fn epoch(&mut self, epoch: i64) -> Result<EpochMetrics> {
+        let temp = self.algo.temperature(epoch);
+        // Every epoch's randomness depends only on (seed, epoch): resuming reproduces it.
+        tch::manual_seed(
+            (self.cfg.seed as i64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(epoch),
+        );
+        let mut m = self.train_steps(epoch, temp)?;
+        self.evaluate_epoch(epoch, &mut m);
+        self.checkpoint_and_report(m)
+    }
+
+    /// The seed of epoch `epoch`'s shuffles (training batches, calibration batches).
+    fn shuffle_seed(&self, epoch: i64) -> u64 {
+        self.cfg.seed.wrapping_mul(7919).wrapping_add(epoch as u64)
+    }
+
+    /// One epoch's training steps at temperature `temp`: its record so far (the test figures
+    /// not yet filled in). Stops the run on a non-finite loss.
+    fn train_steps(&mut self, epoch: i64, temp: Temperature) -> Result<EpochMetrics> {
+        self.report.start_epoch(epoch, self.steps_per_epoch);
+        let t0 = Instant::now();
+        // Zeroed in place: a captured step accumulates into these very tensors.
+        let _ = self.loss_sum.zero_();
+        let _ = self.correct.zero_();
+        let mut seen = 0i64;
+        let mut lr = self.cfg.lr_at(self.step, self.steps_per_epoch);
+        let seed = self.shuffle_seed(epoch);
+        let mut prof = Profiler::new(self.cuda.then(|| dev_index(self.dev)));
+        let opts = self.opts;
+        let path = opts.trace.as_deref().filter(|_| epoch == self.first);
+        let mut trace = Trace::new(path, opts.profile_steps);
+        let data = Rc::clone(&self.train_data);
+        for (i, (x, y)) in data.batches(self.cfg.batch_size, true, seed).enumerate() {
+            let i = i as i64;
+            prof.start(profiled(i, opts.profile_steps));
+            trace.before_step(i)?;
+            let n = y.size()[0];
+            lr = self.train_step(&x, &y, temp, &mut prof);
+            seen += n;
+            if (i + 1) % self.cfg.log_every == 0 || i + 1 == self.steps_per_epoch {
+                self.log_progress(epoch, i + 1, seen, t0, temp)?;
+            }
+        }
+        trace.end_epoch(self.steps_per_epoch)?;
+        if self.cuda {
+            tch::Cuda::synchronize(dev_index(self.dev));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        self.report.end_steps();
+        let train_loss = self.loss_sum.double_value(&[]) / seen.max(1) as f64;
+        if !train_loss.is_finite() {
+            return Err(self.non_finite(train_loss, epoch, self.steps_per_epoch));
+        }
+        Ok(EpochMetrics {
+            epoch,
+            temperature: temp.t,
+            hard: temp.hard,
+            lr,
+            train_loss,
+            train_top1: self.correct.int64_value(&[]) as f64 / seen.max(1) as f64,
+            test_top1: 0.0,
+            test_top5: 0.0,
+            images_per_s: seen as f64 / secs,
+            train_seconds: secs,
+            eval_seconds: 0.0,
+            checkpoint_seconds: 0.0,
+            bn_calibrated: false,
+            eval_bn_calibrated: false,
+            profile: prof.report(),
+        })
+    }
+
+    /// One training step on the batch `(x, y)`: augment, forward, loss, backward, update and
+    /// the metric sums, replayed from a CUDA graph when there is one. Returns the learning
+    /// rate it used.
+    fn train_step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        temp: Temperature,
+        prof: &mut Profiler,
+    ) -> f64 {
+        let cfg = &self.cfg;
+        let ctx = Ctx {
+            train: true,
+            t: temp.t,
+            hard: temp.hard,
+            q: QuantMode {
+                observe: cfg.enable_act_quant,
+                quantize: cfg.enable_act_quant && self.step >= cfg.quant_delay,
+                ema: cfg.ema,
+            },
+            amp: self.amp,
+        };
+        let mut xin = self.aug.train(x);
+        if self.cuda && cfg.channels_last {
+            xin = xin.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        }
+        prof.phase(0);
+        let lr = cfg.lr_at(self.step, self.steps_per_epoch);
+        self.opt.set_lr(lr);
+        self.net.set_temperature(ctx.t);
+        let n = y.size()[0];
+        let (net, opt) = (&self.net, &mut self.opt);
+        let (loss_sum, correct) = (&mut self.loss_sum, &mut self.correct);
+        let smoothing = cfg.label_smoothing;
+        let mut body = |x: &Tensor, y: &Tensor, prof: &mut Profiler| {
+            let logits = net.forward(x, &ctx).to_kind(Kind::Float);
+            let loss =
+                logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, smoothing);
+            prof.phase(1);
+            opt.backward(&loss);
+            prof.phase(2);
+            opt.apply();
+            prof.phase(3);
+            tch::no_grad(|| {
+                *loss_sum += loss.detach() * n as f64;
+                *correct += logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
+            });
+            prof.phase(4);
+        };
+        let replayed = match self.graphs.as_mut() {
+            Some(g) if n == cfg.batch_size => {
+                g.step(&ctx, &xin, y, |x, y| body(x, y, &mut Profiler::new(None)))
+            }
+            _ => false,
+        };
+        if !replayed {
+            body(&xin, y, prof);
+        }
+        self.step += 1;
+        lr
+    }
+
+    /// Every `log_every` steps, after step `done` of epoch `epoch` (`seen` images since `t0`):
+    /// one host read for the NaN check and the progress bar.
+    fn log_progress(
+        &self,
+        epoch: i64,
+        done: i64,
+        seen: i64,
+        t0: Instant,
+        temp: Temperature,
+    ) -> Result<()> {
+        let l = self.loss_sum.double_value(&[]) / seen as f64;
+        if !l.is_finite() {
+            return Err(self.non_finite(l, epoch, done));
+        }
+        self.report.progress(done as u64, || {
+            let acc = self.correct.int64_value(&[]) as f64 / seen as f64;
+            let ips = seen as f64 / t0.elapsed().as_secs_f64();
+            format!(
+                "loss {l:.4} acc {:.2}% T {:.3}{} {ips:.0} img/s",
+                acc * 100.0,
+                temp.t,
+                if temp.hard { " hard" } else { "" }
+            )
+        });
+        Ok(())
+    }
+
+    /// The error that stops a run whose loss became `value` at step `step` of epoch `epoch`.
+    fn non_finite(&self, value: f64, epoch: i64, step: i64) -> Error {
+        Error::NonFiniteLoss {
+            value,
+            epoch,
+            step,
+            checkpoint: self.ckpt_path.display().to_string(),
+        }
+    }
+
+    /// The end of epoch `epoch`'s training: BatchNorm calibration when the schedule or the
+    /// config asks for it, and the test figures, into `m`.
+    fn evaluate_epoch(&mut self, epoch: i64, m: &mut EpochMetrics) {
+        let t_eval = Instant::now();
+        let cfg = &self.cfg;
+        let quant_now = cfg.enable_act_quant && self.step >= cfg.quant_delay;
+        if quant_now {
+            self.ranges_valid = true;
+        }
+        let seed = self.shuffle_seed(epoch);
+        let calibrate_pass = || {
+            bn_calibrate(
+                &self.net,
+                &self.train_data,
+                &self.aug,
+                cfg.batch_size,
+                quant_now,
+                self.amp,
+                seed,
+                cfg.bn_calibration_batches,
+            )
+        };
+        let eval = || {
+            evaluate(
+                &self.net,
+                &self.test_data,
+                &self.aug,
+                cfg.batch_size,
+                cfg.enable_act_quant && self.ranges_valid,
+            )
+        };
+        // Golden Stick calibrates in place after the temperature starts. Before that (and only
+        // with enable_bn_calibration), the test figure still uses statistics measured for the
+        // argmax weights, put back afterwards: the epoch line shows what export would give.
+        let calibrate = self.algo.epoch_end_calibrates(epoch);
+        let (top1, top5, eval_bn_calibrated) = if calibrate {
+            let k = calibrate_pass();
+            let (a, b) = eval();
+            (a, b, k > 0)
+        } else if cfg.enable_bn_calibration && !cfg.float_weights {
+            let ((a, b), k) = with_bn_calibrated(&self.net, calibrate_pass, eval);
+            (a, b, k > 0)
+        } else {
+            let (a, b) = eval();
+            (a, b, false)
+        };
+        m.test_top1 = top1;
+        m.test_top5 = top5;
+        m.eval_seconds = t_eval.elapsed().as_secs_f64();
+        m.bn_calibrated = calibrate;
+        m.eval_bn_calibrated = eval_bn_calibrated;
+    }
+
+    /// Checkpoints the epoch of record `m` and reports it.
+    fn checkpoint_and_report(&mut self, m: EpochMetrics) -> Result<EpochMetrics> {
+        let meta = Meta {
+            version: 1,
+            epoch: m.epoch,
+            step: self.step,
+            temperature: m.temperature,
+            hard: m.hard,
+            config: self.cfg.clone(),
+            classes: self.classes.to_vec(),
+            image_size: self.image_size,
+            ranges_valid: self.ranges_valid,
+        };
+        let (path, vs, opt) = (&self.ckpt_path, &self.vs, &self.opt);
+        self.report
+            .epoch(m, || Snapshot::take(path, vs, Some(opt), &meta))
+    }
+}
+
+/// Creates the output folder `out` and removes the temporary file a killed run left there (a
+/// stale one is never a checkpoint); the checkpoint's path.
+fn prepare_out(out: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io("create", out, e))?;
+    if let Ok(rd) = std::fs::read_dir(out) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with(".checkpoint.ot.tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(checkpoint_path(out))
+}
+
+/// The checkpoint `ckpt_path` a run with `opts` continues, checked against `cfg` and `train`
+/// (`None`: a fresh run); `cfg` then starts after the epochs it trained.
+fn resume_from(
+    ckpt_path: &Path,
+    opts: &RunOptions,
+    cfg: &mut Config,
+    train: &Dataset,
+) -> Result<Option<Checkpoint>> {
+    if !(opts.resume && ckpt_path.exists()) {
+        return Ok(None);
+    }
+    let ck = Checkpoint::load(ckpt_path)?;
+    check_resume(&ck, cfg, train)?;
+    cfg.has_trained_epoch = Some(ck.meta.epoch);
+    Ok(Some(ck))
+}
+
+/// The training step's CUDA graphs, when the run asks for them and can have them.
+fn step_graphs(cfg: &Config, opts: &RunOptions) -> Option<StepGraph> {
+    if opts.device.is_cuda() && cfg.cuda_graphs && opts.profile_steps == 0 {
+        if !crate::cuda::AVAILABLE {
+            eprintln!("CUDA graphs off (this slb was built without them); training runs eagerly");
+        }
+        crate::cuda::AVAILABLE.then(|| StepGraph::new(dev_index(opts.device)))
+    } else {
+        None
+    }
+}
+
+/// Whether the checkpoint of `OUT` can be continued with `cfg` on `train`: its schedule is not
+/// finished, and it was trained on the same classes (by name) at the same image size.
+fn check_resume(ck: &Checkpoint, cfg: &Config, train: &Dataset) -> Result<()> {
+    let err = |msg: String| Error::Resume {
+        path: ck.path.clone(),
+        msg,
+    };
+    let total = cfg.schedule_epochs();
+    if ck.meta.epoch >= total {
+        return Err(err(format!(
+            "the run has finished: it trained {} of {total} epochs; raise `epochs` (or \
+             --epochs) to train longer, or export it with `slb export`",
+            ck.meta.epoch
+        )));
+    }
+    if ck.meta.classes != train.classes {
+        return Err(err(format!(
+            "it was trained on {} classes ({}) but the data has {} ({})",
+            ck.meta.classes.len(),
+            ck.meta.classes.join(", "),
+            train.classes.len(),
+            train.classes.join(", ")
+        )));
+    }
+    let size = cfg.resize.unwrap_or(train.height as i64);
+    if ck.meta.image_size != size {
+        return Err(err(format!(
+            "it was trained at image size {} but this run's images are {size}x{size} \
+             (check `resize` and the data)",
+            ck.meta.image_size
+        )));
+    }
+    Ok(())
+}
+
+fn dev_index(d: Device) -> i64 {
+    match d {
+        Device::Cuda(i) => i as i64,
+        _ => 0,
+    }
+}

@@ -380,3 +380,74 @@ fn rule11_output_is_f32_k_by_1_by_1() {
     assert_eq!(parse(&pooled([4, 1])).unwrap_err(), Error::BadOutput);
     assert_eq!(parse(&pooled([1, 4])).unwrap_err(), Error::BadOutput);
 }
+
+#[test]
+fn rule3_tensor_at_most_2_pow_30_minus_1_elements() {
+    let tiny = Tiny::new();
+    let tensor_size = Error::Overflow {
+        layer: MODEL,
+        what: "tensor size",
+    };
+    // 2^30 elements (four bytes each: 4 GiB) is one too many for a tensor.
+    for shape in [(1 << 30, 1, 1), (1, 1 << 15, 1 << 15), (1 << 29, 1, 2)] {
+        let b = tiny.mutated(|p| p.tensors.push(t(shape.0, shape.1, shape.2, DType::F32)));
+        assert_eq!(parse(&b).unwrap_err(), tensor_size, "{shape:?}");
+    }
+    // 2^30 - 1 elements is a valid tensor by itself (4 * (2^30 - 1) = 2^32 - 4 bytes), so it is
+    // the total over all tensors, with the model's other tensors, that overflows.
+    let b = tiny.mutated(|p| p.tensors.push(t(3, 357_913_941, 1, DType::F32)));
+    assert_eq!(
+        parse(&b).unwrap_err(),
+        Error::Overflow {
+            layer: MODEL,
+            what: "total tensor size"
+        }
+    );
+}
+
+#[test]
+fn rule6_kernel_and_stride_non_zero() {
+    let tiny = Tiny::new();
+    let refused = Error::InvalidParam {
+        layer: 0,
+        what: "kernel or stride (zero)",
+    };
+    for (kernel, stride) in [
+        ([3, 3], [0, 1]),
+        ([3, 3], [1, 0]),
+        ([0, 3], [1, 1]),
+        ([3, 0], [1, 1]),
+    ] {
+        let b = tiny.mutated(|p| {
+            p.conv(0).kernel = kernel;
+            p.conv(0).stride = stride;
+        });
+        assert_eq!(parse(&b).unwrap_err(), refused, "{kernel:?} {stride:?}");
+    }
+}
+
+#[test]
+fn rule8_pool_kernel_and_stride_non_zero() {
+    let tiny = Tiny::new();
+    let refused = Error::InvalidParam {
+        layer: 3,
+        what: "pool kernel or stride (zero)",
+    };
+    for (kernel, stride) in [
+        ([2, 2], [0, 2]),
+        ([2, 2], [2, 0]),
+        ([0, 2], [2, 2]),
+        ([2, 0], [2, 2]),
+    ] {
+        let b = tiny.mutated(|p| {
+            p.layers[3] = Layer::MaxPool(Pool {
+                input: 3,
+                output: 4,
+                kernel,
+                stride,
+                padding: [0, 0],
+            })
+        });
+        assert_eq!(parse(&b).unwrap_err(), refused, "{kernel:?} {stride:?}");
+    }
+}

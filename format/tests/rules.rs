@@ -451,3 +451,50 @@ fn rule8_pool_kernel_and_stride_non_zero() {
         assert_eq!(parse(&b).unwrap_err(), refused, "{kernel:?} {stride:?}");
     }
 }
+
+/// Section 4: output size `floor((H + 2*padding - kernel) / stride) + 1` per axis, for convs
+/// and pools alike; `None` where the kernel does not fit the padded input or a kernel or stride
+/// is zero (never a division by zero: `output_shape` is public and takes any values).
+#[test]
+fn section4_output_size_formula() {
+    let pool = |kernel: [u16; 2], stride: [u16; 2], padding: [u16; 2]| Pool {
+        input: 0,
+        output: 1,
+        kernel,
+        stride,
+        padding,
+    };
+    let input = Shape::new(5, 7, 10);
+    for (k, s, p) in [
+        ([3, 3], [1, 1], [1, 1]),
+        ([3, 2], [2, 3], [0, 1]),
+        ([7, 10], [1, 1], [0, 0]),
+        ([9, 1], [4, 4], [1, 0]),
+    ] {
+        let want = |axis: usize, size: u32| {
+            (size + 2 * p[axis] as u32 - k[axis] as u32) / s[axis] as u32 + 1
+        };
+        let got = pool(k, s, p).output_shape(input).unwrap();
+        assert_eq!(
+            got,
+            Shape::new(5, want(0, 7), want(1, 10)),
+            "{k:?} {s:?} {p:?}"
+        );
+    }
+    assert_eq!(pool([8, 1], [1, 1], [0, 0]).output_shape(input), None);
+    assert_eq!(pool([1, 13], [1, 1], [1, 1]).output_shape(input), None);
+    for (k, s) in [
+        ([0, 1], [1, 1]),
+        ([1, 0], [1, 1]),
+        ([1, 1], [0, 1]),
+        ([1, 1], [1, 0]),
+    ] {
+        assert_eq!(pool(k, s, [0, 0]).output_shape(input), None, "{k:?} {s:?}");
+        let tiny = Tiny::new();
+        let mut parts = tiny.parts();
+        let c = parts.conv(0);
+        c.kernel = k;
+        c.stride = s;
+        assert_eq!(c.output_shape(input), None, "{k:?} {s:?}");
+    }
+}

@@ -541,9 +541,32 @@ mod tests {
 
     #[test]
     fn floor_matches_std() {
-        for x in [-2.5f32, -2.0, -0.1, 0.0, 0.4, 0.5, 1.0, 1e7, -1e7, 123.999] {
+        // Past 2^23 every f32 is an integer; past 2^31 it does not fit the i32 the small
+        // values go through.
+        for x in [
+            -2.5f32,
+            -2.0,
+            -0.1,
+            0.0,
+            0.4,
+            0.5,
+            1.0,
+            1e7,
+            -1e7,
+            123.999,
+            8_388_607.5,
+            -8_388_607.5,
+            3e9,
+            -3e9,
+            1e30,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
             assert_eq!(libm_floor(x), x.floor(), "{x}");
         }
+        assert!(libm_floor(f32::NAN).is_nan());
     }
 
     /// The real value of a code is `scale * centred` (section 4 of docs/FORMAT.md): `q - zp`,

@@ -12,9 +12,11 @@
 #                                           `--re 'in pack_bits'`
 #
 # Fails (exit 1) when a mutant survives that is not listed as equivalent in
-# docs/RELIABILITY.md (the table between the `mutants-equivalent` markers; a mutant is named as
-# cargo-mutants names it, without its line and column: `FILE: replace > with >= in FUNCTION`).
-# Results: target/mutants/<file>/mutants.out.
+# docs/RELIABILITY.md (the list between the `mutants-equivalent` markers). A mutant is named
+# as cargo-mutants names it, with the source line it mutates instead of its line and column
+# (so that the names survive edits elsewhere in the file):
+#   FILE: replace > with >= in FUNCTION @ if total > u64::from(u32::MAX) {
+# Results: target/mutants/<file>/mutants.out; the names of survivors in target/mutants/*.txt.
 # Needs cargo-mutants (`cargo install --locked cargo-mutants`; measured with 27.1.0).
 set -euo pipefail
 cd "${MUTANTS_ROOT:-$(dirname "$0")/..}"
@@ -64,7 +66,19 @@ export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$PWD/target/mutants/build}"
 # Known equivalent mutants, one name a line.
 equivalent="$out/equivalent.txt"
 sed -n '/<!-- mutants-equivalent:begin -->/,/<!-- mutants-equivalent:end -->/p' \
-    docs/RELIABILITY.md | sed -n 's/^| `\([^`]*\)`.*/\1/p' | sort -u >"$equivalent"
+    docs/RELIABILITY.md | sed -n 's/^- `\([^`]*\)`.*/\1/p' | sort -u >"$equivalent"
+
+# `FILE:LINE:COL: DESCRIPTION` -> `FILE: DESCRIPTION @ SOURCE LINE` (trimmed).
+names() {
+    while IFS= read -r m; do
+        file=${m%%:*}
+        rest=${m#*:}
+        line=${rest%%:*}
+        desc=${rest#*:*: }
+        src=$(sed -n "${line}p" "$file" | sed -E 's/^[[:space:]]+//; s/[[:space:]]+$//')
+        printf '%s: %s @ %s\n' "$file" "$desc" "$src"
+    done
+}
 
 diff_args=()
 if [ -n "$base" ]; then
@@ -110,8 +124,9 @@ for f in "${files[@]}"; do
     echo "$f: $(n caught.txt) caught, $(n missed.txt) missed, $(n timeout.txt) timeout," \
         "$(n unviable.txt) unviable in $(($(date +%s) - start)) s"
     if [ -f "$m/missed.txt" ]; then
-        sed -E 's/^([^:]*):[0-9]+:[0-9]+:/\1:/' "$m/missed.txt" | sort -u |
-            comm -23 - "$equivalent" | tee -a "$out/new-survivors.txt"
+        names <"$m/missed.txt" | sort -u >"$out/$(basename "$dir").missed.txt"
+        comm -23 "$out/$(basename "$dir").missed.txt" "$equivalent" |
+            tee -a "$out/new-survivors.txt"
     fi
 done
 if [ -s "$out/new-survivors.txt" ]; then

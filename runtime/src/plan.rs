@@ -572,3 +572,30 @@ fn place(tensors: &mut Vec<TensorSlot, MAX_TENSORS>, steps: usize) -> Result<(us
     }
     Ok((top, lower))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regions are rounded up to the next multiple of 64 bytes and no further (a region of
+    /// whole 64-byte blocks takes no slack), and a size near `usize::MAX` is an error, not a
+    /// wrap.
+    #[test]
+    fn align_rounds_up_to_the_next_multiple_of_64() {
+        for (n, want) in [
+            (0, 0),
+            (1, 64),
+            (63, 64),
+            (64, 64),
+            (65, 128),
+            (128, 128),
+            (129, 192),
+        ] {
+            assert_eq!(align(n), Ok(want), "{n}");
+        }
+        assert_eq!(
+            align(usize::MAX - 62),
+            Err(Error::Overflow { what: "arena size" })
+        );
+    }
+}

@@ -983,6 +983,71 @@ fn never_panics_on_short_or_dirty_buffers() {
     ));
 }
 
+/// `Plan::fit`'s rule: the conv moved first is the one that frees the most prepared-weight
+/// bytes per unit of added estimated run time (cost per output times outputs). Computed here
+/// from the default plan with exact fractions; the plan one byte smaller than the default
+/// moves that conv and no other.
+#[test]
+fn fit_moves_first_the_conv_freeing_most_bytes_per_added_cost() {
+    let model = Model::parse(resnet(32, 8, 1, 1, 8, 3)).unwrap();
+    let opts = PlanOptions::for_board(CostModel::Desktop);
+    let fast = Plan::with_options(&model, Engine::Packed, opts).unwrap();
+    // (freed bytes, added cost, layer) of every conv that can free bytes.
+    let mut moves = vec![];
+    for (li, layer) in model.layers.iter().enumerate() {
+        let Layer::Conv(conv) = layer else { continue };
+        let s = crate::plan::conv_shape(&conv, &fast.tensors).unwrap();
+        let to = kernels::smallest_kernel(&s, true, opts.costs).unwrap();
+        let now = fast.layers[li];
+        let (from_len, to_len) = (u64::from(now.w_len), (to.prepared_len)(&s) as u64);
+        if to_len >= from_len {
+            continue;
+        }
+        let outputs = (s.oh * s.ow * s.cout) as u64;
+        let per_output = kernels::cost(to.kind, &s, opts.costs).saturating_sub(kernels::cost(
+            now.kernel.unwrap(),
+            &s,
+            opts.costs,
+        ));
+        moves.push((from_len - to_len, (per_output * outputs).max(1), li));
+    }
+    assert!(moves.len() >= 2, "{moves:?}");
+    // Best ratio freed / added; the first of equals.
+    let best = moves
+        .iter()
+        .copied()
+        .reduce(|b, m| {
+            if u128::from(m.0) * u128::from(b.1) > u128::from(b.0) * u128::from(m.1) {
+                m
+            } else {
+                b
+            }
+        })
+        .unwrap();
+    let worst = moves
+        .iter()
+        .copied()
+        .reduce(|w, m| {
+            if u128::from(m.0) * u128::from(w.1) < u128::from(w.0) * u128::from(m.1) {
+                m
+            } else {
+                w
+            }
+        })
+        .unwrap();
+    assert_ne!(
+        best.2, worst.2,
+        "the rule must tell the convs apart: {moves:?}"
+    );
+    let some = Plan::fit(&model, Engine::Packed, opts, fast.arena_bytes() - 1).unwrap();
+    let moved: Vec<usize> = moves
+        .iter()
+        .map(|m| m.2)
+        .filter(|&li| some.kernel(li) != fast.kernel(li))
+        .collect();
+    assert_eq!(moved, [best.2], "{moves:?}");
+}
+
 #[test]
 fn fit_trades_speed_for_a_smaller_arena() {
     let model = Model::parse(resnet(32, 8, 1, 1, 8, 3)).unwrap();

@@ -531,6 +531,50 @@ mod tests {
         }
     }
 
+    /// `acc` and `dst` of different lengths: the whole pixels both hold are written, as by
+    /// the element-wise reference (which stops at the shorter one), the rest is untouched and
+    /// nothing panics.
+    #[test]
+    fn requant_stops_at_the_shorter_buffer() {
+        let cout = 3;
+        let acc: Vec<i32> = (0..4 * cout as i32).map(|i| i * 1000 - 5000).collect();
+        let (mult, bias) = (i32_bytes(&[100, -200, 300]), i32_bytes(&[5, 0, -5]));
+        let raw = RawQuant {
+            mult: 12345,
+            shift: 16,
+            zero_point: 8,
+            bits: 4,
+            scale: 1.0,
+        };
+        let aff = ChannelAffine {
+            shift: 4,
+            mult: I32s(&mult),
+            bias: I32s(&bias),
+            relu: false,
+        };
+        let outq = QParams {
+            scale: 1.0,
+            zp: 2,
+            bits: 4,
+        };
+        // (pixels of acc, pixels of dst)
+        for (na, nd) in [(4, 2), (2, 4)] {
+            let acc = &acc[..na * cout];
+            let mut want = vec![99u8; nd * cout];
+            requant_ref(&raw, Some(&aff), &outq, cout, acc, &mut want);
+            assert_eq!(
+                want.iter().filter(|&&v| v == 99).count(),
+                (nd - na.min(nd)) * cout
+            );
+            let mut got = vec![99u8; nd * cout];
+            requant(&raw, Some(&aff), &outq, cout, acc, &mut got);
+            assert_eq!(got, want, "{na} {nd}");
+            let mut got = vec![99u8; nd * cout];
+            requant_body(&raw, Some(&aff), &outq, cout, acc, &mut got);
+            assert_eq!(got, want, "{na} {nd}");
+        }
+    }
+
     #[test]
     fn round_shift_is_half_up() {
         assert_eq!(round_shift(5, 1), 3); // 2.5 -> 3

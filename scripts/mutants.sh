@@ -68,14 +68,15 @@ equivalent="$out/equivalent.txt"
 sed -n '/<!-- mutants-equivalent:begin -->/,/<!-- mutants-equivalent:end -->/p' \
     docs/RELIABILITY.md | sed -n 's/^- `\([^`]*\)`.*/\1/p' | sort -u >"$equivalent"
 
-# `FILE:LINE:COL: DESCRIPTION` -> `FILE: DESCRIPTION @ SOURCE LINE` (trimmed).
+# `FILE:LINE:COL: DESCRIPTION` -> `FILE: DESCRIPTION @ SOURCE LINE` (trimmed, white space
+# runs as one space).
 names() {
     while IFS= read -r m; do
         file=${m%%:*}
         rest=${m#*:}
         line=${rest%%:*}
         desc=${rest#*:*: }
-        src=$(sed -n "${line}p" "$file" | sed -E 's/^[[:space:]]+//; s/[[:space:]]+$//')
+        src=$(sed -n "${line}p" "$file" | sed -E 's/^[[:space:]]+//; s/[[:space:]]+$//; s/[[:space:]]+/ /g')
         printf '%s: %s @ %s\n' "$file" "$desc" "$src"
     done
 }
@@ -106,6 +107,9 @@ for f in "${files[@]}"; do
         ;;
     esac
     dir="$out/$(echo "$f" | tr / _)"
+    # No results of an earlier run may stand for this one (cargo-mutants writes nothing when
+    # no mutant is left to test, e.g. a diff that only touches tests).
+    rm -rf "$dir"
     start=$(date +%s)
     rc=0
     cargo mutants "${pkg[@]}" --file "$f" --profile mutants \
@@ -120,6 +124,10 @@ for f in "${files[@]}"; do
         ;;
     esac
     m="$dir/mutants.out"
+    if [ ! -f "$m/outcomes.json" ]; then
+        echo "$f: no mutants to test"
+        continue
+    fi
     n() { [ -f "$m/$1" ] && wc -l <"$m/$1" || echo 0; }
     echo "$f: $(n caught.txt) caught, $(n missed.txt) missed, $(n timeout.txt) timeout," \
         "$(n unviable.txt) unviable in $(($(date +%s) - start)) s"

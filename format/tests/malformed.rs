@@ -47,18 +47,35 @@ fn valid_model_parses_and_crc_is_ieee() {
 fn truncated_at_every_length() {
     let b = Tiny::new().bytes();
     for n in 0..b.len() {
-        match parse(&b[..n]) {
-            Err(Error::Truncated { got, .. }) => assert_eq!(got, n),
-            other => panic!("length {n}: {other:?}"),
-        }
+        // Shorter than header and trailer: those 16 bytes are needed; then the whole file.
+        let needed = if n < HEADER_LEN + TRAILER_LEN {
+            16
+        } else {
+            b.len()
+        };
+        assert_eq!(
+            parse(&b[..n]).unwrap_err(),
+            Error::Truncated { needed, got: n },
+            "length {n}"
+        );
     }
+    // Exactly 16 bytes is a whole container with an empty payload, which is not a `Payload`.
+    let mut empty = b[..HEADER_LEN + TRAILER_LEN].to_vec();
+    empty[8..12].fill(0);
+    assert_eq!(
+        parse(&reseal(empty)).unwrap_err(),
+        Error::Malformed { what: "payload" }
+    );
 }
 
 #[test]
 fn trailing_bytes() {
-    let mut b = Tiny::new().bytes();
-    b.push(0);
-    assert_eq!(parse(&b).unwrap_err(), Error::TrailingBytes { extra: 1 });
+    let good = Tiny::new().bytes();
+    for extra in [1, 2, 100] {
+        let mut b = good.clone();
+        b.resize(good.len() + extra, 0);
+        assert_eq!(parse(&b).unwrap_err(), Error::TrailingBytes { extra });
+    }
 }
 
 #[test]

@@ -57,6 +57,34 @@ fn round_trip_every_field() {
     assert_eq!(again, bytes);
 }
 
+/// The tensor and layer tables iterate their records in order, and each iterator's
+/// `size_hint` bounds what is left (the upper bound exactly: every record of a parsed model
+/// decodes). A parsed model's tables are never empty (its output is written by a layer).
+#[test]
+fn record_tables_iterate_with_exact_upper_bound() {
+    let tiny = Tiny::new();
+    let parts = tiny.parts();
+    let bytes = tiny.bytes();
+    let m = Model::parse(&bytes).unwrap();
+    assert!(!m.tensors.is_empty());
+    assert!(!m.layers.is_empty());
+    let mut it = m.layers.iter();
+    for (i, want) in parts.layers.iter().enumerate() {
+        let left = parts.layers.len() - i;
+        let (lo, hi) = it.size_hint();
+        assert!(lo <= left, "{lo} > {left}");
+        assert_eq!(hi, Some(left), "before layer {i}");
+        assert_eq!(it.next().as_ref(), Some(want));
+    }
+    assert_eq!(it.size_hint(), (0, Some(0)));
+    assert_eq!(it.next(), None);
+    let mut it = m.tensors.iter();
+    assert_eq!(it.size_hint().1, Some(12));
+    it.nth(4);
+    assert_eq!(it.size_hint().1, Some(7));
+    assert_eq!(it.count(), 7);
+}
+
 #[test]
 fn layer_accessors() {
     let tiny = Tiny::new();

@@ -580,3 +580,94 @@ fn place(tensors: &mut Vec<TensorSlot, MAX_TENSORS>, steps: usize) -> Result<(us
     }
     Ok((top, lower))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regions are rounded up to the next multiple of 64 bytes and no further (a region of
+    /// whole 64-byte blocks takes no slack), and a size near `usize::MAX` is an error, not a
+    /// wrap.
+    #[test]
+    fn align_rounds_up_to_the_next_multiple_of_64() {
+        for (n, want) in [
+            (0, 0),
+            (1, 64),
+            (63, 64),
+            (64, 64),
+            (65, 128),
+            (128, 128),
+            (129, 192),
+        ] {
+            assert_eq!(align(n), Ok(want), "{n}");
+        }
+        assert_eq!(
+            align(usize::MAX - 62),
+            Err(Error::Overflow { what: "arena size" })
+        );
+    }
+
+    /// `Plan::fit` follows its documented greedy sequence: from the default plan, move (to the
+    /// kernel with the smallest prepared weights) the conv that frees the most weight bytes
+    /// per unit of added estimated run time (cost per output times outputs; the first of
+    /// equals), then the next, ...; return the first plan of the sequence that fits. The
+    /// sequence is rebuilt here from that rule with exact fractions, and `fit` is asked for
+    /// the arena of each of its plans.
+    #[test]
+    fn fit_follows_the_documented_greedy_sequence() {
+        let model = Model::parse(crate::testutil::resnet(32, 8, 1, 1, 8, 3)).unwrap();
+        let opts = PlanOptions::for_board(CostModel::Desktop);
+        let mut moved = LayerSet::default();
+        let mut seq = std::vec![Plan::build(&model, Engine::Packed, opts, &moved).unwrap()];
+        loop {
+            let plan = seq.last().unwrap();
+            // (freed bytes, added cost, layer)
+            let mut best: Option<(u64, u64, usize)> = None;
+            for (li, layer) in model.layers.iter().enumerate() {
+                let Layer::Conv(conv) = layer else { continue };
+                if moved.contains(li) {
+                    continue;
+                }
+                let s = conv_shape(&conv, &plan.tensors).unwrap();
+                let to = kernels::smallest_kernel(&s, true, opts.costs).unwrap();
+                let from_len = u64::from(plan.layers[li].w_len);
+                let to_len = (to.prepared_len)(&s) as u64;
+                if to_len >= from_len {
+                    continue;
+                }
+                let now = plan.layers[li].kernel.unwrap();
+                let per_output = kernels::cost(to.kind, &s, opts.costs)
+                    .saturating_sub(kernels::cost(now, &s, opts.costs));
+                let added = (per_output * (s.oh * s.ow * s.cout) as u64).max(1);
+                let freed = from_len - to_len;
+                if best.is_none_or(|(f, a, _)| {
+                    u128::from(freed) * u128::from(a) > u128::from(f) * u128::from(added)
+                }) {
+                    best = Some((freed, added, li));
+                }
+            }
+            let Some((_, _, li)) = best else { break };
+            moved.insert(li);
+            seq.push(Plan::build(&model, Engine::Packed, opts, &moved).unwrap());
+        }
+        assert!(seq.len() >= 4, "{} plans", seq.len());
+        let kernels_of = |p: &Plan| {
+            (0..p.layers())
+                .map(|i| p.kernel(i))
+                .collect::<std::vec::Vec<_>>()
+        };
+        for (k, p) in seq.iter().enumerate() {
+            let want = seq
+                .iter()
+                .find(|q| q.arena_bytes() <= p.arena_bytes())
+                .unwrap();
+            let got = Plan::fit(&model, Engine::Packed, opts, p.arena_bytes()).unwrap();
+            assert_eq!(
+                kernels_of(&got),
+                kernels_of(want),
+                "plan {k} of the sequence"
+            );
+            assert_eq!(got.arena_bytes(), want.arena_bytes());
+        }
+    }
+}

@@ -500,6 +500,51 @@ mod tests {
         }
     }
 
+    /// `acc` and `dst` of different lengths: the whole pixels both hold are written, as by
+    /// the element-wise reference (which stops at the shorter one), the rest is untouched and
+    /// nothing panics.
+    #[test]
+    fn requant_stops_at_the_shorter_buffer() {
+        let cout = 3;
+        let acc: Vec<i32> = (0..4 * cout as i32).map(|i| i * 1000 - 5000).collect();
+        let (mult, bias) = (i32_bytes(&[100, -200, 300]), i32_bytes(&[5, 0, -5]));
+        let raw = RawQuant {
+            mult: 12345,
+            shift: 16,
+            zero_point: 8,
+            bits: 4,
+            scale: 1.0,
+        };
+        let aff = ChannelAffine {
+            shift: 4,
+            mult: I32s(&mult),
+            bias: I32s(&bias),
+            relu: false,
+        };
+        let outq = QParams {
+            scale: 1.0,
+            zp: 2,
+            bits: 4,
+        };
+        // (pixels of acc, pixels of dst)
+        for (na, nd) in [(4, 2), (2, 4)] {
+            let acc = &acc[..na * cout];
+            let mut want = vec![99u8; nd * cout];
+            requant_ref(&raw, Some(&aff), &outq, cout, acc, &mut want);
+            assert_eq!(
+                want.iter().filter(|&&v| v == 99).count(),
+                (nd - na.min(nd)) * cout
+            );
+            let mut got = vec![99u8; nd * cout];
+            requant(&raw, Some(&aff), &outq, cout, acc, &mut got);
+            assert_eq!(got, want, "{na} {nd}");
+            // And the variant the CPU's plans use (SIMD where there is one).
+            let mut got = vec![99u8; nd * cout];
+            (RowOps::native().requant)(&raw, Some(&aff), &outq, cout, acc, &mut got);
+            assert_eq!(got, want, "native {na} {nd}");
+        }
+    }
+
     #[test]
     fn round_shift_is_half_up() {
         assert_eq!(round_shift(5, 1), 3); // 2.5 -> 3
@@ -510,8 +555,123 @@ mod tests {
 
     #[test]
     fn floor_matches_std() {
-        for x in [-2.5f32, -2.0, -0.1, 0.0, 0.4, 0.5, 1.0, 1e7, -1e7, 123.999] {
+        // Past 2^23 every f32 is an integer; past 2^31 it does not fit the i32 the small
+        // values go through.
+        for x in [
+            -2.5f32,
+            -2.0,
+            -0.1,
+            0.0,
+            0.4,
+            0.5,
+            1.0,
+            1e7,
+            -1e7,
+            123.999,
+            8_388_607.5,
+            -8_388_607.5,
+            3e9,
+            -3e9,
+            1e30,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
             assert_eq!(libm_floor(x), x.floor(), "{x}");
+        }
+        assert!(libm_floor(f32::NAN).is_nan());
+    }
+
+    /// The real value of a code is `scale * centred` (section 4 of docs/FORMAT.md): `q - zp`,
+    /// or `2q - 1` for a sign.
+    #[test]
+    fn real_is_scale_times_centred_code() {
+        let q4 = QParams {
+            scale: 0.5,
+            zp: 3,
+            bits: 4,
+        };
+        for (code, real) in [(0u8, -1.5f32), (2, -0.5), (3, 0.0), (4, 0.5), (15, 6.0)] {
+            assert_eq!(q4.real(code), real, "code {code}");
+        }
+        let q1 = QParams {
+            scale: 0.25,
+            zp: 0,
+            bits: 1,
+        };
+        assert_eq!((q1.real(0), q1.real(1)), (-0.25, 0.25));
+        let q8 = QParams {
+            scale: 1.0 / 64.0,
+            zp: 128,
+            bits: 8,
+        };
+        assert_eq!(
+            (q8.real(0), q8.real(128), q8.real(255)),
+            (-2.0, 0.0, 127.0 / 64.0)
+        );
+    }
+
+    /// The float engine's quantizer: `zp + round_half_up(x / scale)` clamped to the codes
+    /// (at the zero point with ReLU), the sign for 1 bit, NaN to the zero point.
+    #[test]
+    fn quantize_rounds_half_up_and_clamps() {
+        let q4 = QParams {
+            scale: 0.5,
+            zp: 3,
+            bits: 4,
+        };
+        let cases = [
+            (0.0f32, 3u8),
+            (0.2499, 3),
+            (0.25, 4), // half a step: up
+            (-0.25, 3),
+            (-0.2501, 2),
+            (1.0, 5),
+            (-1.5, 0),
+            (-1.76, 0), // below the lowest code
+            (5.9, 15),
+            (6.0, 15),
+            (1e30, 15),
+            (-1e30, 0),
+            (f32::INFINITY, 15),
+            (f32::NEG_INFINITY, 0),
+            (f32::NAN, 3),
+        ];
+        for (x, code) in cases {
+            assert_eq!(q4.quantize(x, false), code, "{x}");
+        }
+        // With ReLU nothing goes below the zero point.
+        assert_eq!(q4.quantize(-1.0, true), 3);
+        assert_eq!(q4.quantize(1.0, true), 5);
+        let q1 = QParams {
+            scale: 0.25,
+            zp: 0,
+            bits: 1,
+        };
+        for (x, code) in [(0.0f32, 1u8), (3.0, 1), (-0.1, 1), (-0.13, 0), (-3.0, 0)] {
+            assert_eq!(q1.quantize(x, false), code, "sign of {x}");
+        }
+    }
+
+    /// `quantize(real(q)) == q` for every code of every width: the float engine's
+    /// fake-quantization leaves values on the grid where they are.
+    #[test]
+    fn quantize_inverts_real_for_every_code() {
+        for (bits, zp, scale) in [
+            (1u8, 0, 0.3f32),
+            (2, 1, 0.7),
+            (4, 8, 0.05),
+            (8, 128, 1.0 / 64.0),
+        ] {
+            let q = QParams { scale, zp, bits };
+            for code in 0..=q.qmax() as u8 {
+                assert_eq!(
+                    q.quantize(q.real(code), false),
+                    code,
+                    "{bits} bits, code {code}"
+                );
+            }
         }
     }
 

@@ -675,6 +675,34 @@ fn never_panics_on_short_or_dirty_buffers() {
     ));
 }
 
+/// A plan holds at most `MAX_TENSORS` (256) tensors: a model with exactly 256 plans and
+/// runs, one with 257 is refused (before any table overflows).
+#[test]
+fn plan_holds_at_most_256_tensors() {
+    let model_with = |n: usize| {
+        let mut b = Builder::new(2, 3, 3, 0, 0, 4);
+        let x = b.unary(0, "gap_f32");
+        let _ = b.unary(x, "relu");
+        while b.tensors.len() < n {
+            b.tensor(Shape::new(1, 1, 1), DType::F32);
+        }
+        b.finish()
+    };
+    let m = Model::parse(model_with(crate::plan::MAX_TENSORS)).unwrap();
+    assert_eq!(m.tensors.len(), 256);
+    for e in [Engine::Packed, Engine::Float] {
+        let plan = Plan::new(&m, e).unwrap();
+        let mut arena = vec![0u8; plan.arena_bytes()];
+        let mut logits = [0f32; 2];
+        run(&m, &plan, &mut arena, &[0u8; 18], &mut logits).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()));
+    }
+    let m = Model::parse(model_with(crate::plan::MAX_TENSORS + 1)).unwrap();
+    for e in [Engine::Packed, Engine::Float] {
+        assert_eq!(Plan::new(&m, e).unwrap_err(), Error::TooManyLayers);
+    }
+}
+
 #[test]
 fn fit_trades_speed_for_a_smaller_arena() {
     let model = Model::parse(resnet(32, 8, 1, 1, 8, 3)).unwrap();

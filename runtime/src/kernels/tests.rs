@@ -26,6 +26,22 @@ pub(crate) fn kernel_exact(
     acc: &mut [i32],
     rows: usize,
 ) -> bool {
+    kernel_exact_at(k, conv, s, inq, x, acc, rows, false)
+}
+
+/// [`kernel_exact`] with the prepared weights moved to an odd address when `misalign` is set
+/// (an unaligned arena: the kernels then read them byte-wise).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kernel_exact_at(
+    k: Option<&ConvKernel>,
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    inq: &QParams,
+    x: &[u8],
+    acc: &mut [i32],
+    rows: usize,
+    misalign: bool,
+) -> bool {
     let Some(k) = k else {
         reference::conv_acc(conv, s, inq, x, acc);
         return true;
@@ -38,7 +54,16 @@ pub(crate) fn kernel_exact(
     let mut wbuf = vec![0u64; wl.div_ceil(8)];
     let w = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut wbuf)[..wl];
     (k.prepare)(conv, s, w);
-    let w: &[u8] = if k.reads_codes { conv.codes } else { w };
+    let mut moved = vec![0u64; wl.div_ceil(8) + 1];
+    let w: &[u8] = if k.reads_codes {
+        conv.codes
+    } else if misalign {
+        let odd = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut moved)[1..wl + 1];
+        odd.copy_from_slice(w);
+        odd
+    } else {
+        w
+    };
     let al = if s.abits == 1 {
         s.cout * s.kh * s.kw * 4
     } else {
@@ -314,6 +339,21 @@ fn check_case(c: &Case) -> usize {
             c.rows
         ));
         assert_eq!(got, want, "{} on {c:?}", k.kind.name());
+        // The bit kernels again from prepared weights at an odd address.
+        if matches!(k.run, Run::Bits(_)) && !k.reads_codes {
+            let mut got = vec![i32::MIN; len];
+            assert!(kernel_exact_at(
+                Some(&k),
+                &conv,
+                &s,
+                &inq,
+                &x,
+                &mut got,
+                c.rows,
+                true
+            ));
+            assert_eq!(got, want, "{} (unaligned) on {c:?}", k.kind.name());
+        }
         ran += 1;
     }
     ran

@@ -3,6 +3,7 @@
 
 use core::ops::Range;
 
+#[cfg(feature = "embedded-hal")]
 use embedded_hal::digital::OutputPin;
 use slb_format::{Conv, DenseWeights, Layer, Model, Pool};
 
@@ -247,6 +248,7 @@ pub fn run(
 
 /// [`run`], driving `pin` high while the model runs and low afterwards (also on error), e.g.
 /// to measure inference time with a logic analyser.
+#[cfg(feature = "embedded-hal")]
 pub fn run_with_busy_pin<P: OutputPin>(
     model: &Model<'_>,
     plan: &Plan,

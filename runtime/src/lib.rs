@@ -10,7 +10,9 @@ mod plan;
 mod quant;
 
 pub use error::{Error, Result};
-pub use exec::{prepare, run, run_with_busy_pin};
+#[cfg(feature = "embedded-hal")]
+pub use exec::run_with_busy_pin;
+pub use exec::{prepare, run};
 pub use kernels::{Algo, CostModel, KernelKind};
 pub use plan::{Engine, Plan, PlanOptions, MAX_LAYERS, MAX_TENSORS};
 pub use slb_format::Model;

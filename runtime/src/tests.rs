@@ -10,7 +10,7 @@ use crate::kernels::tests::{algo_kernel, kernel_exact};
 use crate::kernels::{reference, Algo, ConvShape, KernelKind};
 use crate::quant::QParams;
 use crate::testutil::{leak, quant, resnet, Builder, Rng};
-use crate::{run, run_with_busy_pin, CostModel, Engine, Error, Model, Plan, PlanOptions};
+use crate::{run, CostModel, Engine, Error, Model, Plan, PlanOptions};
 
 /// The hand-worked model: a 2x2 one-channel 4-bit image, one 3x3 W2 conv (stride 1, pad 1)
 /// with both requantization stages, then a global average pool to f32.
@@ -425,8 +425,10 @@ fn error_paths() {
     }
 }
 
+#[cfg(feature = "embedded-hal")]
 #[test]
 fn busy_pin_goes_high_then_low() {
+    use crate::run_with_busy_pin;
     use core::convert::Infallible;
     use embedded_hal::digital::{ErrorType, OutputPin};
     #[derive(Default)]

@@ -19,6 +19,21 @@ fn s(p: &Path) -> &str {
 
 /// A PNG whose header claims `w` x `h` pixels (the pixel data is not there: only the header
 /// is read before the size is refused).
+/// `slb train --config CFG --data DATA --device cpu --out OUT`.
+fn train_cpu(cfg: &Path, data: &str, out: &Path) -> (i32, String, String) {
+    slb(&[
+        "train",
+        "--config",
+        s(cfg),
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--out",
+        s(out),
+    ])
+}
+
 fn png_header_only(w: u32, h: u32) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = b"IHDR".to_vec();
@@ -110,17 +125,7 @@ fn bad_numbers_and_huge_inputs_are_errors_not_panics() {
         let cfg = dir.path().join("c.toml");
         fs::write(&cfg, toml).unwrap();
         let out = dir.path().join("out");
-        let r = slb(&[
-            "train",
-            "--config",
-            s(&cfg),
-            "--data",
-            "/nonexistent/data",
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-        ]);
+        let r = train_cpu(&cfg, "/nonexistent/data", &out);
         assert_clean_error(&r, &[key]);
         assert!(!out.exists(), "{toml}: the run started");
     }
@@ -155,17 +160,7 @@ fn bad_numbers_and_huge_inputs_are_errors_not_panics() {
     assert!(t.elapsed().as_secs() < 10);
     let cfg = dir.path().join("ok.toml");
     fs::write(&cfg, "model = \"resnet20\"\nepochs = 1\n").unwrap();
-    let r = slb(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--data",
-        s(&tar_path),
-        "--device",
-        "cpu",
-        "--out",
-        s(&dir.path().join("out")),
-    ]);
+    let r = train_cpu(&cfg, s(&tar_path), &dir.path().join("out"));
     assert_clean_error(&r, &["huge.tar", "is too large"]);
 }
 
@@ -200,17 +195,7 @@ fn every_config_value_is_checked_before_the_run_in_its_own_key_name() {
         let cfg = dir.path().join("c.toml");
         fs::write(&cfg, toml).unwrap();
         let out = dir.path().join("out");
-        let r = slb(&[
-            "train",
-            "--config",
-            s(&cfg),
-            "--data",
-            "/nonexistent/data",
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-        ]);
+        let r = train_cpu(&cfg, "/nonexistent/data", &out);
         assert_clean_error(&r, &[key]);
         assert!(
             !r.2.contains("nonexistent"),
@@ -446,19 +431,7 @@ fn a_second_run_on_a_busy_out_refuses() {
     let out = dir.path().join("run");
     let cfg = dir.path().join("c.toml");
     fs::write(&cfg, "model = \"resnet20\"\nepochs = 1\n").unwrap();
-    let train = || {
-        slb(&[
-            "train",
-            "--config",
-            s(&cfg),
-            "--data",
-            "/nonexistent/data",
-            "--device",
-            "cpu",
-            "--out",
-            s(&out),
-        ])
-    };
+    let train = || train_cpu(&cfg, "/nonexistent/data", &out);
     let lock = slb_trainer::lock::OutLock::acquire(&out).unwrap();
     let r = train();
     assert_clean_error(
@@ -526,17 +499,7 @@ fn messages_are_one_line_with_each_cause_once() {
     fs::write(&file, "x").unwrap();
     let cfg = dir.path().join("c.toml");
     fs::write(&cfg, "model = \"resnet20\"\nepochs = 1\n").unwrap();
-    let r = slb(&[
-        "train",
-        "--config",
-        s(&cfg),
-        "--data",
-        "/nonexistent",
-        "--device",
-        "cpu",
-        "--out",
-        s(&file.join("sub")),
-    ]);
+    let r = train_cpu(&cfg, "/nonexistent", &file.join("sub"));
     assert_clean_error(&r, &["a-file/sub"]);
     assert_eq!(r.2.matches("os error").count(), 1, "{}", r.2);
     // A checkpoint libtorch cannot read: no C++ backtrace, one line.

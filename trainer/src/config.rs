@@ -389,6 +389,7 @@ impl Config {
     /// as a string (`weight_quant_dtype=INT2`). An unknown key is an error naming it.
     pub fn from_file_with(path: &Path, sets: &[String]) -> Result<Config> {
         if sets.is_empty() {
+            // Deserialising the text itself keeps the offending line in type errors.
             return Config::from_file(path);
         }
         let text = read_config_text(path)?;

@@ -4,6 +4,11 @@
 //! runtime headers are next to it (the `nvidia-*` wheels that `torch` installs) or under
 //! `CUDA_HOME`. Without them, or with `SLB_NO_CUDA_SHIMS=1` (CI checks that build too), the
 //! trainer builds without CUDA graphs and Kineto traces (`slb_cuda_graph` unset).
+//!
+//! It also compiles the c10d shim (`csrc/dist.cpp`, data-parallel training) when Gloo's headers
+//! are installed (Debian's `libgloo-dev`, which scripts/setup.sh installs; or `GLOO_INCLUDE`),
+//! with NCCL when the CUDA shims build and `nccl.h` is in the `nvidia/nccl` wheel
+//! (`slb_dist`, `slb_nccl`). Without Gloo's headers `slb train --nproc` says what is missing.
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -13,7 +18,11 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo:rerun-if-changed=csrc/profiler.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
     println!("cargo:rustc-check-cfg=cfg(slb_cuda_graph)");
+    println!("cargo:rustc-check-cfg=cfg(slb_dist)");
+    println!("cargo:rustc-check-cfg=cfg(slb_nccl)");
     // LIBTORCH is set by .cargo/config.toml to .venv/libtorch; resolve the link so the rpath
     // survives a rebuild of the venv at the same place.
     let Some(root) = std::env::var("LIBTORCH")
@@ -24,6 +33,9 @@ fn main() {
     };
     let lib = root.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    let cuda_shims = lib.join("libtorch_cuda.so").exists()
+        && std::env::var_os("SLB_NO_CUDA_SHIMS").is_none_or(|v| v != "1");
+    dist_shim(&root, cuda_shims.then(|| cuda_include(&root)).flatten());
     if !lib.join("libtorch_cuda.so").exists() {
         return;
     }
@@ -57,6 +69,50 @@ fn main() {
             "cargo:warning=no CUDA runtime headers next to libtorch: building without CUDA graphs"
         ),
     }
+}
+
+/// Compiles `csrc/dist.cpp` (c10d: TCPStore, Gloo, and NCCL when `cuda` has the CUDA headers
+/// and the `nvidia/nccl` wheel has `nccl.h`), if Gloo's headers are found.
+fn dist_shim(root: &Path, cuda: Option<PathBuf>) {
+    let gloo = std::env::var_os("GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/include"));
+    if !gloo.join("gloo/config.h").exists() {
+        println!(
+            "cargo:warning=no Gloo headers (libgloo-dev) in {}: building without data-parallel \
+             training (scripts/setup.sh installs them)",
+            gloo.display()
+        );
+        return;
+    }
+    let mut b = cc::Build::new();
+    b.cpp(true)
+        .std("c++17")
+        .file("csrc/dist.cpp")
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .include(&gloo)
+        .define("USE_C10D_GLOO", None)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false);
+    let nccl = root.parent().map(|site| site.join("nvidia/nccl/include"));
+    let nccl = nccl.filter(|p| p.join("nccl.h").exists());
+    if let (Some(cuda), Some(nccl)) = (cuda, nccl) {
+        b.include(cuda)
+            .include(nccl)
+            .define("USE_C10D_NCCL", None)
+            .define("SLB_WITH_NCCL", None);
+        println!("cargo:rustc-cfg=slb_nccl");
+    }
+    b.compile("slb_dist");
+    println!(
+        "cargo:rustc-link-search=native={}",
+        root.join("lib").display()
+    );
+    for l in ["torch_cpu", "c10"] {
+        println!("cargo:rustc-link-lib=dylib={l}");
+    }
+    println!("cargo:rustc-cfg=slb_dist");
 }
 
 /// A folder with the CUDA runtime headers (`cuda_runtime.h` and the `crt/` it includes):

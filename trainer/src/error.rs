@@ -89,6 +89,17 @@ pub enum Error {
         /// Why.
         msg: String,
     },
+    /// A data-parallel launch setting is wrong, or the launcher could not start the ranks.
+    #[error("{0}")]
+    Launch(String),
+    /// A collective or the process group of a data-parallel run failed on this rank.
+    #[error("rank {rank}: {msg}")]
+    Dist {
+        /// This process's rank.
+        rank: usize,
+        /// What failed, and which ranks did not report it.
+        msg: String,
+    },
     /// Export failed (the model does not fit the file format).
     #[error("export: {0}")]
     Export(String),

@@ -57,6 +57,7 @@ fn agreement_arch(
         progress: false,
         profile_steps: 0,
         trace: None,
+        dist: None,
     };
     run(&cfg, &train, &test, &opts).unwrap();
     let ck = Checkpoint::load(&checkpoint_path(d.path())).unwrap();

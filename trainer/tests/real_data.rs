@@ -59,6 +59,7 @@ fn short_real_training_beats_chance() {
         progress: false,
         profile_steps: 0,
         trace: None,
+        dist: None,
     };
     let s = run(&cfg, &train, &test, &opts).unwrap();
     let last = s.epochs.last().unwrap();

@@ -25,6 +25,7 @@ fn opts(out: &std::path::Path, resume: bool, stop_after: Option<i64>) -> RunOpti
         progress: false,
         profile_steps: 0,
         trace: None,
+        dist: None,
     }
 }
 

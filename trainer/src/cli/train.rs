@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::config::Config;
 use crate::data::{self, DeviceData, Split};
+use crate::dist::{self, Backend, Dist, Launch};
 use crate::export::export_checkpoint;
 use crate::lock::{remove_stale_temps, OutLock};
 use crate::train::{checkpoint_path, run, Checkpoint, RunOptions};
@@ -63,11 +64,38 @@ pub struct TrainArgs {
     /// (without it, any difference is an error).
     #[arg(long)]
     pub allow_class_mismatch: bool,
+    /// Data-parallel training on this node: start N ranks of this command (one per GPU with
+    /// `--device cuda`, which then means cuda:LOCAL_RANK), hosting their rendezvous here.
+    /// `batch_size` stays the global batch. Under torchrun (`torchrun --nproc-per-node N
+    /// --no-python slb train ...`) leave it out: RANK, WORLD_SIZE, MASTER_ADDR, ... say it.
+    #[arg(long, value_name = "N")]
+    pub nproc: Option<usize>,
+    /// Collective backend of a data-parallel run: nccl (the default on CUDA) or gloo (the
+    /// default on the CPU; also takes CUDA tensors, through the host).
+    #[arg(long, value_name = "BACKEND")]
+    pub dist_backend: Option<String>,
+    /// Seconds a data-parallel rank waits for the others (rendezvous, each collective) before
+    /// the run stops with an error naming the ranks that did not answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0, value_parser = super::parse_seconds)]
+    pub dist_timeout: f64,
 }
 
 /// Runs `slb train`. The configuration is validated before any data is read or any device
 /// memory is touched.
 pub fn main(a: &TrainArgs) -> Result<()> {
+    let timeout = std::time::Duration::from_secs_f64(a.dist_timeout);
+    let launch = Launch::from_env()?;
+    if let Some(n) = a.nproc {
+        if launch.is_some() {
+            anyhow::bail!(
+                "--nproc starts its own ranks: leave it out under torchrun (RANK and WORLD_SIZE \
+                 are set)"
+            );
+        }
+        // The configuration is checked once here, before any rank starts.
+        Config::from_file_with(&a.config, &a.set)?.algorithm()?;
+        return Ok(dist::launch_local(n, &args_without_nproc(), timeout)?);
+    }
     let mut cfg = Config::from_file_with(&a.config, &a.set)?;
     if let Some(e) = a.epochs {
         cfg.epochs = e;
@@ -89,7 +117,35 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         anyhow::bail!("--trace records the profiled steps: give --profile-steps N too");
     }
     let algo = cfg.algorithm()?;
-    let device = super::parse_device(&a.device)?;
+    let mut device = super::parse_device(&a.device)?;
+    let dist = match &launch {
+        Some(l) => {
+            if device == tch::Device::Cuda(0) && !a.device.contains(':') {
+                device = tch::Device::Cuda(l.local_rank);
+            }
+            let backend = match &a.dist_backend {
+                Some(b) => Backend::parse(b)?,
+                None => Backend::for_device(device),
+            };
+            if l.world as i64 * 2 > cfg.batch_size {
+                anyhow::bail!(
+                    "batch_size {} is the global batch: with {} ranks it must be at least {} \
+                     (two images per rank)",
+                    cfg.batch_size,
+                    l.world,
+                    l.world * 2
+                );
+            }
+            Some(std::rc::Rc::new(Dist::init(l, backend, timeout)?))
+        }
+        None => {
+            if a.dist_backend.is_some() {
+                anyhow::bail!("--dist-backend is for data-parallel runs (--nproc, or torchrun)");
+            }
+            None
+        }
+    };
+    let main_rank = dist.as_ref().is_none_or(|d| d.is_main());
     if let Some(t) = &a.trace {
         check_writable(t).with_context(|| format!("--trace {}", t.display()))?;
     }
@@ -97,9 +153,24 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         tch::set_num_threads(t.max(1));
     }
     // Held until this command ends (the export included): a second run on this folder refuses.
-    let _lock = OutLock::acquire(&a.out)?;
-    remove_stale_temps(&a.out, "model.slb");
-    eprintln!("{algo}");
+    // Only rank 0 writes there.
+    let _lock = if main_rank {
+        let l = OutLock::acquire(&a.out)?;
+        remove_stale_temps(&a.out, "model.slb");
+        eprintln!("{algo}");
+        if let Some(d) = &dist {
+            eprintln!(
+                "data-parallel: {} ranks over {}, global batch {} ({} per rank)",
+                d.world,
+                d.backend.name(),
+                cfg.batch_size,
+                cfg.batch_size / d.world as i64
+            );
+        }
+        Some(l)
+    } else {
+        None
+    };
     let load = |split| {
         let per_class = match split {
             Split::Train => cfg.train_per_class,
@@ -123,14 +194,16 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         );
     }
     cfg.check_memory(cfg.resize.unwrap_or(train.height.max(train.width) as i64))?;
-    eprintln!(
-        "data: {} training, {} test images, {} classes, {}x{}",
-        train.len(),
-        test.len(),
-        train.classes.len(),
-        train.height,
-        train.width
-    );
+    if main_rank {
+        eprintln!(
+            "data: {} training, {} test images, {} classes, {}x{}",
+            train.len(),
+            test.len(),
+            train.classes.len(),
+            train.height,
+            train.width
+        );
+    }
     let opts = RunOptions {
         out: a.out.clone(),
         device,
@@ -139,8 +212,12 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         progress: true,
         profile_steps: a.profile_steps,
         trace: a.trace.clone(),
+        dist,
     };
     let summary = run(&cfg, &train, &test, &opts)?;
+    if !main_rank {
+        return Ok(());
+    }
     if let Some(m) = summary.epochs.last() {
         eprintln!(
             "done: epoch {} test top1 {:.2}% top5 {:.2}%; checkpoint {}",
@@ -173,6 +250,20 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// This command's arguments without `--nproc N` (what each rank of `--nproc` runs).
+fn args_without_nproc() -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(x) = args.next() {
+        if x == "--nproc" {
+            args.next();
+        } else if !x.to_string_lossy().starts_with("--nproc=") {
+            out.push(x);
+        }
+    }
+    out
 }
 
 /// Checks before a run that `path` can be created (its folder exists and is writable), so a

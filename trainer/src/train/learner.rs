@@ -18,6 +18,7 @@ use crate::algo::{SlbQuantAwareTraining, Temperature};
 use crate::config::Config;
 use crate::cuda::StepGraph;
 use crate::data::{Augment, Dataset, DeviceData};
+use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::nn::net::{Ctx, Net};
 use crate::nn::QuantMode;
@@ -42,6 +43,9 @@ pub struct RunOptions {
     /// Record the profiled steps of the run's first epoch (CPU ops and CUDA kernels, with
     /// device times) into this Chrome trace file (libtorch's Kineto profiler).
     pub trace: Option<PathBuf>,
+    /// This process's place in a data-parallel run (`None`: a single process). `batch_size`
+    /// stays the global batch; only rank 0 writes (config, metrics, checkpoints).
+    pub dist: Option<Rc<Dist>>,
 }
 
 /// The result of a run.
@@ -64,7 +68,9 @@ pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> 
     for epoch in learner.first..=learner.last {
         summary.epochs.push(learner.epoch(epoch)?);
     }
-    learner.report.finish()?;
+    if let Some(r) = &mut learner.report {
+        r.finish()?;
+    }
     Ok(summary)
 }
 
@@ -98,7 +104,10 @@ struct Learner<'a> {
     first: i64,
     last: i64,
     ckpt_path: PathBuf,
-    report: Report,
+    /// The sink (rank 0 of a data-parallel run only).
+    report: Option<Report>,
+    /// The data-parallel run this process is a rank of.
+    dist: Option<Rc<Dist>>,
     /// The epoch's loss sum and correct count, on the device (zeroed in place each epoch: a
     /// captured step accumulates into these very tensors).
     loss_sum: Tensor,
@@ -117,7 +126,13 @@ impl<'a> Learner<'a> {
         opts: &'a RunOptions,
     ) -> Result<Learner<'a>> {
         let mut cfg = cfg.clone();
-        let ckpt_path = prepare_out(&opts.out)?;
+        let dist = opts.dist.clone();
+        let main = dist.as_ref().is_none_or(|d| d.is_main());
+        let ckpt_path = if main {
+            prepare_out(&opts.out)?
+        } else {
+            checkpoint_path(&opts.out)
+        };
         let resume = resume_from(&ckpt_path, opts, &mut cfg, train)?;
         let algo = cfg.algorithm()?;
         let dev = opts.device;
@@ -145,8 +160,13 @@ impl<'a> Learner<'a> {
             step = ck.meta.step;
             ranges_valid = ck.meta.ranges_valid;
         }
-        std::fs::write(opts.out.join("config.toml"), cfg.to_toml())
-            .map_err(|e| Error::io("write", &opts.out.join("config.toml"), e))?;
+        if let Some(d) = &dist {
+            sync_start(d, &vs, &opt, step, dev)?;
+        }
+        if main {
+            std::fs::write(opts.out.join("config.toml"), cfg.to_toml())
+                .map_err(|e| Error::io("write", &opts.out.join("config.toml"), e))?;
+        }
         let train_data = Rc::new(DeviceData::new(train, dev));
         let test_data = DeviceData::new(test, dev);
         let aug = Augment {
@@ -155,19 +175,29 @@ impl<'a> Learner<'a> {
             resize: cfg.resize,
             ..Augment::cifar()
         };
-        let steps_per_epoch = (train_data.len() as i64 + cfg.batch_size - 1) / cfg.batch_size;
+        let world = dist.as_ref().map_or(1, |d| d.world);
+        let steps_per_epoch = train_data.shard_batch_count(cfg.batch_size, world);
         let total = algo.epoch_size().unwrap_or(cfg.epochs);
         let first = algo.has_trained_epoch().unwrap_or(0) + 1;
         let last = match opts.stop_after {
             Some(n) => (first + n - 1).min(total),
             None => total,
         };
-        let report = Report::new(&opts.out, ckpt_path.clone(), opts.progress, total)?;
+        let report = if main {
+            Some(Report::new(
+                &opts.out,
+                ckpt_path.clone(),
+                opts.progress,
+                total,
+            )?)
+        } else {
+            None
+        };
         Ok(Learner {
             amp: cuda && cfg.mixed_precision,
             loss_sum: Tensor::zeros([], (Kind::Float, dev)),
             correct: Tensor::zeros([], (Kind::Int64, dev)),
-            graphs: step_graphs(&cfg, opts),
+            graphs: step_graphs(&cfg, opts, dist.as_deref()),
             cfg,
             opts,
             classes: &train.classes,
@@ -188,6 +218,7 @@ impl<'a> Learner<'a> {
             last,
             ckpt_path,
             report,
+            dist,
         })
     }
 
@@ -195,13 +226,19 @@ impl<'a> Learner<'a> {
     fn epoch(&mut self, epoch: i64) -> Result<EpochMetrics> {
         let temp = self.algo.temperature(epoch);
         // Every epoch's randomness depends only on (seed, epoch): resuming reproduces it.
+        // Ranks draw different augmentations (the single-process seed is rank 0's).
+        let rank = self.dist.as_ref().map_or(0, |d| d.rank as i64);
         tch::manual_seed(
             (self.cfg.seed as i64)
                 .wrapping_mul(1_000_003)
-                .wrapping_add(epoch),
+                .wrapping_add(epoch)
+                .wrapping_add(rank.wrapping_mul(0x9E37_79B9)),
         );
         let mut m = self.train_steps(epoch, temp)?;
-        self.evaluate_epoch(epoch, &mut m);
+        if let Some(d) = &self.dist {
+            sync_buffers(d, &self.vs)?;
+        }
+        self.evaluate_epoch(epoch, &mut m)?;
         self.checkpoint_and_report(m)
     }
 
@@ -213,7 +250,9 @@ impl<'a> Learner<'a> {
     /// One epoch's training steps at temperature `temp`: its record so far (the test figures
     /// not yet filled in). Stops the run on a non-finite loss.
     fn train_steps(&mut self, epoch: i64, temp: Temperature) -> Result<EpochMetrics> {
-        self.report.start_epoch(epoch, self.steps_per_epoch);
+        if let Some(r) = &mut self.report {
+            r.start_epoch(epoch, self.steps_per_epoch);
+        }
         let t0 = Instant::now();
         // Zeroed in place: a captured step accumulates into these very tensors.
         let _ = self.loss_sum.zero_();
@@ -226,12 +265,16 @@ impl<'a> Learner<'a> {
         let path = opts.trace.as_deref().filter(|_| epoch == self.first);
         let mut trace = Trace::new(path, opts.profile_steps);
         let data = Rc::clone(&self.train_data);
-        for (i, (x, y)) in data.batches(self.cfg.batch_size, true, seed).enumerate() {
+        let (rank, world) = self.dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
+        for (i, (x, y, global)) in data
+            .shard_batches(self.cfg.batch_size, seed, rank, world)
+            .enumerate()
+        {
             let i = i as i64;
             prof.start(profiled(i, opts.profile_steps));
             trace.before_step(i)?;
             let n = y.size()[0];
-            lr = self.train_step(&x, &y, temp, &mut prof);
+            lr = self.train_step(&x, &y, global, temp, &mut prof)?;
             seen += n;
             if (i + 1) % self.cfg.log_every == 0 || i + 1 == self.steps_per_epoch {
                 self.log_progress(epoch, i + 1, seen, t0, temp)?;
@@ -241,9 +284,12 @@ impl<'a> Learner<'a> {
         if self.cuda {
             tch::Cuda::synchronize(dev_index(self.dev));
         }
+        let (loss_sum, correct, seen) = self.epoch_sums(seen)?;
         let secs = t0.elapsed().as_secs_f64();
-        self.report.end_steps();
-        let train_loss = self.loss_sum.double_value(&[]) / seen.max(1) as f64;
+        if let Some(r) = &mut self.report {
+            r.end_steps();
+        }
+        let train_loss = loss_sum / seen.max(1) as f64;
         if !train_loss.is_finite() {
             return Err(self.non_finite(train_loss, epoch, self.steps_per_epoch));
         }
@@ -253,7 +299,7 @@ impl<'a> Learner<'a> {
             hard: temp.hard,
             lr,
             train_loss,
-            train_top1: self.correct.int64_value(&[]) as f64 / seen.max(1) as f64,
+            train_top1: correct as f64 / seen.max(1) as f64,
             test_top1: 0.0,
             test_top5: 0.0,
             images_per_s: seen as f64 / secs,
@@ -266,16 +312,38 @@ impl<'a> Learner<'a> {
         })
     }
 
-    /// One training step on the batch `(x, y)`: augment, forward, loss, backward, update and
-    /// the metric sums, replayed from a CUDA graph when there is one. Returns the learning
-    /// rate it used.
+    /// The epoch's loss sum, correct count and images seen (`seen` here), summed over the
+    /// ranks of a data-parallel run.
+    fn epoch_sums(&self, seen: i64) -> Result<(f64, i64, i64)> {
+        let local = (
+            self.loss_sum.double_value(&[]),
+            self.correct.int64_value(&[]),
+            seen,
+        );
+        let Some(d) = &self.dist else {
+            return Ok(local);
+        };
+        let t = Tensor::from_slice(&[local.0, local.1 as f64, local.2 as f64]).to_device(self.dev);
+        d.all_reduce_sum(&t)?;
+        Ok((
+            t.double_value(&[0]),
+            t.double_value(&[1]).round() as i64,
+            t.double_value(&[2]).round() as i64,
+        ))
+    }
+
+    /// One training step on the batch `(x, y)` (this rank's part of a global batch of
+    /// `global` images): augment, forward, loss, backward, the ranks' gradient sum (a
+    /// data-parallel run), update and the metric sums, replayed from a CUDA graph when there
+    /// is one. Returns the learning rate it used.
     fn train_step(
         &mut self,
         x: &Tensor,
         y: &Tensor,
+        global: i64,
         temp: Temperature,
         prof: &mut Profiler,
-    ) -> f64 {
+    ) -> Result<f64> {
         let cfg = &self.cfg;
         let ctx = Ctx {
             train: true,
@@ -300,12 +368,24 @@ impl<'a> Learner<'a> {
         let (net, opt) = (&self.net, &mut self.opt);
         let (loss_sum, correct) = (&mut self.loss_sum, &mut self.correct);
         let smoothing = cfg.label_smoothing;
+        let dist = self.dist.as_deref();
+        let mut failed = None;
         let mut body = |x: &Tensor, y: &Tensor, prof: &mut Profiler| {
             let logits = net.forward(x, &ctx).to_kind(Kind::Float);
             let loss =
                 logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, smoothing);
             prof.phase(1);
-            opt.backward(&loss);
+            match dist {
+                // Weighted by this rank's share of the global batch: the ranks' gradients
+                // then sum to the global batch's mean gradient.
+                Some(d) => {
+                    opt.backward(&(&loss * (n as f64 / global as f64)));
+                    if let Err(e) = opt.all_reduce_grad(d) {
+                        failed = Some(e);
+                    }
+                }
+                None => opt.backward(&loss),
+            }
             prof.phase(2);
             opt.apply();
             prof.phase(3);
@@ -324,8 +404,11 @@ impl<'a> Learner<'a> {
         if !replayed {
             body(&xin, y, prof);
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         self.step += 1;
-        lr
+        Ok(lr)
     }
 
     /// Every `log_every` steps, after step `done` of epoch `epoch` (`seen` images since `t0`):
@@ -342,7 +425,10 @@ impl<'a> Learner<'a> {
         if !l.is_finite() {
             return Err(self.non_finite(l, epoch, done));
         }
-        self.report.progress(done as u64, || {
+        let Some(report) = &self.report else {
+            return Ok(());
+        };
+        report.progress(done as u64, || {
             let acc = self.correct.int64_value(&[]) as f64 / seen as f64;
             let ips = seen as f64 / t0.elapsed().as_secs_f64();
             format!(
@@ -367,7 +453,7 @@ impl<'a> Learner<'a> {
 
     /// The end of epoch `epoch`'s training: BatchNorm calibration when the schedule or the
     /// config asks for it, and the test figures, into `m`.
-    fn evaluate_epoch(&mut self, epoch: i64, m: &mut EpochMetrics) {
+    fn evaluate_epoch(&mut self, epoch: i64, m: &mut EpochMetrics) -> Result<()> {
         let t_eval = Instant::now();
         let cfg = &self.cfg;
         let quant_now = cfg.enable_act_quant && self.step >= cfg.quant_delay;
@@ -402,6 +488,12 @@ impl<'a> Learner<'a> {
         let calibrate = self.algo.epoch_end_calibrates(epoch);
         let (top1, top5, eval_bn_calibrated) = if calibrate {
             let k = calibrate_pass();
+            if let Some(d) = &self.dist {
+                // Each rank calibrated on its own augmentations: rank 0's statistics win.
+                for t in super::eval::bn_stats(&self.net) {
+                    d.broadcast(&t, 0)?;
+                }
+            }
             let (a, b) = eval();
             (a, b, k > 0)
         } else if cfg.enable_bn_calibration && !cfg.float_weights {
@@ -416,6 +508,7 @@ impl<'a> Learner<'a> {
         m.eval_seconds = t_eval.elapsed().as_secs_f64();
         m.bn_calibrated = calibrate;
         m.eval_bn_calibrated = eval_bn_calibrated;
+        Ok(())
     }
 
     /// Checkpoints the epoch of record `m` and reports it.
@@ -432,8 +525,10 @@ impl<'a> Learner<'a> {
             ranges_valid: self.ranges_valid,
         };
         let (path, vs, opt) = (&self.ckpt_path, &self.vs, &self.opt);
-        self.report
-            .epoch(m, || Snapshot::take(path, vs, Some(opt), &meta))
+        match &mut self.report {
+            Some(r) => r.epoch(m, || Snapshot::take(path, vs, Some(opt), &meta)),
+            None => Ok(m),
+        }
     }
 }
 
@@ -469,8 +564,73 @@ fn resume_from(
     Ok(Some(ck))
 }
 
-/// The training step's CUDA graphs, when the run asks for them and can have them.
-fn step_graphs(cfg: &Config, opts: &RunOptions) -> Option<StepGraph> {
+/// Makes every rank start from rank 0's state: the step count is checked (a rank that resumed
+/// from another checkpoint than rank 0's is an error), then the parameters, the momentum and
+/// every buffer (BatchNorm statistics, activation ranges) are broadcast from rank 0.
+fn sync_start(d: &Dist, vs: &nn::VarStore, opt: &Sgd, step: i64, dev: Device) -> Result<()> {
+    let s = Tensor::from_slice(&[step as f64]).to_device(dev);
+    d.broadcast(&s, 0)?;
+    let root = s.double_value(&[0]) as i64;
+    if root != step {
+        return Err(Error::Dist {
+            rank: d.rank,
+            msg: format!(
+                "rank 0 starts at step {root} but this rank at step {step}: every rank must \
+                 see the same --out folder (and checkpoint) when resuming"
+            ),
+        });
+    }
+    opt.broadcast(d, 0)?;
+    for t in buffers(vs) {
+        d.broadcast(&t, 0)?;
+    }
+    Ok(())
+}
+
+/// Makes the buffers of the ranks agree after their training steps: floating-point ones
+/// (BatchNorm running statistics, activation ranges) become the ranks' mean, the others rank
+/// 0's.
+fn sync_buffers(d: &Dist, vs: &nn::VarStore) -> Result<()> {
+    for mut t in buffers(vs) {
+        if t.is_floating_point() {
+            d.all_reduce_mean(&mut t)?;
+        } else {
+            d.broadcast(&t, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// The variables of `vs` that are not trained (buffers), by name.
+fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !t.requires_grad())
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter().map(|(_, t)| t).collect()
+}
+
+/// The training step's CUDA graphs, when the run asks for them and can have them (not with
+/// Gloo, whose collectives run on the host).
+fn step_graphs(cfg: &Config, opts: &RunOptions, dist: Option<&Dist>) -> Option<StepGraph> {
+    if let Some(d) = dist.filter(|d| d.backend == crate::dist::Backend::Gloo) {
+        if opts.device.is_cuda() && cfg.cuda_graphs && d.is_main() {
+            eprintln!(
+                "CUDA graphs off: Gloo's all-reduce runs on the host, between backward and update"
+            );
+        }
+        return None;
+    }
+    if let Some(d) = dist.filter(|d| d.is_main()) {
+        if opts.device.is_cuda() && cfg.cuda_graphs && opts.profile_steps == 0 {
+            eprintln!(
+                "all-reduce: {} inside the captured CUDA graph",
+                d.backend.name()
+            );
+        }
+    }
     if opts.device.is_cuda() && cfg.cuda_graphs && opts.profile_steps == 0 {
         if !crate::cuda::AVAILABLE {
             eprintln!("CUDA graphs off (this slb was built without them); training runs eagerly");

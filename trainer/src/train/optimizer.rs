@@ -189,6 +189,20 @@ impl Sgd {
         });
     }
 
+    /// Sums the gradient of the last [`Sgd::backward`] over the ranks of `dist`, in place: one
+    /// all-reduce of the flat buffer. Each rank's loss must have been weighted by its share of
+    /// the global batch, so that the sum is the global batch's mean gradient.
+    pub fn all_reduce_grad(&mut self, dist: &crate::dist::Dist) -> Result<()> {
+        let g = self.grad.get_or_insert_with(|| self.flat.zeros_like());
+        dist.all_reduce_sum(g)
+    }
+
+    /// Copies rank `root`'s parameters and momentum into every rank's.
+    pub fn broadcast(&self, dist: &crate::dist::Dist, root: usize) -> Result<()> {
+        dist.broadcast(&self.flat, root)?;
+        dist.broadcast(&self.buf, root)
+    }
+
     /// The momentum buffers, named `opt.<variable>` (views into the flat buffer).
     pub fn state(&self) -> Vec<(String, Tensor)> {
         self.vars

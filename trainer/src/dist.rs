@@ -222,10 +222,12 @@ fn call(f: impl FnOnce(*mut c_char, usize) -> bool) -> std::result::Result<(), S
     Err(crate::error::one_line_torch(&msg))
 }
 
+#[cfg_attr(not(slb_dist), allow(dead_code))]
 fn c_string(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::Launch(format!("{s:?} contains a NUL byte")))
 }
 
+#[cfg_attr(not(slb_dist), allow(dead_code))]
 fn millis(d: Duration) -> c_int {
     d.as_millis().clamp(1, c_int::MAX as u128) as c_int
 }

@@ -46,6 +46,18 @@ struct SlbStore {
 struct SlbPg {
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
+  // NCCL's work is waited for on the device (the current stream waits for NCCL's), which a
+  // CUDA graph can capture; its timeout is enforced by ProcessGroupNCCL's watchdog. Gloo's is
+  // waited for on the host, up to `timeout`.
+  bool nccl = false;
+
+  void wait(const c10::intrusive_ptr<c10d::Work>& w) const {
+    if (nccl) {
+      w->wait();
+    } else {
+      w->wait(timeout);
+    }
+  }
 };
 
 extern "C" {
@@ -156,6 +168,7 @@ SlbPg* slb_pg_new(SlbStore* s, const char* backend, const char* host, int rank, 
       auto o = c10d::ProcessGroupNCCL::Options::create();
       o->timeout = timeout;
       pg->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, o);
+      pg->nccl = true;
 #endif
     } else {
       delete pg;
@@ -183,7 +196,7 @@ int slb_pg_allreduce_sum(SlbPg* pg, void* t, char* err, size_t len) {
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
     o.timeout = pg->timeout;
-    pg->backend->allreduce(v, o)->wait(pg->timeout);
+    pg->wait(pg->backend->allreduce(v, o));
     return 0;
   } catch (const std::exception& e) {
     put_exc(err, len, e);
@@ -198,7 +211,7 @@ int slb_pg_broadcast(SlbPg* pg, void* t, int root, char* err, size_t len) {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = pg->timeout;
-    pg->backend->broadcast(v, o)->wait(pg->timeout);
+    pg->wait(pg->backend->broadcast(v, o));
     return 0;
   } catch (const std::exception& e) {
     put_exc(err, len, e);
@@ -210,7 +223,7 @@ int slb_pg_barrier(SlbPg* pg, char* err, size_t len) {
   try {
     c10d::BarrierOptions o;
     o.timeout = pg->timeout;
-    pg->backend->barrier(o)->wait(pg->timeout);
+    pg->wait(pg->backend->barrier(o));
     return 0;
   } catch (const std::exception& e) {
     put_exc(err, len, e);

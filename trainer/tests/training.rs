@@ -223,7 +223,14 @@ fn profiled_steps_report_every_phase_and_change_nothing() {
     let names: Vec<&str> = p.phases.iter().map(|ph| ph.name.as_str()).collect();
     assert_eq!(
         names,
-        ["augment", "forward", "backward", "optimizer", "metrics"]
+        [
+            "augment",
+            "forward",
+            "backward",
+            "all-reduce",
+            "optimizer",
+            "metrics"
+        ]
     );
     for ph in &p.phases {
         assert!(ph.total_ms > 0.0 && ph.host_ms <= ph.total_ms, "{ph:?}");

@@ -50,7 +50,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threads: Option<i32>,
     /// Profile N training steps per epoch (after 3 warm-up steps): time per phase (augment,
-    /// forward, backward, optimizer, metrics), host enqueue vs total with the device
+    /// forward, backward, all-reduce, optimizer, metrics), host enqueue vs total with the device
     /// synchronised; printed and written to metrics.jsonl ("profile"). Profiled runs train
     /// eagerly (no CUDA graphs: phases cannot be timed inside one).
     #[arg(long, default_value_t = 0)]

@@ -19,25 +19,44 @@ pub fn evaluate(
     batch: i64,
     quant: bool,
 ) -> (f64, f64) {
+    let counts = evaluate_counts(net, data, aug, batch, quant, (0, 1));
+    let n = data.len().max(1) as f64;
+    (
+        counts.int64_value(&[0]) as f64 / n,
+        counts.int64_value(&[1]) as f64 / n,
+    )
+}
+
+/// The top-1 and top-5 hit counts (an `i64` tensor of 2 on the data's device) of [`evaluate`]
+/// over the batches `i` of `data` with `i % world == rank` (`shard = (rank, world)`): the
+/// ranks of a data-parallel run each count their share, and the sums are the whole set's.
+pub fn evaluate_counts(
+    net: &Net,
+    data: &DeviceData,
+    aug: &Augment,
+    batch: i64,
+    quant: bool,
+    shard: (usize, usize),
+) -> Tensor {
+    let (rank, world) = (shard.0, shard.1.max(1));
     let ctx = hard_ctx(false, quant, false);
     let k = 5.min(net.cfg.num_classes);
     let dev = data.device();
-    let mut top1 = Tensor::zeros([], (Kind::Int64, dev));
-    let mut top5 = Tensor::zeros([], (Kind::Int64, dev));
+    let counts = Tensor::zeros([2], (Kind::Int64, dev));
     tch::no_grad(|| {
-        for (x, y) in data.batches(batch, false, 0) {
+        for (_, (x, y)) in data
+            .batches(batch, false, 0)
+            .enumerate()
+            .filter(|(i, _)| i % world == rank)
+        {
             let logits = net.forward(&aug.eval(&x), &ctx);
             let (_, idx) = logits.topk(k, -1, true, true);
             let hit = idx.eq_tensor(&y.unsqueeze(1));
-            top1 += hit.narrow(1, 0, 1).sum(Kind::Int64);
-            top5 += hit.sum(Kind::Int64);
+            let _ = counts.get(0).g_add_(&hit.narrow(1, 0, 1).sum(Kind::Int64));
+            let _ = counts.get(1).g_add_(&hit.sum(Kind::Int64));
         }
     });
-    let n = data.len().max(1) as f64;
-    (
-        top1.int64_value(&[]) as f64 / n,
-        top5.int64_value(&[]) as f64 / n,
-    )
+    counts
 }
 
 /// A forward pass with hard weights and frozen activation ranges (quantizing when `quant`):
@@ -141,11 +160,11 @@ pub fn bn_stats(net: &Net) -> Vec<Tensor> {
 /// Evaluation-only calibration: the BatchNorm statistics of [`bn_stats`] are copied, replaced
 /// by the calibrated ones while `f` runs, and put back afterwards, so training goes on exactly
 /// as without it.
-pub fn with_bn_calibrated<R>(
+pub fn with_bn_calibrated<R, K>(
     net: &Net,
-    calibrate: impl FnOnce() -> i64,
+    calibrate: impl FnOnce() -> K,
     f: impl FnOnce() -> R,
-) -> (R, i64) {
+) -> (R, K) {
     let stats = bn_stats(net);
     let saved: Vec<Tensor> = tch::no_grad(|| stats.iter().map(|t| t.copy()).collect());
     let k = calibrate();

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::checkpoint::{checkpoint_path, Checkpoint, Meta, Snapshot};
-use super::eval::{bn_calibrate, evaluate, with_bn_calibrated};
+use super::eval::{bn_calibrate, evaluate_counts, with_bn_calibrated};
 use super::optimizer::Sgd;
 use super::profile::{profiled, Profiler, Trace};
 use super::report::{EpochMetrics, Report};
@@ -380,23 +380,28 @@ impl<'a> Learner<'a> {
                 // then sum to the global batch's mean gradient.
                 Some(d) => {
                     opt.backward(&(&loss * (n as f64 / global as f64)));
+                    prof.phase(2);
                     if let Err(e) = opt.all_reduce_grad(d) {
                         failed = Some(e);
                     }
                 }
-                None => opt.backward(&loss),
+                None => {
+                    opt.backward(&loss);
+                    prof.phase(2);
+                }
             }
-            prof.phase(2);
-            opt.apply();
             prof.phase(3);
+            opt.apply();
+            prof.phase(4);
             tch::no_grad(|| {
                 *loss_sum += loss.detach() * n as f64;
                 *correct += logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
             });
-            prof.phase(4);
+            prof.phase(5);
         };
+        // A full global batch: this rank's part has the same shape every step.
         let replayed = match self.graphs.as_mut() {
-            Some(g) if n == cfg.batch_size => {
+            Some(g) if global == cfg.batch_size => {
                 g.step(&ctx, &xin, y, |x, y| body(x, y, &mut Profiler::new(None)))
             }
             _ => false,
@@ -461,8 +466,10 @@ impl<'a> Learner<'a> {
             self.ranges_valid = true;
         }
         let seed = self.shuffle_seed(epoch);
-        let calibrate_pass = || {
-            bn_calibrate(
+        let dist = self.dist.as_deref();
+        // Each rank calibrates on its own augmentations; rank 0's statistics are kept.
+        let calibrate_pass = || -> Result<i64> {
+            let k = bn_calibrate(
                 &self.net,
                 &self.train_data,
                 &self.aug,
@@ -471,36 +478,48 @@ impl<'a> Learner<'a> {
                 self.amp,
                 seed,
                 cfg.bn_calibration_batches,
-            )
+            );
+            if let Some(d) = dist {
+                for t in super::eval::bn_stats(&self.net) {
+                    d.broadcast(&t, 0)?;
+                }
+            }
+            Ok(k)
         };
-        let eval = || {
-            evaluate(
+        // Each rank evaluates its share of the test batches; the counts are summed.
+        let eval = || -> Result<(f64, f64)> {
+            let (rank, world) = dist.map_or((0, 1), |d| (d.rank, d.world));
+            let counts = evaluate_counts(
                 &self.net,
                 &self.test_data,
                 &self.aug,
                 cfg.batch_size,
                 cfg.enable_act_quant && self.ranges_valid,
-            )
+                (rank, world),
+            );
+            if let Some(d) = dist {
+                d.all_reduce_sum(&counts)?;
+            }
+            let n = self.test_data.len().max(1) as f64;
+            Ok((
+                counts.int64_value(&[0]) as f64 / n,
+                counts.int64_value(&[1]) as f64 / n,
+            ))
         };
         // Golden Stick calibrates in place after the temperature starts. Before that (and only
         // with enable_bn_calibration), the test figure still uses statistics measured for the
         // argmax weights, put back afterwards: the epoch line shows what export would give.
         let calibrate = self.algo.epoch_end_calibrates(epoch);
         let (top1, top5, eval_bn_calibrated) = if calibrate {
-            let k = calibrate_pass();
-            if let Some(d) = &self.dist {
-                // Each rank calibrated on its own augmentations: rank 0's statistics win.
-                for t in super::eval::bn_stats(&self.net) {
-                    d.broadcast(&t, 0)?;
-                }
-            }
-            let (a, b) = eval();
+            let k = calibrate_pass()?;
+            let (a, b) = eval()?;
             (a, b, k > 0)
         } else if cfg.enable_bn_calibration && !cfg.float_weights {
-            let ((a, b), k) = with_bn_calibrated(&self.net, calibrate_pass, eval);
-            (a, b, k > 0)
+            let (r, k) = with_bn_calibrated(&self.net, calibrate_pass, eval);
+            let (a, b) = r?;
+            (a, b, k? > 0)
         } else {
-            let (a, b) = eval();
+            let (a, b) = eval()?;
             (a, b, false)
         };
         m.test_top1 = top1;

@@ -34,8 +34,16 @@ pub struct PhaseTime {
     pub total_ms: f64,
 }
 
-/// The step phases [`StepProfile`] reports.
-const PHASES: [&str; 5] = ["augment", "forward", "backward", "optimizer", "metrics"];
+/// The step phases [`StepProfile`] reports ("all-reduce": the gradient sum of a data-parallel
+/// run, zero in a single process).
+const PHASES: [&str; 6] = [
+    "augment",
+    "forward",
+    "backward",
+    "all-reduce",
+    "optimizer",
+    "metrics",
+];
 
 /// Times the phases of profiled steps (a no-op when off).
 pub(super) struct Profiler {

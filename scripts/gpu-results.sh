@@ -22,6 +22,11 @@
 #                                  # one W1A8 run alone and two at once (does sharing the GPU raise
 #                                  # throughput?). Runs the AVX-512 tests alongside when
 #                                  # .dev/runtime-tests is there.
+#   scripts/gpu-results.sh dist    # data-parallel training on the one GPU (docs/DISTRIBUTED.md):
+#                                  # one process, NCCL with one rank (all-reduce inside the CUDA
+#                                  # graph), two ranks sharing the GPU over Gloo with CUDA tensors;
+#                                  # 2 epochs each, then 40 profiled steps (the all-reduce phase
+#                                  # against the step)
 #   scripts/gpu-results.sh avx512  # the runtime's kernel proptests on the host CPU (AVX-512 VNNI,
 #                                  # VPOPCNTDQ), which the build machine lacks: carry the test
 #                                  # binary as .dev/runtime-tests (scripts/gpu-results.sh prints how)
@@ -144,6 +149,21 @@ case "$MODE" in
     train w1a8-graphs 150 --config /tmp/fast-q0.toml --epochs 100 --stop-after 4 --no-export
     train w1a8-eager 150 --config /tmp/fast-q0-eager.toml --epochs 100 --stop-after 3 --no-export
     train float-graphs 90 --config trainer/configs/float.toml --epochs 100 --stop-after 4 --no-export
+    ;;
+  dist)
+    sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml
+    train w1a8-1proc 90 --config /tmp/fast-q0.toml --epochs 100 --stop-after 2 --no-export
+    train w1a8-nccl1 90 --config /tmp/fast-q0.toml --epochs 100 --stop-after 2 --no-export --nproc 1 --dist-timeout 60
+    train w1a8-nccl1-prof 60 --config /tmp/fast-q0.toml --epochs 100 --stop-after 1 --no-export --nproc 1 --dist-timeout 60 --profile-steps 40
+    # Two ranks on cuda:0 (an explicit index is kept), over Gloo: not through train(), whose
+    # --device cuda would put rank 1 on cuda:1.
+    echo "== w1a8-gloo2: 2 ranks sharing cuda:0 over Gloo"
+    t0=$(date +%s)
+    timeout 150 "$BIN" train --data "$DATA" --device cuda:0 --out /tmp/runs/w1a8-gloo2 \
+      --config /tmp/fast-q0.toml --epochs 100 --stop-after 2 --no-export --nproc 2 \
+      --dist-backend gloo --dist-timeout 60 --profile-steps 40
+    echo "== w1a8-gloo2: exit $? after $(( $(date +%s) - t0 )) s"
+    tail -n 2 /tmp/runs/w1a8-gloo2/metrics.jsonl
     ;;
   table)
     shift

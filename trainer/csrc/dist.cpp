@@ -148,7 +148,8 @@ int slb_store_add(SlbStore* s, const char* key, int64_t delta, int64_t* value, c
 }
 
 // A process group of `world` ranks on the store: "gloo" (CPU and CUDA tensors; `host` the
-// address this rank's Gloo device binds, empty for libtorch's default) or "nccl" (CUDA).
+// address this rank's Gloo device binds, "if:NAME" an interface, empty for libtorch's default)
+// or "nccl" (CUDA).
 SlbPg* slb_pg_new(SlbStore* s, const char* backend, const char* host, int rank, int world,
                   int timeout_ms, char* err, size_t len) {
   try {
@@ -159,9 +160,15 @@ SlbPg* slb_pg_new(SlbStore* s, const char* backend, const char* host, int rank, 
     pg->timeout = timeout;
     if (b == "gloo") {
       auto o = c10d::ProcessGroupGloo::Options::create(timeout);
+      // "if:NAME": the interface NAME (GLOO_SOCKET_IFNAME); else a host name or address.
       std::string h(host);
-      o->devices.push_back(h.empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
-                                     : c10d::ProcessGroupGloo::createDeviceForHostname(h));
+      if (h.rfind("if:", 0) == 0) {
+        o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(h.substr(3)));
+      } else if (h.empty()) {
+        o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      } else {
+        o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(h));
+      }
       pg->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, o);
 #ifdef SLB_WITH_NCCL
     } else if (b == "nccl") {

@@ -410,12 +410,13 @@ impl Dist {
         #[cfg(slb_dist)]
         {
             let b = c_string(backend.name())?;
-            // Gloo binds the address the store is reached on when that is the loopback (one
-            // node); otherwise libtorch's default (this host's name), or GLOO_SOCKET_IFNAME.
-            let host = if is_loopback(&launch.master_addr) {
-                launch.master_addr.clone()
-            } else {
-                String::new()
+            // Gloo binds the interface GLOO_SOCKET_IFNAME names (as in PyTorch), else the
+            // address the store is reached on when that is the loopback (one node), else
+            // libtorch's default (this host's name).
+            let host = match std::env::var("GLOO_SOCKET_IFNAME") {
+                Ok(i) if !i.is_empty() => format!("if:{}", i.split(',').next().unwrap_or(&i)),
+                _ if is_loopback(&launch.master_addr) => launch.master_addr.clone(),
+                _ => String::new(),
             };
             let h = c_string(&host)?;
             let mut pg = std::ptr::null_mut();
@@ -438,7 +439,7 @@ impl Dist {
             .map_err(|m| Error::Dist {
                 rank: launch.rank,
                 msg: format!(
-                    "cannot form the {} process group of {} ranks within {}s: {m}",
+                    "cannot form the {} process group of {} ranks (timeout {} s): {m}",
                     backend.name(),
                     launch.world,
                     timeout.as_secs()

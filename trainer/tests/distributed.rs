@@ -9,6 +9,14 @@ use std::time::{Duration, Instant};
 
 use slb_trainer::train::{checkpoint_path, Checkpoint};
 
+/// The tests of this file run one at a time: each starts several processes, and the fault
+/// tests' timeouts should not compete with the others for the CPUs.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A CIFAR-10 binary folder of synthetic images (96 training, 32 test, 4 classes) and a
 /// config (slim ResNet20 with BatchNorm, BN calibration on) in `dir`: `(data, config)`.
 fn inputs(dir: &Path, epochs: i64) -> (PathBuf, PathBuf) {
@@ -85,6 +93,7 @@ fn losses(out: &Path) -> Vec<(i64, f64, bool)> {
 
 #[test]
 fn two_ranks_train_like_one_process_and_only_rank_0_writes() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (data, cfg) = inputs(dir.path(), 3);
     let one = dir.path().join("one");
@@ -131,6 +140,7 @@ fn two_ranks_train_like_one_process_and_only_rank_0_writes() {
 
 #[test]
 fn a_distributed_run_resumes() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (data, cfg) = inputs(dir.path(), 2);
     let out = dir.path().join("run");
@@ -164,6 +174,7 @@ fn a_distributed_run_resumes() {
 
 #[test]
 fn torchrun_launches_slb_ranks() {
+    let _serial = serial();
     let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/torchrun");
     assert!(
         torchrun.exists(),
@@ -277,6 +288,7 @@ fn fault(signal: i32, timeout: &str) -> (i32, String, f64, PathBuf, tempfile::Te
 
 #[test]
 fn a_killed_rank_ends_the_run_naming_it_and_the_checkpoint_stays() {
+    let _serial = serial();
     let (code, err, secs, out, _dir) = fault(9, "30");
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -291,6 +303,7 @@ fn a_killed_rank_ends_the_run_naming_it_and_the_checkpoint_stays() {
 
 #[test]
 fn a_hung_rank_is_named_after_the_timeout() {
+    let _serial = serial();
     // SIGSTOP: rank 1 stops answering without dying.
     let (code, err, secs, out, _dir) = fault(19, "5");
     assert_eq!(code, 2, "{err}");
@@ -312,6 +325,7 @@ type Env<'a> = Vec<(&'a str, &'a str)>;
 
 #[test]
 fn bad_launch_settings_get_one_line_errors() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (data, cfg) = inputs(dir.path(), 1);
     let out = dir.path().join("run");

@@ -242,10 +242,147 @@ pub(crate) fn int8_in_place_run(
     y1: usize,
     acc: &mut [i32],
 ) {
-    if s.abits == 1 {
-        int8_in_place_body::<true>(s, x, w, y0, y1, acc)
-    } else {
-        int8_in_place_body::<false>(s, x, w, y0, y1, acc)
+    match (s.wbits, s.abits) {
+        (1, 1) => sign_weight_in_place_body::<true>(s, x, w, y0, y1, acc),
+        (1, _) => sign_weight_in_place_body::<false>(s, x, w, y0, y1, acc),
+        (_, 1) => int8_in_place_body::<true>(s, x, w, y0, y1, acc),
+        _ => int8_in_place_body::<false>(s, x, w, y0, y1, acc),
+    }
+}
+
+/// `MASK4[b]`: byte `i` of the word is `0xFF` when bit `i` of `b` is set (4 weight bits to a
+/// mask over 4 activation bytes).
+const MASK4: [u32; 16] = {
+    let mut t = [0u32; 16];
+    let mut b = 0;
+    while b < 16 {
+        let mut i = 0;
+        while i < 4 {
+            if (b >> i) & 1 == 1 {
+                t[b] |= 0xFF << (8 * i);
+            }
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The sum of the four bytes of every word added into `lanes` (two 16-bit lanes: bytes 0 and
+/// 2 in the low lane's place, 1 and 3 in the high one's), as SWAR: no byte is unpacked. On
+/// Armv7E-M this is two `UXTAB16`s.
+#[inline(always)]
+fn add_bytes(lanes: u32, w: u32) -> u32 {
+    lanes
+        .wrapping_add(w & 0x00FF_00FF)
+        .wrapping_add((w >> 8) & 0x00FF_00FF)
+}
+
+/// The two 16-bit lanes of [`add_bytes`] summed.
+#[inline(always)]
+fn lanes_sum(lanes: u32) -> i32 {
+    ((lanes & 0xFFFF) + (lanes >> 16)) as i32
+}
+
+/// [`int8_in_place_run`] for 1-bit weights: with every weight `+1` or `-1` (bit `b`, weight
+/// `2b - 1`), a dot product over `n` activation codes `a` is `2 * S_ab - S_a`, where `S_ab` sums
+/// the codes whose weight bit is set and `S_a` all of them; with 1-bit activations too
+/// (`SIGN`: value `2a - 1`) it is `4 * S_ab - 2 * S_a - 2 * S_b + n`, `S_b` the set weight bits.
+/// The weight bits of a tap become byte masks once ([`MASK4`]), and each output pixel takes
+/// one AND per four activations and channel, its sums kept in 16-bit SWAR lanes
+/// ([`add_bytes`]; at most 64 words of 255 * 2 per lane, no overflow). Same results, bit for
+/// bit, as the int8 dot over the `+-1` numerators.
+fn sign_weight_in_place_body<const SIGN: bool>(
+    s: &ConvShape,
+    x: &[u8],
+    codes: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    const WORDS: usize = IN_PLACE_BLOCK / 4;
+    let n_acc = (y1 - y0) * s.ow * s.cout;
+    let Some(acc) = acc.get_mut(..n_acc) else {
+        return;
+    };
+    acc.fill(0);
+    let row = s.cin_g.div_ceil(8);
+    let mut masks = [[0u32; WORDS]; 4];
+    let mut set_bits = [0i32; 4];
+    let mut tail = [0u8; 4];
+    for g in 0..s.groups {
+        let mut o = g * s.cout_g;
+        let o1 = o + s.cout_g;
+        while o < o1 {
+            let nb = (o1 - o).min(4);
+            for ky in 0..s.kh {
+                for kx in 0..s.kw {
+                    let mut i0 = 0;
+                    while i0 < s.cin_g {
+                        let n = (s.cin_g - i0).min(IN_PLACE_BLOCK);
+                        let words = n.div_ceil(4);
+                        // Masks of channels i0 .. i0 + n (i0 is a multiple of 8); the bits of
+                        // channels past the end are cleared.
+                        for (j, (m, sb)) in masks[..nb].iter_mut().zip(&mut set_bits).enumerate() {
+                            let base = (((o + j) * s.kh + ky) * s.kw + kx) * row + i0 / 8;
+                            *sb = 0;
+                            for (w, mw) in m[..words].iter_mut().enumerate() {
+                                let byte = codes.get(base + w / 2).copied().unwrap_or(0);
+                                let mut nib = (byte >> (4 * (w % 2))) & 0xF;
+                                let valid = n - 4 * w;
+                                if valid < 4 {
+                                    nib &= (1u8 << valid) - 1;
+                                }
+                                *sb += nib.count_ones() as i32;
+                                *mw = MASK4[nib as usize];
+                            }
+                        }
+                        let (full, rest) = (n / 4, n % 4);
+                        for oy in y0..y1 {
+                            let iy = oy * s.sh + ky;
+                            for ox in 0..s.ow {
+                                let xo = (iy * s.wp + ox * s.sw + kx) * s.c + g * s.cin_g + i0;
+                                let Some(xs) = x.get(xo..xo + n) else {
+                                    return;
+                                };
+                                let mut all = 0u32;
+                                let mut set = [0u32; 4];
+                                for (w, xw) in xs.chunks_exact(4).enumerate() {
+                                    let v = u32::from_le_bytes([xw[0], xw[1], xw[2], xw[3]]);
+                                    all = add_bytes(all, v);
+                                    for (sj, mj) in set.iter_mut().zip(&masks) {
+                                        *sj = add_bytes(*sj, v & mj[w]);
+                                    }
+                                }
+                                if rest > 0 {
+                                    tail[..rest].copy_from_slice(&xs[4 * full..]);
+                                    tail[rest..].fill(0);
+                                    let v = u32::from_le_bytes(tail);
+                                    all = add_bytes(all, v);
+                                    for (sj, mj) in set.iter_mut().zip(&masks) {
+                                        *sj = add_bytes(*sj, v & mj[full]);
+                                    }
+                                }
+                                let all = lanes_sum(all);
+                                let at = ((oy - y0) * s.ow + ox) * s.cout + o;
+                                for ((a, sj), sb) in
+                                    acc[at..at + nb].iter_mut().zip(set).zip(set_bits)
+                                {
+                                    let d = if SIGN {
+                                        4 * lanes_sum(sj) - 2 * all - 2 * sb + n as i32
+                                    } else {
+                                        2 * lanes_sum(sj) - all
+                                    };
+                                    *a = a.wrapping_add(d);
+                                }
+                            }
+                        }
+                        i0 += n;
+                    }
+                }
+            }
+            o += nb;
+        }
     }
 }
 

@@ -1,41 +1,25 @@
-//! Writing model files (needs `alloc`).
+//! The container writer behind [`crate::ModelBuilder`] and the helpers that lay out its arrays
+//! (needs `alloc`).
 
 use alloc::vec::Vec;
 
 use crate::model::Payload;
 use crate::{
-    packed_len, row_bytes, Error, InputSpec, Layer, Model, Result, TensorDesc, HEADER_LEN, MAGIC,
-    VERSION,
+    packed_len, row_bytes, Error, InputSpec, Layer, Result, TensorDesc, HEADER_LEN, MAGIC, VERSION,
 };
 
-/// Everything a model file holds, borrowed from the writer's buffers.
-#[derive(Clone, Copy, Debug)]
-pub struct ModelSpec<'s> {
-    /// Free-form name.
-    pub name: &'s str,
-    /// Input specification.
-    pub input: InputSpec<'s>,
-    /// Tensors, numbered by position.
-    pub tensors: &'s [TensorDesc],
-    /// Layers in execution order.
-    pub layers: &'s [Layer<'s>],
-    /// The logits tensor.
-    pub output: u16,
+/// Everything a model file holds, borrowed from a [`crate::ModelBuilder`].
+pub(crate) struct ModelSpec<'s> {
+    pub(crate) name: &'s str,
+    pub(crate) input: InputSpec<'s>,
+    pub(crate) tensors: &'s [TensorDesc],
+    pub(crate) layers: &'s [Layer<'s>],
+    pub(crate) output: u16,
 }
 
-/// Encodes a model file and checks it by parsing it back, so that a writer can never produce a
-/// file the reader rejects.
-pub fn encode(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
-    let out = encode_unchecked(spec)?;
-    Model::parse(&out)?;
-    Ok(out)
-}
-
-/// Encodes a model file *without* validating it: the container (header, length, CRC) is
-/// correct but the description may break any rule of [`Model::parse`]. For tests, fuzz seeds
-/// and tools that need to produce deliberately invalid files; writers of real models use
-/// [`encode`].
-pub fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
+/// Encodes a model file without validating it (the container is correct, the description is
+/// as given).
+pub(crate) fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
     let too_many = Error::InvalidParam {
         layer: u16::MAX,
         what: "tensor or layer count (more than 65535)",

@@ -615,7 +615,8 @@ mod tests {
     /// the arena of each of its plans.
     #[test]
     fn fit_follows_the_documented_greedy_sequence() {
-        let model = Model::parse(crate::testutil::resnet(32, 8, 1, 1, 8, 3)).unwrap();
+        let bytes = crate::testutil::resnet(32, 8, 1, 1, 8, 3);
+        let model = Model::parse(&bytes).unwrap();
         let opts = PlanOptions::for_board(CostModel::Desktop);
         let mut moved = LayerSet::default();
         let mut seq = std::vec![Plan::build(&model, Engine::Packed, opts, &moved).unwrap()];

@@ -4,9 +4,10 @@
 
 use slb_format::{Conv, Layer, Model};
 
-use crate::exec::{dense, f32_map, flatten, gap, layer_io, pool, range, LayerIo};
+use crate::arena::{layer_io, range, LayerIo, TensorSlot};
 use crate::kernels::{ConvShape, KernelKind};
-use crate::plan::{LayerPlan, Plan, TensorSlot};
+use crate::layers::{dense, f32_map, flatten, gap, pool};
+use crate::plan::{LayerPlan, Plan};
 use crate::quant::{self, libm_floor, QParams};
 use crate::{Error, Result};
 
@@ -47,16 +48,6 @@ fn f32s_mut(b: &mut [u8]) -> Result<&mut [f32]> {
         layer: u16::MAX,
         what: "arena alignment",
     })
-}
-
-/// The float conv kernel this CPU runs: AVX2 when detected (under `std`), else portable.
-pub(crate) fn float_kind(portable_only: bool) -> KernelKind {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if !portable_only && std::is_x86_feature_detected!("avx2") {
-        return KernelKind::FloatAvx2;
-    }
-    let _ = portable_only;
-    KernelKind::Float
 }
 
 /// Runs the float conv with the kernel `kind` (falls back to portable if it is unavailable).
@@ -198,7 +189,7 @@ pub(crate) fn run_float(
             out,
             a,
             b,
-        } = layer_io(plan, &layer, acts)?;
+        } = layer_io(&plan.tensors, &layer, acts)?;
         match &layer {
             Layer::Conv(conv) => conv_layer(
                 li,

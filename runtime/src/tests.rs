@@ -122,8 +122,8 @@ fn hand_worked_conv() {
         assert_eq!(logits, [-0.5], "{algo:?}");
         // The conv's output codes, read back from the arena.
         let t = plan.tensors[1];
-        let pad = arena.as_ptr().align_offset(crate::plan::ALIGN);
-        let base = pad + crate::plan::HEADER + plan.weights_bytes + t.offset;
+        let pad = arena.as_ptr().align_offset(crate::arena::ALIGN);
+        let base = pad + crate::arena::HEADER + plan.weights_bytes + t.offset;
         assert_eq!(&arena[base..base + 4], &[0, 8, 2, 0], "{algo:?}");
     }
     // The float engine computes the same graph: raw acc_real = acc * 0.5 / 3, raw code =
@@ -523,7 +523,7 @@ fn float_conv_matches_its_reference() {
         let n = s.oh * s.ow * s.cout;
         let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
         reference::conv_f32(&conv, &s, &x, &mut want);
-        for kind in [KernelKind::Float, crate::float::float_kind(false)] {
+        for kind in [KernelKind::Float, crate::kernels::float_kind(false)] {
             crate::float::conv_f32_with(kind, &s, &x, &w, &mut got);
             for (g, w) in got.iter().zip(&want) {
                 assert!(
@@ -641,8 +641,8 @@ fn never_panics_on_short_or_dirty_buffers() {
     // preparation give garbage logits but no panic.
     run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
     let want = logits.clone();
-    let pad = arena.as_ptr().align_offset(crate::plan::ALIGN);
-    let w0 = pad + crate::plan::HEADER;
+    let pad = arena.as_ptr().align_offset(crate::arena::ALIGN);
+    let w0 = pad + crate::arena::HEADER;
     for b in &mut arena[w0..w0 + plan.weights_bytes()] {
         *b = 0xFF;
     }

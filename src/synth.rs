@@ -24,7 +24,7 @@
 use slb_format::{
     f32_bytes, i32_bytes, pack_codes, DType, Error, ModelBuilder, OwnedAdd, OwnedAddParams,
     OwnedAffine, OwnedConv, OwnedDense, OwnedDenseWeights, OwnedInput, OwnedLayer, OwnedRequant,
-    Pool, RawQuant, Result, Shape, TensorDesc, Unary,
+    Pool, RawQuant, Result, Shape, Site, TensorDesc, Unary,
 };
 
 /// Bit widths and seed of a synthetic model.
@@ -51,14 +51,14 @@ impl Quant {
     fn check(&self) -> Result<()> {
         if !matches!(self.weight_bits, 1 | 2 | 4) {
             return Err(Error::BadBits {
-                layer: u16::MAX,
+                layer: Site::Model,
                 what: "weight",
                 bits: self.weight_bits,
             });
         }
         if !matches!(self.act_bits, 1 | 2 | 4 | 8) {
             return Err(Error::BadBits {
-                layer: u16::MAX,
+                layer: Site::Model,
                 what: "activation",
                 bits: self.act_bits,
             });
@@ -174,7 +174,7 @@ impl ConvGeom {
 pub fn single_conv(g: ConvGeom, q: Quant) -> Result<Vec<u8>> {
     q.check()?;
     let bad = |what| Error::InvalidParam {
-        layer: u16::MAX,
+        layer: Site::Model,
         what,
     };
     if g.in_channels == 0
@@ -247,12 +247,12 @@ fn resnet(q: Quant, name: &str, widths: &[u32], blocks: usize) -> Result<Vec<u8>
 fn check_shape(s: Shape) -> Result<()> {
     match s.elements() {
         Some(0) => Err(Error::InvalidParam {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "tensor shape (a dimension is zero)",
         }),
         Some(e) if e <= u32::MAX / 4 => Ok(()),
         _ => Err(Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "tensor size",
         }),
     }
@@ -502,12 +502,12 @@ impl Net {
             .as_conv()
             .output_shape(in_shape)
             .ok_or(Error::InvalidParam {
-                layer: u16::MAX,
+                layer: Site::Model,
                 what: "conv kernel (larger than the padded input)",
             })?;
         check_shape(out_shape)?;
         let n = slb_format::packed_len(out_c, kernel, ipg, wb).ok_or(Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "packed weight size",
         })?;
         let count = out_c as usize * kernel[0] as usize * kernel[1] as usize * ipg as usize;
@@ -667,7 +667,7 @@ impl Net {
             padding: [0, 0],
         };
         let shape = p.output_shape(self.shape(x)).ok_or(Error::InvalidParam {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "pool window",
         })?;
         // The max of four: larger codes (for signs, mostly +1).
@@ -757,7 +757,7 @@ fn fixed(v: f64) -> Result<i32> {
         Ok(r as i32)
     } else {
         Err(Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "synthetic requantization multiplier",
         })
     }

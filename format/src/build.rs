@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use crate::encode::{encode_unchecked, ModelSpec};
 use crate::{
     Add, AddParams, ChannelAffine, Conv, DType, Dense, DenseWeights, Error, F32s, I32s, InputSpec,
-    Layer, Model, Pool, RawQuant, Requant, Result, Shape, TensorDesc, Unary,
+    Layer, Model, Pool, RawQuant, Requant, Result, Shape, Site, TensorDesc, Unary,
 };
 
 /// The owned form of [`InputSpec`]; arrays hold little-endian bytes, as in the file.
@@ -366,7 +366,7 @@ impl ModelBuilder {
     /// Adds a tensor and returns its id (an error past `u16::MAX` tensors).
     pub fn tensor(&mut self, shape: Shape, dtype: DType) -> Result<u16> {
         let id = u16::try_from(self.tensors.len()).map_err(|_| Error::InvalidParam {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "tensor count (more than 65535)",
         })?;
         self.tensors.push(TensorDesc { shape, dtype });

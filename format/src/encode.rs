@@ -5,7 +5,8 @@ use alloc::vec::Vec;
 
 use crate::model::Payload;
 use crate::{
-    packed_len, row_bytes, Error, InputSpec, Layer, Result, TensorDesc, HEADER_LEN, MAGIC, VERSION,
+    packed_len, row_bytes, Error, InputSpec, Layer, Result, Site, TensorDesc, HEADER_LEN, MAGIC,
+    VERSION,
 };
 
 /// Everything a model file holds, borrowed from a [`crate::ModelBuilder`].
@@ -21,7 +22,7 @@ pub(crate) struct ModelSpec<'s> {
 /// as given).
 pub(crate) fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
     let too_many = Error::InvalidParam {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "tensor or layer count (more than 65535)",
     };
     let tensor_count = u16::try_from(spec.tensors.len()).map_err(|_| too_many)?;
@@ -46,7 +47,7 @@ pub(crate) fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
     };
     let body = postcard::to_allocvec(&payload).map_err(|_| enc("payload"))?;
     let len = u32::try_from(body.len()).map_err(|_| Error::Overflow {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "payload length",
     })?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 4);
@@ -79,14 +80,14 @@ pub fn pack_codes(
     bits: u8,
 ) -> Result<Vec<u8>> {
     let len = packed_len(out, kernel, in_per_group, bits).ok_or(Error::Overflow {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "packed weight size",
     })?;
     let cin = in_per_group as usize;
     let positions = out as usize * kernel[0] as usize * kernel[1] as usize;
     if codes.len() != positions * cin {
         return Err(Error::Length {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "unpacked codes",
             expected: positions * cin,
             got: codes.len(),
@@ -94,7 +95,7 @@ pub fn pack_codes(
     }
     if !matches!(bits, 1 | 2 | 4) || codes.iter().any(|&k| k >> bits != 0) {
         return Err(Error::BadBits {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "weight code",
             bits,
         });

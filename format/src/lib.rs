@@ -104,7 +104,7 @@ mod build;
 #[cfg(feature = "alloc")]
 mod encode;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Site};
 pub use model::*;
 pub use pack::{packed_len, row_bytes, CodeReader};
 pub use validate::{MAX_LAYERS, MAX_TENSORS};

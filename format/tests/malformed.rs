@@ -232,7 +232,7 @@ fn bits_out_of_range() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::BadBits {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "weight",
                 bits: wb
             }
@@ -243,7 +243,7 @@ fn bits_out_of_range() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::BadBits {
-                layer: u16::MAX,
+                layer: Site::Model,
                 what: "activation",
                 bits: ab
             }
@@ -254,7 +254,7 @@ fn bits_out_of_range() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::BadBits {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "raw output",
                 bits: rb
             }
@@ -313,7 +313,7 @@ fn quantization_params_out_of_range() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::InvalidParam {
-            layer: 11,
+            layer: Site::Layer(11),
             what: "ReLU of a 1-bit (sign) tensor"
         }
     );
@@ -341,7 +341,15 @@ fn quantization_params_out_of_range() {
 #[test]
 fn conv_geometry() {
     let tiny = Tiny::new();
-    let bad = |e: Result<Model<'_>>| matches!(e, Err(Error::InvalidParam { layer: 0, .. }));
+    let bad = |e: Result<Model<'_>>| {
+        matches!(
+            e,
+            Err(Error::InvalidParam {
+                layer: Site::Layer(0),
+                ..
+            })
+        )
+    };
     assert!(bad(parse(&tiny.mutated(|p| p.conv(0).groups = 0))));
     assert!(bad(parse(&tiny.mutated(|p| p.conv(0).groups = 2))));
     assert!(bad(parse(&tiny.mutated(|p| p.conv(0).stride = [0, 1]))));
@@ -364,7 +372,7 @@ fn packed_length_off_by_one() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::Length {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "packed weight codes",
                 expected: n,
                 got: codes.len()
@@ -380,7 +388,7 @@ fn packed_length_off_by_one() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::InvalidParam {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "packed weight codes (bits past the input channels must be zero)"
             }
         );
@@ -396,13 +404,25 @@ fn packed_length_off_by_one() {
             a.mult = short.to_vec()
         }
     });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 0, .. })));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Layer(0),
+            ..
+        })
+    ));
     let b = tiny.mutated(|p| {
         if let OwnedLayer::Add(a) = &mut p.layers[2] {
             a.params.bias = tiny.add_b[..15].to_vec();
         }
     });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 2, .. })));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Layer(2),
+            ..
+        })
+    ));
     let b = tiny.mutated(|p| {
         if let OwnedLayer::Dense(d) = &mut p.layers[8] {
             d.weights = OwnedDenseWeights::Int8 {
@@ -411,12 +431,18 @@ fn packed_length_off_by_one() {
             };
         }
     });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 8, .. })));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Layer(8),
+            ..
+        })
+    ));
     let b = tiny.mutated(|p| p.input.lut = tiny.lut[..767].to_vec());
     assert!(matches!(
         parse(&b),
         Err(Error::Length {
-            layer: u16::MAX,
+            layer: Site::Model,
             ..
         })
     ));
@@ -424,7 +450,7 @@ fn packed_length_off_by_one() {
     assert!(matches!(
         parse(&b),
         Err(Error::Length {
-            layer: u16::MAX,
+            layer: Site::Model,
             ..
         })
     ));
@@ -438,7 +464,7 @@ fn shapes_do_not_chain() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::ShapeMismatch {
-            layer: 0,
+            layer: Site::Layer(0),
             what: "conv output",
             expected: Shape::new(4, 2, 2),
             got: Shape::new(4, 4, 4)
@@ -449,7 +475,7 @@ fn shapes_do_not_chain() {
     assert!(matches!(
         parse(&b),
         Err(Error::ShapeMismatch {
-            layer: 1,
+            layer: Site::Layer(1),
             what: "conv input",
             ..
         })
@@ -462,30 +488,42 @@ fn shapes_do_not_chain() {
     });
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 2, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(2),
+            ..
+        })
     ));
     // Pool, flatten, gap, dense outputs.
     let b = tiny.mutated(|p| p.tensors[4] = t(4, 3, 3, q(0.1, 0, 4)));
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 3, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(3),
+            ..
+        })
     ));
     let b = tiny.mutated(|p| p.tensors[8] = t(2, 2, 1, q(0.1, 0, 4)));
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 7, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(7),
+            ..
+        })
     ));
     let b = tiny.mutated(|p| p.tensors[10] = t(4, 2, 1, DType::F32));
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 9, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(9),
+            ..
+        })
     ));
     // Input spec and input tensor disagree.
     let b = tiny.mutated(|p| p.input.shape = Shape::new(3, 4, 5));
     assert!(matches!(
         parse(&b),
         Err(Error::ShapeMismatch {
-            layer: u16::MAX,
+            layer: Site::Model,
             ..
         })
     ));
@@ -501,12 +539,21 @@ fn shapes_do_not_chain() {
             d.input = 6; // 16 inputs, weights for 4
         }
     });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 10, .. })));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Layer(10),
+            ..
+        })
+    ));
     // Dtype mismatches: conv reading F32, pool changing dtype.
     let b = tiny.mutated(|p| p.tensors[5] = t(4, 2, 2, q(0.2, 0, 4)));
     assert!(matches!(
         parse(&b),
-        Err(Error::InvalidParam { layer: 4, .. })
+        Err(Error::InvalidParam {
+            layer: Site::Layer(4),
+            ..
+        })
     ));
 }
 
@@ -517,7 +564,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: 1,
+            layer: Site::Layer(1),
             tensor: 12
         }
     );
@@ -525,7 +572,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: 1,
+            layer: Site::Layer(1),
             tensor: u16::MAX
         }
     );
@@ -533,7 +580,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: u16::MAX,
+            layer: Site::Model,
             tensor: 40
         }
     );
@@ -541,7 +588,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: u16::MAX,
+            layer: Site::Model,
             tensor: 1000
         }
     );
@@ -555,7 +602,7 @@ fn read_before_write() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::Dataflow {
-            layer: 0,
+            layer: Site::Layer(0),
             tensor: 1,
             what: "is read before it is written"
         }
@@ -569,7 +616,7 @@ fn read_before_write() {
     assert!(matches!(
         parse(&b),
         Err(Error::Dataflow {
-            layer: 5,
+            layer: Site::Layer(5),
             tensor: 6,
             ..
         })
@@ -586,7 +633,7 @@ fn written_twice() {
     assert!(matches!(
         parse(&b),
         Err(Error::Dataflow {
-            layer: 1,
+            layer: Site::Layer(1),
             tensor: 0,
             what: "is written twice"
         })
@@ -598,7 +645,7 @@ fn written_twice() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::Dataflow {
-            layer: 11,
+            layer: Site::Layer(11),
             tensor: 10,
             what: "is written twice"
         }
@@ -625,7 +672,7 @@ fn overflowing_sizes() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "total tensor size"
         }
     );
@@ -638,7 +685,7 @@ fn overflowing_sizes() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::ShapeMismatch {
-            layer: 0,
+            layer: Site::Layer(0),
             what: "conv output",
             expected: Shape::new(4, 65540, 65540),
             got: Shape::new(4, 4, 4)
@@ -661,7 +708,7 @@ fn overflowing_sizes() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::InvalidParam {
-            layer: 3,
+            layer: Site::Layer(3),
             what: "pool padding (more than half the window)"
         }
     );
@@ -752,7 +799,7 @@ fn avgpool_padding_on_sign_tensor() {
     assert_eq!(
         parse(&with_pool([3, 3], [1, 1])).unwrap_err(),
         Error::InvalidParam {
-            layer: 2,
+            layer: Site::Layer(2),
             what: "average pool padding on a 1-bit (sign) tensor"
         }
     );

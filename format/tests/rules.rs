@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use slb_format::*;
 
-const MODEL: u16 = u16::MAX;
+const MODEL: Site = Site::Model;
 
 fn parse(b: &[u8]) -> Result<Model<'_>> {
     Model::parse(b)
@@ -183,7 +183,7 @@ fn rule3_tensor_zero_point_in_code_range() {
 fn rule6_groups_divide_both_channel_counts() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "groups (must divide both channel counts)",
     };
     let codes3 = vec![0u8; 3];
@@ -230,7 +230,7 @@ fn rule6_accumulator_fits_i32() {
     assert_eq!(
         parse(&one_conv(&tiny, big, (2, 2))).unwrap_err(),
         Error::Overflow {
-            layer: 0,
+            layer: Site::Layer(0),
             what: "accumulator (kernel too large for 32 bits)"
         }
     );
@@ -240,7 +240,7 @@ fn rule6_accumulator_fits_i32() {
 fn rule6_requantization_shift_1_to_62() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "requantization shift (must be 1..=62)",
     };
     for shift in [1u8, 62] {
@@ -268,7 +268,7 @@ fn rule6_requantization_shift_1_to_62() {
 fn rule6_raw_zero_point_in_range_and_scale_positive() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "raw output quantization",
     };
     // Conv 0 has an affine stage, so its raw quantization is free of its output tensor's.
@@ -321,7 +321,7 @@ fn rule8_pool_padding_at_most_half_the_window_per_axis() {
     // Odd windows: 3 -> padding 1 is at most half; (2 + 2 - 3) / 1 + 1 = 2.
     parse(&pool([3, 3], [1, 1], [1, 1])).unwrap();
     let refused = Error::InvalidParam {
-        layer: 4,
+        layer: Site::Layer(4),
         what: "pool padding (more than half the window)",
     };
     // One more than half, on one axis at a time.
@@ -399,7 +399,7 @@ fn rule3_tensor_at_most_2_pow_30_minus_1_elements() {
 fn rule6_kernel_and_stride_non_zero() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "kernel or stride (zero)",
     };
     for (kernel, stride) in [
@@ -420,7 +420,7 @@ fn rule6_kernel_and_stride_non_zero() {
 fn rule8_pool_kernel_and_stride_non_zero() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 3,
+        layer: Site::Layer(3),
         what: "pool kernel or stride (zero)",
     };
     for (kernel, stride) in [

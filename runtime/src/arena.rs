@@ -5,7 +5,7 @@
 use core::ops::Range;
 
 use heapless::Vec;
-use slb_format::{Layer, Shape};
+use slb_format::{Layer, Shape, Site};
 
 use crate::quant::QParams;
 use crate::{Error, Result};
@@ -110,7 +110,7 @@ pub(crate) fn io<'a>(
     a: Range<usize>,
     b: Range<usize>,
 ) -> Result<(&'a mut [u8], &'a [u8], &'a [u8])> {
-    let bad = Error::PlanMismatch { layer: u16::MAX };
+    let bad = Error::PlanMismatch { layer: Site::Model };
     if out.end > acts.len() || out.start > out.end {
         return Err(bad);
     }

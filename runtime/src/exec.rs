@@ -3,7 +3,7 @@
 
 #[cfg(feature = "embedded-hal")]
 use embedded_hal::digital::OutputPin;
-use slb_format::{Layer, Model};
+use slb_format::{Layer, Model, Site};
 
 use crate::arena::{ALIGN, HEADER};
 use crate::kernels::{self, KernelKind};
@@ -32,7 +32,7 @@ fn split<'a>(plan: &Plan, arena: &'a mut [u8]) -> Result<Regions<'a>> {
     let pad = arena.as_ptr().align_offset(ALIGN);
     if pad >= ALIGN {
         return Err(Error::Unsupported {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "arena alignment",
         });
     }
@@ -73,7 +73,7 @@ fn fingerprint(model: &Model<'_>, plan: &Plan) -> u64 {
 
 /// Checks that `plan` was made for `model` (same tensors, same layer shapes).
 fn check_plan(model: &Model<'_>, plan: &Plan) -> Result<()> {
-    let whole = Error::PlanMismatch { layer: u16::MAX };
+    let whole = Error::PlanMismatch { layer: Site::Model };
     if model.tensors.len() != plan.tensors.len() || model.layers.len() != plan.layers.len() {
         return Err(whole);
     }
@@ -83,7 +83,9 @@ fn check_plan(model: &Model<'_>, plan: &Plan) -> Result<()> {
         }
     }
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
-        let differs = Error::PlanMismatch { layer: i as u16 };
+        let differs = Error::PlanMismatch {
+            layer: Site::Layer(i as u16),
+        };
         if let Layer::Conv(c) = layer {
             let s = conv_shape(&c, &plan.tensors).ok_or(differs)?;
             // The prepared sizes must be the ones this conv needs.
@@ -125,10 +127,12 @@ fn prepare_regions(
             continue;
         };
         let li = i as u16;
-        let s = conv_shape(&conv, &plan.tensors).ok_or(Error::PlanMismatch { layer: li })?;
-        let w = weights
-            .get_mut(lp.w())
-            .ok_or(Error::PlanMismatch { layer: li })?;
+        let s = conv_shape(&conv, &plan.tensors).ok_or(Error::PlanMismatch {
+            layer: Site::Layer(li),
+        })?;
+        let w = weights.get_mut(lp.w()).ok_or(Error::PlanMismatch {
+            layer: Site::Layer(li),
+        })?;
         w.fill(0);
         match lp.kernel {
             Some(KernelKind::Float | KernelKind::FloatAvx2) => float::prepare_conv(&conv, &s, w)?,
@@ -141,9 +145,9 @@ fn prepare_regions(
                 (k.prepare)(&conv, &s, w);
             }
         }
-        let aux = weights
-            .get_mut(lp.aux())
-            .ok_or(Error::PlanMismatch { layer: li })?;
+        let aux = weights.get_mut(lp.aux()).ok_or(Error::PlanMismatch {
+            layer: Site::Layer(li),
+        })?;
         let zp = plan
             .tensors
             .get(conv.input as usize)
@@ -194,7 +198,7 @@ pub fn run(
     let bytes = r
         .acts
         .get(out.offset..out.offset + out.bytes)
-        .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+        .ok_or(Error::PlanMismatch { layer: Site::Model })?;
     for (l, b) in logits.iter_mut().zip(bytes.chunks_exact(4)) {
         *l = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }

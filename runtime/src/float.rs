@@ -2,7 +2,7 @@
 //! the model quantizes are fake-quantized (each value replaced by the real value of its code),
 //! so the float engine is the in-house comparison point for both speed and fidelity.
 
-use slb_format::{Conv, Layer, Model};
+use slb_format::{Conv, Layer, Model, Site};
 
 use crate::arena::{layer_io, range, LayerIo, TensorSlot};
 use crate::kernels::{ConvShape, KernelKind};
@@ -15,7 +15,7 @@ use crate::{Error, Result};
 /// direct convolution is a row of axpys), `w = (2k - (2^b - 1)) / (2^b - 1)`.
 pub(crate) fn prepare_conv(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) -> Result<()> {
     let w: &mut [f32] = bytemuck::try_cast_slice_mut(out).map_err(|_| Error::Unsupported {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "arena alignment",
     })?;
     let reader = slb_format::CodeReader::new(conv);
@@ -38,14 +38,14 @@ pub(crate) fn prepare_conv(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) -> Re
 
 fn f32s(b: &[u8]) -> Result<&[f32]> {
     bytemuck::try_cast_slice(b).map_err(|_| Error::Unsupported {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "arena alignment",
     })
 }
 
 fn f32s_mut(b: &mut [u8]) -> Result<&mut [f32]> {
     bytemuck::try_cast_slice_mut(b).map_err(|_| Error::Unsupported {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "arena alignment",
     })
 }
@@ -156,7 +156,7 @@ pub(crate) fn run_float(
     acts: &mut [u8],
     image: &[u8],
 ) -> Result<()> {
-    let bad = Error::PlanMismatch { layer: u16::MAX };
+    let bad = Error::PlanMismatch { layer: Site::Model };
     let input = &plan.tensors[model.input.tensor as usize];
     {
         let dst = f32s_mut(acts.get_mut(range(input)).ok_or(bad)?)?;
@@ -221,7 +221,7 @@ pub(crate) fn run_float(
                     (Some(x), Some(y), Some(z)) => (x, y, z),
                     _ => {
                         return Err(Error::Unsupported {
-                            layer: li,
+                            layer: Site::Layer(li),
                             what: "add of f32 tensors",
                         })
                     }
@@ -273,7 +273,9 @@ fn conv_layer(
     out: &mut [f32],
     weights: &[u8],
 ) -> Result<()> {
-    let bad = Error::PlanMismatch { layer: li };
+    let bad = Error::PlanMismatch {
+        layer: Site::Layer(li),
+    };
     let s = crate::plan::conv_shape(conv, &plan.tensors).ok_or(bad)?;
     let outq = to.q.ok_or(bad)?;
     let _ = ta;

@@ -2,7 +2,7 @@
 //! the kernel over row ranges, zero-point and border corrections, requantization) and the
 //! layer loop; the other layers are `layers`' and the kernels `kernels`'.
 
-use slb_format::{Conv, Layer, Model};
+use slb_format::{Conv, Layer, Model, Site};
 
 use crate::arena::{layer_io, range, LayerIo, TensorSlot, ALIGN};
 use crate::kernels::{self, portable, reference, ConvShape, KernelKind, RowOps, Run};
@@ -92,7 +92,7 @@ pub(crate) fn run_packed(
     let input = &plan.tensors[model.input.tensor as usize];
     let dst = acts
         .get_mut(range(input))
-        .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+        .ok_or(Error::PlanMismatch { layer: Site::Model })?;
     load_input(model, input, dst, image);
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
         let li = i as u16;
@@ -106,7 +106,9 @@ pub(crate) fn run_packed(
         } = layer_io(&plan.tensors, &layer, acts)?;
         match &layer {
             Layer::Conv(conv) => {
-                let s = conv_shape(conv, &plan.tensors).ok_or(Error::PlanMismatch { layer: li })?;
+                let s = conv_shape(conv, &plan.tensors).ok_or(Error::PlanMismatch {
+                    layer: Site::Layer(li),
+                })?;
                 conv_layer(
                     li, conv, &s, lp, &plan.ops, &ta, &to, a, out, weights, scratch,
                 )?
@@ -120,7 +122,7 @@ pub(crate) fn run_packed(
                     (Some(x), Some(y), Some(z)) => (x, y, z),
                     _ => {
                         return Err(Error::Unsupported {
-                            layer: li,
+                            layer: Site::Layer(li),
                             what: "add of f32 tensors",
                         })
                     }
@@ -155,7 +157,9 @@ fn conv_layer(
     weights: &[u8],
     scratch: &mut [u8],
 ) -> Result<()> {
-    let bad = Error::PlanMismatch { layer: li };
+    let bad = Error::PlanMismatch {
+        layer: Site::Layer(li),
+    };
     let (inq, outq) = match (ta.q, to.q) {
         (Some(a), Some(b)) => (a, b),
         _ => return Err(bad),

@@ -3,7 +3,7 @@
 
 use bitvec::array::BitArray;
 use heapless::Vec;
-use slb_format::{DType, Layer, Model};
+use slb_format::{DType, Layer, Model, Site};
 
 pub use crate::arena::MAX_TENSORS;
 use crate::arena::{add, align, mul, place, TensorSlot, ALIGN, HEADER};
@@ -279,7 +279,7 @@ impl Plan {
         {
             let slot = tensors
                 .get_mut(input)
-                .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+                .ok_or(Error::PlanMismatch { layer: Site::Model })?;
             slot.first = 0;
         }
         for (i, layer) in model.layers.iter().enumerate() {
@@ -324,14 +324,16 @@ impl Plan {
             if let Layer::Conv(conv) = &layer {
                 let inp = tensors
                     .get(conv.input as usize)
-                    .ok_or(Error::PlanMismatch { layer: li })?;
+                    .ok_or(Error::PlanMismatch {
+                        layer: Site::Layer(li),
+                    })?;
                 let abits = inp.q.map(|q| q.bits).ok_or(Error::Unsupported {
-                    layer: li,
+                    layer: Site::Layer(li),
                     what: "conv on an f32 tensor",
                 })?;
                 let s = ConvShape::of(conv, inp.shape.h as usize, inp.shape.w as usize, abits)
                     .ok_or(Error::Unsupported {
-                        layer: li,
+                        layer: Site::Layer(li),
                         what: "conv geometry",
                     })?;
                 lp.conv = true;
@@ -419,7 +421,7 @@ impl Plan {
         small(ALIGN - 1 + HEADER + weights + act_bytes + scratch)?;
         let ot = tensors
             .get(out)
-            .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+            .ok_or(Error::PlanMismatch { layer: Site::Model })?;
         let output_len = ot.shape.elements().unwrap_or(0) as usize;
         let s = model.input.shape;
         let input_len = mul(mul(s.c as usize, s.h as usize)?, s.w as usize)?;

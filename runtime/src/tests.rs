@@ -3,7 +3,7 @@
 
 use slb_format::{
     f32_bytes, i32_bytes, pack_codes, DType, Layer, ModelBuilder, OwnedAffine, OwnedConv,
-    OwnedInput, OwnedLayer, OwnedRequant, RawQuant, Shape, Unary,
+    OwnedInput, OwnedLayer, OwnedRequant, RawQuant, Shape, Site, Unary,
 };
 
 use crate::kernels::tests::{algo_kernel, kernel_exact};
@@ -402,7 +402,9 @@ fn error_paths() {
         Error::TooManyLayers,
         Error::Pin,
         Error::Overflow { what: "x" },
-        Error::PlanMismatch { layer: 3 },
+        Error::PlanMismatch {
+            layer: Site::Layer(3),
+        },
     ] {
         assert!(!format!("{e}").is_empty());
     }

@@ -1,8 +1,8 @@
 //! Deterministic synthetic model files: the CIFAR architectures of the SLB paper with random
 //! packed weights, for benchmarks, runtime tests, the Cortex-M example and fuzz seeds.
 //!
-//! Every generator returns a complete, validated model file (`slb_format::encode` parses it
-//! back before returning). The same [`Quant`] (bit widths and seed) always gives the same bytes.
+//! Every generator returns a complete, validated model file (built with
+//! `slb_format::ModelBuilder`, which parses it back before returning). The same [`Quant`] (bit widths and seed) always gives the same bytes.
 //!
 //! The graph follows `docs/DESIGN.md`: the image becomes an 8-bit tensor through a per-channel
 //! lookup table; a conv runs stage 1 (the raw 8-bit fake-quant) and stage 2 (BatchNorm, ReLU and
@@ -22,9 +22,9 @@
 //! fidelity tests.)
 
 use slb_format::{
-    encode, f32_bytes, i32_bytes, pack_codes, Add, AddParams, ChannelAffine, Conv, DType, Dense,
-    DenseWeights, Error, F32s, I32s, InputSpec, Layer, ModelSpec, Pool, RawQuant, Requant, Result,
-    Shape, TensorDesc, Unary,
+    f32_bytes, i32_bytes, pack_codes, DType, Error, ModelBuilder, OwnedAdd, OwnedAddParams,
+    OwnedAffine, OwnedConv, OwnedDense, OwnedDenseWeights, OwnedInput, OwnedLayer, OwnedRequant,
+    Pool, RawQuant, Result, Shape, Site, TensorDesc, Unary,
 };
 
 /// Bit widths and seed of a synthetic model.
@@ -51,14 +51,14 @@ impl Quant {
     fn check(&self) -> Result<()> {
         if !matches!(self.weight_bits, 1 | 2 | 4) {
             return Err(Error::BadBits {
-                layer: u16::MAX,
+                layer: Site::Model,
                 what: "weight",
                 bits: self.weight_bits,
             });
         }
         if !matches!(self.act_bits, 1 | 2 | 4 | 8) {
             return Err(Error::BadBits {
-                layer: u16::MAX,
+                layer: Site::Model,
                 what: "activation",
                 bits: self.act_bits,
             });
@@ -126,7 +126,8 @@ pub fn vgg_small(q: Quant) -> Result<Vec<u8>> {
     }
     let f = n.flatten(x)?;
     let logits = n.dense(f, 10)?;
-    n.finish(&format!("vgg-small {}", n.tag()), CIFAR10, logits)
+    let name = format!("vgg-small {}", n.tag());
+    n.finish(name, CIFAR10, logits)
 }
 
 /// Geometry of [`single_conv`].
@@ -173,7 +174,7 @@ impl ConvGeom {
 pub fn single_conv(g: ConvGeom, q: Quant) -> Result<Vec<u8>> {
     q.check()?;
     let bad = |what| Error::InvalidParam {
-        layer: u16::MAX,
+        layer: Site::Model,
         what,
     };
     if g.in_channels == 0
@@ -211,7 +212,7 @@ pub fn single_conv(g: ConvGeom, q: Quant) -> Result<Vec<u8>> {
         g.groups,
         n.tag()
     );
-    n.finish(&name, "", pooled)
+    n.finish(name, "", pooled)
 }
 
 const CIFAR10: &str = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck";
@@ -239,18 +240,19 @@ fn resnet(q: Quant, name: &str, widths: &[u32], blocks: usize) -> Result<Vec<u8>
     }
     let f = n.gap(x)?;
     let logits = n.dense(f, 10)?;
-    n.finish(&format!("{name} {}", n.tag()), CIFAR10, logits)
+    let name = format!("{name} {}", n.tag());
+    n.finish(name, CIFAR10, logits)
 }
 
 fn check_shape(s: Shape) -> Result<()> {
     match s.elements() {
         Some(0) => Err(Error::InvalidParam {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "tensor shape (a dimension is zero)",
         }),
         Some(e) if e <= u32::MAX / 4 => Ok(()),
         _ => Err(Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "tensor size",
         }),
     }
@@ -297,101 +299,15 @@ impl Stats {
     }
 }
 
-/// An owned layer, turned into a borrowed [`Layer`] when the file is written.
-enum Op {
-    Conv {
-        conv: Conv<'static>,
-        codes: Vec<u8>,
-        affine: Option<(Vec<u8>, Vec<u8>, bool)>,
-    },
-    Add {
-        a: u16,
-        b: u16,
-        output: u16,
-        mult_a: Vec<u8>,
-        mult_b: Vec<u8>,
-        bias: Vec<u8>,
-        relu: bool,
-    },
-    MaxPool(Pool),
-    Gap(Unary),
-    Flatten(Unary),
-    Dense {
-        input: u16,
-        output: u16,
-        w: Vec<u8>,
-        bias: Vec<u8>,
-    },
-}
-
-impl Op {
-    fn layer(&self) -> Layer<'_> {
-        match self {
-            Op::Conv {
-                conv,
-                codes,
-                affine,
-            } => {
-                let mut c = *conv;
-                c.codes = codes;
-                c.requant.affine = affine.as_ref().map(|(m, b, relu)| ChannelAffine {
-                    shift: AFFINE_SHIFT,
-                    mult: I32s(m),
-                    bias: I32s(b),
-                    relu: *relu,
-                });
-                Layer::Conv(c)
-            }
-            Op::Add {
-                a,
-                b,
-                output,
-                mult_a,
-                mult_b,
-                bias,
-                relu,
-            } => Layer::Add(Add {
-                a: *a,
-                b: *b,
-                output: *output,
-                params: AddParams {
-                    shift: AFFINE_SHIFT,
-                    mult_a: I32s(mult_a),
-                    mult_b: I32s(mult_b),
-                    bias: I32s(bias),
-                    relu: *relu,
-                },
-            }),
-            Op::MaxPool(p) => Layer::MaxPool(*p),
-            Op::Gap(u) => Layer::GlobalAvgPool(*u),
-            Op::Flatten(u) => Layer::Flatten(*u),
-            Op::Dense {
-                input,
-                output,
-                w,
-                bias,
-            } => Layer::Dense(Dense {
-                input: *input,
-                output: *output,
-                weights: DenseWeights::F32(F32s(w)),
-                bias: F32s(bias),
-            }),
-        }
-    }
-}
-
 /// A network under construction.
 struct Net {
     q: Quant,
     rng: Rng,
-    tensors: Vec<TensorDesc>,
+    /// The model file's tensors and layers (named and given its output by [`Net::finish`]).
+    model: ModelBuilder,
+    /// Assumed statistics of each tensor, by id.
     stats: Vec<Stats>,
-    ops: Vec<Op>,
     input: u16,
-    image: Shape,
-    mean: Vec<u8>,
-    std: Vec<u8>,
-    lut: Vec<u8>,
 }
 
 impl Net {
@@ -432,20 +348,25 @@ impl Net {
             zero_point: zp,
             bits,
         };
+        let input = OwnedInput {
+            shape,
+            mean: f32_bytes(&mean),
+            std: f32_bytes(&std),
+            classes: String::new(),
+            tensor: 0,
+            lut,
+        };
+        let mut model = ModelBuilder::new("", input);
+        model.tensors.push(TensorDesc { shape, dtype });
         Net {
             q,
             rng: Rng(q.seed ^ 0x5EED_5EED_5EED_5EED),
-            tensors: vec![TensorDesc { shape, dtype }],
+            model,
             stats: vec![Stats {
                 mean: s1 / count,
                 m2: s2 / count,
             }],
-            ops: Vec::new(),
             input: 0,
-            image: shape,
-            mean: f32_bytes(&mean),
-            std: f32_bytes(&std),
-            lut,
         }
     }
 
@@ -458,21 +379,17 @@ impl Net {
 
     fn add_tensor(&mut self, shape: Shape, dtype: DType, stats: Stats) -> Result<u16> {
         check_shape(shape)?;
-        let id = u16::try_from(self.tensors.len()).map_err(|_| Error::InvalidParam {
-            layer: u16::MAX,
-            what: "tensor count",
-        })?;
-        self.tensors.push(TensorDesc { shape, dtype });
+        let id = self.model.tensor(shape, dtype)?;
         self.stats.push(stats);
         Ok(id)
     }
 
     fn shape(&self, t: u16) -> Shape {
-        self.tensors[t as usize].shape
+        self.model.tensors[t as usize].shape
     }
 
     fn scale(&self, t: u16) -> f32 {
-        match self.tensors[t as usize].dtype {
+        match self.model.tensors[t as usize].dtype {
             DType::Quant { scale, .. } => scale,
             DType::F32 => 1.0,
         }
@@ -559,7 +476,7 @@ impl Net {
         let wb = self.q.weight_bits;
         let in_shape = self.shape(x);
         let ipg = in_shape.c / groups;
-        let mut conv = Conv {
+        let mut conv = OwnedConv {
             input: x,
             output: 0,
             out_channels: out_c,
@@ -569,8 +486,8 @@ impl Net {
             padding,
             groups,
             weight_bits: wb,
-            codes: &[],
-            requant: Requant {
+            codes: Vec::new(),
+            requant: OwnedRequant {
                 raw: RawQuant {
                     mult: 0,
                     shift: RAW_SHIFT,
@@ -581,13 +498,16 @@ impl Net {
                 affine: None,
             },
         };
-        let out_shape = conv.output_shape(in_shape).ok_or(Error::InvalidParam {
-            layer: u16::MAX,
-            what: "conv kernel (larger than the padded input)",
-        })?;
+        let out_shape = conv
+            .as_conv()
+            .output_shape(in_shape)
+            .ok_or(Error::InvalidParam {
+                layer: Site::Model,
+                what: "conv kernel (larger than the padded input)",
+            })?;
         check_shape(out_shape)?;
         let n = slb_format::packed_len(out_c, kernel, ipg, wb).ok_or(Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "packed weight size",
         })?;
         let count = out_c as usize * kernel[0] as usize * kernel[1] as usize * ipg as usize;
@@ -601,8 +521,8 @@ impl Net {
                 r >>= 4;
             }
         }
-        let packed = pack_codes(&codes, out_c, kernel, ipg, wb)?;
-        debug_assert_eq!(packed.len(), n);
+        conv.codes = pack_codes(&codes, out_c, kernel, ipg, wb)?;
+        debug_assert_eq!(conv.codes.len(), n);
 
         // Stage 1: acc has variance terms * E[w^2] * E[x^2] (zero-mean weights), w the odd
         // numerator with E[w^2] = (L^2 - 1) / 3 for L = 2^wb levels. Raw std -> RAW_STD.
@@ -636,17 +556,19 @@ impl Net {
             Stage2::Act => {
                 let dtype = self.act_dtype(None);
                 let (mut m, b) = self.affine(out_c, &[RAW_STD])?;
-                let relu = !self.sign_acts();
-                (dtype, self.act_stats(), Some((m.remove(0), b, relu)))
+                let affine = OwnedAffine {
+                    shift: AFFINE_SHIFT,
+                    mult: m.remove(0),
+                    bias: b,
+                    relu: !self.sign_acts(),
+                };
+                (dtype, self.act_stats(), Some(affine))
             }
         };
         let y = self.add_tensor(out_shape, out_dtype, stats)?;
         conv.output = y;
-        self.ops.push(Op::Conv {
-            conv,
-            codes: packed,
-            affine,
-        });
+        conv.requant.affine = affine;
+        self.model.layer(OwnedLayer::Conv(conv));
         Ok(y)
     }
 
@@ -688,15 +610,7 @@ impl Net {
             let dtype = self.act_dtype(None);
             let stats = self.act_stats();
             let y = self.add_tensor(shape, dtype, stats)?;
-            self.ops.push(Op::Add {
-                a: r,
-                b: d,
-                output: y,
-                mult_a: ma,
-                mult_b: mb,
-                bias,
-                relu,
-            });
+            self.add(r, d, y, [ma, mb, bias], relu);
             return Ok(y);
         }
         // Identity shortcut: x enters with the real factor s_x / s_y = k, the branch adds the
@@ -722,16 +636,26 @@ impl Net {
         let dtype = self.act_dtype(Some(y_scale));
         let stats = self.act_stats();
         let y = self.add_tensor(shape, dtype, stats)?;
-        self.ops.push(Op::Add {
-            a: r,
-            b: x,
-            output: y,
-            mult_a: i32_bytes(&ma),
-            mult_b: i32_bytes(&mb),
-            bias: i32_bytes(&bias),
-            relu,
-        });
+        let params = [i32_bytes(&ma), i32_bytes(&mb), i32_bytes(&bias)];
+        self.add(r, x, y, params, relu);
         Ok(y)
+    }
+
+    /// The `Add` layer `output = a + b` with `[mult_a, mult_b, bias]` (bytes).
+    fn add(&mut self, a: u16, b: u16, output: u16, params: [Vec<u8>; 3], relu: bool) {
+        let [mult_a, mult_b, bias] = params;
+        self.model.layer(OwnedLayer::Add(OwnedAdd {
+            a,
+            b,
+            output,
+            params: OwnedAddParams {
+                shift: AFFINE_SHIFT,
+                mult_a,
+                mult_b,
+                bias,
+                relu,
+            },
+        }));
     }
 
     fn maxpool(&mut self, x: u16) -> Result<u16> {
@@ -743,7 +667,7 @@ impl Net {
             padding: [0, 0],
         };
         let shape = p.output_shape(self.shape(x)).ok_or(Error::InvalidParam {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "pool window",
         })?;
         // The max of four: larger codes (for signs, mostly +1).
@@ -759,9 +683,10 @@ impl Net {
                 m2: s.m2 * 2.4,
             }
         };
-        let dtype = self.tensors[x as usize].dtype;
+        let dtype = self.model.tensors[x as usize].dtype;
         let y = self.add_tensor(shape, dtype, stats)?;
-        self.ops.push(Op::MaxPool(Pool { output: y, ..p }));
+        self.model
+            .layer(OwnedLayer::MaxPool(Pool { output: y, ..p }));
         Ok(y)
     }
 
@@ -772,7 +697,7 @@ impl Net {
             DType::F32,
             Stats { mean: 0.0, m2: 1.0 },
         )?;
-        self.ops.push(Op::Gap(Unary {
+        self.model.layer(OwnedLayer::GlobalAvgPool(Unary {
             input: x,
             output: y,
         }));
@@ -782,10 +707,10 @@ impl Net {
     fn flatten(&mut self, x: u16) -> Result<u16> {
         let s = self.shape(x);
         let n = s.elements().unwrap_or(0);
-        let dtype = self.tensors[x as usize].dtype;
+        let dtype = self.model.tensors[x as usize].dtype;
         let stats = self.stats[x as usize];
         let y = self.add_tensor(Shape::new(n, 1, 1), dtype, stats)?;
-        self.ops.push(Op::Flatten(Unary {
+        self.model.layer(OwnedLayer::Flatten(Unary {
             input: x,
             output: y,
         }));
@@ -807,31 +732,21 @@ impl Net {
             DType::F32,
             Stats { mean: 0.0, m2: 1.0 },
         )?;
-        self.ops.push(Op::Dense {
+        self.model.layer(OwnedLayer::Dense(OwnedDense {
             input: x,
             output: y,
-            w: f32_bytes(&w),
+            weights: OwnedDenseWeights::F32(f32_bytes(&w)),
             bias: f32_bytes(&bias),
-        });
+        }));
         Ok(y)
     }
 
-    fn finish(&self, name: &str, classes: &str, output: u16) -> Result<Vec<u8>> {
-        let layers: Vec<Layer<'_>> = self.ops.iter().map(Op::layer).collect();
-        encode(&ModelSpec {
-            name,
-            input: InputSpec {
-                shape: self.image,
-                mean: F32s(&self.mean),
-                std: F32s(&self.std),
-                classes,
-                tensor: self.input,
-                lut: &self.lut,
-            },
-            tensors: &self.tensors,
-            layers: &layers,
-            output,
-        })
+    fn finish(mut self, name: String, classes: &str, output: u16) -> Result<Vec<u8>> {
+        self.model.name = name;
+        self.model.input.classes = classes.into();
+        self.model.input.tensor = self.input;
+        self.model.output = output;
+        self.model.build()
     }
 }
 
@@ -842,7 +757,7 @@ fn fixed(v: f64) -> Result<i32> {
         Ok(r as i32)
     } else {
         Err(Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "synthetic requantization multiplier",
         })
     }
@@ -867,7 +782,7 @@ fn normal_cdf(z: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slb_format::{CodeReader, Model};
+    use slb_format::{CodeReader, Conv, DenseWeights, Layer, Model};
 
     fn convs<'a>(m: &Model<'a>) -> Vec<Conv<'a>> {
         m.layers

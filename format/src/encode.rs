@@ -1,43 +1,28 @@
-//! Writing model files (needs `alloc`).
+//! The container writer behind [`crate::ModelBuilder`] and the helpers that lay out its arrays
+//! (needs `alloc`).
 
 use alloc::vec::Vec;
 
 use crate::model::Payload;
 use crate::{
-    packed_len, row_bytes, Error, InputSpec, Layer, Model, Result, TensorDesc, HEADER_LEN, MAGIC,
+    packed_len, row_bytes, Error, InputSpec, Layer, Result, Site, TensorDesc, HEADER_LEN, MAGIC,
     VERSION,
 };
 
-/// Everything a model file holds, borrowed from the writer's buffers.
-#[derive(Clone, Copy, Debug)]
-pub struct ModelSpec<'s> {
-    /// Free-form name.
-    pub name: &'s str,
-    /// Input specification.
-    pub input: InputSpec<'s>,
-    /// Tensors, numbered by position.
-    pub tensors: &'s [TensorDesc],
-    /// Layers in execution order.
-    pub layers: &'s [Layer<'s>],
-    /// The logits tensor.
-    pub output: u16,
+/// Everything a model file holds, borrowed from a [`crate::ModelBuilder`].
+pub(crate) struct ModelSpec<'s> {
+    pub(crate) name: &'s str,
+    pub(crate) input: InputSpec<'s>,
+    pub(crate) tensors: &'s [TensorDesc],
+    pub(crate) layers: &'s [Layer<'s>],
+    pub(crate) output: u16,
 }
 
-/// Encodes a model file and checks it by parsing it back, so that a writer can never produce a
-/// file the reader rejects.
-pub fn encode(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
-    let out = encode_unchecked(spec)?;
-    Model::parse(&out)?;
-    Ok(out)
-}
-
-/// Encodes a model file *without* validating it: the container (header, length, CRC) is
-/// correct but the description may break any rule of [`Model::parse`]. For tests, fuzz seeds
-/// and tools that need to produce deliberately invalid files; writers of real models use
-/// [`encode`].
-pub fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
+/// Encodes a model file without validating it (the container is correct, the description is
+/// as given).
+pub(crate) fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
     let too_many = Error::InvalidParam {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "tensor or layer count (more than 65535)",
     };
     let tensor_count = u16::try_from(spec.tensors.len()).map_err(|_| too_many)?;
@@ -62,7 +47,7 @@ pub fn encode_unchecked(spec: &ModelSpec<'_>) -> Result<Vec<u8>> {
     };
     let body = postcard::to_allocvec(&payload).map_err(|_| enc("payload"))?;
     let len = u32::try_from(body.len()).map_err(|_| Error::Overflow {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "payload length",
     })?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 4);
@@ -95,14 +80,14 @@ pub fn pack_codes(
     bits: u8,
 ) -> Result<Vec<u8>> {
     let len = packed_len(out, kernel, in_per_group, bits).ok_or(Error::Overflow {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "packed weight size",
     })?;
     let cin = in_per_group as usize;
     let positions = out as usize * kernel[0] as usize * kernel[1] as usize;
     if codes.len() != positions * cin {
         return Err(Error::Length {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "unpacked codes",
             expected: positions * cin,
             got: codes.len(),
@@ -110,7 +95,7 @@ pub fn pack_codes(
     }
     if !matches!(bits, 1 | 2 | 4) || codes.iter().any(|&k| k >> bits != 0) {
         return Err(Error::BadBits {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "weight code",
             bits,
         });

@@ -45,15 +45,15 @@ pub enum Error {
     },
     /// A tensor id that does not exist.
     UnknownTensor {
-        /// Layer index (`u16::MAX` for the model's input or output).
-        layer: u16,
+        /// Where: the model or a layer.
+        layer: Site,
         /// The id.
         tensor: u16,
     },
     /// A tensor is read before any layer wrote it, or written twice.
     Dataflow {
-        /// Layer index.
-        layer: u16,
+        /// Where: the model or a layer.
+        layer: Site,
         /// The tensor.
         tensor: u16,
         /// What went wrong.
@@ -61,8 +61,8 @@ pub enum Error {
     },
     /// A bit width outside its allowed set.
     BadBits {
-        /// Layer index (`u16::MAX` for a tensor).
-        layer: u16,
+        /// Where: the model or a layer.
+        layer: Site,
         /// Which width.
         what: &'static str,
         /// The value found.
@@ -70,8 +70,8 @@ pub enum Error {
     },
     /// A packed array's length does not match the shape.
     Length {
-        /// Layer index (`u16::MAX` for the input spec).
-        layer: u16,
+        /// Where: the model or a layer.
+        layer: Site,
         /// Which array.
         what: &'static str,
         /// Expected length in bytes.
@@ -81,8 +81,8 @@ pub enum Error {
     },
     /// Shapes that do not chain.
     ShapeMismatch {
-        /// Layer index.
-        layer: u16,
+        /// Where: the model or a layer.
+        layer: Site,
         /// Which tensor.
         what: &'static str,
         /// Shape implied by the layer.
@@ -92,15 +92,15 @@ pub enum Error {
     },
     /// A parameter out of range (zero stride, groups not dividing channels, bad scale, ...).
     InvalidParam {
-        /// Layer index (`u16::MAX` outside layers).
-        layer: u16,
+        /// Where: the model or a layer.
+        layer: Site,
         /// Which parameter and why.
         what: &'static str,
     },
     /// A size computation overflows.
     Overflow {
-        /// Layer index (`u16::MAX` outside layers).
-        layer: u16,
+        /// Where: the model or a layer.
+        layer: Site,
         /// Which size.
         what: &'static str,
     },
@@ -111,17 +111,21 @@ pub enum Error {
 /// Result with the crate's [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
 
-fn at(layer: u16) -> LayerName {
-    LayerName(layer)
+/// Where in a model a problem lies: the model as a whole (its container, tensor table, input or
+/// output) or one layer, by index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// The model as a whole.
+    Model,
+    /// The layer of this index.
+    Layer(u16),
 }
 
-struct LayerName(u16);
-impl fmt::Display for LayerName {
+impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 == u16::MAX {
-            f.write_str("model")
-        } else {
-            write!(f, "layer {}", self.0)
+        match self {
+            Site::Model => f.write_str("model"),
+            Site::Layer(i) => write!(f, "layer {i}"),
         }
     }
 }
@@ -157,28 +161,28 @@ impl fmt::Display for Error {
             ),
             Error::Malformed { what } => write!(f, "malformed model file: cannot decode {what}"),
             Error::UnknownTensor { layer, tensor } => {
-                write!(f, "{}: tensor {tensor} does not exist", at(*layer))
+                write!(f, "{}: tensor {tensor} does not exist", layer)
             }
             Error::Dataflow { layer, tensor, what } => {
-                write!(f, "{}: tensor {tensor} {what}", at(*layer))
+                write!(f, "{}: tensor {tensor} {what}", layer)
             }
             Error::BadBits { layer, what, bits } => {
-                write!(f, "{}: {what} of {bits} bits is not allowed", at(*layer))
+                write!(f, "{}: {what} of {bits} bits is not allowed", layer)
             }
             Error::Length { layer, what, expected, got } => write!(
                 f,
                 "{}: {what} has {got} bytes, the shape needs {expected}",
-                at(*layer)
+                layer
             ),
             Error::ShapeMismatch { layer, what, expected, got } => write!(
                 f,
                 "{}: {what} is {} but the layer needs {}",
-                at(*layer),
+                layer,
                 shape(got),
                 shape(expected)
             ),
-            Error::InvalidParam { layer, what } => write!(f, "{}: invalid {what}", at(*layer)),
-            Error::Overflow { layer, what } => write!(f, "{}: {what} overflows", at(*layer)),
+            Error::InvalidParam { layer, what } => write!(f, "{}: invalid {what}", layer),
+            Error::Overflow { layer, what } => write!(f, "{}: {what} overflows", layer),
             Error::BadOutput => f.write_str("the model's output is not an F32 tensor written by a layer"),
         }
     }

@@ -4,7 +4,8 @@
 //! by the trainer's exporter and executed by `slb-runtime`. It is read straight from a borrowed
 //! byte slice (a model in a microcontroller's flash) with no allocator: [`Model::parse`] checks
 //! the whole file once and returns a zero-copy view whose weights and per-channel parameters
-//! borrow from the input bytes.
+//! borrow from the input bytes. Files are written with [`ModelBuilder`] (feature `alloc`),
+//! which owns the tensors and layers and validates what it encodes with the same parser.
 //!
 //! The byte layout, the arithmetic every field stands for, the weight bit layout and the
 //! validation rules are specified in `docs/FORMAT.md` at the repository root (complete enough
@@ -42,31 +43,33 @@
 //! ## Example
 //! ```
 //! use slb_format::*;
-//! let lut: Vec<u8> = (0..=255).collect();
-//! let (mean, std) = (f32_bytes(&[0.5]), f32_bytes(&[0.25]));
-//! let codes = pack_codes(&[1, 0], 2, [1, 1], 1, 1)?; // two 1x1 filters, 1-bit codes
-//! let (w, b) = (f32_bytes(&[1.0, 0.0, 0.0, -1.0]), f32_bytes(&[0.0, 0.5]));
 //! let q = |scale, zero_point, bits| DType::Quant { scale, zero_point, bits };
-//! let t = |c, dtype| TensorDesc { shape: Shape::new(c, 2, 2), dtype };
-//! let f = |c| TensorDesc { shape: Shape::new(c, 1, 1), dtype: DType::F32 };
-//! let tensors = [t(1, q(0.5, 128, 8)), t(2, q(1.0, 1, 2)), f(2), f(2)];
-//! let raw = RawQuant { mult: 3, shift: 2, zero_point: 1, bits: 2, scale: 1.0 };
-//! let layers = [
-//!     Layer::Conv(Conv {
-//!         input: 0, output: 1, out_channels: 2, in_channels: 1, kernel: [1, 1],
-//!         stride: [1, 1], padding: [0, 0], groups: 1, weight_bits: 1, codes: &codes,
-//!         requant: Requant { raw, affine: None },
-//!     }),
-//!     Layer::GlobalAvgPool(Unary { input: 1, output: 2 }),
-//!     Layer::Dense(Dense {
-//!         input: 2, output: 3, weights: DenseWeights::F32(F32s(&w)), bias: F32s(&b),
-//!     }),
-//! ];
-//! let input = InputSpec {
-//!     shape: Shape::new(1, 2, 2), mean: F32s(&mean), std: F32s(&std),
-//!     classes: "a\nb", tensor: 0, lut: &lut,
+//! let input = OwnedInput {
+//!     shape: Shape::new(1, 2, 2), mean: f32_bytes(&[0.5]), std: f32_bytes(&[0.25]),
+//!     classes: "a\nb".into(), tensor: 0, lut: (0..=255).collect(),
 //! };
-//! let bytes = encode(&ModelSpec { name: "g", input, tensors: &tensors, layers: &layers, output: 3 })?;
+//! let mut b = ModelBuilder::new("g", input);
+//! let x = b.tensor(Shape::new(1, 2, 2), q(0.5, 128, 8))?;
+//! let y = b.tensor(Shape::new(2, 2, 2), q(1.0, 1, 2))?;
+//! let pooled = b.tensor(Shape::new(2, 1, 1), DType::F32)?;
+//! let logits = b.tensor(Shape::new(2, 1, 1), DType::F32)?;
+//! b.layer(OwnedLayer::Conv(OwnedConv {
+//!     input: x, output: y, out_channels: 2, in_channels: 1, kernel: [1, 1], stride: [1, 1],
+//!     padding: [0, 0], groups: 1, weight_bits: 1,
+//!     codes: pack_codes(&[1, 0], 2, [1, 1], 1, 1)?, // two 1x1 filters, 1-bit codes
+//!     requant: OwnedRequant {
+//!         raw: RawQuant { mult: 3, shift: 2, zero_point: 1, bits: 2, scale: 1.0 },
+//!         affine: None,
+//!     },
+//! }));
+//! b.layer(OwnedLayer::GlobalAvgPool(Unary { input: y, output: pooled }));
+//! b.layer(OwnedLayer::Dense(OwnedDense {
+//!     input: pooled, output: logits,
+//!     weights: OwnedDenseWeights::F32(f32_bytes(&[1.0, 0.0, 0.0, -1.0])),
+//!     bias: f32_bytes(&[0.0, 0.5]),
+//! }));
+//! b.output = logits;
+//! let bytes = b.build()?; // encoded, then validated by `Model::parse`
 //! assert_eq!(bytes.len(), 386);
 //!
 //! // In flash: no allocator needed from here on.
@@ -97,15 +100,22 @@ mod pack;
 mod validate;
 
 #[cfg(feature = "alloc")]
+mod build;
+#[cfg(feature = "alloc")]
 mod encode;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Site};
 pub use model::*;
 pub use pack::{packed_len, row_bytes, CodeReader};
 pub use validate::{MAX_LAYERS, MAX_TENSORS};
 
 #[cfg(feature = "alloc")]
-pub use encode::{encode, encode_unchecked, f32_bytes, i32_bytes, pack_codes, ModelSpec};
+pub use build::{
+    ModelBuilder, OwnedAdd, OwnedAddParams, OwnedAffine, OwnedConv, OwnedDense, OwnedDenseWeights,
+    OwnedInput, OwnedLayer, OwnedRequant,
+};
+#[cfg(feature = "alloc")]
+pub use encode::{f32_bytes, i32_bytes, pack_codes};
 
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"SLBM";

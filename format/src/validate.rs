@@ -5,7 +5,7 @@ use core::marker::PhantomData;
 use crate::model::Payload;
 use crate::{
     packed_len, ChannelAffine, Conv, DType, DenseWeights, Error, Layer, Model, Records, Result,
-    Shape, TensorDesc, HEADER_LEN, MAGIC, TRAILER_LEN, VERSION,
+    Shape, Site, TensorDesc, HEADER_LEN, MAGIC, TRAILER_LEN, VERSION,
 };
 
 /// Most tensors a model may have.
@@ -13,7 +13,7 @@ pub const MAX_TENSORS: usize = 1024;
 /// Most layers a model may have.
 pub const MAX_LAYERS: usize = 1024;
 
-const MODEL: u16 = u16::MAX;
+const MODEL: Site = Site::Model;
 
 /// One bit per tensor: written yet?
 struct Written([u64; MAX_TENSORS / 64]);
@@ -147,12 +147,12 @@ impl<'a> Model<'a> {
             let li = i as u16;
             let read = |t: u16| -> Result<TensorDesc> {
                 let d = self.tensor(t).ok_or(Error::UnknownTensor {
-                    layer: li,
+                    layer: Site::Layer(li),
                     tensor: t,
                 })?;
                 if !written.get(t) {
                     return Err(Error::Dataflow {
-                        layer: li,
+                        layer: Site::Layer(li),
                         tensor: t,
                         what: "is read before it is written",
                     });
@@ -167,17 +167,17 @@ impl<'a> Model<'a> {
             };
             let out_id = layer.output();
             let out = self.tensor(out_id).ok_or(Error::UnknownTensor {
-                layer: li,
+                layer: Site::Layer(li),
                 tensor: out_id,
             })?;
             if written.get(out_id) {
                 return Err(Error::Dataflow {
-                    layer: li,
+                    layer: Site::Layer(li),
                     tensor: out_id,
                     what: "is written twice",
                 });
             }
-            check_layer(li, &layer, &a, b.as_ref(), &out)?;
+            check_layer(Site::Layer(li), &layer, &a, b.as_ref(), &out)?;
             written.set(out_id);
         }
 
@@ -264,7 +264,7 @@ fn check_records<'a, T: serde::Deserialize<'a>>(
     Ok(())
 }
 
-fn check_len(layer: u16, what: &'static str, got: usize, expected: usize) -> Result<()> {
+fn check_len(layer: Site, what: &'static str, got: usize, expected: usize) -> Result<()> {
     if got != expected {
         return Err(Error::Length {
             layer,
@@ -324,7 +324,7 @@ fn check_tensor(t: &TensorDesc) -> Result<()> {
     Ok(())
 }
 
-fn shape_eq(layer: u16, what: &'static str, expected: Shape, got: Shape) -> Result<()> {
+fn shape_eq(layer: Site, what: &'static str, expected: Shape, got: Shape) -> Result<()> {
     if expected != got {
         return Err(Error::ShapeMismatch {
             layer,
@@ -336,7 +336,7 @@ fn shape_eq(layer: u16, what: &'static str, expected: Shape, got: Shape) -> Resu
     Ok(())
 }
 
-fn check_shift(layer: u16, shift: u8) -> Result<()> {
+fn check_shift(layer: Site, shift: u8) -> Result<()> {
     if !(1..=62).contains(&shift) {
         return Err(Error::InvalidParam {
             layer,
@@ -346,21 +346,21 @@ fn check_shift(layer: u16, shift: u8) -> Result<()> {
     Ok(())
 }
 
-fn quant_bits(layer: u16, what: &'static str, d: &DType) -> Result<u8> {
+fn quant_bits(layer: Site, what: &'static str, d: &DType) -> Result<u8> {
     match *d {
         DType::Quant { bits, .. } => Ok(bits),
         DType::F32 => Err(Error::InvalidParam { layer, what }),
     }
 }
 
-fn check_affine(layer: u16, a: &ChannelAffine<'_>, channels: u32) -> Result<()> {
+fn check_affine(layer: Site, a: &ChannelAffine<'_>, channels: u32) -> Result<()> {
     check_shift(layer, a.shift)?;
     let n = channels as usize * 4;
     check_len(layer, "per-channel multipliers", a.mult.0.len(), n)?;
     check_len(layer, "per-channel biases", a.bias.0.len(), n)
 }
 
-fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
+fn check_conv(l: Site, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
     let in_bits = quant_bits(l, "conv input (must be quantized)", &a.dtype)?;
     let out_bits = quant_bits(l, "conv output (must be quantized)", &out.dtype)?;
     if !matches!(c.weight_bits, 1 | 2 | 4) {
@@ -477,7 +477,7 @@ fn check_conv(l: u16, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<
     Ok(())
 }
 
-fn check_pool(l: u16, p: &crate::Pool, avg: bool, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
+fn check_pool(l: Site, p: &crate::Pool, avg: bool, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
     if p.stride.contains(&0) || p.kernel.contains(&0) {
         return Err(Error::InvalidParam {
             layer: l,
@@ -511,7 +511,7 @@ fn check_pool(l: u16, p: &crate::Pool, avg: bool, a: &TensorDesc, out: &TensorDe
     Ok(())
 }
 
-fn same_dtype(l: u16, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
+fn same_dtype(l: Site, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
     if a.dtype != out.dtype {
         return Err(Error::InvalidParam {
             layer: l,
@@ -522,7 +522,7 @@ fn same_dtype(l: u16, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
 }
 
 fn check_layer(
-    l: u16,
+    l: Site,
     layer: &Layer<'_>,
     a: &TensorDesc,
     b: Option<&TensorDesc>,

@@ -232,7 +232,7 @@ fn bits_out_of_range() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::BadBits {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "weight",
                 bits: wb
             }
@@ -243,7 +243,7 @@ fn bits_out_of_range() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::BadBits {
-                layer: u16::MAX,
+                layer: Site::Model,
                 what: "activation",
                 bits: ab
             }
@@ -254,7 +254,7 @@ fn bits_out_of_range() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::BadBits {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "raw output",
                 bits: rb
             }
@@ -305,7 +305,7 @@ fn quantization_params_out_of_range() {
         }
         p.tensors[1] = t(4, 4, 4, q(0.1, 0, 1));
         p.tensors.push(t(4, 4, 4, q(0.1, 0, 1)));
-        p.layers.push(Layer::Relu(Unary {
+        p.layers.push(OwnedLayer::Relu(Unary {
             input: 1,
             output: 12,
         }));
@@ -313,19 +313,19 @@ fn quantization_params_out_of_range() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::InvalidParam {
-            layer: 11,
+            layer: Site::Layer(11),
             what: "ReLU of a 1-bit (sign) tensor"
         }
     );
     // Input normalisation.
     let zero_std = f32_bytes(&[0.25, 0.0, 0.25]);
-    let b = tiny.mutated(|p| p.input.std = F32s(&zero_std));
+    let b = tiny.mutated(|p| p.input.std = zero_std.clone());
     assert!(bad(parse(&b)));
     // Dense weights not finite.
     let nan_w = f32_bytes(&[f32::NAN; 12]);
     let b = tiny.mutated(|p| {
-        if let Layer::Dense(d) = &mut p.layers[10] {
-            d.weights = DenseWeights::F32(F32s(&nan_w));
+        if let OwnedLayer::Dense(d) = &mut p.layers[10] {
+            d.weights = OwnedDenseWeights::F32(nan_w.clone());
         }
     });
     assert!(bad(parse(&b)));
@@ -333,7 +333,7 @@ fn quantization_params_out_of_range() {
     let lut4: Vec<u8> = vec![16; 3 * 256];
     let b = tiny.mutated(|p| {
         p.tensors[0] = t(3, 4, 4, q(0.1, 0, 4));
-        p.input.lut = &lut4;
+        p.input.lut = lut4.clone();
     });
     assert!(bad(parse(&b)));
 }
@@ -341,7 +341,15 @@ fn quantization_params_out_of_range() {
 #[test]
 fn conv_geometry() {
     let tiny = Tiny::new();
-    let bad = |e: Result<Model<'_>>| matches!(e, Err(Error::InvalidParam { layer: 0, .. }));
+    let bad = |e: Result<Model<'_>>| {
+        matches!(
+            e,
+            Err(Error::InvalidParam {
+                layer: Site::Layer(0),
+                ..
+            })
+        )
+    };
     assert!(bad(parse(&tiny.mutated(|p| p.conv(0).groups = 0))));
     assert!(bad(parse(&tiny.mutated(|p| p.conv(0).groups = 2))));
     assert!(bad(parse(&tiny.mutated(|p| p.conv(0).stride = [0, 1]))));
@@ -360,11 +368,11 @@ fn packed_length_off_by_one() {
     assert_eq!(n, 4 * 9 * 2); // 4 outputs x 3x3 positions x 2 planes x 1 byte
     let longer = [tiny.codes0.clone(), vec![0]].concat();
     for codes in [&tiny.codes0[..n - 1], &longer[..]] {
-        let b = tiny.mutated(|p| p.conv(0).codes = codes);
+        let b = tiny.mutated(|p| p.conv(0).codes = codes.to_vec());
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::Length {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "packed weight codes",
                 expected: n,
                 got: codes.len()
@@ -376,55 +384,73 @@ fn packed_length_off_by_one() {
     for bit in in_g..8 {
         let mut dirty = tiny.codes0.clone();
         dirty[n - 1] |= 1 << bit;
-        let b = tiny.mutated(|p| p.conv(0).codes = &dirty);
+        let b = tiny.mutated(|p| p.conv(0).codes = dirty.clone());
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::InvalidParam {
-                layer: 0,
+                layer: Site::Layer(0),
                 what: "packed weight codes (bits past the input channels must be zero)"
             }
         );
     }
     let mut clean = tiny.codes0.clone();
     clean[n - 1] ^= (1 << in_g) - 1; // used bits may hold anything
-    let b = tiny.mutated(|p| p.conv(0).codes = &clean);
+    let b = tiny.mutated(|p| p.conv(0).codes = clean.clone());
     parse(&b).unwrap();
     // Other arrays: per-channel multipliers, add biases, dense weights, LUT, mean.
     let short = &tiny.aff_mult[..12];
     let b = tiny.mutated(|p| {
         if let Some(a) = &mut p.conv(0).requant.affine {
-            a.mult = I32s(short)
+            a.mult = short.to_vec()
         }
     });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 0, .. })));
-    let b = tiny.mutated(|p| {
-        if let Layer::Add(a) = &mut p.layers[2] {
-            a.params.bias = I32s(&tiny.add_b[..15]);
-        }
-    });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 2, .. })));
-    let b = tiny.mutated(|p| {
-        if let Layer::Dense(d) = &mut p.layers[8] {
-            d.weights = DenseWeights::Int8 {
-                values: &tiny.d8_values[..11],
-                scale: F32s(&tiny.d8_scale),
-            };
-        }
-    });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 8, .. })));
-    let b = tiny.mutated(|p| p.input.lut = &tiny.lut[..767]);
     assert!(matches!(
         parse(&b),
         Err(Error::Length {
-            layer: u16::MAX,
+            layer: Site::Layer(0),
             ..
         })
     ));
-    let b = tiny.mutated(|p| p.input.mean = F32s(&tiny.mean[..8]));
+    let b = tiny.mutated(|p| {
+        if let OwnedLayer::Add(a) = &mut p.layers[2] {
+            a.params.bias = tiny.add_b[..15].to_vec();
+        }
+    });
     assert!(matches!(
         parse(&b),
         Err(Error::Length {
-            layer: u16::MAX,
+            layer: Site::Layer(2),
+            ..
+        })
+    ));
+    let b = tiny.mutated(|p| {
+        if let OwnedLayer::Dense(d) = &mut p.layers[8] {
+            d.weights = OwnedDenseWeights::Int8 {
+                values: tiny.d8_values[..11].to_vec(),
+                scale: tiny.d8_scale.clone(),
+            };
+        }
+    });
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Layer(8),
+            ..
+        })
+    ));
+    let b = tiny.mutated(|p| p.input.lut = tiny.lut[..767].to_vec());
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Model,
+            ..
+        })
+    ));
+    let b = tiny.mutated(|p| p.input.mean = tiny.mean[..8].to_vec());
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Model,
             ..
         })
     ));
@@ -438,7 +464,7 @@ fn shapes_do_not_chain() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::ShapeMismatch {
-            layer: 0,
+            layer: Site::Layer(0),
             what: "conv output",
             expected: Shape::new(4, 2, 2),
             got: Shape::new(4, 4, 4)
@@ -449,64 +475,85 @@ fn shapes_do_not_chain() {
     assert!(matches!(
         parse(&b),
         Err(Error::ShapeMismatch {
-            layer: 1,
+            layer: Site::Layer(1),
             what: "conv input",
             ..
         })
     ));
     // Add of tensors of different shapes.
     let b = tiny.mutated(|p| {
-        if let Layer::Add(a) = &mut p.layers[2] {
+        if let OwnedLayer::Add(a) = &mut p.layers[2] {
             a.b = 0;
         }
     });
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 2, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(2),
+            ..
+        })
     ));
     // Pool, flatten, gap, dense outputs.
     let b = tiny.mutated(|p| p.tensors[4] = t(4, 3, 3, q(0.1, 0, 4)));
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 3, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(3),
+            ..
+        })
     ));
     let b = tiny.mutated(|p| p.tensors[8] = t(2, 2, 1, q(0.1, 0, 4)));
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 7, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(7),
+            ..
+        })
     ));
     let b = tiny.mutated(|p| p.tensors[10] = t(4, 2, 1, DType::F32));
     assert!(matches!(
         parse(&b),
-        Err(Error::ShapeMismatch { layer: 9, .. })
+        Err(Error::ShapeMismatch {
+            layer: Site::Layer(9),
+            ..
+        })
     ));
     // Input spec and input tensor disagree.
     let b = tiny.mutated(|p| p.input.shape = Shape::new(3, 4, 5));
     assert!(matches!(
         parse(&b),
         Err(Error::ShapeMismatch {
-            layer: u16::MAX,
+            layer: Site::Model,
             ..
         })
     ));
     // Dense with the wrong number of weights for its input (a dense layer chains by length).
     let b = tiny.mutated(|p| {
-        if let Layer::Dense(d) = &mut p.layers[10] {
+        if let OwnedLayer::Dense(d) = &mut p.layers[10] {
             d.input = 7; // 4 inputs as well: still valid
         }
     });
     parse(&b).unwrap();
     let b = tiny.mutated(|p| {
-        if let Layer::Dense(d) = &mut p.layers[10] {
+        if let OwnedLayer::Dense(d) = &mut p.layers[10] {
             d.input = 6; // 16 inputs, weights for 4
         }
     });
-    assert!(matches!(parse(&b), Err(Error::Length { layer: 10, .. })));
+    assert!(matches!(
+        parse(&b),
+        Err(Error::Length {
+            layer: Site::Layer(10),
+            ..
+        })
+    ));
     // Dtype mismatches: conv reading F32, pool changing dtype.
     let b = tiny.mutated(|p| p.tensors[5] = t(4, 2, 2, q(0.2, 0, 4)));
     assert!(matches!(
         parse(&b),
-        Err(Error::InvalidParam { layer: 4, .. })
+        Err(Error::InvalidParam {
+            layer: Site::Layer(4),
+            ..
+        })
     ));
 }
 
@@ -517,7 +564,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: 1,
+            layer: Site::Layer(1),
             tensor: 12
         }
     );
@@ -525,7 +572,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: 1,
+            layer: Site::Layer(1),
             tensor: u16::MAX
         }
     );
@@ -533,7 +580,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: u16::MAX,
+            layer: Site::Model,
             tensor: 40
         }
     );
@@ -541,7 +588,7 @@ fn unknown_tensor_id() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::UnknownTensor {
-            layer: u16::MAX,
+            layer: Site::Model,
             tensor: 1000
         }
     );
@@ -555,21 +602,21 @@ fn read_before_write() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::Dataflow {
-            layer: 0,
+            layer: Site::Layer(0),
             tensor: 1,
             what: "is read before it is written"
         }
     );
     // A layer reading its own output.
     let b = tiny.mutated(|p| {
-        if let Layer::Relu(u) = &mut p.layers[5] {
+        if let OwnedLayer::Relu(u) = &mut p.layers[5] {
             u.input = 6;
         }
     });
     assert!(matches!(
         parse(&b),
         Err(Error::Dataflow {
-            layer: 5,
+            layer: Site::Layer(5),
             tensor: 6,
             ..
         })
@@ -586,19 +633,19 @@ fn written_twice() {
     assert!(matches!(
         parse(&b),
         Err(Error::Dataflow {
-            layer: 1,
+            layer: Site::Layer(1),
             tensor: 0,
             what: "is written twice"
         })
     ));
     let b = tiny.mutated(|p| {
-        let l = p.layers[9];
+        let l = p.layers[9].clone();
         p.layers.push(l);
     });
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::Dataflow {
-            layer: 11,
+            layer: Site::Layer(11),
             tensor: 10,
             what: "is written twice"
         }
@@ -625,7 +672,7 @@ fn overflowing_sizes() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::Overflow {
-            layer: u16::MAX,
+            layer: Site::Model,
             what: "total tensor size"
         }
     );
@@ -638,7 +685,7 @@ fn overflowing_sizes() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::ShapeMismatch {
-            layer: 0,
+            layer: Site::Layer(0),
             what: "conv output",
             expected: Shape::new(4, 65540, 65540),
             got: Shape::new(4, 4, 4)
@@ -653,7 +700,7 @@ fn overflowing_sizes() {
     assert!(matches!(parse(&b), Err(Error::InvalidParam { .. })));
     // Pool padding near u16::MAX (used to overflow a u16 multiplication).
     let b = tiny.mutated(|p| {
-        if let Layer::MaxPool(m) = &mut p.layers[3] {
+        if let OwnedLayer::MaxPool(m) = &mut p.layers[3] {
             m.padding = [u16::MAX, u16::MAX];
             m.kernel = [u16::MAX, u16::MAX];
         }
@@ -661,7 +708,7 @@ fn overflowing_sizes() {
     assert_eq!(
         parse(&b).unwrap_err(),
         Error::InvalidParam {
-            layer: 3,
+            layer: Site::Layer(3),
             what: "pool padding (more than half the window)"
         }
     );
@@ -689,7 +736,7 @@ fn bad_output() {
     // Output is the input tensor.
     let b = tiny.mutated(|p| {
         p.tensors[0] = t(3, 4, 4, DType::F32);
-        p.input.lut = &[];
+        p.input.lut = Vec::new();
         p.layers.clear();
         p.output = 0;
     });
@@ -698,22 +745,22 @@ fn bad_output() {
     let b = tiny.mutated(|p| {
         p.tensors[0] = t(3, 4, 4, DType::F32);
         p.tensors[11] = t(3, 4, 4, DType::F32);
-        p.input.lut = &[];
-        p.layers = vec![Layer::Relu(Unary {
+        p.input.lut = Vec::new();
+        p.layers = vec![OwnedLayer::Relu(Unary {
             input: 0,
             output: 11,
         })];
     });
     assert_eq!(parse(&b).unwrap_err(), Error::BadOutput);
     // Class names that do not match the logits.
-    let b = tiny.mutated(|p| p.input.classes = "cat\ndog");
+    let b = tiny.mutated(|p| p.input.classes = "cat\ndog".into());
     assert!(matches!(parse(&b), Err(Error::InvalidParam { .. })));
 }
 
 #[test]
 fn avgpool_padding_on_sign_tensor() {
     let tiny = Tiny::new();
-    let dense = tiny.parts().layers[10];
+    let dense = tiny.parts().layers[10].clone();
     let s = q(0.1, 0, 1);
     let with_pool = |kernel: [u16; 2], padding: [u16; 2]| {
         tiny.mutated(|p| {
@@ -725,26 +772,26 @@ fn avgpool_padding_on_sign_tensor() {
             p.tensors[4] = t(4, 2, 2, s);
             p.tensors[5] = t(4, 2, 2, s);
             p.layers = vec![
-                p.layers[0],
-                Layer::MaxPool(Pool {
+                p.layers[0].clone(),
+                OwnedLayer::MaxPool(Pool {
                     input: 1,
                     output: 4,
                     kernel: [2, 2],
                     stride: [2, 2],
                     padding: [0, 0],
                 }),
-                Layer::AvgPool(Pool {
+                OwnedLayer::AvgPool(Pool {
                     input: 4,
                     output: 5,
                     kernel,
                     stride: [1, 1],
                     padding,
                 }),
-                Layer::GlobalAvgPool(Unary {
+                OwnedLayer::GlobalAvgPool(Unary {
                     input: 5,
                     output: 10,
                 }),
-                dense,
+                dense.clone(),
             ];
         })
     };
@@ -752,7 +799,7 @@ fn avgpool_padding_on_sign_tensor() {
     assert_eq!(
         parse(&with_pool([3, 3], [1, 1])).unwrap_err(),
         Error::InvalidParam {
-            layer: 2,
+            layer: Site::Layer(2),
             what: "average pool padding on a 1-bit (sign) tensor"
         }
     );

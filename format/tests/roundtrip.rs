@@ -14,7 +14,7 @@ fn round_trip_every_field() {
     assert_eq!(m.name, parts.name);
     assert_eq!(m.version, VERSION);
     assert_eq!(m.output, parts.output);
-    assert_eq!(m.input, parts.input);
+    assert_eq!(m.input, parts.input.as_spec());
     assert_eq!(m.input.num_classes(), 3);
     assert_eq!(
         m.input.class_names().collect::<Vec<_>>(),
@@ -23,7 +23,8 @@ fn round_trip_every_field() {
     assert_eq!(m.tensors.len(), parts.tensors.len());
     assert_eq!(m.tensors.iter().collect::<Vec<_>>(), parts.tensors);
     assert_eq!(m.layers.len(), parts.layers.len());
-    assert_eq!(m.layers.iter().collect::<Vec<_>>(), parts.layers);
+    let layers: Vec<Layer<'_>> = parts.layers.iter().map(OwnedLayer::as_layer).collect();
+    assert_eq!(m.layers.iter().collect::<Vec<_>>(), layers);
     for (i, t) in parts.tensors.iter().enumerate() {
         assert_eq!(m.tensor(i as u16).as_ref(), Some(t));
         assert_eq!(m.tensors.get(i).as_ref(), Some(t));
@@ -43,18 +44,10 @@ fn round_trip_every_field() {
     assert_eq!(aff.mult.get(4), None);
     assert_eq!(aff.bias.iter().collect::<Vec<_>>(), [10, -20, 30, -40]);
     assert_eq!(m.input.mean.get(1), Some(0.48));
-    // Encoding the parsed model again gives the same bytes.
-    let layers: Vec<Layer<'_>> = m.layers.iter().collect();
-    let tensors: Vec<TensorDesc> = m.tensors.iter().collect();
-    let again = encode(&ModelSpec {
-        name: m.name,
-        input: m.input,
-        tensors: &tensors,
-        layers: &layers,
-        output: m.output,
-    })
-    .unwrap();
-    assert_eq!(again, bytes);
+    // Building the parsed model again gives the same bytes.
+    let again = ModelBuilder::from_model(&m);
+    assert_eq!(again, parts);
+    assert_eq!(again.build().unwrap(), bytes);
 }
 
 /// The tensor and layer tables iterate their records in order, and each iterator's
@@ -74,7 +67,7 @@ fn record_tables_iterate_with_exact_upper_bound() {
         let (lo, hi) = it.size_hint();
         assert!(lo <= left, "{lo} > {left}");
         assert_eq!(hi, Some(left), "before layer {i}");
-        assert_eq!(it.next().as_ref(), Some(want));
+        assert_eq!(it.next(), Some(want.as_layer()));
     }
     assert_eq!(it.size_hint(), (0, Some(0)));
     assert_eq!(it.next(), None);
@@ -89,7 +82,8 @@ fn record_tables_iterate_with_exact_upper_bound() {
 fn layer_accessors() {
     let tiny = Tiny::new();
     let p = tiny.parts();
-    let names: Vec<_> = p.layers.iter().map(|l| l.op_name()).collect();
+    let layers: Vec<Layer<'_>> = p.layers.iter().map(OwnedLayer::as_layer).collect();
+    let names: Vec<_> = layers.iter().map(|l| l.op_name()).collect();
     assert_eq!(
         names,
         [
@@ -106,10 +100,11 @@ fn layer_accessors() {
             "dense"
         ]
     );
-    assert_eq!(p.layers[2].inputs(), [Some(1), Some(2)]);
+    assert_eq!(layers[2].inputs(), [Some(1), Some(2)]);
+    assert_eq!(layers[2].output(), 3);
     assert_eq!(p.layers[2].output(), 3);
-    assert_eq!(p.layers[0].inputs(), [Some(0), None]);
-    let Layer::Conv(c) = p.layers[0] else {
+    assert_eq!(layers[0].inputs(), [Some(0), None]);
+    let Layer::Conv(c) = layers[0] else {
         unreachable!()
     };
     let out = c.output_shape(Shape::new(3, 4, 4)).unwrap();
@@ -124,21 +119,25 @@ fn layer_accessors() {
 /// two 2-bit channels with 1-bit weights and no affine stage, global average pooling to F32 and
 /// a float dense layer to two logits.
 fn golden_model() -> Vec<u8> {
-    let lut: Vec<u8> = (0..=255).collect();
-    let mean = f32_bytes(&[0.5]);
-    let std = f32_bytes(&[0.25]);
     let codes = pack_codes(&[1, 0], 2, [1, 1], 1, 1).unwrap();
     assert_eq!(codes, [0x01, 0x00]);
-    let w = f32_bytes(&[1.0, 0.0, 0.0, -1.0]);
-    let b = f32_bytes(&[0.0, 0.5]);
-    let tensors = [
+    let input = OwnedInput {
+        shape: Shape::new(1, 2, 2),
+        mean: f32_bytes(&[0.5]),
+        std: f32_bytes(&[0.25]),
+        classes: "a\nb".into(),
+        tensor: 0,
+        lut: (0..=255).collect(),
+    };
+    let mut m = ModelBuilder::new("g", input);
+    m.tensors = vec![
         t(1, 2, 2, q(0.5, 128, 8)),
         t(2, 2, 2, q(1.0, 1, 2)),
         t(2, 1, 1, DType::F32),
         t(2, 1, 1, DType::F32),
     ];
-    let layers = [
-        Layer::Conv(Conv {
+    m.layers = vec![
+        OwnedLayer::Conv(OwnedConv {
             input: 0,
             output: 1,
             out_channels: 2,
@@ -148,8 +147,8 @@ fn golden_model() -> Vec<u8> {
             padding: [0, 0],
             groups: 1,
             weight_bits: 1,
-            codes: &codes,
-            requant: Requant {
+            codes,
+            requant: OwnedRequant {
                 raw: RawQuant {
                     mult: 3,
                     shift: 2,
@@ -160,32 +159,19 @@ fn golden_model() -> Vec<u8> {
                 affine: None,
             },
         }),
-        Layer::GlobalAvgPool(Unary {
+        OwnedLayer::GlobalAvgPool(Unary {
             input: 1,
             output: 2,
         }),
-        Layer::Dense(Dense {
+        OwnedLayer::Dense(OwnedDense {
             input: 2,
             output: 3,
-            weights: DenseWeights::F32(F32s(&w)),
-            bias: F32s(&b),
+            weights: OwnedDenseWeights::F32(f32_bytes(&[1.0, 0.0, 0.0, -1.0])),
+            bias: f32_bytes(&[0.0, 0.5]),
         }),
     ];
-    encode(&ModelSpec {
-        name: "g",
-        input: InputSpec {
-            shape: Shape::new(1, 2, 2),
-            mean: F32s(&mean),
-            std: F32s(&std),
-            classes: "a\nb",
-            tensor: 0,
-            lut: &lut,
-        },
-        tensors: &tensors,
-        layers: &layers,
-        output: 3,
-    })
-    .unwrap()
+    m.output = 3;
+    m.build().unwrap()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -255,7 +241,7 @@ fn crc_hex(bytes: &[u8]) -> String {
     hex(&bytes[bytes.len() - 4..])
 }
 
-/// The fuzz seeds (`fuzz/seeds`, written by `fuzz/examples/seeds.rs` from `slb::synth`) and any
+/// The fuzz seeds (`fuzz/seeds`, written by `examples/fuzz_seeds.rs` from `slb::synth`) and any
 /// input kept as a fuzz regression (`fuzz/regressions`) go through the parser: seeds parse,
 /// regressions return (they once panicked).
 #[test]

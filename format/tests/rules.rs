@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use slb_format::*;
 
-const MODEL: u16 = u16::MAX;
+const MODEL: Site = Site::Model;
 
 fn parse(b: &[u8]) -> Result<Model<'_>> {
     Model::parse(b)
@@ -41,13 +41,13 @@ fn one_conv(tiny: &Tiny, conv: Conv<'_>, out_hw: (u32, u32)) -> Vec<u8> {
         c.input = 0;
         c.output = 1;
         p.layers = vec![
-            Layer::Conv(c),
-            Layer::GlobalAvgPool(Unary {
+            OwnedLayer::Conv(c.into()),
+            OwnedLayer::GlobalAvgPool(Unary {
                 input: 1,
                 output: 2,
             }),
         ];
-        p.input.classes = "";
+        p.input.classes = String::new();
         p.output = 2;
     })
 }
@@ -106,9 +106,9 @@ fn rule2_at_most_1024_layers() {
     // 1025 layers: refused by count before any of them is looked at (the extra ones repeat the
     // dense layer, which would also write its output twice).
     let b = tiny.mutated(|p| {
-        let dense = p.layers[10];
+        let dense = p.layers[10].clone();
         while p.layers.len() <= MAX_LAYERS {
-            p.layers.push(dense);
+            p.layers.push(dense.clone());
         }
     });
     assert_eq!(
@@ -183,7 +183,7 @@ fn rule3_tensor_zero_point_in_code_range() {
 fn rule6_groups_divide_both_channel_counts() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "groups (must divide both channel counts)",
     };
     let codes3 = vec![0u8; 3];
@@ -198,19 +198,9 @@ fn rule6_groups_divide_both_channel_counts() {
     c.groups = 2;
     assert_eq!(parse(&one_conv(&tiny, c, (4, 4))).unwrap_err(), refused);
     // Neither channel count may be 0 (even though 0 is a multiple of every group count).
-    let b = tiny.mutated(|p| {
-        p.layers[0] = Layer::Conv(Conv {
-            out_channels: 0,
-            ..*p.conv(0)
-        })
-    });
+    let b = tiny.mutated(|p| p.conv(0).out_channels = 0);
     assert_eq!(parse(&b).unwrap_err(), refused);
-    let b = tiny.mutated(|p| {
-        p.layers[0] = Layer::Conv(Conv {
-            in_channels: 0,
-            ..*p.conv(0)
-        })
-    });
+    let b = tiny.mutated(|p| p.conv(0).in_channels = 0);
     assert_eq!(parse(&b).unwrap_err(), refused);
 }
 
@@ -240,7 +230,7 @@ fn rule6_accumulator_fits_i32() {
     assert_eq!(
         parse(&one_conv(&tiny, big, (2, 2))).unwrap_err(),
         Error::Overflow {
-            layer: 0,
+            layer: Site::Layer(0),
             what: "accumulator (kernel too large for 32 bits)"
         }
     );
@@ -250,7 +240,7 @@ fn rule6_accumulator_fits_i32() {
 fn rule6_requantization_shift_1_to_62() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "requantization shift (must be 1..=62)",
     };
     for shift in [1u8, 62] {
@@ -278,7 +268,7 @@ fn rule6_requantization_shift_1_to_62() {
 fn rule6_raw_zero_point_in_range_and_scale_positive() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "raw output quantization",
     };
     // Conv 0 has an affine stage, so its raw quantization is free of its output tensor's.
@@ -317,7 +307,7 @@ fn rule8_pool_padding_at_most_half_the_window_per_axis() {
     // Layer 4 average-pools the 4x2x2 tensor 4 into the 4x2x2 tensor 5.
     let pool = |kernel: [u16; 2], stride: [u16; 2], padding: [u16; 2]| {
         tiny.mutated(|p| {
-            p.layers[4] = Layer::AvgPool(Pool {
+            p.layers[4] = OwnedLayer::AvgPool(Pool {
                 input: 4,
                 output: 5,
                 kernel,
@@ -331,7 +321,7 @@ fn rule8_pool_padding_at_most_half_the_window_per_axis() {
     // Odd windows: 3 -> padding 1 is at most half; (2 + 2 - 3) / 1 + 1 = 2.
     parse(&pool([3, 3], [1, 1], [1, 1])).unwrap();
     let refused = Error::InvalidParam {
-        layer: 4,
+        layer: Site::Layer(4),
         what: "pool padding (more than half the window)",
     };
     // One more than half, on one axis at a time.
@@ -360,8 +350,8 @@ fn rule11_output_is_f32_k_by_1_by_1() {
                 t(3, 4, 4, DType::F32),
                 t(3, 4 / kernel[0] as u32, 4 / kernel[1] as u32, DType::F32),
             ];
-            p.input.lut = &[];
-            p.layers = vec![Layer::MaxPool(Pool {
+            p.input.lut = Vec::new();
+            p.layers = vec![OwnedLayer::MaxPool(Pool {
                 input: 0,
                 output: 1,
                 kernel,
@@ -409,7 +399,7 @@ fn rule3_tensor_at_most_2_pow_30_minus_1_elements() {
 fn rule6_kernel_and_stride_non_zero() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 0,
+        layer: Site::Layer(0),
         what: "kernel or stride (zero)",
     };
     for (kernel, stride) in [
@@ -430,7 +420,7 @@ fn rule6_kernel_and_stride_non_zero() {
 fn rule8_pool_kernel_and_stride_non_zero() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: 3,
+        layer: Site::Layer(3),
         what: "pool kernel or stride (zero)",
     };
     for (kernel, stride) in [
@@ -440,7 +430,7 @@ fn rule8_pool_kernel_and_stride_non_zero() {
         ([2, 0], [2, 2]),
     ] {
         let b = tiny.mutated(|p| {
-            p.layers[3] = Layer::MaxPool(Pool {
+            p.layers[3] = OwnedLayer::MaxPool(Pool {
                 input: 3,
                 output: 4,
                 kernel,
@@ -495,6 +485,6 @@ fn section4_output_size_formula() {
         let c = parts.conv(0);
         c.kernel = k;
         c.stride = s;
-        assert_eq!(c.output_shape(input), None, "{k:?} {s:?}");
+        assert_eq!(c.as_conv().output_shape(input), None, "{k:?} {s:?}");
     }
 }

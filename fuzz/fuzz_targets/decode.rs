@@ -4,16 +4,15 @@
 use libfuzzer_sys::fuzz_target;
 use slb_format::Model;
 
-#[path = "common.rs"]
-mod common;
+use slb_fuzz::{resealed, walk};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = Model::parse(data) {
-        common::walk(&m);
+        walk(&m);
     }
-    if let Some(b) = common::resealed(data) {
+    if let Some(b) = resealed(data) {
         if let Ok(m) = Model::parse(&b) {
-            common::walk(&m);
+            walk(&m);
         }
     }
 });

@@ -6,20 +6,19 @@ use libfuzzer_sys::fuzz_target;
 use slb_format::Model;
 use slb_runtime::{run, Engine, Plan, PlanOptions};
 
-#[path = "common.rs"]
-mod common;
+use slb_fuzz::{resealed, walk};
 
 /// Models needing more arena than this are planned but not run (fuzzing speed).
 const RUN_LIMIT: usize = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
-    let Some(b) = common::resealed(data) else {
+    let Some(b) = resealed(data) else {
         return;
     };
     let Ok(m) = Model::parse(&b) else {
         return;
     };
-    common::walk(&m);
+    walk(&m);
     for engine in [Engine::Packed, Engine::Float] {
         let Ok(plan) = Plan::new(&m, engine) else {
             continue;

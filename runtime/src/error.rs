@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use slb_format::Site;
+
 /// Everything `Plan::new`, `prepare` and `run` can reject. Nothing in this crate panics on a
 /// model that `Model::parse` accepted or on buffers of the wrong size; it returns one of these.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,8 +32,8 @@ pub enum Error {
     },
     /// A layer this runtime (or the chosen engine) cannot execute.
     Unsupported {
-        /// Layer index (`u16::MAX` for the model as a whole).
-        layer: u16,
+        /// The layer, or the model as a whole.
+        layer: Site,
         /// What is not supported.
         what: &'static str,
     },
@@ -45,8 +47,8 @@ pub enum Error {
     },
     /// The plan was made for another model (shapes or weights differ).
     PlanMismatch {
-        /// Layer index where the difference was found (`u16::MAX` for the model as a whole).
-        layer: u16,
+        /// The layer where the difference was found, or the model as a whole.
+        layer: Site,
     },
     /// A forced kernel (see [`crate::PlanOptions`]) cannot run this layer or this CPU.
     KernelUnavailable {
@@ -91,13 +93,10 @@ impl fmt::Display for Error {
                     "output slice holds {got} values, the model produces {expected}"
                 )
             }
-            Error::Unsupported { layer, what } => {
-                if *layer == u16::MAX {
-                    write!(f, "unsupported model: {what}")
-                } else {
-                    write!(f, "layer {layer}: unsupported {what}")
-                }
-            }
+            Error::Unsupported { layer, what } => match layer {
+                Site::Model => write!(f, "unsupported model: {what}"),
+                Site::Layer(i) => write!(f, "layer {i}: unsupported {what}"),
+            },
             Error::TooManyLayers => write!(
                 f,
                 "model has more than {} layers or {} tensors",
@@ -105,16 +104,12 @@ impl fmt::Display for Error {
                 crate::MAX_TENSORS
             ),
             Error::Overflow { what } => write!(f, "{what} overflows"),
-            Error::PlanMismatch { layer } => {
-                if *layer == u16::MAX {
-                    write!(f, "the plan was made for another model")
-                } else {
-                    write!(
-                        f,
-                        "the plan was made for another model (layer {layer} differs)"
-                    )
+            Error::PlanMismatch { layer } => match layer {
+                Site::Model => write!(f, "the plan was made for another model"),
+                Site::Layer(i) => {
+                    write!(f, "the plan was made for another model (layer {i} differs)")
                 }
-            }
+            },
             Error::KernelUnavailable { layer, kernel } => {
                 write!(
                     f,

@@ -2,11 +2,12 @@
 //! the model quantizes are fake-quantized (each value replaced by the real value of its code),
 //! so the float engine is the in-house comparison point for both speed and fidelity.
 
-use slb_format::{Conv, Layer, Model};
+use slb_format::{Conv, Layer, Model, Site};
 
-use crate::exec::{dense, f32_map, flatten, gap, layer_io, pool, range, LayerIo};
+use crate::arena::{layer_io, range, LayerIo, TensorSlot};
 use crate::kernels::{ConvShape, KernelKind};
-use crate::plan::{LayerPlan, Plan, TensorSlot};
+use crate::layers::{dense, f32_map, flatten, gap, pool};
+use crate::plan::{LayerPlan, Plan};
 use crate::quant::{self, libm_floor, QParams};
 use crate::{Error, Result};
 
@@ -14,7 +15,7 @@ use crate::{Error, Result};
 /// direct convolution is a row of axpys), `w = (2k - (2^b - 1)) / (2^b - 1)`.
 pub(crate) fn prepare_conv(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) -> Result<()> {
     let w: &mut [f32] = bytemuck::try_cast_slice_mut(out).map_err(|_| Error::Unsupported {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "arena alignment",
     })?;
     let reader = slb_format::CodeReader::new(conv);
@@ -37,26 +38,16 @@ pub(crate) fn prepare_conv(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) -> Re
 
 fn f32s(b: &[u8]) -> Result<&[f32]> {
     bytemuck::try_cast_slice(b).map_err(|_| Error::Unsupported {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "arena alignment",
     })
 }
 
 fn f32s_mut(b: &mut [u8]) -> Result<&mut [f32]> {
     bytemuck::try_cast_slice_mut(b).map_err(|_| Error::Unsupported {
-        layer: u16::MAX,
+        layer: Site::Model,
         what: "arena alignment",
     })
-}
-
-/// The float conv kernel this CPU runs: AVX2 when detected (under `std`), else portable.
-pub(crate) fn float_kind(portable_only: bool) -> KernelKind {
-    #[cfg(all(feature = "std", target_arch = "x86_64"))]
-    if !portable_only && std::is_x86_feature_detected!("avx2") {
-        return KernelKind::FloatAvx2;
-    }
-    let _ = portable_only;
-    KernelKind::Float
 }
 
 /// Runs the float conv with the kernel `kind` (falls back to portable if it is unavailable).
@@ -165,7 +156,7 @@ pub(crate) fn run_float(
     acts: &mut [u8],
     image: &[u8],
 ) -> Result<()> {
-    let bad = Error::PlanMismatch { layer: u16::MAX };
+    let bad = Error::PlanMismatch { layer: Site::Model };
     let input = &plan.tensors[model.input.tensor as usize];
     {
         let dst = f32s_mut(acts.get_mut(range(input)).ok_or(bad)?)?;
@@ -198,7 +189,7 @@ pub(crate) fn run_float(
             out,
             a,
             b,
-        } = layer_io(plan, &layer, acts)?;
+        } = layer_io(&plan.tensors, &layer, acts)?;
         match &layer {
             Layer::Conv(conv) => conv_layer(
                 li,
@@ -230,7 +221,7 @@ pub(crate) fn run_float(
                     (Some(x), Some(y), Some(z)) => (x, y, z),
                     _ => {
                         return Err(Error::Unsupported {
-                            layer: li,
+                            layer: Site::Layer(li),
                             what: "add of f32 tensors",
                         })
                     }
@@ -282,7 +273,9 @@ fn conv_layer(
     out: &mut [f32],
     weights: &[u8],
 ) -> Result<()> {
-    let bad = Error::PlanMismatch { layer: li };
+    let bad = Error::PlanMismatch {
+        layer: Site::Layer(li),
+    };
     let s = crate::plan::conv_shape(conv, &plan.tensors).ok_or(bad)?;
     let outq = to.q.ok_or(bad)?;
     let _ = ta;

@@ -2,10 +2,13 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![deny(missing_docs)]
 
+mod arena;
 mod error;
 mod exec;
 mod float;
 mod kernels;
+mod layers;
+mod packed;
 mod plan;
 mod quant;
 

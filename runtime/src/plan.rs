@@ -3,21 +3,17 @@
 
 use bitvec::array::BitArray;
 use heapless::Vec;
-use slb_format::{DType, Layer, Model, Shape};
+use slb_format::{DType, Layer, Model, Site};
 
+pub use crate::arena::MAX_TENSORS;
+use crate::arena::{add, align, mul, place, TensorSlot, ALIGN, HEADER};
 use crate::kernels::{self, Algo, ConvShape, CostModel, KernelKind, RowOps};
 use crate::quant::QParams;
 use crate::{Error, Result};
 
 /// Most layers a [`Plan`] holds.
 pub const MAX_LAYERS: usize = 256;
-/// Most tensors a [`Plan`] holds.
-pub const MAX_TENSORS: usize = 256;
 
-/// Alignment of every region and tensor in the arena.
-pub(crate) const ALIGN: usize = 64;
-/// Bytes at the arena's start: a marker saying which plan's weights are prepared.
-pub(crate) const HEADER: usize = 64;
 /// Target size of one chunk of conv accumulators (rows are processed in chunks of this size).
 pub(crate) const ACC_CHUNK: usize = 16 * 1024;
 
@@ -67,19 +63,6 @@ impl PlanOptions {
             costs,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct TensorSlot {
-    /// Offset inside the activation region.
-    pub offset: usize,
-    /// Bytes (0: never written).
-    pub bytes: usize,
-    /// First and last step alive (step 0: the input, step i+1: layer i).
-    pub first: u16,
-    pub last: u16,
-    pub shape: Shape,
-    pub q: Option<QParams>,
 }
 
 /// A layer's plan, kept small (u32 sizes: a plan is often on a microcontroller's stack).
@@ -155,22 +138,6 @@ pub struct Plan {
     /// The drivers' requantization, residual add and bit packer for this CPU (portable with
     /// [`PlanOptions::portable_only`]), chosen once here.
     pub(crate) ops: RowOps,
-}
-
-fn align(n: usize) -> Result<usize> {
-    n.checked_add(ALIGN - 1)
-        .map(|v| v / ALIGN * ALIGN)
-        .ok_or(Error::Overflow { what: "arena size" })
-}
-
-fn mul(a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b)
-        .ok_or(Error::Overflow { what: "arena size" })
-}
-
-fn add(a: usize, b: usize) -> Result<usize> {
-    a.checked_add(b)
-        .ok_or(Error::Overflow { what: "arena size" })
 }
 
 /// A set of layer indices (below [`MAX_LAYERS`]): the convs [`Plan::fit`] gives the kernel
@@ -312,7 +279,7 @@ impl Plan {
         {
             let slot = tensors
                 .get_mut(input)
-                .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+                .ok_or(Error::PlanMismatch { layer: Site::Model })?;
             slot.first = 0;
         }
         for (i, layer) in model.layers.iter().enumerate() {
@@ -357,14 +324,16 @@ impl Plan {
             if let Layer::Conv(conv) = &layer {
                 let inp = tensors
                     .get(conv.input as usize)
-                    .ok_or(Error::PlanMismatch { layer: li })?;
+                    .ok_or(Error::PlanMismatch {
+                        layer: Site::Layer(li),
+                    })?;
                 let abits = inp.q.map(|q| q.bits).ok_or(Error::Unsupported {
-                    layer: li,
+                    layer: Site::Layer(li),
                     what: "conv on an f32 tensor",
                 })?;
                 let s = ConvShape::of(conv, inp.shape.h as usize, inp.shape.w as usize, abits)
                     .ok_or(Error::Unsupported {
-                        layer: li,
+                        layer: Site::Layer(li),
                         what: "conv geometry",
                     })?;
                 lp.conv = true;
@@ -373,7 +342,7 @@ impl Plan {
                 let (mut w_len, mut aux_len, mut scr) = (0usize, 0usize, 0usize);
                 match engine {
                     Engine::Float => {
-                        lp.kernel = Some(crate::float::float_kind(opts.portable_only));
+                        lp.kernel = Some(kernels::float_kind(opts.portable_only));
                         w_len = mul(mul(s.cout, s.taps())?, 4)?;
                     }
                     Engine::Packed => {
@@ -452,7 +421,7 @@ impl Plan {
         small(ALIGN - 1 + HEADER + weights + act_bytes + scratch)?;
         let ot = tensors
             .get(out)
-            .ok_or(Error::PlanMismatch { layer: u16::MAX })?;
+            .ok_or(Error::PlanMismatch { layer: Site::Model })?;
         let output_len = ot.shape.elements().unwrap_or(0) as usize;
         let s = model.input.shape;
         let input_len = mul(mul(s.c as usize, s.h as usize)?, s.w as usize)?;
@@ -528,84 +497,9 @@ impl Plan {
     }
 }
 
-/// Places tensors greedily, largest first, each at the lowest aligned offset that does not
-/// overlap a placed tensor alive at the same time. Returns (region size, lower bound).
-fn place(tensors: &mut Vec<TensorSlot, MAX_TENSORS>, steps: usize) -> Result<(usize, usize)> {
-    // Lower bound: the most bytes alive at one step.
-    let mut lower = 0usize;
-    for st in 0..steps {
-        let live: usize = tensors
-            .iter()
-            .filter(|t| t.bytes > 0 && usize::from(t.first) <= st && st <= usize::from(t.last))
-            .map(|t| t.bytes)
-            .sum();
-        lower = lower.max(live);
-    }
-    // Order: by size descending (indices sorted without allocation).
-    let mut order: Vec<u16, MAX_TENSORS> = Vec::new();
-    for i in 0..tensors.len() {
-        let _ = order.push(i as u16);
-    }
-    order.sort_unstable_by(|&a, &b| {
-        let (ta, tb) = (&tensors[a as usize], &tensors[b as usize]);
-        tb.bytes.cmp(&ta.bytes).then(ta.first.cmp(&tb.first))
-    });
-    let mut placed: Vec<u16, MAX_TENSORS> = Vec::new();
-    let mut top = 0usize;
-    for &i in order.iter() {
-        let t = tensors[i as usize];
-        if t.bytes == 0 {
-            continue;
-        }
-        let size = align(t.bytes)?;
-        // Conflicting intervals, sorted by offset.
-        let mut busy: Vec<(usize, usize), MAX_TENSORS> = Vec::new();
-        for &j in placed.iter() {
-            let u = &tensors[j as usize];
-            if u.first <= t.last && t.first <= u.last {
-                let _ = busy.push((u.offset, add(u.offset, align(u.bytes)?)?));
-            }
-        }
-        busy.sort_unstable();
-        let mut off = 0usize;
-        for &(s, e) in busy.iter() {
-            if add(off, size)? <= s {
-                break;
-            }
-            off = off.max(e);
-        }
-        tensors[i as usize].offset = off;
-        top = top.max(add(off, size)?);
-        let _ = placed.push(i);
-    }
-    Ok((top, lower))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Regions are rounded up to the next multiple of 64 bytes and no further (a region of
-    /// whole 64-byte blocks takes no slack), and a size near `usize::MAX` is an error, not a
-    /// wrap.
-    #[test]
-    fn align_rounds_up_to_the_next_multiple_of_64() {
-        for (n, want) in [
-            (0, 0),
-            (1, 64),
-            (63, 64),
-            (64, 64),
-            (65, 128),
-            (128, 128),
-            (129, 192),
-        ] {
-            assert_eq!(align(n), Ok(want), "{n}");
-        }
-        assert_eq!(
-            align(usize::MAX - 62),
-            Err(Error::Overflow { what: "arena size" })
-        );
-    }
 
     /// `Plan::fit` follows its documented greedy sequence: from the default plan, move (to the
     /// kernel with the smallest prepared weights) the conv that frees the most weight bytes
@@ -615,7 +509,8 @@ mod tests {
     /// the arena of each of its plans.
     #[test]
     fn fit_follows_the_documented_greedy_sequence() {
-        let model = Model::parse(crate::testutil::resnet(32, 8, 1, 1, 8, 3)).unwrap();
+        let bytes = crate::testutil::resnet(32, 8, 1, 1, 8, 3);
+        let model = Model::parse(&bytes).unwrap();
         let opts = PlanOptions::for_board(CostModel::Desktop);
         let mut moved = LayerSet::default();
         let mut seq = std::vec![Plan::build(&model, Engine::Packed, opts, &moved).unwrap()];

@@ -2,87 +2,68 @@
 //! every error path (the kernel tests are in `kernels/tests.rs`).
 
 use slb_format::{
-    encode, f32_bytes, i32_bytes, pack_codes, ChannelAffine, Conv, DType, F32s, I32s, InputSpec,
-    Layer, ModelSpec, RawQuant, Requant, Shape, TensorDesc, Unary,
+    f32_bytes, i32_bytes, pack_codes, DType, Layer, ModelBuilder, OwnedAffine, OwnedConv,
+    OwnedInput, OwnedLayer, OwnedRequant, RawQuant, Shape, Site, Unary,
 };
 
 use crate::kernels::tests::{algo_kernel, kernel_exact};
 use crate::kernels::{reference, Algo, ConvShape, KernelKind};
 use crate::quant::QParams;
-use crate::testutil::{leak, quant, resnet, Builder, Rng};
+use crate::testutil::{quant, resnet, Builder, Op1, Rng};
 use crate::{run, CostModel, Engine, Error, Model, Plan, PlanOptions};
 
 /// The hand-worked model: a 2x2 one-channel 4-bit image, one 3x3 W2 conv (stride 1, pad 1)
 /// with both requantization stages, then a global average pool to f32.
-fn hand_model() -> &'static [u8] {
+fn hand_model() -> Vec<u8> {
     // Weight codes k (W2, numerator 2k - 3):
     //   k   = [0 1 2 | 3 0 1 | 2 3 0]  ->  num = [-3 -1 1 | 3 -3 -1 | 1 3 -3]
     let codes = [0u8, 1, 2, 3, 0, 1, 2, 3, 0];
-    let packed = leak(pack_codes(&codes, 1, [3, 3], 1, 2).unwrap());
-    // Identity LUT clamped to 15: pixel v -> code min(v, 15).
-    let lut = leak((0..256).map(|v: u32| v.min(15) as u8).collect());
-    let tensors = leak(vec![
-        TensorDesc {
-            shape: Shape::new(1, 2, 2),
-            dtype: quant(4, 2, 0.5),
-        },
-        TensorDesc {
-            shape: Shape::new(1, 2, 2),
-            dtype: quant(4, 3, 1.0),
-        },
-        TensorDesc {
-            shape: Shape::new(1, 1, 1),
-            dtype: DType::F32,
-        },
-    ]);
-    let layers = leak(vec![
-        Layer::Conv(Conv {
-            input: 0,
-            output: 1,
-            out_channels: 1,
-            in_channels: 1,
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: [1, 1],
-            groups: 1,
-            weight_bits: 2,
-            codes: packed,
-            requant: Requant {
-                raw: RawQuant {
-                    mult: 1,
-                    shift: 2,
-                    zero_point: 128,
-                    bits: 8,
-                    scale: 0.1,
-                },
-                affine: Some(ChannelAffine {
-                    shift: 3,
-                    mult: I32s(leak(i32_bytes(&[5]))),
-                    bias: I32s(leak(i32_bytes(&[3]))),
-                    relu: false,
-                }),
-            },
-        }),
-        Layer::GlobalAvgPool(Unary {
-            input: 1,
-            output: 2,
-        }),
-    ]);
-    let spec = ModelSpec {
-        name: "hand",
-        input: InputSpec {
-            shape: Shape::new(1, 2, 2),
-            mean: F32s(leak(f32_bytes(&[0.0]))),
-            std: F32s(leak(f32_bytes(&[1.0]))),
-            classes: "",
-            tensor: 0,
-            lut,
-        },
-        tensors,
-        layers,
-        output: 2,
+    let input = OwnedInput {
+        shape: Shape::new(1, 2, 2),
+        mean: f32_bytes(&[0.0]),
+        std: f32_bytes(&[1.0]),
+        classes: String::new(),
+        tensor: 0,
+        // Identity LUT clamped to 15: pixel v -> code min(v, 15).
+        lut: (0..256).map(|v: u32| v.min(15) as u8).collect(),
     };
-    leak(encode(&spec).unwrap())
+    let mut m = ModelBuilder::new("hand", input);
+    let x = m.tensor(Shape::new(1, 2, 2), quant(4, 2, 0.5)).unwrap();
+    let y = m.tensor(Shape::new(1, 2, 2), quant(4, 3, 1.0)).unwrap();
+    let pooled = m.tensor(Shape::new(1, 1, 1), DType::F32).unwrap();
+    m.layer(OwnedLayer::Conv(OwnedConv {
+        input: x,
+        output: y,
+        out_channels: 1,
+        in_channels: 1,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        groups: 1,
+        weight_bits: 2,
+        codes: pack_codes(&codes, 1, [3, 3], 1, 2).unwrap(),
+        requant: OwnedRequant {
+            raw: RawQuant {
+                mult: 1,
+                shift: 2,
+                zero_point: 128,
+                bits: 8,
+                scale: 0.1,
+            },
+            affine: Some(OwnedAffine {
+                shift: 3,
+                mult: i32_bytes(&[5]),
+                bias: i32_bytes(&[3]),
+                relu: false,
+            }),
+        },
+    }));
+    m.layer(OwnedLayer::GlobalAvgPool(Unary {
+        input: y,
+        output: pooled,
+    }));
+    m.output = pooled;
+    m.build().unwrap()
 }
 
 #[test]
@@ -99,7 +80,7 @@ fn hand_worked_conv() {
     //   123: -22 -> -2.75 -> -3 -> 0;  136: 43 -> 5.375 -> 5 -> 8;  125: -12 -> -1.5 -> -1 -> 2
     // Output codes [0, 8, 2, 0], real values (scale 1, zp 3) [-3, 5, -1, -3]; mean -0.5.
     let bytes = hand_model();
-    let model = Model::parse(bytes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
     let image = [5u8, 0, 3, 7];
     let Layer::Conv(conv) = model.layers.get(0).unwrap() else {
         panic!()
@@ -141,8 +122,8 @@ fn hand_worked_conv() {
         assert_eq!(logits, [-0.5], "{algo:?}");
         // The conv's output codes, read back from the arena.
         let t = plan.tensors[1];
-        let pad = arena.as_ptr().align_offset(crate::plan::ALIGN);
-        let base = pad + crate::plan::HEADER + plan.weights_bytes + t.offset;
+        let pad = arena.as_ptr().align_offset(crate::arena::ALIGN);
+        let base = pad + crate::arena::HEADER + plan.weights_bytes + t.offset;
         assert_eq!(&arena[base..base + 4], &[0, 8, 2, 0], "{algo:?}");
     }
     // The float engine computes the same graph: raw acc_real = acc * 0.5 / 3, raw code =
@@ -212,7 +193,7 @@ fn small_resnets_agree_across_kernels() {
         let bytes = resnet(8, 8, 1, wbits, abits, 7 + u64::from(wbits * 10 + abits));
         let mut rng = Rng(5);
         let image: Vec<u8> = (0..3 * 8 * 8).map(|_| rng.next() as u8).collect();
-        let logits = all_algos_agree(bytes, &image);
+        let logits = all_algos_agree(&bytes, &image);
         assert!(logits.iter().all(|v| v.is_finite()));
     }
 }
@@ -226,17 +207,17 @@ fn every_layer_type_runs_and_agrees() {
     let y = b.conv(x, 8, 3, 1, 1, 2, 1, 1, true, false);
     let y = b.conv(y, 8, 1, 1, 0, 1, 1, 4, true, true);
     let x = b.add(x, y, 4, false);
-    let x = b.unary(x, "relu");
+    let x = b.unary(x, Op1::Relu);
     let x = b.pool(x, 2, 2, 1, false);
-    let g = b.unary(x, "gap");
-    let x = b.unary(g, "flatten");
+    let g = b.unary(x, Op1::Gap);
+    let x = b.unary(g, Op1::Flatten);
     let _ = b.dense(x, 5, true);
     let bytes = b.finish();
     let mut rng = Rng(3);
     let image: Vec<u8> = (0..3 * 9 * 9).map(|_| rng.next() as u8).collect();
-    all_algos_agree(bytes, &image);
+    all_algos_agree(&bytes, &image);
     // And the float engine agrees on the winning class for most random images.
-    let model = Model::parse(bytes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
     let plan = Plan::new(&model, Engine::Float).unwrap();
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut logits = vec![0f32; 5];
@@ -249,13 +230,13 @@ fn float_engine_tracks_packed_on_f32_free_graph() {
     // Relu/flatten/dense on an f32 input tensor: both engines compute in f32 and must agree
     // to rounding.
     let mut b = Builder::new(2, 3, 3, 0, 0, 4);
-    let x = b.unary(0, "relu");
+    let x = b.unary(0, Op1::Relu);
     let x = b.pool(x, 2, 1, 0, true);
     let x = b.pool(x, 2, 1, 1, false);
-    let x = b.unary(x, "flatten");
+    let x = b.unary(x, Op1::Flatten);
     let _ = b.dense(x, 4, false);
     let bytes = b.finish();
-    let model = Model::parse(bytes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
     let image: Vec<u8> = (0..18).map(|i| (i * 13) as u8).collect();
     let mut outs = vec![];
     for e in [Engine::Packed, Engine::Float] {
@@ -274,7 +255,7 @@ fn float_engine_tracks_packed_on_f32_free_graph() {
 fn float_engine_agrees_with_packed_mostly() {
     // Fake-quantized float execution of a W4A8 ResNet: same class on most images.
     let bytes = resnet(8, 8, 1, 4, 8, 21);
-    let model = Model::parse(bytes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
     let pp = Plan::new(&model, Engine::Packed).unwrap();
     let fp = Plan::new(&model, Engine::Float).unwrap();
     let mut pa = vec![0u8; pp.arena_bytes()];
@@ -303,7 +284,7 @@ fn float_engine_agrees_with_packed_mostly() {
 fn arena_within_1_1x_of_lower_bound_on_resnet_shapes() {
     for (width, hw, blocks) in [(16u32, 32u32, 2usize), (8, 16, 3), (64, 32, 2)] {
         let bytes = resnet(width, hw, blocks, 1, 2, 3);
-        let model = Model::parse(bytes).unwrap();
+        let model = Model::parse(&bytes).unwrap();
         for e in [Engine::Packed, Engine::Float] {
             let plan = Plan::new(&model, e).unwrap();
             let (peak, low) = (plan.activation_peak_bytes(), plan.activation_lower_bound());
@@ -317,7 +298,7 @@ fn arena_within_1_1x_of_lower_bound_on_resnet_shapes() {
 #[test]
 fn tensors_alive_together_never_overlap() {
     let bytes = resnet(8, 16, 2, 2, 4, 9);
-    let model = Model::parse(bytes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
     let plan = Plan::new(&model, Engine::Packed).unwrap();
     let t = &plan.tensors;
     for (i, a) in t.iter().enumerate() {
@@ -337,7 +318,7 @@ fn tensors_alive_together_never_overlap() {
 #[test]
 fn error_paths() {
     let bytes = hand_model();
-    let model = Model::parse(bytes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
     let plan = Plan::new(&model, Engine::Packed).unwrap();
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut logits = [0f32; 1];
@@ -371,7 +352,8 @@ fn error_paths() {
         })
     );
     // A plan made for another model.
-    let other = Model::parse(resnet(4, 4, 1, 1, 1, 1)).unwrap();
+    let bytes = resnet(4, 4, 1, 1, 1, 1);
+    let other = Model::parse(&bytes).unwrap();
     let oplan = Plan::new(&other, Engine::Packed).unwrap();
     let mut oarena = vec![0u8; oplan.arena_bytes().max(n)];
     let oimg = vec![0u8; oplan.input_len()];
@@ -405,11 +387,12 @@ fn error_paths() {
     let mut b = Builder::new(1, 1, 1, 4, 0, 1);
     let mut x = 0;
     for _ in 0..300 {
-        x = b.unary(x, "relu");
+        x = b.unary(x, Op1::Relu);
     }
-    let g = b.unary(x, "gap_f32");
+    let g = b.unary(x, Op1::GapF32);
     let _ = g;
-    let big = Model::parse(b.finish()).unwrap();
+    let bytes = b.finish();
+    let big = Model::parse(&bytes).unwrap();
     assert_eq!(
         Plan::new(&big, Engine::Packed).err(),
         Some(Error::TooManyLayers)
@@ -419,7 +402,9 @@ fn error_paths() {
         Error::TooManyLayers,
         Error::Pin,
         Error::Overflow { what: "x" },
-        Error::PlanMismatch { layer: 3 },
+        Error::PlanMismatch {
+            layer: Site::Layer(3),
+        },
     ] {
         assert!(!format!("{e}").is_empty());
     }
@@ -446,7 +431,8 @@ fn busy_pin_goes_high_then_low() {
             Ok(())
         }
     }
-    let model = Model::parse(hand_model()).unwrap();
+    let bytes = hand_model();
+    let model = Model::parse(&bytes).unwrap();
     let plan = Plan::new(&model, Engine::Packed).unwrap();
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut logits = [0f32; 1];
@@ -470,7 +456,8 @@ fn busy_pin_goes_high_then_low() {
 
 #[test]
 fn explicit_prepare_and_unaligned_arena() {
-    let model = Model::parse(hand_model()).unwrap();
+    let bytes = hand_model();
+    let model = Model::parse(&bytes).unwrap();
     let plan = Plan::new(&model, Engine::Packed).unwrap();
     // An arena starting at every offset 0..64 of a buffer works (alignment slack).
     let mut buf = vec![0u8; plan.arena_bytes() + 64];
@@ -495,7 +482,8 @@ fn default_kernel_choice() {
         (2, 4, Algo::Int8Dot),
         (4, 8, Algo::Int8Dot),
     ] {
-        let model = Model::parse(resnet(64, 8, 1, wbits, abits, 2)).unwrap();
+        let bytes = resnet(64, 8, 1, wbits, abits, 2);
+        let model = Model::parse(&bytes).unwrap();
         let plan = Plan::with_options(&model, Engine::Packed, portable).unwrap();
         assert_eq!(algo(&plan, 0), Some(Algo::Int8Dot));
         assert_eq!(algo(&plan, 1), Some(want), "W{wbits}A{abits}");
@@ -521,8 +509,9 @@ fn float_conv_matches_its_reference() {
     ] {
         let mut b = Builder::new(cin_g * groups, 5, 6, 4, 3, u64::from(cin_g));
         let y = b.conv(0, 6 * groups, k, stride, pad, groups, 2, 4, true, false);
-        b.unary(y, "gap_f32");
-        let model = Model::parse(b.finish()).unwrap();
+        b.unary(y, Op1::GapF32);
+        let bytes = b.finish();
+        let model = Model::parse(&bytes).unwrap();
         let Layer::Conv(conv) = model.layers.get(0).unwrap() else {
             panic!()
         };
@@ -536,7 +525,7 @@ fn float_conv_matches_its_reference() {
         let n = s.oh * s.ow * s.cout;
         let (mut got, mut want) = (vec![0f32; n], vec![0f32; n]);
         reference::conv_f32(&conv, &s, &x, &mut want);
-        for kind in [KernelKind::Float, crate::float::float_kind(false)] {
+        for kind in [KernelKind::Float, crate::kernels::float_kind(false)] {
             crate::float::conv_f32_with(kind, &s, &x, &w, &mut got);
             for (g, w) in got.iter().zip(&want) {
                 assert!(
@@ -572,7 +561,7 @@ fn timing_resnet18_cifar() {
             continue;
         }
         let bytes = resnet(64, 32, 2, wbits, abits, 1);
-        let model = Model::parse(bytes).unwrap();
+        let model = Model::parse(&bytes).unwrap();
         let mut configs: Vec<(String, Engine, PlanOptions)> = vec![
             ("default".into(), Engine::Packed, PlanOptions::default()),
             (
@@ -637,7 +626,7 @@ fn timing_resnet18_cifar() {
 #[test]
 fn never_panics_on_short_or_dirty_buffers() {
     let bytes = resnet(8, 8, 1, 1, 2, 13);
-    let model = Model::parse(bytes).unwrap();
+    let model = Model::parse(&bytes).unwrap();
     let plan = Plan::new(&model, Engine::Packed).unwrap();
     let n = plan.arena_bytes();
     let image = vec![7u8; plan.input_len()];
@@ -654,8 +643,8 @@ fn never_panics_on_short_or_dirty_buffers() {
     // preparation give garbage logits but no panic.
     run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
     let want = logits.clone();
-    let pad = arena.as_ptr().align_offset(crate::plan::ALIGN);
-    let w0 = pad + crate::plan::HEADER;
+    let pad = arena.as_ptr().align_offset(crate::arena::ALIGN);
+    let w0 = pad + crate::arena::HEADER;
     for b in &mut arena[w0..w0 + plan.weights_bytes()] {
         *b = 0xFF;
     }
@@ -683,14 +672,15 @@ fn never_panics_on_short_or_dirty_buffers() {
 fn plan_holds_at_most_256_tensors() {
     let model_with = |n: usize| {
         let mut b = Builder::new(2, 3, 3, 0, 0, 4);
-        let x = b.unary(0, "gap_f32");
-        let _ = b.unary(x, "relu");
-        while b.tensors.len() < n {
+        let x = b.unary(0, Op1::GapF32);
+        let _ = b.unary(x, Op1::Relu);
+        while b.model.tensors.len() < n {
             b.tensor(Shape::new(1, 1, 1), DType::F32);
         }
         b.finish()
     };
-    let m = Model::parse(model_with(crate::plan::MAX_TENSORS)).unwrap();
+    let bytes = model_with(crate::plan::MAX_TENSORS);
+    let m = Model::parse(&bytes).unwrap();
     assert_eq!(m.tensors.len(), 256);
     for e in [Engine::Packed, Engine::Float] {
         let plan = Plan::new(&m, e).unwrap();
@@ -699,7 +689,8 @@ fn plan_holds_at_most_256_tensors() {
         run(&m, &plan, &mut arena, &[0u8; 18], &mut logits).unwrap();
         assert!(logits.iter().all(|v| v.is_finite()));
     }
-    let m = Model::parse(model_with(crate::plan::MAX_TENSORS + 1)).unwrap();
+    let bytes = model_with(crate::plan::MAX_TENSORS + 1);
+    let m = Model::parse(&bytes).unwrap();
     for e in [Engine::Packed, Engine::Float] {
         assert_eq!(Plan::new(&m, e).unwrap_err(), Error::TooManyLayers);
     }
@@ -707,7 +698,8 @@ fn plan_holds_at_most_256_tensors() {
 
 #[test]
 fn fit_trades_speed_for_a_smaller_arena() {
-    let model = Model::parse(resnet(32, 8, 1, 1, 8, 3)).unwrap();
+    let bytes = resnet(32, 8, 1, 1, 8, 3);
+    let model = Model::parse(&bytes).unwrap();
     let opts = PlanOptions::for_board(CostModel::Desktop);
     let convs: Vec<usize> = (0..model.layers.len())
         .filter(|&i| matches!(model.layers.get(i), Some(slb_format::Layer::Conv(_))))
@@ -795,7 +787,8 @@ fn cortex_m4_costs_read_codes_in_place() {
         (4, 8, KernelKind::Int8DotInPlace),
         (1, 1, KernelKind::Xnor),
     ] {
-        let model = Model::parse(resnet(64, 8, 1, wbits, abits, 2)).unwrap();
+        let bytes = resnet(64, 8, 1, wbits, abits, 2);
+        let model = Model::parse(&bytes).unwrap();
         let a = Plan::with_options(&model, Engine::Packed, m4).unwrap();
         let b = Plan::with_options(&model, Engine::Packed, desktop).unwrap();
         assert_eq!(

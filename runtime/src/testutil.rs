@@ -1,14 +1,10 @@
-//! Building small synthetic models for tests (buffers are leaked: tests only).
+//! Building small random models for tests, through `slb_format::ModelBuilder`.
 
 use slb_format::{
-    encode, f32_bytes, i32_bytes, pack_codes, AddParams, ChannelAffine, Conv, DType, Dense,
-    DenseWeights, F32s, I32s, InputSpec, Layer, ModelSpec, Pool, RawQuant, Requant, Shape,
-    TensorDesc, Unary,
+    f32_bytes, i32_bytes, pack_codes, DType, ModelBuilder, OwnedAdd, OwnedAddParams, OwnedAffine,
+    OwnedConv, OwnedDense, OwnedDenseWeights, OwnedInput, OwnedLayer, OwnedRequant, Pool, RawQuant,
+    Shape, Unary,
 };
-
-pub(crate) fn leak<T>(v: Vec<T>) -> &'static [T] {
-    Box::leak(v.into_boxed_slice())
-}
 
 /// A tiny deterministic generator (xorshift), so tests need no RNG crate beyond proptest.
 pub(crate) struct Rng(pub u64);
@@ -35,11 +31,20 @@ pub(crate) fn quant(bits: u8, zp: i32, scale: f32) -> DType {
     }
 }
 
-/// Incremental model builder.
+/// A parameterless layer of [`Builder::unary`].
+#[derive(Clone, Copy)]
+pub(crate) enum Op1 {
+    Relu,
+    /// Global average pooling to codes (same dtype).
+    Gap,
+    /// Global average pooling to F32.
+    GapF32,
+    Flatten,
+}
+
+/// Random layers on top of a [`ModelBuilder`].
 pub(crate) struct Builder {
-    pub tensors: Vec<TensorDesc>,
-    pub layers: Vec<Layer<'static>>,
-    pub input: InputSpec<'static>,
+    pub model: ModelBuilder,
     pub rng: Rng,
 }
 
@@ -54,45 +59,42 @@ impl Builder {
         } else {
             quant(bits, zp, 0.05)
         };
-        let lut: &'static [u8] = if bits == 0 {
-            &[]
+        let lut = if bits == 0 {
+            Vec::new()
         } else {
             let qmax = (1u64 << bits) - 1;
-            leak(
-                (0..c as usize * 256)
-                    .map(|_| rng.below(qmax + 1) as u8)
-                    .collect(),
-            )
+            (0..c as usize * 256)
+                .map(|_| rng.below(qmax + 1) as u8)
+                .collect()
         };
-        let mean = leak(f32_bytes(&vec![0.5; c as usize]));
-        let std = leak(f32_bytes(&vec![0.25; c as usize]));
-        Builder {
-            tensors: vec![TensorDesc { shape, dtype }],
-            layers: vec![],
-            input: InputSpec {
-                shape,
-                mean: F32s(mean),
-                std: F32s(std),
-                classes: "",
-                tensor: 0,
-                lut,
-            },
-            rng,
-        }
+        let input = OwnedInput {
+            shape,
+            mean: f32_bytes(&vec![0.5; c as usize]),
+            std: f32_bytes(&vec![0.25; c as usize]),
+            classes: String::new(),
+            tensor: 0,
+            lut,
+        };
+        let mut model = ModelBuilder::new("test", input);
+        model.tensor(shape, dtype).unwrap();
+        Builder { model, rng }
     }
 
     pub fn tensor(&mut self, shape: Shape, dtype: DType) -> u16 {
-        self.tensors.push(TensorDesc { shape, dtype });
-        (self.tensors.len() - 1) as u16
+        self.model.tensor(shape, dtype).unwrap()
     }
 
     pub fn shape(&self, t: u16) -> Shape {
-        self.tensors[t as usize].shape
+        self.model.tensors[t as usize].shape
     }
 
-    fn i32s(&mut self, n: usize, lo: i32, hi: i32) -> I32s<'static> {
+    fn dtype(&self, t: u16) -> DType {
+        self.model.tensors[t as usize].dtype
+    }
+
+    fn i32s(&mut self, n: usize, lo: i32, hi: i32) -> Vec<u8> {
         let v: Vec<i32> = (0..n).map(|_| self.rng.range_i32(lo, hi)).collect();
-        I32s(leak(i32_bytes(&v)))
+        i32_bytes(&v)
     }
 
     /// A conv with random codes and requantization; `affine` adds a random stage 2 into
@@ -115,7 +117,7 @@ impl Builder {
         let cin_g = ish.c / groups;
         let n = (cout * k as u32 * k as u32 * cin_g) as usize;
         let codes: Vec<u8> = (0..n).map(|_| self.rng.below(1 << wbits) as u8).collect();
-        let packed = leak(pack_codes(&codes, cout, [k, k], cin_g, wbits).unwrap());
+        let packed = pack_codes(&codes, cout, [k, k], cin_g, wbits).unwrap();
         let taps = (k as u32 * k as u32 * cin_g) as f64;
         // Scale the raw quantizer to the accumulator's typical size (sqrt(taps) * spread).
         let shift = 20u8;
@@ -138,7 +140,7 @@ impl Builder {
             let bias = self.i32s(cout as usize, -(1 << 14), 1 << 14);
             (
                 quant(out_bits, zp, 0.07),
-                Some(ChannelAffine {
+                Some(OwnedAffine {
                     shift: 12,
                     mult,
                     bias,
@@ -154,7 +156,7 @@ impl Builder {
             (ish.w + 2 * pad as u32 - k as u32) / stride as u32 + 1,
         );
         let output = self.tensor(osh, odt);
-        self.layers.push(Layer::Conv(Conv {
+        self.model.layer(OwnedLayer::Conv(OwnedConv {
             input,
             output,
             out_channels: cout,
@@ -165,7 +167,7 @@ impl Builder {
             groups,
             weight_bits: wbits,
             codes: packed,
-            requant: Requant { raw, affine: aff },
+            requant: OwnedRequant { raw, affine: aff },
         }));
         output
     }
@@ -182,11 +184,11 @@ impl Builder {
         let mult_a = self.i32s(c, 1 << 9, 1 << 11);
         let mult_b = self.i32s(c, 1 << 9, 1 << 11);
         let bias = self.i32s(c, -(1 << 12), 1 << 12);
-        self.layers.push(Layer::Add(slb_format::Add {
+        self.model.layer(OwnedLayer::Add(OwnedAdd {
             a,
             b,
             output,
-            params: AddParams {
+            params: OwnedAddParams {
                 shift: 11,
                 mult_a,
                 mult_b,
@@ -199,7 +201,7 @@ impl Builder {
 
     pub fn pool(&mut self, input: u16, k: u16, stride: u16, pad: u16, max: bool) -> u16 {
         let sh = self.shape(input);
-        let dt = self.tensors[input as usize].dtype;
+        let dt = self.dtype(input);
         let osh = Shape::new(
             sh.c,
             (sh.h + 2 * pad as u32 - k as u32) / stride as u32 + 1,
@@ -213,29 +215,29 @@ impl Builder {
             stride: [stride, stride],
             padding: [pad, pad],
         };
-        self.layers.push(if max {
-            Layer::MaxPool(p)
+        self.model.layer(if max {
+            OwnedLayer::MaxPool(p)
         } else {
-            Layer::AvgPool(p)
+            OwnedLayer::AvgPool(p)
         });
         output
     }
 
-    pub fn unary(&mut self, input: u16, kind: &str) -> u16 {
+    pub fn unary(&mut self, input: u16, op: Op1) -> u16 {
         let sh = self.shape(input);
-        let dt = self.tensors[input as usize].dtype;
-        let (osh, odt) = match kind {
-            "gap_f32" => (Shape::new(sh.c, 1, 1), DType::F32),
-            "gap" => (Shape::new(sh.c, 1, 1), dt),
-            "flatten" => (Shape::new(sh.c * sh.h * sh.w, 1, 1), dt),
-            _ => (sh, dt),
+        let dt = self.dtype(input);
+        let (osh, odt) = match op {
+            Op1::GapF32 => (Shape::new(sh.c, 1, 1), DType::F32),
+            Op1::Gap => (Shape::new(sh.c, 1, 1), dt),
+            Op1::Flatten => (Shape::new(sh.c * sh.h * sh.w, 1, 1), dt),
+            Op1::Relu => (sh, dt),
         };
         let output = self.tensor(osh, odt);
         let u = Unary { input, output };
-        self.layers.push(match kind {
-            "gap_f32" | "gap" => Layer::GlobalAvgPool(u),
-            "flatten" => Layer::Flatten(u),
-            _ => Layer::Relu(u),
+        self.model.layer(match op {
+            Op1::GapF32 | Op1::Gap => OwnedLayer::GlobalAvgPool(u),
+            Op1::Flatten => OwnedLayer::Flatten(u),
+            Op1::Relu => OwnedLayer::Relu(u),
         });
         output
     }
@@ -246,37 +248,30 @@ impl Builder {
         let weights = if int8 {
             let v: Vec<u8> = (0..n).map(|_| self.rng.next() as u8).collect();
             let s: Vec<f32> = (0..out).map(|i| 0.01 + i as f32 * 0.001).collect();
-            DenseWeights::Int8 {
-                values: leak(v),
-                scale: F32s(leak(f32_bytes(&s))),
+            OwnedDenseWeights::Int8 {
+                values: v,
+                scale: f32_bytes(&s),
             }
         } else {
             let v: Vec<f32> = (0..n)
                 .map(|_| (self.rng.below(2001) as f32 - 1000.0) / 1000.0)
                 .collect();
-            DenseWeights::F32(F32s(leak(f32_bytes(&v))))
+            OwnedDenseWeights::F32(f32_bytes(&v))
         };
         let b: Vec<f32> = (0..out).map(|i| i as f32 * 0.1).collect();
-        self.layers.push(Layer::Dense(Dense {
+        self.model.layer(OwnedLayer::Dense(OwnedDense {
             input,
             output,
             weights,
-            bias: F32s(leak(f32_bytes(&b))),
+            bias: f32_bytes(&b),
         }));
         output
     }
 
     /// Encodes the model (output: the last layer's output).
-    pub fn finish(self) -> &'static [u8] {
-        let output = self.layers.last().unwrap().output();
-        let spec = ModelSpec {
-            name: "test",
-            input: self.input,
-            tensors: &self.tensors,
-            layers: &self.layers,
-            output,
-        };
-        leak(encode(&spec).expect("valid test model"))
+    pub fn finish(mut self) -> Vec<u8> {
+        self.model.output = self.model.layers.last().unwrap().output();
+        self.model.build().expect("valid test model")
     }
 }
 
@@ -289,7 +284,7 @@ pub(crate) fn resnet(
     wbits: u8,
     abits: u8,
     seed: u64,
-) -> &'static [u8] {
+) -> Vec<u8> {
     let mut b = Builder::new(3, hw, hw, 8, 128, seed);
     let mut x = b.conv(0, width, 3, 1, 1, 1, wbits, abits, true, true);
     let mut c = width;
@@ -308,7 +303,7 @@ pub(crate) fn resnet(
             c = co;
         }
     }
-    let g = b.unary(x, "gap_f32");
+    let g = b.unary(x, Op1::GapF32);
     b.dense(g, 10, false);
     b.finish()
 }

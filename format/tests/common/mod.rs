@@ -22,32 +22,17 @@ pub struct Tiny {
     pub df_bias: Vec<u8>,
 }
 
-/// A model description in editable form.
-pub struct Parts<'s> {
-    pub name: &'s str,
-    pub input: InputSpec<'s>,
-    pub tensors: Vec<TensorDesc>,
-    pub layers: Vec<Layer<'s>>,
-    pub output: u16,
+/// Test shorthand over [`ModelBuilder`].
+pub trait Edit {
+    /// The conv at layer `i` (panics if it is not a conv: test set-up error).
+    fn conv(&mut self, i: usize) -> &mut OwnedConv;
 }
 
-impl<'s> Parts<'s> {
-    pub fn spec(&self) -> ModelSpec<'_> {
-        ModelSpec {
-            name: self.name,
-            input: self.input,
-            tensors: &self.tensors,
-            layers: &self.layers,
-            output: self.output,
-        }
-    }
-
-    /// The conv at layer `i` (panics if it is not a conv: test set-up error).
-    pub fn conv(&mut self, i: usize) -> &mut Conv<'s> {
-        match &mut self.layers[i] {
-            Layer::Conv(c) => c,
-            l => panic!("layer {i} is {}", l.op_name()),
-        }
+impl Edit for ModelBuilder {
+    fn conv(&mut self, i: usize) -> &mut OwnedConv {
+        let op = self.layers[i].as_layer().op_name();
+        self.conv_mut(i)
+            .unwrap_or_else(|| panic!("layer {i} is {op}"))
     }
 }
 
@@ -102,7 +87,7 @@ impl Tiny {
         }
     }
 
-    pub fn parts(&self) -> Parts<'_> {
+    pub fn parts(&self) -> ModelBuilder {
         let q4 = q(0.1, 0, 4);
         let q8raw = q(0.05, 128, 8);
         let tensors = vec![
@@ -120,7 +105,7 @@ impl Tiny {
             t(3, 1, 1, DType::F32),            // 11 dense f32 = output
         ];
         let layers = vec![
-            Layer::Conv(Conv {
+            OwnedLayer::Conv(OwnedConv {
                 input: 0,
                 output: 1,
                 out_channels: 4,
@@ -130,8 +115,8 @@ impl Tiny {
                 padding: [1, 1],
                 groups: 1,
                 weight_bits: 2,
-                codes: &self.codes0,
-                requant: Requant {
+                codes: self.codes0.clone(),
+                requant: OwnedRequant {
                     raw: RawQuant {
                         mult: 1234,
                         shift: 16,
@@ -139,15 +124,15 @@ impl Tiny {
                         bits: 8,
                         scale: 0.05,
                     },
-                    affine: Some(ChannelAffine {
+                    affine: Some(OwnedAffine {
                         shift: 8,
-                        mult: I32s(&self.aff_mult),
-                        bias: I32s(&self.aff_bias),
+                        mult: self.aff_mult.clone(),
+                        bias: self.aff_bias.clone(),
                         relu: true,
                     }),
                 },
             }),
-            Layer::Conv(Conv {
+            OwnedLayer::Conv(OwnedConv {
                 input: 1,
                 output: 2,
                 out_channels: 4,
@@ -157,8 +142,8 @@ impl Tiny {
                 padding: [0, 0],
                 groups: 2,
                 weight_bits: 1,
-                codes: &self.codes1,
-                requant: Requant {
+                codes: self.codes1.clone(),
+                requant: OwnedRequant {
                     raw: RawQuant {
                         mult: 999,
                         shift: 12,
@@ -169,73 +154,73 @@ impl Tiny {
                     affine: None,
                 },
             }),
-            Layer::Add(Add {
+            OwnedLayer::Add(OwnedAdd {
                 a: 1,
                 b: 2,
                 output: 3,
-                params: AddParams {
+                params: OwnedAddParams {
                     shift: 10,
-                    mult_a: I32s(&self.add_ma),
-                    mult_b: I32s(&self.add_mb),
-                    bias: I32s(&self.add_b),
+                    mult_a: self.add_ma.clone(),
+                    mult_b: self.add_mb.clone(),
+                    bias: self.add_b.clone(),
                     relu: true,
                 },
             }),
-            Layer::MaxPool(Pool {
+            OwnedLayer::MaxPool(Pool {
                 input: 3,
                 output: 4,
                 kernel: [2, 2],
                 stride: [2, 2],
                 padding: [0, 0],
             }),
-            Layer::AvgPool(Pool {
+            OwnedLayer::AvgPool(Pool {
                 input: 4,
                 output: 5,
                 kernel: [3, 3],
                 stride: [1, 1],
                 padding: [1, 1],
             }),
-            Layer::Relu(Unary {
+            OwnedLayer::Relu(Unary {
                 input: 5,
                 output: 6,
             }),
-            Layer::GlobalAvgPool(Unary {
+            OwnedLayer::GlobalAvgPool(Unary {
                 input: 6,
                 output: 7,
             }),
-            Layer::Flatten(Unary {
+            OwnedLayer::Flatten(Unary {
                 input: 7,
                 output: 8,
             }),
-            Layer::Dense(Dense {
+            OwnedLayer::Dense(OwnedDense {
                 input: 8,
                 output: 9,
-                weights: DenseWeights::Int8 {
-                    values: &self.d8_values,
-                    scale: F32s(&self.d8_scale),
+                weights: OwnedDenseWeights::Int8 {
+                    values: self.d8_values.clone(),
+                    scale: self.d8_scale.clone(),
                 },
-                bias: F32s(&self.d8_bias),
+                bias: self.d8_bias.clone(),
             }),
-            Layer::GlobalAvgPool(Unary {
+            OwnedLayer::GlobalAvgPool(Unary {
                 input: 6,
                 output: 10,
             }),
-            Layer::Dense(Dense {
+            OwnedLayer::Dense(OwnedDense {
                 input: 10,
                 output: 11,
-                weights: DenseWeights::F32(F32s(&self.df_w)),
-                bias: F32s(&self.df_bias),
+                weights: OwnedDenseWeights::F32(self.df_w.clone()),
+                bias: self.df_bias.clone(),
             }),
         ];
-        Parts {
-            name: "tiny: every layer kind",
-            input: InputSpec {
+        ModelBuilder {
+            name: "tiny: every layer kind".into(),
+            input: OwnedInput {
                 shape: Shape::new(3, 4, 4),
-                mean: F32s(&self.mean),
-                std: F32s(&self.std),
-                classes: "cat\ndog\nbird",
+                mean: self.mean.clone(),
+                std: self.std.clone(),
+                classes: "cat\ndog\nbird".into(),
                 tensor: 0,
-                lut: &self.lut,
+                lut: self.lut.clone(),
             },
             tensors,
             layers,
@@ -245,13 +230,13 @@ impl Tiny {
 
     /// The valid file.
     pub fn bytes(&self) -> Vec<u8> {
-        encode(&self.parts().spec()).expect("the tiny model is valid")
+        self.parts().build().expect("the tiny model is valid")
     }
 
     /// A variant of the tiny model, encoded without validation.
-    pub fn mutated<'s>(&'s self, edit: impl FnOnce(&mut Parts<'s>)) -> Vec<u8> {
+    pub fn mutated(&self, edit: impl FnOnce(&mut ModelBuilder)) -> Vec<u8> {
         let mut p = self.parts();
         edit(&mut p);
-        encode_unchecked(&p.spec()).expect("encodes")
+        p.build_unchecked().expect("encodes")
     }
 }

@@ -531,6 +531,17 @@ fn candidates(algo: Algo, s: &ConvShape, portable_only: bool) -> [Option<ConvKer
     [prepared, portable::in_place_kernel(algo)]
 }
 
+/// The float engine's conv kernel for this CPU: AVX2 when detected (under `std`), else
+/// portable.
+pub(crate) fn float_kind(portable_only: bool) -> KernelKind {
+    #[cfg(all(feature = "std", target_arch = "x86_64"))]
+    if !portable_only && std::is_x86_feature_detected!("avx2") {
+        return KernelKind::FloatAvx2;
+    }
+    let _ = portable_only;
+    KernelKind::Float
+}
+
 /// The default kernel for a shape: the cheapest by [`cost`] in `model` of the available kernels
 /// (the SIMD ones when the CPU has them, unless `portable_only`; the in-place ones too). With
 /// the desktop costs this means: XNOR for W1A1; int8 dot for A8 and for narrow inputs (the

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use slb_format::{pack_codes, Conv, RawQuant, Requant};
 
 use super::{portable, reference, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run};
-use crate::exec::{correct, prepare_aux};
+use crate::packed::{correct, prepare_aux};
 use crate::quant::QParams;
 use crate::testutil::Rng;
 

@@ -1,10 +1,10 @@
 //! The graph walk of export: a network's stages become the model file's tensors and layers
-//! ([`Graph`]), each conv with its packed weight codes and, through [`super::fold`], its
-//! fixed-point requantization; then the layers borrowed for the encoder ([`Graph::layers`]).
+//! ([`Graph`], on a [`ModelBuilder`]), each conv with its packed weight codes and, through
+//! [`super::fold`], its fixed-point requantization.
 
 use slb_format::{
-    f32_bytes, i32_bytes, pack_codes, AddParams, ChannelAffine, Conv, DType, Dense, DenseWeights,
-    F32s, I32s, Layer, Pool, RawQuant, Requant, Shape, TensorDesc, Unary,
+    f32_bytes, i32_bytes, pack_codes, DType, ModelBuilder, OwnedAdd, OwnedAddParams, OwnedAffine,
+    OwnedConv, OwnedDense, OwnedDenseWeights, OwnedLayer, OwnedRequant, Pool, Shape, Unary,
 };
 use tch::{nn, Kind};
 
@@ -13,56 +13,9 @@ use crate::error::{Error, Result};
 use crate::nn::net::{Block, Net, QConv, Stage};
 use crate::nn::ActQuant;
 
-/// A layer of the model file, owning its parameter bytes (a [`Layer`] borrows them).
-enum Owned {
-    Conv {
-        input: u16,
-        output: u16,
-        conv: ConvGeom,
-        codes: Vec<u8>,
-        raw: RawQuant,
-        affine: Option<(u8, Vec<u8>, Vec<u8>, bool)>,
-    },
-    MaxPool(Pool),
-    Gap(Unary),
-    Flatten(Unary),
-    Add {
-        a: u16,
-        b: u16,
-        output: u16,
-        shift: u8,
-        ma: Vec<u8>,
-        mb: Vec<u8>,
-        bias: Vec<u8>,
-        relu: bool,
-    },
-    Dense {
-        input: u16,
-        output: u16,
-        w: Vec<u8>,
-        b: Vec<u8>,
-    },
-}
-
-struct ConvGeom {
-    out: u32,
-    cin: u32,
-    k: u16,
-    stride: u16,
-    pad: u16,
-    groups: u32,
-    bits: u8,
-}
-
-/// The model file's tensors and layers, built by walking a network.
-pub(super) struct Graph {
-    /// Tensor descriptions, by id.
-    pub(super) tensors: Vec<TensorDesc>,
-    layers: Vec<Owned>,
-}
-
-fn u16_id(n: usize) -> Result<u16> {
-    u16::try_from(n).map_err(|_| Error::Export("too many tensors".into()))
+/// The model under construction while the walk appends tensors and layers to it.
+pub(super) struct Graph<'m> {
+    model: &'m mut ModelBuilder,
 }
 
 fn f64s(t: &tch::Tensor) -> Vec<f64> {
@@ -108,14 +61,11 @@ fn qp(d: DType) -> (f64, i32, u8) {
     }
 }
 
-impl Graph {
-    /// The graph of `net` reading its input node at `image_size`: the ids of the input and the
-    /// logits tensors, and the graph.
-    pub(super) fn of(net: &Net, image_size: u32) -> Result<(u16, u16, Graph)> {
-        let mut g = Graph {
-            tensors: Vec::new(),
-            layers: Vec::new(),
-        };
+impl<'m> Graph<'m> {
+    /// Appends the graph of `net` reading its input node at `image_size` to `model` (which
+    /// holds the input specification) and points the input and the output at their tensors.
+    pub(super) fn walk(net: &Net, image_size: u32, model: &'m mut ModelBuilder) -> Result<()> {
+        let mut g = Graph { model };
         let relu = net.relu();
         let x0 = g.tensor(Shape::new(3, image_size, image_size), dtype(&net.input))?;
         let mut x = x0;
@@ -127,33 +77,35 @@ impl Graph {
             };
         }
         let logits = g.head(net, x)?;
-        Ok((x0, logits, g))
+        g.model.input.tensor = x0;
+        g.model.output = logits;
+        Ok(())
     }
 
     fn tensor(&mut self, shape: Shape, dtype: DType) -> Result<u16> {
-        self.tensors.push(TensorDesc { shape, dtype });
-        u16_id(self.tensors.len() - 1)
+        Ok(self.model.tensor(shape, dtype)?)
+    }
+
+    fn desc(&self, id: u16) -> slb_format::TensorDesc {
+        self.model.tensors[id as usize]
     }
 
     /// Conv + stage 1 into `raw` codes; with `next`, stage 2 (BN, ReLU, next node) too.
     fn conv(&mut self, input: u16, c: &QConv, next: Option<(&ActQuant, bool)>) -> Result<u16> {
-        let in_desc = self.tensors[input as usize];
+        let in_desc = self.desc(input);
         let (s_in, _, _) = qp(in_desc.dtype);
         let cv = &c.conv;
         let wb = cv.bits;
         let (s_raw_f, zp_raw) = c.raw.qparams();
         let raw = raw_requant(s_in, wb, s_raw_f, zp_raw)?;
-        let geom = ConvGeom {
-            out: cv.out_channels as u32,
-            cin: cv.in_channels as u32,
-            k: cv.kernel as u16,
-            stride: cv.stride as u16,
-            pad: cv.padding as u16,
-            groups: cv.groups as u32,
-            bits: wb,
-        };
-        let od = |size: u32| (size + 2 * geom.pad as u32 - geom.k as u32) / geom.stride as u32 + 1;
-        let shape = Shape::new(geom.out, od(in_desc.shape.h), od(in_desc.shape.w));
+        let (out, cin, groups) = (
+            cv.out_channels as u32,
+            cv.in_channels as u32,
+            cv.groups as u32,
+        );
+        let (k, stride, pad) = (cv.kernel as u16, cv.stride as u16, cv.padding as u16);
+        let od = |size: u32| (size + 2 * pad as u32 - k as u32) / stride as u32 + 1;
+        let shape = Shape::new(out, od(in_desc.shape.h), od(in_desc.shape.w));
         // Codes in OHWI order.
         let codes = Vec::<u8>::try_from(
             c.conv
@@ -165,13 +117,7 @@ impl Graph {
                 .to_kind(Kind::Uint8),
         )
         .map_err(Error::Torch)?;
-        let packed = pack_codes(
-            &codes,
-            geom.out,
-            [geom.k, geom.k],
-            geom.cin / geom.groups,
-            wb,
-        )?;
+        let packed = pack_codes(&codes, out, [k, k], cin / groups, wb)?;
         let (affine, out_dtype) = match next {
             None => (
                 None,
@@ -187,25 +133,35 @@ impl Graph {
                 let (a, b) = bn_affine(&c.bn);
                 let f = conv_affine(&a, &b, s_raw_f as f64, s_out, q.bits())?;
                 let relu = relu && q.allows_relu();
-                let affine = (f.shift, i32_bytes(&f.mult), i32_bytes(&f.bias), relu);
+                let affine = OwnedAffine {
+                    shift: f.shift,
+                    mult: i32_bytes(&f.mult),
+                    bias: i32_bytes(&f.bias),
+                    relu,
+                };
                 (Some(affine), od)
             }
         };
         let output = self.tensor(shape, out_dtype)?;
-        self.layers.push(Owned::Conv {
+        self.model.layer(OwnedLayer::Conv(OwnedConv {
             input,
             output,
-            conv: geom,
+            out_channels: out,
+            in_channels: cin,
+            kernel: [k; 2],
+            stride: [stride; 2],
+            padding: [pad; 2],
+            groups,
+            weight_bits: wb,
             codes: packed,
-            raw,
-            affine,
-        });
+            requant: OwnedRequant { raw, affine },
+        }));
         Ok(output)
     }
 
     /// A max pool of window `k`, stride `s`, padding `p`.
     fn max_pool(&mut self, x: u16, k: i64, s: i64, p: i64) -> Result<u16> {
-        let d = self.tensors[x as usize];
+        let d = self.desc(x);
         let pool = Pool {
             input: x,
             output: 0,
@@ -217,7 +173,8 @@ impl Graph {
             .output_shape(d.shape)
             .ok_or_else(|| Error::Export("pool window does not fit".into()))?;
         let output = self.tensor(sh, d.dtype)?;
-        self.layers.push(Owned::MaxPool(Pool { output, ..pool }));
+        self.model
+            .layer(OwnedLayer::MaxPool(Pool { output, ..pool }));
         Ok(output)
     }
 
@@ -229,11 +186,11 @@ impl Graph {
         let out_dtype = dtype(&b.out);
         let (s_out, _, _) = qp(out_dtype);
         let (a2, b2) = bn_affine(&b.conv2.bn);
-        let (s_r2, _, _) = qp(self.tensors[r2 as usize].dtype);
+        let (s_r2, _, _) = qp(self.desc(r2).dtype);
         let (skip, down) = match &b.down {
             Some(d) => {
                 let rd = self.conv(x, d, None)?;
-                let (s_rd, _, _) = qp(self.tensors[rd as usize].dtype);
+                let (s_rd, _, _) = qp(self.desc(rd).dtype);
                 (rd, Some((bn_affine(&d.bn), s_rd)))
             }
             None => (x, None),
@@ -247,39 +204,41 @@ impl Graph {
             // Add inputs are centred codes (`q - zp`, or `2q - 1` for a sign tensor), so the
             // identity's real value is `s_x` per centred code.
             None => Skip::Identity {
-                s: qp(self.tensors[x as usize].dtype).0,
+                s: qp(self.desc(x).dtype).0,
             },
         };
         let f = add_fold(&a2, &b2, s_r2, skip_fold, s_out, b.out.bits())?;
-        let shape = self.tensors[r2 as usize].shape;
+        let shape = self.desc(r2).shape;
         let output = self.tensor(shape, out_dtype)?;
-        self.layers.push(Owned::Add {
+        self.model.layer(OwnedLayer::Add(OwnedAdd {
             a: r2,
             b: skip,
             output,
-            shift: f.shift,
-            ma: i32_bytes(&f.mult_a),
-            mb: i32_bytes(&f.mult_b),
-            bias: i32_bytes(&f.bias),
-            relu: relu && b.out.allows_relu(),
-        });
+            params: OwnedAddParams {
+                shift: f.shift,
+                mult_a: i32_bytes(&f.mult_a),
+                mult_b: i32_bytes(&f.mult_b),
+                bias: i32_bytes(&f.bias),
+                relu: relu && b.out.allows_relu(),
+            },
+        }));
         Ok(output)
     }
 
     /// The head: flatten (VGG) or global average pool, then the float dense layer.
     fn head(&mut self, net: &Net, x: u16) -> Result<u16> {
-        let d = self.tensors[x as usize];
+        let d = self.desc(x);
         let feat = if net.flatten {
             let n = d.shape.c * d.shape.h * d.shape.w;
             let out = self.tensor(Shape::new(n, 1, 1), d.dtype)?;
-            self.layers.push(Owned::Flatten(Unary {
+            self.model.layer(OwnedLayer::Flatten(Unary {
                 input: x,
                 output: out,
             }));
             out
         } else {
             let out = self.tensor(Shape::new(d.shape.c, 1, 1), DType::F32)?;
-            self.layers.push(Owned::Gap(Unary {
+            self.model.layer(OwnedLayer::GlobalAvgPool(Unary {
                 input: x,
                 output: out,
             }));
@@ -292,87 +251,12 @@ impl Graph {
             None => vec![0.0; net.cfg.num_classes as usize],
         };
         let logits = self.tensor(Shape::new(net.cfg.num_classes as u32, 1, 1), DType::F32)?;
-        self.layers.push(Owned::Dense {
+        self.model.layer(OwnedLayer::Dense(OwnedDense {
             input: feat,
             output: logits,
-            w: f32_bytes(&w),
-            b: f32_bytes(&b),
-        });
+            weights: OwnedDenseWeights::F32(f32_bytes(&w)),
+            bias: f32_bytes(&b),
+        }));
         Ok(logits)
-    }
-
-    /// The layers, borrowing their parameters, for [`slb_format::encode`].
-    pub(super) fn layers(&self) -> Vec<Layer<'_>> {
-        self.layers.iter().map(Owned::layer).collect()
-    }
-}
-
-impl Owned {
-    fn layer(&self) -> Layer<'_> {
-        match self {
-            Owned::Conv {
-                input,
-                output,
-                conv,
-                codes,
-                raw,
-                affine,
-            } => Layer::Conv(Conv {
-                input: *input,
-                output: *output,
-                out_channels: conv.out,
-                in_channels: conv.cin,
-                kernel: [conv.k; 2],
-                stride: [conv.stride; 2],
-                padding: [conv.pad; 2],
-                groups: conv.groups,
-                weight_bits: conv.bits,
-                codes,
-                requant: Requant {
-                    raw: *raw,
-                    affine: affine.as_ref().map(|(shift, m, b, relu)| ChannelAffine {
-                        shift: *shift,
-                        mult: I32s(m),
-                        bias: I32s(b),
-                        relu: *relu,
-                    }),
-                },
-            }),
-            Owned::MaxPool(p) => Layer::MaxPool(*p),
-            Owned::Gap(u) => Layer::GlobalAvgPool(*u),
-            Owned::Flatten(u) => Layer::Flatten(*u),
-            Owned::Add {
-                a,
-                b,
-                output,
-                shift,
-                ma,
-                mb,
-                bias,
-                relu,
-            } => Layer::Add(slb_format::Add {
-                a: *a,
-                b: *b,
-                output: *output,
-                params: AddParams {
-                    shift: *shift,
-                    mult_a: I32s(ma),
-                    mult_b: I32s(mb),
-                    bias: I32s(bias),
-                    relu: *relu,
-                },
-            }),
-            Owned::Dense {
-                input,
-                output,
-                w,
-                b,
-            } => Layer::Dense(Dense {
-                input: *input,
-                output: *output,
-                weights: DenseWeights::F32(F32s(w)),
-                bias: F32s(b),
-            }),
-        }
     }
 }

@@ -11,7 +11,7 @@
 pub mod fold;
 mod graph;
 
-use slb_format::{encode, f32_bytes, F32s, InputSpec, Model, ModelSpec, Shape};
+use slb_format::{f32_bytes, ModelBuilder, OwnedInput, Shape};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::{Augment, DeviceData};
@@ -27,7 +27,7 @@ pub use graph::bn_affine;
 /// What an export produced, for messages and tests.
 #[derive(Debug)]
 pub struct Exported {
-    /// The model file bytes (already parsed back once by `encode`).
+    /// The model file bytes (already parsed back once by `ModelBuilder::build`).
     pub bytes: Vec<u8>,
     /// Whether the 8-bit ranges were calibrated here (activation quantization was off in
     /// training).
@@ -45,29 +45,17 @@ pub fn export_net(
     image_size: i64,
 ) -> Result<Vec<u8>> {
     let hw = image_size as u32;
-    let (x0, logits, graph) = Graph::of(net, hw)?;
-    let lut = input_lut(net, aug)?;
-    let layers = graph.layers();
-    let mean = f32_bytes(&aug.mean);
-    let std = f32_bytes(&aug.std);
-    let class_text = classes.join("\n");
-    let spec = ModelSpec {
-        name,
-        input: InputSpec {
-            shape: Shape::new(3, hw, hw),
-            mean: F32s(&mean),
-            std: F32s(&std),
-            classes: &class_text,
-            tensor: x0,
-            lut: &lut,
-        },
-        tensors: &graph.tensors,
-        layers: &layers,
-        output: logits,
+    let input = OwnedInput {
+        shape: Shape::new(3, hw, hw),
+        mean: f32_bytes(&aug.mean),
+        std: f32_bytes(&aug.std),
+        classes: classes.join("\n"),
+        tensor: 0,
+        lut: input_lut(net, aug)?,
     };
-    let bytes = encode(&spec)?;
-    Model::parse(&bytes)?;
-    Ok(bytes)
+    let mut model = ModelBuilder::new(name, input);
+    Graph::walk(net, hw, &mut model)?;
+    Ok(model.build()?)
 }
 
 /// The input look-up table: `lut[c * 256 + v]` is the input node's code of pixel value `v` in

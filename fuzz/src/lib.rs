@@ -1,4 +1,5 @@
-//! Shared by the fuzz targets: container repair and a walk over a parsed model.
+//! Shared by the fuzz targets (`fuzz_targets/`): container repair and a walk over a parsed
+//! model.
 
 use slb_format::{CodeReader, Layer, Model, HEADER_LEN, MAGIC, TRAILER_LEN, VERSION};
 

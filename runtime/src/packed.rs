@@ -1,0 +1,324 @@
+//! The packed engine: integer codes between layers. The conv driver (padding or bit packing,
+//! the kernel over row ranges, zero-point and border corrections, requantization) and the
+//! layer loop; the other layers are `layers`' and the kernels `kernels`'.
+
+use slb_format::{Conv, Layer, Model, Site};
+
+use crate::arena::{layer_io, range, LayerIo, TensorSlot, ALIGN};
+use crate::kernels::{self, portable, reference, ConvShape, KernelKind, RowOps, Run};
+use crate::layers::{dense, f32_map, flatten, gap, pool};
+use crate::plan::{conv_shape, LayerPlan, Plan};
+use crate::quant::QParams;
+use crate::{Error, Result};
+
+/// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or
+/// `S[o][ky][kx]`, the numerator sum of one tap
+/// (abits 1, for the border correction). Empty `aux` (float/reference) is left alone.
+pub(crate) fn prepare_aux(conv: &Conv<'_>, s: &ConvShape, zp: i32, aux: &mut [u8]) {
+    if aux.is_empty() {
+        return;
+    }
+    let reader = slb_format::CodeReader::new(conv);
+    let per_tap = s.abits == 1;
+    for o in 0..s.cout {
+        let mut total = 0i32;
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let mut t = 0i32;
+                for i in 0..s.cin_g {
+                    t += reader.numerator(o, ky, kx, i);
+                }
+                if per_tap {
+                    let at = ((o * s.kh + ky) * s.kw + kx) * 4;
+                    if let Some(d) = aux.get_mut(at..at + 4) {
+                        d.copy_from_slice(&t.to_le_bytes());
+                    }
+                }
+                total += t;
+            }
+        }
+        if !per_tap {
+            // Stored premultiplied by the input's zero point: the correction is one subtraction.
+            if let Some(d) = aux.get_mut(o * 4..o * 4 + 4) {
+                d.copy_from_slice(&zp.wrapping_mul(total).to_le_bytes());
+            }
+        }
+    }
+}
+
+#[inline]
+fn i32_at(b: &[u8], i: usize) -> i32 {
+    match b.get(i * 4..i * 4 + 4) {
+        Some(v) => i32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+        None => 0,
+    }
+}
+
+/// Writes the input tensor from the image: codes through the LUT, or normalised f32.
+fn load_input(model: &Model<'_>, slot: &TensorSlot, dst: &mut [u8], image: &[u8]) {
+    let c = model.input.shape.c as usize;
+    match slot.q {
+        Some(_) => {
+            // Pixel by pixel, so that the channel is a loop index, not a division.
+            let lut = model.input.lut;
+            for (dp, ip) in dst
+                .chunks_exact_mut(c.max(1))
+                .zip(image.chunks_exact(c.max(1)))
+            {
+                for (ch, (d, &v)) in dp.iter_mut().zip(ip).enumerate() {
+                    *d = lut.get(ch * 256 + v as usize).copied().unwrap_or(0);
+                }
+            }
+        }
+        None => {
+            for (i, (d, &v)) in dst.chunks_exact_mut(4).zip(image).enumerate() {
+                let ch = i % c;
+                let m = model.input.mean.get(ch).unwrap_or(0.0);
+                let s = model.input.std.get(ch).unwrap_or(1.0);
+                d.copy_from_slice(&((v as f32 / 255.0 - m) / s).to_le_bytes());
+            }
+        }
+    }
+}
+
+pub(crate) fn run_packed(
+    model: &Model<'_>,
+    plan: &Plan,
+    weights: &[u8],
+    acts: &mut [u8],
+    scratch: &mut [u8],
+    image: &[u8],
+) -> Result<()> {
+    let input = &plan.tensors[model.input.tensor as usize];
+    let dst = acts
+        .get_mut(range(input))
+        .ok_or(Error::PlanMismatch { layer: Site::Model })?;
+    load_input(model, input, dst, image);
+    for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
+        let li = i as u16;
+        let LayerIo {
+            ta,
+            tb,
+            to,
+            out,
+            a,
+            b,
+        } = layer_io(&plan.tensors, &layer, acts)?;
+        match &layer {
+            Layer::Conv(conv) => {
+                let s = conv_shape(conv, &plan.tensors).ok_or(Error::PlanMismatch {
+                    layer: Site::Layer(li),
+                })?;
+                conv_layer(
+                    li, conv, &s, lp, &plan.ops, &ta, &to, a, out, weights, scratch,
+                )?
+            }
+            Layer::Dense(d) => dense(&d.weights, d.bias, &ta, a, out, ta.q.is_none())?,
+            Layer::MaxPool(p) => pool(p, &ta, &to, ta.q, a, out, true),
+            Layer::AvgPool(p) => pool(p, &ta, &to, ta.q, a, out, false),
+            Layer::GlobalAvgPool(_) => gap(&ta, ta.q, to.q, a, out),
+            Layer::Add(add) => {
+                let (qa, qb, qo) = match (ta.q, tb.and_then(|t| t.q), to.q) {
+                    (Some(x), Some(y), Some(z)) => (x, y, z),
+                    _ => {
+                        return Err(Error::Unsupported {
+                            layer: Site::Layer(li),
+                            what: "add of f32 tensors",
+                        })
+                    }
+                };
+                (plan.ops.add_rows)(a, b, &qa, &qb, &add.params, &qo, ta.shape.c as usize, out);
+            }
+            Layer::Relu(_) => match ta.q {
+                Some(q) => out
+                    .iter_mut()
+                    .zip(a)
+                    .for_each(|(o, &v)| *o = (v as i32).max(q.zp) as u8),
+                None => f32_map(a, out, |x| if x > 0.0 { x } else { 0.0 }),
+            },
+            Layer::Flatten(_) => flatten(&ta, a, out),
+        }
+    }
+    Ok(())
+}
+
+/// The conv driver of the packed engine.
+#[allow(clippy::too_many_arguments)]
+fn conv_layer(
+    li: u16,
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    lp: &LayerPlan,
+    ops: &RowOps,
+    ta: &TensorSlot,
+    to: &TensorSlot,
+    x: &[u8],
+    out: &mut [u8],
+    weights: &[u8],
+    scratch: &mut [u8],
+) -> Result<()> {
+    let bad = Error::PlanMismatch {
+        layer: Site::Layer(li),
+    };
+    let (inq, outq) = match (ta.q, to.q) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return Err(bad),
+    };
+    let kind = lp.kernel.ok_or(bad)?;
+    let aux = weights.get(lp.aux()).ok_or(bad)?;
+    let w = weights.get(lp.w()).ok_or(bad)?;
+    let scratch = scratch.get_mut(..lp.scratch as usize).ok_or(bad)?;
+    let row = s.ow * s.cout;
+    if kind == KernelKind::Reference {
+        let acc: &mut [i32] =
+            bytemuck::try_cast_slice_mut(&mut scratch[..s.oh * row * 4]).map_err(|_| bad)?;
+        reference::conv_acc(conv, s, &inq, x, acc);
+        requant_rows(ops, conv, s, &outq, acc, 0, s.oh, out);
+        return Ok(());
+    }
+    let k = kernels::by_kind(kind).ok_or(Error::KernelUnavailable {
+        layer: li,
+        kernel: kind.name(),
+    })?;
+    // In-place kernels read the packed codes where the model lies (flash), not the arena.
+    let w = if k.reads_codes { conv.codes } else { w };
+    let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
+    let (xin_len, xbuf, accbuf) = match k.run {
+        Run::Bytes(_) if s.ph == 0 && s.pw == 0 => (0, &mut [][..], &mut scratch[..]),
+        Run::Bytes(_) => {
+            let n = s.hp * s.wp * s.c;
+            let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
+            (n, xb, rest)
+        }
+        Run::Bits(_) => {
+            let n = s.hp * s.wp * portable::bit_pixel_words(s) * 8;
+            let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
+            (n, xb, rest)
+        }
+    };
+    let rows = (lp.rows as usize).max(1);
+    let acc_all: &mut [i32] =
+        bytemuck::try_cast_slice_mut(accbuf.get_mut(..rows * row * 4).ok_or(bad)?)
+            .map_err(|_| bad)?;
+    match k.run {
+        Run::Bytes(f) => {
+            let xin: &[u8] = if xin_len == 0 {
+                x
+            } else {
+                portable::pad_bytes(s, x, pad, &mut xbuf[..xin_len]);
+                &xbuf[..xin_len]
+            };
+            let mut y0 = 0;
+            while y0 < s.oh {
+                let y1 = (y0 + rows).min(s.oh);
+                let acc = &mut acc_all[..(y1 - y0) * row];
+                f(s, xin, w, y0, y1, acc);
+                correct(s, &inq, aux, acc, y0, y1);
+                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
+                y0 = y1;
+            }
+        }
+        Run::Bits(f) => {
+            let words: &mut [u64] =
+                bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
+            (ops.pack_bits)(s, x, pad, words);
+            let words: &[u64] = words;
+            let mut y0 = 0;
+            while y0 < s.oh {
+                let y1 = (y0 + rows).min(s.oh);
+                let acc = &mut acc_all[..(y1 - y0) * row];
+                f(s, words, w, y0, y1, acc);
+                correct(s, &inq, aux, acc, y0, y1);
+                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
+                y0 = y1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns a kernel's raw sums (CONTRACT.md) into exact accumulators: removes the zero point's
+/// contribution (abits >= 2) or adds back the numerators of padded taps (abits 1, whose pad
+/// code 0 stands for -1 instead of 0).
+pub(crate) fn correct(
+    s: &ConvShape,
+    inq: &QParams,
+    aux: &[u8],
+    acc: &mut [i32],
+    y0: usize,
+    y1: usize,
+) {
+    if s.abits != 1 {
+        if inq.zp == 0 {
+            return;
+        }
+        // `aux` holds `zp * wsum[o]`; the arena keeps it aligned, so this is a vector loop.
+        match aux
+            .get(..s.cout * 4)
+            .map(bytemuck::try_cast_slice::<u8, i32>)
+        {
+            Some(Ok(zw)) => {
+                for px in acc.chunks_exact_mut(s.cout) {
+                    for (a, &z) in px.iter_mut().zip(zw) {
+                        *a = a.wrapping_sub(z);
+                    }
+                }
+            }
+            _ => {
+                for px in acc.chunks_exact_mut(s.cout) {
+                    for (o, a) in px.iter_mut().enumerate() {
+                        *a = a.wrapping_sub(i32_at(aux, o));
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let (h, w) = (s.h(), s.w());
+    for oy in y0..y1 {
+        let ty = oy * s.sh;
+        let row_inside = ty >= s.ph && ty + s.kh <= s.ph + h;
+        for ox in 0..s.ow {
+            let tx = ox * s.sw;
+            if row_inside && tx >= s.pw && tx + s.kw <= s.pw + w {
+                continue;
+            }
+            let base = ((oy - y0) * s.ow + ox) * s.cout;
+            let Some(px) = acc.get_mut(base..base + s.cout) else {
+                return;
+            };
+            for ky in 0..s.kh {
+                let iy = ty + ky;
+                let ypad = iy < s.ph || iy >= s.ph + h;
+                for kx in 0..s.kw {
+                    let ix = tx + kx;
+                    if ypad || ix < s.pw || ix >= s.pw + w {
+                        for (o, a) in px.iter_mut().enumerate() {
+                            *a = a.wrapping_add(i32_at(aux, (o * s.kh + ky) * s.kw + kx));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stage 1 and stage 2 on exact accumulators of rows `y0..y1`, into the output codes.
+#[allow(clippy::too_many_arguments)]
+fn requant_rows(
+    ops: &RowOps,
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    outq: &QParams,
+    acc: &[i32],
+    y0: usize,
+    y1: usize,
+    out: &mut [u8],
+) {
+    let row = s.ow * s.cout;
+    let Some(dst) = out.get_mut(y0 * row..y1 * row) else {
+        return;
+    };
+    let rq = &conv.requant;
+    (ops.requant)(&rq.raw, rq.affine.as_ref(), outq, s.cout, acc, dst);
+}

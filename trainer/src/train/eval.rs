@@ -3,7 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{Augment, DeviceData};
+use crate::data::{Augment, BatchSource, DeviceData};
 use crate::nn::net::{Ctx, Net};
 use crate::nn::QuantMode;
 
@@ -14,7 +14,7 @@ use crate::nn::QuantMode;
 /// H100; with f32 evaluation the two had agreed exactly.)
 pub fn evaluate(
     net: &Net,
-    data: &DeviceData,
+    data: &dyn BatchSource,
     aug: &Augment,
     batch: i64,
     quant: bool,
@@ -24,8 +24,11 @@ pub fn evaluate(
     let dev = data.device();
     let mut top1 = Tensor::zeros([], (Kind::Int64, dev));
     let mut top5 = Tensor::zeros([], (Kind::Int64, dev));
+    // Counted as the batches come: a streamed split may skip unreadable files.
+    let mut seen = 0i64;
     tch::no_grad(|| {
-        for (x, y) in data.batches(batch, false, 0) {
+        for (x, y) in data.epoch(batch, false, 0) {
+            seen += y.size()[0];
             let logits = net.forward(&aug.eval(&x), &ctx);
             let (_, idx) = logits.topk(k, -1, true, true);
             let hit = idx.eq_tensor(&y.unsqueeze(1));
@@ -33,7 +36,7 @@ pub fn evaluate(
             top5 += hit.sum(Kind::Int64);
         }
     });
-    let n = data.len().max(1) as f64;
+    let n = seen.max(1) as f64;
     (
         top1.int64_value(&[]) as f64 / n,
         top5.int64_value(&[]) as f64 / n,
@@ -87,7 +90,7 @@ const BN_MOMENTUM: f64 = 0.1;
 #[allow(clippy::too_many_arguments)]
 pub fn bn_calibrate(
     net: &Net,
-    data: &DeviceData,
+    data: &dyn BatchSource,
     aug: &Augment,
     batch: i64,
     quant: bool,
@@ -102,7 +105,7 @@ pub fn bn_calibrate(
     tch::no_grad(|| {
         let sums: Vec<Tensor> = stats.iter().map(|t| t.zeros_like()).collect();
         for (x, _) in data
-            .batches(batch, true, seed ^ 0x5eed)
+            .epoch(batch, true, seed ^ 0x5eed)
             .filter(|(x, _)| x.size()[0] > 1)
             .take(limit)
         {

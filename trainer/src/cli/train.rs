@@ -322,7 +322,10 @@ fn streamed_calibration(cfg: &Config, a: &TrainArgs, n: usize) -> (tch::Tensor, 
             d.host_batch(&idx, 0)
         }
         Err(_) => (
-            tch::Tensor::zeros([0, side as i64, side as i64, 3], (tch::Kind::Uint8, tch::Device::Cpu)),
+            tch::Tensor::zeros(
+                [0, side as i64, side as i64, 3],
+                (tch::Kind::Uint8, tch::Device::Cpu),
+            ),
             tch::Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)),
         ),
     }

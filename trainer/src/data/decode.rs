@@ -202,12 +202,11 @@ fn dimensions(bytes: &[u8], format: Format) -> Result<(u32, u32), DecodeError> {
             let i = d.info().ok_or("bad JPEG: no frame header")?;
             (u32::from(i.width), u32::from(i.height))
         }
-        Format::Png => image::ImageReader::with_format(
-            std::io::Cursor::new(bytes),
-            image::ImageFormat::Png,
-        )
-        .into_dimensions()
-        .map_err(|e| format!("bad PNG: {e}"))?,
+        Format::Png => {
+            image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png)
+                .into_dimensions()
+                .map_err(|e| format!("bad PNG: {e}"))?
+        }
     };
     if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
         return Err(format!(
@@ -403,12 +402,22 @@ mod tests {
     #[test]
     fn random_resized_crop_stays_inside_and_in_range() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for (w, h) in [(500, 375), (375, 500), (224, 224), (1, 1), (4000, 30), (30, 4000)] {
+        for (w, h) in [
+            (500, 375),
+            (375, 500),
+            (224, 224),
+            (1, 1),
+            (4000, 30),
+            (30, 4000),
+        ] {
             for _ in 0..500 {
                 let r = random_resized_crop(&mut rng, w, h, (0.08, 1.0), (0.75, 4.0 / 3.0));
                 assert!(r.w >= 1.0 && r.h >= 1.0, "{r:?}");
                 assert!(r.x >= 0.0 && r.y >= 0.0, "{r:?}");
-                assert!(r.x + r.w <= w as f64 && r.y + r.h <= h as f64, "{w}x{h}: {r:?}");
+                assert!(
+                    r.x + r.w <= w as f64 && r.y + r.h <= h as f64,
+                    "{w}x{h}: {r:?}"
+                );
                 let a = r.w * r.h / (w as f64 * h as f64);
                 if (w, h) == (500, 375) {
                     // Ten tries always succeed on such an image: area and ratio as asked

@@ -33,8 +33,15 @@ impl DeviceData {
     /// Wraps a `u8` NHWC image tensor and its `i64` labels (moved to `device`). Panics if they
     /// disagree in length or `images` is not 4-D.
     pub fn from_tensors(images: &Tensor, labels: &Tensor, device: Device) -> DeviceData {
-        let n = images.size4().expect("DeviceData::from_tensors: images must be NHWC").0;
-        assert_eq!(labels.size(), [n], "DeviceData::from_tensors: one label per image");
+        let n = images
+            .size4()
+            .expect("DeviceData::from_tensors: images must be NHWC")
+            .0;
+        assert_eq!(
+            labels.size(),
+            [n],
+            "DeviceData::from_tensors: one label per image"
+        );
         DeviceData {
             images: images.to_device(device),
             labels: labels.to_device(device),

@@ -39,7 +39,9 @@ pub(crate) fn is_archive(path: &Path) -> bool {
 }
 
 fn has_split_dir(dir: &Path) -> bool {
-    ["train", "test", "val"].iter().any(|s| dir.join(s).is_dir())
+    ["train", "test", "val"]
+        .iter()
+        .any(|s| dir.join(s).is_dir())
 }
 
 /// The tree root at `path`: `path` itself when it holds `train/`, `test/` or `val/`, else

@@ -115,7 +115,10 @@ mod tests {
                     }
                 }
             }
-            assert!(seen.iter().all(|&c| c == 1), "n {n} batch {batch} world {world}");
+            assert!(
+                seen.iter().all(|&c| c == 1),
+                "n {n} batch {batch} world {world}"
+            );
             // Step k of every rank draws from global batch k, interleaved by position.
             for (k, g) in global.iter().enumerate() {
                 for (pos, &img) in g.iter().enumerate() {

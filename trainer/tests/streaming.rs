@@ -34,7 +34,7 @@ fn rgb(c: usize, i: usize, w: u32, h: u32) -> Vec<u8> {
     for y in 0..h {
         for x in 0..w {
             s = s.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            let stripe = if c % 2 == 0 {
+            let stripe = if c.is_multiple_of(2) {
                 (x / 16) % 2
             } else {
                 (y / 16) % 2
@@ -196,14 +196,12 @@ fn odd_files_decode_to_rgb_or_are_skipped_and_named() {
     let m = decoded(&d, path)
         .to_kind(Kind::Float)
         .mean_dim(&[0i64, 1][..], false, Kind::Float);
-    let want = colour(*c);
-    for ch in 0..3 {
+    for (ch, want) in colour(*c).into_iter().enumerate() {
         let v = m.double_value(&[ch as i64]);
         // The stripes add 15 on average.
         assert!(
-            (v - (want[ch] as f64 + 15.0)).abs() < 25.0,
-            "CMYK channel {ch}: {v} vs {}",
-            want[ch]
+            (v - (want as f64 + 15.0)).abs() < 25.0,
+            "CMYK channel {ch}: {v} vs {want}"
         );
     }
     // PNG with alpha: the colour with the alpha dropped.
@@ -212,10 +210,9 @@ fn odd_files_decode_to_rgb_or_are_skipped_and_named() {
         false,
         Kind::Float,
     );
-    let want = colour(4);
-    for ch in 0..3 {
+    for (ch, want) in colour(4).into_iter().enumerate() {
         let v = m.double_value(&[ch as i64]);
-        assert!((v - (want[ch] as f64 + 15.0)).abs() < 25.0, "PNG {ch}: {v}");
+        assert!((v - (want as f64 + 15.0)).abs() < 25.0, "PNG {ch}: {v}");
     }
     // One epoch in stored order: the bad files are skipped and counted, the rest delivered.
     let mut seen = 0;
@@ -265,6 +262,16 @@ fn order_is_deterministic_sharded_and_augmentation_depends_on_the_seed() {
     // Rank 0's first image is the single run's first, identically augmented.
     assert!(x0.get(0).equal(&a.get(0)));
     assert!(x1.get(0).equal(&a.get(1)));
+}
+
+#[test]
+fn the_imagenet_recipe_parses_and_validates() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/imagenet-resnet18.toml");
+    let c = slb_trainer::config::Config::from_file(&p).unwrap();
+    c.algorithm().unwrap();
+    assert_eq!(c.model, slb_trainer::nn::Arch::Resnet18Imagenet);
+    assert_eq!(c.resize, Some(224));
+    assert_eq!(c.normalization, slb_trainer::data::Normalization::Imagenet);
 }
 
 #[test]

@@ -275,7 +275,8 @@ fn match_classes(test: StreamData, train_classes: &[String], a: &TrainArgs) -> R
         .cloned()
         .collect();
     let none_shared = extra.len() == test.classes().len();
-    if none_shared || (!a.allow_class_mismatch && !(missing.is_empty() && extra.is_empty())) {
+    let same_set = missing.is_empty() && extra.is_empty();
+    if none_shared || !(a.allow_class_mismatch || same_set) {
         return Err(data::DataError::ClassMismatch {
             context: format!("test split of {} vs its training split", a.data.display()),
             missing,

@@ -79,6 +79,9 @@ fn sorted_entries(
     Ok(out)
 }
 
+/// Image files with their labels.
+pub(crate) type ImageFiles = Vec<(PathBuf, i64)>;
+
 /// The folder of `split` in the tree at `root`: `train/`, and for the test split `test/`, or
 /// `val/` when there is no `test/` (ImageNet's name for it).
 pub(crate) fn split_dir(root: &Path, split: Split) -> PathBuf {
@@ -96,7 +99,7 @@ pub(crate) fn list_tree(
     root: &Path,
     split: Split,
     per_class: Option<usize>,
-) -> Result<(Vec<(PathBuf, i64)>, Vec<String>), DataError> {
+) -> Result<(ImageFiles, Vec<String>), DataError> {
     let split_dir = split_dir(root, split);
     if !split_dir.is_dir() {
         return Err(DataError::Empty {

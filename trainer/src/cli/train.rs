@@ -306,8 +306,8 @@ fn match_classes(test: StreamData, train_classes: &[String], a: &TrainArgs) -> R
     )?)
 }
 
-/// The first `n` training images of a streamed tree through the evaluation transform: the
-/// images export calibrates 8-bit ranges on.
+/// `n` training images of a streamed tree (a fixed shuffled sample) through the evaluation
+/// transform: the images export calibrates 8-bit ranges on.
 fn streamed_calibration(cfg: &Config, a: &TrainArgs, n: usize) -> (tch::Tensor, tch::Tensor) {
     let side = cfg.resize.unwrap_or(224) as u32;
     let opts = StreamOptions {
@@ -319,7 +319,9 @@ fn streamed_calibration(cfg: &Config, a: &TrainArgs, n: usize) -> (tch::Tensor, 
     };
     match StreamData::open(&a.data, Split::Train, cfg.train_per_class, opts) {
         Ok(d) => {
-            let idx: Vec<usize> = (0..n.min(d.files().len())).collect();
+            // A shuffled sample, not the first files (which are the first classes').
+            let mut idx = data::order::permutation(d.files().len(), 0);
+            idx.truncate(n);
             d.host_batch(&idx, 0)
         }
         Err(_) => (

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::algo::{QuantDtype, SlbQuantAwareTraining};
+use crate::data::{Normalization, Streaming};
 use crate::error::{Error, Result};
 use crate::nn::Arch;
 
@@ -91,8 +92,19 @@ pub struct Config {
     pub crop_pad: i64,
     /// Random horizontal flip.
     pub flip: bool,
-    /// Resize images to this side before the network (224 for Golden Stick's recipe).
+    /// Resize images to this side before the network (224 for Golden Stick's recipe). For a
+    /// streamed dataset: the side of ImageNet's `RandomResizedCrop` (default 224) and of the
+    /// evaluation centre crop (after resizing the shorter side to `resize * 256 / 224`).
     pub resize: Option<i64>,
+    /// Per-channel normalisation: "cifar" (default) or "imagenet".
+    pub normalization: Normalization,
+    /// Which loader reads an image-folder tree: "auto" (stream it when its images differ in
+    /// size or would not fit in memory decoded), "always" or "never".
+    pub streaming: Streaming,
+    /// Threads decoding a streamed dataset (default: every core).
+    pub data_workers: Option<usize>,
+    /// Batches a streamed dataset decodes ahead of the training step.
+    pub prefetch_batches: usize,
     /// Keep only this many training images per class (quick runs).
     pub train_per_class: Option<usize>,
     /// Keep only this many test images per class.
@@ -145,6 +157,10 @@ impl Default for Config {
             crop_pad: 4,
             flip: true,
             resize: None,
+            normalization: Normalization::Cifar,
+            streaming: Streaming::Auto,
+            data_workers: None,
+            prefetch_batches: 4,
             train_per_class: None,
             test_per_class: None,
             seed: 1,
@@ -323,6 +339,10 @@ impl Config {
             int_in("resize", r, 1..=MAX_SIDE)?;
         }
         int_in("crop_pad", self.crop_pad, 0..=MAX_CROP_PAD)?;
+        if let Some(w) = self.data_workers {
+            int_in("data_workers", w as i64, 1..=1024)?;
+        }
+        int_in("prefetch_batches", self.prefetch_batches as i64, 1..=64)?;
         for (key, n) in [
             ("train_per_class", self.train_per_class),
             ("test_per_class", self.test_per_class),

@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use slb_trainer::data::DeviceData;
+use slb_trainer::data::{order, DeviceData, Shard};
 use slb_trainer::dist::{Backend, Dist, Launch, Store};
 use slb_trainer::train::Sgd;
 use tch::{nn, Device, Kind, Tensor};
@@ -53,7 +53,11 @@ fn train(rank: usize, world: usize, dist: Option<&Dist>) -> Vec<f64> {
     let (logits, w, b) = model(&vs);
     let mut opt = Sgd::new(&vs, 0.9, true, 5e-4);
     for epoch in 0..EPOCHS {
-        for (x, y, global) in data.shard_batches(BATCH, 77 + epoch, rank, world) {
+        let shard = Shard { rank, world };
+        for (x, y, global) in data
+            .shard_batches(BATCH, true, 77 + epoch, shard)
+            .filter(|(_, _, g)| order::trains(*g as usize, world))
+        {
             let n = y.size()[0];
             let x = x.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
             let wq = slb_trainer::nn::quant::relaxed_weight(&logits, 2.0, 1);

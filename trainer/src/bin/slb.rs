@@ -22,6 +22,8 @@ enum Cmd {
     Export(cli::export::ExportArgs),
     /// Draw a run's per-epoch curves (accuracy, loss, temperature, learning rate) as a PNG.
     Plot(cli::plot::PlotArgs),
+    /// Time the streaming loader's decode and augmentation at 224 px on an image-folder tree.
+    DataBench(cli::data_bench::DataBenchArgs),
     /// Evaluate a packed model file on a dataset's test split with the host runtime.
     Eval(EvalArgs),
     /// Print a per-layer summary of a model file: bits, bytes, MACs, kernels, board fit.
@@ -80,6 +82,7 @@ fn main() {
         Cmd::Train(a) => cli::train::main(a),
         Cmd::Export(a) => cli::export::main(a),
         Cmd::Plot(a) => cli::plot::main(a),
+        Cmd::DataBench(a) => cli::data_bench::main(a),
         Cmd::Eval(a) => tools::eval::command(
             &a.model,
             &a.data,

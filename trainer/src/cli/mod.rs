@@ -1,6 +1,7 @@
 //! The `slb` command line's subcommands (`train`, `export`, `plot`; `eval`, `inspect` and `bench` read
 //! packed models and live beside them).
 
+pub mod data_bench;
 pub mod export;
 pub mod plot;
 pub mod train;

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::data::{self, DeviceData, Split};
+use crate::data::{self, DeviceData, Split, StreamData, StreamOptions, Transform};
 use crate::dist::{self, Backend, Dist, Launch};
 use crate::export::export_checkpoint;
 use crate::lock::{remove_stale_temps, OutLock};
-use crate::train::{checkpoint_path, run, Checkpoint, RunOptions};
+use crate::train::{checkpoint_path, run_with, Checkpoint, RunData, RunOptions};
 
 /// Arguments of `slb train`.
 #[derive(Debug, clap::Args)]
@@ -50,7 +50,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub threads: Option<i32>,
     /// Profile N training steps per epoch (after 3 warm-up steps): time per phase (augment,
-    /// forward, backward, all-reduce, optimizer, metrics), host enqueue vs total with the device
+    /// forward, backward, optimizer, metrics), host enqueue vs total with the device
     /// synchronised; printed and written to metrics.jsonl ("profile"). Profiled runs train
     /// eagerly (no CUDA graphs: phases cannot be timed inside one).
     #[arg(long, default_value_t = 0)]
@@ -171,6 +171,78 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     } else {
         None
     };
+    let streamed = data::use_streaming(&a.data, cfg.streaming)
+        .with_context(|| format!("loading {}", a.data.display()))?;
+    let (run_data, train) = if streamed {
+        (streaming_data(&cfg, a, device, main_rank)?, None)
+    } else {
+        let (d, t) = in_memory_data(&cfg, a, device, main_rank)?;
+        (d, Some(t))
+    };
+    let opts = RunOptions {
+        out: a.out.clone(),
+        device,
+        resume: a.resume,
+        stop_after: a.stop_after,
+        progress: true,
+        profile_steps: a.profile_steps,
+        trace: a.trace.clone(),
+        dist,
+    };
+    let summary = run_with(&cfg, run_data, &opts)?;
+    if !main_rank {
+        return Ok(());
+    }
+    if let Some(m) = summary.epochs.last() {
+        eprintln!(
+            "done: epoch {} test top1 {:.2}% top5 {:.2}%; checkpoint {}",
+            m.epoch,
+            m.test_top1 * 100.0,
+            m.test_top5 * 100.0,
+            summary.checkpoint.display()
+        );
+    }
+    if cfg.float_weights {
+        eprintln!("float-weight baseline: nothing to export");
+    } else if !a.no_export {
+        let ck = Checkpoint::load(&checkpoint_path(&a.out))?;
+        let calib = (!ck.meta.ranges_valid).then(|| match &train {
+            Some(t) => DeviceData::new(t, tch::Device::Cpu),
+            None => {
+                // The first images of the training split, through the evaluation transform.
+                let n = (cfg.calibration_batches * cfg.batch_size).max(1) as usize;
+                let (x, y) = streamed_calibration(&cfg, a, n);
+                DeviceData::from_tensors(&x, &y, tch::Device::Cpu)
+            }
+        });
+        let ex = export_checkpoint(&ck, calib.as_ref())?;
+        let path = a.out.join("model.slb");
+        crate::train::write_atomic(&path, |p| {
+            std::fs::write(p, &ex.bytes).map_err(|e| crate::Error::io("write", p, e))
+        })?;
+        eprintln!(
+            "exported {} ({} bytes, {} SLB convs){}",
+            path.display(),
+            ex.bytes.len(),
+            ex.convs,
+            if ex.calibrated {
+                "; 8-bit activation ranges calibrated on training images (activation quantization was off in training)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The in-memory path: both splits decoded, the test split's classes matched to the training
+/// split's; the run's data and the training set (for export's calibration).
+fn in_memory_data(
+    cfg: &Config,
+    a: &TrainArgs,
+    device: tch::Device,
+    verbose: bool,
+) -> Result<(RunData, data::Dataset)> {
     let load = |split| {
         let per_class = match split {
             Split::Train => cfg.train_per_class,
@@ -194,7 +266,7 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         );
     }
     cfg.check_memory(cfg.resize.unwrap_or(train.height.max(train.width) as i64))?;
-    if main_rank {
+    if verbose {
         eprintln!(
             "data: {} training, {} test images, {} classes, {}x{}",
             train.len(),
@@ -204,52 +276,152 @@ pub fn main(a: &TrainArgs) -> Result<()> {
             train.width
         );
     }
-    let opts = RunOptions {
-        out: a.out.clone(),
+    Ok((RunData::in_memory(cfg, &train, &test, device), train))
+}
+
+/// The streaming path: both splits of the image-folder tree listed (nothing decoded yet), the
+/// test split's classes matched to the training split's by name.
+fn streaming_data(
+    cfg: &Config,
+    a: &TrainArgs,
+    device: tch::Device,
+    verbose: bool,
+) -> Result<RunData> {
+    let side = cfg.resize.unwrap_or(224);
+    cfg.check_memory(side)?;
+    let opts = |transform| StreamOptions {
+        transform,
+        workers: cfg.data_workers.unwrap_or_else(default_workers),
+        prefetch: cfg.prefetch_batches,
         device,
-        resume: a.resume,
-        stop_after: a.stop_after,
-        progress: true,
-        profile_steps: a.profile_steps,
-        trace: a.trace.clone(),
-        dist,
+        shard: data::Shard::single(),
     };
-    let summary = run(&cfg, &train, &test, &opts)?;
-    if !main_rank {
-        return Ok(());
-    }
-    if let Some(m) = summary.epochs.last() {
+    let open = |split, per_class, transform| {
+        StreamData::open(&a.data, split, per_class, opts(transform))
+            .with_context(|| format!("loading {}", a.data.display()))
+    };
+    let train = open(
+        Split::Train,
+        cfg.train_per_class,
+        Transform::imagenet_train(side as u32),
+    )?;
+    let test = open(
+        Split::Test,
+        cfg.test_per_class,
+        Transform::imagenet_eval(side as u32),
+    )?;
+    let test = match_classes(test, train.classes(), a)?;
+    let workers = train.options().workers;
+    if verbose {
         eprintln!(
-            "done: epoch {} test top1 {:.2}% top5 {:.2}%; checkpoint {}",
-            m.epoch,
-            m.test_top1 * 100.0,
-            m.test_top5 * 100.0,
-            summary.checkpoint.display()
+        "data: streaming {} training, {} test images, {} classes, {side}x{side} crops, {workers} \
+         decoding threads, {} batches ahead",
+        train.files().len(),
+        test.files().len(),
+        train.classes().len(),
+            cfg.prefetch_batches
         );
     }
-    if cfg.float_weights {
-        eprintln!("float-weight baseline: nothing to export");
-    } else if !a.no_export {
-        let ck = Checkpoint::load(&checkpoint_path(&a.out))?;
-        let calib = (!ck.meta.ranges_valid).then(|| DeviceData::new(&train, tch::Device::Cpu));
-        let ex = export_checkpoint(&ck, calib.as_ref())?;
-        let path = a.out.join("model.slb");
-        crate::train::write_atomic(&path, |p| {
-            std::fs::write(p, &ex.bytes).map_err(|e| crate::Error::io("write", p, e))
-        })?;
+    Ok(RunData {
+        classes: train.classes().to_vec(),
+        train: std::rc::Rc::new(train),
+        test: Box::new(test),
+        image_size: side,
+        aug: data::Augment {
+            pad: 0,
+            flip: false,
+            resize: None,
+            mean: cfg.normalization.mean(),
+            std: cfg.normalization.std(),
+        },
+    })
+}
+
+/// `test` relabelled so that label `i` means `train_classes[i]` (by name), as
+/// [`data::align_classes`] does for an in-memory split.
+fn match_classes(test: StreamData, train_classes: &[String], a: &TrainArgs) -> Result<StreamData> {
+    if test.classes() == train_classes {
+        return Ok(test);
+    }
+    let index: std::collections::HashMap<&str, i64> = train_classes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i as i64))
+        .collect();
+    let missing: Vec<String> = train_classes
+        .iter()
+        .filter(|n| !test.classes().contains(n))
+        .cloned()
+        .collect();
+    let extra: Vec<String> = test
+        .classes()
+        .iter()
+        .filter(|n| !index.contains_key(n.as_str()))
+        .cloned()
+        .collect();
+    let none_shared = extra.len() == test.classes().len();
+    let same_set = missing.is_empty() && extra.is_empty();
+    if none_shared || !(a.allow_class_mismatch || same_set) {
+        return Err(data::DataError::ClassMismatch {
+            context: format!("test split of {} vs its training split", a.data.display()),
+            missing,
+            extra,
+            none_shared,
+        }
+        .into());
+    }
+    if !extra.is_empty() {
         eprintln!(
-            "exported {} ({} bytes, {} SLB convs){}",
-            path.display(),
-            ex.bytes.len(),
-            ex.convs,
-            if ex.calibrated {
-                "; 8-bit activation ranges calibrated on training images (activation quantization was off in training)"
-            } else {
-                ""
-            }
+            "warning: test images of classes the training split lacks are left out: {}",
+            extra.join(", ")
         );
     }
-    Ok(())
+    let files: Vec<_> = test
+        .files()
+        .iter()
+        .filter_map(|(p, l)| {
+            let name = test.classes().get(*l as usize)?;
+            index.get(name.as_str()).map(|&nl| (p.clone(), nl))
+        })
+        .collect();
+    Ok(StreamData::from_files(
+        files,
+        train_classes.to_vec(),
+        test.options().clone(),
+    )?)
+}
+
+/// `n` training images of a streamed tree (a fixed shuffled sample) through the evaluation
+/// transform: the images export calibrates 8-bit ranges on.
+fn streamed_calibration(cfg: &Config, a: &TrainArgs, n: usize) -> (tch::Tensor, tch::Tensor) {
+    let side = cfg.resize.unwrap_or(224) as u32;
+    let opts = StreamOptions {
+        transform: Transform::imagenet_eval(side),
+        workers: cfg.data_workers.unwrap_or_else(default_workers),
+        prefetch: 1,
+        device: tch::Device::Cpu,
+        shard: data::Shard::single(),
+    };
+    match StreamData::open(&a.data, Split::Train, cfg.train_per_class, opts) {
+        Ok(d) => {
+            // A shuffled sample, not the first files (which are the first classes').
+            let mut idx = data::order::permutation(d.files().len(), 0);
+            idx.truncate(n);
+            d.host_batch(&idx, 0)
+        }
+        Err(_) => (
+            tch::Tensor::zeros(
+                [0, side as i64, side as i64, 3],
+                (tch::Kind::Uint8, tch::Device::Cpu),
+            ),
+            tch::Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)),
+        ),
+    }
+}
+
+/// Decoding threads when `data_workers` is not set: every core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// This command's arguments without `--nproc N` (what each rank of `--nproc` runs).

@@ -8,6 +8,41 @@ pub const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 /// uses.
 pub const CIFAR_STD: [f32; 3] = [0.2023, 0.1994, 0.2010];
 
+/// ImageNet per-channel mean (units of `pixel / 255`), as torchvision's recipes use.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet per-channel standard deviation (units of `pixel / 255`).
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Which per-channel mean and standard deviation normalise the images (`normalization` in the
+/// configuration; the exported model's input table is built from the same values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalization {
+    /// [`CIFAR_MEAN`], [`CIFAR_STD`] (Golden Stick's CIFAR-10 recipe).
+    #[default]
+    Cifar,
+    /// [`IMAGENET_MEAN`], [`IMAGENET_STD`] (torchvision's ImageNet recipe).
+    Imagenet,
+}
+
+impl Normalization {
+    /// The per-channel mean.
+    pub fn mean(self) -> [f32; 3] {
+        match self {
+            Normalization::Cifar => CIFAR_MEAN,
+            Normalization::Imagenet => IMAGENET_MEAN,
+        }
+    }
+
+    /// The per-channel standard deviation.
+    pub fn std(self) -> [f32; 3] {
+        match self {
+            Normalization::Cifar => CIFAR_STD,
+            Normalization::Imagenet => IMAGENET_STD,
+        }
+    }
+}
+
 /// The network input value of pixel value `v` in channel `c`: `(v / 255 - mean[c]) / std[c]`,
 /// each step rounded to `f32`. This is the single definition of the normalisation: the exporter
 /// builds the packed model's input look-up table from it, and [`Augment`] computes the same

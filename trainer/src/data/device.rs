@@ -30,6 +30,25 @@ impl DeviceData {
         }
     }
 
+    /// Wraps a `u8` NHWC image tensor and its `i64` labels (moved to `device`). Panics if they
+    /// disagree in length or `images` is not 4-D.
+    pub fn from_tensors(images: &Tensor, labels: &Tensor, device: Device) -> DeviceData {
+        let n = images
+            .size4()
+            .expect("DeviceData::from_tensors: images must be NHWC")
+            .0;
+        assert_eq!(
+            labels.size(),
+            [n],
+            "DeviceData::from_tensors: one label per image"
+        );
+        DeviceData {
+            images: images.to_device(device),
+            labels: labels.to_device(device),
+            len: n,
+        }
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.len as usize
@@ -87,45 +106,39 @@ impl DeviceData {
         })
     }
 
-    /// This rank's part of each shuffled global batch of a data-parallel run of `world` ranks:
-    /// one permutation from `seed` (the same on every rank, as [`DeviceData::batches`]),
-    /// global batch `k` is its elements `k * batch ..`, and rank `rank` takes the positions
-    /// `i` of that batch with `i % world == rank` (DistributedSampler's interleave), so every
-    /// image is seen once per epoch across the ranks and the union of the ranks' batches `k`
-    /// is exactly the single-process batch `k`. Yields `(images, labels, global batch size)`.
-    /// A trailing global batch smaller than `2 * world` (a rank would get fewer than two
-    /// images, too few for BatchNorm statistics) is left out when `world > 1`.
+    /// This rank's part of each global batch of a data-parallel run (`shard`): one order
+    /// (with `shuffle`, a permutation from `seed` computed on the device, the same on every
+    /// rank, as [`DeviceData::batches`]), global batch `k` its elements `k * batch ..`, and
+    /// rank `r` of `world` takes the positions `i` of that batch with `i % world == r`
+    /// ([`order`](super::order)'s rule), so every image is seen once per epoch across the ranks
+    /// and the ranks' batches `k` together are exactly the single-process batch `k`. Yields
+    /// `(images, labels, global batch size)`; a rank's part of a short last batch may be empty.
     pub fn shard_batches(
         &self,
         batch: i64,
+        shuffle: bool,
         seed: u64,
-        rank: usize,
-        world: usize,
+        shard: super::Shard,
     ) -> impl Iterator<Item = (Tensor, Tensor, i64)> + '_ {
         let batch = batch.max(1);
-        let (rank, world) = (rank as i64, world.max(1) as i64);
-        let perm = permutation(self.len, seed, self.device());
+        let (rank, world) = (shard.rank as i64, shard.world.max(1) as i64);
+        let perm = if shuffle {
+            permutation(self.len, seed, self.device())
+        } else {
+            Tensor::arange(self.len, (Kind::Int64, self.device()))
+        };
         let n = self.len;
-        (0..n)
-            .step_by(batch as usize)
-            .map(move |start| (start, batch.min(n - start)))
-            .filter(move |&(_, len)| world == 1 || len >= 2 * world)
-            .map(move |(start, len)| {
-                let idx = perm.narrow(0, start, len).slice(0, rank, len, world);
-                (
-                    self.images.index_select(0, &idx),
-                    self.labels.index_select(0, &idx),
-                    len,
-                )
-            })
-    }
-
-    /// The number of batches [`DeviceData::shard_batches`] yields on each rank.
-    pub fn shard_batch_count(&self, batch: i64, world: usize) -> i64 {
-        let (batch, world) = (batch.max(1), world.max(1) as i64);
-        let full = self.len / batch;
-        let tail = self.len % batch;
-        full + i64::from(tail > 0 && (world == 1 || tail >= 2 * world))
+        (0..n).step_by(batch as usize).map(move |start| {
+            let len = batch.min(n - start);
+            let idx = perm
+                .narrow(0, start, len)
+                .slice(0, rank.min(len), len, world);
+            (
+                self.images.index_select(0, &idx),
+                self.labels.index_select(0, &idx),
+                len,
+            )
+        })
     }
 }
 

@@ -9,6 +9,16 @@ use super::Split;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
+    /// `streaming = "always"` on a dataset that is not an image-folder tree on disk.
+    #[error(
+        "{} cannot be streamed: only an image-folder tree on disk (train/<class>/*.jpg) can; \
+         set streaming = \"auto\" or \"never\" for CIFAR binaries and archives",
+        path.display()
+    )]
+    NotStreamable {
+        /// The path given.
+        path: PathBuf,
+    },
     /// The path does not exist.
     #[error("dataset path {} does not exist", path.display())]
     NotFound {

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::{DataError, Dataset, Split};
 
 /// Whether a file name has an image extension the decoder handles.
-fn is_image_name(name: &str) -> bool {
+pub(crate) fn is_image_name(name: &str) -> bool {
     if name.starts_with('.') {
         return false;
     }
@@ -39,10 +39,12 @@ pub(crate) fn is_archive(path: &Path) -> bool {
 }
 
 fn has_split_dir(dir: &Path) -> bool {
-    dir.join("train").is_dir() || dir.join("test").is_dir()
+    ["train", "test", "val"]
+        .iter()
+        .any(|s| dir.join(s).is_dir())
 }
 
-/// The tree root at `path`: `path` itself when it holds `train/` or `test/`, else
+/// The tree root at `path`: `path` itself when it holds `train/`, `test/` or `val/`, else
 /// `path/cifar10`, else the first sub-folder (by name) that holds one.
 pub(crate) fn find_root(path: &Path) -> Option<PathBuf> {
     super::find_dir(path, "cifar10", has_split_dir)
@@ -77,13 +79,28 @@ fn sorted_entries(
     Ok(out)
 }
 
-/// Loads one split of the tree at `root`.
-pub(crate) fn load_tree(
+/// Image files with their labels.
+pub(crate) type ImageFiles = Vec<(PathBuf, i64)>;
+
+/// The folder of `split` in the tree at `root`: `train/`, and for the test split `test/`, or
+/// `val/` when there is no `test/` (ImageNet's name for it).
+pub(crate) fn split_dir(root: &Path, split: Split) -> PathBuf {
+    let dir = root.join(split.dir_name());
+    if split == Split::Test && !dir.is_dir() && root.join("val").is_dir() {
+        return root.join("val");
+    }
+    dir
+}
+
+/// The image files of one split of the tree at `root`, each with its label, and the class
+/// names in label order (as torchvision's `ImageFolder`: classes and files in sorted name
+/// order); with `per_class`, the first `k` files of each class.
+pub(crate) fn list_tree(
     root: &Path,
     split: Split,
     per_class: Option<usize>,
-) -> Result<Dataset, DataError> {
-    let split_dir = root.join(split.dir_name());
+) -> Result<(ImageFiles, Vec<String>), DataError> {
+    let split_dir = split_dir(root, split);
     if !split_dir.is_dir() {
         return Err(DataError::Empty {
             path: split_dir,
@@ -120,6 +137,16 @@ pub(crate) fn load_tree(
         files.extend(images.into_iter().map(|(_, p)| (p, label as i64)));
         classes.push(name);
     }
+    Ok((files, classes))
+}
+
+/// Loads one split of the tree at `root`.
+pub(crate) fn load_tree(
+    root: &Path,
+    split: Split,
+    per_class: Option<usize>,
+) -> Result<Dataset, DataError> {
+    let (files, classes) = list_tree(root, split, per_class)?;
     let (images, (width, height)) = decode_all(
         &files,
         |(p, _)| {

@@ -17,12 +17,22 @@
 //! * an image-folder tree `root/{train,test}/<class>/*.{jpg,jpeg,png}` (classes in sorted name
 //!   order, as torchvision's `ImageFolder`), also one level down (`root/cifar10/train/..`);
 //! * a `.tar`, `.tar.xz` or `.txz` archive holding such a tree, read in one streaming pass.
+//!
+//! The test split of an image-folder tree is `test/`, or `val/` where there is no `test/`.
+//!
+//! A tree too large for memory (ImageNet) is streamed instead ([`StreamData`]): files are
+//! decoded per batch by worker threads, with torchvision's ImageNet transforms
+//! ([`Transform`]); [`use_streaming`] decides which path a dataset takes. Both paths serve
+//! batches through [`BatchSource`], in the order [`order`] defines.
 
 mod augment;
 mod cifar_bin;
+mod decode;
 mod device;
 mod error;
 mod folder;
+pub mod order;
+mod stream;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,10 +41,134 @@ use std::path::{Path, PathBuf};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-pub use augment::{normalise_value, Augment, CIFAR_MEAN, CIFAR_STD};
+pub use augment::{
+    normalise_value, Augment, Normalization, CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD,
+};
+pub use decode::{center_crop_rect, decode_into, random_resized_crop, Rect, Transform};
 pub use device::DeviceData;
 pub use error::DataError;
 pub use folder::{MAX_IMAGE_FILE_BYTES, MAX_IMAGE_SIDE};
+pub use order::Shard;
+pub use stream::{StreamData, StreamOptions};
+
+/// An epoch's batches: `u8` NHWC images and `i64` labels on the source's device.
+pub type BatchIter<'a> = Box<dyn Iterator<Item = (tch::Tensor, tch::Tensor)> + 'a>;
+
+/// A rank's parts of an epoch's global batches: `u8` NHWC images, `i64` labels, and the number
+/// of images of the global batch they are part of (the same on every rank).
+pub type ShardIter<'a> = Box<dyn Iterator<Item = (tch::Tensor, tch::Tensor, i64)> + 'a>;
+
+/// Where training and evaluation batches come from: a dataset resident on the device
+/// ([`DeviceData`]) or one streamed from disk ([`StreamData`]).
+pub trait BatchSource {
+    /// Number of images (of this rank's whole split, before any is skipped).
+    fn len(&self) -> usize;
+
+    /// Whether there are no images.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The device batches are delivered on.
+    fn device(&self) -> tch::Device;
+
+    /// One epoch of batches of `batch` images (the last, and any with skipped files, shorter),
+    /// shuffled by `seed` when `shuffle`, else in stored order.
+    fn epoch(&self, batch: i64, shuffle: bool, seed: u64) -> BatchIter<'_>;
+
+    /// One epoch in the order of [`order`]: global batches of `batch` images (shuffled by
+    /// `seed` when `shuffle`), of which this rank, `shard`, gets its interleaved part, with the
+    /// global batch's size. Every global batch yields one item on every rank, even one whose
+    /// part here is empty (a data-parallel step needs every rank), so all ranks take the same
+    /// number of steps.
+    fn shard_epoch(&self, batch: i64, shuffle: bool, seed: u64, shard: Shard) -> ShardIter<'_>;
+
+    /// Files skipped so far (unreadable or undecodable), over the source's life.
+    fn skipped(&self) -> u64 {
+        0
+    }
+}
+
+impl BatchSource for DeviceData {
+    fn len(&self) -> usize {
+        DeviceData::len(self)
+    }
+
+    fn device(&self) -> tch::Device {
+        DeviceData::device(self)
+    }
+
+    fn epoch(&self, batch: i64, shuffle: bool, seed: u64) -> BatchIter<'_> {
+        Box::new(self.batches(batch, shuffle, seed))
+    }
+
+    fn shard_epoch(&self, batch: i64, shuffle: bool, seed: u64, shard: Shard) -> ShardIter<'_> {
+        Box::new(self.shard_batches(batch, shuffle, seed, shard))
+    }
+}
+
+/// Which loader a dataset uses (`streaming` in the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Streaming {
+    /// Stream an image-folder tree on disk when its images differ in size or would take more
+    /// than [`STREAM_ABOVE_BYTES`] decoded; everything else in memory.
+    #[default]
+    Auto,
+    /// Always stream (only an image-folder tree on disk can be streamed).
+    Always,
+    /// Never stream: decode everything into memory (every image must have one size).
+    Never,
+}
+
+/// Decoded size above which `streaming = "auto"` streams: 8 GiB.
+pub const STREAM_ABOVE_BYTES: u64 = 8 << 30;
+
+/// Whether the dataset at `path` is streamed under `mode`: a sample of the training split's
+/// headers (up to 64 files spread over it) estimates the decoded size. CIFAR binaries and
+/// archives are never streamed (`Always` on them is an error naming the path).
+pub fn use_streaming(path: &Path, mode: Streaming) -> Result<bool, DataError> {
+    if mode == Streaming::Never {
+        return Ok(false);
+    }
+    let root = if path.is_dir() && cifar_bin::find(path).is_none() {
+        folder::find_root(path)
+    } else {
+        None
+    };
+    let Some(root) = root else {
+        return match mode {
+            Streaming::Always => Err(DataError::NotStreamable {
+                path: path.to_path_buf(),
+            }),
+            _ => Ok(false),
+        };
+    };
+    if mode == Streaming::Always {
+        return Ok(true);
+    }
+    let (files, _) = folder::list_tree(&root, Split::Train, None)?;
+    if files.is_empty() {
+        return Ok(false);
+    }
+    let step = (files.len() / 64).max(1);
+    let mut sizes = Vec::new();
+    for (p, _) in files.iter().step_by(step).take(64) {
+        let Ok(r) = image::ImageReader::open(p).and_then(|r| r.with_guessed_format()) else {
+            continue;
+        };
+        if let Ok(d) = r.into_dimensions() {
+            sizes.push(d);
+        }
+    }
+    let mixed = sizes.windows(2).any(|w| w[0] != w[1]);
+    let mean_px = sizes
+        .iter()
+        .map(|&(w, h)| u64::from(w) * u64::from(h))
+        .sum::<u64>()
+        / sizes.len().max(1) as u64;
+    Ok(mixed || mean_px * 3 * files.len() as u64 > STREAM_ABOVE_BYTES)
+}
 
 /// The class names of CIFAR-10 in label order (used when a binary folder has no
 /// `batches.meta.txt`).

@@ -118,11 +118,13 @@ pub fn load_net(ck: &Checkpoint) -> Result<(nn::VarStore, Net)> {
 
 /// The augmentation (normalisation, resize) a checkpoint's run used.
 pub fn augment_of(ck: &Checkpoint) -> Augment {
+    let c = &ck.meta.config;
     Augment {
         pad: 0,
         flip: false,
-        resize: ck.meta.config.resize,
-        ..Augment::cifar()
+        resize: c.resize,
+        mean: c.normalization.mean(),
+        std: c.normalization.std(),
     }
 }
 

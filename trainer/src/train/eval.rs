@@ -3,7 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{Augment, DeviceData};
+use crate::data::{Augment, BatchSource, DeviceData, Shard};
 use crate::nn::net::{Ctx, Net};
 use crate::nn::QuantMode;
 
@@ -14,47 +14,50 @@ use crate::nn::QuantMode;
 /// H100; with f32 evaluation the two had agreed exactly.)
 pub fn evaluate(
     net: &Net,
-    data: &DeviceData,
+    data: &dyn BatchSource,
     aug: &Augment,
     batch: i64,
     quant: bool,
 ) -> (f64, f64) {
-    let counts = evaluate_counts(net, data, aug, batch, quant, (0, 1));
-    let n = data.len().max(1) as f64;
+    let counts = evaluate_counts(net, data, aug, batch, quant, Shard::single());
+    let n = counts.int64_value(&[2]).max(1) as f64;
     (
         counts.int64_value(&[0]) as f64 / n,
         counts.int64_value(&[1]) as f64 / n,
     )
 }
 
-/// The top-1 and top-5 hit counts (an `i64` tensor of 2 on the data's device) of [`evaluate`]
-/// over the batches `i` of `data` with `i % world == rank` (`shard = (rank, world)`): the
-/// ranks of a data-parallel run each count their share, and the sums are the whole set's.
+/// The top-1 and top-5 hit counts and the images seen (an `i64` tensor of 3 on the data's
+/// device) of [`evaluate`] over this rank's part (`shard`) of the test batches: the ranks of a
+/// data-parallel run each count their share, and the sums are the whole set's. Images are
+/// counted as the batches come: a streamed split may skip unreadable files.
 pub fn evaluate_counts(
     net: &Net,
-    data: &DeviceData,
+    data: &dyn BatchSource,
     aug: &Augment,
     batch: i64,
     quant: bool,
-    shard: (usize, usize),
+    shard: Shard,
 ) -> Tensor {
-    let (rank, world) = (shard.0, shard.1.max(1));
     let ctx = hard_ctx(false, quant, false);
     let k = 5.min(net.cfg.num_classes);
     let dev = data.device();
-    let counts = Tensor::zeros([2], (Kind::Int64, dev));
+    let counts = Tensor::zeros([3], (Kind::Int64, dev));
+    let mut seen = 0i64;
     tch::no_grad(|| {
-        for (_, (x, y)) in data
-            .batches(batch, false, 0)
-            .enumerate()
-            .filter(|(i, _)| i % world == rank)
-        {
+        for (x, y, _) in data.shard_epoch(batch, false, 0, shard) {
+            let n = y.size()[0];
+            if n == 0 {
+                continue;
+            }
+            seen += n;
             let logits = net.forward(&aug.eval(&x), &ctx);
             let (_, idx) = logits.topk(k, -1, true, true);
             let hit = idx.eq_tensor(&y.unsqueeze(1));
             let _ = counts.get(0).g_add_(&hit.narrow(1, 0, 1).sum(Kind::Int64));
             let _ = counts.get(1).g_add_(&hit.sum(Kind::Int64));
         }
+        let _ = counts.get(2).fill_(seen);
     });
     counts
 }
@@ -106,7 +109,7 @@ const BN_MOMENTUM: f64 = 0.1;
 #[allow(clippy::too_many_arguments)]
 pub fn bn_calibrate(
     net: &Net,
-    data: &DeviceData,
+    data: &dyn BatchSource,
     aug: &Augment,
     batch: i64,
     quant: bool,
@@ -121,7 +124,7 @@ pub fn bn_calibrate(
     tch::no_grad(|| {
         let sums: Vec<Tensor> = stats.iter().map(|t| t.zeros_like()).collect();
         for (x, _) in data
-            .batches(batch, true, seed ^ 0x5eed)
+            .epoch(batch, true, seed ^ 0x5eed)
             .filter(|(x, _)| x.size()[0] > 1)
             .take(limit)
         {

@@ -17,7 +17,7 @@ use super::{build, net_config};
 use crate::algo::{SlbQuantAwareTraining, Temperature};
 use crate::config::Config;
 use crate::cuda::StepGraph;
-use crate::data::{Augment, Dataset, DeviceData};
+use crate::data::{order, Augment, BatchSource, Dataset, DeviceData, Shard};
 use crate::dist::Dist;
 use crate::error::{Error, Result};
 use crate::nn::net::{Ctx, Net};
@@ -57,10 +57,48 @@ pub struct RunSummary {
     pub checkpoint: PathBuf,
 }
 
+/// A run's data: where its batches come from and what the network reads.
+pub struct RunData {
+    /// The training batches (shuffled each epoch).
+    pub train: Rc<dyn BatchSource>,
+    /// The test batches (in stored order).
+    pub test: Box<dyn BatchSource>,
+    /// Class names of the training data, in label order.
+    pub classes: Vec<String>,
+    /// Image side the network reads.
+    pub image_size: i64,
+    /// The augmentation and normalisation done on the device.
+    pub aug: Augment,
+}
+
+impl RunData {
+    /// In-memory datasets copied to `device`, augmented on it as `cfg` says.
+    pub fn in_memory(cfg: &Config, train: &Dataset, test: &Dataset, device: Device) -> RunData {
+        RunData {
+            train: Rc::new(DeviceData::new(train, device)),
+            test: Box::new(DeviceData::new(test, device)),
+            classes: train.classes.clone(),
+            image_size: cfg.resize.unwrap_or(train.height as i64),
+            aug: Augment {
+                pad: cfg.crop_pad,
+                flip: cfg.flip,
+                resize: cfg.resize,
+                mean: cfg.normalization.mean(),
+                std: cfg.normalization.std(),
+            },
+        }
+    }
+}
+
 /// Trains `cfg` on `train` (evaluating on `test` after each epoch), writing a checkpoint every
 /// epoch. `cfg` must have been validated with [`Config::algorithm`].
 pub fn run(cfg: &Config, train: &Dataset, test: &Dataset, opts: &RunOptions) -> Result<RunSummary> {
-    let mut learner = Learner::new(cfg, train, test, opts)?;
+    run_with(cfg, RunData::in_memory(cfg, train, test, opts.device), opts)
+}
+
+/// [`run`] on any [`RunData`] (the streaming loader's, for one).
+pub fn run_with(cfg: &Config, data: RunData, opts: &RunOptions) -> Result<RunSummary> {
+    let mut learner = Learner::new(cfg, data, opts)?;
     let mut summary = RunSummary {
         epochs: Vec::new(),
         checkpoint: learner.ckpt_path.clone(),
@@ -79,7 +117,7 @@ struct Learner<'a> {
     cfg: Config,
     opts: &'a RunOptions,
     /// Class names of the training data, in label order.
-    classes: &'a [String],
+    classes: Vec<String>,
     algo: SlbQuantAwareTraining,
     dev: Device,
     cuda: bool,
@@ -96,8 +134,8 @@ struct Learner<'a> {
     ranges_valid: bool,
     /// The training images (shared with an epoch's batch iterator, which outlives the
     /// steps' mutable borrows of the learner).
-    train_data: Rc<DeviceData>,
-    test_data: DeviceData,
+    train_data: Rc<dyn BatchSource>,
+    test_data: Box<dyn BatchSource>,
     aug: Augment,
     steps_per_epoch: i64,
     /// The first and last epochs this run trains.
@@ -119,12 +157,7 @@ struct Learner<'a> {
 impl<'a> Learner<'a> {
     /// Sets a run up: the output folder, the checkpoint it resumes from (if any), the network,
     /// the optimizer, the data on the device, the sink.
-    fn new(
-        cfg: &Config,
-        train: &'a Dataset,
-        test: &Dataset,
-        opts: &'a RunOptions,
-    ) -> Result<Learner<'a>> {
+    fn new(cfg: &Config, data: RunData, opts: &'a RunOptions) -> Result<Learner<'a>> {
         let mut cfg = cfg.clone();
         let dist = opts.dist.clone();
         let main = dist.as_ref().is_none_or(|d| d.is_main());
@@ -133,7 +166,7 @@ impl<'a> Learner<'a> {
         } else {
             checkpoint_path(&opts.out)
         };
-        let resume = resume_from(&ckpt_path, opts, &mut cfg, train)?;
+        let resume = resume_from(&ckpt_path, opts, &mut cfg, &data)?;
         let algo = cfg.algorithm()?;
         let dev = opts.device;
         let cuda = dev.is_cuda();
@@ -141,8 +174,8 @@ impl<'a> Learner<'a> {
             tch::Cuda::cudnn_set_benchmark(true);
         }
         tch::manual_seed(cfg.seed as i64);
-        let classes = train.classes.len() as i64;
-        let image_size = cfg.resize.unwrap_or(train.height as i64);
+        let classes = data.classes.len() as i64;
+        let image_size = data.image_size;
         let vs = nn::VarStore::new(dev);
         let net = build(
             &algo,
@@ -167,16 +200,16 @@ impl<'a> Learner<'a> {
             std::fs::write(opts.out.join("config.toml"), cfg.to_toml())
                 .map_err(|e| Error::io("write", &opts.out.join("config.toml"), e))?;
         }
-        let train_data = Rc::new(DeviceData::new(train, dev));
-        let test_data = DeviceData::new(test, dev);
-        let aug = Augment {
-            pad: cfg.crop_pad,
-            flip: cfg.flip,
-            resize: cfg.resize,
-            ..Augment::cifar()
-        };
+        let RunData {
+            train: train_data,
+            test: test_data,
+            classes: class_names,
+            aug,
+            ..
+        } = data;
         let world = dist.as_ref().map_or(1, |d| d.world);
-        let steps_per_epoch = train_data.shard_batch_count(cfg.batch_size, world);
+        let steps_per_epoch =
+            order::train_steps(train_data.len(), cfg.batch_size.max(1) as usize, world) as i64;
         let total = algo.epoch_size().unwrap_or(cfg.epochs);
         let first = algo.has_trained_epoch().unwrap_or(0) + 1;
         let last = match opts.stop_after {
@@ -200,7 +233,7 @@ impl<'a> Learner<'a> {
             graphs: step_graphs(&cfg, opts, dist.as_deref()),
             cfg,
             opts,
-            classes: &train.classes,
+            classes: class_names,
             algo,
             dev,
             cuda,
@@ -242,6 +275,14 @@ impl<'a> Learner<'a> {
         self.checkpoint_and_report(m)
     }
 
+    /// This process's part of the data (the whole of it outside a data-parallel run).
+    fn shard(&self) -> Shard {
+        self.dist.as_ref().map_or(Shard::single(), |d| Shard {
+            rank: d.rank,
+            world: d.world,
+        })
+    }
+
     /// The seed of epoch `epoch`'s shuffles (training batches, calibration batches).
     fn shuffle_seed(&self, epoch: i64) -> u64 {
         self.cfg.seed.wrapping_mul(7919).wrapping_add(epoch as u64)
@@ -265,11 +306,12 @@ impl<'a> Learner<'a> {
         let path = opts.trace.as_deref().filter(|_| epoch == self.first);
         let mut trace = Trace::new(path, opts.profile_steps);
         let data = Rc::clone(&self.train_data);
-        let (rank, world) = self.dist.as_ref().map_or((0, 1), |d| (d.rank, d.world));
-        for (i, (x, y, global)) in data
-            .shard_batches(self.cfg.batch_size, seed, rank, world)
-            .enumerate()
-        {
+        let shard = self.shard();
+        let skipped = data.skipped();
+        let batches = data
+            .shard_epoch(self.cfg.batch_size, true, seed, shard)
+            .filter(|(_, _, global)| order::trains(*global as usize, shard.world));
+        for (i, (x, y, global)) in batches.enumerate() {
             let i = i as i64;
             prof.start(profiled(i, opts.profile_steps));
             trace.before_step(i)?;
@@ -309,6 +351,7 @@ impl<'a> Learner<'a> {
             bn_calibrated: false,
             eval_bn_calibrated: false,
             profile: prof.report(),
+            skipped_images: data.skipped() - skipped,
         })
     }
 
@@ -344,6 +387,18 @@ impl<'a> Learner<'a> {
         temp: Temperature,
         prof: &mut Profiler,
     ) -> Result<f64> {
+        let n = y.size()[0];
+        if let Some(d) = self.dist.as_deref().filter(|_| n < 2) {
+            // This rank's part of the global batch is (nearly) empty (its files were skipped):
+            // too few images for a forward pass in training mode; its zero gradient still
+            // joins the ranks' sum, so every rank takes the same step.
+            let lr = self.cfg.lr_at(self.step, self.steps_per_epoch);
+            self.opt.set_lr(lr);
+            self.opt.all_reduce_grad(d)?;
+            self.opt.apply();
+            self.step += 1;
+            return Ok(lr);
+        }
         let cfg = &self.cfg;
         let ctx = Ctx {
             train: true,
@@ -364,7 +419,6 @@ impl<'a> Learner<'a> {
         let lr = cfg.lr_at(self.step, self.steps_per_epoch);
         self.opt.set_lr(lr);
         self.net.set_temperature(ctx.t);
-        let n = y.size()[0];
         let (net, opt) = (&self.net, &mut self.opt);
         let (loss_sum, correct) = (&mut self.loss_sum, &mut self.correct);
         let smoothing = cfg.label_smoothing;
@@ -467,11 +521,12 @@ impl<'a> Learner<'a> {
         }
         let seed = self.shuffle_seed(epoch);
         let dist = self.dist.as_deref();
+        let shard = self.shard();
         // Each rank calibrates on its own augmentations; rank 0's statistics are kept.
         let calibrate_pass = || -> Result<i64> {
             let k = bn_calibrate(
                 &self.net,
-                &self.train_data,
+                &*self.train_data,
                 &self.aug,
                 cfg.batch_size,
                 quant_now,
@@ -488,19 +543,18 @@ impl<'a> Learner<'a> {
         };
         // Each rank evaluates its share of the test batches; the counts are summed.
         let eval = || -> Result<(f64, f64)> {
-            let (rank, world) = dist.map_or((0, 1), |d| (d.rank, d.world));
             let counts = evaluate_counts(
                 &self.net,
-                &self.test_data,
+                &*self.test_data,
                 &self.aug,
                 cfg.batch_size,
                 cfg.enable_act_quant && self.ranges_valid,
-                (rank, world),
+                shard,
             );
             if let Some(d) = dist {
                 d.all_reduce_sum(&counts)?;
             }
-            let n = self.test_data.len().max(1) as f64;
+            let n = counts.int64_value(&[2]).max(1) as f64;
             Ok((
                 counts.int64_value(&[0]) as f64 / n,
                 counts.int64_value(&[1]) as f64 / n,
@@ -539,7 +593,7 @@ impl<'a> Learner<'a> {
             temperature: m.temperature,
             hard: m.hard,
             config: self.cfg.clone(),
-            classes: self.classes.to_vec(),
+            classes: self.classes.clone(),
             image_size: self.image_size,
             ranges_valid: self.ranges_valid,
         };
@@ -566,19 +620,19 @@ fn prepare_out(out: &Path) -> Result<PathBuf> {
     Ok(checkpoint_path(out))
 }
 
-/// The checkpoint `ckpt_path` a run with `opts` continues, checked against `cfg` and `train`
+/// The checkpoint `ckpt_path` a run with `opts` continues, checked against `cfg` and `data`
 /// (`None`: a fresh run); `cfg` then starts after the epochs it trained.
 fn resume_from(
     ckpt_path: &Path,
     opts: &RunOptions,
     cfg: &mut Config,
-    train: &Dataset,
+    data: &RunData,
 ) -> Result<Option<Checkpoint>> {
     if !(opts.resume && ckpt_path.exists()) {
         return Ok(None);
     }
     let ck = Checkpoint::load(ckpt_path)?;
-    check_resume(&ck, cfg, train)?;
+    check_resume(&ck, cfg, data)?;
     cfg.has_trained_epoch = Some(ck.meta.epoch);
     Ok(Some(ck))
 }
@@ -660,9 +714,9 @@ fn step_graphs(cfg: &Config, opts: &RunOptions, dist: Option<&Dist>) -> Option<S
     }
 }
 
-/// Whether the checkpoint of `OUT` can be continued with `cfg` on `train`: its schedule is not
+/// Whether the checkpoint of `OUT` can be continued with `cfg` on `data`: its schedule is not
 /// finished, and it was trained on the same classes (by name) at the same image size.
-fn check_resume(ck: &Checkpoint, cfg: &Config, train: &Dataset) -> Result<()> {
+fn check_resume(ck: &Checkpoint, cfg: &Config, data: &RunData) -> Result<()> {
     let err = |msg: String| Error::Resume {
         path: ck.path.clone(),
         msg,
@@ -675,16 +729,16 @@ fn check_resume(ck: &Checkpoint, cfg: &Config, train: &Dataset) -> Result<()> {
             ck.meta.epoch
         )));
     }
-    if ck.meta.classes != train.classes {
+    if ck.meta.classes != data.classes {
         return Err(err(format!(
             "it was trained on {} classes ({}) but the data has {} ({})",
             ck.meta.classes.len(),
             ck.meta.classes.join(", "),
-            train.classes.len(),
-            train.classes.join(", ")
+            data.classes.len(),
+            data.classes.join(", ")
         )));
     }
-    let size = cfg.resize.unwrap_or(train.height as i64);
+    let size = data.image_size;
     if ck.meta.image_size != size {
         return Err(err(format!(
             "it was trained at image size {} but this run's images are {size}x{size} \

@@ -53,6 +53,14 @@ pub struct EpochMetrics {
     /// Where a training step's time goes (`RunOptions::profile_steps`), if profiled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<StepProfile>,
+    /// Training images skipped this epoch because their file could not be read or decoded
+    /// (the streaming loader; each is named in a warning).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_images: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Where a run reports its epochs, modelled on burn's learner event processor: the progress
@@ -152,7 +160,7 @@ impl Report {
         let line = serde_json::to_string(&m).unwrap_or_default();
         self.writer.submit(snap, line)?;
         eprintln!(
-            "epoch {}/{}: T {:.4}{} lr {:.5} loss {:.4} train {:.2}% test top1 {:.2}% top5 {:.2}%{} {:.1}s {:.0} img/s",
+            "epoch {}/{}: T {:.4}{} lr {:.5} loss {:.4} train {:.2}% test top1 {:.2}% top5 {:.2}%{} {:.1}s {:.0} img/s{}",
             m.epoch,
             self.total,
             m.temperature,
@@ -168,7 +176,12 @@ impl Report {
                 ""
             },
             m.train_seconds,
-            m.images_per_s
+            m.images_per_s,
+            if m.skipped_images > 0 {
+                format!(" ({} images skipped)", m.skipped_images)
+            } else {
+                String::new()
+            }
         );
         Ok(m)
     }
@@ -204,6 +217,7 @@ mod tests {
             bn_calibrated: false,
             eval_bn_calibrated: true,
             profile: None,
+            skipped_images: 0,
         }
     }
 

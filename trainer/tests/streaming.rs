@@ -338,3 +338,50 @@ fn one_cpu_epoch_of_resnet18_imagenet_streams_trains_evaluates_and_exports() {
     assert!((0.0..=1.0).contains(&top1));
     assert!(out.join("model.slb").exists(), "{err}");
 }
+
+#[test]
+fn two_ranks_stream_their_shards_and_skip_files_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("imagenet");
+    let tree = imagenet_tree(&root);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"resnet18_imagenet\"\nwidth = 4\nepochs = 1\nbatch_size = 32\nresize = 112\n\
+         normalization = \"imagenet\"\nstreaming = \"always\"\ndata_workers = 1\n\
+         enable_act_quant = true\nquant_delay = 2\nmixed_precision = false\nlog_every = 4\n\
+         lr = 0.05\nwarmup_epochs = 0.0\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (code, _, err) = common::slb(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        root.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+        "--nproc",
+        "2",
+        "--dist-timeout",
+        "120",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("data-parallel: 2 ranks over gloo"), "{err}");
+    // Each bad file is in one rank's shard: named once, and the epoch counts all three.
+    for bad in &tree.bad_train {
+        assert_eq!(
+            err.matches(&format!("warning: skipping image {bad}"))
+                .count(),
+            1,
+            "{bad}: {err}"
+        );
+    }
+    assert!(err.contains("(3 images skipped)"), "{err}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1);
+    assert!(out.join("model.slb").exists(), "{err}");
+}

@@ -326,7 +326,8 @@ impl<'a> Learner<'a> {
         if self.cuda {
             tch::Cuda::synchronize(dev_index(self.dev));
         }
-        let (loss_sum, correct, seen) = self.epoch_sums(seen)?;
+        let sums = self.epoch_sums(seen, data.skipped() - skipped)?;
+        let (loss_sum, correct, seen) = (sums.loss, sums.correct, sums.seen);
         let secs = t0.elapsed().as_secs_f64();
         if let Some(r) = &mut self.report {
             r.end_steps();
@@ -351,28 +352,36 @@ impl<'a> Learner<'a> {
             bn_calibrated: false,
             eval_bn_calibrated: false,
             profile: prof.report(),
-            skipped_images: data.skipped() - skipped,
+            skipped_images: sums.skipped,
         })
     }
 
-    /// The epoch's loss sum, correct count and images seen (`seen` here), summed over the
-    /// ranks of a data-parallel run.
-    fn epoch_sums(&self, seen: i64) -> Result<(f64, i64, i64)> {
-        let local = (
-            self.loss_sum.double_value(&[]),
-            self.correct.int64_value(&[]),
+    /// The epoch's loss sum, correct count, images seen (`seen` here) and files skipped
+    /// (`skipped` here), summed over the ranks of a data-parallel run.
+    fn epoch_sums(&self, seen: i64, skipped: u64) -> Result<EpochSums> {
+        let local = EpochSums {
+            loss: self.loss_sum.double_value(&[]),
+            correct: self.correct.int64_value(&[]),
             seen,
-        );
+            skipped,
+        };
         let Some(d) = &self.dist else {
             return Ok(local);
         };
-        let t = Tensor::from_slice(&[local.0, local.1 as f64, local.2 as f64]).to_device(self.dev);
+        let t = Tensor::from_slice(&[
+            local.loss,
+            local.correct as f64,
+            local.seen as f64,
+            local.skipped as f64,
+        ])
+        .to_device(self.dev);
         d.all_reduce_sum(&t)?;
-        Ok((
-            t.double_value(&[0]),
-            t.double_value(&[1]).round() as i64,
-            t.double_value(&[2]).round() as i64,
-        ))
+        Ok(EpochSums {
+            loss: t.double_value(&[0]),
+            correct: t.double_value(&[1]).round() as i64,
+            seen: t.double_value(&[2]).round() as i64,
+            skipped: t.double_value(&[3]).round() as u64,
+        })
     }
 
     /// One training step on the batch `(x, y)` (this rank's part of a global batch of
@@ -635,6 +644,14 @@ fn resume_from(
     check_resume(&ck, cfg, data)?;
     cfg.has_trained_epoch = Some(ck.meta.epoch);
     Ok(Some(ck))
+}
+
+/// An epoch's training sums (over every rank of a data-parallel run).
+struct EpochSums {
+    loss: f64,
+    correct: i64,
+    seen: i64,
+    skipped: u64,
 }
 
 /// Makes every rank start from rank 0's state: the step count is checked (a rank that resumed

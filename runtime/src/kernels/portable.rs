@@ -344,21 +344,34 @@ fn sign_weight_in_place_body(
                                 };
                                 let mut all = 0u32;
                                 let mut set = [0u32; 4];
-                                for (w, xw) in xs.chunks_exact(4).enumerate() {
-                                    let v = u32::from_le_bytes([xw[0], xw[1], xw[2], xw[3]]);
+                                let mut word = |w: usize, v: u32| {
                                     all = add_bytes(all, v);
                                     for (sj, mj) in set.iter_mut().zip(&masks) {
                                         *sj = add_bytes(*sj, v & mj[w]);
+                                    }
+                                };
+                                // Word loads where the activations are 4-byte aligned (the
+                                // arena's tensors are, and so is every pixel when the
+                                // channels are a multiple of 4), byte loads otherwise.
+                                match bytemuck::try_cast_slice::<u8, u32>(&xs[..4 * full]) {
+                                    Ok(ws) => {
+                                        for (w, &v) in ws.iter().enumerate() {
+                                            word(w, u32::from_le(v));
+                                        }
+                                    }
+                                    Err(_) => {
+                                        for (w, xw) in xs.chunks_exact(4).enumerate() {
+                                            word(
+                                                w,
+                                                u32::from_le_bytes([xw[0], xw[1], xw[2], xw[3]]),
+                                            );
+                                        }
                                     }
                                 }
                                 if rest > 0 {
                                     tail[..rest].copy_from_slice(&xs[4 * full..]);
                                     tail[rest..].fill(0);
-                                    let v = u32::from_le_bytes(tail);
-                                    all = add_bytes(all, v);
-                                    for (sj, mj) in set.iter_mut().zip(&masks) {
-                                        *sj = add_bytes(*sj, v & mj[full]);
-                                    }
+                                    word(full, u32::from_le_bytes(tail));
                                 }
                                 let all = lanes_sum(all);
                                 let at = ((oy - y0) * s.ow + ox) * s.cout + o;

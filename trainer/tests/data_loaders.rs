@@ -231,6 +231,11 @@ fn folder_classes_sorted_labels_and_pixels() {
         .max()
         .unwrap();
     assert!(max_diff < 40, "jpeg differs by {max_diff}");
+    // The same pixels as `image`'s decoder gives a whole file (the strict decoder changes
+    // only what a damaged file does).
+    let bytes = fs::read(root.join("train/ant/x.jpg")).unwrap();
+    let by_image = image::load_from_memory(&bytes).unwrap().into_rgb8();
+    assert_eq!(ds.image(2), by_image.as_raw().as_slice());
 
     let test = load(&root, Split::Test).unwrap();
     assert_eq!(test.classes, vec!["ant", "zebra"]);
@@ -256,6 +261,21 @@ fn folder_corrupt_and_mismatched_files_are_named() {
     );
     assert!(err.to_string().contains("broken.jpg"), "{err}");
     fs::remove_file(&bad).unwrap();
+
+    // A JPEG cut in its scan data is an error naming it, not an image whose missing part is
+    // filled in (what `image`'s own JPEG decoder does: it reports nothing).
+    let other = tmp.path().join("cut");
+    let dir = other.join("train/a");
+    fs::create_dir_all(&dir).unwrap();
+    test_image(3, 96, 64).save(dir.join("1.jpg")).unwrap();
+    let whole = fs::read(dir.join("1.jpg")).unwrap();
+    let cut = dir.join("2.jpg");
+    fs::write(&cut, &whole[..whole.len() - 200]).unwrap();
+    let err = load(&other, Split::Train).unwrap_err();
+    assert!(
+        matches!(err, DataError::Decode { ref path, member: None, .. } if *path == cut),
+        "{err:?}"
+    );
 
     let big = root.join("train/zebra/c.png");
     test_image(9, 16, 6).save(&big).unwrap();

@@ -216,6 +216,14 @@ fn dimensions(bytes: &[u8], format: Format) -> Result<(u32, u32), DecodeError> {
     Ok((w, h))
 }
 
+/// A JPEG decoded in full to RGB by zune-jpeg in strict mode (a truncated or damaged file is an
+/// error, never a partly grey image): `(pixels, width, height)`. The in-memory loader decodes
+/// its JPEGs with it too.
+pub fn decode_jpeg_rgb(bytes: &[u8]) -> Result<(Vec<u8>, u32, u32), DecodeError> {
+    let rgb = decode_full(bytes, Format::Jpeg)?;
+    Ok((rgb.data, rgb.width, rgb.height))
+}
+
 /// Full-size decode to RGB: zune-jpeg (strict) or `image`'s PNG decoder (alpha dropped, as
 /// PIL's `convert("RGB")` that torchvision's loader calls; 16-bit and grey converted).
 fn decode_full(bytes: &[u8], format: Format) -> Result<Rgb, DecodeError> {

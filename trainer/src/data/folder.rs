@@ -334,6 +334,27 @@ fn reader(
     Ok(r)
 }
 
+/// One image decoded to RGB: a JPEG by zune-jpeg in strict mode, as the streaming loader
+/// (`image`'s own JPEG path fills a truncated file's missing part with grey and reports
+/// nothing), anything else through `image` within [`limits`].
+fn decode_rgb(data: &[u8]) -> Result<image::RgbImage, image::ImageError> {
+    if data.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let bad = |e: String| {
+            image::ImageError::Decoding(image::error::DecodingError::new(
+                image::error::ImageFormatHint::Exact(image::ImageFormat::Jpeg),
+                e,
+            ))
+        };
+        let (pixels, w, h) = super::decode::decode_jpeg_rgb(data).map_err(bad)?;
+        return image::RgbImage::from_raw(w, h, pixels)
+            .ok_or_else(|| bad(format!("{w}x{h}: wrong number of decoded bytes")));
+    }
+    Ok(reader(data, limits())
+        .map_err(image::ImageError::IoError)?
+        .decode()?
+        .into_rgb8())
+}
+
 /// Decodes every item (in parallel) into one HWC buffer; returns it and the common
 /// (width, height). `bytes` fetches an item's encoded bytes, `locate` names it for errors.
 ///
@@ -418,11 +439,7 @@ fn decode_all<T: Sync>(
         .zip(items.par_iter())
         .try_for_each(|(dst, item)| {
             let data = bytes(item)?;
-            let img = reader(&data, limits())
-                .map_err(image::ImageError::IoError)
-                .and_then(|r| r.decode())
-                .map_err(|e| decode_err(item, e))?
-                .into_rgb8();
+            let img = decode_rgb(&data).map_err(|e| decode_err(item, e))?;
             let found = (img.width() as usize, img.height() as usize);
             if found != size {
                 let (path, member) = locate(item);

@@ -100,6 +100,17 @@ pub enum Error {
         /// What failed, and which ranks did not report it.
         msg: String,
     },
+    /// Every training image of an epoch was skipped (unreadable or undecodable files).
+    #[error(
+        "epoch {epoch} trained on no image: all {skipped} files of its batches were skipped \
+         (unreadable or undecodable; the warnings above name them)"
+    )]
+    NothingTrained {
+        /// The epoch.
+        epoch: i64,
+        /// Files skipped in it.
+        skipped: u64,
+    },
     /// Export failed (the model does not fit the file format).
     #[error("export: {0}")]
     Export(String),

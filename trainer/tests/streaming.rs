@@ -385,3 +385,41 @@ fn two_ranks_stream_their_shards_and_skip_files_as_one_process() {
     assert_eq!(metrics.lines().count(), 1);
     assert!(out.join("model.slb").exists(), "{err}");
 }
+
+#[test]
+fn an_epoch_whose_every_file_is_skipped_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("broken");
+    for (split, class) in [("train", "a"), ("train", "b"), ("val", "a"), ("val", "b")] {
+        let d = root.join(split).join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..3 {
+            std::fs::write(
+                d.join(format!("{i}.jpg")),
+                b"\xFF\xD8\xFF\xE0 not a jpeg at all",
+            )
+            .unwrap();
+        }
+    }
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "model = \"resnet18_imagenet\"\nwidth = 4\nepochs = 1\nbatch_size = 4\nresize = 64\n\
+         streaming = \"always\"\ndata_workers = 1\nmixed_precision = false\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let r = common::slb(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        root.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    common::assert_clean_error(&r, &["epoch 1 trained on no image", "6 files", "skipped"]);
+    assert!(!out.join("checkpoint.ot").exists());
+}

@@ -327,6 +327,12 @@ impl<'a> Learner<'a> {
             tch::Cuda::synchronize(dev_index(self.dev));
         }
         let sums = self.epoch_sums(seen, data.skipped() - skipped)?;
+        if sums.seen == 0 && sums.skipped > 0 {
+            return Err(Error::NothingTrained {
+                epoch,
+                skipped: sums.skipped,
+            });
+        }
         let (loss_sum, correct, seen) = (sums.loss, sums.correct, sums.seen);
         let secs = t0.elapsed().as_secs_f64();
         if let Some(r) = &mut self.report {

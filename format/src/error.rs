@@ -111,12 +111,14 @@ pub enum Error {
 /// Result with the crate's [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
 
-/// Where in a model a problem lies: the model as a whole (its container, tensor table, input or
-/// output) or one layer, by index.
+/// Where in a model a problem lies: the model as a whole (its container, input or output), one
+/// tensor of its tensor table, or one layer, by index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Site {
     /// The model as a whole.
     Model,
+    /// The tensor of this id.
+    Tensor(u16),
     /// The layer of this index.
     Layer(u16),
 }
@@ -125,6 +127,7 @@ impl fmt::Display for Site {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Site::Model => f.write_str("model"),
+            Site::Tensor(i) => write!(f, "tensor {i}"),
             Site::Layer(i) => write!(f, "layer {i}"),
         }
     }

@@ -128,8 +128,8 @@ impl<'a> Model<'a> {
         // dtype) fit a 32-bit address space, so a planner summing tensor sizes in `u32` or a
         // 32-bit `usize` cannot overflow.
         let mut total: u64 = 0;
-        for t in self.tensors.iter() {
-            check_tensor(&t)?;
+        for (i, t) in self.tensors.iter().enumerate() {
+            check_tensor(Site::Tensor(i as u16), &t)?;
             total += u64::from(t.shape.elements().unwrap_or(0)) * 4;
         }
         if total > u64::from(u32::MAX) {
@@ -276,21 +276,22 @@ fn check_len(layer: Site, what: &'static str, got: usize, expected: usize) -> Re
     Ok(())
 }
 
-fn check_tensor(t: &TensorDesc) -> Result<()> {
+/// Checks tensor `t` (`at`: its id, for the errors).
+fn check_tensor(at: Site, t: &TensorDesc) -> Result<()> {
     let elems = t.shape.elements().ok_or(Error::Overflow {
-        layer: MODEL,
+        layer: at,
         what: "tensor size",
     })?;
     if elems == 0 {
         return Err(Error::InvalidParam {
-            layer: MODEL,
+            layer: at,
             what: "tensor shape (a dimension is zero)",
         });
     }
     // Four bytes per element must fit the address space of a 32-bit target.
     if elems > u32::MAX / 4 {
         return Err(Error::Overflow {
-            layer: MODEL,
+            layer: at,
             what: "tensor size",
         });
     }
@@ -302,21 +303,21 @@ fn check_tensor(t: &TensorDesc) -> Result<()> {
     {
         if !matches!(bits, 1 | 2 | 4 | 8) {
             return Err(Error::BadBits {
-                layer: MODEL,
+                layer: at,
                 what: "activation",
                 bits,
             });
         }
         if !(scale.is_finite() && scale > 0.0) {
             return Err(Error::InvalidParam {
-                layer: MODEL,
+                layer: at,
                 what: "tensor scale (must be finite and positive)",
             });
         }
         let qmax = (1i32 << bits) - 1;
         if !(0..=qmax).contains(&zero_point) || (bits == 1 && zero_point != 0) {
             return Err(Error::InvalidParam {
-                layer: MODEL,
+                layer: at,
                 what: "tensor zero point (outside the code range)",
             });
         }

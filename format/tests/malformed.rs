@@ -243,7 +243,7 @@ fn bits_out_of_range() {
         assert_eq!(
             parse(&b).unwrap_err(),
             Error::BadBits {
-                layer: Site::Model,
+                layer: Site::Tensor(3),
                 what: "activation",
                 bits: ab
             }

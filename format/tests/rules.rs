@@ -9,6 +9,8 @@ use common::*;
 use slb_format::*;
 
 const MODEL: Site = Site::Model;
+/// The id of a tensor appended to `Tiny`'s twelve (`with_unused_tensor`, `tensors.push`).
+const APPENDED: Site = Site::Tensor(12);
 
 fn parse(b: &[u8]) -> Result<Model<'_>> {
     Model::parse(b)
@@ -135,7 +137,7 @@ fn rule3_tensor_scale_finite_and_positive() {
         assert_eq!(
             parse(&with_unused_tensor(&tiny, q(scale, 0, 4))).unwrap_err(),
             Error::InvalidParam {
-                layer: MODEL,
+                layer: APPENDED,
                 what: "tensor scale (must be finite and positive)"
             },
             "scale {scale}"
@@ -151,7 +153,7 @@ fn rule3_tensor_scale_finite_and_positive() {
 fn rule3_tensor_zero_point_in_code_range() {
     let tiny = Tiny::new();
     let refused = Error::InvalidParam {
-        layer: MODEL,
+        layer: APPENDED,
         what: "tensor zero point (outside the code range)",
     };
     for bits in [2u8, 4, 8] {
@@ -375,7 +377,7 @@ fn rule11_output_is_f32_k_by_1_by_1() {
 fn rule3_tensor_at_most_2_pow_30_minus_1_elements() {
     let tiny = Tiny::new();
     let tensor_size = Error::Overflow {
-        layer: MODEL,
+        layer: APPENDED,
         what: "tensor size",
     };
     // 2^30 elements (four bytes each: 4 GiB) is one too many for a tensor.

@@ -95,6 +95,7 @@ impl fmt::Display for Error {
             }
             Error::Unsupported { layer, what } => match layer {
                 Site::Model => write!(f, "unsupported model: {what}"),
+                Site::Tensor(i) => write!(f, "tensor {i}: unsupported {what}"),
                 Site::Layer(i) => write!(f, "layer {i}: unsupported {what}"),
             },
             Error::TooManyLayers => write!(
@@ -106,8 +107,8 @@ impl fmt::Display for Error {
             Error::Overflow { what } => write!(f, "{what} overflows"),
             Error::PlanMismatch { layer } => match layer {
                 Site::Model => write!(f, "the plan was made for another model"),
-                Site::Layer(i) => {
-                    write!(f, "the plan was made for another model (layer {i} differs)")
+                Site::Tensor(_) | Site::Layer(_) => {
+                    write!(f, "the plan was made for another model ({layer} differs)")
                 }
             },
             Error::KernelUnavailable { layer, kernel } => {

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use slb::format::Model;
-use slb::runtime::{run, Algo, CostModel, Engine, Plan, PlanOptions};
+use slb::runtime::{run, CostModel, Engine, Plan, PlanChoice, PlanOptions};
 use slb::synth::{self, Arch, ConvGeom, Quant};
 
 /// Pixels of one CIFAR image (HWC bytes).
@@ -195,11 +195,14 @@ fn parse_board(text: &str) -> Result<BoardRun, String> {
 /// `max_arena` bytes).
 fn host_run(model_bytes: &[u8], images: &[u8], choice: &str, max_arena: usize) -> HostRun {
     let model = Model::parse(model_bytes).expect("model parses");
-    let plan = if choice == "fit" {
-        Plan::fit(&model, Engine::Packed, options("default"), max_arena).expect("plan fits")
-    } else {
-        Plan::with_options(&model, Engine::Packed, options(choice)).expect("plan")
-    };
+    let plan = Plan::with_choice(
+        &model,
+        Engine::Packed,
+        plan_choice(choice),
+        options("default"),
+        max_arena,
+    )
+    .expect("plan");
     let mut arena = vec![0u8; plan.arena_bytes()];
     let mut classes = Vec::new();
     let mut all = Vec::new();
@@ -218,15 +221,14 @@ fn host_run(model_bytes: &[u8], images: &[u8], choice: &str, max_arena: usize) -
     (plan.arena_bytes(), classes, all)
 }
 
+/// The kernel choice the board program names `choice` (`SLB_ALGOS`).
+fn plan_choice(choice: &str) -> PlanChoice {
+    PlanChoice::from_name(choice).unwrap_or_else(|| panic!("unknown kernel choice {choice}"))
+}
+
 /// Plan options for a kernel choice of the board program (`SLB_ALGOS`).
 fn options(choice: &str) -> PlanOptions {
-    let force = match choice {
-        "default" | "fit" => None,
-        "bitserial" => Some(Algo::BitSerial),
-        "int8dot" => Some(Algo::Int8Dot),
-        "reference" => Some(Algo::Reference),
-        other => panic!("unknown kernel choice {other}"),
-    };
+    let force = plan_choice(choice).force();
     // The board has no SIMD kernels and ranks kernels by the Cortex-M4 costs; plan the host
     // like it.
     PlanOptions {

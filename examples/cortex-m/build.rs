@@ -34,9 +34,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SLB_ALGOS");
     let mut list = String::new();
     for a in algos.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        if !matches!(a, "default" | "fit" | "bitserial" | "int8dot" | "reference") {
+        if slb_runtime::PlanChoice::from_name(a).is_none() {
             panic!(
-                "SLB_ALGOS: unknown kernel choice {a:?} (default, bitserial, int8dot, reference)"
+                "SLB_ALGOS: unknown kernel choice {a:?} ({})",
+                slb_runtime::PlanChoice::NAMES.join(", ")
             );
         }
         list.push_str(&format!("{a:?}, "));

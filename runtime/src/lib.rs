@@ -17,7 +17,7 @@ pub use error::{Error, Result};
 pub use exec::run_with_busy_pin;
 pub use exec::{prepare, run};
 pub use kernels::{Algo, CostModel, KernelKind};
-pub use plan::{Engine, Plan, PlanOptions, MAX_LAYERS, MAX_TENSORS};
+pub use plan::{Engine, Plan, PlanChoice, PlanOptions, MAX_LAYERS, MAX_TENSORS};
 pub use slb_format::Model;
 
 #[cfg(test)]

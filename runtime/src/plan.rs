@@ -28,6 +28,57 @@ pub enum Engine {
     Float,
 }
 
+/// How a model's kernels are chosen, by the names a board program and its host-side test share
+/// (`SLB_ALGOS` of the Cortex-M example): the runtime's own choice, [`Plan::fit`]'s, or one
+/// algorithm family forced on every conv.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanChoice {
+    /// `default`: the runtime's choice per layer ([`Plan::with_options`]).
+    Default,
+    /// `fit`: the default kernels if their plan fits the arena, else the kernels with the
+    /// smallest prepared weights ([`Plan::fit`]).
+    Fit,
+    /// `bitserial`, `int8dot`, `reference`: every conv on this algorithm family.
+    Force(Algo),
+}
+
+impl PlanChoice {
+    /// Every choice's name, in the order a board program runs them.
+    pub const NAMES: [&'static str; 5] = ["default", "fit", "bitserial", "int8dot", "reference"];
+
+    /// The choice named `name` (one of [`PlanChoice::NAMES`]).
+    pub fn from_name(name: &str) -> Option<PlanChoice> {
+        Some(match name {
+            "default" => PlanChoice::Default,
+            "fit" => PlanChoice::Fit,
+            "bitserial" => PlanChoice::Force(Algo::BitSerial),
+            "int8dot" => PlanChoice::Force(Algo::Int8Dot),
+            "reference" => PlanChoice::Force(Algo::Reference),
+            _ => return None,
+        })
+    }
+
+    /// The algorithm family forced on every conv, if any.
+    pub fn force(self) -> Option<Algo> {
+        match self {
+            PlanChoice::Force(a) => Some(a),
+            PlanChoice::Default | PlanChoice::Fit => None,
+        }
+    }
+
+    /// The choice's name (`xnor` for a forced XNOR, which has no board name).
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanChoice::Default => "default",
+            PlanChoice::Fit => "fit",
+            PlanChoice::Force(Algo::BitSerial) => "bitserial",
+            PlanChoice::Force(Algo::Int8Dot) => "int8dot",
+            PlanChoice::Force(Algo::Reference) => "reference",
+            PlanChoice::Force(Algo::Xnor) => "xnor",
+        }
+    }
+}
+
 /// Options for [`Plan::with_options`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlanOptions {
@@ -168,6 +219,29 @@ impl Plan {
         Plan::build(model, engine, opts, &LayerSet::default())
     }
 
+    /// Plans `model` as `choice` says, with `opts` otherwise (`max_arena`: the arena
+    /// [`PlanChoice::Fit`] must fit; the other choices ignore it).
+    pub fn with_choice(
+        model: &Model<'_>,
+        engine: Engine,
+        choice: PlanChoice,
+        opts: PlanOptions,
+        max_arena: usize,
+    ) -> Result<Plan> {
+        match choice {
+            PlanChoice::Default => Plan::with_options(model, engine, opts),
+            PlanChoice::Fit => Plan::fit(model, engine, opts, max_arena),
+            PlanChoice::Force(algo) => Plan::with_options(
+                model,
+                engine,
+                PlanOptions {
+                    force: Some(algo),
+                    ..opts
+                },
+            ),
+        }
+    }
+
     /// Plans like [`Plan::with_options`] and, if the arena would need more than `max_arena`
     /// bytes, moves convs (those without a forced algorithm) one at a time to the available
     /// kernel with the smallest prepared weights until the arena fits: the in-place bit
@@ -178,6 +252,9 @@ impl Plan {
     /// few outputs go first. For a microcontroller's fixed arena. [`Error::ArenaTooSmall`] if
     /// no plan of that sequence fits; its `needed` is the smallest arena among them, which
     /// `fit` then meets (the sequence does not depend on `max_arena`).
+    // Not inlined: its frame (the current plan, the next one and the result, ~50 KB on a
+    // 32-bit target) would otherwise sit in every caller's, `with_choice`'s default path too.
+    #[inline(never)]
     pub fn fit(
         model: &Model<'_>,
         engine: Engine,
@@ -500,6 +577,47 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_choices_round_trip_by_name_and_plan_as_named() {
+        for name in PlanChoice::NAMES {
+            let c = PlanChoice::from_name(name).unwrap();
+            assert_eq!(c.name(), name);
+        }
+        assert_eq!(PlanChoice::from_name("xnor"), None);
+        assert_eq!(PlanChoice::from_name("Default"), None);
+        assert_eq!(PlanChoice::Force(Algo::Xnor).name(), "xnor");
+        let bytes = crate::testutil::resnet(16, 8, 1, 1, 8, 3);
+        let model = Model::parse(&bytes).unwrap();
+        let opts = PlanOptions::default();
+        let by_name = |n: &str, arena: usize| {
+            Plan::with_choice(
+                &model,
+                Engine::Packed,
+                PlanChoice::from_name(n).unwrap(),
+                opts,
+                arena,
+            )
+        };
+        let default = Plan::with_options(&model, Engine::Packed, opts).unwrap();
+        assert_eq!(
+            by_name("default", 0).unwrap().arena_bytes(),
+            default.arena_bytes()
+        );
+        let forced = by_name("bitserial", 0).unwrap();
+        for i in 0..forced.layers() {
+            if let Some(k) = forced.kernel(i) {
+                assert!(k.name().starts_with("bitserial"), "layer {i}: {}", k.name());
+            }
+        }
+        // `fit` is held to the arena it is given; the others are not.
+        let floor = match Plan::fit(&model, Engine::Packed, opts, 0) {
+            Err(Error::ArenaTooSmall { needed, .. }) => needed,
+            other => panic!("{other:?}"),
+        };
+        assert!(by_name("fit", floor).unwrap().arena_bytes() <= floor);
+        assert!(by_name("fit", floor - 1).is_err());
+    }
 
     /// `Plan::fit` follows its documented greedy sequence: from the default plan, move (to the
     /// kernel with the smallest prepared weights) the conv that frees the most weight bytes

@@ -38,7 +38,7 @@ use panic_semihosting as _;
 use slb_cortex_m::board;
 use slb_cortex_m::stack;
 use slb_format::{Layer, Model};
-use slb_runtime::{Algo, Engine, Plan, PlanOptions};
+use slb_runtime::{Engine, Plan, PlanChoice, PlanOptions};
 
 /// The model file, embedded in flash (path from `SLB_MODEL` at build time).
 static MODEL: &[u8] = include_bytes!(env!("SLB_MODEL_PATH"));
@@ -147,24 +147,16 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
     let mut peak = painted.peak();
     for &choice in config::ALGOS {
         let planning = stack::paint(STACK_PAINT);
-        let force = match choice {
-            "default" | "fit" => None,
-            "bitserial" => Some(Algo::BitSerial),
-            "int8dot" => Some(Algo::Int8Dot),
-            "reference" => Some(Algo::Reference),
-            other => return Err(Failure::Choice(other)),
-        };
-        let opts = PlanOptions {
-            force,
-            ..PlanOptions::default()
-        };
-        let plan = if choice == "fit" {
-            // What a board with a fixed arena does: the default kernels if their plan fits the
-            // static arena, else the kernels with the smallest prepared weights.
-            Plan::fit(&model, Engine::Packed, opts, arena.len())
-        } else {
-            Plan::with_options(&model, Engine::Packed, opts)
-        }
+        // `fit` is what a board with a fixed arena does: the default kernels if their plan
+        // fits the static arena, else the kernels with the smallest prepared weights.
+        let plan_choice = PlanChoice::from_name(choice).ok_or(Failure::Choice(choice))?;
+        let plan = Plan::with_choice(
+            &model,
+            Engine::Packed,
+            plan_choice,
+            PlanOptions::default(),
+            arena.len(),
+        )
         .map_err(Failure::Runtime)?;
         let need = plan.arena_bytes();
         hprintln!(

@@ -330,64 +330,12 @@ impl Plan {
             return Err(Error::TooManyLayers);
         }
         let nl = model.layers.len();
-        let mut tensors: Vec<TensorSlot, MAX_TENSORS> = Vec::new();
-        for t in model.tensors.iter() {
-            let elems = t.shape.elements().ok_or(Error::Overflow {
-                what: "tensor size",
-            })? as usize;
-            let per = match (engine, t.dtype) {
-                (Engine::Packed, DType::Quant { .. }) => 1,
-                _ => 4,
-            };
-            tensors
-                .push(TensorSlot {
-                    offset: 0,
-                    bytes: mul(elems, per)?,
-                    first: u16::MAX,
-                    last: 0,
-                    shape: t.shape,
-                    q: QParams::of(&t.dtype),
-                })
-                .map_err(|_| Error::TooManyLayers)?;
-        }
-        let input = model.input.tensor as usize;
-        let out = model.output as usize;
-        // Lifetimes.
-        {
-            let slot = tensors
-                .get_mut(input)
-                .ok_or(Error::PlanMismatch { layer: Site::Model })?;
-            slot.first = 0;
-        }
-        for (i, layer) in model.layers.iter().enumerate() {
-            let step = (i + 1) as u16;
-            for t in layer.inputs().into_iter().flatten() {
-                if let Some(s) = tensors.get_mut(t as usize) {
-                    s.last = s.last.max(step);
-                }
-            }
-            if let Some(s) = tensors.get_mut(layer.output() as usize) {
-                s.first = step;
-                s.last = s.last.max(step);
-            }
-        }
-        if let Some(s) = tensors.get_mut(out) {
-            s.last = nl as u16 + 1;
-        }
-        for s in tensors.iter_mut() {
-            if s.first == u16::MAX {
-                s.bytes = 0;
-                s.first = 0;
-            }
-            s.last = s.last.max(s.first);
-        }
-
+        let mut tensors = tensor_slots(model, engine)?;
         // Layers: kernels, prepared weights, scratch.
         let mut layers: Vec<LayerPlan, MAX_LAYERS> = Vec::new();
         let mut weights = 0usize;
         let mut scratch = 0usize;
         for (i, layer) in model.layers.iter().enumerate() {
-            let li = i as u16;
             let mut lp = LayerPlan {
                 kernel: None,
                 conv: false,
@@ -399,97 +347,18 @@ impl Plan {
                 scratch: 0,
             };
             if let Layer::Conv(conv) = &layer {
-                let inp = tensors
-                    .get(conv.input as usize)
-                    .ok_or(Error::PlanMismatch {
-                        layer: Site::Layer(li),
-                    })?;
-                let abits = inp.q.map(|q| q.bits).ok_or(Error::Unsupported {
-                    layer: Site::Layer(li),
-                    what: "conv on an f32 tensor",
-                })?;
-                let s = ConvShape::of(conv, inp.shape.h as usize, inp.shape.w as usize, abits)
-                    .ok_or(Error::Unsupported {
-                        layer: Site::Layer(li),
-                        what: "conv geometry",
-                    })?;
+                let c = conv_plan(conv, i, &tensors, engine, opts, in_place)?;
                 lp.conv = true;
-                let row_acc = mul(mul(s.ow, s.cout)?, 4)?;
-                let mut rows = (ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
-                let (mut w_len, mut aux_len, mut scr) = (0usize, 0usize, 0usize);
-                match engine {
-                    Engine::Float => {
-                        lp.kernel = Some(kernels::float_kind(opts.portable_only));
-                        w_len = mul(mul(s.cout, s.taps())?, 4)?;
-                    }
-                    Engine::Packed => {
-                        let k = match opts.force {
-                            None if in_place.contains(i) => {
-                                kernels::smallest_kernel(&s, opts.portable_only, opts.costs)
-                            }
-                            None => kernels::default_kernel(&s, opts.portable_only, opts.costs),
-                            Some(algo) => {
-                                if !kernels::algo_fits(algo, &s) {
-                                    return Err(Error::KernelUnavailable {
-                                        layer: li,
-                                        kernel: match algo {
-                                            Algo::Xnor => {
-                                                "xnor (needs 1-bit weights and activations)"
-                                            }
-                                            _ => "forced kernel",
-                                        },
-                                    });
-                                }
-                                if algo == Algo::Reference {
-                                    None
-                                } else if opts.portable_only {
-                                    kernels::portable::kernel(algo)
-                                } else {
-                                    kernels::select(algo, &s)
-                                }
-                            }
-                        };
-                        match k {
-                            None => {
-                                lp.kernel = Some(KernelKind::Reference);
-                                rows = s.oh;
-                                scr = mul(mul(s.oh, s.ow)?, mul(s.cout, 4)?)?;
-                            }
-                            Some(k) => {
-                                lp.kernel = Some(k.kind);
-                                w_len = (k.prepared_len)(&s);
-                                aux_len = if abits == 1 {
-                                    mul(mul(s.cout, s.kh * s.kw)?, 4)?
-                                } else {
-                                    mul(s.cout, 4)?
-                                };
-                                let input = match k.run {
-                                    kernels::Run::Bytes(_) => {
-                                        if s.ph == 0 && s.pw == 0 {
-                                            0
-                                        } else {
-                                            mul(mul(s.hp, s.wp)?, s.c)?
-                                        }
-                                    }
-                                    kernels::Run::Bits(_) => mul(
-                                        mul(s.hp, s.wp)?,
-                                        mul(kernels::portable::bit_pixel_words(&s), 8)?,
-                                    )?,
-                                };
-                                scr = add(align(input)?, mul(rows, row_acc)?)?;
-                            }
-                        }
-                    }
-                }
+                lp.kernel = Some(c.kernel);
                 lp.w_off = small(weights)?;
-                lp.w_len = small(w_len)?;
-                weights = add(weights, align(w_len)?)?;
+                lp.w_len = small(c.w_len)?;
+                weights = add(weights, align(c.w_len)?)?;
                 lp.aux_off = small(weights)?;
-                lp.aux_len = small(aux_len)?;
-                weights = add(weights, align(aux_len)?)?;
-                lp.rows = small(rows)?;
-                lp.scratch = small(scr)?;
-                scratch = scratch.max(align(scr)?);
+                lp.aux_len = small(c.aux_len)?;
+                weights = add(weights, align(c.aux_len)?)?;
+                lp.rows = small(c.rows)?;
+                lp.scratch = small(c.scratch)?;
+                scratch = scratch.max(align(c.scratch)?);
             }
             layers.push(lp).map_err(|_| Error::TooManyLayers)?;
         }
@@ -497,7 +366,7 @@ impl Plan {
         let (act_bytes, act_lower) = place(&mut tensors, nl + 2)?;
         small(ALIGN - 1 + HEADER + weights + act_bytes + scratch)?;
         let ot = tensors
-            .get(out)
+            .get(model.output as usize)
             .ok_or(Error::PlanMismatch { layer: Site::Model })?;
         let output_len = ot.shape.elements().unwrap_or(0) as usize;
         let s = model.input.shape;
@@ -572,6 +441,179 @@ impl Plan {
     pub fn layers(&self) -> usize {
         self.layers.len()
     }
+}
+
+/// One slot per tensor of `model` (bytes by `engine`: a code byte per element for quantized
+/// tensors in the packed engine, four bytes otherwise) with its lifetime in steps (step 0 the
+/// input, step `i + 1` layer `i`, step `layers + 1` the output read back); a tensor no layer
+/// writes and that is not the input takes no bytes.
+fn tensor_slots(model: &Model<'_>, engine: Engine) -> Result<Vec<TensorSlot, MAX_TENSORS>> {
+    let nl = model.layers.len();
+    let mut tensors: Vec<TensorSlot, MAX_TENSORS> = Vec::new();
+    for t in model.tensors.iter() {
+        let elems = t.shape.elements().ok_or(Error::Overflow {
+            what: "tensor size",
+        })? as usize;
+        let per = match (engine, t.dtype) {
+            (Engine::Packed, DType::Quant { .. }) => 1,
+            _ => 4,
+        };
+        tensors
+            .push(TensorSlot {
+                offset: 0,
+                bytes: mul(elems, per)?,
+                first: u16::MAX,
+                last: 0,
+                shape: t.shape,
+                q: QParams::of(&t.dtype),
+            })
+            .map_err(|_| Error::TooManyLayers)?;
+    }
+    tensors
+        .get_mut(model.input.tensor as usize)
+        .ok_or(Error::PlanMismatch { layer: Site::Model })?
+        .first = 0;
+    for (i, layer) in model.layers.iter().enumerate() {
+        let step = (i + 1) as u16;
+        for t in layer.inputs().into_iter().flatten() {
+            if let Some(s) = tensors.get_mut(t as usize) {
+                s.last = s.last.max(step);
+            }
+        }
+        if let Some(s) = tensors.get_mut(layer.output() as usize) {
+            s.first = step;
+            s.last = s.last.max(step);
+        }
+    }
+    if let Some(s) = tensors.get_mut(model.output as usize) {
+        s.last = nl as u16 + 1;
+    }
+    for s in tensors.iter_mut() {
+        if s.first == u16::MAX {
+            s.bytes = 0;
+            s.first = 0;
+        }
+        s.last = s.last.max(s.first);
+    }
+    Ok(tensors)
+}
+
+/// What a conv layer needs: its kernel, prepared weight and auxiliary bytes, output rows per
+/// call and scratch bytes.
+struct ConvPlan {
+    kernel: KernelKind,
+    w_len: usize,
+    aux_len: usize,
+    rows: usize,
+    scratch: usize,
+}
+
+/// The plan of conv layer `i` (`conv`, reading a tensor of `tensors`) in `engine`: its kernel
+/// as `opts` and `in_place` choose it, and the bytes that kernel needs.
+fn conv_plan(
+    conv: &slb_format::Conv<'_>,
+    i: usize,
+    tensors: &[TensorSlot],
+    engine: Engine,
+    opts: PlanOptions,
+    in_place: &LayerSet,
+) -> Result<ConvPlan> {
+    let li = i as u16;
+    let inp = tensors
+        .get(conv.input as usize)
+        .ok_or(Error::PlanMismatch {
+            layer: Site::Layer(li),
+        })?;
+    let abits = inp.q.map(|q| q.bits).ok_or(Error::Unsupported {
+        layer: Site::Layer(li),
+        what: "conv on an f32 tensor",
+    })?;
+    let s = ConvShape::of(conv, inp.shape.h as usize, inp.shape.w as usize, abits).ok_or(
+        Error::Unsupported {
+            layer: Site::Layer(li),
+            what: "conv geometry",
+        },
+    )?;
+    let row_acc = mul(mul(s.ow, s.cout)?, 4)?;
+    let rows = (ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
+    if engine == Engine::Float {
+        return Ok(ConvPlan {
+            kernel: kernels::float_kind(opts.portable_only),
+            w_len: mul(mul(s.cout, s.taps())?, 4)?,
+            aux_len: 0,
+            rows,
+            scratch: 0,
+        });
+    }
+    let k = match opts.force {
+        None if in_place.contains(i) => {
+            kernels::smallest_kernel(&s, opts.portable_only, opts.costs)
+        }
+        None => kernels::default_kernel(&s, opts.portable_only, opts.costs),
+        Some(algo) => forced_kernel(algo, &s, opts.portable_only, li)?,
+    };
+    let Some(k) = k else {
+        // The reference loop nest: all rows at once, its accumulators in the scratch.
+        return Ok(ConvPlan {
+            kernel: KernelKind::Reference,
+            w_len: 0,
+            aux_len: 0,
+            rows: s.oh,
+            scratch: mul(mul(s.oh, s.ow)?, mul(s.cout, 4)?)?,
+        });
+    };
+    let aux_len = if abits == 1 {
+        mul(mul(s.cout, s.kh * s.kw)?, 4)?
+    } else {
+        mul(s.cout, 4)?
+    };
+    // The padded input (bytes, or bit-packed pixels) and the accumulators of `rows` rows.
+    let input = match k.run {
+        kernels::Run::Bytes(_) => {
+            if s.ph == 0 && s.pw == 0 {
+                0
+            } else {
+                mul(mul(s.hp, s.wp)?, s.c)?
+            }
+        }
+        kernels::Run::Bits(_) => mul(
+            mul(s.hp, s.wp)?,
+            mul(kernels::portable::bit_pixel_words(&s), 8)?,
+        )?,
+    };
+    Ok(ConvPlan {
+        kernel: k.kind,
+        w_len: (k.prepared_len)(&s),
+        aux_len,
+        rows,
+        scratch: add(align(input)?, mul(rows, row_acc)?)?,
+    })
+}
+
+/// The kernel of algorithm `algo` forced on conv layer `li` of shape `s` (`None`: the
+/// reference loop nest), or the error that it cannot run the layer.
+fn forced_kernel(
+    algo: Algo,
+    s: &ConvShape,
+    portable_only: bool,
+    li: u16,
+) -> Result<Option<kernels::ConvKernel>> {
+    if !kernels::algo_fits(algo, s) {
+        return Err(Error::KernelUnavailable {
+            layer: li,
+            kernel: match algo {
+                Algo::Xnor => "xnor (needs 1-bit weights and activations)",
+                _ => "forced kernel",
+            },
+        });
+    }
+    Ok(if algo == Algo::Reference {
+        None
+    } else if portable_only {
+        kernels::portable::kernel(algo)
+    } else {
+        kernels::select(algo, s)
+    })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         eprintln!("{usage}");
         return ExitCode::from(2);
     }
-    let Some(arch) = Arch::ALL.into_iter().find(|a| a.name() == args[0]) else {
+    let Some(arch) = Arch::from_name(&args[0]) else {
         eprintln!("unknown architecture {:?}\n{usage}", args[0]);
         return ExitCode::from(2);
     };

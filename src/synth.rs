@@ -83,6 +83,11 @@ impl Arch {
     /// Every architecture.
     pub const ALL: [Arch; 3] = [Arch::ResNet18Cifar, Arch::ResNet20, Arch::VggSmall];
 
+    /// The architecture named `name` (as [`Arch::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     /// Short lower-case name (`resnet18`, `resnet20`, `vgg-small`).
     pub fn name(&self) -> &'static str {
         match self {

@@ -414,11 +414,7 @@ fn test_images_are_deterministic_and_span_the_byte_range() {
 
 /// A random-weight model file from `slb::synth` (`arch`: "resnet20" or "resnet18").
 fn synth_model(arch: &str, wbits: u8, abits: u8) -> Vec<u8> {
-    let a = match arch {
-        "resnet20" => Arch::ResNet20,
-        "resnet18" => Arch::ResNet18Cifar,
-        other => panic!("unknown architecture {other}"),
-    };
+    let a = Arch::from_name(arch).unwrap_or_else(|| panic!("unknown architecture {arch}"));
     synth::build(a, Quant::new(wbits, abits, 1)).expect("synthetic model")
 }
 

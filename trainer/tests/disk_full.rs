@@ -13,16 +13,7 @@ use slb_trainer::train::Checkpoint;
 #[test]
 fn a_disk_that_fills_during_a_run_stops_it_cleanly_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    common::write_cifar_bin(
-        &common::synthetic(64, 32, 4, 1),
-        &data.join("data_batch_1.bin"),
-    );
-    common::write_cifar_bin(
-        &common::synthetic(16, 32, 4, 2),
-        &data.join("test_batch.bin"),
-    );
+    let data = common::cifar_bin_dir(dir.path(), 64, 16, 1);
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, common::tiny_config().to_toml()).unwrap();
     let mnt = dir.path().join("mnt");

@@ -20,16 +20,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 /// A CIFAR-10 binary folder of synthetic images (96 training, 32 test, 4 classes) and a
 /// config (slim ResNet20 with BatchNorm, BN calibration on) in `dir`: `(data, config)`.
 fn inputs(dir: &Path, epochs: i64) -> (PathBuf, PathBuf) {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    common::write_cifar_bin(
-        &common::synthetic(96, 32, 4, 5),
-        &data.join("data_batch_1.bin"),
-    );
-    common::write_cifar_bin(
-        &common::synthetic(32, 32, 4, 6),
-        &data.join("test_batch.bin"),
-    );
+    let data = common::cifar_bin_dir(dir, 96, 32, 5);
     let cfg = common::tiny_config();
     let toml = format!(
         "{}\nepochs = {epochs}\nbatch_size = 16\ncrop_pad = 0\nflip = false\n\

@@ -67,16 +67,7 @@ fn wait_for_epoch(out: &Path, at_least: i64, child: &mut Child) {
 #[test]
 fn sigkill_mid_epoch_then_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    common::write_cifar_bin(
-        &common::synthetic(96, 32, 4, 7),
-        &data.join("data_batch_1.bin"),
-    );
-    common::write_cifar_bin(
-        &common::synthetic(16, 32, 4, 8),
-        &data.join("test_batch.bin"),
-    );
+    let data = common::cifar_bin_dir(dir.path(), 96, 16, 7);
     let cfg = dir.path().join("tiny.toml");
     std::fs::write(
         &cfg,

@@ -293,22 +293,29 @@ fn auto_streams_mixed_sizes_and_always_refuses_what_cannot_stream() {
     assert!(e.to_string().contains("cannot be streamed"), "{e}");
 }
 
-#[test]
-fn one_cpu_epoch_of_resnet18_imagenet_streams_trains_evaluates_and_exports() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("imagenet");
-    let tree = imagenet_tree(&root);
-    let cfg = dir.path().join("c.toml");
+/// `slb train` for one CPU epoch of a slim resnet18_imagenet on the tree `root`, streamed
+/// (crops of `side`, `workers` decoding threads), with `extra` arguments; its output folder is
+/// `dir/run`. Returns the exit code, stderr and the output folder.
+fn train_streamed(
+    dir: &Path,
+    root: &Path,
+    side: u32,
+    workers: usize,
+    extra: &[&str],
+) -> (i32, String, std::path::PathBuf) {
+    let cfg = dir.join("c.toml");
     std::fs::write(
         &cfg,
-        "model = \"resnet18_imagenet\"\nwidth = 4\nepochs = 1\nbatch_size = 32\nresize = 224\n\
-         normalization = \"imagenet\"\nstreaming = \"always\"\ndata_workers = 2\n\
-         enable_act_quant = true\nquant_delay = 2\nmixed_precision = false\nlog_every = 4\n\
-         lr = 0.05\nwarmup_epochs = 0.0\n",
+        format!(
+            "model = \"resnet18_imagenet\"\nwidth = 4\nepochs = 1\nbatch_size = 32\n\
+             resize = {side}\nnormalization = \"imagenet\"\nstreaming = \"always\"\n\
+             data_workers = {workers}\nenable_act_quant = true\nquant_delay = 2\n\
+             mixed_precision = false\nlog_every = 4\nlr = 0.05\nwarmup_epochs = 0.0\n"
+        ),
     )
     .unwrap();
-    let out = dir.path().join("run");
-    let (code, _, err) = common::slb(&[
+    let out = dir.join("run");
+    let mut args = vec![
         "train",
         "--config",
         cfg.to_str().unwrap(),
@@ -318,7 +325,18 @@ fn one_cpu_epoch_of_resnet18_imagenet_streams_trains_evaluates_and_exports() {
         "cpu",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, err) = common::slb(&args);
+    (code, err, out)
+}
+
+#[test]
+fn one_cpu_epoch_of_resnet18_imagenet_streams_trains_evaluates_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("imagenet");
+    let tree = imagenet_tree(&root);
+    let (code, err, out) = train_streamed(dir.path(), &root, 224, 2, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("data: streaming 403 training, 80 test images"),
@@ -344,31 +362,13 @@ fn two_ranks_stream_their_shards_and_skip_files_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("imagenet");
     let tree = imagenet_tree(&root);
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "model = \"resnet18_imagenet\"\nwidth = 4\nepochs = 1\nbatch_size = 32\nresize = 112\n\
-         normalization = \"imagenet\"\nstreaming = \"always\"\ndata_workers = 1\n\
-         enable_act_quant = true\nquant_delay = 2\nmixed_precision = false\nlog_every = 4\n\
-         lr = 0.05\nwarmup_epochs = 0.0\n",
-    )
-    .unwrap();
-    let out = dir.path().join("run");
-    let (code, _, err) = common::slb(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data",
-        root.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().unwrap(),
-        "--nproc",
-        "2",
-        "--dist-timeout",
-        "120",
-    ]);
+    let (code, err, out) = train_streamed(
+        dir.path(),
+        &root,
+        112,
+        1,
+        &["--nproc", "2", "--dist-timeout", "120"],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("data-parallel: 2 ranks over gloo"), "{err}");
     // Each bad file is in one rank's shard: named once, and the epoch counts all three.

@@ -84,6 +84,22 @@ pub fn write_cifar_bin(ds: &Dataset, path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
+/// A CIFAR-10 binary folder `dir/data` of synthetic 32x32 images of 4 classes: `train` training
+/// and `test` test images (seeds `seed` and `seed + 1`). Returns the folder.
+pub fn cifar_bin_dir(dir: &Path, train: usize, test: usize, seed: u64) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_cifar_bin(
+        &synthetic(train, 32, 4, seed),
+        &data.join("data_batch_1.bin"),
+    );
+    write_cifar_bin(
+        &synthetic(test, 32, 4, seed + 1),
+        &data.join("test_batch.bin"),
+    );
+    data
+}
+
 /// The shared CIFAR-10 archive (SLB_DATA overrides the location).
 pub fn shared_archive() -> PathBuf {
     if let Ok(p) = std::env::var("SLB_DATA") {

@@ -320,18 +320,14 @@ fn sign_weight_in_place_body(
                     while i0 < s.cin_g {
                         let n = (s.cin_g - i0).min(IN_PLACE_BLOCK);
                         let words = n.div_ceil(4);
-                        // Masks of channels i0 .. i0 + n (i0 is a multiple of 8); the bits of
-                        // channels past the end are cleared.
+                        // Masks of channels i0 .. i0 + n (i0 is a multiple of 8). The bits of a
+                        // last word's channels past the end may be set: they meet the zeros the
+                        // pixel's last word is padded with.
                         for (j, m) in masks[..nb].iter_mut().enumerate() {
                             let base = (((o + j) * s.kh + ky) * s.kw + kx) * row + i0 / 8;
                             for (w, mw) in m[..words].iter_mut().enumerate() {
                                 let byte = codes.get(base + w / 2).copied().unwrap_or(0);
-                                let mut nib = (byte >> (4 * (w % 2))) & 0xF;
-                                let valid = n - 4 * w;
-                                if valid < 4 {
-                                    nib &= (1u8 << valid) - 1;
-                                }
-                                *mw = MASK4[nib as usize];
+                                *mw = MASK4[usize::from((byte >> (4 * (w % 2))) & 0xF)];
                             }
                         }
                         let (full, rest) = (n / 4, n % 4);

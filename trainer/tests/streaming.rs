@@ -143,24 +143,17 @@ fn imagenet_tree(root: &Path) -> Tree {
     }
 }
 
-fn opts(transform: Transform, shard: Shard) -> StreamOptions {
+fn opts(transform: Transform) -> StreamOptions {
     StreamOptions {
         transform,
         workers: 2,
         prefetch: 2,
         device: Device::Cpu,
-        shard,
     }
 }
 
 fn eval_data(root: &Path) -> StreamData {
-    StreamData::open(
-        root,
-        Split::Train,
-        None,
-        opts(Transform::imagenet_eval(64), Shard::single()),
-    )
-    .unwrap()
+    StreamData::open(root, Split::Train, None, opts(Transform::imagenet_eval(64))).unwrap()
 }
 
 /// The decoded (evaluation-transform) image of the file `path`, `[64, 64, 3]` u8.
@@ -228,16 +221,13 @@ fn odd_files_decode_to_rgb_or_are_skipped_and_named() {
 fn order_is_deterministic_sharded_and_augmentation_depends_on_the_seed() {
     let dir = tempfile::tempdir().unwrap();
     imagenet_tree(dir.path());
-    let train = |shard| {
-        StreamData::open(
-            dir.path(),
-            Split::Train,
-            Some(3),
-            opts(Transform::imagenet_train(48), shard),
-        )
-        .unwrap()
-    };
-    let one = train(Shard::single());
+    let one = StreamData::open(
+        dir.path(),
+        Split::Train,
+        Some(3),
+        opts(Transform::imagenet_train(48)),
+    )
+    .unwrap();
     let epoch = |d: &StreamData, seed| -> (Tensor, Tensor) {
         let (xs, ys): (Vec<Tensor>, Vec<Tensor>) = d.epoch(8, true, seed).unzip();
         (Tensor::cat(&xs, 0), Tensor::cat(&ys, 0))
@@ -249,10 +239,15 @@ fn order_is_deterministic_sharded_and_augmentation_depends_on_the_seed() {
     assert!(!a.equal(&c), "another seed, another epoch");
     assert_eq!(la.size(), [(CLASSES * 3) as i64]);
     // Two ranks: disjoint, covering, and each rank's images are those of the single run.
-    let r0 = train(Shard { rank: 0, world: 2 });
-    let r1 = train(Shard { rank: 1, world: 2 });
-    let (x0, l0) = epoch(&r0, 5);
-    let (x1, l1) = epoch(&r1, 5);
+    let rank = |r: usize| -> (Tensor, Tensor) {
+        let (xs, ys): (Vec<Tensor>, Vec<Tensor>) = one
+            .shard_epoch(8, true, 5, Shard { rank: r, world: 2 })
+            .map(|(x, y, _)| (x, y))
+            .unzip();
+        (Tensor::cat(&xs, 0), Tensor::cat(&ys, 0))
+    };
+    let (x0, l0) = rank(0);
+    let (x1, l1) = rank(1);
     assert_eq!(l0.size()[0] + l1.size()[0], la.size()[0]);
     let mut all: Vec<i64> = Vec::<i64>::try_from(&Tensor::cat(&[&l0, &l1], 0)).unwrap();
     let mut want: Vec<i64> = Vec::<i64>::try_from(&la).unwrap();

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use crate::data::{BatchSource, Shard, Split, StreamData, StreamOptions, Transform};
+use crate::data::{BatchSource, Split, StreamData, StreamOptions, Transform};
 
 /// Arguments of `slb data-bench`.
 #[derive(Debug, clap::Args)]
@@ -58,7 +58,6 @@ pub fn main(a: &DataBenchArgs) -> Result<()> {
                 workers: t.max(1),
                 prefetch: 4,
                 device: tch::Device::Cpu,
-                shard: Shard::single(),
             },
         )
         .with_context(|| format!("loading {}", a.data.display()))?;

@@ -294,7 +294,6 @@ fn streaming_data(
         workers: cfg.data_workers.unwrap_or_else(default_workers),
         prefetch: cfg.prefetch_batches,
         device,
-        shard: data::Shard::single(),
     };
     let open = |split, per_class, transform| {
         StreamData::open(&a.data, split, per_class, opts(transform))
@@ -400,7 +399,6 @@ fn streamed_calibration(cfg: &Config, a: &TrainArgs, n: usize) -> (tch::Tensor, 
         workers: cfg.data_workers.unwrap_or_else(default_workers),
         prefetch: 1,
         device: tch::Device::Cpu,
-        shard: data::Shard::single(),
     };
     match StreamData::open(&a.data, Split::Train, cfg.train_per_class, opts) {
         Ok(d) => {

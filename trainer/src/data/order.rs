@@ -39,51 +39,11 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     p
 }
 
-/// This rank's batches of one epoch: `order` (a permutation, or `0..n` unshuffled) cut into
-/// global batches of `batch` (at least 1; the last one shorter), each interleaved over the
-/// ranks of `shard`. A rank whose part of a short last batch is empty gets no batch for it.
-///
-/// Panics if `shard.world` is 0 or `shard.rank >= shard.world` (a programming error).
-pub fn rank_batches(order: &[usize], batch: usize, shard: Shard) -> Vec<Vec<usize>> {
-    assert!(
-        shard.world > 0 && shard.rank < shard.world,
-        "rank_batches: bad shard {shard:?}"
-    );
-    order
-        .chunks(batch.max(1))
-        .map(|global| {
-            global
-                .iter()
-                .skip(shard.rank)
-                .step_by(shard.world)
-                .copied()
-                .collect::<Vec<usize>>()
-        })
-        .filter(|b| !b.is_empty())
-        .collect()
-}
-
-/// This rank's batches of an epoch over `n` images: shuffled by `seed` when `shuffle`, else in
-/// stored order (see [`rank_batches`]).
-pub fn epoch_batches(
-    n: usize,
-    shuffle: bool,
-    seed: u64,
-    batch: usize,
-    shard: Shard,
-) -> Vec<Vec<usize>> {
-    let order = if shuffle {
-        permutation(n, seed)
-    } else {
-        (0..n).collect()
-    };
-    rank_batches(&order, batch, shard)
-}
-
-/// This rank's part of every global batch of an epoch over `n` images (shuffled by `seed` when
-/// `shuffle`), with the global batch's size: as [`epoch_batches`], but a rank whose part of a
-/// global batch is empty still gets an (empty) entry, so that every rank has one entry per
-/// global batch (a data-parallel step needs every rank).
+/// This rank's part of every global batch of an epoch over `n` images (a permutation by
+/// `seed` when `shuffle`, else stored order, cut into global batches of `batch`), with the
+/// global batch's size. A rank whose part of a global batch is empty still gets an (empty)
+/// entry, so that every rank has one entry per global batch (a data-parallel step needs every
+/// rank).
 pub fn shard_batches(
     n: usize,
     shuffle: bool,
@@ -130,6 +90,14 @@ pub fn train_steps(n: usize, batch: usize, world: usize) -> usize {
 mod tests {
     use super::*;
 
+    /// The parts alone of [`shard_batches`].
+    fn parts(n: usize, shuffle: bool, seed: u64, batch: usize, shard: Shard) -> Vec<Vec<usize>> {
+        shard_batches(n, shuffle, seed, batch, shard)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
     #[test]
     fn every_rank_has_one_entry_per_global_batch() {
         for (n, batch, world) in [(10, 4, 3), (9, 4, 4), (64, 15, 2), (0, 4, 2)] {
@@ -174,14 +142,11 @@ mod tests {
             let global: Vec<&[usize]> = perm.chunks(batch).collect();
             let mut seen = vec![0u32; n];
             let per_rank: Vec<Vec<Vec<usize>>> = (0..world)
-                .map(|rank| epoch_batches(n, true, 3, batch, Shard { rank, world }))
+                .map(|rank| parts(n, true, 3, batch, Shard { rank, world }))
                 .collect();
             for (rank, batches) in per_rank.iter().enumerate() {
                 // The same call again: the same batches.
-                assert_eq!(
-                    batches,
-                    &epoch_batches(n, true, 3, batch, Shard { rank, world })
-                );
+                assert_eq!(batches, &parts(n, true, 3, batch, Shard { rank, world }));
                 for b in batches {
                     for &i in b {
                         seen[i] += 1;
@@ -204,8 +169,8 @@ mod tests {
 
     #[test]
     fn single_shard_is_the_plain_batching() {
-        let b = epoch_batches(10, false, 0, 4, Shard::single());
+        let b = parts(10, false, 0, 4, Shard::single());
         assert_eq!(b, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
-        assert_eq!(epoch_batches(0, true, 1, 4, Shard::single()).len(), 0);
+        assert_eq!(parts(0, true, 1, 4, Shard::single()).len(), 0);
     }
 }

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::decode::{decode_into, Transform};
-use super::order::{epoch_batches, Shard};
+use super::order::Shard;
 use super::{
     folder, order, BatchIter, BatchSource, DataError, ShardIter, Split, MAX_IMAGE_FILE_BYTES,
 };
@@ -39,8 +39,6 @@ pub struct StreamOptions {
     /// The device batches are delivered on (pinned host memory and an asynchronous copy when
     /// it is CUDA).
     pub device: Device,
-    /// This rank's part of each epoch.
-    pub shard: Shard,
 }
 
 /// One split of an image-folder tree, read from disk as it is used.
@@ -143,11 +141,6 @@ impl StreamData {
     /// The settings.
     pub fn options(&self) -> &StreamOptions {
         &self.opts
-    }
-
-    /// Sets this rank's part of each epoch (the distributed run's shard).
-    pub fn set_shard(&mut self, shard: Shard) {
-        self.opts.shard = shard;
     }
 
     /// Decodes the images at `indices` (stored order) on the host with the loader's transform
@@ -302,14 +295,13 @@ impl BatchSource for StreamData {
     }
 
     fn epoch(&self, batch: i64, shuffle: bool, seed: u64) -> BatchIter<'_> {
-        let batches = epoch_batches(
+        let batches = order::shard_batches(
             self.files.len(),
             shuffle,
             seed,
             batch.max(1) as usize,
-            self.opts.shard,
+            Shard::single(),
         );
-        let batches = batches.into_iter().map(|b| (b, 0)).collect();
         Box::new(self.produce(batches, seed, false).map(|(x, y, _)| (x, y)))
     }
 

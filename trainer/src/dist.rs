@@ -213,7 +213,7 @@ mod ffi {
 /// Calls a shim entry point with an error buffer; its message on failure.
 #[cfg_attr(not(slb_dist), allow(dead_code))]
 fn call(f: impl FnOnce(*mut c_char, usize) -> bool) -> std::result::Result<(), String> {
-    let mut buf = vec![0u8; 1024];
+    let mut buf = [0u8; 1024];
     if f(buf.as_mut_ptr().cast(), buf.len()) {
         return Ok(());
     }

@@ -396,25 +396,8 @@ fn an_epoch_whose_every_file_is_skipped_stops_the_run() {
             .unwrap();
         }
     }
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        "model = \"resnet18_imagenet\"\nwidth = 4\nepochs = 1\nbatch_size = 4\nresize = 64\n\
-         streaming = \"always\"\ndata_workers = 1\nmixed_precision = false\n",
-    )
-    .unwrap();
-    let out = dir.path().join("run");
-    let r = common::slb(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--data",
-        root.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, err, out) = train_streamed(dir.path(), &root, 64, 1, &[]);
+    let r = (code, String::new(), err);
     common::assert_clean_error(&r, &["epoch 1 trained on no image", "6 files", "skipped"]);
     assert!(!out.join("checkpoint.ot").exists());
 }

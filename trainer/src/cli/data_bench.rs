@@ -12,7 +12,7 @@ use crate::data::{BatchSource, Split, StreamData, StreamOptions, Transform};
 /// Arguments of `slb data-bench`.
 #[derive(Debug, clap::Args)]
 pub struct DataBenchArgs {
-    /// An image-folder tree (train/<class>/*.JPEG).
+    /// An image-folder tree (`train/<class>/*.JPEG`).
     #[arg(long)]
     pub data: PathBuf,
     /// Decoding thread counts to measure, comma-separated (default: 1 and every core).

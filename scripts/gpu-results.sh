@@ -27,6 +27,10 @@
 #                                  # graph), two ranks sharing the GPU over Gloo with CUDA tensors;
 #                                  # 2 epochs each, then 40 profiled steps (the all-reduce phase
 #                                  # against the step)
+#   scripts/gpu-results.sh fused   # issue 13: the fused activation-node kernels against libtorch's
+#                                  # ops on the GPU, bit for bit (the trainer's lib tests named
+#                                  # `fused`, carried as .dev/trainer-tests: see the mode), then
+#                                  # W1A8 epoch times with and without them, side by side
 #   scripts/gpu-results.sh avx512  # the runtime's kernel proptests on the host CPU (AVX-512 VNNI,
 #                                  # VPOPCNTDQ), which the build machine lacks: carry the test
 #                                  # binary as .dev/runtime-tests (scripts/gpu-results.sh prints how)
@@ -149,6 +153,15 @@ case "$MODE" in
     train w1a8-graphs 150 --config /tmp/fast-q0.toml --epochs 100 --stop-after 4 --no-export
     train w1a8-eager 150 --config /tmp/fast-q0-eager.toml --epochs 100 --stop-after 3 --no-export
     train float-graphs 90 --config trainer/configs/float.toml --epochs 100 --stop-after 4 --no-export
+    ;;
+  fused)   # build here: cargo test -p slb-trainer --release --lib --no-run, then copy the
+           # target/release/deps/slb_trainer-<hash> executable to .dev/trainer-tests
+    .dev/trainer-tests fused --test-threads 1 2>&1 | tail -n 12
+    sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml
+    (cat /tmp/fast-q0.toml; echo 'fused_kernels = false') > /tmp/fast-q0-unfused.toml
+    train w1a8-fused 120 --config /tmp/fast-q0.toml --epochs 100 --stop-after 3 --no-export
+    train w1a8-unfused 120 --config /tmp/fast-q0-unfused.toml --epochs 100 --stop-after 3 --no-export
+    train w1a8-fused-prof 60 --config /tmp/fast-q0.toml --epochs 100 --stop-after 1 --no-export --profile-steps 40
     ;;
   dist)
     sed 's/^quant_delay = .*/quant_delay = 0/' trainer/configs/fast.toml > /tmp/fast-q0.toml

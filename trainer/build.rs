@@ -5,6 +5,10 @@
 //! `CUDA_HOME`. Without them, or with `SLB_NO_CUDA_SHIMS=1` (CI checks that build too), the
 //! trainer builds without CUDA graphs and Kineto traces (`slb_cuda_graph` unset).
 //!
+//! With the CUDA shims it also compiles the fused activation-node kernels' shim
+//! (`csrc/fused.cpp`, `slb_fused`) when NVRTC and the CUDA runtime are in the same wheel as the
+//! headers; `csrc/fused_quant.h` is embedded as the source NVRTC compiles at run time.
+//!
 //! It also compiles the c10d shim (`csrc/dist.cpp`, data-parallel training) when Gloo's headers
 //! are installed (Debian's `libgloo-dev`, which scripts/setup.sh installs; or `GLOO_INCLUDE`),
 //! with NCCL when the CUDA shims build and `nccl.h` is in the `nvidia/nccl` wheel
@@ -19,10 +23,13 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/cuda_graph.cpp");
     println!("cargo:rerun-if-changed=csrc/profiler.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/fused.cpp");
+    println!("cargo:rerun-if-changed=csrc/fused_quant.h");
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
     println!("cargo:rustc-check-cfg=cfg(slb_cuda_graph)");
     println!("cargo:rustc-check-cfg=cfg(slb_dist)");
     println!("cargo:rustc-check-cfg=cfg(slb_nccl)");
+    println!("cargo:rustc-check-cfg=cfg(slb_fused)");
     // LIBTORCH is set by .cargo/config.toml to .venv/libtorch; resolve the link so the rpath
     // survives a rebuild of the venv at the same place.
     let Some(root) = std::env::var("LIBTORCH")
@@ -55,7 +62,7 @@ fn main() {
                 .file("csrc/profiler.cpp")
                 .include(root.join("include"))
                 .include(root.join("include/torch/csrc/api/include"))
-                .include(cuda)
+                .include(&cuda)
                 .define("_GLIBCXX_USE_CXX11_ABI", "1")
                 .warnings(false)
                 .compile("slb_cuda_graph");
@@ -64,11 +71,81 @@ fn main() {
                 println!("cargo:rustc-link-lib=dylib={l}");
             }
             println!("cargo:rustc-cfg=slb_cuda_graph");
+            fused_shim(&root, &cuda);
         }
         _ => println!(
             "cargo:warning=no CUDA runtime headers next to libtorch: building without CUDA graphs"
         ),
     }
+}
+
+/// Compiles `csrc/fused.cpp` (the fused activation-node kernels, compiled at run time by NVRTC)
+/// when NVRTC and the CUDA runtime are next to the CUDA headers `cuda` (`<include>/../lib`, the
+/// `nvidia/cu13` wheel, or `$CUDA_HOME/lib64`), and embeds `csrc/fused_quant.h` as the source
+/// NVRTC compiles (`slb_fused`).
+fn fused_shim(root: &Path, cuda: &Path) {
+    let Some(lib) = cuda.parent().and_then(|p| {
+        ["lib", "lib64"]
+            .into_iter()
+            .map(|l| p.join(l))
+            .find(|l| l.join("libnvrtc.so.13").exists() || l.join("libnvrtc.so").exists())
+    }) else {
+        println!(
+            "cargo:warning=no NVRTC next to {}: building without the fused quantizer kernels",
+            cuda.display()
+        );
+        return;
+    };
+    if !cuda.join("nvrtc.h").exists() {
+        println!(
+            "cargo:warning=no nvrtc.h in {}: building without the fused kernels",
+            cuda.display()
+        );
+        return;
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let src = std::fs::read_to_string("csrc/fused_quant.h").expect("csrc/fused_quant.h");
+    assert!(
+        !src.contains(")slbsrc\""),
+        "csrc/fused_quant.h holds the raw-string delimiter"
+    );
+    std::fs::write(
+        out.join("fused_quant_src.inc"),
+        format!("R\"slbsrc({src})slbsrc\"\n"),
+    )
+    .expect("writing OUT_DIR/fused_quant_src.inc");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .file("csrc/fused.cpp")
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .include(cuda)
+        .include("csrc")
+        .include(&out)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("slb_fused");
+    // The wheel ships only the versioned names (libnvrtc.so.13): link them by file name.
+    let name = |stem: &str| {
+        if lib.join(format!("{stem}.so.13")).exists() {
+            format!("-l:{stem}.so.13")
+        } else {
+            format!("-l{}", stem.trim_start_matches("lib"))
+        }
+    };
+    println!("cargo:rustc-link-arg=-L{}", lib.display());
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:rustc-link-arg={}", name("libnvrtc"));
+    println!("cargo:rustc-link-arg={}", name("libcudart"));
+    println!(
+        "cargo:rustc-link-search=native={}",
+        root.join("lib").display()
+    );
+    for l in ["torch_cuda", "c10_cuda", "torch_cpu", "c10"] {
+        println!("cargo:rustc-link-lib=dylib={l}");
+    }
+    println!("cargo:rustc-cfg=slb_fused");
 }
 
 /// Compiles `csrc/dist.cpp` (c10d: TCPStore, Gloo, and NCCL when `cuda` has the CUDA headers

@@ -85,6 +85,10 @@ pub struct Config {
     /// Record each full-batch training step as a CUDA graph and replay it (CUDA only; off
     /// while `--profile-steps` times phases). Same arithmetic as the eager step.
     pub cuda_graphs: bool,
+    /// The fused CUDA kernels for the 8-bit activation nodes (`nn::fused`: ReLU + fake quant
+    /// in one pass, its gradient in one; compiled by NVRTC at run time). CUDA only; where they
+    /// cannot run, one line on stderr and the libtorch ops, with the same results.
+    pub fused_kernels: bool,
     /// Plain float convolutions instead of SLB ones: the float baseline of the accuracy table
     /// (such a network cannot be exported to a packed model).
     pub float_weights: bool,
@@ -153,6 +157,7 @@ impl Default for Config {
             mixed_precision: true,
             channels_last: true,
             cuda_graphs: true,
+            fused_kernels: true,
             float_weights: false,
             crop_pad: 4,
             flip: true,

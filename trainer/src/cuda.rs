@@ -317,6 +317,7 @@ mod tests {
                 observe: true,
                 quantize: true,
                 ema: false,
+                fused: false,
             },
             amp: false,
         };

@@ -47,6 +47,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("mixed_precision", Kind::Bool),
     ("channels_last", Kind::Bool),
     ("cuda_graphs", Kind::Bool),
+    ("fused_kernels", Kind::Bool),
     ("float_weights", Kind::Bool),
     ("crop_pad", Kind::Int),
     ("flip", Kind::Bool),

@@ -289,6 +289,7 @@ fn bn_calibration_averages_the_batch_statistics_of_the_argmax_weights() {
             observe: false,
             quantize: false,
             ema: false,
+            fused: false,
         },
         amp: false,
     };

@@ -72,6 +72,7 @@ pub fn input_lut(net: &Net, aug: &Augment) -> Result<Vec<u8>> {
         observe: false,
         quantize: true,
         ema: false,
+        fused: false,
     };
     let y = tch::no_grad(|| net.input.forward(&x, false, mode));
     let (s, zp) = net.input.qparams();
@@ -92,6 +93,7 @@ pub fn calibrate(net: &Net, images: &Tensor, aug: &Augment) {
             observe: true,
             quantize: true,
             ema: false,
+            fused: false,
         },
         amp: false,
     };

@@ -1,5 +1,6 @@
 //! Network pieces: SLB convolutions, activation quantizers, the four networks.
 
+pub mod fused;
 pub mod net;
 pub mod quant;
 

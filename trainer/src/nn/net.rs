@@ -426,6 +426,7 @@ mod tests {
                 observe: true,
                 quantize: true,
                 ema: false,
+                fused: false,
             },
             amp,
         }

@@ -186,6 +186,9 @@ pub struct QuantMode {
     pub quantize: bool,
     /// EMA range update (decay 0.999) instead of the batch range.
     pub ema: bool,
+    /// Use the fused CUDA kernels for the 8-bit nodes on CUDA tensors (`nn::fused`; the
+    /// libtorch ops otherwise, with the same results).
+    pub fused: bool,
 }
 
 /// An activation quantization node.
@@ -296,37 +299,55 @@ impl ActQuant {
                 zp,
                 on,
             } => {
-                let x = if relu { x.relu() } else { x.shallow_clone() };
+                // The fused kernels (one pass forward, one backward) on a CUDA tensor when the
+                // run enabled them; `None` from them means the libtorch ops below.
+                let fused = mode.fused && x.device().is_cuda();
+                let relu_of = |x: &Tensor| if relu { x.relu() } else { x.shallow_clone() };
                 if mode.observe {
                     // The batch range in one pass over `x` (any dtype, any strides), then
                     // libtorch's fused observer on that 2-element range: the min/max update
                     // (averaging constant 1, or the EMA) and the nudged qparams, on the device.
                     // The fused op on `x` itself would first copy a channels-last `x` to NCHW
                     // and accepts only f32; so would `aminmax` on `x` (measured on the H100:
-                    // 37 copies, 4 ms of a 20 ms step), hence the memory-order view.
-                    let (lo, hi) = tch::no_grad(|| memory_order(&x).aminmax(None, false));
-                    let range = Tensor::stack(&[lo, hi], 0).to_kind(Kind::Float);
+                    // 37 copies, 4 ms of a 20 ms step), hence the memory-order view. The range
+                    // of relu(x) is the range of x clamped at 0 (exactly), so the ReLU is not
+                    // applied for it.
+                    let (lo, hi) = tch::no_grad(|| memory_order(x).aminmax(None, false));
+                    let mut range = Tensor::stack(&[lo, hi], 0).to_kind(Kind::Float);
+                    if relu {
+                        range = range.clamp_min(0.0);
+                    }
                     let c = if mode.ema { 0.001 } else { 1.0 };
                     let _ = range.fused_moving_avg_obs_fake_quant(
                         on, on, min, max, scale, zp, c, 0, 255, 0, false, false,
                     );
                     if !mode.quantize {
-                        return x;
+                        return relu_of(x);
+                    }
+                    if fused {
+                        if let Some(y) = super::fused::fake_quant(x, scale, zp, 255, relu) {
+                            return y;
+                        }
                     }
                     // The fused op's own fake quant (one pass, f32 or bf16), whose backward
                     // is the straight-through mask.
-                    return x
+                    return relu_of(x)
                         .internal_fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
                             scale, zp, on, 0, 255,
                         )
                         .0;
                 }
-                if mode.quantize {
-                    let (s, zp) = minmax_qparams(min, max, 8);
-                    fake_quant(&x, &s, &zp, 8)
-                } else {
-                    x
+                if !mode.quantize {
+                    return relu_of(x);
                 }
+                let (s, zp) = minmax_qparams(min, max, 8);
+                if fused {
+                    let (s, zp) = (s.to_kind(Kind::Float), zp.to_kind(Kind::Int));
+                    if let Some(y) = super::fused::fake_quant(x, &s, &zp, 255, relu) {
+                        return y;
+                    }
+                }
+                fake_quant(&relu_of(x), &s, &zp, 8)
             }
             ActKind::Sign { scale } => {
                 let xc = x.clamp(-1.0, 1.0);
@@ -457,6 +478,7 @@ mod tests {
             observe: true,
             quantize: true,
             ema: false,
+            fused: false,
         };
         let y = q.forward(&x, false, mode);
         let (mn, mx) = (-1.3f64, xs[199] as f64);
@@ -474,6 +496,7 @@ mod tests {
             observe: false,
             quantize: true,
             ema: false,
+            fused: false,
         };
         let y2 = q.forward(&x2, false, eval);
         let v2 = vals(&y2);
@@ -496,6 +519,7 @@ mod tests {
                 observe: true,
                 quantize: false,
                 ema: true,
+                fused: false,
             },
         );
         assert_eq!(vals(&y4), vec![0.123]);
@@ -514,6 +538,7 @@ mod tests {
             observe: true,
             quantize: true,
             ema: false,
+            fused: false,
         };
         let y = sign.forward(&x, true, m);
         assert_eq!(vals(&y), vec![-1.0, 1.0, 1.0, 1.0]);

@@ -74,6 +74,7 @@ fn hard_ctx(train: bool, quant: bool, amp: bool) -> Ctx {
             observe: false,
             quantize: quant,
             ema: false,
+            fused: false,
         },
         amp,
     }

@@ -123,6 +123,8 @@ struct Learner<'a> {
     cuda: bool,
     /// bf16 activations (CUDA with `mixed_precision`).
     amp: bool,
+    /// The fused kernels of the 8-bit nodes run (`fused_kernels`, probed on the device).
+    fused: bool,
     /// Image side the network reads.
     image_size: i64,
     vs: nn::VarStore,
@@ -228,6 +230,7 @@ impl<'a> Learner<'a> {
         };
         Ok(Learner {
             amp: cuda && cfg.mixed_precision,
+            fused: fused_kernels(&cfg, opts.device, main),
             loss_sum: Tensor::zeros([], (Kind::Float, dev)),
             correct: Tensor::zeros([], (Kind::Int64, dev)),
             graphs: step_graphs(&cfg, opts, dist.as_deref()),
@@ -423,6 +426,7 @@ impl<'a> Learner<'a> {
                 observe: cfg.enable_act_quant,
                 quantize: cfg.enable_act_quant && self.step >= cfg.quant_delay,
                 ema: cfg.ema,
+                fused: self.fused,
             },
             amp: self.amp,
         };
@@ -708,6 +712,29 @@ fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
     v.into_iter().map(|(_, t)| t).collect()
 }
 
+/// Whether the 8-bit nodes use the fused kernels: asked for (`fused_kernels`), on a CUDA device,
+/// and compiled and loaded there. When they cannot run on a CUDA device, rank 0 says why in one
+/// line and the run uses the libtorch ops (the same results).
+fn fused_kernels(cfg: &Config, device: Device, main: bool) -> bool {
+    if !cfg.fused_kernels || !device.is_cuda() || !cfg.enable_act_quant {
+        return false;
+    }
+    match crate::nn::fused::probe(device) {
+        Ok(()) => true,
+        Err(why) => {
+            if main {
+                eprintln!("{}", fused_fallback_line(&why));
+            }
+            false
+        }
+    }
+}
+
+/// The one line that says the fused kernels are not used, and why.
+pub(crate) fn fused_fallback_line(why: &str) -> String {
+    format!("fused quantizer kernels off ({why}); the 8-bit nodes use libtorch's ops")
+}
+
 /// The training step's CUDA graphs, when the run asks for them and can have them (not with
 /// Gloo, whose collectives run on the host).
 fn step_graphs(cfg: &Config, opts: &RunOptions, dist: Option<&Dist>) -> Option<StepGraph> {
@@ -776,5 +803,42 @@ fn dev_index(d: Device) -> i64 {
     match d {
         Device::Cuda(i) => i as i64,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_kernels_only_on_a_cuda_device_that_runs_them() {
+        assert!(Config::default().fused_kernels, "on by default");
+        let cfg = Config {
+            enable_act_quant: true,
+            ..Config::default()
+        };
+        // Never on the CPU, and never when asked not to or with no activation nodes.
+        assert!(!fused_kernels(&cfg, Device::Cpu, true));
+        for off in [
+            Config {
+                fused_kernels: false,
+                ..cfg.clone()
+            },
+            Config::default(),
+        ] {
+            assert!(!fused_kernels(&off, Device::Cuda(0), true));
+        }
+        // On a CUDA device: exactly when the probe compiles and loads them there (without a
+        // GPU, as in CI, the probe fails and the run takes the libtorch ops).
+        let cuda = Device::Cuda(0);
+        assert_eq!(
+            fused_kernels(&cfg, cuda, true),
+            crate::nn::fused::probe(cuda).is_ok()
+        );
+        let line = fused_fallback_line("no CUDA device");
+        assert!(
+            line.contains("no CUDA device") && !line.contains('\n'),
+            "{line}"
+        );
     }
 }

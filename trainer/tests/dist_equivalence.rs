@@ -8,6 +8,9 @@
 //! gradient sum from `Sgd::all_reduce_grad`, the weighting by each rank's share as in the
 //! trainer; the global batch of 15 splits 8 + 7 and the last one (4 of 64) 2 + 2, so the weighting
 //! matters.
+//!
+//! The same two ranks then check `train::sync_buffers` (what the trainer runs after each
+//! epoch's steps): floating-point buffers become the ranks' mean, the others rank 0's.
 mod common;
 
 use std::path::Path;
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use slb_trainer::data::{order, DeviceData, Shard};
 use slb_trainer::dist::{Backend, Dist, Launch, Store};
-use slb_trainer::train::Sgd;
+use slb_trainer::train::{sync_buffers, Sgd};
 use tch::{nn, Device, Kind, Tensor};
 
 const BATCH: i64 = 15;
@@ -90,6 +93,43 @@ fn worker(out: &Path) {
     let v = train(d.rank, d.world, Some(&d));
     let text: Vec<String> = v.iter().map(|x| format!("{x:e}")).collect();
     std::fs::write(out, text.join("\n")).unwrap();
+    let b = rank_buffers(d.rank);
+    sync_buffers(&d, &b).unwrap();
+    std::fs::write(
+        out.with_extension("buffers"),
+        format!("{:?}", buffer_values(&b)),
+    )
+    .unwrap();
+}
+
+/// Buffers (not trained) of two dtypes whose values differ by rank, besides a trained
+/// variable, which the sync must leave alone.
+fn rank_buffers(rank: usize) -> nn::VarStore {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let r = vs.root();
+    let f = rank as f64;
+    let mut mean = (&r / "bn").zeros_no_train("running_mean", &[5]);
+    let mut max = (&r / "q").zeros_no_train("max", &[1]);
+    let tracked = Tensor::from_slice(&[100 + rank as i64, 7 * rank as i64]);
+    let _ = (&r / "bn").add("num_batches_tracked", tracked, false);
+    let mut w = r.var("weight", &[3], nn::Init::Const(0.0));
+    tch::no_grad(|| {
+        let _ = mean.copy_(&(Tensor::arange(5, (Kind::Float, Device::Cpu)) + 10.0 * f));
+        let _ = max.fill_(2.0 + 4.0 * f);
+        let _ = w.fill_(f);
+    });
+    vs
+}
+
+/// The store's variables by name, as f64.
+fn buffer_values(vs: &nn::VarStore) -> Vec<(String, Vec<f64>)> {
+    let mut v: Vec<_> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 fn main() {
@@ -101,6 +141,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
         println!("two_ranks_equal_one_big_batch: test");
+        println!("sync_buffers_averages_floats_and_broadcasts_the_rest: test");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -149,4 +190,20 @@ fn main() {
         "2 ranks vs 1: worst relative difference {worst}"
     );
     println!("test two_ranks_equal_one_big_batch ... ok (worst relative difference {worst:.2e})");
+    // After `sync_buffers`: f32 buffers are the mean of rank 0's and rank 1's, the i64 one is
+    // rank 0's, the trained weight is each rank's own.
+    for r in 0..2 {
+        let got = std::fs::read_to_string(dir.path().join(format!("rank{r}.buffers"))).unwrap();
+        let want = format!(
+            "{:?}",
+            vec![
+                ("bn.num_batches_tracked".to_string(), vec![100.0, 0.0]),
+                ("bn.running_mean".to_string(), vec![5.0, 6.0, 7.0, 8.0, 9.0]),
+                ("q.max".to_string(), vec![4.0]),
+                ("weight".to_string(), vec![r as f64; 3]),
+            ]
+        );
+        assert_eq!(got, want, "rank {r}'s buffers after sync_buffers");
+    }
+    println!("test sync_buffers_averages_floats_and_broadcasts_the_rest ... ok");
 }

@@ -27,7 +27,7 @@ use crate::nn::net::{Net, NetConfig};
 
 pub use checkpoint::{checkpoint_path, save_checkpoint, write_atomic, Checkpoint, Meta, Snapshot};
 pub use eval::{bn_calibrate, bn_stats, evaluate, evaluate_counts, predict, with_bn_calibrated};
-pub use learner::{run, run_with, RunData, RunOptions, RunSummary};
+pub use learner::{run, run_with, sync_buffers, RunData, RunOptions, RunSummary};
 pub use optimizer::{decays, is_logit, Sgd};
 pub use profile::{PhaseTime, StepProfile};
 pub use report::EpochMetrics;

@@ -114,7 +114,7 @@ fn rank_buffers(rank: usize) -> nn::VarStore {
     let _ = (&r / "bn").add("num_batches_tracked", tracked, false);
     let mut w = r.var("weight", &[3], nn::Init::Const(0.0));
     tch::no_grad(|| {
-        let _ = mean.copy_(&(Tensor::arange(5, (Kind::Float, Device::Cpu)) + 10.0 * f));
+        mean.copy_(&(Tensor::arange(5, (Kind::Float, Device::Cpu)) + 10.0 * f));
         let _ = max.fill_(2.0 + 4.0 * f);
         let _ = w.fill_(f);
     });

@@ -237,6 +237,26 @@ fn order_is_deterministic_sharded_and_augmentation_depends_on_the_seed() {
     assert!(a.equal(&b) && la.equal(&lb), "same seed, same epoch");
     let (c, _) = epoch(&one, 6);
     assert!(!a.equal(&c), "another seed, another epoch");
+    // Batches decode concurrently (`prefetch` at once) but arrive in order, and their images
+    // do not depend on the pool's size or timing.
+    for (workers, prefetch) in [(1, 1), (3, 5)] {
+        let other = StreamData::open(
+            dir.path(),
+            Split::Train,
+            Some(3),
+            StreamOptions {
+                workers,
+                prefetch,
+                ..opts(Transform::imagenet_train(48))
+            },
+        )
+        .unwrap();
+        let (o, lo) = epoch(&other, 5);
+        assert!(
+            o.equal(&a) && lo.equal(&la),
+            "{workers} workers, prefetch {prefetch}"
+        );
+    }
     assert_eq!(la.size(), [(CLASSES * 3) as i64]);
     // Two ranks: disjoint, covering, and each rank's images are those of the single run.
     let rank = |r: usize| -> (Tensor, Tensor) {

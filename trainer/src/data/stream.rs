@@ -1,15 +1,16 @@
 //! The streaming image-folder loader, for datasets larger than memory: per epoch an order from
 //! [`order`](super::order) (the same permutation on every rank, sharded by [`Shard`]), files read
-//! and decoded by a pool of worker threads a batch at a time into a bounded queue of
-//! `prefetch` batches (memory is bounded by the queue, not by the dataset), the host batch pinned
-//! when the device is CUDA and copied to it asynchronously.
+//! and decoded by a pool of worker threads, up to `prefetch` batches at once (so that a batch's
+//! serial end, its assembly and pinning, overlaps the next ones' decoding instead of idling the
+//! pool), delivered in order; memory is bounded by `prefetch`, not by the dataset. The host batch
+//! is pinned when the device is CUDA and copied to it asynchronously.
 //!
 //! A file that cannot be read or decoded (truncated, empty, neither JPEG nor PNG, too large) is
 //! skipped: a warning naming it is printed once per run, and it is counted
 //! ([`BatchSource::skipped`]), which the epoch line shows. Grey and CMYK JPEGs and PNGs with
 //! alpha are converted to RGB (alpha dropped, as PIL's `convert("RGB")`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -33,8 +34,8 @@ pub struct StreamOptions {
     pub transform: Transform,
     /// Decoding threads (at least 1).
     pub workers: usize,
-    /// Batches decoded ahead of the training step (at least 1): the queue's length, which bounds
-    /// the loader's memory to `(prefetch + 2) * batch * side^2 * 3` bytes.
+    /// Batches decoded ahead of the training step, concurrently (at least 1), which bounds the
+    /// loader's memory to `(prefetch + 2) * batch * side^2 * 3` bytes.
     pub prefetch: usize,
     /// The device batches are delivered on (pinned host memory and an asynchronous copy when
     /// it is CUDA).
@@ -159,6 +160,7 @@ impl StreamData {
 }
 
 /// What the producer thread needs to turn a list of indices into a host batch.
+#[derive(Clone)]
 struct Job {
     files: Arc<Vec<(PathBuf, i64)>>,
     transform: Transform,
@@ -262,12 +264,38 @@ impl StreamData {
         };
         let pool = Arc::clone(&self.pool);
         let aug_seed = mix(seed ^ 0x5EED_A116);
-        let (tx, rx) = sync_channel(self.opts.prefetch);
+        let prefetch = self.opts.prefetch.max(1);
+        // A rendezvous channel: the batches in memory are the `prefetch` being decoded or
+        // done, the one the producer hands over and the one the consumer holds.
+        let (tx, rx) = sync_channel(0);
         let producer = std::thread::Builder::new()
             .name("slb-batches".into())
             .spawn(move || {
-                for (b, tag) in batches {
-                    let (x, y) = pool.install(|| job.batch(&b, aug_seed));
+                let mut todo = batches.into_iter();
+                let mut pending = VecDeque::with_capacity(prefetch);
+                loop {
+                    // Keep `prefetch` batches decoding on the pool (each a parallel loop over
+                    // its images), in order.
+                    while pending.len() < prefetch {
+                        let Some((b, tag)) = todo.next() else { break };
+                        let (done, result) = sync_channel(1);
+                        let job = job.clone();
+                        pool.spawn(move || {
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                job.batch(&b, aug_seed)
+                            }));
+                            let _ = done.send(r);
+                        });
+                        pending.push_back((result, tag));
+                    }
+                    let Some((result, tag)) = pending.pop_front() else {
+                        return;
+                    };
+                    let (x, y) = match result.recv() {
+                        Ok(Ok(batch)) => batch,
+                        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                        Err(_) => return,
+                    };
                     if y.size()[0] == 0 && !keep_empty {
                         continue;
                     }
@@ -337,7 +365,17 @@ impl Iterator for Batches {
     type Item = (Tensor, Tensor, usize);
 
     fn next(&mut self) -> Option<(Tensor, Tensor, usize)> {
-        let (x, y, tag) = self.rx.as_ref()?.recv().ok()?;
+        let Ok((x, y, tag)) = self.rx.as_ref()?.recv() else {
+            // The producer ended: at the epoch's end, or by a panic, which is raised here
+            // rather than ending the epoch early without a word.
+            self.rx = None;
+            if let Some(p) = self.producer.take() {
+                if let Err(panic) = p.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            return None;
+        };
         if self.device == Device::Cpu {
             return Some((x, y, tag));
         }
@@ -352,7 +390,8 @@ impl Iterator for Batches {
 
 impl Drop for Batches {
     fn drop(&mut self) {
-        // Closing the queue stops the producer after the batch it is decoding.
+        // Closing the queue stops the producer once the batch it hands over is refused; the
+        // batches still decoding on the pool finish and are dropped.
         drop(self.rx.take());
         if let Some(p) = self.producer.take() {
             let _ = p.join();

@@ -18,7 +18,7 @@ pub struct DataBenchArgs {
     /// Decoding thread counts to measure, comma-separated (default: 1 and every core).
     #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
-    /// Images decoded per measurement (the first files of a shuffled epoch).
+    /// Images decoded per measurement (shuffled epochs back to back, as many as it takes).
     #[arg(long, default_value_t = 2048)]
     pub images: usize,
     /// Output side.
@@ -61,17 +61,26 @@ pub fn main(a: &DataBenchArgs) -> Result<()> {
             },
         )
         .with_context(|| format!("loading {}", a.data.display()))?;
-        let want = a.images.min(d.len()).max(1);
-        // One warm-up batch (page cache, thread start-up), then the timed images.
-        let mut it = d.epoch(batch as i64, true, 1);
-        let _ = it.next();
+        let want = a.images.max(1);
+        // One warm-up batch (page cache, thread start-up), its epoch dropped; then epochs
+        // back to back, timed from their start (the batches decoded ahead count only once
+        // they are delivered), until `want` images arrived.
+        let _ = d.epoch(batch as i64, true, 1).next();
         let start = Instant::now();
         let mut n = 0usize;
-        for (_, y) in it {
-            n += y.size()[0] as usize;
-            if n >= want {
-                break;
+        let mut seed = 2;
+        while n < want {
+            let before = n;
+            for (_, y) in d.epoch(batch as i64, true, seed) {
+                n += y.size()[0] as usize;
+                if n >= want {
+                    break;
+                }
             }
+            if n == before {
+                break; // every file was skipped
+            }
+            seed += 1;
         }
         let secs = start.elapsed().as_secs_f64();
         let ips = n as f64 / secs;

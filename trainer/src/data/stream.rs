@@ -12,7 +12,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -154,8 +154,10 @@ impl StreamData {
             skipped: Arc::clone(&self.skipped),
             warned: Arc::clone(&self.warned),
             pin: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         };
-        self.pool.install(|| job.batch(indices, seed))
+        let batch = self.pool.install(|| job.batch(indices, seed));
+        batch.expect("a fresh cancel flag is never set")
     }
 }
 
@@ -168,13 +170,16 @@ struct Job {
     warned: Arc<Mutex<HashSet<PathBuf>>>,
     /// Pin the batch for this CUDA device.
     pin: Option<Device>,
+    /// Set when the epoch's consumer is gone: batches still to decode are dropped.
+    cancel: Arc<AtomicBool>,
 }
 
 impl Job {
     /// Reads and decodes `indices` in parallel (on the current rayon pool); failed files are
     /// left out, warned about once and counted. Each image's randomness comes from
-    /// `(seed, index)` alone, so the batch does not depend on thread timing.
-    fn batch(&self, indices: &[usize], seed: u64) -> (Tensor, Tensor) {
+    /// `(seed, index)` alone, so the batch does not depend on thread timing. `None` when the
+    /// epoch was cancelled meanwhile (its images are then neither decoded nor counted).
+    fn batch(&self, indices: &[usize], seed: u64) -> Option<(Tensor, Tensor)> {
         let side = self.transform.side() as usize;
         let len = side * side * 3;
         let mut buf = vec![0u8; indices.len() * len];
@@ -182,6 +187,9 @@ impl Job {
             .par_chunks_mut(len.max(1))
             .zip(indices.par_iter())
             .map(|(out, &i)| {
+                if self.cancel.load(Ordering::Relaxed) {
+                    return Err(String::new());
+                }
                 let path = &self.files[i].0;
                 let bytes = read_file(path)?;
                 let mut rng =
@@ -189,6 +197,9 @@ impl Job {
                 decode_into(&bytes, &self.transform, &mut rng, out)
             })
             .collect();
+        if self.cancel.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut labels = Vec::with_capacity(indices.len());
         let mut kept = 0usize;
         for (slot, (&i, r)) in indices.iter().zip(ok).enumerate() {
@@ -206,10 +217,10 @@ impl Job {
         buf.truncate(kept * len);
         let x = Tensor::from_slice(&buf).view([kept as i64, side as i64, side as i64, 3]);
         let y = Tensor::from_slice(&labels);
-        match self.pin {
+        Some(match self.pin {
             Some(d) => (x.pin_memory(d), y.pin_memory(d)),
             None => (x, y),
-        }
+        })
     }
 
     fn skip(&self, path: &Path, why: &str) {
@@ -261,7 +272,9 @@ impl StreamData {
             skipped: Arc::clone(&self.skipped),
             warned: Arc::clone(&self.warned),
             pin: device.is_cuda().then_some(device),
+            cancel: Arc::new(AtomicBool::new(false)),
         };
+        let cancel = Arc::clone(&job.cancel);
         let pool = Arc::clone(&self.pool);
         let aug_seed = mix(seed ^ 0x5EED_A116);
         let prefetch = self.opts.prefetch.max(1);
@@ -292,9 +305,9 @@ impl StreamData {
                         return;
                     };
                     let (x, y) = match result.recv() {
-                        Ok(Ok(batch)) => batch,
+                        Ok(Ok(Some(batch))) => batch,
                         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-                        Err(_) => return,
+                        Ok(Ok(None)) | Err(_) => return, // cancelled
                     };
                     if y.size()[0] == 0 && !keep_empty {
                         continue;
@@ -306,6 +319,7 @@ impl StreamData {
             })
             .expect("cannot start the batch thread");
         Batches {
+            cancel,
             rx: Some(rx),
             producer: Some(producer),
             device,
@@ -356,6 +370,8 @@ impl BatchSource for StreamData {
 
 /// An epoch's batches as they arrive from the producer thread, moved to the device.
 struct Batches {
+    /// Tells the batches still decoding that nobody will read them.
+    cancel: Arc<AtomicBool>,
     rx: Option<Receiver<(Tensor, Tensor, usize)>>,
     producer: Option<JoinHandle<()>>,
     device: Device,
@@ -390,8 +406,9 @@ impl Iterator for Batches {
 
 impl Drop for Batches {
     fn drop(&mut self) {
-        // Closing the queue stops the producer once the batch it hands over is refused; the
-        // batches still decoding on the pool finish and are dropped.
+        // The batches still decoding stop at their next image; closing the queue stops the
+        // producer.
+        self.cancel.store(true, Ordering::Relaxed);
         drop(self.rx.take());
         if let Some(p) = self.producer.take() {
             let _ = p.join();

@@ -60,9 +60,11 @@ pub(crate) struct Features {
     pub avx512popcnt: bool,
     /// AVX-512 F/BW/VBMI: [`KernelKind::Int8LutAvx512`].
     pub avx512vbmi: bool,
+    /// AVX-512 F/BW/DQ/VL: the requantization and residual add compiled for AVX-512.
+    pub avx512dq: bool,
 }
 
-/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-4 the four features.
+/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-5 the five features.
 static DETECTED: AtomicU8 = AtomicU8::new(0);
 
 impl Features {
@@ -77,6 +79,9 @@ impl Features {
                 avx512vnni: f && std::arch::is_x86_feature_detected!("avx512vnni"),
                 avx512popcnt: f && std::arch::is_x86_feature_detected!("avx512vpopcntdq"),
                 avx512vbmi: f && std::arch::is_x86_feature_detected!("avx512vbmi"),
+                avx512dq: f
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl"),
             }
         }
         #[cfg(not(feature = "std"))]
@@ -87,6 +92,11 @@ impl Features {
                 avx512vnni: f && cfg!(target_feature = "avx512vnni"),
                 avx512popcnt: f && cfg!(target_feature = "avx512vpopcntdq"),
                 avx512vbmi: f && cfg!(target_feature = "avx512vbmi"),
+                avx512dq: f
+                    && cfg!(all(
+                        target_feature = "avx512dq",
+                        target_feature = "avx512vl"
+                    )),
             }
         }
     }
@@ -100,7 +110,8 @@ impl Features {
                 | u8::from(f.avx2) << 1
                 | u8::from(f.avx512vnni) << 2
                 | u8::from(f.avx512popcnt) << 3
-                | u8::from(f.avx512vbmi) << 4;
+                | u8::from(f.avx512vbmi) << 4
+                | u8::from(f.avx512dq) << 5;
             DETECTED.store(v, Ordering::Relaxed);
         }
         Features {
@@ -108,6 +119,7 @@ impl Features {
             avx512vnni: v & 4 != 0,
             avx512popcnt: v & 8 != 0,
             avx512vbmi: v & 16 != 0,
+            avx512dq: v & 32 != 0,
         }
     }
 }
@@ -185,12 +197,23 @@ pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
     kinds.into_iter().find_map(by_kind)
 }
 
-/// The driver's row operations compiled with AVX2, where the CPU has it.
+/// The driver's row operations compiled with AVX2, where the CPU has it; the requantization
+/// and residual add compiled with AVX-512 (8 `i64` lanes) where the CPU has AVX-512 DQ/VL.
 pub(crate) fn row_ops() -> Option<RowOps> {
-    Features::get().avx2.then_some(RowOps {
+    let f = Features::get();
+    let ops = f.avx2.then_some(RowOps {
         requant: requant_avx2,
         add_rows: add_rows_avx2,
         pack_bits: pack_bits_avx2,
+    })?;
+    Some(if f.avx512dq {
+        RowOps {
+            requant: requant_avx512,
+            add_rows: add_rows_avx512,
+            ..ops
+        }
+    } else {
+        ops
     })
 }
 
@@ -1756,4 +1779,58 @@ unsafe fn lut_avx512_impl(
 ) {
     // SAFETY: forwarded preconditions.
     unsafe { LutCall::new(s, x, w, y0).run_lut::<4, 8>(y0, y1, acc) }
+}
+
+/// The driver's requantization (`quant::requant`, same result) compiled with AVX-512.
+fn requant_avx512(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
+    fn body(
+        raw: &RawQuant,
+        aff: Option<&ChannelAffine<'_>>,
+        outq: &QParams,
+        cout: usize,
+        acc: &[i32],
+        dst: &mut [u8],
+    ) {
+        quant::requant(raw, aff, outq, cout, acc, dst);
+    }
+    // SAFETY: `row_ops` hands this function out only where AVX-512 F/BW/DQ/VL is present.
+    unsafe { body(raw, aff, outq, cout, acc, dst) }
+}
+
+/// The residual add (`quant::add_rows`, same result) compiled with AVX-512.
+#[allow(clippy::too_many_arguments)]
+fn add_rows_avx512(
+    a: &[u8],
+    b: &[u8],
+    qa: &QParams,
+    qb: &QParams,
+    p: &AddParams<'_>,
+    qo: &QParams,
+    c: usize,
+    out: &mut [u8],
+) {
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
+    fn body(
+        a: &[u8],
+        b: &[u8],
+        qa: &QParams,
+        qb: &QParams,
+        p: &AddParams<'_>,
+        qo: &QParams,
+        c: usize,
+        out: &mut [u8],
+    ) {
+        quant::add_rows(a, b, qa, qb, p, qo, c, out);
+    }
+    // SAFETY: `row_ops` hands this function out only where AVX-512 F/BW/DQ/VL is present.
+    unsafe { body(a, b, qa, qb, p, qo, c, out) }
 }

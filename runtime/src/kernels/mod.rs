@@ -542,7 +542,7 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // more per table (see `cost`). Calibrated against `Int8DotVnni`'s 16 with the
         // `kernel_speed` test on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
-        KernelKind::Int8LutAvx512 => 14,
+        KernelKind::Int8LutAvx512 => 13,
         KernelKind::BitSerialAvx512 => 8,
         KernelKind::XnorAvx512 => 7,
         // Estimates, not measured (no aarch64 hardware was available; the kernels were only

@@ -1595,19 +1595,22 @@ impl LutCall<'_> {
         // SAFETY: AVX-512 F/BW present (caller).
         let zero = unsafe { _mm512_setzero_si512() };
         let mut part = [[zero; NB]; P];
-        let (mut tap, mut gi) = (t0 / gn, t0 % gn);
-        let mut toff = ((tap / s.kw) * s.wp + tap % s.kw) * px;
+        let (tap, mut gi) = (t0 / gn, t0 % gn);
+        let (mut ky, mut kx) = (tap / s.kw, tap % s.kw);
+        // Table and weight offsets of the step (no division in the loop).
+        let mut toff = (ky * s.wp + kx) * px + gi * LUT_N;
+        let mut woff = t0 * 32;
         for _ in t0..t1 {
             // SAFETY: the step's tables and weights lie inside the buffers (caller: the window
             // of every pixel of the tile is inside the padded input, `t < kh * kw * gn`).
             unsafe {
-                let wt = w.add((tap * gn + gi) * 32);
+                let wt = w.add(woff);
                 let mut wv = [zero; NB];
                 for b in 0..NB {
                     wv[b] = _mm512_loadu_si512(wt.add(b * bw) as *const _);
                 }
                 for j in 0..P {
-                    let t = _mm512_loadu_si512(x.add(base[j] + toff + gi * LUT_N) as *const _);
+                    let t = _mm512_loadu_si512(x.add(base[j] + toff) as *const _);
                     for b in 0..NB {
                         let v = _mm512_permutexvar_epi16(wv[b], t);
                         part[j][b] = _mm512_add_epi16(part[j][b], v);
@@ -1615,10 +1618,15 @@ impl LutCall<'_> {
                 }
             }
             gi += 1;
+            woff += 32;
+            toff += LUT_N;
             if gi == gn {
                 gi = 0;
-                tap += 1;
-                toff = ((tap / s.kw) * s.wp + tap % s.kw) * px;
+                kx += 1;
+                if kx == s.kw {
+                    (kx, ky) = (0, ky + 1);
+                }
+                toff = (ky * s.wp + kx) * px;
             }
         }
         // SAFETY: AVX-512 F/BW present (caller); `out` as above.

@@ -430,7 +430,8 @@ pub(crate) enum Run {
     Bytes(ByteRun),
     /// Padded bit planes.
     Bits(BitRun),
-    /// Tables of code sums per padded pixel and 5 channels, built once per layer.
+    /// Tables of code sums per padded pixel and 5 channels, built once per layer (x86 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Tables(TableBuild, TableRun),
 }
 
@@ -438,6 +439,7 @@ pub(crate) enum Run {
 pub(crate) const LUT_K: usize = 5;
 
 /// Whether a table-lookup kernel can run the shape: 1-bit weights, 2- to 8-bit codes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_fits(s: &ConvShape) -> bool {
     s.wbits == 1 && s.abits >= 2
 }

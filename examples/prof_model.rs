@@ -23,6 +23,13 @@ fn main() {
     let model = Model::parse(&bytes).expect("parse");
     let plan = Plan::with_options(&model, Engine::Packed, PlanOptions::default()).expect("plan");
     if std::env::var("PLAN").is_ok() {
+        println!(
+            "arena {} B (weights {}, activations {}, scratch {})",
+            plan.arena_bytes(),
+            plan.weights_bytes(),
+            plan.activation_peak_bytes(),
+            plan.scratch_bytes()
+        );
         for l in 0..plan.layers() {
             println!("{l}: {:?}", plan.kernel(l).map(|k| k.name()));
         }

@@ -195,6 +195,11 @@ fn conv_layer(
             let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
             (n, xb, rest)
         }
+        Run::Tables(..) => {
+            let n = s.lut_input_len() * 2;
+            let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
+            (n, xb, rest)
+        }
     };
     let rows = (lp.rows as usize).max(1);
     let acc_all: &mut [i32] =
@@ -228,6 +233,21 @@ fn conv_layer(
                 let y1 = (y0 + rows).min(s.oh);
                 let acc = &mut acc_all[..(y1 - y0) * row];
                 f(s, words, w, y0, y1, acc);
+                correct(s, &inq, aux, acc, y0, y1);
+                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
+                y0 = y1;
+            }
+        }
+        Run::Tables(build, f) => {
+            let tables: &mut [u16] =
+                bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
+            build(s, x, pad, tables);
+            let tables: &[u16] = tables;
+            let mut y0 = 0;
+            while y0 < s.oh {
+                let y1 = (y0 + rows).min(s.oh);
+                let acc = &mut acc_all[..(y1 - y0) * row];
+                f(s, tables, w, y0, y1, acc);
                 correct(s, &inq, aux, acc, y0, y1);
                 requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
                 y0 = y1;

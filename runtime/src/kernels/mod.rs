@@ -62,6 +62,10 @@ pub enum KernelKind {
     Int8DotAvx2,
     /// u8 x i8 dot product with AVX-512 VNNI (`vpdpbusd`).
     Int8DotVnni,
+    /// The u8 code dot product of 1-bit weights by table lookup with AVX-512 BW/VBMI
+    /// (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of
+    /// the channels; the weights of 32 output channels index them.
+    Int8LutAvx512,
     /// The float executor's direct convolution compiled for AVX2.
     FloatAvx2,
     /// XNOR + popcount with aarch64 NEON (`cnt`).
@@ -84,7 +88,7 @@ pub enum KernelKind {
 
 impl KernelKind {
     /// Every kind, for tests and listings.
-    pub const ALL: [KernelKind; 19] = [
+    pub const ALL: [KernelKind; 20] = [
         KernelKind::Xnor,
         KernelKind::BitSerial,
         KernelKind::Int8Dot,
@@ -96,6 +100,7 @@ impl KernelKind {
         KernelKind::BitSerialAvx512,
         KernelKind::Int8DotAvx2,
         KernelKind::Int8DotVnni,
+        KernelKind::Int8LutAvx512,
         KernelKind::FloatAvx2,
         KernelKind::XnorNeon,
         KernelKind::BitSerialNeon,
@@ -120,6 +125,7 @@ impl KernelKind {
             KernelKind::BitSerialAvx512 => "bitserial-popcnt/avx512",
             KernelKind::Int8DotAvx2 => "int8-dot/avx2",
             KernelKind::Int8DotVnni => "int8-dot/avx512-vnni",
+            KernelKind::Int8LutAvx512 => "int8-lut/avx512",
             KernelKind::FloatAvx2 => "f32-direct/avx2",
             KernelKind::XnorNeon => "xnor-popcnt/neon",
             KernelKind::BitSerialNeon => "bitserial-popcnt/neon",
@@ -147,6 +153,7 @@ impl KernelKind {
             KernelKind::Int8Dot
             | KernelKind::Int8DotAvx2
             | KernelKind::Int8DotVnni
+            | KernelKind::Int8LutAvx512
             | KernelKind::Int8DotNeon
             | KernelKind::Int8DotSdot
             | KernelKind::Int8DotInPlace => Some(Algo::Int8Dot),
@@ -275,6 +282,28 @@ impl ConvShape {
             .saturating_mul(portable::bit_pixel_words(self))
     }
 
+    /// Channel groups of [`LUT_K`] per group of the table-lookup layout, `ceil(cin_g / 5)`.
+    pub(crate) fn lut_groups(&self) -> usize {
+        self.cin_g.div_ceil(LUT_K)
+    }
+
+    /// `u16`s of the tables of the table-lookup kernels: `2^LUT_K` per padded pixel, group
+    /// and channel group ([`ConvShape::lut_tables_len`]), then the sum of the codes of each
+    /// padded pixel and group as a little-endian `u32` (two `u16`).
+    pub(crate) fn lut_input_len(&self) -> usize {
+        self.lut_tables_len()
+            .saturating_add(self.hp.saturating_mul(self.wp).saturating_mul(self.groups) * 2)
+    }
+
+    /// `u16`s of the tables alone (the start of [`ConvShape::lut_input_len`]).
+    pub(crate) fn lut_tables_len(&self) -> usize {
+        self.hp
+            .saturating_mul(self.wp)
+            .saturating_mul(self.groups)
+            .saturating_mul(self.lut_groups())
+            .saturating_mul(1 << LUT_K)
+    }
+
     /// Whether the fields agree with each other as [`ConvShape::of`] makes them.
     fn is_consistent(&self) -> bool {
         self.groups > 0
@@ -388,6 +417,12 @@ impl RowOps {
     }
 }
 
+/// A table builder: unpadded HWC codes and the pad code in, [`ConvShape::lut_input_len`]
+/// `u16`s of tables out.
+pub(crate) type TableBuild = fn(&ConvShape, &[u8], u8, &mut [u16]);
+/// A table-lookup kernel: the tables of [`TableBuild`].
+pub(crate) type TableRun = fn(&ConvShape, &[u16], &[u8], usize, usize, &mut [i32]);
+
 /// How a kernel consumes its input.
 #[derive(Clone, Copy)]
 pub(crate) enum Run {
@@ -395,6 +430,18 @@ pub(crate) enum Run {
     Bytes(ByteRun),
     /// Padded bit planes.
     Bits(BitRun),
+    /// Tables of code sums per padded pixel and 5 channels, built once per layer (x86 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Tables(TableBuild, TableRun),
+}
+
+/// Channels per table of the table-lookup kernels (a table has `2^LUT_K` entries).
+pub(crate) const LUT_K: usize = 5;
+
+/// Whether a table-lookup kernel can run the shape: 1-bit weights, 2- to 8-bit codes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn lut_fits(s: &ConvShape) -> bool {
+    s.wbits == 1 && s.abits >= 2
 }
 
 /// A conv kernel: its kind, prepared-weight layout and hot loop.
@@ -415,6 +462,15 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
         Algo::Xnor => s.wbits == 1 && s.abits == 1,
         Algo::BitSerial | Algo::Int8Dot | Algo::Reference => true,
     }
+}
+
+/// Whether kernel `kind` can run a conv of this shape: its algorithm fits, and a table-lookup
+/// kernel needs 1-bit weights and 2- to 8-bit codes ([`lut_fits`]). (The planner reaches the
+/// table-lookup kernel only through `select`, which checks the shape; the tests ask this.)
+#[cfg(test)]
+pub(crate) fn kind_fits(kind: KernelKind, s: &ConvShape) -> bool {
+    kind.algo().is_some_and(|a| algo_fits(a, s))
+        && (kind != KernelKind::Int8LutAvx512 || lut_fits(s))
 }
 
 /// Which table of measured kernel costs the planner ranks kernels by.
@@ -481,9 +537,15 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         KernelKind::Int8DotAvx2 => 40,
         KernelKind::BitSerialAvx2 => 25,
         KernelKind::XnorAvx2 => 25,
-        // Estimates: VNNI does 4x the int8 work of AVX2 per instruction, VPOPCNTQ replaces the
-        // AVX2 nibble-table popcount.
+        // VNNI: an estimate (4x the int8 work of AVX2 per instruction) that the `kernel_speed`
+        // test bore out on a Zen 5 core: 480-530 MAC/ns, against 180-220 for AVX2 on the same
+        // core. VPOPCNTQ replaces the AVX2 nibble-table popcount (estimates).
         KernelKind::Int8DotVnni => 16,
+        // Per 64 multiply-adds of the lookups; building the tables costs `LUT_TABLE_COST`
+        // more per table (see `cost`). Calibrated against `Int8DotVnni`'s 16 with the
+        // `kernel_speed` test on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
+        // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
+        KernelKind::Int8LutAvx512 => 13,
         KernelKind::BitSerialAvx512 => 8,
         KernelKind::XnorAvx512 => 7,
         // Estimates, not measured (no aarch64 hardware was available; the kernels were only
@@ -502,10 +564,23 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
     }
 }
 
+/// Cost of building one table of the table-lookup kernel, in [`step_cost`]'s desktop units.
+const LUT_TABLE_COST: u64 = 140;
+
 /// Estimated cost of one output element (all taps) with kernel `kind`.
 pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
     let taps = (s.kh * s.kw) as u64;
     let step = u64::from(step_cost(kind, model));
+    if kind == KernelKind::Int8LutAvx512 {
+        if step == u64::from(u32::MAX) {
+            return u64::MAX;
+        }
+        // The lookups, then the tables of every padded input pixel shared by the outputs.
+        let gn = s.lut_groups() as u64;
+        let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
+        let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
+        return taps * step * gn * LUT_K as u64 / 64 + tables / outputs;
+    }
     match kind.algo() {
         // Int8: cin_g multiply-adds per tap, in units of 64.
         Some(Algo::Int8Dot) => taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64,

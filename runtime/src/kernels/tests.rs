@@ -46,7 +46,7 @@ pub(crate) fn kernel_exact_at(
         reference::conv_acc(conv, s, inq, x, acc);
         return true;
     };
-    if !super::algo_fits(k.kind.algo().unwrap(), s) {
+    if !super::kind_fits(k.kind, s) {
         return false;
     }
     // u64 buffers keep everything 8-byte aligned, as the arena does.
@@ -76,8 +76,10 @@ pub(crate) fn kernel_exact_at(
     let mut y0 = 0;
     let mut xb = vec![0u8; s.hp * s.wp * s.c];
     let mut xw = vec![0u64; s.hp * s.wp * portable::bit_pixel_words(s)];
+    let mut xt = vec![0u16; s.lut_input_len()];
     match k.run {
         Run::Bytes(_) => portable::pad_bytes(s, x, pad, &mut xb),
+        Run::Tables(build, _) => build(s, x, pad, &mut xt),
         // The portable bit kernels get the portable packer, the SIMD ones the CPU's (AVX2 on
         // x86): both packers are checked here, through the kernels' results.
         Run::Bits(_) => {
@@ -102,6 +104,7 @@ pub(crate) fn kernel_exact_at(
         match k.run {
             Run::Bytes(f) => f(s, &xb, w, y0, y1, chunk),
             Run::Bits(f) => f(s, &xw, w, y0, y1, chunk),
+            Run::Tables(_, f) => f(s, &xt, w, y0, y1, chunk),
         }
         correct(s, inq, &aux, chunk, y0, y1);
         y0 = y1;
@@ -123,7 +126,7 @@ fn kernels_for(s: &ConvShape) -> Vec<ConvKernel> {
     let mut v = Vec::new();
     for kind in KernelKind::ALL {
         let Some(algo) = kind.algo() else { continue };
-        if algo == Algo::Reference || !super::algo_fits(algo, s) {
+        if algo == Algo::Reference || !super::kind_fits(kind, s) {
             continue;
         }
         match super::by_kind(kind) {
@@ -499,5 +502,112 @@ proptest! {
             (ops.pack_bits)(&s, &x, pad & mask, &mut got);
             prop_assert_eq!(&got, &want);
         }
+    }
+}
+
+/// Kernel-only speed of the int8 kinds on ResNet18-CIFAR 3x3 shapes (W1A8, stride 1, same
+/// padding): `cargo test -p slb-runtime --release --lib kernel_speed -- --ignored --nocapture`.
+/// Prints GMAC/s (MAC/ns), best of 5 batches, the table build included.
+#[test]
+#[ignore = "timing; run in release"]
+fn kernel_speed() {
+    use std::time::Instant;
+    for (c, hw, k) in [
+        (64u32, 32u32, 3u16),
+        (64, 8, 3),
+        (128, 16, 3),
+        (128, 8, 3),
+        (256, 8, 3),
+        (512, 4, 3),
+        (128, 16, 1),
+    ] {
+        let mut rng = Rng(7);
+        let n = (c * c * u32::from(k * k)) as usize;
+        let codes: Vec<u8> = (0..n).map(|_| rng.below(2) as u8).collect();
+        let packed = pack_codes(&codes, c, [k, k], c, 1).unwrap();
+        let p = k / 2;
+        let conv = Conv {
+            input: 0,
+            output: 1,
+            out_channels: c,
+            in_channels: c,
+            kernel: [k, k],
+            stride: [1, 1],
+            padding: [p, p],
+            groups: 1,
+            weight_bits: 1,
+            codes: &packed,
+            requant: Requant {
+                raw: RawQuant {
+                    mult: 1,
+                    shift: 1,
+                    zero_point: 0,
+                    bits: 8,
+                    scale: 1.0,
+                },
+                affine: None,
+            },
+        };
+        let s = ConvShape::of(&conv, hw as usize, hw as usize, 8).unwrap();
+        let x: Vec<u8> = (0..hw * hw * c).map(|_| rng.below(256) as u8).collect();
+        let macs = (s.oh * s.ow * s.cout * s.taps()) as f64;
+        let mut line = format!("c{c} s{hw} k{k}:");
+        for kind in [
+            KernelKind::Int8DotVnni,
+            KernelKind::Int8LutAvx512,
+            KernelKind::Int8DotAvx2,
+        ] {
+            let Some(kern) = super::by_kind(kind) else {
+                continue;
+            };
+            let wl = (kern.prepared_len)(&s);
+            let mut wbuf = vec![0u64; wl.div_ceil(8)];
+            let w = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut wbuf)[..wl];
+            (kern.prepare)(&conv, &s, w);
+            let mut xb = vec![0u8; s.byte_input_len()];
+            let mut xt = vec![0u16; s.lut_input_len()];
+            let mut acc = vec![0i32; s.oh * s.ow * s.cout];
+            let mut best = f64::MAX;
+            if let Run::Tables(b, f) = kern.run {
+                b(&s, &x, 0, &mut xt);
+                let (mut tb, mut tr) = (f64::MAX, f64::MAX);
+                for _ in 0..5 {
+                    let t = Instant::now();
+                    for _ in 0..20 {
+                        b(&s, &x, 0, &mut xt);
+                    }
+                    tb = tb.min(t.elapsed().as_secs_f64() / 20.0);
+                    let t = Instant::now();
+                    for _ in 0..20 {
+                        f(&s, &xt, w, 0, s.oh, &mut acc);
+                    }
+                    tr = tr.min(t.elapsed().as_secs_f64() / 20.0);
+                }
+                line += &format!(
+                    " (tables {:.1} us, lookups {:.0} MAC/ns)",
+                    tb * 1e6,
+                    macs / tr / 1e9
+                );
+            }
+            for _ in 0..5 {
+                let t = Instant::now();
+                for _ in 0..20 {
+                    match kern.run {
+                        Run::Bytes(f) => {
+                            portable::pad_bytes(&s, &x, 0, &mut xb);
+                            f(&s, &xb, w, 0, s.oh, &mut acc)
+                        }
+                        Run::Tables(b, f) => {
+                            b(&s, &x, 0, &mut xt);
+                            f(&s, &xt, w, 0, s.oh, &mut acc)
+                        }
+                        Run::Bits(_) => {}
+                    }
+                }
+                best = best.min(t.elapsed().as_secs_f64() / 20.0);
+            }
+            line += &format!("  {} {:.0}", kind.name(), macs / best / 1e9);
+        }
+        report(&line);
     }
 }

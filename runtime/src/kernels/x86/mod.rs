@@ -1,0 +1,399 @@
+//! x86-64 SIMD convolution kernels (kernels/CONTRACT.md): AVX2 and AVX-512 (VNNI, VPOPCNTDQ,
+//! BW/VBMI).
+//!
+//! Each operation has one generic tile driver; an instruction set supplies only its primitives
+//! (the shape of tract-linalg's generic kernels), one file per operation:
+//! * [`int8`]: the int8 dot (`Int8Call`) over `Dot`, 4 activation codes
+//!   against a block of 16 output channels: `Avx2Dot` (`vpmaddubsw` + `vpmaddwd`),
+//!   `VnniDot` (`vpdpbusd`);
+//! * [`bits`]: XNOR and bit-serial popcount (`BitsCall`) over `Popcount`, one
+//!   activation word against a block of 8 output channels: `Avx2Popcount` (`vpshufb`
+//!   nibble table + `vpsadbw`), `Avx512Popcount` (`vpopcntq`);
+//! * [`lut`]: the table lookup for 1-bit weights with multi-bit activations (`vpermw` over
+//!   per-pixel tables of code sums);
+//! * [`rows`]: the drivers' row operations (bit packing, requantization, residual add).
+//!
+//! This file: CPU feature detection, kernel selection, and the register-tile walk shared by
+//! the drivers.
+//!
+//! [`for_tiles`] walks a call's output in register tiles of up to `NB` channel blocks by `P`
+//! pixels (AVX2: 1 x 4, AVX-512: 4 x 6; the last pixels one by one, the last blocks in a
+//! narrower tile).
+//!
+//! # Layouts
+//! * Int8: `i8 [g][O/16][kh][kw][ceil(cin_g/4)][16][4]` (numerators, zero past `cin_g` and
+//!   `cout_g`) + `i32 wsum[cout]`.
+//! * Bit kinds: the 8-lane layout of [`super::lanes8`], shared with the NEON kernels.
+//!
+//! # Arithmetic
+//! * XNOR: `acc = taps - 2 * popcount(w ^ x)` (bits past `cin_g` are 0 in both).
+//! * Bit-serial: `sum num*q = 2 sum_{p,r} 2^(p+r) popcount(w_p & x_r) - (2^wb - 1) sum q`.
+//! * 1-bit sign activations (`v = 2q - 1`) on the bit-serial and int8 kinds: the unsigned sum
+//!   `S` becomes `2S - wsum[o]` ([`sign_fix`]); XNOR kinds on other shapes run bit-serial.
+//! * `vpmaddubsw` saturates at `i16`: with `|num| <= 15` and `q <= 255` a sum of four products
+//!   is at most 15,300, and `Avx2Dot` widens a run of them before it could pass `i16::MAX`.
+//!   Accumulators are `i32` (`u64` for popcounts); the format bounds the true sum to `i32`.
+//!
+//! # Features and preconditions
+//! [`Features::get`] detects the CPU once and caches it; [`by_kind`] and [`row_ops`] hand out a
+//! kernel only when its instructions are present, and the kernel entry points (private to this
+//! module, reachable only through those two) rely on that. Each entry point checks the call
+//! against the contract with [`ConvShape::assert_call`] (stated once, guaranteed by the
+//! planner) before its unchecked loads. Every kernel is checked bit for bit against
+//! `reference::conv_acc` by the shared proptests (`kernels::tests::kernels_match_reference`).
+
+// Register tiles are indexed by pixel and block in lock step; index loops read clearest there.
+#![allow(clippy::needless_range_loop)]
+
+use core::arch::x86_64::*;
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use slb_format::{AddParams, ChannelAffine, CodeReader, Conv, RawQuant};
+
+use super::{lanes8, portable, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, LUT_K};
+use crate::quant::{self, QParams};
+
+mod bits;
+mod int8;
+mod lut;
+mod rows;
+
+use bits::*;
+use int8::*;
+use lut::*;
+use rows::*;
+
+// ---------------------------------------------------------------------------------------------
+// CPU features, detected once
+
+/// The instruction-set extensions of this module's kernels that the running CPU has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Features {
+    /// AVX2: the AVX2 kernels, packer, requantization and residual add.
+    pub avx2: bool,
+    /// AVX-512 F/BW/VNNI: [`KernelKind::Int8DotVnni`].
+    pub avx512vnni: bool,
+    /// AVX-512 F/BW/VPOPCNTDQ: [`KernelKind::XnorAvx512`], [`KernelKind::BitSerialAvx512`].
+    pub avx512popcnt: bool,
+    /// AVX-512 F/BW/VBMI: [`KernelKind::Int8LutAvx512`].
+    pub avx512vbmi: bool,
+    /// AVX-512 F/BW/DQ/VL: the requantization and residual add compiled for AVX-512.
+    pub avx512dq: bool,
+}
+
+/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-5 the five features.
+static DETECTED: AtomicU8 = AtomicU8::new(0);
+
+impl Features {
+    /// Asks the CPU (at run time with `std`, from `cfg(target_feature)` without).
+    fn detect() -> Features {
+        #[cfg(feature = "std")]
+        {
+            let f = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw");
+            Features {
+                avx2: std::arch::is_x86_feature_detected!("avx2"),
+                avx512vnni: f && std::arch::is_x86_feature_detected!("avx512vnni"),
+                avx512popcnt: f && std::arch::is_x86_feature_detected!("avx512vpopcntdq"),
+                avx512vbmi: f && std::arch::is_x86_feature_detected!("avx512vbmi"),
+                avx512dq: f
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl"),
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        {
+            let f = cfg!(all(target_feature = "avx512f", target_feature = "avx512bw"));
+            Features {
+                avx2: cfg!(target_feature = "avx2"),
+                avx512vnni: f && cfg!(target_feature = "avx512vnni"),
+                avx512popcnt: f && cfg!(target_feature = "avx512vpopcntdq"),
+                avx512vbmi: f && cfg!(target_feature = "avx512vbmi"),
+                avx512dq: f
+                    && cfg!(all(
+                        target_feature = "avx512dq",
+                        target_feature = "avx512vl"
+                    )),
+            }
+        }
+    }
+
+    /// The running CPU's features: detected on the first call, then read from a cache.
+    pub(crate) fn get() -> Features {
+        let mut v = DETECTED.load(Ordering::Relaxed);
+        if v == 0 {
+            let f = Features::detect();
+            v = 1
+                | u8::from(f.avx2) << 1
+                | u8::from(f.avx512vnni) << 2
+                | u8::from(f.avx512popcnt) << 3
+                | u8::from(f.avx512vbmi) << 4
+                | u8::from(f.avx512dq) << 5;
+            DETECTED.store(v, Ordering::Relaxed);
+        }
+        Features {
+            avx2: v & 2 != 0,
+            avx512vnni: v & 4 != 0,
+            avx512popcnt: v & 8 != 0,
+            avx512vbmi: v & 16 != 0,
+            avx512dq: v & 32 != 0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// selection (kernels/CONTRACT.md)
+
+/// The x86 kernel of `kind` if this CPU runs it (any shape the planner accepts).
+pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
+    let f = Features::get();
+    let (ok, prepared_len, prepare, run): (bool, fn(&ConvShape) -> usize, _, Run) = match kind {
+        KernelKind::Int8DotVnni => (
+            f.avx512vnni,
+            int8_prepared_len,
+            int8_prepare as fn(&Conv<'_>, &ConvShape, &mut [u8]),
+            Run::Bytes(int8_vnni),
+        ),
+        KernelKind::Int8DotAvx2 => (
+            f.avx2,
+            int8_prepared_len,
+            int8_prepare,
+            Run::Bytes(int8_avx2),
+        ),
+        KernelKind::Int8LutAvx512 => (
+            f.avx512vbmi,
+            lut_prepared_len,
+            lut_prepare,
+            Run::Tables(lut_tables, lut_avx512),
+        ),
+        KernelKind::XnorAvx512 | KernelKind::BitSerialAvx512 => (
+            f.avx512popcnt,
+            lanes8::prepared_len,
+            lanes8::prepare,
+            Run::Bits(bits_avx512),
+        ),
+        KernelKind::XnorAvx2 | KernelKind::BitSerialAvx2 => (
+            f.avx2,
+            lanes8::prepared_len,
+            lanes8::prepare,
+            Run::Bits(bits_avx2),
+        ),
+        _ => return None,
+    };
+    ok.then_some(ConvKernel {
+        kind,
+        prepared_len,
+        prepare,
+        run,
+        reads_codes: false,
+    })
+}
+
+/// The best x86 kernel for `algo` on this CPU (AVX-512 before AVX2; for the int8 dot of
+/// 1-bit weights the cheaper by [`super::cost`] of table lookup and the dot), or `None`.
+pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
+    if !matches!(s.abits, 1 | 2 | 4 | 8) || !matches!(s.wbits, 1 | 2 | 4) {
+        return None;
+    }
+    if algo == Algo::Int8Dot && super::lut_fits(s) {
+        let dot = [KernelKind::Int8DotVnni, KernelKind::Int8DotAvx2]
+            .into_iter()
+            .find_map(by_kind);
+        let cost = |k: &ConvKernel| super::cost(k.kind, s, super::CostModel::Desktop);
+        return match (by_kind(KernelKind::Int8LutAvx512), dot) {
+            (Some(l), Some(d)) if cost(&l) < cost(&d) => Some(l),
+            (l, d) => d.or(l),
+        };
+    }
+    let kinds = match algo {
+        Algo::Xnor => [KernelKind::XnorAvx512, KernelKind::XnorAvx2],
+        Algo::BitSerial => [KernelKind::BitSerialAvx512, KernelKind::BitSerialAvx2],
+        Algo::Int8Dot => [KernelKind::Int8DotVnni, KernelKind::Int8DotAvx2],
+        Algo::Reference => return None,
+    };
+    kinds.into_iter().find_map(by_kind)
+}
+
+/// The driver's row operations compiled with AVX2, where the CPU has it; the requantization
+/// and residual add compiled with AVX-512 (8 `i64` lanes) where the CPU has AVX-512 DQ/VL.
+pub(crate) fn row_ops() -> Option<RowOps> {
+    let f = Features::get();
+    let ops = f.avx2.then_some(RowOps {
+        requant: requant_avx2,
+        add_rows: add_rows_avx2,
+        pack_bits: pack_bits_avx2,
+    })?;
+    Some(if f.avx512dq {
+        RowOps {
+            requant: requant_avx512,
+            add_rows: add_rows_avx512,
+            ..ops
+        }
+    } else {
+        ops
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// register tiles
+
+/// One operation's register tile over a call's output.
+trait Tile {
+    /// Computes `NB` blocks of output channels from block `b0` of group `g` for the `P`
+    /// output pixels from `p0` (row-major over the whole output) into `acc`.
+    ///
+    /// # Safety
+    /// The instructions of the tile's ISA are present; the call passed
+    /// [`ConvShape::assert_call`]; blocks `b0 .. b0 + NB` exist in the group and pixels
+    /// `p0 .. p0 + P` lie in the call's rows.
+    unsafe fn tile<const NB: usize, const P: usize>(
+        &self,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    );
+}
+
+/// Runs `t` over every tile of rows `y0..y1`: per group, `nblk` channel blocks in runs of up
+/// to `NB` (at most 4), pixels in runs of `P`, the last ones one by one.
+///
+/// # Safety
+/// As [`Tile::tile`] for the whole call.
+#[inline(always)]
+unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize>(
+    t: &T,
+    s: &ConvShape,
+    nblk: usize,
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    const { assert!(NB >= 1 && NB <= 4 && P >= 1) };
+    let (first, end) = (y0 * s.ow, y1 * s.ow);
+    for g in 0..s.groups {
+        let mut b0 = 0;
+        while b0 < nblk {
+            let nb = (nblk - b0).min(NB);
+            let mut p = first;
+            while p < end {
+                let full = end - p >= P;
+                // SAFETY: blocks `b0 .. b0 + nb` exist and the pixels of the tile lie before
+                // `end`; the rest is the caller's.
+                unsafe {
+                    match (nb, full) {
+                        (4, true) => t.tile::<4, P>(acc, g, b0, p),
+                        (3, true) => t.tile::<3, P>(acc, g, b0, p),
+                        (2, true) => t.tile::<2, P>(acc, g, b0, p),
+                        (_, true) => t.tile::<1, P>(acc, g, b0, p),
+                        (4, false) => t.tile::<4, 1>(acc, g, b0, p),
+                        (3, false) => t.tile::<3, 1>(acc, g, b0, p),
+                        (2, false) => t.tile::<2, 1>(acc, g, b0, p),
+                        (_, false) => t.tile::<1, 1>(acc, g, b0, p),
+                    }
+                }
+                p += if full { P } else { 1 };
+            }
+            b0 += nb;
+        }
+    }
+}
+
+/// Offset, in pixels of the padded input, of the window origin of output pixel `pix`.
+#[inline(always)]
+fn window_origin(s: &ConvShape, pix: usize) -> usize {
+    let (oy, ox) = (pix / s.ow, pix % s.ow);
+    oy * s.sh * s.wp + ox * s.sw
+}
+
+/// Turns `sum num*q` into `sum num*(2q - 1) = 2 sum num*q - wsum` for 1-bit sign inputs.
+fn sign_fix(s: &ConvShape, wsum: &[u8], acc: &mut [i32]) {
+    for row in acc.chunks_exact_mut(s.cout) {
+        for (v, d) in row.iter_mut().zip(wsum.chunks_exact(4)) {
+            let ws = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+            *v = v.wrapping_mul(2).wrapping_sub(ws);
+        }
+    }
+}
+
+/// A 512-bit AVX2 operand: two `__m256i` halves.
+type Pair = [__m256i; 2];
+
+/// # Safety
+/// AVX2 present.
+#[inline(always)]
+unsafe fn pair_zero() -> Pair {
+    // SAFETY: AVX2 present (caller).
+    unsafe { [_mm256_setzero_si256(); 2] }
+}
+
+/// # Safety
+/// AVX2 present; 64 readable bytes at `p` (any alignment).
+#[inline(always)]
+unsafe fn pair_load(p: *const u8) -> Pair {
+    // SAFETY: 64 readable bytes at `p` (caller).
+    unsafe {
+        [
+            _mm256_loadu_si256(p as *const _),
+            _mm256_loadu_si256(p.add(32) as *const _),
+        ]
+    }
+}
+
+/// # Safety
+/// AVX2 present; 64 writable bytes at `p` (any alignment).
+#[inline(always)]
+unsafe fn pair_store(v: Pair, p: *mut u8) {
+    // SAFETY: 64 writable bytes at `p` (caller).
+    unsafe {
+        _mm256_storeu_si256(p as *mut _, v[0]);
+        _mm256_storeu_si256(p.add(32) as *mut _, v[1]);
+    }
+}
+
+/// One kernel call: the shape, the input (`X`: `u8` codes or `u64` bit planes), the prepared
+/// weights and the output pixel `acc` starts at; `K` the kernel (`Int8Call`, `BitsCall`, `LutCall`).
+struct Call<'a, X, K> {
+    s: &'a ConvShape,
+    x: &'a [X],
+    w: &'a [u8],
+    first: usize,
+    kernel: PhantomData<K>,
+}
+
+impl<'a, X, K> Call<'a, X, K>
+where
+    Self: Tile,
+{
+    /// The call over rows from `y0`.
+    fn new(s: &'a ConvShape, x: &'a [X], w: &'a [u8], y0: usize) -> Self {
+        let (first, kernel) = (y0 * s.ow, PhantomData);
+        Call {
+            s,
+            x,
+            w,
+            first,
+            kernel,
+        }
+    }
+
+    /// Runs rows `y0..y1` in tiles of up to `NB` blocks of `lanes` output channels by `P`
+    /// pixels.
+    ///
+    /// # Safety
+    /// The kernel's ISA is present and the call passed [`ConvShape::assert_call`] with the
+    /// kernel's prepared length.
+    #[inline(always)]
+    unsafe fn run<const NB: usize, const P: usize>(
+        &self,
+        lanes: usize,
+        y0: usize,
+        y1: usize,
+        acc: &mut [i32],
+    ) {
+        let nblk = self.s.cout_g.div_ceil(lanes);
+        // SAFETY: forwarded preconditions.
+        unsafe { for_tiles::<_, NB, P>(self, self.s, nblk, y0, y1, acc) }
+    }
+}

@@ -1,0 +1,193 @@
+//! The drivers' row operations (bit packing, requantization, residual add) compiled for AVX2 and AVX-512.
+
+#![allow(clippy::needless_range_loop)]
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// row operations of the drivers, compiled with AVX2 (handed out by `row_ops` only)
+
+/// The driver's bit packer with AVX2 (`vpmovmskb`: 32 channels per instruction and plane):
+/// the same result as `portable::pack_bits` (unpadded HWC input, `pad` codes around it, planes
+/// as in CONTRACT.md).
+pub(super) fn pack_bits_avx2(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) {
+    let (h, w, c, cin, cw, ab) = (s.h(), s.w(), s.c, s.cin_g, s.cw, s.abits as usize);
+    let px = portable::bit_pixel_words(s);
+    // The words of a pad pixel: plane `p` is all ones over the valid channels when bit `p` of
+    // `pad` is set.
+    let valid = |wd: usize| match cin - wd * 64 {
+        n if n >= 64 => u64::MAX,
+        n => (1u64 << n) - 1,
+    };
+    let mut chunk = [0u8; 64];
+    let mut planes = [0u64; 8];
+    for y in 0..s.hp {
+        for xx in 0..s.wp {
+            let dst = &mut out[(y * s.wp + xx) * px..(y * s.wp + xx + 1) * px];
+            let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
+            if !inside {
+                for g in 0..s.groups {
+                    for p in 0..ab {
+                        for wd in 0..cw {
+                            dst[(g * ab + p) * cw + wd] =
+                                if pad >> p & 1 == 1 { valid(wd) } else { 0 };
+                        }
+                    }
+                }
+                continue;
+            }
+            let src = &x[((y - s.ph) * w + (xx - s.pw)) * c..][..c];
+            for g in 0..s.groups {
+                for wd in 0..cw {
+                    let part = &src[g * cin + wd * 64..g * cin + (wd * 64 + 64).min(cin)];
+                    chunk[..part.len()].copy_from_slice(part);
+                    chunk[part.len()..].fill(0);
+                    // SAFETY: `row_ops` hands this packer out only where AVX2 is present.
+                    unsafe { planes_of_chunk_avx2(&chunk, &mut planes) };
+                    for p in 0..ab {
+                        dst[(g * ab + p) * cw + wd] = planes[p];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `w[r]` = bit `r` of each of the 64 codes.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
+    // SAFETY: `chunk` holds 64 bytes: two 32-byte loads.
+    let (lo, hi) = unsafe {
+        (
+            _mm256_loadu_si256(chunk.as_ptr() as *const _),
+            _mm256_loadu_si256(chunk.as_ptr().add(32) as *const _),
+        )
+    };
+    macro_rules! plane {
+        ($r:literal) => {{
+            let l = _mm256_movemask_epi8(_mm256_slli_epi16::<{ 7 - $r }>(lo)) as u32 as u64;
+            let h = _mm256_movemask_epi8(_mm256_slli_epi16::<{ 7 - $r }>(hi)) as u32 as u64;
+            w[$r] = l | h << 32;
+        }};
+    }
+    plane!(0);
+    plane!(1);
+    plane!(2);
+    plane!(3);
+    plane!(4);
+    plane!(5);
+    plane!(6);
+    plane!(7);
+}
+
+/// The driver's requantization (`quant::requant`, same result) compiled with AVX2, so that
+/// LLVM vectorises its i64 arithmetic (`vpmuldq`, `vpcmpgtq`) 4 lanes wide.
+pub(super) fn requant_avx2(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    #[target_feature(enable = "avx2")]
+    fn body(
+        raw: &RawQuant,
+        aff: Option<&ChannelAffine<'_>>,
+        outq: &QParams,
+        cout: usize,
+        acc: &[i32],
+        dst: &mut [u8],
+    ) {
+        quant::requant(raw, aff, outq, cout, acc, dst);
+    }
+    // SAFETY: `row_ops` hands this function out only where AVX2 is present.
+    unsafe { body(raw, aff, outq, cout, acc, dst) }
+}
+
+/// The residual add (`quant::add_rows`, same result) compiled with AVX2.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_rows_avx2(
+    a: &[u8],
+    b: &[u8],
+    qa: &QParams,
+    qb: &QParams,
+    p: &AddParams<'_>,
+    qo: &QParams,
+    c: usize,
+    out: &mut [u8],
+) {
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    fn body(
+        a: &[u8],
+        b: &[u8],
+        qa: &QParams,
+        qb: &QParams,
+        p: &AddParams<'_>,
+        qo: &QParams,
+        c: usize,
+        out: &mut [u8],
+    ) {
+        quant::add_rows(a, b, qa, qb, p, qo, c, out);
+    }
+    // SAFETY: `row_ops` hands this function out only where AVX2 is present.
+    unsafe { body(a, b, qa, qb, p, qo, c, out) }
+}
+
+/// The driver's requantization (`quant::requant`, same result) compiled with AVX-512.
+pub(super) fn requant_avx512(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
+    fn body(
+        raw: &RawQuant,
+        aff: Option<&ChannelAffine<'_>>,
+        outq: &QParams,
+        cout: usize,
+        acc: &[i32],
+        dst: &mut [u8],
+    ) {
+        quant::requant(raw, aff, outq, cout, acc, dst);
+    }
+    // SAFETY: `row_ops` hands this function out only where AVX-512 F/BW/DQ/VL is present.
+    unsafe { body(raw, aff, outq, cout, acc, dst) }
+}
+
+/// The residual add (`quant::add_rows`, same result) compiled with AVX-512.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_rows_avx512(
+    a: &[u8],
+    b: &[u8],
+    qa: &QParams,
+    qb: &QParams,
+    p: &AddParams<'_>,
+    qo: &QParams,
+    c: usize,
+    out: &mut [u8],
+) {
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
+    fn body(
+        a: &[u8],
+        b: &[u8],
+        qa: &QParams,
+        qb: &QParams,
+        p: &AddParams<'_>,
+        qo: &QParams,
+        c: usize,
+        out: &mut [u8],
+    ) {
+        quant::add_rows(a, b, qa, qb, p, qo, c, out);
+    }
+    // SAFETY: `row_ops` hands this function out only where AVX-512 F/BW/DQ/VL is present.
+    unsafe { body(a, b, qa, qb, p, qo, c, out) }
+}

@@ -399,6 +399,35 @@ fn kernels_match_reference_on_wide_inputs() {
 }
 
 #[test]
+fn kernels_match_reference_on_large_windows() {
+    // A 9x9 window (81 taps) is more than the sign-weight kernel's mask buffer holds for one
+    // chunk of taps (72 at two words), so its taps run in chunks; 1-bit weights, every
+    // activation width, aligned (32) and byte-wise (33) channel counts.
+    let mut total = 0;
+    for abits in [1u8, 2, 8] {
+        for cin_g in [32u32, 33] {
+            let c = Case {
+                cin_g,
+                groups: 1,
+                cout_g: 5,
+                k: (9, 9),
+                stride: (1, 1),
+                pad: (4, 4),
+                h: 3,
+                w: 2,
+                wbits: 1,
+                abits,
+                zp: if abits == 1 { 0 } else { 1 },
+                rows: 2,
+                seed: 7 + u64::from(abits) + u64::from(cin_g),
+            };
+            total += check_case(&c);
+        }
+    }
+    assert!(total >= 2 * 3 * 2);
+}
+
+#[test]
 fn kernels_match_reference_every_bit_pair() {
     // Deterministic sweep: every (wbits, abits) pair on the awkward channel counts, with
     // stride 2, padding 1 and groups 2.

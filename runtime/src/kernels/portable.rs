@@ -333,7 +333,7 @@ fn sign_weight_in_place_body(
     // Words of input channels per block: even (a block starts on a code byte), at least 2, and
     // as many taps per chunk as the buffer holds.
     let cin_words = s.cin_g.div_ceil(4);
-    let bw = cin_words.min(((SIGN_MASK_WORDS / (4 * taps)) & !1).max(2));
+    let bw = cin_words.min(((SIGN_MASK_WORDS / (4 * taps)) & !1).clamp(2, 16));
     let tc = taps.min(SIGN_MASK_WORDS / (4 * bw));
     let mut masks = [[0u32; 4]; SIGN_MASK_WORDS / 4];
     let mut toff = [0usize; SIGN_MASK_WORDS / 8];
@@ -388,51 +388,147 @@ fn sign_weight_in_place_body(
                     });
                     let ms = &masks[..(t1 - t0) * words];
                     let offs = &toff[..t1 - t0];
-                    for oy in y0..y1 {
-                        for ox in 0..s.ow {
-                            let px = ((oy * s.sh) * s.wp + ox * s.sw) * s.c + g * s.cin_g + i0;
-                            let mut u = [0u32; 4];
-                            if xw.is_empty() {
-                                for (&off, mt) in offs.iter().zip(ms.chunks_exact(words)) {
-                                    let Some(xs) = x.get(px + off..px + off + n) else {
-                                        return;
-                                    };
-                                    for (xb, m) in xs.chunks(4).zip(mt) {
-                                        let mut b = [0u8; 4];
-                                        b[..xb.len()].copy_from_slice(xb);
-                                        let v = u32::from_le_bytes(b);
-                                        for (uj, &mj) in u.iter_mut().zip(m) {
-                                            *uj = usada8(*uj, v, mj);
-                                        }
-                                    }
-                                }
-                            } else {
-                                for (&off, mt) in offs.iter().zip(ms.chunks_exact(words)) {
-                                    let at = (px + off) / 4;
-                                    let Some(xs) = xw.get(at..at + words) else {
-                                        return;
-                                    };
-                                    for (&v, m) in xs.iter().zip(mt) {
-                                        let v = u32::from_le(v);
-                                        u[0] = usada8(u[0], v, m[0]);
-                                        u[1] = usada8(u[1], v, m[1]);
-                                        u[2] = usada8(u[2], v, m[2]);
-                                        u[3] = usada8(u[3], v, m[3]);
-                                    }
-                                }
-                            }
-                            let at = ((oy - y0) * s.ow + ox) * s.cout + o;
-                            for ((a, c), uj) in acc[at..at + nb].iter_mut().zip(cst).zip(u) {
-                                let uj = if sign { uj.wrapping_mul(2) } else { uj };
-                                *a = a.wrapping_add(c.wrapping_sub(uj as i32));
-                            }
-                        }
+                    let blk = SignBlock {
+                        o,
+                        nb,
+                        cst,
+                        sign,
+                        ch: g * s.cin_g + i0,
+                        n,
+                    };
+                    match (xw.is_empty(), words) {
+                        (false, 4) => sign_rows::<4>(s, xw, &blk, offs, ms, y0, y1, acc),
+                        (false, 8) => sign_rows::<8>(s, xw, &blk, offs, ms, y0, y1, acc),
+                        (false, 16) => sign_rows::<16>(s, xw, &blk, offs, ms, y0, y1, acc),
+                        _ => sign_rows_any(s, x, xw, &blk, offs, ms, y0, y1, acc),
                     }
                     t0 = t1;
                 }
                 i0 += n;
             }
             o += nb;
+        }
+    }
+}
+
+/// One block of [`sign_weight_in_place_body`]: output channels `o .. o + nb`, input channels
+/// `ch .. ch + n` (of the whole pixel), the constant part of each dot product (`cst`) and
+/// whether the activations are signs (`U` counts twice).
+struct SignBlock {
+    o: usize,
+    nb: usize,
+    cst: [i32; 4],
+    sign: bool,
+    ch: usize,
+    n: usize,
+}
+
+impl SignBlock {
+    /// Adds the dot products of one pixel (its sums `u`) into its accumulators.
+    #[inline(always)]
+    fn store(&self, acc: &mut [i32], at: usize, u: [u32; 4]) {
+        let Some(out) = acc.get_mut(at + self.o..at + self.o + self.nb) else {
+            return;
+        };
+        for ((a, c), uj) in out.iter_mut().zip(self.cst).zip(u) {
+            let uj = if self.sign { uj.wrapping_mul(2) } else { uj };
+            *a = a.wrapping_add(c.wrapping_sub(uj as i32));
+        }
+    }
+}
+
+/// The pixels of rows `y0..y1` for one block, `W` aligned activation words per tap (`xw`: the
+/// input as words; `offs`: the taps' byte offsets from a pixel; `ms`: their masks, `W` quads
+/// per tap): each tap is `W` words loaded at fixed offsets, with no bounds check per tap (one
+/// check per call covers the last pixel's last tap, the largest index).
+#[allow(clippy::too_many_arguments)]
+fn sign_rows<const W: usize>(
+    s: &ConvShape,
+    xw: &[u32],
+    blk: &SignBlock,
+    offs: &[usize],
+    ms: &[[u32; 4]],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let (Some(&last), true) = (offs.last(), ms.len() == offs.len() * W) else {
+        return;
+    };
+    // Word index of tap 0 of pixel (oy, ox): row part + column part.
+    let c4 = s.c / 4;
+    let at = |oy: usize, ox: usize| (oy * s.sh * s.wp + ox * s.sw) * c4 + blk.ch / 4;
+    if y1 <= y0 || s.ow == 0 || at(y1 - 1, s.ow - 1) + last / 4 + W > xw.len() {
+        return;
+    }
+    let xp = xw.as_ptr();
+    for oy in y0..y1 {
+        for ox in 0..s.ow {
+            let p = at(oy, ox);
+            let mut u = [0u32; 4];
+            for (&off, m) in offs.iter().zip(ms.chunks_exact(W)) {
+                // SAFETY: `p + off / 4 + W <= xw.len()`: `p` and `off` are largest for the
+                // last pixel and tap (offsets grow with the tap, positions with the pixel),
+                // checked above, so the `W` words from `p + off / 4` are in `xw`.
+                let xs: &[u32; W] = unsafe { &*xp.add(p + off / 4).cast::<[u32; W]>() };
+                for (&v, mq) in xs.iter().zip(m) {
+                    let v = u32::from_le(v);
+                    u[0] = usada8(u[0], v, mq[0]);
+                    u[1] = usada8(u[1], v, mq[1]);
+                    u[2] = usada8(u[2], v, mq[2]);
+                    u[3] = usada8(u[3], v, mq[3]);
+                }
+            }
+            blk.store(acc, ((oy - y0) * s.ow + ox) * s.cout, u);
+        }
+    }
+}
+
+/// [`sign_rows`] for any number of words per tap, and byte loads where the activations are
+/// not word-aligned (`xw` empty; a last partial word is zero-filled).
+#[allow(clippy::too_many_arguments)]
+fn sign_rows_any(
+    s: &ConvShape,
+    x: &[u8],
+    xw: &[u32],
+    blk: &SignBlock,
+    offs: &[usize],
+    ms: &[[u32; 4]],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let n = blk.n;
+    let words = n.div_ceil(4);
+    for oy in y0..y1 {
+        for ox in 0..s.ow {
+            let px = (oy * s.sh * s.wp + ox * s.sw) * s.c + blk.ch;
+            let mut u = [0u32; 4];
+            for (&off, mt) in offs.iter().zip(ms.chunks_exact(words)) {
+                if xw.is_empty() {
+                    let Some(xs) = x.get(px + off..px + off + n) else {
+                        return;
+                    };
+                    for (xb, m) in xs.chunks(4).zip(mt) {
+                        let v = xb.iter().rev().fold(0u32, |v, &b| v << 8 | u32::from(b));
+                        for (uj, &mj) in u.iter_mut().zip(m) {
+                            *uj = usada8(*uj, v, mj);
+                        }
+                    }
+                } else {
+                    let at = (px + off) / 4;
+                    let Some(xs) = xw.get(at..at + words) else {
+                        return;
+                    };
+                    for (&v, m) in xs.iter().zip(mt) {
+                        let v = u32::from_le(v);
+                        for (uj, &mj) in u.iter_mut().zip(m) {
+                            *uj = usada8(*uj, v, mj);
+                        }
+                    }
+                }
+            }
+            blk.store(acc, ((oy - y0) * s.ow + ox) * s.cout, u);
         }
     }
 }

@@ -327,8 +327,10 @@ fn sign_weight_in_place_body(
     let Some(acc) = acc.get_mut(..n_acc) else {
         return;
     };
-    acc.fill(0);
     let taps = s.kh * s.kw;
+    if s.cin_g == 0 || taps == 0 {
+        acc.fill(0);
+    }
     let row = s.cin_g.div_ceil(8);
     // Words of input channels per block: even (a block starts on a code byte), at least 2, and
     // as many taps per chunk as the buffer holds.
@@ -395,6 +397,7 @@ fn sign_weight_in_place_body(
                         sign,
                         ch: g * s.cin_g + i0,
                         n,
+                        first: i0 == 0 && t0 == 0,
                     };
                     match (xw.is_empty(), words) {
                         (false, 4) => sign_rows::<4>(s, xw, &blk, offs, ms, y0, y1, acc),
@@ -421,18 +424,44 @@ struct SignBlock {
     sign: bool,
     ch: usize,
     n: usize,
+    /// The block's first pass over the pixels (first channels, first taps): it writes the
+    /// accumulators, the later ones add to them.
+    first: bool,
 }
 
 impl SignBlock {
-    /// Adds the dot products of one pixel (its sums `u`) into its accumulators.
+    /// Writes or adds the dot products of one pixel (its sums `u`) into its accumulators.
     #[inline(always)]
     fn store(&self, acc: &mut [i32], at: usize, u: [u32; 4]) {
         let Some(out) = acc.get_mut(at + self.o..at + self.o + self.nb) else {
             return;
         };
-        for ((a, c), uj) in out.iter_mut().zip(self.cst).zip(u) {
-            let uj = if self.sign { uj.wrapping_mul(2) } else { uj };
-            *a = a.wrapping_add(c.wrapping_sub(uj as i32));
+        let dot = |j: usize| {
+            let uj = if self.sign {
+                u[j].wrapping_mul(2)
+            } else {
+                u[j]
+            };
+            self.cst[j].wrapping_sub(uj as i32)
+        };
+        // Four channels (every block but a group's last, when its width is not a multiple
+        // of four) without a count check per channel.
+        if let Ok(out) = <&mut [i32; 4]>::try_from(&mut *out) {
+            for (j, a) in out.iter_mut().enumerate() {
+                *a = if self.first {
+                    dot(j)
+                } else {
+                    a.wrapping_add(dot(j))
+                };
+            }
+            return;
+        }
+        for (j, a) in out.iter_mut().enumerate() {
+            *a = if self.first {
+                dot(j)
+            } else {
+                a.wrapping_add(dot(j))
+            };
         }
     }
 }

@@ -155,6 +155,9 @@ pub(crate) fn add_rows(
     c: usize,
     out: &mut [u8],
 ) {
+    if cfg!(target_arch = "arm") && add_rows_m4(a, b, qa, qb, p, qo, c, out) {
+        return;
+    }
     let n = out.len().min(a.len()).min(b.len());
     if c == 0 {
         return;
@@ -201,6 +204,105 @@ pub(crate) fn add_rows(
                 for j in 0..nb {
                     let v = i64::from(ra[j]) * ka[j] + i64::from(rb[j]) * kb[j] + kc[j];
                     o[j] = ((v >> shift) + zp).clamp(lo, hi) as u8;
+                }
+            }
+            px += c;
+        }
+        c0 += nb;
+    }
+}
+
+/// [`add_rows`] in 32-bit arithmetic where that is exact, when the per-channel factors fit
+/// i32 (the Cortex-M4, where [`add_rows`] calls it): the sum `qa * A[c] + qb * B[c] + C[c]` is
+/// two multiply-accumulates into an i64 holding `C[c]`, shifted by [`shr_sat`] with the
+/// shift's range known per call. Returns `false`, writing nothing, when a factor does not fit;
+/// `true` when it wrote the same codes as [`add_rows`] (proptest `add_rows_matches_add_code`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_rows_m4(
+    a: &[u8],
+    b: &[u8],
+    qa: &QParams,
+    qb: &QParams,
+    p: &AddParams<'_>,
+    qo: &QParams,
+    c: usize,
+    out: &mut [u8],
+) -> bool {
+    let fits = |m: Option<i32>| i32::try_from(2 * i64::from(m.unwrap_or(0))).is_ok();
+    if !(0..c).all(|j| fits(p.mult_a.get(j)) && fits(p.mult_b.get(j))) {
+        return false;
+    }
+    if p.shift.clamp(1, 62) >= 32 {
+        add_rows32::<true>(a, b, qa, qb, p, qo, c, out);
+    } else {
+        add_rows32::<false>(a, b, qa, qb, p, qo, c, out);
+    }
+    true
+}
+
+/// [`add_rows_m4`] with the shift's range fixed (`BIG`: `>= 32`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_rows32<const BIG: bool>(
+    a: &[u8],
+    b: &[u8],
+    qa: &QParams,
+    qb: &QParams,
+    p: &AddParams<'_>,
+    qo: &QParams,
+    c: usize,
+    out: &mut [u8],
+) {
+    let lin = |q: &QParams| -> (i64, i64) {
+        if q.bits == 1 {
+            (2, -1)
+        } else {
+            (1, -i64::from(q.zp))
+        }
+    };
+    let ((sa, oa), (sb, ob)) = (lin(qa), lin(qb));
+    let n = out.len().min(a.len()).min(b.len());
+    let shift = u32::from(p.shift.clamp(1, 62));
+    let half = 1i64 << (shift - 1);
+    let sign = qo.bits == 1;
+    let zp = qo.zp;
+    let lo = if p.relu { zp } else { 0 };
+    let hi = qo.qmax();
+    let mut ka = [0i32; RQ_BLOCK];
+    let mut kb = [0i32; RQ_BLOCK];
+    let mut kc = [0i64; RQ_BLOCK];
+    let mut c0 = 0;
+    while c0 < c {
+        let nb = (c - c0).min(RQ_BLOCK);
+        for j in 0..nb {
+            let ma = i64::from(p.mult_a.get(c0 + j).unwrap_or(0));
+            let mb = i64::from(p.mult_b.get(c0 + j).unwrap_or(0));
+            // |2 * m| fits i32 (checked by the caller).
+            ka[j] = (sa * ma) as i32;
+            kb[j] = (sb * mb) as i32;
+            kc[j] = oa * ma + ob * mb + i64::from(p.bias.get(c0 + j).unwrap_or(0)) + half;
+        }
+        let (ka, kb, kc) = (&ka[..nb], &kb[..nb], &kc[..nb]);
+        let sum = |qa: u8, qb: u8, j: usize| -> i64 {
+            i64::from(i32::from(qa)) * i64::from(ka[j])
+                + i64::from(i32::from(qb)) * i64::from(kb[j])
+                + kc[j]
+        };
+        let mut px = c0;
+        while px + nb <= n {
+            let (ra, rb) = (&a[px..px + nb], &b[px..px + nb]);
+            let o = &mut out[px..px + nb];
+            if sign {
+                // The sign of `v >> shift` is the sign of `v`.
+                for j in 0..nb {
+                    o[j] = u8::from(sum(ra[j], rb[j], j) >= 0);
+                }
+            } else {
+                for j in 0..nb {
+                    o[j] = shr_sat::<BIG>(sum(ra[j], rb[j], j), shift)
+                        .saturating_add(zp)
+                        .max(lo)
+                        .min(hi) as u8;
                 }
             }
             px += c;
@@ -272,6 +374,9 @@ pub(crate) fn requant(
     acc: &[i32],
     dst: &mut [u8],
 ) {
+    if cfg!(target_arch = "arm") {
+        return requant_m4(raw, aff, outq, cout, acc, dst);
+    }
     let s1 = u32::from(raw.shift.clamp(1, 62));
     let r1 = 1i64 << (s1 - 1);
     let m1 = i64::from(raw.mult);
@@ -326,6 +431,131 @@ pub(crate) fn requant(
             } else {
                 for (((d, &a), &m), &b) in d.iter_mut().zip(a).zip(mult).zip(bias) {
                     *d = (v(a, m, b) + zp2).max(lo2).min(hi2) as u8;
+                }
+            }
+        }
+        c0 += n;
+    }
+}
+
+/// `v >> s` (`s` in `1..=62`) saturated to the i32 range, for [`requant_m4`] and
+/// [`add_rows_m4`]: with `BIG` (`s >= 32`) the high word of `v` shifted by `s - 32`
+/// (`v >> s == (v >> 32) >> (s - 32)`; one register, no 64-bit shift), else a 64-bit shift by
+/// less than 32 (no branch on the amount) and a saturation. The callers clamp the result to
+/// code bounds inside the i32 range, where saturating first changes nothing.
+#[inline(always)]
+fn shr_sat<const BIG: bool>(v: i64, s: u32) -> i32 {
+    let h = (v >> 32) as i32;
+    if BIG {
+        h >> (s - 32)
+    } else {
+        // The two words of `v >> s` (`s` in 1..=31), then saturated.
+        let s = s & 31;
+        let lo = ((v as u32) >> s | (h as u32) << ((32 - s) & 31)) as i32;
+        if h >> s == lo >> 31 {
+            lo
+        } else if h < 0 {
+            i32::MIN
+        } else {
+            i32::MAX
+        }
+    }
+}
+
+/// [`requant`] in 32-bit arithmetic where that is exact, for cores without 64-bit shifts (the
+/// Cortex-M4, where [`requant`] calls it): each stage's 64-bit multiply-accumulate (an
+/// `SMLAL` whose accumulator holds the rounding term), [`shr_sat`] with the shift's range
+/// known per call (`s >= 32` or not, so no branch on it per element), and 32-bit clamps (`+ zp`
+/// saturating in i32: a sum past the i32 range clamps to the same bound as the exact one).
+/// Equal to [`requant_ref`] for every input (proptest `requant_matches_reference`).
+pub(crate) fn requant_m4(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    let s1 = u32::from(raw.shift.clamp(1, 62));
+    let s2 = aff.map_or(32, |a| u32::from(a.shift.clamp(1, 62)));
+    match (s1 >= 32, s2 >= 32) {
+        (true, true) => requant32::<true, true>(raw, aff, outq, cout, acc, dst),
+        (true, false) => requant32::<true, false>(raw, aff, outq, cout, acc, dst),
+        (false, true) => requant32::<false, true>(raw, aff, outq, cout, acc, dst),
+        (false, false) => requant32::<false, false>(raw, aff, outq, cout, acc, dst),
+    }
+}
+
+/// [`requant_m4`] with the ranges of both shifts fixed (`B1`: stage 1's `>= 32`, `B2`: stage
+/// 2's).
+#[inline(always)]
+fn requant32<const B1: bool, const B2: bool>(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    let s1 = u32::from(raw.shift.clamp(1, 62));
+    let r1 = 1i64 << (s1 - 1);
+    let m1 = i64::from(raw.mult);
+    let zp1 = raw.zero_point;
+    let qmax1 = (1i32 << raw.bits.min(8)) - 1;
+    let st1 = move |a: i32| -> i32 {
+        shr_sat::<B1>((i64::from(a) * m1).wrapping_add(r1), s1)
+            .saturating_add(zp1)
+            .max(0)
+            .min(qmax1)
+    };
+    let Some(aff) = aff else {
+        for (d, &a) in dst.iter_mut().zip(acc) {
+            *d = st1(a) as u8;
+        }
+        return;
+    };
+    if cout == 0 {
+        return;
+    }
+    let zp_raw = raw.zero_point;
+    let s2 = u32::from(aff.shift.clamp(1, 62));
+    let r2 = 1i64 << (s2 - 1);
+    let sign = outq.bits == 1;
+    let zp2 = outq.zp;
+    let lo2 = if aff.relu { zp2 } else { 0 };
+    let hi2 = outq.qmax();
+    let npx = (dst.len() / cout).min(acc.len() / cout);
+    let mut mult = [0i32; RQ_BLOCK];
+    // `bias + 2^(s2 - 1)`: `(d * m + bias) + r2` as one wrapping sum (the same modulo 2^64).
+    let mut bias = [0i64; RQ_BLOCK];
+    let mut c0 = 0;
+    while c0 < cout {
+        let n = (cout - c0).min(RQ_BLOCK);
+        let (mult, bias) = (&mut mult[..n], &mut bias[..n]);
+        for (i, (m, b)) in mult.iter_mut().zip(bias.iter_mut()).enumerate() {
+            let p = affine_at(aff, c0 + i);
+            *m = p.mult;
+            *b = i64::from(p.bias).wrapping_add(r2);
+        }
+        let (mult, bias): (&[i32], &[i64]) = (mult, bias);
+        let sum = move |a: i32, m: i32, b: i64| -> i64 {
+            let d = st1(a).wrapping_sub(zp_raw);
+            (i64::from(d) * i64::from(m)).wrapping_add(b)
+        };
+        for px in 0..npx {
+            let o = px * cout + c0;
+            let (a, d) = (&acc[o..o + n], &mut dst[o..o + n]);
+            if sign {
+                // The sign of `v >> s2` is the sign of `v`.
+                for (((d, &a), &m), &b) in d.iter_mut().zip(a).zip(mult).zip(bias) {
+                    *d = u8::from(sum(a, m, b) >= 0);
+                }
+            } else {
+                for (((d, &a), &m), &b) in d.iter_mut().zip(a).zip(mult).zip(bias) {
+                    *d = shr_sat::<B2>(sum(a, m, b), s2)
+                        .saturating_add(zp2)
+                        .max(lo2)
+                        .min(hi2) as u8;
                 }
             }
         }
@@ -400,6 +630,10 @@ mod tests {
             let mut got = vec![7u8; n];
             (RowOps::native().requant)(&raw, aff, &outq, cout, acc, &mut got);
             prop_assert_eq!(&got, &want);
+            // The Cortex-M4's 32-bit variant.
+            let mut got = vec![7u8; n];
+            requant_m4(&raw, aff, &outq, cout, acc, &mut got);
+            prop_assert_eq!(&got, &want);
         }
     }
 
@@ -450,6 +684,10 @@ mod tests {
             let mut got = vec![0u8; n];
             (RowOps::native().add_rows)(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
             prop_assert_eq!(&got, &want);
+            // The Cortex-M4's 32-bit variant (the test's factors fit i32).
+            let mut got = vec![9u8; n];
+            prop_assert!(add_rows_m4(&a, &b, &qa, &qb, &p, &qo, c, &mut got));
+            prop_assert_eq!(&got, &want);
         }
     }
 
@@ -491,6 +729,8 @@ mod tests {
                                 requant(&raw, a, &outq, cout, &acc, &mut got);
                                 assert_eq!(got, want);
                                 (RowOps::native().requant)(&raw, a, &outq, cout, &acc, &mut got);
+                                assert_eq!(got, want);
+                                requant_m4(&raw, a, &outq, cout, &acc, &mut got);
                                 assert_eq!(got, want);
                             }
                         }

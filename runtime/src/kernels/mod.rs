@@ -567,10 +567,22 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
 /// Cost of building one table of the table-lookup kernel, in [`step_cost`]'s desktop units.
 const LUT_TABLE_COST: u64 = 140;
 
+/// [`CostModel::CortexM4`]'s step cost of the int8 dot in place on 1-bit weights (the
+/// sign-weight `USADA8` sums of `portable::sign_weight_in_place_body`), per 64 multiply-adds:
+/// `340 * 37.94 / 152.28` (the 64 -> 64 channel 3x3 conv at 32x32 of `scripts/mcu-test.sh
+/// costs`, in place against prepared; 0.24-0.27x on the other widths, 0.34x at 4x4). Below
+/// prepared XNOR's 125 per 64-channel word, so W1A1 convs read their codes in place too.
+const SIGN_WEIGHT_IN_PLACE_M4: u64 = 85;
+
 /// Estimated cost of one output element (all taps) with kernel `kind`.
 pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
     let taps = (s.kh * s.kw) as u64;
-    let step = u64::from(step_cost(kind, model));
+    let step = if model == CostModel::CortexM4 && kind == KernelKind::Int8DotInPlace && s.wbits == 1
+    {
+        SIGN_WEIGHT_IN_PLACE_M4
+    } else {
+        u64::from(step_cost(kind, model))
+    };
     if kind == KernelKind::Int8LutAvx512 {
         if step == u64::from(u32::MAX) {
             return u64::MAX;

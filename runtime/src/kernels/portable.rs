@@ -243,9 +243,7 @@ pub(crate) fn int8_in_place_run(
     acc: &mut [i32],
 ) {
     match (s.wbits, s.abits) {
-        // W1A1 keeps the plain dot: the same sums for 1-bit activations (4 * S_ab - 2 * S_a -
-        // 2 * S_b + n) measured 1-2 % more instructions on the Cortex-M4 (docs/MCU.md).
-        (1, 8) | (1, 4) | (1, 2) => sign_weight_in_place_body(s, x, w, y0, y1, acc),
+        (1, _) => sign_weight_in_place_body(s, x, w, y0, y1, acc),
         (_, 1) => int8_in_place_body::<true>(s, x, w, y0, y1, acc),
         _ => int8_in_place_body::<false>(s, x, w, y0, y1, acc),
     }
@@ -269,29 +267,54 @@ const MASK4: [u32; 16] = {
     t
 };
 
-/// The sum of the four bytes of every word added into `lanes` (two 16-bit lanes: bytes 0 and
-/// 2 in the low lane's place, 1 and 3 in the high one's), as SWAR: no byte is unpacked. On
-/// Armv7E-M this is two `UXTAB16`s.
+/// `sum |a_i - m_i|` over the four bytes of `a` and `m`, added to `acc`: the Armv7E-M `USADA8`
+/// instruction. The sign-weight kernel only passes masks whose bytes are `0` or `0xFF`, where
+/// `|a - m| = a ^ m`; this portable twin sums the bytes of `a ^ m` (exact for such masks).
+#[cfg(not(all(target_arch = "arm", feature = "arm-dsp")))]
 #[inline(always)]
-fn add_bytes(lanes: u32, w: u32) -> u32 {
-    lanes
-        .wrapping_add(w & 0x00FF_00FF)
-        .wrapping_add((w >> 8) & 0x00FF_00FF)
+fn usada8(acc: u32, a: u32, m: u32) -> u32 {
+    let v = a ^ m;
+    let t = (v & 0x00FF_00FF) + ((v >> 8) & 0x00FF_00FF);
+    acc.wrapping_add((t & 0xFFFF) + (t >> 16))
 }
 
-/// The two 16-bit lanes of [`add_bytes`] summed.
+/// `sum |a_i - m_i|` over the four bytes of `a` and `m`, added to `acc`, in one `USADA8`
+/// (Armv7E-M DSP extension: Cortex-M4/M7; the `arm-dsp` feature promises such a core).
+#[cfg(all(target_arch = "arm", feature = "arm-dsp"))]
 #[inline(always)]
-fn lanes_sum(lanes: u32) -> i32 {
-    ((lanes & 0xFFFF) + (lanes >> 16)) as i32
+fn usada8(acc: u32, a: u32, m: u32) -> u32 {
+    let r: u32;
+    // SAFETY: USADA8 reads and writes registers only (no memory, no flags); the `arm-dsp`
+    // feature is enabled only for Armv7E-M targets, which have the instruction.
+    unsafe {
+        core::arch::asm!(
+            "usada8 {r}, {a}, {m}, {acc}",
+            r = lateout(reg) r,
+            a = in(reg) a,
+            m = in(reg) m,
+            acc = in(reg) acc,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    r
 }
 
-/// [`int8_in_place_run`] for 1-bit weights and multi-bit activation codes: with every weight
-/// `+1` or `-1` (bit `b`, weight `2b - 1`), a dot product over activation codes `a` is
-/// `2 * S_ab - S_a`, where `S_ab` sums the codes whose weight bit is set and `S_a` all of them.
-/// The weight bits of a tap become byte masks once ([`MASK4`]), and each output pixel takes
-/// one AND per four activations and channel, its sums kept in 16-bit SWAR lanes
-/// ([`add_bytes`]; at most 64 words of 255 * 2 per lane, no overflow). Same results, bit for
-/// bit, as the int8 dot over the `+-1` numerators.
+/// Mask words of [`sign_weight_in_place_body`]'s stack buffer (2.25 KB: the nine taps of a 3x3
+/// window over 64 input channels, for four output channels).
+const SIGN_MASK_WORDS: usize = 576;
+
+/// [`int8_in_place_run`] for 1-bit weights: with every weight `+1` or `-1` (bit `b`, weight
+/// `2b - 1`), a dot product over activation codes `a` is `2 * S_ab - S_a` (`S_ab` sums the
+/// codes whose weight bit is set, `S_a` all of them). With the weight bits as byte masks `m`
+/// (`0xFF` where set, [`MASK4`]), `U = sum |a - m| = 255 * n_set + S_a - 2 * S_ab`, so the dot
+/// is `255 * n_set - U`: one [`usada8`] per four activations and output channel, and `n_set`
+/// (the set weight bits) a constant per output channel. For 1-bit activations (`v = 2q - 1`)
+/// the dot is `4 * S_qb - 2 * S_q - 2 * n_set + n = 508 * n_set + n - 2 * U`.
+///
+/// Per block of four output channels and of input channels, the masks of every tap (up to
+/// [`SIGN_MASK_WORDS`] words) are built once; each output pixel then runs all its taps with
+/// the four sums in registers and updates its accumulators once. Same results, bit for bit, as
+/// the int8 dot over the `+-1` numerators.
 fn sign_weight_in_place_body(
     s: &ConvShape,
     x: &[u8],
@@ -300,87 +323,245 @@ fn sign_weight_in_place_body(
     y1: usize,
     acc: &mut [i32],
 ) {
-    const WORDS: usize = IN_PLACE_BLOCK / 4;
     let n_acc = (y1 - y0) * s.ow * s.cout;
     let Some(acc) = acc.get_mut(..n_acc) else {
         return;
     };
-    acc.fill(0);
+    let taps = s.kh * s.kw;
+    if s.cin_g == 0 || taps == 0 {
+        acc.fill(0);
+    }
     let row = s.cin_g.div_ceil(8);
-    let mut masks = [[0u32; WORDS]; 4];
-    let mut tail = [0u8; 4];
+    // Words of input channels per block: even (a block starts on a code byte), at least 2, and
+    // as many taps per chunk as the buffer holds.
+    let cin_words = s.cin_g.div_ceil(4);
+    let bw = cin_words.min(((SIGN_MASK_WORDS / (4 * taps)) & !1).clamp(2, 16));
+    let tc = taps.min(SIGN_MASK_WORDS / (4 * bw));
+    let mut masks = [[0u32; 4]; SIGN_MASK_WORDS / 4];
+    let mut toff = [0usize; SIGN_MASK_WORDS / 8];
+    // Whole-word loads where every block of every pixel starts 4-byte aligned (the arena's
+    // tensors are, with channel counts a multiple of 4), byte loads otherwise.
+    let words_ok = ((s.c | s.cin_g) & 3) == 0;
+    let xw: &[u32] = match bytemuck::try_cast_slice(&x[..x.len() / 4 * 4]) {
+        Ok(w) if words_ok => w,
+        _ => &[],
+    };
+    let sign = s.abits == 1;
     for g in 0..s.groups {
         let mut o = g * s.cout_g;
         let o1 = o + s.cout_g;
         while o < o1 {
             let nb = (o1 - o).min(4);
-            for ky in 0..s.kh {
-                for kx in 0..s.kw {
-                    let mut i0 = 0;
-                    while i0 < s.cin_g {
-                        let n = (s.cin_g - i0).min(IN_PLACE_BLOCK);
-                        let words = n.div_ceil(4);
-                        // Masks of channels i0 .. i0 + n (i0 is a multiple of 8). The bits of a
-                        // last word's channels past the end may be set: they meet the zeros the
-                        // pixel's last word is padded with.
-                        for (j, m) in masks[..nb].iter_mut().enumerate() {
-                            let base = (((o + j) * s.kh + ky) * s.kw + kx) * row + i0 / 8;
-                            for (w, mw) in m[..words].iter_mut().enumerate() {
-                                let byte = codes.get(base + w / 2).copied().unwrap_or(0);
-                                *mw = MASK4[usize::from((byte >> (4 * (w % 2))) & 0xF)];
+            let mut i0 = 0;
+            while i0 < s.cin_g {
+                let n = (s.cin_g - i0).min(4 * bw);
+                let words = n.div_ceil(4);
+                let mut t0 = 0;
+                while t0 < taps {
+                    let t1 = (t0 + tc).min(taps);
+                    // Masks of channels i0 .. i0 + n of taps t0 .. t1 (bits past the block's
+                    // last channel cleared) and their set-bit counts.
+                    let mut nset = [0u32; 4];
+                    for t in t0..t1 {
+                        let (ky, kx) = (t / s.kw, t % s.kw);
+                        toff[t - t0] = (ky * s.wp + kx) * s.c;
+                        let mrow = &mut masks[(t - t0) * words..(t - t0 + 1) * words];
+                        for (w, mw) in mrow.iter_mut().enumerate() {
+                            let valid = (n - 4 * w).min(4);
+                            for j in 0..4 {
+                                let bits = if j < nb {
+                                    let base = (((o + j) * s.kh + ky) * s.kw + kx) * row + i0 / 8;
+                                    let byte = codes.get(base + w / 2).copied().unwrap_or(0);
+                                    (byte >> (4 * (w % 2))) & 0xF & ((1u8 << valid) - 1)
+                                } else {
+                                    0
+                                };
+                                nset[j] += bits.count_ones();
+                                mw[j] = MASK4[usize::from(bits)];
                             }
                         }
-                        let (full, rest) = (n / 4, n % 4);
-                        for oy in y0..y1 {
-                            let iy = oy * s.sh + ky;
-                            for ox in 0..s.ow {
-                                let xo = (iy * s.wp + ox * s.sw + kx) * s.c + g * s.cin_g + i0;
-                                let Some(xs) = x.get(xo..xo + n) else {
-                                    return;
-                                };
-                                let mut all = 0u32;
-                                let mut set = [0u32; 4];
-                                let mut word = |w: usize, v: u32| {
-                                    all = add_bytes(all, v);
-                                    for (sj, mj) in set.iter_mut().zip(&masks) {
-                                        *sj = add_bytes(*sj, v & mj[w]);
-                                    }
-                                };
-                                // Word loads where the activations are 4-byte aligned (the
-                                // arena's tensors are, and so is every pixel when the
-                                // channels are a multiple of 4), byte loads otherwise.
-                                match bytemuck::try_cast_slice::<u8, u32>(&xs[..4 * full]) {
-                                    Ok(ws) => {
-                                        for (w, &v) in ws.iter().enumerate() {
-                                            word(w, u32::from_le(v));
-                                        }
-                                    }
-                                    Err(_) => {
-                                        for (w, xw) in xs.chunks_exact(4).enumerate() {
-                                            word(
-                                                w,
-                                                u32::from_le_bytes([xw[0], xw[1], xw[2], xw[3]]),
-                                            );
-                                        }
-                                    }
-                                }
-                                if rest > 0 {
-                                    tail[..rest].copy_from_slice(&xs[4 * full..]);
-                                    tail[rest..].fill(0);
-                                    word(full, u32::from_le_bytes(tail));
-                                }
-                                let all = lanes_sum(all);
-                                let at = ((oy - y0) * s.ow + ox) * s.cout + o;
-                                for (a, sj) in acc[at..at + nb].iter_mut().zip(set) {
-                                    *a = a.wrapping_add(2 * lanes_sum(sj) - all);
-                                }
-                            }
+                    }
+                    let cst = nset.map(|k| {
+                        if sign {
+                            (508 * k) as i32 + (n * (t1 - t0)) as i32
+                        } else {
+                            (255 * k) as i32
                         }
-                        i0 += n;
+                    });
+                    let ms = &masks[..(t1 - t0) * words];
+                    let offs = &toff[..t1 - t0];
+                    let blk = SignBlock {
+                        o,
+                        nb,
+                        cst,
+                        sign,
+                        ch: g * s.cin_g + i0,
+                        n,
+                        first: i0 == 0 && t0 == 0,
+                    };
+                    match (xw.is_empty(), words) {
+                        (false, 4) => sign_rows::<4>(s, xw, &blk, offs, ms, y0, y1, acc),
+                        (false, 8) => sign_rows::<8>(s, xw, &blk, offs, ms, y0, y1, acc),
+                        (false, 16) => sign_rows::<16>(s, xw, &blk, offs, ms, y0, y1, acc),
+                        _ => sign_rows_any(s, x, xw, &blk, offs, ms, y0, y1, acc),
+                    }
+                    t0 = t1;
+                }
+                i0 += n;
+            }
+            o += nb;
+        }
+    }
+}
+
+/// One block of [`sign_weight_in_place_body`]: output channels `o .. o + nb`, input channels
+/// `ch .. ch + n` (of the whole pixel), the constant part of each dot product (`cst`) and
+/// whether the activations are signs (`U` counts twice).
+struct SignBlock {
+    o: usize,
+    nb: usize,
+    cst: [i32; 4],
+    sign: bool,
+    ch: usize,
+    n: usize,
+    /// The block's first pass over the pixels (first channels, first taps): it writes the
+    /// accumulators, the later ones add to them.
+    first: bool,
+}
+
+impl SignBlock {
+    /// Writes or adds the dot products of one pixel (its sums `u`) into its accumulators.
+    #[inline(always)]
+    fn store(&self, acc: &mut [i32], at: usize, u: [u32; 4]) {
+        let Some(out) = acc.get_mut(at + self.o..at + self.o + self.nb) else {
+            return;
+        };
+        let dot = |j: usize| {
+            let uj = if self.sign {
+                u[j].wrapping_mul(2)
+            } else {
+                u[j]
+            };
+            self.cst[j].wrapping_sub(uj as i32)
+        };
+        // Four channels (every block but a group's last, when its width is not a multiple
+        // of four) without a count check per channel.
+        if let Ok(out) = <&mut [i32; 4]>::try_from(&mut *out) {
+            for (j, a) in out.iter_mut().enumerate() {
+                *a = if self.first {
+                    dot(j)
+                } else {
+                    a.wrapping_add(dot(j))
+                };
+            }
+            return;
+        }
+        for (j, a) in out.iter_mut().enumerate() {
+            *a = if self.first {
+                dot(j)
+            } else {
+                a.wrapping_add(dot(j))
+            };
+        }
+    }
+}
+
+/// The pixels of rows `y0..y1` for one block, `W` aligned activation words per tap (`xw`: the
+/// input as words; `offs`: the taps' byte offsets from a pixel; `ms`: their masks, `W` quads
+/// per tap): each tap is `W` words loaded at fixed offsets, with no bounds check per tap (one
+/// check per call covers the last pixel's last tap, the largest index).
+#[allow(clippy::too_many_arguments)]
+fn sign_rows<const W: usize>(
+    s: &ConvShape,
+    xw: &[u32],
+    blk: &SignBlock,
+    offs: &[usize],
+    ms: &[[u32; 4]],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let (Some(&last), true) = (offs.last(), ms.len() == offs.len() * W) else {
+        return;
+    };
+    // Word index of tap 0 of pixel (oy, ox): row part + column part.
+    let c4 = s.c / 4;
+    let at = |oy: usize, ox: usize| (oy * s.sh * s.wp + ox * s.sw) * c4 + blk.ch / 4;
+    if y1 <= y0 || s.ow == 0 || at(y1 - 1, s.ow - 1) + last / 4 + W > xw.len() {
+        return;
+    }
+    let xp = xw.as_ptr();
+    for oy in y0..y1 {
+        for ox in 0..s.ow {
+            let p = at(oy, ox);
+            let mut u = [0u32; 4];
+            for (&off, m) in offs.iter().zip(ms.chunks_exact(W)) {
+                // SAFETY: `p + off / 4 + W <= xw.len()`: `p` and `off` are largest for the
+                // last pixel and tap (offsets grow with the tap, positions with the pixel),
+                // checked above, so the `W` words from `p + off / 4` are in `xw`.
+                let xs: &[u32; W] = unsafe { &*xp.add(p + off / 4).cast::<[u32; W]>() };
+                // Four words at a time, written out: LLVM keeps a 16-word tap as a loop of
+                // single words otherwise.
+                for (x4, m4) in xs.chunks_exact(4).zip(m.chunks_exact(4)) {
+                    for (&v, mq) in x4.iter().zip(m4) {
+                        let v = u32::from_le(v);
+                        u[0] = usada8(u[0], v, mq[0]);
+                        u[1] = usada8(u[1], v, mq[1]);
+                        u[2] = usada8(u[2], v, mq[2]);
+                        u[3] = usada8(u[3], v, mq[3]);
                     }
                 }
             }
-            o += nb;
+            blk.store(acc, ((oy - y0) * s.ow + ox) * s.cout, u);
+        }
+    }
+}
+
+/// [`sign_rows`] for any number of words per tap, and byte loads where the activations are
+/// not word-aligned (`xw` empty; a last partial word is zero-filled).
+#[allow(clippy::too_many_arguments)]
+fn sign_rows_any(
+    s: &ConvShape,
+    x: &[u8],
+    xw: &[u32],
+    blk: &SignBlock,
+    offs: &[usize],
+    ms: &[[u32; 4]],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let n = blk.n;
+    let words = n.div_ceil(4);
+    for oy in y0..y1 {
+        for ox in 0..s.ow {
+            let px = (oy * s.sh * s.wp + ox * s.sw) * s.c + blk.ch;
+            let mut u = [0u32; 4];
+            for (&off, mt) in offs.iter().zip(ms.chunks_exact(words)) {
+                if xw.is_empty() {
+                    let Some(xs) = x.get(px + off..px + off + n) else {
+                        return;
+                    };
+                    for (xb, m) in xs.chunks(4).zip(mt) {
+                        let v = xb.iter().rev().fold(0u32, |v, &b| v << 8 | u32::from(b));
+                        for (uj, &mj) in u.iter_mut().zip(m) {
+                            *uj = usada8(*uj, v, mj);
+                        }
+                    }
+                } else {
+                    let at = (px + off) / 4;
+                    let Some(xs) = xw.get(at..at + words) else {
+                        return;
+                    };
+                    for (&v, m) in xs.iter().zip(mt) {
+                        let v = u32::from_le(v);
+                        for (uj, &mj) in u.iter_mut().zip(m) {
+                            *uj = usada8(*uj, v, mj);
+                        }
+                    }
+                }
+            }
+            blk.store(acc, ((oy - y0) * s.ow + ox) * s.cout, u);
         }
     }
 }

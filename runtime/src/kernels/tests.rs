@@ -29,7 +29,8 @@ pub(crate) fn kernel_exact(
     kernel_exact_at(k, conv, s, inq, x, acc, rows, false)
 }
 
-/// [`kernel_exact`] with the prepared weights moved to an odd address when `misalign` is set
+/// [`kernel_exact`] with the prepared weights and the padded activation bytes moved to an odd
+/// address when `misalign` is set
 /// (an unaligned arena: the kernels then read them byte-wise).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn kernel_exact_at(
@@ -74,11 +75,15 @@ pub(crate) fn kernel_exact_at(
     let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
     let row = s.ow * s.cout;
     let mut y0 = 0;
-    let mut xb = vec![0u8; s.hp * s.wp * s.c];
+    // The padded bytes word-aligned, as in the arena, or at an odd address when `misalign`
+    // is set (byte kernels then load the activations byte-wise).
+    let xl = s.hp * s.wp * s.c;
+    let mut xbuf = vec![0u64; xl.div_ceil(8) + 1];
+    let xb = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut xbuf)[usize::from(misalign)..][..xl];
     let mut xw = vec![0u64; s.hp * s.wp * portable::bit_pixel_words(s)];
     let mut xt = vec![0u16; s.lut_input_len()];
     match k.run {
-        Run::Bytes(_) => portable::pad_bytes(s, x, pad, &mut xb),
+        Run::Bytes(_) => portable::pad_bytes(s, x, pad, xb),
         Run::Tables(build, _) => build(s, x, pad, &mut xt),
         // The portable bit kernels get the portable packer, the SIMD ones the CPU's (AVX2 on
         // x86): both packers are checked here, through the kernels' results.
@@ -102,7 +107,7 @@ pub(crate) fn kernel_exact_at(
         let y1 = (y0 + rows).min(s.oh);
         let chunk = &mut acc[y0 * row..y1 * row];
         match k.run {
-            Run::Bytes(f) => f(s, &xb, w, y0, y1, chunk),
+            Run::Bytes(f) => f(s, xb, w, y0, y1, chunk),
             Run::Bits(f) => f(s, &xw, w, y0, y1, chunk),
             Run::Tables(_, f) => f(s, &xt, w, y0, y1, chunk),
         }
@@ -342,8 +347,9 @@ fn check_case(c: &Case) -> usize {
             c.rows
         ));
         assert_eq!(got, want, "{} on {c:?}", k.kind.name());
-        // The bit kernels again from prepared weights at an odd address.
-        if matches!(k.run, Run::Bits(_)) && !k.reads_codes {
+        // The bit kernels again from prepared weights at an odd address, the byte kernels
+        // from activations at an odd address.
+        if matches!(k.run, Run::Bytes(_)) || !k.reads_codes {
             let mut got = vec![i32::MIN; len];
             assert!(kernel_exact_at(
                 Some(&k),
@@ -402,13 +408,42 @@ fn kernels_match_reference_on_wide_inputs() {
 }
 
 #[test]
+fn kernels_match_reference_on_large_windows() {
+    // A 9x9 window (81 taps) is more than the sign-weight kernel's mask buffer holds for one
+    // chunk of taps (72 at two words), so its taps run in chunks; 1-bit weights, every
+    // activation width, aligned (32) and byte-wise (33) channel counts.
+    let mut total = 0;
+    for abits in [1u8, 2, 8] {
+        for cin_g in [32u32, 33] {
+            let c = Case {
+                cin_g,
+                groups: 1,
+                cout_g: 5,
+                k: (9, 9),
+                stride: (1, 1),
+                pad: (4, 4),
+                h: 3,
+                w: 2,
+                wbits: 1,
+                abits,
+                zp: if abits == 1 { 0 } else { 1 },
+                rows: 2,
+                seed: 7 + u64::from(abits) + u64::from(cin_g),
+            };
+            total += check_case(&c);
+        }
+    }
+    assert!(total >= 2 * 3 * 2);
+}
+
+#[test]
 fn kernels_match_reference_every_bit_pair() {
     // Deterministic sweep: every (wbits, abits) pair on the awkward channel counts, with
     // stride 2, padding 1 and groups 2.
     let mut total = 0;
     for wbits in [1u8, 2, 4] {
         for abits in [1u8, 2, 4, 8] {
-            for cin_g in [1u32, 3, 31, 32, 33, 63, 64, 65] {
+            for cin_g in [1u32, 3, 16, 31, 32, 33, 63, 64, 65] {
                 let qmax = (1i32 << abits) - 1;
                 let c = Case {
                     cin_g,
@@ -429,7 +464,7 @@ fn kernels_match_reference_every_bit_pair() {
             }
         }
     }
-    assert!(total >= 2 * 3 * 4 * 8);
+    assert!(total >= 2 * 3 * 4 * 9);
 }
 
 #[test]

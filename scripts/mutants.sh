@@ -48,6 +48,10 @@ FILES=(
 seconds_per_mutant() { case "$1" in format/*) echo 4 ;; *) echo 15 ;; esac; }
 seconds_of_baseline() { case "$1" in format/*) echo 15 ;; *) echo 60 ;; esac; }
 ROTATION_SECONDS=120
+# Files not yet mutated whole (docs/RELIABILITY.md, "Left open"): a survivor the rotation finds
+# there is an old gap, not the change's, and is reported without failing the run until the
+# file's whole run has been done and its survivors killed or listed.
+NOT_YET_WHOLE=(runtime/src/kernels/portable.rs)
 
 base=""
 ci=0
@@ -128,10 +132,12 @@ count() {
 }
 
 # Run cargo mutants on FILE with ARGS..., in $cap seconds at most when set; report its counts
-# and add the survivors not known as equivalent to new-survivors.txt.
+# and add the survivors not known as equivalent to $survivors (new-survivors.txt).
 status=0
 cap=""
-: >"$out/new-survivors.txt"
+survivors="$out/new-survivors.txt"
+: >"$survivors"
+: >"$out/old-gaps.txt"
 run_file() {
     local f=$1 pkg dir start rc m
     shift
@@ -172,7 +178,7 @@ run_file() {
     if [ -f "$m/missed.txt" ]; then
         names <"$m/missed.txt" | sort -u >"$out/$(basename "$dir").missed.txt"
         comm -23 "$out/$(basename "$dir").missed.txt" "$equivalent" |
-            tee -a "$out/new-survivors.txt"
+            tee -a "$survivors"
     fi
 }
 
@@ -185,6 +191,10 @@ diff_since() {
 }
 
 finish() {
+    if [ -s "$out/old-gaps.txt" ]; then
+        echo "surviving mutants in files not yet mutated whole (reported, not failed):" >&2
+        cat "$out/old-gaps.txt" >&2
+    fi
     if [ -s "$out/new-survivors.txt" ]; then
         echo "surviving mutants not listed as equivalent in docs/RELIABILITY.md:" >&2
         cat "$out/new-survivors.txt" >&2
@@ -280,6 +290,9 @@ spent=$(($(date +%s) - t0))
 if [ $((spent + cold + rot_est)) -le "$budget" ]; then
     echo "rotation: slice $((index % total)) of $total: $rot_file shard $rot_shard"
     cap=$(left)
+    for f in "${NOT_YET_WHOLE[@]}"; do
+        [ "$f" != "$rot_file" ] || survivors="$out/old-gaps.txt"
+    done
     run_file "$rot_file" --shard "$rot_shard"
 else
     echo "rotation: slice $((index % total)) of $total ($rot_file shard $rot_shard) skipped:" \

@@ -364,14 +364,13 @@ impl Plan {
         }
 
         let (act_bytes, act_lower) = place(&mut tensors, nl + 2)?;
-        small(ALIGN - 1 + HEADER + weights + act_bytes + scratch)?;
         let ot = tensors
             .get(model.output as usize)
             .ok_or(Error::PlanMismatch { layer: Site::Model })?;
         let output_len = ot.shape.elements().unwrap_or(0) as usize;
         let s = model.input.shape;
         let input_len = mul(mul(s.c as usize, s.h as usize)?, s.w as usize)?;
-        Ok(Plan {
+        let plan = Plan {
             engine,
             tensors,
             layers,
@@ -386,7 +385,10 @@ impl Plan {
             } else {
                 RowOps::native()
             },
-        })
+        };
+        // The whole arena fits 32-bit offsets.
+        small(plan.arena_bytes())?;
+        Ok(plan)
     }
 
     /// Bytes of the arena [`crate::run`] needs: a 64-byte header, the prepared weights, the

@@ -628,6 +628,19 @@ mod tests {
             let c = PlanChoice::from_name(name).unwrap();
             assert_eq!(c.name(), name);
         }
+        // The algorithm each name forces (a board's host-side test plans with it).
+        let forced = PlanChoice::NAMES.map(|n| PlanChoice::from_name(n).unwrap().force());
+        assert_eq!(
+            forced,
+            [
+                None,
+                None,
+                Some(Algo::BitSerial),
+                Some(Algo::Int8Dot),
+                Some(Algo::Reference)
+            ]
+        );
+        assert_eq!(PlanChoice::Force(Algo::Xnor).force(), Some(Algo::Xnor));
         assert_eq!(PlanChoice::from_name("xnor"), None);
         assert_eq!(PlanChoice::from_name("Default"), None);
         assert_eq!(PlanChoice::Force(Algo::Xnor).name(), "xnor");

@@ -88,7 +88,10 @@ command -v cargo-mutants >/dev/null || {
 out=target/mutants
 mkdir -p "$out"
 # The mutated trees build in their own target directory (kept between runs, so only the
-# mutated crate and its dependents rebuild).
+# mutated crate and its dependents rebuild). Keep it apart from the one ordinary builds use:
+# cargo names a workspace's crates by their path inside it, so the last mutant's build of the
+# `mutants` profile there looks fresh to a later `cargo test --profile mutants` of the real
+# tree whose files are older, which then runs the mutant.
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$PWD/target/mutants/build}"
 
 # Known equivalent mutants, one name a line.

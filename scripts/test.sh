@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine of this kind; installs what it needs first
-# (torch==2.11.0 into .venv for libtorch, Debian's Cortex-M toolchain and QEMU).
+# (torch==2.11.0 into .venv for libtorch, Debian's Cortex-M toolchain and QEMU, cargo-mutants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -28,3 +28,16 @@ scripts/mcu-test.sh
 
 step "aarch64 NEON kernels under qemu-aarch64, bit-exact with the reference"
 scripts/aarch64-test.sh
+
+step "mutation testing: the last commit's lines and a rotating slice (docs/RELIABILITY.md)"
+# cargo-mutants, the version the results were measured with, installed when missing: an
+# unoptimized build (`--debug`: half the compile time of a release one, 71 s of CPU against
+# 152 s; it only parses sources and starts cargo). The time it takes comes out of the mutants'
+# 5 min (at least 90 s are left to them).
+MUTANTS_VERSION=27.1.0
+t=$(date +%s)
+if [ "$(cargo mutants --version 2>/dev/null)" != "cargo-mutants $MUTANTS_VERSION" ]; then
+    cargo install --locked --debug --quiet "cargo-mutants@$MUTANTS_VERSION"
+fi
+installed=$(($(date +%s) - t))
+MUTANTS_CI_SECONDS=$((300 - installed > 90 ? 300 - installed : 90)) scripts/mutants.sh --ci

@@ -364,14 +364,13 @@ impl Plan {
         }
 
         let (act_bytes, act_lower) = place(&mut tensors, nl + 2)?;
-        small(ALIGN - 1 + HEADER + weights + act_bytes + scratch)?;
         let ot = tensors
             .get(model.output as usize)
             .ok_or(Error::PlanMismatch { layer: Site::Model })?;
         let output_len = ot.shape.elements().unwrap_or(0) as usize;
         let s = model.input.shape;
         let input_len = mul(mul(s.c as usize, s.h as usize)?, s.w as usize)?;
-        Ok(Plan {
+        let plan = Plan {
             engine,
             tensors,
             layers,
@@ -386,7 +385,10 @@ impl Plan {
             } else {
                 RowOps::native()
             },
-        })
+        };
+        // The whole arena fits 32-bit offsets.
+        small(plan.arena_bytes())?;
+        Ok(plan)
     }
 
     /// Bytes of the arena [`crate::run`] needs: a 64-byte header, the prepared weights, the
@@ -627,6 +629,19 @@ mod tests {
             let c = PlanChoice::from_name(name).unwrap();
             assert_eq!(c.name(), name);
         }
+        // The algorithm each name forces (a board's host-side test plans with it).
+        let forced = PlanChoice::NAMES.map(|n| PlanChoice::from_name(n).unwrap().force());
+        assert_eq!(
+            forced,
+            [
+                None,
+                None,
+                Some(Algo::BitSerial),
+                Some(Algo::Int8Dot),
+                Some(Algo::Reference)
+            ]
+        );
+        assert_eq!(PlanChoice::Force(Algo::Xnor).force(), Some(Algo::Xnor));
         assert_eq!(PlanChoice::from_name("xnor"), None);
         assert_eq!(PlanChoice::from_name("Default"), None);
         assert_eq!(PlanChoice::Force(Algo::Xnor).name(), "xnor");
@@ -660,6 +675,56 @@ mod tests {
         };
         assert!(by_name("fit", floor).unwrap().arena_bytes() <= floor);
         assert!(by_name("fit", floor - 1).is_err());
+    }
+
+    /// `Plan::fit` moves first the conv that frees the most weight bytes per unit of added run
+    /// time, where the run time is the cost per output times the number of outputs
+    /// (`oh * ow * cout`), not the conv with the most bytes. Two W1A8 1x1 convs on one 64-channel
+    /// 4x1 input, both going from the prepared int8 dot (64 bytes a filter) to the in-place one
+    /// (0 bytes, 60 cost units more per output): A, 1 filter at stride 4 (1 output), frees 64
+    /// bytes for 60 units; B, 256 filters (4 x 256 outputs), frees 16,384 bytes for 61,440
+    /// units, a quarter of A's ratio. Ranked by `oh + ow * cout` or `oh * ow + cout` outputs
+    /// instead, B would go first.
+    #[test]
+    fn fit_moves_first_the_conv_freeing_most_bytes_per_added_run_time() {
+        use crate::testutil::{Builder, Op1};
+        let mut b = Builder::new(64, 4, 1, 8, 128, 7);
+        let a = b.conv(0, 1, 1, 4, 0, 1, 1, 8, false, false);
+        let conv_b = b.conv(0, 256, 1, 1, 0, 1, 1, 8, false, false);
+        assert_eq!(b.shape(a), slb_format::Shape::new(1, 1, 1));
+        assert_eq!(b.shape(conv_b), slb_format::Shape::new(256, 4, 1));
+        let g = b.unary(a, Op1::GapF32);
+        b.dense(g, 2, false);
+        let bytes = b.finish();
+        let model = Model::parse(&bytes).unwrap();
+        let opts = PlanOptions::for_board(CostModel::Desktop);
+        let (layer_a, layer_b) = (0, 1);
+        let build = |moved: &[usize]| {
+            let mut set = LayerSet::default();
+            for &li in moved {
+                set.insert(li);
+            }
+            Plan::build(&model, Engine::Packed, opts, &set).unwrap()
+        };
+        let default = build(&[]);
+        let a_moved = build(&[layer_a]);
+        let both_moved = build(&[layer_a, layer_b]);
+        assert_eq!(default.kernel(layer_a), Some(KernelKind::Int8Dot));
+        assert_eq!(default.kernel(layer_b), Some(KernelKind::Int8Dot));
+        assert_eq!(default.layers[layer_a].w_len, 64);
+        assert_eq!(default.layers[layer_b].w_len, 16_384);
+        assert!(a_moved.arena_bytes() < default.arena_bytes());
+        // One byte short of the default plan: moving A is enough, and A goes first although B
+        // would free 256 times as much.
+        let fit = Plan::fit(&model, Engine::Packed, opts, default.arena_bytes() - 1).unwrap();
+        assert_eq!(fit.kernel(layer_a), Some(KernelKind::Int8DotInPlace));
+        assert_eq!(fit.kernel(layer_b), Some(KernelKind::Int8Dot));
+        assert_eq!(fit.arena_bytes(), a_moved.arena_bytes());
+        // One byte short of that: B moves too.
+        let fit = Plan::fit(&model, Engine::Packed, opts, a_moved.arena_bytes() - 1).unwrap();
+        assert_eq!(fit.kernel(layer_a), Some(KernelKind::Int8DotInPlace));
+        assert_eq!(fit.kernel(layer_b), Some(KernelKind::Int8DotInPlace));
+        assert_eq!(fit.arena_bytes(), both_moved.arena_bytes());
     }
 
     /// `Plan::fit` follows its documented greedy sequence: from the default plan, move (to the

@@ -833,3 +833,125 @@ fn cortex_m4_costs_read_codes_in_place() {
         assert_eq!(outs[0], outs[1], "W{wbits}A{abits}");
     }
 }
+
+/// A chain `input (3x8x8, 8 bits) -> 3x3 conv to 16 channels -> 1x1 conv to 32 -> global
+/// average pool to f32 -> dense to 10`, tensors 0 to 4 in that order; with `dead_relu`, a relu
+/// of tensor 2 after the dense layer that nothing reads (tensor 5), the dense output staying
+/// the model's output.
+fn chain_model(dead_relu: bool) -> Vec<u8> {
+    let mut b = Builder::new(3, 8, 8, 8, 128, 21);
+    let c0 = b.conv(0, 16, 3, 1, 1, 1, 2, 8, false, false);
+    let c1 = b.conv(c0, 32, 1, 1, 0, 1, 2, 8, false, false);
+    let g = b.unary(c1, Op1::GapF32);
+    let out = b.dense(g, 10, false);
+    if dead_relu {
+        b.unary(c1, Op1::Relu);
+    }
+    b.model.output = out;
+    b.model.build().unwrap()
+}
+
+/// Each tensor lives from the step of the layer that writes it (step `i + 1` for layer `i`,
+/// 0 for the input) to that of its last reader, the output to step `layers + 1` (read back);
+/// in the packed engine a quantized tensor takes one byte an element, four in the float
+/// engine (f32 tensors four in both); the activation lower bound is the most bytes alive at
+/// one step.
+#[test]
+fn tensors_live_from_writer_to_last_reader_at_their_engines_size() {
+    let bytes = chain_model(false);
+    let model = Model::parse(&bytes).unwrap();
+    let lifetimes = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)];
+    for (engine, sizes, lower) in [
+        (Engine::Packed, [192, 1024, 2048, 128, 40], 1024 + 2048),
+        (Engine::Float, [768, 4096, 8192, 128, 40], 4096 + 8192),
+    ] {
+        let plan = Plan::new(&model, engine).unwrap();
+        let got: Vec<(u16, u16, usize)> = plan
+            .tensors
+            .iter()
+            .map(|t| (t.first, t.last, t.bytes))
+            .collect();
+        let want: Vec<(u16, u16, usize)> = lifetimes
+            .iter()
+            .zip(sizes)
+            .map(|(&(f, l), b)| (f, l, b))
+            .collect();
+        assert_eq!(got, want, "{engine:?}");
+        // The peak is at step 2 (the second conv: its input and output), not at the last steps.
+        assert_eq!(plan.activation_lower_bound(), lower, "{engine:?}");
+    }
+}
+
+/// The output is read back after every layer has run, so a layer after the one that writes it
+/// (here a relu nobody reads, whose 2 KiB could otherwise reuse the logits' bytes) leaves the
+/// logits as they are.
+#[test]
+fn the_output_survives_the_layers_after_it() {
+    let mut rng = Rng(17);
+    let image: Vec<u8> = (0..3 * 8 * 8).map(|_| rng.next() as u8).collect();
+    let logits = |bytes: &[u8]| {
+        let model = Model::parse(bytes).unwrap();
+        let plan = Plan::new(&model, Engine::Packed).unwrap();
+        let mut arena = vec![0u8; plan.arena_bytes()];
+        let mut out = vec![0f32; plan.output_len()];
+        run(&model, &plan, &mut arena, &image, &mut out).unwrap();
+        out
+    };
+    let want = logits(&chain_model(false));
+    assert_eq!(want.len(), 10);
+    assert!(want.iter().any(|&v| v != 0.0), "{want:?}");
+    assert_eq!(logits(&chain_model(true)), want);
+}
+
+/// A byte kernel's scratch: the zero-padded input (`hp * wp * c` bytes, none for a conv
+/// without padding; padded on one axis only, still the whole padded image) and the
+/// accumulators of as many output rows as fit 16 KiB (`ACC_CHUNK`, at least one row), each
+/// rounded up to 64 bytes; the plan's scratch is the largest layer's, and the arena is the
+/// 64-byte header, the weights, the activations, the scratch and 63 bytes of alignment slack.
+/// Every conv also runs, bit for bit as the reference, with every kernel.
+#[test]
+fn conv_scratch_is_the_padded_input_and_16_kib_of_accumulator_rows() {
+    let mut b = Builder::new(16, 16, 16, 8, 128, 23);
+    // (kernel, padding): rows of 16 (or 14) pixels x 64 channels x 4 bytes of accumulators.
+    let convs = [
+        ([1, 1], [0, 0]),
+        ([3, 3], [1, 1]),
+        ([3, 3], [1, 0]),
+        ([3, 3], [0, 1]),
+    ];
+    let mut outs = Vec::new();
+    for (k, pad) in convs {
+        outs.push(b.conv_hw(0, 64, k, [1, 1], pad, 1, 2, 8, false, false));
+    }
+    let g = b.unary(outs[2], Op1::GapF32);
+    b.dense(g, 3, false);
+    let bytes = b.finish();
+    let model = Model::parse(&bytes).unwrap();
+    let opts = PlanOptions {
+        force: Some(Algo::Int8Dot),
+        portable_only: true,
+        ..PlanOptions::default()
+    };
+    let plan = Plan::with_options(&model, Engine::Packed, opts).unwrap();
+    // (rows a call, padded input bytes, accumulator bytes)
+    let want = [
+        (4, 0, 4 * 16 * 64 * 4),
+        (4, 18 * 18 * 16, 4 * 16 * 64 * 4),
+        (4, 18 * 16 * 16, 4 * 14 * 64 * 4),
+        (4, 16 * 18 * 16, 4 * 16 * 64 * 4),
+    ];
+    for (i, &(rows, input, acc)) in want.iter().enumerate() {
+        let l = &plan.layers[i];
+        assert_eq!(l.kernel, Some(KernelKind::Int8Dot));
+        assert_eq!(l.rows, rows, "conv {i}");
+        assert_eq!(l.scratch as usize, input + acc, "conv {i}");
+    }
+    assert_eq!(plan.scratch_bytes(), 18 * 18 * 16 + 4 * 16 * 64 * 4);
+    assert_eq!(
+        plan.arena_bytes(),
+        64 + plan.weights_bytes() + plan.activation_peak_bytes() + plan.scratch_bytes() + 63
+    );
+    let mut rng = Rng(29);
+    let image: Vec<u8> = (0..16 * 16 * 16).map(|_| rng.next() as u8).collect();
+    all_algos_agree(&bytes, &image);
+}

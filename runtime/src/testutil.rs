@@ -113,12 +113,42 @@ impl Builder {
         affine: bool,
         relu: bool,
     ) -> u16 {
+        self.conv_hw(
+            input,
+            cout,
+            [k, k],
+            [stride, stride],
+            [pad, pad],
+            groups,
+            wbits,
+            out_bits,
+            affine,
+            relu,
+        )
+    }
+
+    /// [`Builder::conv`] with kernel, stride and padding given per axis (rows, columns).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_hw(
+        &mut self,
+        input: u16,
+        cout: u32,
+        k: [u16; 2],
+        stride: [u16; 2],
+        pad: [u16; 2],
+        groups: u32,
+        wbits: u8,
+        out_bits: u8,
+        affine: bool,
+        relu: bool,
+    ) -> u16 {
         let ish = self.shape(input);
         let cin_g = ish.c / groups;
-        let n = (cout * k as u32 * k as u32 * cin_g) as usize;
+        let (kh, kw) = (u32::from(k[0]), u32::from(k[1]));
+        let n = (cout * kh * kw * cin_g) as usize;
         let codes: Vec<u8> = (0..n).map(|_| self.rng.below(1 << wbits) as u8).collect();
-        let packed = pack_codes(&codes, cout, [k, k], cin_g, wbits).unwrap();
-        let taps = (k as u32 * k as u32 * cin_g) as f64;
+        let packed = pack_codes(&codes, cout, k, cin_g, wbits).unwrap();
+        let taps = (kh * kw * cin_g) as f64;
         // Scale the raw quantizer to the accumulator's typical size (sqrt(taps) * spread).
         let shift = 20u8;
         let mult = ((1u64 << shift) as f64 * 8.0 / (taps.sqrt() * 4.0 * (1 << wbits) as f64))
@@ -152,8 +182,8 @@ impl Builder {
         };
         let osh = Shape::new(
             cout,
-            (ish.h + 2 * pad as u32 - k as u32) / stride as u32 + 1,
-            (ish.w + 2 * pad as u32 - k as u32) / stride as u32 + 1,
+            (ish.h + 2 * u32::from(pad[0]) - kh) / u32::from(stride[0]) + 1,
+            (ish.w + 2 * u32::from(pad[1]) - kw) / u32::from(stride[1]) + 1,
         );
         let output = self.tensor(osh, odt);
         self.model.layer(OwnedLayer::Conv(OwnedConv {
@@ -161,9 +191,9 @@ impl Builder {
             output,
             out_channels: cout,
             in_channels: ish.c,
-            kernel: [k, k],
-            stride: [stride, stride],
-            padding: [pad, pad],
+            kernel: k,
+            stride,
+            padding: pad,
             groups,
             weight_bits: wbits,
             codes: packed,

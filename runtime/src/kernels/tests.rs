@@ -646,3 +646,53 @@ fn kernel_speed() {
         report(&line);
     }
 }
+
+/// The portable int8 dot takes prepared weights of at least `prepared_len` bytes (the
+/// contract's "at least"): a longer buffer gives the same sums. A shorter one is outside the
+/// contract: the portable kernel then returns with `acc` untouched instead of indexing past
+/// the weights (a panic).
+#[test]
+fn portable_int8_dot_takes_weights_of_at_least_prepared_len() {
+    // A 1x1 conv, 4 channels in and out, on one 8-bit pixel.
+    let s = ConvShape {
+        hp: 1,
+        wp: 1,
+        c: 4,
+        oh: 1,
+        ow: 1,
+        cout: 4,
+        kh: 1,
+        kw: 1,
+        sh: 1,
+        sw: 1,
+        groups: 1,
+        cin_g: 4,
+        cout_g: 4,
+        wbits: 2,
+        abits: 8,
+        cw: 1,
+        ph: 0,
+        pw: 0,
+    };
+    let x = [1u8, 2, 3, 200];
+    let num: [i8; 16] = [1, -1, 3, -3, 3, 3, 3, 3, -3, -1, 1, 3, -1, -1, -1, 1];
+    let want: Vec<i32> = (0..4)
+        .map(|o| {
+            (0..4)
+                .map(|i| i32::from(num[o * 4 + i]) * i32::from(x[i]))
+                .sum()
+        })
+        .collect();
+    assert_eq!(portable::int8_prepared_len(&s), 16);
+    let w: Vec<u8> = num.iter().map(|&v| v as u8).collect();
+    for extra in [0usize, 1, 64] {
+        let mut wl = w.clone();
+        wl.resize(16 + extra, 0x55);
+        let mut acc = [7i32; 4];
+        portable::int8_run(&s, &x, &wl, 0, 1, &mut acc);
+        assert_eq!(acc.to_vec(), want, "{extra} bytes past the weights");
+    }
+    let mut acc = [7i32; 4];
+    portable::int8_run(&s, &x, &w[..15], 0, 1, &mut acc);
+    assert_eq!(acc, [7; 4]);
+}

@@ -691,6 +691,50 @@ mod tests {
         }
     }
 
+    /// The Cortex-M4's 32-bit residual add takes a channel only when twice both its
+    /// multipliers fit `i32` (`|m| <= 2^30`, `-2^30` included); otherwise it refuses the rows
+    /// (returns false, output untouched) and the caller runs the 64-bit add.
+    #[test]
+    fn add_rows_m4_refuses_multipliers_whose_double_leaves_i32() {
+        let q = QParams {
+            scale: 1.0,
+            zp: 0,
+            bits: 8,
+        };
+        let (a, b) = ([3u8, 200], [7u8, 100]);
+        for (ma, mb, takes) in [
+            ([1, 1 << 20], [2, -(1 << 30)], true),
+            ([1, (1 << 30) - 1], [2, 3], true),
+            ([1, 1 << 30], [2, 3], false),
+            ([1, 2], [1 << 30, 3], false),
+            ([i32::MIN, 2], [1, 3], false),
+            ([1, 2], [3, i32::MAX], false),
+        ] {
+            let (mab, mbb, bias) = (i32_bytes(&ma), i32_bytes(&mb), i32_bytes(&[0, 0]));
+            let p = AddParams {
+                shift: 40,
+                mult_a: I32s(&mab),
+                mult_b: I32s(&mbb),
+                bias: I32s(&bias),
+                relu: false,
+            };
+            let mut got = [9u8; 2];
+            assert_eq!(
+                add_rows_m4(&a, &b, &q, &q, &p, &q, 2, &mut got),
+                takes,
+                "{ma:?} {mb:?}"
+            );
+            if takes {
+                let want: Vec<u8> = (0..2)
+                    .map(|k| add_code(q.centred(a[k]), q.centred(b[k]), &p, k, &q))
+                    .collect();
+                assert_eq!(got.to_vec(), want);
+            } else {
+                assert_eq!(got, [9; 2], "refused rows are left as they were");
+            }
+        }
+    }
+
     /// Accumulator and multiplier extremes with shifts 1 and 62, every output width.
     #[test]
     fn requant_extremes() {
@@ -782,6 +826,10 @@ mod tests {
             let mut got = vec![99u8; nd * cout];
             (RowOps::native().requant)(&raw, Some(&aff), &outq, cout, acc, &mut got);
             assert_eq!(got, want, "native {na} {nd}");
+            // And the Cortex-M4's 32-bit variant.
+            let mut got = vec![99u8; nd * cout];
+            requant_m4(&raw, Some(&aff), &outq, cout, acc, &mut got);
+            assert_eq!(got, want, "m4 {na} {nd}");
         }
     }
 

@@ -16,12 +16,33 @@ fn cpu_ms() -> f64 {
 use slb_format::Model;
 use slb_runtime::{run, Engine, Plan, PlanOptions};
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let bytes = std::fs::read(&args[0]).expect("read model");
-    let secs: f64 = args.get(1).map_or(2.0, |s| s.parse().unwrap());
-    let model = Model::parse(&bytes).expect("parse");
-    let plan = Plan::with_options(&model, Engine::Packed, PlanOptions::default()).expect("plan");
+    match profile(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn profile(args: &[String]) -> Result<(), String> {
+    let path = args
+        .first()
+        .ok_or("usage: prof_model MODEL.slb [SECONDS]")?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let secs: f64 = match args.get(1) {
+        None => 2.0,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v > 0.0)
+            .ok_or_else(|| format!("SECONDS: {s:?} is not a positive number"))?,
+    };
+    let model = Model::parse(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    let plan = Plan::with_options(&model, Engine::Packed, PlanOptions::default())
+        .map_err(|e| format!("{path}: {e}"))?;
     if std::env::var("PLAN").is_ok() {
         println!(
             "arena {} B (weights {}, activations {}, scratch {})",
@@ -35,28 +56,30 @@ fn main() {
         }
     }
     let mut arena = vec![0u8; plan.arena_bytes()];
-    let n_in: usize = {
-        let s = model.input.shape;
-        (s.c * s.h * s.w) as usize
-    };
-    let image: Vec<u8> = (0..n_in).map(|i| (i * 7 % 251) as u8).collect();
-    let mut logits = vec![0f32; 10];
-    run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
+    let s = model.input.shape;
+    let image: Vec<u8> = (0..(s.c * s.h * s.w) as usize)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let classes = model.tensor(model.output).map_or(0, |t| t.shape.c as usize);
+    let mut logits = vec![0f32; classes];
+    let mut infer =
+        || run(&model, &plan, &mut arena, &image, &mut logits).map_err(|e| format!("{path}: {e}"));
+    infer()?;
     let mut v = Vec::new();
     let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < secs {
+    while t0.elapsed().as_secs_f64() < secs || v.is_empty() {
         let t = cpu_ms();
         for _ in 0..20 {
-            run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
+            infer()?;
         }
         v.push((cpu_ms() - t) / 20.0);
     }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     println!(
-        "{} min {:.3} ms median {:.3} ms logits[0] {}",
-        args[0],
+        "{path} min {:.3} ms median {:.3} ms logits[0] {}",
         v[0],
         v[v.len() / 2],
-        logits[0]
+        logits.first().copied().unwrap_or(f32::NAN)
     );
+    Ok(())
 }

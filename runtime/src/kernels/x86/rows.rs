@@ -83,111 +83,71 @@ unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
     plane!(7);
 }
 
-/// The driver's requantization (`quant::requant`, same result) compiled with AVX2, so that
-/// LLVM vectorises its i64 arithmetic (`vpmuldq`, `vpcmpgtq`) 4 lanes wide.
-pub(super) fn requant_avx2(
-    raw: &RawQuant,
-    aff: Option<&ChannelAffine<'_>>,
-    outq: &QParams,
-    cout: usize,
-    acc: &[i32],
-    dst: &mut [u8],
-) {
-    #[target_feature(enable = "avx2")]
-    fn body(
-        raw: &RawQuant,
-        aff: Option<&ChannelAffine<'_>>,
-        outq: &QParams,
-        cout: usize,
-        acc: &[i32],
-        dst: &mut [u8],
-    ) {
-        quant::requant(raw, aff, outq, cout, acc, dst);
-    }
-    // SAFETY: `row_ops` hands this function out only where AVX2 is present.
-    unsafe { body(raw, aff, outq, cout, acc, dst) }
+/// `quant::requant` and `quant::add_rows` (same results) compiled with the target features
+/// `$features`, so that LLVM vectorises their i64 arithmetic as wide as the CPU allows: two
+/// plain functions (`$requant`, `$add_rows`) for [`RowOps`], which `row_ops` hands out only
+/// where those features are present.
+macro_rules! row_ops_with {
+    ($features:literal, $requant:ident, $add_rows:ident) => {
+        pub(super) fn $requant(
+            raw: &RawQuant,
+            aff: Option<&ChannelAffine<'_>>,
+            outq: &QParams,
+            cout: usize,
+            acc: &[i32],
+            dst: &mut [u8],
+        ) {
+            #[target_feature(enable = $features)]
+            fn body(
+                raw: &RawQuant,
+                aff: Option<&ChannelAffine<'_>>,
+                outq: &QParams,
+                cout: usize,
+                acc: &[i32],
+                dst: &mut [u8],
+            ) {
+                quant::requant(raw, aff, outq, cout, acc, dst);
+            }
+            // SAFETY: `row_ops` hands this function out only where `$features` are present.
+            unsafe { body(raw, aff, outq, cout, acc, dst) }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn $add_rows(
+            a: &[u8],
+            b: &[u8],
+            qa: &QParams,
+            qb: &QParams,
+            p: &AddParams<'_>,
+            qo: &QParams,
+            c: usize,
+            out: &mut [u8],
+        ) {
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = $features)]
+            fn body(
+                a: &[u8],
+                b: &[u8],
+                qa: &QParams,
+                qb: &QParams,
+                p: &AddParams<'_>,
+                qo: &QParams,
+                c: usize,
+                out: &mut [u8],
+            ) {
+                quant::add_rows(a, b, qa, qb, p, qo, c, out);
+            }
+            // SAFETY: as above.
+            unsafe { body(a, b, qa, qb, p, qo, c, out) }
+        }
+    };
 }
 
-/// The residual add (`quant::add_rows`, same result) compiled with AVX2.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn add_rows_avx2(
-    a: &[u8],
-    b: &[u8],
-    qa: &QParams,
-    qb: &QParams,
-    p: &AddParams<'_>,
-    qo: &QParams,
-    c: usize,
-    out: &mut [u8],
-) {
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2")]
-    fn body(
-        a: &[u8],
-        b: &[u8],
-        qa: &QParams,
-        qb: &QParams,
-        p: &AddParams<'_>,
-        qo: &QParams,
-        c: usize,
-        out: &mut [u8],
-    ) {
-        quant::add_rows(a, b, qa, qb, p, qo, c, out);
-    }
-    // SAFETY: `row_ops` hands this function out only where AVX2 is present.
-    unsafe { body(a, b, qa, qb, p, qo, c, out) }
-}
-
-/// The driver's requantization (`quant::requant`, same result) compiled with AVX-512.
-pub(super) fn requant_avx512(
-    raw: &RawQuant,
-    aff: Option<&ChannelAffine<'_>>,
-    outq: &QParams,
-    cout: usize,
-    acc: &[i32],
-    dst: &mut [u8],
-) {
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
-    fn body(
-        raw: &RawQuant,
-        aff: Option<&ChannelAffine<'_>>,
-        outq: &QParams,
-        cout: usize,
-        acc: &[i32],
-        dst: &mut [u8],
-    ) {
-        quant::requant(raw, aff, outq, cout, acc, dst);
-    }
-    // SAFETY: `row_ops` hands this function out only where AVX-512 F/BW/DQ/VL is present.
-    unsafe { body(raw, aff, outq, cout, acc, dst) }
-}
-
-/// The residual add (`quant::add_rows`, same result) compiled with AVX-512.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn add_rows_avx512(
-    a: &[u8],
-    b: &[u8],
-    qa: &QParams,
-    qb: &QParams,
-    p: &AddParams<'_>,
-    qo: &QParams,
-    c: usize,
-    out: &mut [u8],
-) {
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512dq,avx512vl")]
-    fn body(
-        a: &[u8],
-        b: &[u8],
-        qa: &QParams,
-        qb: &QParams,
-        p: &AddParams<'_>,
-        qo: &QParams,
-        c: usize,
-        out: &mut [u8],
-    ) {
-        quant::add_rows(a, b, qa, qb, p, qo, c, out);
-    }
-    // SAFETY: `row_ops` hands this function out only where AVX-512 F/BW/DQ/VL is present.
-    unsafe { body(a, b, qa, qb, p, qo, c, out) }
-}
+// AVX2: `vpmuldq`, `vpcmpgtq`, 4 lanes.
+row_ops_with!("avx2", requant_avx2, add_rows_avx2);
+// AVX-512 F/BW/DQ/VL: 8 lanes.
+row_ops_with!(
+    "avx2,avx512f,avx512bw,avx512dq,avx512vl",
+    requant_avx512,
+    add_rows_avx512
+);

@@ -6,6 +6,9 @@
 //!   pooling): W1A1, W1A8, W2A8, W4A8, and the float side (`f32-inhouse`: the runtime's float
 //!   executor; `f32-torch`: libtorch's CPU conv through tch, with `--features torch`).
 //! * `resnet18/<bits>/packed` and `resnet18/f32-*/float`: the whole network.
+//! * `kernel/<kernel>/<bits>-<shape>`: one conv layer per kernel that can run it on this CPU
+//!   (`PlanOptions::kernel`), W1A8 and W1A1 on the shapes where the planner's choice matters.
+//!   `cargo bench --bench main -- kernel/` runs only these.
 //!
 //! Time is the thread's CPU time (see `benchmarks/cputime.rs`); throughput is conv MACs per ns. After
 //! criterion's own report a markdown summary (median MAC/ns and speed-up over float) is
@@ -20,7 +23,7 @@ use std::time::Duration;
 use criterion::Criterion;
 
 use benchmarks::cputime::CpuTime;
-use benchmarks::{common, conv, network};
+use benchmarks::{common, conv, kernels, network};
 
 fn main() {
     #[cfg(feature = "torch")]
@@ -34,6 +37,7 @@ fn main() {
         .configure_from_args();
     conv::bench(&mut c);
     network::bench(&mut c);
+    kernels::bench(&mut c);
     c.final_summary();
     summary();
 }
@@ -118,6 +122,7 @@ fn summary() {
             println!("{line}{ratios}");
         }
     }
+    kernel_summary();
     println!("\n## ResNet18-CIFAR, whole network (ms per image; speed-up over {float})\n");
     println!("| model | ms | MAC/ns | speed-up | conv weights |");
     println!("|---|---:|---:|---:|---:|");
@@ -146,6 +151,47 @@ fn summary() {
                     f32b as f64 / 1e6
                 );
             }
+        }
+    }
+}
+
+/// The `kernel` group as one table per bit pair: median MAC/ns of each kernel per shape.
+fn kernel_summary() {
+    for (wb, ab) in kernels::BITS {
+        let cases: Vec<(String, f64, Vec<slb::runtime::KernelKind>)> = kernels::SHAPES
+            .iter()
+            .map(|&(ch, s, k)| {
+                let macs = (ch as u64 * ch as u64 * (s * s) as u64 * (k as u64).pow(2)) as f64;
+                let kinds = kernels::kernels_for(&conv::model(ch, s, k, wb, ab));
+                (kernels::case_name(wb, ab, ch, s, k), macs, kinds)
+            })
+            .collect();
+        let mut kinds: Vec<slb::runtime::KernelKind> = Vec::new();
+        for (_, _, ks) in &cases {
+            for k in ks {
+                if !kinds.contains(k) {
+                    kinds.push(*k);
+                }
+            }
+        }
+        println!("\n## One conv layer per kernel, W{wb}A{ab} (median MAC/ns, whole layer)\n");
+        let mut head = String::from("| shape |");
+        let mut rule = String::from("|---|");
+        for k in &kinds {
+            head += &format!(" {} |", k.name());
+            rule += "---:|";
+        }
+        println!("{head}\n{rule}");
+        for (name, macs, ks) in &cases {
+            let mut line = format!("| {name} |");
+            for k in &kinds {
+                let t = ks
+                    .contains(k)
+                    .then(|| median_ns("kernel", &k.name().replace('/', "-"), name))
+                    .flatten();
+                line += &format!(" {} |", cell(*macs, t));
+            }
+            println!("{line}");
         }
     }
 }

@@ -16,11 +16,16 @@ impl<'a> Ready<'a> {
     /// Parses `bytes`, plans for `engine` (portable kernels only when `portable`), prepares the
     /// weights and makes a deterministic random image.
     pub fn new(bytes: &'a [u8], engine: Engine, portable: bool) -> Ready<'a> {
-        let model = Model::parse(bytes).expect("synthetic model parses");
         let opts = PlanOptions {
             portable_only: portable,
             ..PlanOptions::default()
         };
+        Ready::with_options(bytes, engine, opts)
+    }
+
+    /// [`Ready::new`] with any plan options.
+    pub fn with_options(bytes: &'a [u8], engine: Engine, opts: PlanOptions) -> Ready<'a> {
+        let model = Model::parse(bytes).expect("synthetic model parses");
         let plan = Plan::with_options(&model, engine, opts).expect("plan");
         let mut arena = vec![0u8; plan.arena_bytes()];
         prepare(&model, &plan, &mut arena).expect("prepare");

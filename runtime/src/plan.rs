@@ -85,6 +85,11 @@ pub struct PlanOptions {
     /// Run every conv with this algorithm instead of the default rule (an error where it
     /// cannot run a layer, e.g. [`Algo::Xnor`] on a 2-bit layer).
     pub force: Option<Algo>,
+    /// Run every conv this kernel can run (its algorithm and shape fit) with it, ahead of
+    /// `force` and the default rule, which choose for the others; an error at the first such
+    /// conv when this CPU lacks the kernel. For measuring one kernel against another on the
+    /// same layer (`benches/`, group `kernel`).
+    pub kernel: Option<KernelKind>,
     /// Use the portable kernels only (no SIMD), e.g. to measure the SIMD speed-up.
     pub portable_only: bool,
     /// The kernel cost table the default choice and [`Plan::fit`] rank kernels by
@@ -98,6 +103,7 @@ impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             force: None,
+            kernel: None,
             portable_only: false,
             costs: CostModel::NATIVE,
         }
@@ -110,6 +116,7 @@ impl PlanOptions {
     pub const fn for_board(costs: CostModel) -> PlanOptions {
         PlanOptions {
             force: None,
+            kernel: None,
             portable_only: true,
             costs,
         }
@@ -267,8 +274,8 @@ impl Plan {
             return Ok(plan);
         }
         let mut smallest = plan.arena_bytes();
-        // Only packed convs without a forced algorithm can move.
-        let movable = engine == Engine::Packed && opts.force.is_none();
+        // Only packed convs without a forced algorithm or kernel can move.
+        let movable = engine == Engine::Packed && opts.force.is_none() && opts.kernel.is_none();
         loop {
             // (freed bytes per unit of added cost, layer)
             let mut best: Option<(u64, usize)> = None;
@@ -547,12 +554,19 @@ fn conv_plan(
             scratch: 0,
         });
     }
-    let k = match opts.force {
-        None if in_place.contains(i) => {
+    let k = match (opts.kernel, opts.force) {
+        (Some(KernelKind::Reference), _) => None,
+        (Some(kind), _) if kernels::kind_fits(kind, &s) => {
+            Some(kernels::by_kind(kind).ok_or(Error::KernelUnavailable {
+                layer: li,
+                kernel: kind.name(),
+            })?)
+        }
+        (_, None) if in_place.contains(i) => {
             kernels::smallest_kernel(&s, opts.portable_only, opts.costs)
         }
-        None => kernels::default_kernel(&s, opts.portable_only, opts.costs),
-        Some(algo) => forced_kernel(algo, &s, opts.portable_only, li)?,
+        (_, None) => kernels::default_kernel(&s, opts.portable_only, opts.costs),
+        (_, Some(algo)) => forced_kernel(algo, &s, opts.portable_only, li)?,
     };
     let Some(k) = k else {
         // The reference loop nest: all rows at once, its accumulators in the scratch.

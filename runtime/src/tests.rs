@@ -187,6 +187,66 @@ fn all_algos_agree(bytes: &[u8], image: &[u8]) -> Vec<f32> {
     want
 }
 
+/// `PlanOptions::kernel` runs every conv the named kernel fits with it and the others by the
+/// default rule, with the logits of the default plan; a kernel this CPU or build lacks is an
+/// error naming it, at the first conv it fits.
+#[test]
+fn plan_option_kernel_runs_the_convs_it_fits_with_that_kernel() {
+    for (wbits, abits) in [(1u8, 1u8), (1, 8), (2, 4)] {
+        let bytes = resnet(8, 8, 1, wbits, abits, 3 + u64::from(wbits * 10 + abits));
+        let model = Model::parse(&bytes).unwrap();
+        let mut rng = Rng(9);
+        let image: Vec<u8> = (0..3 * 8 * 8).map(|_| rng.next() as u8).collect();
+        let default = Plan::new(&model, Engine::Packed).unwrap();
+        let logits = |plan: &Plan| {
+            let mut arena = vec![0u8; plan.arena_bytes()];
+            let mut out = vec![0f32; plan.output_len()];
+            run(&model, plan, &mut arena, &image, &mut out).unwrap();
+            out
+        };
+        let want = logits(&default);
+        let mut used = 0;
+        for kind in KernelKind::ALL {
+            let opts = PlanOptions {
+                kernel: Some(kind),
+                ..PlanOptions::default()
+            };
+            let fits: Vec<bool> = model
+                .layers
+                .iter()
+                .map(|l| match l {
+                    slb_format::Layer::Conv(c) => {
+                        let s = crate::plan::conv_shape(&c, &default.tensors).unwrap();
+                        crate::kernels::kind_fits(kind, &s)
+                    }
+                    _ => false,
+                })
+                .collect();
+            let available =
+                kind == KernelKind::Reference || crate::kernels::by_kind(kind).is_some();
+            match Plan::with_options(&model, Engine::Packed, opts) {
+                Ok(plan) => {
+                    assert!(available || !fits.contains(&true), "{kind:?}");
+                    for (i, &f) in fits.iter().enumerate() {
+                        let want_kind = if f { Some(kind) } else { default.kernel(i) };
+                        assert_eq!(plan.kernel(i), want_kind, "{kind:?} layer {i}");
+                    }
+                    assert_eq!(logits(&plan), want, "{kind:?} W{wbits}A{abits}");
+                    used += usize::from(fits.contains(&true));
+                }
+                Err(Error::KernelUnavailable { layer, kernel }) => {
+                    assert!(!available, "{kind:?}");
+                    assert_eq!(kernel, kind.name());
+                    assert_eq!(fits.iter().position(|&f| f), Some(usize::from(layer)));
+                }
+                Err(e) => panic!("{kind:?}: {e}"),
+            }
+        }
+        // At least the portable kernels and the reference ran every model.
+        assert!(used >= 3, "W{wbits}A{abits}: {used} kernels used");
+    }
+}
+
 #[test]
 fn small_resnets_agree_across_kernels() {
     for (wbits, abits) in [(1u8, 1u8), (1, 2), (2, 4), (4, 8), (1, 8)] {

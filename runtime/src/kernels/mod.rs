@@ -465,9 +465,9 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
 }
 
 /// Whether kernel `kind` can run a conv of this shape: its algorithm fits, and a table-lookup
-/// kernel needs 1-bit weights and 2- to 8-bit codes ([`lut_fits`]). (The planner reaches the
-/// table-lookup kernel only through `select`, which checks the shape; the tests ask this.)
-#[cfg(test)]
+/// kernel needs 1-bit weights and 2- to 8-bit codes ([`lut_fits`]). (The default rule reaches
+/// the table-lookup kernel through `select`, which checks the shape; a kernel named in
+/// [`crate::PlanOptions::kernel`] and the tests ask this.)
 pub(crate) fn kind_fits(kind: KernelKind, s: &ConvShape) -> bool {
     kind.algo().is_some_and(|a| algo_fits(a, s))
         && (kind != KernelKind::Int8LutAvx512 || lut_fits(s))
@@ -537,13 +537,13 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         KernelKind::Int8DotAvx2 => 40,
         KernelKind::BitSerialAvx2 => 25,
         KernelKind::XnorAvx2 => 25,
-        // VNNI: an estimate (4x the int8 work of AVX2 per instruction) that the `kernel_speed`
-        // test bore out on a Zen 5 core: 480-530 MAC/ns, against 180-220 for AVX2 on the same
-        // core. VPOPCNTQ replaces the AVX2 nibble-table popcount (estimates).
+        // VNNI: an estimate (4x the int8 work of AVX2 per instruction) that a kernel-only
+        // timing bore out on a Zen 5 core: 480-530 MAC/ns, against 180-220 for AVX2 on the same
+        // core (docs/PERFORMANCE.md; `benches/`, group `kernel`, compares whole layers). VPOPCNTQ replaces the AVX2 nibble-table popcount (estimates).
         KernelKind::Int8DotVnni => 16,
         // Per 64 multiply-adds of the lookups; building the tables costs `LUT_TABLE_COST`
         // more per table (see `cost`). Calibrated against `Int8DotVnni`'s 16 with the
-        // `kernel_speed` test on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
+        // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
         KernelKind::Int8LutAvx512 => 13,
         KernelKind::BitSerialAvx512 => 8,

@@ -377,6 +377,9 @@ pub(crate) fn requant(
     if cfg!(target_arch = "arm") {
         return requant_m4(raw, aff, outq, cout, acc, dst);
     }
+    if lanes32_fit(raw, aff) {
+        return requant_lanes32(raw, aff, outq, cout, acc, dst);
+    }
     let s1 = u32::from(raw.shift.clamp(1, 62));
     let r1 = 1i64 << (s1 - 1);
     let m1 = i64::from(raw.mult);
@@ -431,6 +434,99 @@ pub(crate) fn requant(
             } else {
                 for (((d, &a), &m), &b) in d.iter_mut().zip(a).zip(mult).zip(bias) {
                     *d = (v(a, m, b) + zp2).max(lo2).min(hi2) as u8;
+                }
+            }
+        }
+        c0 += n;
+    }
+}
+
+/// Whether [`requant_lanes32`] is exact for these parameters: stage 1 shifts by at least 33
+/// (the trained models' 34-37) and its zero point is within `2^30`; stage 2, if any, shifts by
+/// 16 to 47 (the trained models' 24-25) and its input zero point is a code of stage 1 (so the
+/// centred code is within 255). The output zero point is a code, as [`QParams`] has it
+/// everywhere.
+#[inline(always)]
+fn lanes32_fit(raw: &RawQuant, aff: Option<&ChannelAffine<'_>>) -> bool {
+    let qmax1 = (1i32 << raw.bits.min(8)) - 1;
+    raw.shift.clamp(1, 62) >= 33
+        && raw.zero_point.unsigned_abs() <= 1 << 30
+        && aff.is_none_or(|a| (16..=47).contains(&a.shift) && (0..=qmax1).contains(&raw.zero_point))
+}
+
+/// [`requant`] in 32-bit lanes, for SIMD units whose 64-bit multiplies are half as wide (or
+/// slower): the same result wherever [`lanes32_fit`] holds. Stage 1 takes the high word of the
+/// product, `h = (acc * mult) >> 32`, and `(acc * mult + 2^(s1-1)) >> s1 == (h + 2^(s1-33)) >>
+/// (s1 - 32)` for `s1 >= 33` (the low word cannot carry into a shift of 2 or more). Stage 2
+/// splits the multiplier and the rounded bias into 16-bit halves, `m = mh 2^16 + ml` and `b +
+/// 2^(s2-1) = bh 2^16 + bl` (`ml`, `bl` in `0..2^16`), so that with `d` the centred code
+/// (`|d| <= 255`) `y = d ml + bl` and `x = d mh + bh + (y >> 16)` stay inside i32 and
+/// `(d m + b + 2^(s2-1)) >> s2 == x >> (s2 - 16)`; the sign of `x` is the sign of the sum.
+/// Checked against [`requant_ref`] by the proptest `requant_matches_reference` and the bounds
+/// by `requant_lanes32_at_its_bounds`.
+#[inline(always)]
+fn requant_lanes32(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    let sh1 = u32::from(raw.shift.clamp(1, 62)) - 32;
+    let c1 = 1i32 << (sh1 - 1);
+    let m1 = i64::from(raw.mult);
+    let zp1 = raw.zero_point;
+    let qmax1 = (1i32 << raw.bits.min(8)) - 1;
+    let st1 = move |a: i32| -> i32 {
+        let h = ((i64::from(a) * m1) >> 32) as i32;
+        ((h + c1) >> sh1) + zp1
+    };
+    let Some(aff) = aff else {
+        for (d, &a) in dst.iter_mut().zip(acc) {
+            *d = st1(a).max(0).min(qmax1) as u8;
+        }
+        return;
+    };
+    if cout == 0 {
+        return;
+    }
+    let zp_raw = raw.zero_point;
+    let sh2 = u32::from(aff.shift) - 16;
+    let r2 = 1i64 << (aff.shift - 1);
+    let sign = outq.bits == 1;
+    let zp2 = outq.zp;
+    let lo2 = if aff.relu { zp2 } else { 0 };
+    let hi2 = outq.qmax();
+    let npx = (dst.len() / cout).min(acc.len() / cout);
+    let (mut mh, mut ml) = ([0i32; RQ_BLOCK], [0i32; RQ_BLOCK]);
+    let (mut bh, mut bl) = ([0i32; RQ_BLOCK], [0i32; RQ_BLOCK]);
+    let mut c0 = 0;
+    while c0 < cout {
+        let n = (cout - c0).min(RQ_BLOCK);
+        for i in 0..n {
+            let p = affine_at(aff, c0 + i);
+            let b = i64::from(p.bias) + r2;
+            (mh[i], ml[i]) = (p.mult >> 16, p.mult & 0xffff);
+            (bh[i], bl[i]) = ((b >> 16) as i32, (b & 0xffff) as i32);
+        }
+        let (mh, ml, bh, bl) = (&mh[..n], &ml[..n], &bh[..n], &bl[..n]);
+        // `x` of the doc comment for channel `c0 + j`.
+        let x = move |a: i32, j: usize| -> i32 {
+            let d = st1(a).max(0).min(qmax1) - zp_raw;
+            let y = d * ml[j] + bl[j];
+            d * mh[j] + bh[j] + (y >> 16)
+        };
+        for px in 0..npx {
+            let o = px * cout + c0;
+            let (a, d) = (&acc[o..o + n], &mut dst[o..o + n]);
+            if sign {
+                for j in 0..n {
+                    d[j] = u8::from(x(a[j], j) >= 0);
+                }
+            } else {
+                for j in 0..n {
+                    d[j] = ((x(a[j], j) >> sh2) + zp2).max(lo2).min(hi2) as u8;
                 }
             }
         }
@@ -637,6 +733,82 @@ mod tests {
         }
     }
 
+    /// The 32-bit lanes of [`requant`] (`requant_lanes32`) take exactly the parameters where
+    /// they are exact: at each bound of [`lanes32_fit`], just inside and just outside it and at
+    /// the extremes (raw zero points of `i32::MIN` / `i32::MAX`, shifts of 32, 15 and 48, which
+    /// overflow the lanes), the driver's requantization equals the reference on accumulators
+    /// and per-channel parameters across the i32 range. (Output zero points are codes, as
+    /// everywhere: the reference's clamp needs them inside the code range.)
+    #[test]
+    fn requant_lanes32_at_its_bounds() {
+        let mut rng = crate::testutil::Rng(41);
+        let wide = |rng: &mut crate::testutil::Rng| -> i32 {
+            match rng.below(4) {
+                0 => [i32::MIN, i32::MAX, 0, -1][rng.below(4) as usize],
+                1 => rng.next() as i32 >> rng.below(31),
+                _ => rng.next() as i32,
+            }
+        };
+        let big = 1i32 << 30;
+        // (raw shift, raw zero point, affine shift, output zero point, output bits)
+        let mut cases = vec![];
+        for s1 in [32u8, 33, 34, 62] {
+            cases.push((s1, 3, 24, 5, 8u8));
+        }
+        for zp1 in [big, -big, big + 1, -big - 1, i32::MAX, i32::MIN] {
+            cases.push((36, zp1, 0, 0, 8));
+        }
+        for s2 in [15u8, 16, 17, 46, 47, 48, 62] {
+            cases.push((36, 7, s2, 3, 8));
+            cases.push((36, 7, s2, 0, 1));
+        }
+        for zp_raw in [-1, 0, 255, 256, -70_000, 70_000] {
+            cases.push((35, zp_raw, 25, 9, 8));
+        }
+        for zp2 in [0, 255] {
+            cases.push((35, 4, 25, zp2, 8));
+        }
+        let cout = 67;
+        for (s1, zp1, s2, zp2, out_bits) in cases {
+            for round in 0..20 {
+                let acc: Vec<i32> = (0..3 * cout).map(|_| wide(&mut rng)).collect();
+                let mult: Vec<i32> = (0..cout).map(|_| wide(&mut rng)).collect();
+                let bias: Vec<i32> = (0..cout).map(|_| wide(&mut rng)).collect();
+                let (mult, bias) = (i32_bytes(&mult), i32_bytes(&bias));
+                let raw = RawQuant {
+                    mult: wide(&mut rng),
+                    shift: s1,
+                    zero_point: zp1,
+                    bits: 8,
+                    scale: 1.0,
+                };
+                let aff = ChannelAffine {
+                    shift: s2,
+                    mult: I32s(&mult),
+                    bias: I32s(&bias),
+                    relu: round % 2 == 0,
+                };
+                let aff = (s2 != 0).then_some(&aff);
+                let outq = QParams {
+                    scale: 1.0,
+                    zp: zp2,
+                    bits: out_bits,
+                };
+                let mut want = vec![7u8; acc.len()];
+                requant_ref(&raw, aff, &outq, cout, &acc, &mut want);
+                let mut got = vec![7u8; acc.len()];
+                requant(&raw, aff, &outq, cout, &acc, &mut got);
+                assert_eq!(
+                    got, want,
+                    "s1 {s1} zp1 {zp1} s2 {s2} zp2 {zp2} bits {out_bits}"
+                );
+                let mut got = vec![7u8; acc.len()];
+                (RowOps::native().requant)(&raw, aff, &outq, cout, &acc, &mut got);
+                assert_eq!(got, want, "native: s1 {s1} zp1 {zp1} s2 {s2} zp2 {zp2}");
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
         /// The blocked residual add against the element-wise one, bit for bit.
@@ -784,23 +956,83 @@ mod tests {
         }
     }
 
+    /// The trained models' requantization parameters (stage 1 shifts of 34-37, stage 2 shifts
+    /// of 24-25, zero points of 8-bit codes) take the 32-bit lanes, and the lanes refuse what
+    /// their doc comment excludes: a stage-1 shift below 33, a stage-2 shift outside 16-47, a
+    /// stage-1 zero point past `2^30`, and with stage 2 a raw zero point outside the codes.
+    #[test]
+    fn requant_lanes32_takes_the_trained_models_parameters() {
+        let raw = |shift: u8, zero_point: i32, bits: u8| RawQuant {
+            mult: 1_500_000_000,
+            shift,
+            zero_point,
+            bits,
+            scale: 1.0,
+        };
+        let aff = |shift: u8| ChannelAffine {
+            shift,
+            mult: I32s(&[]),
+            bias: I32s(&[]),
+            relu: true,
+        };
+        for shift in 34..=37 {
+            assert!(lanes32_fit(&raw(shift, 130, 8), None));
+            for s2 in [24, 25] {
+                assert!(lanes32_fit(&raw(shift, 130, 8), Some(&aff(s2))));
+            }
+        }
+        assert!(lanes32_fit(&raw(33, 1 << 30, 8), None));
+        assert!(lanes32_fit(&raw(33, -(1 << 30), 8), None));
+        assert!(lanes32_fit(&raw(62, 255, 8), Some(&aff(16))));
+        assert!(lanes32_fit(&raw(62, 0, 8), Some(&aff(47))));
+        assert!(lanes32_fit(&raw(40, 15, 4), Some(&aff(20))));
+        assert!(!lanes32_fit(&raw(32, 0, 8), None));
+        assert!(!lanes32_fit(&raw(33, (1 << 30) + 1, 8), None));
+        assert!(!lanes32_fit(&raw(33, -(1 << 30) - 1, 8), None));
+        assert!(!lanes32_fit(&raw(36, 130, 8), Some(&aff(15))));
+        assert!(!lanes32_fit(&raw(36, 130, 8), Some(&aff(48))));
+        assert!(!lanes32_fit(&raw(36, 256, 8), Some(&aff(24))));
+        assert!(!lanes32_fit(&raw(36, -1, 8), Some(&aff(24))));
+        assert!(!lanes32_fit(&raw(36, 16, 4), Some(&aff(24))));
+    }
+
     /// `acc` and `dst` of different lengths: the whole pixels both hold are written, as by
     /// the element-wise reference (which stops at the shorter one), the rest is untouched and
     /// nothing panics.
     #[test]
     fn requant_stops_at_the_shorter_buffer() {
+        // The 64-bit path (shifts 16 and 4) and the 32-bit lanes (shifts 35 and 20).
+        for (s1, m1, s2) in [(16, 12345, 4), (35, 1_500_000_000, 20)] {
+            requant_stops_at_the_shorter_buffer_with(s1, m1, s2);
+        }
+    }
+
+    fn requant_stops_at_the_shorter_buffer_with(s1: u8, m1: i32, s2: u8) {
+        assert_eq!(
+            lanes32_fit(
+                &RawQuant {
+                    shift: s1,
+                    zero_point: 8,
+                    bits: 4,
+                    mult: 0,
+                    scale: 1.0
+                },
+                None
+            ),
+            s1 >= 33
+        );
         let cout = 3;
         let acc: Vec<i32> = (0..4 * cout as i32).map(|i| i * 1000 - 5000).collect();
         let (mult, bias) = (i32_bytes(&[100, -200, 300]), i32_bytes(&[5, 0, -5]));
         let raw = RawQuant {
-            mult: 12345,
-            shift: 16,
+            mult: m1,
+            shift: s1,
             zero_point: 8,
             bits: 4,
             scale: 1.0,
         };
         let aff = ChannelAffine {
-            shift: 4,
+            shift: s2,
             mult: I32s(&mult),
             bias: I32s(&bias),
             relu: false,

@@ -408,6 +408,35 @@ fn kernels_match_reference_on_wide_inputs() {
 }
 
 #[test]
+fn kernels_match_reference_on_wide_outputs_at_every_tile_width() {
+    // Enough output channels for tiles of 4 blocks (70: 16-lane blocks 4 + 1, 32-lane 2 + 1),
+    // and calls of 4, 5, 10 and 30 pixels: the tile drivers' full tiles, their narrower tiles
+    // for what is left, and single pixels.
+    let mut total = 0;
+    for (w, rows) in [(4u32, 1usize), (5, 1), (5, 2), (10, 3)] {
+        for (wbits, abits) in [(1u8, 8u8), (1, 1), (2, 2)] {
+            let c = Case {
+                cin_g: 20,
+                groups: 1,
+                cout_g: 70,
+                k: (3, 3),
+                stride: (1, 1),
+                pad: (1, 1),
+                h: 3,
+                w,
+                wbits,
+                abits,
+                zp: if abits == 1 { 0 } else { 3 },
+                rows,
+                seed: 7 + u64::from(w) * 10 + rows as u64,
+            };
+            total += check_case(&c);
+        }
+    }
+    assert!(total >= 4 * 3 * 2);
+}
+
+#[test]
 fn kernels_match_reference_on_large_windows() {
     // A 9x9 window (81 taps) is more than the sign-weight kernel's mask buffer holds for one
     // chunk of taps (72 at two words), so its taps run in chunks; 1-bit weights, every

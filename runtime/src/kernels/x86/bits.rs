@@ -427,7 +427,7 @@ unsafe fn bits_avx2_impl<const XNOR: bool>(
 ) {
     // SAFETY: forwarded preconditions.
     unsafe {
-        BitsCall::<Avx2Popcount, XNOR>::new(s, x, w, y0).run::<1, 4>(lanes8::LANES, y0, y1, acc)
+        BitsCall::<Avx2Popcount, XNOR>::new(s, x, w, y0).run::<1, 4, 2>(lanes8::LANES, y0, y1, acc)
     }
 }
 
@@ -444,6 +444,11 @@ unsafe fn bits_avx512_impl<const XNOR: bool>(
 ) {
     // SAFETY: forwarded preconditions.
     unsafe {
-        BitsCall::<Avx512Popcount, XNOR>::new(s, x, w, y0).run::<4, 6>(lanes8::LANES, y0, y1, acc)
+        BitsCall::<Avx512Popcount, XNOR>::new(s, x, w, y0).run::<4, 6, 4>(
+            lanes8::LANES,
+            y0,
+            y1,
+            acc,
+        )
     }
 }

@@ -388,7 +388,7 @@ pub(super) fn int8_vnni(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize,
 #[target_feature(enable = "avx2")]
 unsafe fn int8_avx2_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     // SAFETY: forwarded preconditions.
-    unsafe { Int8Call::<Avx2Dot>::new(s, x, w, y0).run::<1, 4>(16, y0, y1, acc) }
+    unsafe { Int8Call::<Avx2Dot>::new(s, x, w, y0).run::<1, 4, 2>(16, y0, y1, acc) }
 }
 
 /// # Safety
@@ -396,5 +396,5 @@ unsafe fn int8_avx2_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn int8_vnni_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     // SAFETY: forwarded preconditions.
-    unsafe { Int8Call::<VnniDot>::new(s, x, w, y0).run::<4, 6>(16, y0, y1, acc) }
+    unsafe { Int8Call::<VnniDot>::new(s, x, w, y0).run::<4, 6, 4>(16, y0, y1, acc) }
 }

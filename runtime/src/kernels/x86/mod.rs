@@ -257,12 +257,13 @@ trait Tile {
 }
 
 /// Runs `t` over every tile of rows `y0..y1`: per group, `nblk` channel blocks in runs of up
-/// to `NB` (at most 4), pixels in runs of `P`, the last ones one by one.
+/// to `NB` (at most 4), pixels in runs of `P`, then of `P2` (`< P`: a call's pixel count is
+/// rarely a multiple of `P`; 16 pixels in tiles of 6 leave 4), the last ones one by one.
 ///
 /// # Safety
 /// As [`Tile::tile`] for the whole call.
 #[inline(always)]
-unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize>(
+unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize, const P2: usize>(
     t: &T,
     s: &ConvShape,
     nblk: usize,
@@ -270,7 +271,7 @@ unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize>(
     y1: usize,
     acc: &mut [i32],
 ) {
-    const { assert!(NB >= 1 && NB <= 4 && P >= 1) };
+    const { assert!(NB >= 1 && NB <= 4 && P > P2 && P2 >= 1) };
     let (first, end) = (y0 * s.ow, y1 * s.ow);
     for g in 0..s.groups {
         let mut b0 = 0;
@@ -278,22 +279,34 @@ unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize>(
             let nb = (nblk - b0).min(NB);
             let mut p = first;
             while p < end {
-                let full = end - p >= P;
+                let left = end - p;
+                // (tile width, which of the three)
+                let (tp, w) = if left >= P {
+                    (P, 0)
+                } else if left >= P2 {
+                    (P2, 1)
+                } else {
+                    (1, 2)
+                };
                 // SAFETY: blocks `b0 .. b0 + nb` exist and the pixels of the tile lie before
                 // `end`; the rest is the caller's.
                 unsafe {
-                    match (nb, full) {
-                        (4, true) => t.tile::<4, P>(acc, g, b0, p),
-                        (3, true) => t.tile::<3, P>(acc, g, b0, p),
-                        (2, true) => t.tile::<2, P>(acc, g, b0, p),
-                        (_, true) => t.tile::<1, P>(acc, g, b0, p),
-                        (4, false) => t.tile::<4, 1>(acc, g, b0, p),
-                        (3, false) => t.tile::<3, 1>(acc, g, b0, p),
-                        (2, false) => t.tile::<2, 1>(acc, g, b0, p),
-                        (_, false) => t.tile::<1, 1>(acc, g, b0, p),
+                    match (nb, w) {
+                        (4, 0) => t.tile::<4, P>(acc, g, b0, p),
+                        (3, 0) => t.tile::<3, P>(acc, g, b0, p),
+                        (2, 0) => t.tile::<2, P>(acc, g, b0, p),
+                        (_, 0) => t.tile::<1, P>(acc, g, b0, p),
+                        (4, 1) => t.tile::<4, P2>(acc, g, b0, p),
+                        (3, 1) => t.tile::<3, P2>(acc, g, b0, p),
+                        (2, 1) => t.tile::<2, P2>(acc, g, b0, p),
+                        (_, 1) => t.tile::<1, P2>(acc, g, b0, p),
+                        (4, _) => t.tile::<4, 1>(acc, g, b0, p),
+                        (3, _) => t.tile::<3, 1>(acc, g, b0, p),
+                        (2, _) => t.tile::<2, 1>(acc, g, b0, p),
+                        (_, _) => t.tile::<1, 1>(acc, g, b0, p),
                     }
                 }
-                p += if full { P } else { 1 };
+                p += tp;
             }
             b0 += nb;
         }
@@ -379,13 +392,13 @@ where
     }
 
     /// Runs rows `y0..y1` in tiles of up to `NB` blocks of `lanes` output channels by `P`
-    /// pixels.
+    /// pixels (`P2` for what is left, see [`for_tiles`]).
     ///
     /// # Safety
     /// The kernel's ISA is present and the call passed [`ConvShape::assert_call`] with the
     /// kernel's prepared length.
     #[inline(always)]
-    unsafe fn run<const NB: usize, const P: usize>(
+    unsafe fn run<const NB: usize, const P: usize, const P2: usize>(
         &self,
         lanes: usize,
         y0: usize,
@@ -394,6 +407,6 @@ where
     ) {
         let nblk = self.s.cout_g.div_ceil(lanes);
         // SAFETY: forwarded preconditions.
-        unsafe { for_tiles::<_, NB, P>(self, self.s, nblk, y0, y1, acc) }
+        unsafe { for_tiles::<_, NB, P, P2>(self, self.s, nblk, y0, y1, acc) }
     }
 }

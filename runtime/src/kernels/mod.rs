@@ -539,13 +539,17 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         KernelKind::XnorAvx2 => 25,
         // VNNI: an estimate (4x the int8 work of AVX2 per instruction) that a kernel-only
         // timing bore out on a Zen 5 core: 480-530 MAC/ns, against 180-220 for AVX2 on the same
-        // core (docs/PERFORMANCE.md; `benches/`, group `kernel`, compares whole layers). VPOPCNTQ replaces the AVX2 nibble-table popcount (estimates).
+        // core (docs/PERFORMANCE.md).
         KernelKind::Int8DotVnni => 16,
         // Per 64 multiply-adds of the lookups; building the tables costs `LUT_TABLE_COST`
         // more per table (see `cost`). Calibrated against `Int8DotVnni`'s 16 with the
         // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
         KernelKind::Int8LutAvx512 => 13,
+        // VPOPCNTQ instead of the AVX2 nibble-table popcount: estimates (3.1x and 3.6x AVX2's
+        // 25). Whole layers on a Zen 5 core (`benches/`, group `kernel`; docs/PERFORMANCE.md)
+        // rank them as these do but by less: W1A1 XNOR 1.6-2.5x AVX2's from 128 channels,
+        // 1.3x at 64, where the VNNI dot (16) ties with it instead of taking 2.3x as long.
         KernelKind::BitSerialAvx512 => 8,
         KernelKind::XnorAvx512 => 7,
         // Estimates, not measured (no aarch64 hardware was available; the kernels were only

@@ -7,7 +7,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use slb::format::{Layer, Model};
 use slb::runtime::{Engine, KernelKind, Plan, PlanOptions};
 
-use super::common::Ready;
+use super::common::lazy_run_with;
 use super::conv::{model, shape_name};
 use super::cputime::CpuTime;
 
@@ -23,7 +23,7 @@ pub const SHAPES: [(u32, u32, u16); 7] = [
     (128, 16, 1),
 ];
 /// Weight x activation bits.
-pub const BITS: [(u8, u8); 2] = [(1, 8), (1, 1)];
+pub const BITS: [(u8, u8); 3] = [(1, 8), (1, 2), (1, 1)];
 
 /// The case's parameter name, e.g. `W1A8-c64-s32-k3`.
 pub fn case_name(wb: u8, ab: u8, c: u32, s: u32, k: u16) -> String {
@@ -59,22 +59,15 @@ pub fn bench(c: &mut Criterion<CpuTime>) {
         let macs = ch as u64 * ch as u64 * (s * s) as u64 * (k as u64).pow(2);
         g.throughput(Throughput::Elements(macs));
         for (wb, ab) in BITS {
-            // The process keeps every model it builds until it exits.
-            let bytes: &'static [u8] = Box::leak(model(ch, s, k, wb, ab).into_boxed_slice());
-            for kind in kernels_for(bytes) {
+            let bytes = model(ch, s, k, wb, ab);
+            for kind in kernels_for(&bytes) {
                 let opts = PlanOptions {
                     kernel: Some(kind),
                     ..PlanOptions::default()
                 };
-                let mut ready = None;
                 g.bench_function(
                     BenchmarkId::new(kind.name().replace('/', "-"), case_name(wb, ab, ch, s, k)),
-                    |b| {
-                        let r = ready.get_or_insert_with(|| {
-                            Ready::with_options(bytes, Engine::Packed, opts)
-                        });
-                        b.iter(|| r.run())
-                    },
+                    lazy_run_with(move || model(ch, s, k, wb, ab), Engine::Packed, opts),
                 );
             }
         }

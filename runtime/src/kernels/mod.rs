@@ -546,11 +546,15 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
         KernelKind::Int8LutAvx512 => 13,
-        // VPOPCNTQ instead of the AVX2 nibble-table popcount: estimates (3.1x and 3.6x AVX2's
-        // 25). Whole layers on a Zen 5 core (`benches/`, group `kernel`; docs/PERFORMANCE.md)
-        // rank them as these do but by less: W1A1 XNOR 1.6-2.5x AVX2's from 128 channels,
-        // 1.3x at 64, where the VNNI dot (16) ties with it instead of taking 2.3x as long.
-        KernelKind::BitSerialAvx512 => 8,
+        // VPOPCNTQ instead of the AVX2 nibble-table popcount. Bit-serial, per plane pair:
+        // measured on whole layers on a Zen 5 core (`benches/`, group `kernel`;
+        // docs/PERFORMANCE.md), where it ties with the VNNI dot at W1A1 and 64 channels
+        // (248 / 245 MAC/ns) and takes twice as long at W1A2 (152 / 285); it was an estimate
+        // of 8, which gave W1A2's 64-channel, stride-2 and 1x1 layers to it (the whole network
+        // 1.7x slower than with the dot). XNOR: an estimate (3.6x AVX2's 25); whole layers rank
+        // it as this does but by less: W1A1 1.6-2.5x AVX2's from 128 channels, 1.3x at 64, where
+        // the VNNI dot ties with it instead of taking 2.3x as long.
+        KernelKind::BitSerialAvx512 => 16,
         KernelKind::XnorAvx512 => 7,
         // Estimates, not measured (no aarch64 hardware was available; the kernels were only
         // run under qemu-aarch64): 128-bit vectors, `cnt` per byte, `sdot` 16 MACs per

@@ -569,6 +569,70 @@ proptest! {
     }
 }
 
+/// The desktop cost table ranks the AVX-512 kernels as whole layers measured them on a Zen 5
+/// core (`benches/`, group `kernel`; docs/PERFORMANCE.md, "One conv layer per kernel"), on the
+/// ResNet18-CIFAR shapes where the choice matters (MAC/ns in the comments). The bit-serial
+/// kernel's cost was once half what it measures, and W1A2 layers went to it.
+#[test]
+fn desktop_costs_rank_the_avx512_kernels_as_measured() {
+    // `c` channels in and out, `hw` x `hw`, a `k` x `k` window, stride 1, same padding.
+    let shape = |c: usize, hw: usize, k: usize, wbits: u8, abits: u8| ConvShape {
+        hp: hw + k - 1,
+        wp: hw + k - 1,
+        c,
+        oh: hw,
+        ow: hw,
+        cout: c,
+        kh: k,
+        kw: k,
+        sh: 1,
+        sw: 1,
+        groups: 1,
+        cin_g: c,
+        cout_g: c,
+        wbits,
+        abits,
+        cw: c.div_ceil(64),
+        ph: k / 2,
+        pw: k / 2,
+    };
+    let cost = |kind, s: &ConvShape| super::cost(kind, s, super::CostModel::NATIVE);
+    use KernelKind::{BitSerialAvx512 as Bits, Int8DotVnni as Dot, Int8LutAvx512 as Lut};
+    // (shape, faster kernel, slower kernel)
+    let orders = [
+        // W1A2, 64 channels: the dot 285, bit-serial 152; 128: lookup 471, dot 349, bits 234.
+        (shape(64, 32, 3, 1, 2), Dot, Bits),
+        (shape(128, 16, 3, 1, 2), Lut, Dot),
+        (shape(128, 16, 3, 1, 2), Dot, Bits),
+        // W1A2, 1x1: the dot 117, the lookup 102, bit-serial 43.
+        (shape(128, 16, 1, 1, 2), Dot, Lut),
+        (shape(128, 16, 1, 1, 2), Dot, Bits),
+        // W1A8: the dot ahead at 64 channels (272 / 248) and on 1x1 (113 / 98), the lookup
+        // from 128 channels (425 / 343, 594 / 354 at 512).
+        (shape(64, 32, 3, 1, 8), Dot, Lut),
+        (shape(128, 16, 1, 1, 8), Dot, Lut),
+        (shape(128, 16, 3, 1, 8), Lut, Dot),
+        (shape(512, 4, 3, 1, 8), Lut, Dot),
+        // W1A1: XNOR ahead of the dot from 128 channels (453 / 316, 967 / 325).
+        (shape(128, 16, 3, 1, 1), KernelKind::XnorAvx512, Dot),
+        (shape(512, 4, 3, 1, 1), KernelKind::XnorAvx512, Dot),
+    ];
+    for (s, fast, slow) in orders {
+        assert!(
+            cost(fast, &s) < cost(slow, &s),
+            "{fast:?} {} against {slow:?} {} on {}ch {}x{} k{} W{}A{}",
+            cost(fast, &s),
+            cost(slow, &s),
+            s.c,
+            s.oh,
+            s.ow,
+            s.kh,
+            s.wbits,
+            s.abits
+        );
+    }
+}
+
 /// The portable int8 dot takes prepared weights of at least `prepared_len` bytes (the
 /// contract's "at least"): a longer buffer gives the same sums. A shorter one is outside the
 /// contract: the portable kernel then returns with `acc` untouched instead of indexing past

@@ -5,7 +5,9 @@
 //!   `slb_runtime::run` (input lookup, padding, bit packing, the kernel, requantization, global
 //!   pooling): W1A1, W1A8, W2A8, W4A8, and the float side (`f32-inhouse`: the runtime's float
 //!   executor; `f32-torch`: libtorch's CPU conv through tch, with `--features torch`).
-//! * `resnet18/<bits>/packed` and `resnet18/f32-*/float`: the whole network.
+//! * `resnet18/<bits>/packed` (the default plan), `resnet18/<bits>/packed-int8-dot` and
+//!   `resnet18/<bits>/packed-bitserial` (that algorithm forced on every conv), seven bit pairs,
+//!   and `resnet18/f32-*/float`: the whole network.
 //! * `kernel/<kernel>/<bits>-<shape>`: one conv layer per kernel that can run it on this CPU
 //!   (`PlanOptions::kernel`), W1A8 and W1A1 on the shapes where the planner's choice matters.
 //!   `cargo bench --bench main -- kernel/` runs only these.
@@ -132,15 +134,17 @@ fn summary() {
         let model = slb::format::Model::parse(&bytes).expect("parses");
         let macs = common::conv_macs(&model) as f64;
         let (packed, f32b) = common::conv_weight_bytes(&model);
-        let t = median_ns("resnet18", &format!("W{wb}A{ab}"), "packed");
-        println!(
-            "| W{wb}A{ab} packed | {} | {} | {} | {:.2} MB ({:.1}x smaller than f32) |",
-            t.map_or("-".into(), |t| format!("{:.2}", t / 1e6)),
-            cell(macs, t),
-            ratio(t, fl),
-            packed as f64 / 1e6,
-            f32b as f64 / packed as f64
-        );
+        for plan in ["packed"].into_iter().chain(network::FORCED.map(|f| f.1)) {
+            let t = median_ns("resnet18", &format!("W{wb}A{ab}"), plan);
+            println!(
+                "| W{wb}A{ab} {plan} | {} | {} | {} | {:.2} MB ({:.1}x smaller than f32) |",
+                t.map_or("-".into(), |t| format!("{:.2}", t / 1e6)),
+                cell(macs, t),
+                ratio(t, fl),
+                packed as f64 / 1e6,
+                f32b as f64 / packed as f64
+            );
+        }
         if (wb, ab) == network::BITS[0] {
             for f in ["f32-inhouse", "f32-torch"] {
                 let t = median_ns("resnet18", f, "float");

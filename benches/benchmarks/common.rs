@@ -13,18 +13,9 @@ pub struct Ready<'a> {
 }
 
 impl<'a> Ready<'a> {
-    /// Parses `bytes`, plans for `engine` (portable kernels only when `portable`), prepares the
-    /// weights and makes a deterministic random image.
-    pub fn new(bytes: &'a [u8], engine: Engine, portable: bool) -> Ready<'a> {
-        let opts = PlanOptions {
-            portable_only: portable,
-            ..PlanOptions::default()
-        };
-        Ready::with_options(bytes, engine, opts)
-    }
-
-    /// [`Ready::new`] with any plan options.
-    pub fn with_options(bytes: &'a [u8], engine: Engine, opts: PlanOptions) -> Ready<'a> {
+    /// Parses `bytes`, plans for `engine` with `opts`, prepares the weights and makes a
+    /// deterministic random image.
+    pub fn new(bytes: &'a [u8], engine: Engine, opts: PlanOptions) -> Ready<'a> {
         let model = Model::parse(bytes).expect("synthetic model parses");
         let plan = Plan::with_options(&model, engine, opts).expect("plan");
         let mut arena = vec![0u8; plan.arena_bytes()];
@@ -67,12 +58,21 @@ pub fn lazy_run(
     make: impl Fn() -> Vec<u8>,
     engine: Engine,
 ) -> impl FnMut(&mut criterion::Bencher<'_, crate::benchmarks::cputime::CpuTime>) {
+    lazy_run_with(make, engine, PlanOptions::default())
+}
+
+/// [`lazy_run`] with any plan options.
+pub fn lazy_run_with(
+    make: impl Fn() -> Vec<u8>,
+    engine: Engine,
+    opts: PlanOptions,
+) -> impl FnMut(&mut criterion::Bencher<'_, crate::benchmarks::cputime::CpuTime>) {
     let mut ready: Option<Ready<'static>> = None;
     move |b| {
         let r = ready.get_or_insert_with(|| {
             // The benchmark process keeps every model it builds until it exits.
             let bytes: &'static [u8] = Box::leak(make().into_boxed_slice());
-            Ready::new(bytes, engine, false)
+            Ready::new(bytes, engine, opts)
         });
         b.iter(|| r.run())
     }

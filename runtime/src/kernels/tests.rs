@@ -569,12 +569,12 @@ proptest! {
     }
 }
 
-/// The desktop cost table ranks the AVX-512 kernels as whole layers measured them on a Zen 5
-/// core (`benches/`, group `kernel`; docs/PERFORMANCE.md, "One conv layer per kernel"), on the
+/// The desktop cost table ranks the AVX-512 (and AVX2) kernels as whole layers measured them
+/// on a Zen 5 core (`benches/`, group `kernel`; docs/PERFORMANCE.md, "One conv layer per kernel"), on the
 /// ResNet18-CIFAR shapes where the choice matters (MAC/ns in the comments). The bit-serial
 /// kernel's cost was once half what it measures, and W1A2 layers went to it.
 #[test]
-fn desktop_costs_rank_the_avx512_kernels_as_measured() {
+fn desktop_costs_rank_the_x86_kernels_as_measured() {
     // `c` channels in and out, `hw` x `hw`, a `k` x `k` window, stride 1, same padding.
     let shape = |c: usize, hw: usize, k: usize, wbits: u8, abits: u8| ConvShape {
         hp: hw + k - 1,
@@ -616,6 +616,18 @@ fn desktop_costs_rank_the_avx512_kernels_as_measured() {
         // W1A1: XNOR ahead of the dot from 128 channels (453 / 316, 967 / 325).
         (shape(128, 16, 3, 1, 1), KernelKind::XnorAvx512, Dot),
         (shape(512, 4, 3, 1, 1), KernelKind::XnorAvx512, Dot),
+        // The AVX2 kernels on the same core: W1A2 the dot ahead of bit-serial (152 / 67 at 64
+        // channels), W1A1 XNOR ahead of the dot (187 / 143).
+        (
+            shape(64, 32, 3, 1, 2),
+            KernelKind::Int8DotAvx2,
+            KernelKind::BitSerialAvx2,
+        ),
+        (
+            shape(64, 32, 3, 1, 1),
+            KernelKind::XnorAvx2,
+            KernelKind::Int8DotAvx2,
+        ),
     ];
     for (s, fast, slow) in orders {
         assert!(

@@ -776,3 +776,49 @@ fn portable_sign_weight_reads_no_activation_past_its_input() {
     portable::int8_in_place_run(&s, &x[..140], &codes, 0, 1, &mut acc);
     assert_eq!(acc, [7; 4]);
 }
+
+/// The bit kernels' prepared weights take exactly their plane words and the output channels'
+/// `wsum` (4 bytes each, rounded up to 8 bytes): the planner reserves this many arena bytes.
+#[test]
+fn bits_prepared_len_is_the_plane_words_and_the_wsums() {
+    let base = ConvShape {
+        hp: 3,
+        wp: 3,
+        c: 64,
+        oh: 1,
+        ow: 1,
+        cout: 1,
+        kh: 1,
+        kw: 1,
+        sh: 1,
+        sw: 1,
+        groups: 1,
+        cin_g: 64,
+        cout_g: 1,
+        wbits: 1,
+        abits: 1,
+        cw: 1,
+        ph: 0,
+        pw: 0,
+    };
+    // (cout, kh, kw, wbits, cw): plane words of 8 bytes, then ceil(4 * cout / 8) * 8 bytes.
+    for ((cout, kh, kw, wbits, cw), want) in [
+        ((1, 1, 1, 1, 1), 8 + 8),
+        ((3, 3, 3, 2, 2), 3 * 3 * 3 * 2 * 2 * 8 + 16),
+        ((4, 3, 1, 4, 1), 4 * 3 * 4 * 8 + 16),
+        ((5, 1, 1, 1, 3), 5 * 3 * 8 + 24),
+    ] {
+        let s = ConvShape {
+            cout,
+            cout_g: cout,
+            kh,
+            kw,
+            wbits,
+            cw,
+            cin_g: 64 * cw,
+            c: 64 * cw,
+            ..base
+        };
+        assert_eq!(portable::bits_prepared_len(&s), want, "{s:?}");
+    }
+}

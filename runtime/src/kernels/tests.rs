@@ -288,6 +288,11 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn check_case(c: &Case) -> usize {
+    check_case_with(c, kernels_for)
+}
+
+/// [`check_case`] with the kernels `kernels` gives for the shape.
+fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>) -> usize {
     let mut rng = Rng(c.seed | 1);
     let cin = c.cin_g * c.groups;
     let cout = c.cout_g * c.groups;
@@ -335,7 +340,7 @@ fn check_case(c: &Case) -> usize {
     let mut want = vec![0i32; len];
     reference::conv_acc(&conv, &s, &inq, &x, &mut want);
     let mut ran = 0;
-    for k in kernels_for(&s) {
+    for k in kernels(&s) {
         let mut got = vec![i32::MIN; len];
         assert!(kernel_exact(
             Some(&k),
@@ -820,5 +825,40 @@ fn bits_prepared_len_is_the_plane_words_and_the_wsums() {
             ..base
         };
         assert_eq!(portable::bits_prepared_len(&s), want, "{s:?}");
+    }
+}
+
+/// `xnor_in_place_run` runs every bit pair: W1A1 by XNOR, the others through the bit-serial
+/// kernel on the codes in place. (The planner gives it W1A1 convs only, where both agree.)
+#[test]
+fn portable_xnor_in_place_runs_every_bit_pair() {
+    // Labelled as the bit-serial in-place kind, which fits every pair, so that the driver
+    // runs it on every shape (with the portable packer).
+    let xnor_in_place = |_: &ConvShape| {
+        vec![ConvKernel {
+            kind: KernelKind::BitSerialInPlace,
+            run: Run::Bits(portable::xnor_in_place_run),
+            ..portable::in_place_kernel(Algo::Xnor).unwrap()
+        }]
+    };
+    for wbits in [1u8, 2, 4] {
+        for abits in [1u8, 2, 4, 8] {
+            let c = Case {
+                cin_g: 33,
+                groups: 2,
+                cout_g: 3,
+                k: (3, 3),
+                stride: (1, 1),
+                pad: (1, 1),
+                h: 4,
+                w: 3,
+                wbits,
+                abits,
+                zp: if abits == 1 { 0 } else { 1 },
+                rows: 2,
+                seed: 41 + u64::from(wbits) * 8 + u64::from(abits),
+            };
+            assert_eq!(check_case_with(&c, xnor_in_place), 1, "W{wbits}A{abits}");
+        }
     }
 }

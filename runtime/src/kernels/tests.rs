@@ -288,6 +288,11 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn check_case(c: &Case) -> usize {
+    check_case_with(c, kernels_for)
+}
+
+/// [`check_case`] with the kernels `kernels` gives for the shape.
+fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>) -> usize {
     let mut rng = Rng(c.seed | 1);
     let cin = c.cin_g * c.groups;
     let cout = c.cout_g * c.groups;
@@ -335,7 +340,7 @@ fn check_case(c: &Case) -> usize {
     let mut want = vec![0i32; len];
     reference::conv_acc(&conv, &s, &inq, &x, &mut want);
     let mut ran = 0;
-    for k in kernels_for(&s) {
+    for k in kernels(&s) {
         let mut got = vec![i32::MIN; len];
         assert!(kernel_exact(
             Some(&k),
@@ -693,4 +698,165 @@ fn portable_int8_dot_takes_weights_of_at_least_prepared_len() {
     let mut acc = [7i32; 4];
     portable::int8_run(&s, &x, &w[..15], 0, 1, &mut acc);
     assert_eq!(acc, [7; 4]);
+}
+
+/// A 3x3 conv with 1-bit weights over one 3x3 pixel window of 16 8-bit channels (4 output
+/// channels): the sign-weight kernel's aligned path (`sign_rows::<4>`, one block of channels
+/// and taps). Returns the shape, the packed codes and the padded input (144 bytes, in a
+/// word buffer one word longer) with the dot products the kernel must give.
+fn sign_weight_case() -> (ConvShape, Vec<u8>, Vec<u32>, Vec<i32>) {
+    let s = ConvShape {
+        hp: 3,
+        wp: 3,
+        c: 16,
+        oh: 1,
+        ow: 1,
+        cout: 4,
+        kh: 3,
+        kw: 3,
+        sh: 1,
+        sw: 1,
+        groups: 1,
+        cin_g: 16,
+        cout_g: 4,
+        wbits: 1,
+        abits: 8,
+        cw: 1,
+        ph: 0,
+        pw: 0,
+    };
+    let mut rng = Rng(0x5167);
+    // Rows of 2 bytes per (output channel, tap): bit i is input channel i, weight 2b - 1.
+    let codes: Vec<u8> = (0..4 * 9 * 2).map(|_| rng.below(256) as u8).collect();
+    let mut xw = vec![0u32; 144 / 4 + 1];
+    for v in xw.iter_mut() {
+        *v = rng.below(1 << 32) as u32;
+    }
+    let x = bytemuck::cast_slice::<u32, u8>(&xw);
+    let want = (0..4)
+        .map(|o| {
+            (0..9)
+                .flat_map(|t| (0..16).map(move |i| (t, i)))
+                .map(|(t, i)| {
+                    let b = (codes[(o * 9 + t) * 2 + i / 8] >> (i % 8)) & 1;
+                    (2 * i32::from(b) - 1) * i32::from(x[t * 16 + i])
+                })
+                .sum()
+        })
+        .collect();
+    (s, codes, xw, want)
+}
+
+/// The in-place int8 kernels (sign weights and 2-bit weights) write no accumulator for an
+/// empty range of rows (`y0 == y1`, here at the first row) and do not panic.
+#[test]
+fn portable_in_place_int8_writes_nothing_for_no_rows() {
+    let (s, codes, xw, want) = sign_weight_case();
+    let x = &bytemuck::cast_slice::<u32, u8>(&xw)[..144];
+    let mut acc = [7i32; 4];
+    portable::int8_in_place_run(&s, x, &codes, 0, 1, &mut acc);
+    assert_eq!(acc.to_vec(), want);
+    for wbits in [1u8, 2] {
+        let s = ConvShape { wbits, ..s };
+        let codes = vec![0x5au8; 4 * 9 * 2 * usize::from(wbits)];
+        let mut acc = [7i32; 4];
+        portable::int8_in_place_run(&s, x, &codes, 0, 0, &mut acc);
+        assert_eq!(acc, [7; 4], "W{wbits}");
+    }
+}
+
+/// The sign-weight kernel reads no activation past the slice it is given: an input one word
+/// shorter than the padded window (its last tap's last word missing, though the memory after
+/// it is readable) leaves the accumulators untouched.
+#[test]
+fn portable_sign_weight_reads_no_activation_past_its_input() {
+    let (s, codes, xw, want) = sign_weight_case();
+    let x = bytemuck::cast_slice::<u32, u8>(&xw);
+    let mut acc = [7i32; 4];
+    portable::int8_in_place_run(&s, &x[..144], &codes, 0, 1, &mut acc);
+    assert_eq!(acc.to_vec(), want);
+    let mut acc = [7i32; 4];
+    portable::int8_in_place_run(&s, &x[..140], &codes, 0, 1, &mut acc);
+    assert_eq!(acc, [7; 4]);
+}
+
+/// The bit kernels' prepared weights take exactly their plane words and the output channels'
+/// `wsum` (4 bytes each, rounded up to 8 bytes): the planner reserves this many arena bytes.
+#[test]
+fn bits_prepared_len_is_the_plane_words_and_the_wsums() {
+    let base = ConvShape {
+        hp: 3,
+        wp: 3,
+        c: 64,
+        oh: 1,
+        ow: 1,
+        cout: 1,
+        kh: 1,
+        kw: 1,
+        sh: 1,
+        sw: 1,
+        groups: 1,
+        cin_g: 64,
+        cout_g: 1,
+        wbits: 1,
+        abits: 1,
+        cw: 1,
+        ph: 0,
+        pw: 0,
+    };
+    // (cout, kh, kw, wbits, cw): plane words of 8 bytes, then ceil(4 * cout / 8) * 8 bytes.
+    for ((cout, kh, kw, wbits, cw), want) in [
+        ((1, 1, 1, 1, 1), 8 + 8),
+        ((3, 3, 3, 2, 2), 3 * 3 * 3 * 2 * 2 * 8 + 16),
+        ((4, 3, 1, 4, 1), 4 * 3 * 4 * 8 + 16),
+        ((5, 1, 1, 1, 3), 5 * 3 * 8 + 24),
+    ] {
+        let s = ConvShape {
+            cout,
+            cout_g: cout,
+            kh,
+            kw,
+            wbits,
+            cw,
+            cin_g: 64 * cw,
+            c: 64 * cw,
+            ..base
+        };
+        assert_eq!(portable::bits_prepared_len(&s), want, "{s:?}");
+    }
+}
+
+/// `xnor_in_place_run` runs every bit pair: W1A1 by XNOR, the others through the bit-serial
+/// kernel on the codes in place. (The planner gives it W1A1 convs only, where both agree.)
+#[test]
+fn portable_xnor_in_place_runs_every_bit_pair() {
+    // Labelled as the bit-serial in-place kind, which fits every pair, so that the driver
+    // runs it on every shape (with the portable packer).
+    let xnor_in_place = |_: &ConvShape| {
+        vec![ConvKernel {
+            kind: KernelKind::BitSerialInPlace,
+            run: Run::Bits(portable::xnor_in_place_run),
+            ..portable::in_place_kernel(Algo::Xnor).unwrap()
+        }]
+    };
+    for wbits in [1u8, 2, 4] {
+        for abits in [1u8, 2, 4, 8] {
+            let c = Case {
+                cin_g: 33,
+                groups: 2,
+                cout_g: 3,
+                k: (3, 3),
+                stride: (1, 1),
+                pad: (1, 1),
+                h: 4,
+                w: 3,
+                wbits,
+                abits,
+                zp: if abits == 1 { 0 } else { 1 },
+                rows: 2,
+                seed: 41 + u64::from(wbits) * 8 + u64::from(abits),
+            };
+            assert_eq!(check_case_with(&c, xnor_in_place), 1, "W{wbits}A{abits}");
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Building small random models for tests, through `slb_format::ModelBuilder`.
+//! Building small random models for tests, through `slb_format::ModelBuilder`; buffers that
+//! end at an unreadable page ([`Guarded`]).
 
 use slb_format::{
     f32_bytes, i32_bytes, pack_codes, DType, ModelBuilder, OwnedAdd, OwnedAddParams, OwnedAffine,
@@ -336,4 +337,63 @@ pub(crate) fn resnet(
     let g = b.unary(x, Op1::GapF32);
     b.dense(g, 10, false);
     b.finish()
+}
+
+/// `len` writable bytes that end where a page mapped without access begins, so that reading
+/// one byte past them faults (the test process dies with SIGSEGV: a failing test).
+pub(crate) struct Guarded {
+    map: *mut libc::c_void,
+    /// The readable bytes, then one page without access.
+    data: usize,
+    page: usize,
+    len: usize,
+}
+
+impl Guarded {
+    pub(crate) fn new(len: usize) -> Guarded {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+        let data = len.div_ceil(page).max(1) * page;
+        let size = data + page;
+        // SAFETY: a fresh private anonymous mapping; the result is checked.
+        let map = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap");
+        // SAFETY: the last page lies inside the mapping just made.
+        let rc =
+            unsafe { libc::mprotect(map.cast::<u8>().add(data).cast(), page, libc::PROT_NONE) };
+        assert_eq!(rc, 0, "mprotect");
+        Guarded {
+            map,
+            data,
+            page,
+            len,
+        }
+    }
+
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `data - len .. data` lies inside the readable, writable part of the mapping,
+        // which lives as long as `self`.
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                self.map.cast::<u8>().add(self.data - self.len),
+                self.len,
+            )
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, whose slices no longer live.
+        unsafe { libc::munmap(self.map, self.data + self.page) };
+    }
 }

@@ -9,7 +9,7 @@ use slb_format::{pack_codes, Conv, RawQuant, Requant};
 use super::{portable, reference, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run};
 use crate::packed::{correct, prepare_aux};
 use crate::quant::QParams;
-use crate::testutil::Rng;
+use crate::testutil::{Guarded, Rng};
 
 pub(crate) fn algo_kernel(algo: Algo) -> Option<ConvKernel> {
     portable::kernel(algo)
@@ -26,12 +26,23 @@ pub(crate) fn kernel_exact(
     acc: &mut [i32],
     rows: usize,
 ) -> bool {
-    kernel_exact_at(k, conv, s, inq, x, acc, rows, false)
+    kernel_exact_at(k, conv, s, inq, x, acc, rows, Place::Aligned)
 }
 
-/// [`kernel_exact`] with the prepared weights and the padded activation bytes moved to an odd
-/// address when `misalign` is set
-/// (an unaligned arena: the kernels then read them byte-wise).
+/// Where [`kernel_exact_at`] puts the prepared weights and the padded activation bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// 8-byte aligned, as the arena keeps them.
+    Aligned,
+    /// At an odd address (an unaligned arena: the kernels then read them byte-wise).
+    Odd,
+    /// The padded activation bytes end where an unreadable page begins ([`Guarded`]): a
+    /// byte kernel that reads past its input faults.
+    AtGuard,
+}
+
+/// [`kernel_exact`] with the prepared weights and the padded activation bytes placed as
+/// `place` says.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn kernel_exact_at(
     k: Option<&ConvKernel>,
@@ -41,8 +52,9 @@ pub(crate) fn kernel_exact_at(
     x: &[u8],
     acc: &mut [i32],
     rows: usize,
-    misalign: bool,
+    place: Place,
 ) -> bool {
+    let misalign = place == Place::Odd;
     let Some(k) = k else {
         reference::conv_acc(conv, s, inq, x, acc);
         return true;
@@ -79,7 +91,12 @@ pub(crate) fn kernel_exact_at(
     // is set (byte kernels then load the activations byte-wise).
     let xl = s.hp * s.wp * s.c;
     let mut xbuf = vec![0u64; xl.div_ceil(8) + 1];
-    let xb = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut xbuf)[usize::from(misalign)..][..xl];
+    let mut guarded = Guarded::new(xl);
+    let xb = if place == Place::AtGuard {
+        guarded.bytes()
+    } else {
+        &mut bytemuck::cast_slice_mut::<u64, u8>(&mut xbuf)[usize::from(misalign)..][..xl]
+    };
     let mut xw = vec![0u64; s.hp * s.wp * portable::bit_pixel_words(s)];
     let mut xt = vec![0u16; s.lut_input_len()];
     match k.run {
@@ -353,7 +370,8 @@ fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>) ->
         ));
         assert_eq!(got, want, "{} on {c:?}", k.kind.name());
         // The bit kernels again from prepared weights at an odd address, the byte kernels
-        // from activations at an odd address.
+        // from activations at an odd address and from activations that end at an unreadable
+        // page (a read past them faults).
         if matches!(k.run, Run::Bytes(_)) || !k.reads_codes {
             let mut got = vec![i32::MIN; len];
             assert!(kernel_exact_at(
@@ -364,9 +382,23 @@ fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>) ->
                 &x,
                 &mut got,
                 c.rows,
-                true
+                Place::Odd
             ));
             assert_eq!(got, want, "{} (unaligned) on {c:?}", k.kind.name());
+        }
+        if matches!(k.run, Run::Bytes(_)) {
+            let mut got = vec![i32::MIN; len];
+            assert!(kernel_exact_at(
+                Some(&k),
+                &conv,
+                &s,
+                &inq,
+                &x,
+                &mut got,
+                c.rows,
+                Place::AtGuard
+            ));
+            assert_eq!(got, want, "{} (at a guard page) on {c:?}", k.kind.name());
         }
         ran += 1;
     }

@@ -298,6 +298,12 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
             base[j] = window_origin(s, p0 + j) * s.c + g * cin;
         }
         let x = self.x.as_ptr();
+        // The partial chunk reads all 4 bytes when the last pixel's last tap has 4 bytes left
+        // in the input (the bytes past `rem` meet zero weights, so the sums are the same):
+        // everywhere but the image's last pixels, and on the first conv (3 channels) the
+        // partial chunk is every chunk.
+        let last_tap = ((s.kh - 1) * s.wp + s.kw - 1) * s.c + 4 * full;
+        let whole = base[P - 1] + last_tap + 4 <= self.x.len();
         // SAFETY: block `b0` of group `g` lies inside the prepared weights (caller).
         let w = unsafe { self.w.as_ptr().add((g * s.cout_g.div_ceil(16) + b0) * bb) };
         // SAFETY: the ISA is present (caller).
@@ -320,7 +326,12 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
                     unsafe { self.run_chunks::<NB, P, false>(&mut a, wt, &xp, q, n, rem) };
                     q += n;
                 }
-                if rem != 0 {
+                if rem != 0 && whole {
+                    // SAFETY: chunk `full < c4n` is inside the block, and its 4 bytes inside
+                    // the input for every pixel of the tile (`whole`, with the pixels in
+                    // increasing order and this tap at most the last).
+                    unsafe { self.run_chunks::<NB, P, false>(&mut a, wt, &xp, full, 1, rem) };
+                } else if rem != 0 {
                     // SAFETY: chunk `full < c4n` is inside the block, its first `rem` codes
                     // inside the pixels.
                     unsafe { self.run_chunks::<NB, P, true>(&mut a, wt, &xp, full, 1, rem) };

@@ -8,6 +8,9 @@
 #   scripts/mutants.sh FILE...              only these files
 #   scripts/mutants.sh --in-diff BASE       only the mutants on lines changed since git ref BASE
 #                                           (committed or not) in the files below
+#   scripts/mutants.sh --mcu [FILE...]      the mutants of the code compiled only for a Cortex-M,
+#                                           each tested by the Cortex-M test under QEMU
+#                                           (scripts/mcu-test.sh, about a minute a mutant)
 #   scripts/mutants.sh --ci                 what CI runs (scripts/test.sh), in about
 #                                           MUTANTS_CI_SECONDS (default 300): the mutants on the
 #                                           lines the last commit changed (HEAD^), a rotating
@@ -23,6 +26,12 @@
 #   FILE: replace > with >= in FUNCTION @ if total > u64::from(u32::MAX) {
 # Results: target/mutants/<file>/mutants.out; the names of survivors in target/mutants/*.txt.
 # Needs cargo-mutants (`cargo install --locked cargo-mutants@27.1.0`).
+#
+# Code compiled only for a Cortex-M (a function under `#[cfg(target_arch = "arm")]` or
+# `#[cfg(all(target_arch = "arm", ...))]`, e.g. the `USADA8` twin of `usada8`) is never built by
+# the host's tests, so cargo-mutants would call its mutants missed: the ordinary runs leave them
+# out (`--exclude-re`), and `--mcu` applies each in turn and runs the Cortex-M test, which must
+# fail (the board's logits no longer equal the host's).
 #
 # --ci: the last commit's mutants come first (`git diff HEAD^`, the first parent for a merge);
 # when their estimated time (seconds_per_mutant below) is over the budget, only shard
@@ -55,6 +64,7 @@ NOT_YET_WHOLE=(runtime/src/kernels/portable.rs)
 
 base=""
 ci=0
+mcu=0
 files=()
 extra=()
 while [ $# -gt 0 ]; do
@@ -65,6 +75,10 @@ while [ $# -gt 0 ]; do
         ;;
     --ci)
         ci=1
+        shift
+        ;;
+    --mcu)
+        mcu=1
         shift
         ;;
     --)
@@ -134,6 +148,39 @@ count() {
     cargo mutants --list "${pkg[@]}" --file "$f" "$@" | wc -l
 }
 
+# The mutants of FILE in functions compiled only for a Cortex-M (see the top), as JSON lines
+# `{"name": ..., "diff": ...}` of cargo-mutants' listing.
+off_host() {
+    local f=$1 pkg
+    package_of "$f"
+    cargo mutants --list --json --diff "${pkg[@]}" --file "$f" | python3 -c '
+import json, re, sys
+src = open(sys.argv[1]).read().splitlines()
+fn = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(unsafe\s+)?fn\s")
+arm = re.compile(r"#\[cfg\((all\()?target_arch\s*=\s*\"arm\"")
+for m in json.load(sys.stdin):
+    f = m.get("function")
+    if not f:
+        continue
+    i = f["span"]["start"]["line"] - 1
+    attrs = []
+    while i < len(src) and not fn.match(src[i]):
+        attrs.append(src[i])
+        i += 1
+    if any(arm.search(a) for a in attrs):
+        print(json.dumps({"name": m["name"], "diff": m["diff"]}))
+' "$f"
+}
+
+# `--exclude-re` arguments for the off-host mutants of FILE (into `excl`).
+exclusions() {
+    local name
+    excl=()
+    while IFS= read -r name; do
+        excl+=(--exclude-re "^$(printf '%s' "$name" | sed 's/[][\.+*?(){}|^$]/\\&/g')\$")
+    done < <(off_host "$1" | python3 -c 'import json, sys; [print(json.loads(l)["name"]) for l in sys.stdin]')
+}
+
 # Run cargo mutants on FILE with ARGS..., in $cap seconds at most when set; report its counts
 # and add the survivors not known as equivalent to $survivors (new-survivors.txt).
 status=0
@@ -142,8 +189,10 @@ survivors="$out/new-survivors.txt"
 : >"$survivors"
 : >"$out/old-gaps.txt"
 run_file() {
-    local f=$1 pkg dir start rc m
+    local f=$1 pkg dir start rc m excl
     shift
+    exclusions "$f"
+    set -- ${excl[@]+"${excl[@]}"} "$@"
     package_of "$f"
     dir="$out/$(echo "$f" | tr / _)"
     # No results of an earlier run may stand for this one (cargo-mutants writes nothing when
@@ -205,6 +254,49 @@ finish() {
     fi
     exit $status
 }
+
+# --mcu: each off-host mutant applied to the tree in turn (the file restored after each, and on
+# exit), then scripts/mcu-test.sh, which must fail; it must pass on the unmutated tree first.
+if [ $mcu = 1 ]; then
+    export CARGO_TARGET_DIR="${MCU_TARGET_DIR:-$PWD/target/mcu-host}"
+    backup="$out/mcu-backup"
+    mkdir -p "$backup"
+    restore() { [ -z "${mutated:-}" ] || cp "$backup/file" "$mutated"; }
+    trap restore EXIT INT TERM
+    if ! scripts/mcu-test.sh >"$out/mcu-baseline.log" 2>&1; then
+        echo "mutants --mcu: the Cortex-M test fails on the unmutated tree ($out/mcu-baseline.log)" >&2
+        exit 2
+    fi
+    : >"$out/mcu-missed.txt"
+    for f in "${files[@]}"; do
+        off_host "$f" >"$out/mcu-mutants.jsonl"
+        while IFS= read -r m; do
+            name=$(printf '%s' "$m" | python3 -c 'import json, sys; print(json.load(sys.stdin)["name"])')
+            printf '%s' "$m" | python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin)["diff"])' >"$out/mcu-mutant.diff"
+            cp "$f" "$backup/file"
+            mutated=$f
+            patch -s "$f" <"$out/mcu-mutant.diff"
+            start=$(date +%s)
+            if scripts/mcu-test.sh >"$out/mcu-mutant.log" 2>&1; then
+                verdict=MISSED
+                names <<<"$name" >>"$out/mcu-missed.txt"
+            elif grep -q 'error\[E\|could not compile' "$out/mcu-mutant.log"; then
+                verdict=unviable
+            else
+                verdict=caught
+            fi
+            restore
+            mutated=""
+            echo "$verdict in $(($(date +%s) - start)) s: $name"
+        done <"$out/mcu-mutants.jsonl"
+    done
+    if [ -s "$out/mcu-missed.txt" ]; then
+        echo "off-host mutants the Cortex-M test does not notice:" >&2
+        cat "$out/mcu-missed.txt" >&2
+        exit 1
+    fi
+    exit 0
+fi
 
 if [ $ci = 0 ]; then
     diff_args=()

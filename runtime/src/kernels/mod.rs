@@ -271,13 +271,19 @@ impl ConvShape {
     }
 
     /// Elements of the padded byte input of the byte family (`hp * wp * c`).
-    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     pub(crate) fn byte_input_len(&self) -> usize {
         self.hp.saturating_mul(self.wp).saturating_mul(self.c)
     }
 
     /// `u64`s of the padded bit planes of the bit family.
-    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     pub(crate) fn bit_input_len(&self) -> usize {
         self.hp
             .saturating_mul(self.wp)
@@ -307,7 +313,10 @@ impl ConvShape {
     }
 
     /// Whether the fields agree with each other as [`ConvShape::of`] makes them.
-    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     fn is_consistent(&self) -> bool {
         self.groups > 0
             && self.kh > 0
@@ -334,7 +343,10 @@ impl ConvShape {
     /// # Panics
     /// When a precondition fails, which no planned conv does: a kernel never reads out of
     /// bounds nor returns with its accumulators unwritten.
-    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(dead_code)
+    )]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn assert_call(
         &self,

@@ -358,47 +358,29 @@ fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>) ->
     reference::conv_acc(&conv, &s, &inq, &x, &mut want);
     let mut ran = 0;
     for k in kernels(&s) {
-        let mut got = vec![i32::MIN; len];
-        assert!(kernel_exact(
-            Some(&k),
-            &conv,
-            &s,
-            &inq,
-            &x,
-            &mut got,
-            c.rows
-        ));
-        assert_eq!(got, want, "{} on {c:?}", k.kind.name());
-        // The bit kernels again from prepared weights at an odd address, the byte kernels
-        // from activations at an odd address and from activations that end at an unreadable
-        // page (a read past them faults).
-        if matches!(k.run, Run::Bytes(_)) || !k.reads_codes {
-            let mut got = vec![i32::MIN; len];
-            assert!(kernel_exact_at(
-                Some(&k),
-                &conv,
-                &s,
-                &inq,
-                &x,
-                &mut got,
-                c.rows,
-                Place::Odd
-            ));
-            assert_eq!(got, want, "{} (unaligned) on {c:?}", k.kind.name());
-        }
-        if matches!(k.run, Run::Bytes(_)) {
-            let mut got = vec![i32::MIN; len];
-            assert!(kernel_exact_at(
-                Some(&k),
-                &conv,
-                &s,
-                &inq,
-                &x,
-                &mut got,
-                c.rows,
-                Place::AtGuard
-            ));
-            assert_eq!(got, want, "{} (at a guard page) on {c:?}", k.kind.name());
+        // As the arena has them; then the bit kernels again from prepared weights at an odd
+        // address, the byte kernels from activations at an odd address and from activations
+        // that end at an unreadable page (a read past them faults).
+        let bytes = matches!(k.run, Run::Bytes(_));
+        for (place, runs, what) in [
+            (Place::Aligned, true, "aligned"),
+            (Place::Odd, bytes || !k.reads_codes, "unaligned"),
+            (Place::AtGuard, bytes, "at a guard page"),
+        ] {
+            if runs {
+                let mut got = vec![i32::MIN; len];
+                assert!(kernel_exact_at(
+                    Some(&k),
+                    &conv,
+                    &s,
+                    &inq,
+                    &x,
+                    &mut got,
+                    c.rows,
+                    place
+                ));
+                assert_eq!(got, want, "{} ({what}) on {c:?}", k.kind.name());
+            }
         }
         ran += 1;
     }

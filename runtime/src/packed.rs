@@ -12,8 +12,9 @@ use crate::quant::QParams;
 use crate::{Error, Result};
 
 /// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or
-/// `S[o][ky][kx]`, the numerator sum of one tap
-/// (abits 1, for the border correction). Empty `aux` (float/reference) is left alone.
+/// `S[ky][kx][o]`, the numerator sum of one tap, tap-major so that a padded tap's correction
+/// is one run over the channels (abits 1, for the border correction). Empty `aux`
+/// (float/reference) is left alone.
 pub(crate) fn prepare_aux(conv: &Conv<'_>, s: &ConvShape, zp: i32, aux: &mut [u8]) {
     if aux.is_empty() {
         return;
@@ -29,7 +30,7 @@ pub(crate) fn prepare_aux(conv: &Conv<'_>, s: &ConvShape, zp: i32, aux: &mut [u8
                     t += reader.numerator(o, ky, kx, i);
                 }
                 if per_tap {
-                    let at = ((o * s.kh + ky) * s.kw + kx) * 4;
+                    let at = ((ky * s.kw + kx) * s.cout + o) * 4;
                     if let Some(d) = aux.get_mut(at..at + 4) {
                         d.copy_from_slice(&t.to_le_bytes());
                     }
@@ -295,6 +296,10 @@ pub(crate) fn correct(
         return;
     }
     let (h, w) = (s.h(), s.w());
+    // `S[ky][kx][..]` as `i32`s (the arena keeps `aux` aligned), else read byte-wise.
+    let taps = aux
+        .get(..s.kh * s.kw * s.cout * 4)
+        .and_then(|b| bytemuck::try_cast_slice::<u8, i32>(b).ok());
     for oy in y0..y1 {
         let ty = oy * s.sh;
         let row_inside = ty >= s.ph && ty + s.kh <= s.ph + h;
@@ -313,8 +318,18 @@ pub(crate) fn correct(
                 for kx in 0..s.kw {
                     let ix = tx + kx;
                     if ypad || ix < s.pw || ix >= s.pw + w {
-                        for (o, a) in px.iter_mut().enumerate() {
-                            *a = a.wrapping_add(i32_at(aux, (o * s.kh + ky) * s.kw + kx));
+                        let tap = (ky * s.kw + kx) * s.cout;
+                        match taps {
+                            Some(t) => {
+                                for (a, &v) in px.iter_mut().zip(&t[tap..tap + s.cout]) {
+                                    *a = a.wrapping_add(v);
+                                }
+                            }
+                            None => {
+                                for (o, a) in px.iter_mut().enumerate() {
+                                    *a = a.wrapping_add(i32_at(aux, tap + o));
+                                }
+                            }
                         }
                     }
                 }

@@ -82,8 +82,12 @@ pub(crate) fn kernel_exact_at(
     } else {
         s.cout * 4
     };
-    let mut aux = vec![0u8; al];
-    prepare_aux(conv, s, inq.zp, &mut aux);
+    // The driver's table word-aligned, or at an odd address when `misalign` (the correction
+    // then reads it byte-wise).
+    let mut auxbuf = vec![0u64; al.div_ceil(8) + 1];
+    let aux = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut auxbuf)[usize::from(misalign)..][..al];
+    prepare_aux(conv, s, inq.zp, aux);
+    let aux: &[u8] = aux;
     let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
     let row = s.ow * s.cout;
     let mut y0 = 0;
@@ -128,7 +132,7 @@ pub(crate) fn kernel_exact_at(
             Run::Bits(f) => f(s, &xw, w, y0, y1, chunk),
             Run::Tables(_, f) => f(s, &xt, w, y0, y1, chunk),
         }
-        correct(s, inq, &aux, chunk, y0, y1);
+        correct(s, inq, aux, chunk, y0, y1);
         y0 = y1;
     }
     true

@@ -250,8 +250,8 @@ impl Plan {
     }
 
     /// Plans like [`Plan::with_options`] and, if the arena would need more than `max_arena`
-    /// bytes, moves convs (those without a forced algorithm) one at a time to the available
-    /// kernel with the smallest prepared weights until the arena fits: the in-place bit
+    /// bytes, moves convs (none when an algorithm is forced or a kernel named) one at a time to
+    /// the kernel with the smallest prepared weights until the arena fits: the in-place bit
     /// kernels (`*/in-place`), which read the packed codes from the model's bytes (flash on a
     /// microcontroller) and keep no weights in the arena, at some cost in speed (and a bit-plane
     /// copy of the layer's input as scratch). The conv moved next is the one that frees the
@@ -739,6 +739,43 @@ mod tests {
         assert_eq!(fit.kernel(layer_a), Some(KernelKind::Int8DotInPlace));
         assert_eq!(fit.kernel(layer_b), Some(KernelKind::Int8DotInPlace));
         assert_eq!(fit.arena_bytes(), both_moved.arena_bytes());
+    }
+
+    /// With a kernel named (`PlanOptions::kernel`), `Plan::fit` moves no conv, not even one
+    /// the named kernel cannot run: the plan is the one asked for, or `ArenaTooSmall` with its
+    /// arena. (The two W1A8 1x1 convs above; portable XNOR runs W1A1 convs only, so both keep
+    /// the default kernel, and without a kernel named, one byte less than their arena fits by
+    /// moving A.)
+    #[test]
+    fn fit_moves_nothing_when_a_kernel_is_named() {
+        use crate::testutil::{Builder, Op1};
+        let mut b = Builder::new(64, 4, 1, 8, 128, 7);
+        let a = b.conv(0, 1, 1, 4, 0, 1, 1, 8, false, false);
+        b.conv(0, 256, 1, 1, 0, 1, 1, 8, false, false);
+        let g = b.unary(a, Op1::GapF32);
+        b.dense(g, 2, false);
+        let bytes = b.finish();
+        let model = Model::parse(&bytes).unwrap();
+        let free = PlanOptions::for_board(CostModel::Desktop);
+        let named = PlanOptions {
+            kernel: Some(KernelKind::Xnor),
+            ..free
+        };
+        let plan = Plan::with_options(&model, Engine::Packed, named).unwrap();
+        assert_eq!(plan.kernel(0), Some(KernelKind::Int8Dot));
+        assert_eq!(plan.kernel(1), Some(KernelKind::Int8Dot));
+        let need = plan.arena_bytes();
+        match Plan::fit(&model, Engine::Packed, named, need - 1) {
+            Err(Error::ArenaTooSmall { needed, got }) => {
+                assert_eq!((needed, got), (need, need - 1))
+            }
+            other => panic!(
+                "expected ArenaTooSmall, got {:?}",
+                other.map(|p| p.arena_bytes())
+            ),
+        }
+        let fit = Plan::fit(&model, Engine::Packed, free, need - 1).unwrap();
+        assert_eq!(fit.kernel(0), Some(KernelKind::Int8DotInPlace));
     }
 
     /// `Plan::fit` follows its documented greedy sequence: from the default plan, move (to the

@@ -489,6 +489,37 @@ fn kernels_match_reference_on_large_windows() {
 }
 
 #[test]
+fn kernels_match_reference_on_inputs_of_a_few_bytes() {
+    // 1x1 convs on one or two pixels of 1, 2, 3 or 7 channels: inputs of 1 to 14 bytes, most
+    // of them not a whole number of 4-byte words (the sign-weight kernel views the input's
+    // whole words: here none, or fewer than its bytes), for the weight and activation widths.
+    let mut total = 0;
+    for (cin_g, w) in [(1u32, 1u32), (2, 1), (3, 1), (3, 2), (7, 1), (7, 2)] {
+        for wbits in [1u8, 2, 4] {
+            for abits in [1u8, 2, 8] {
+                let c = Case {
+                    cin_g,
+                    groups: 1,
+                    cout_g: 5,
+                    k: (1, 1),
+                    stride: (1, 1),
+                    pad: (0, 0),
+                    h: 1,
+                    w,
+                    wbits,
+                    abits,
+                    zp: if abits == 1 { 0 } else { 1 },
+                    rows: 1,
+                    seed: 3 + u64::from(cin_g) * 16 + u64::from(wbits) * 4 + u64::from(abits),
+                };
+                total += check_case(&c);
+            }
+        }
+    }
+    assert!(total >= 6 * 3 * 3 * 2);
+}
+
+#[test]
 fn kernels_match_reference_every_bit_pair() {
     // Deterministic sweep: every (wbits, abits) pair on the awkward channel counts, with
     // stride 2, padding 1 and groups 2.

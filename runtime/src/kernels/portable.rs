@@ -336,9 +336,11 @@ fn sign_weight_in_place_body(
     // as many taps per chunk as the buffer holds.
     let cin_words = s.cin_g.div_ceil(4);
     let bw = cin_words.min(((SIGN_MASK_WORDS / (4 * taps)) & !1).clamp(2, 16));
-    let tc = taps.min(SIGN_MASK_WORDS / (4 * bw));
     let mut masks = [[0u32; 4]; SIGN_MASK_WORDS / 4];
     let mut toff = [0usize; SIGN_MASK_WORDS / 8];
+    // Taps per chunk: as many as the masks hold, and at most one offset each (a block of one
+    // word, `cin_g <= 4`, would fit twice as many masks as offsets).
+    let tc = taps.min(SIGN_MASK_WORDS / (4 * bw)).min(toff.len());
     // Whole-word loads where every block of every pixel starts 4-byte aligned (the arena's
     // tensors are, with channel counts a multiple of 4), byte loads otherwise.
     let words_ok = ((s.c | s.cin_g) & 3) == 0;

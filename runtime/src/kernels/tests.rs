@@ -463,10 +463,12 @@ fn kernels_match_reference_on_wide_outputs_at_every_tile_width() {
 fn kernels_match_reference_on_large_windows() {
     // A 9x9 window (81 taps) is more than the sign-weight kernel's mask buffer holds for one
     // chunk of taps (72 at two words), so its taps run in chunks; 1-bit weights, every
-    // activation width, aligned (32) and byte-wise (33) channel counts.
+    // activation width, aligned (32) and byte-wise (33) channel counts, and 1 to 4 channels,
+    // one mask word a tap, where the mask buffer would hold all 81 taps but its tap offsets
+    // hold 72 (a chunk of 81 indexed past them and panicked).
     let mut total = 0;
     for abits in [1u8, 2, 8] {
-        for cin_g in [32u32, 33] {
+        for cin_g in [1u32, 3, 4, 32, 33] {
             let c = Case {
                 cin_g,
                 groups: 1,
@@ -485,7 +487,7 @@ fn kernels_match_reference_on_large_windows() {
             total += check_case(&c);
         }
     }
-    assert!(total >= 2 * 3 * 2);
+    assert!(total >= 3 * 5 * 2);
 }
 
 #[test]

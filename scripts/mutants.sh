@@ -57,10 +57,11 @@ FILES=(
 seconds_per_mutant() { case "$1" in format/*) echo 4 ;; *) echo 15 ;; esac; }
 seconds_of_baseline() { case "$1" in format/*) echo 15 ;; *) echo 60 ;; esac; }
 ROTATION_SECONDS=120
-# Files not yet mutated whole (docs/RELIABILITY.md, "Left open"): a survivor the rotation finds
-# there is an old gap, not the change's, and is reported without failing the run until the
-# file's whole run has been done and its survivors killed or listed.
-NOT_YET_WHOLE=(runtime/src/kernels/portable.rs)
+# Files not yet mutated whole (docs/RELIABILITY.md, "Mutation testing"): a survivor the rotation
+# finds there is an old gap, not the change's, and is reported without failing the run until
+# the file's whole run has been done and its survivors killed or listed. None now: add a file
+# that joins FILES here until its first whole run.
+NOT_YET_WHOLE=()
 
 base=""
 ci=0
@@ -385,7 +386,7 @@ spent=$(($(date +%s) - t0))
 if [ $((spent + cold + rot_est)) -le "$budget" ]; then
     echo "rotation: slice $((index % total)) of $total: $rot_file shard $rot_shard"
     cap=$(left)
-    for f in "${NOT_YET_WHOLE[@]}"; do
+    for f in ${NOT_YET_WHOLE[@]+"${NOT_YET_WHOLE[@]}"}; do
         [ "$f" != "$rot_file" ] || survivors="$out/old-gaps.txt"
     done
     run_file "$rot_file" --shard "$rot_shard"

@@ -431,6 +431,16 @@ impl RowOps {
         }
         RowOps::PORTABLE
     }
+
+    /// Every variant this CPU runs, the portable one first (for the tests: each must give
+    /// the portable result, not only the one `native` picks).
+    #[cfg(test)]
+    pub(crate) fn variants() -> std::vec::Vec<RowOps> {
+        let mut v = std::vec![RowOps::PORTABLE];
+        #[cfg(target_arch = "x86_64")]
+        v.extend(x86::row_ops_variants());
+        v
+    }
 }
 
 /// A table builder: unpadded HWC codes and the pad code in, [`ConvShape::lut_input_len`]

@@ -617,7 +617,7 @@ proptest! {
         let n = s.hp * s.wp * portable::bit_pixel_words(&s);
         let mut want = vec![0xdead_beefu64; n];
         reference::pack_bits_ref(&s, &x, pad & mask, &mut want);
-        for ops in [RowOps::PORTABLE, RowOps::native()] {
+        for ops in RowOps::variants() {
             let mut got = vec![0x1234u64; n];
             (ops.pack_bits)(&s, &x, pad & mask, &mut got);
             prop_assert_eq!(&got, &want);

@@ -63,9 +63,11 @@ proptest! {
         let mut got = vec![7u8; n];
         requant(&raw, aff, &outq, cout, acc, &mut got);
         prop_assert_eq!(&got, &want);
-        let mut got = vec![7u8; n];
-        (RowOps::native().requant)(&raw, aff, &outq, cout, acc, &mut got);
-        prop_assert_eq!(&got, &want);
+        for ops in RowOps::variants() {
+            let mut got = vec![7u8; n];
+            (ops.requant)(&raw, aff, &outq, cout, acc, &mut got);
+            prop_assert_eq!(&got, &want);
+        }
         // The Cortex-M4's 32-bit variant.
         let mut got = vec![7u8; n];
         requant_m4(&raw, aff, &outq, cout, acc, &mut got);
@@ -142,9 +144,11 @@ fn requant_lanes32_at_its_bounds() {
                 got, want,
                 "s1 {s1} zp1 {zp1} s2 {s2} zp2 {zp2} bits {out_bits}"
             );
-            let mut got = vec![7u8; acc.len()];
-            (RowOps::native().requant)(&raw, aff, &outq, cout, &acc, &mut got);
-            assert_eq!(got, want, "native: s1 {s1} zp1 {zp1} s2 {s2} zp2 {zp2}");
+            for ops in RowOps::variants() {
+                let mut got = vec![7u8; acc.len()];
+                (ops.requant)(&raw, aff, &outq, cout, &acc, &mut got);
+                assert_eq!(got, want, "native: s1 {s1} zp1 {zp1} s2 {s2} zp2 {zp2}");
+            }
         }
     }
 }
@@ -193,9 +197,11 @@ proptest! {
         let mut got = vec![0u8; n];
         add_rows(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
         prop_assert_eq!(&got, &want);
-        let mut got = vec![0u8; n];
-        (RowOps::native().add_rows)(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
-        prop_assert_eq!(&got, &want);
+        for ops in RowOps::variants() {
+            let mut got = vec![0u8; n];
+            (ops.add_rows)(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
+            prop_assert_eq!(&got, &want);
+        }
         // The Cortex-M4's 32-bit variant (the test's factors fit i32).
         let mut got = vec![9u8; n];
         prop_assert!(add_rows_m4(&a, &b, &qa, &qb, &p, &qo, c, &mut got));
@@ -284,8 +290,10 @@ fn requant_extremes() {
                             let mut got = vec![0u8; acc.len()];
                             requant(&raw, a, &outq, cout, &acc, &mut got);
                             assert_eq!(got, want);
-                            (RowOps::native().requant)(&raw, a, &outq, cout, &acc, &mut got);
-                            assert_eq!(got, want);
+                            for ops in RowOps::variants() {
+                                (ops.requant)(&raw, a, &outq, cout, &acc, &mut got);
+                                assert_eq!(got, want);
+                            }
                             requant_m4(&raw, a, &outq, cout, &acc, &mut got);
                             assert_eq!(got, want);
                         }
@@ -395,9 +403,11 @@ fn requant_stops_at_the_shorter_buffer_with(s1: u8, m1: i32, s2: u8) {
         requant(&raw, Some(&aff), &outq, cout, acc, &mut got);
         assert_eq!(got, want, "{na} {nd}");
         // And the variant the CPU's plans use (SIMD where there is one).
-        let mut got = vec![99u8; nd * cout];
-        (RowOps::native().requant)(&raw, Some(&aff), &outq, cout, acc, &mut got);
-        assert_eq!(got, want, "native {na} {nd}");
+        for ops in RowOps::variants() {
+            let mut got = vec![99u8; nd * cout];
+            (ops.requant)(&raw, Some(&aff), &outq, cout, acc, &mut got);
+            assert_eq!(got, want, "native {na} {nd}");
+        }
         // And the Cortex-M4's 32-bit variant.
         let mut got = vec![99u8; nd * cout];
         requant_m4(&raw, Some(&aff), &outq, cout, acc, &mut got);

@@ -215,24 +215,32 @@ pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
     kinds.into_iter().find_map(by_kind)
 }
 
-/// The driver's row operations compiled with AVX2, where the CPU has it; the requantization
-/// and residual add compiled with AVX-512 (8 `i64` lanes) where the CPU has AVX-512 DQ/VL.
+/// The driver's row operations compiled with AVX2, where the CPU has it; with AVX-512 where
+/// the CPU has AVX-512 F/BW/DQ/VL ([`row_ops_variants`]' last).
 pub(crate) fn row_ops() -> Option<RowOps> {
+    row_ops_variants().last().copied()
+}
+
+/// The row operations this CPU runs, slowest first: AVX2, then AVX-512 F/BW/DQ/VL (the
+/// requantization and residual add with 8 `i64` lanes, the packer with `vptestmb`).
+pub(crate) fn row_ops_variants() -> heapless::Vec<RowOps, 2> {
     let f = Features::get();
-    let ops = f.avx2.then_some(RowOps {
-        requant: requant_avx2,
-        add_rows: add_rows_avx2,
-        pack_bits: pack_bits_avx2,
-    })?;
-    Some(if f.avx512dq {
-        RowOps {
-            requant: requant_avx512,
-            add_rows: add_rows_avx512,
-            ..ops
+    let mut v = heapless::Vec::new();
+    if f.avx2 {
+        let _ = v.push(RowOps {
+            requant: requant_avx2,
+            add_rows: add_rows_avx2,
+            pack_bits: pack_bits_avx2,
+        });
+        if f.avx512dq {
+            let _ = v.push(RowOps {
+                requant: requant_avx512,
+                add_rows: add_rows_avx512,
+                pack_bits: pack_bits_avx512,
+            });
         }
-    } else {
-        ops
-    })
+    }
+    v
 }
 
 // ---------------------------------------------------------------------------------------------

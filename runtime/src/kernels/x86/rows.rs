@@ -43,7 +43,7 @@ pub(super) fn pack_bits_avx2(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) 
                     chunk[..part.len()].copy_from_slice(part);
                     chunk[part.len()..].fill(0);
                     // SAFETY: `row_ops` hands this packer out only where AVX2 is present.
-                    unsafe { planes_of_chunk_avx2(&chunk, &mut planes) };
+                    unsafe { planes_of_chunk_avx2(&chunk, ab, &mut planes) };
                     for p in 0..ab {
                         dst[(g * ab + p) * cw + wd] = planes[p];
                     }
@@ -53,12 +53,64 @@ pub(super) fn pack_bits_avx2(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) 
     }
 }
 
-/// `w[r]` = bit `r` of each of the 64 codes.
+/// The driver's bit packer with AVX-512 BW (`vptestmb`: 64 channels per instruction and
+/// plane, a masked load per 64 codes instead of a copy): the same result as
+/// `portable::pack_bits`.
+pub(super) fn pack_bits_avx512(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) {
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn body(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) {
+        let (h, w, c, cin, cw) = (s.h(), s.w(), s.c, s.cin_g, s.cw);
+        let ab = usize::from(s.abits).min(8);
+        let px = portable::bit_pixel_words(s);
+        assert!(x.len() >= h * w * c && out.len() >= s.hp * s.wp * px && s.groups * cin <= c);
+        let first = |wd: usize| match cin - wd * 64 {
+            n if n >= 64 => u64::MAX,
+            n => (1u64 << n) - 1,
+        };
+        for y in 0..s.hp {
+            for xx in 0..s.wp {
+                let dst = &mut out[(y * s.wp + xx) * px..(y * s.wp + xx + 1) * px];
+                let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
+                let at = if inside {
+                    ((y - s.ph) * w + (xx - s.pw)) * c
+                } else {
+                    0
+                };
+                for g in 0..s.groups {
+                    for wd in 0..cw {
+                        let mask = first(wd);
+                        // SAFETY: AVX-512 F/BW present (`row_ops` hands this packer out only
+                        // then); the masked load reads the `mask.count_ones()` codes from
+                        // channel `g * cin + 64 wd` of the pixel, inside `x` (asserted above).
+                        let v = unsafe {
+                            if inside {
+                                _mm512_maskz_loadu_epi8(
+                                    mask,
+                                    x.as_ptr().add(at + g * cin + wd * 64) as *const _,
+                                )
+                            } else {
+                                _mm512_maskz_set1_epi8(mask, pad as i8)
+                            }
+                        };
+                        for p in 0..ab {
+                            let bit = _mm512_set1_epi8((1u8 << p) as i8);
+                            dst[(g * ab + p) * cw + wd] = _mm512_test_epi8_mask(v, bit);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // SAFETY: `row_ops` hands this packer out only where AVX-512 F/BW is present.
+    unsafe { body(s, x, pad, out) }
+}
+
+/// `w[r]` = bit `r` of each of the 64 codes, for the planes `r < ab` (the others untouched).
 ///
 /// # Safety
 /// The CPU supports AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
+unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], ab: usize, w: &mut [u64; 8]) {
     // SAFETY: `chunk` holds 64 bytes: two 32-byte loads.
     let (lo, hi) = unsafe {
         (
@@ -68,6 +120,9 @@ unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], w: &mut [u64; 8]) {
     };
     macro_rules! plane {
         ($r:literal) => {{
+            if $r >= ab {
+                return;
+            }
             let l = _mm256_movemask_epi8(_mm256_slli_epi16::<{ 7 - $r }>(lo)) as u32 as u64;
             let h = _mm256_movemask_epi8(_mm256_slli_epi16::<{ 7 - $r }>(hi)) as u32 as u64;
             w[$r] = l | h << 32;

@@ -153,7 +153,8 @@ fn prepare_regions(
             .get(conv.input as usize)
             .and_then(|t| t.q)
             .map_or(0, |q| q.zp);
-        packed::prepare_aux(&conv, &s, zp, aux);
+        let outq = plan.tensors.get(conv.output as usize).and_then(|t| t.q);
+        packed::prepare_aux(&conv, &s, zp, outq.as_ref(), aux);
     }
     header[8..16].copy_from_slice(&fingerprint(model, plan).to_le_bytes());
     header[..8].copy_from_slice(&MAGIC);

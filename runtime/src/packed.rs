@@ -8,16 +8,34 @@ use crate::arena::{layer_io, range, LayerIo, TensorSlot, ALIGN};
 use crate::kernels::{self, portable, reference, ConvShape, KernelKind, RowOps, Run};
 use crate::layers::{dense, f32_map, flatten, gap, pool};
 use crate::plan::{conv_shape, LayerPlan, Plan};
-use crate::quant::QParams;
+use crate::quant::{self, QParams};
 use crate::{Error, Result};
 
 /// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or
 /// `S[ky][kx][o]`, the numerator sum of one tap, tap-major so that a padded tap's correction
-/// is one run over the channels (abits 1, for the border correction). Empty `aux`
-/// (float/reference) is left alone.
-pub(crate) fn prepare_aux(conv: &Conv<'_>, s: &ConvShape, zp: i32, aux: &mut [u8]) {
+/// is one run over the channels (abits 1, for the border correction); then, where the plan
+/// made room for them (a sign requantization into `outq`, `quant::is_sign`), the thresholds
+/// of `quant::sign_threshold` ([`signs`]). Empty `aux` (float/reference) is left alone.
+pub(crate) fn prepare_aux(
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    zp: i32,
+    outq: Option<&QParams>,
+    aux: &mut [u8],
+) {
     if aux.is_empty() {
         return;
+    }
+    let corr = s.correction_len();
+    if let (Some(q), Some(aff)) = (outq, conv.requant.affine.as_ref()) {
+        if let Some(t) = aux.get_mut(corr..corr + s.cout * quant::SIGN_BYTES) {
+            let (thr, flip) = t.split_at_mut(s.cout * 4);
+            for (o, (t, f)) in thr.chunks_exact_mut(4).zip(flip).enumerate() {
+                let (v, fl) = quant::sign_threshold(&conv.requant.raw, aff, q, o);
+                t.copy_from_slice(&v.to_le_bytes());
+                *f = fl;
+            }
+        }
     }
     let reader = slb_format::CodeReader::new(conv);
     let per_tap = s.abits == 1;
@@ -170,11 +188,12 @@ fn conv_layer(
     let w = weights.get(lp.w()).ok_or(bad)?;
     let scratch = scratch.get_mut(..lp.scratch as usize).ok_or(bad)?;
     let row = s.ow * s.cout;
+    let sg = signs(s, aux);
     if kind == KernelKind::Reference {
         let acc: &mut [i32] =
             bytemuck::try_cast_slice_mut(&mut scratch[..s.oh * row * 4]).map_err(|_| bad)?;
         reference::conv_acc(conv, s, &inq, x, acc);
-        requant_rows(ops, conv, s, &outq, acc, 0, s.oh, out);
+        requant_rows(ops, conv, s, &outq, None, acc, 0, s.oh, out);
         return Ok(());
     }
     let k = kernels::by_kind(kind).ok_or(Error::KernelUnavailable {
@@ -220,7 +239,7 @@ fn conv_layer(
                 let acc = &mut acc_all[..(y1 - y0) * row];
                 f(s, xin, w, y0, y1, acc);
                 correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
+                requant_rows(ops, conv, s, &outq, sg, acc, y0, y1, out);
                 y0 = y1;
             }
         }
@@ -235,7 +254,7 @@ fn conv_layer(
                 let acc = &mut acc_all[..(y1 - y0) * row];
                 f(s, words, w, y0, y1, acc);
                 correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
+                requant_rows(ops, conv, s, &outq, sg, acc, y0, y1, out);
                 y0 = y1;
             }
         }
@@ -250,7 +269,7 @@ fn conv_layer(
                 let acc = &mut acc_all[..(y1 - y0) * row];
                 f(s, tables, w, y0, y1, acc);
                 correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(ops, conv, s, &outq, acc, y0, y1, out);
+                requant_rows(ops, conv, s, &outq, sg, acc, y0, y1, out);
                 y0 = y1;
             }
         }
@@ -338,13 +357,24 @@ pub(crate) fn correct(
     }
 }
 
-/// Stage 1 and stage 2 on exact accumulators of rows `y0..y1`, into the output codes.
+/// The thresholds of a sign requantization in `aux` ([`prepare_aux`]), if the plan made room
+/// for them (and the arena keeps them aligned, as it does).
+fn signs<'a>(s: &ConvShape, aux: &'a [u8]) -> Option<(&'a [i32], &'a [u8])> {
+    let at = s.correction_len();
+    let t = aux.get(at..at + s.cout * quant::SIGN_BYTES)?;
+    let (thr, flip) = t.split_at(s.cout * 4);
+    Some((bytemuck::try_cast_slice(thr).ok()?, flip))
+}
+
+/// Stage 1 and stage 2 on exact accumulators of rows `y0..y1`, into the output codes: by the
+/// thresholds `signs` where the plan prepared them, else through `ops.requant`.
 #[allow(clippy::too_many_arguments)]
 fn requant_rows(
     ops: &RowOps,
     conv: &Conv<'_>,
     s: &ConvShape,
     outq: &QParams,
+    signs: Option<(&[i32], &[u8])>,
     acc: &[i32],
     y0: usize,
     y1: usize,
@@ -355,5 +385,8 @@ fn requant_rows(
         return;
     };
     let rq = &conv.requant;
-    (ops.requant)(&rq.raw, rq.affine.as_ref(), outq, s.cout, acc, dst);
+    match signs {
+        Some((thr, flip)) => (ops.sign_rows)(thr, flip, acc, dst),
+        None => (ops.requant)(&rq.raw, rq.affine.as_ref(), outq, s.cout, acc, dst),
+    }
 }

@@ -8,7 +8,7 @@ use slb_format::{DType, Layer, Model, Site};
 pub use crate::arena::MAX_TENSORS;
 use crate::arena::{add, align, mul, place, TensorSlot, ALIGN, HEADER};
 use crate::kernels::{self, Algo, ConvShape, CostModel, KernelKind, RowOps};
-use crate::quant::QParams;
+use crate::quant::{self, QParams};
 use crate::{Error, Result};
 
 /// Most layers a [`Plan`] holds.
@@ -578,11 +578,23 @@ fn conv_plan(
             scratch: mul(mul(s.oh, s.ow)?, mul(s.cout, 4)?)?,
         });
     };
-    let aux_len = if abits == 1 {
+    // The correction table, then the thresholds of a sign requantization.
+    let outq = tensors.get(conv.output as usize).and_then(|t| t.q);
+    let sign = outq.is_some_and(|q| quant::is_sign(conv.requant.affine.as_ref(), &q));
+    // (`ConvShape::correction_len`, with its products checked.)
+    let correction = if abits == 1 {
         mul(mul(s.cout, s.kh * s.kw)?, 4)?
     } else {
         mul(s.cout, 4)?
     };
+    let aux_len = add(
+        correction,
+        if sign {
+            mul(s.cout, quant::SIGN_BYTES)?
+        } else {
+            0
+        },
+    )?;
     // The padded input (bytes, or bit-packed pixels) and the accumulators of `rows` rows.
     let input = match k.run {
         kernels::Run::Bytes(_) => {

@@ -97,7 +97,6 @@ pub(crate) fn libm_floor(x: f32) -> f32 {
 }
 
 /// Stage 1: the raw code of an exact accumulator (reference; the driver runs [`requant`]).
-#[cfg(test)]
 #[inline]
 pub(crate) fn stage1(acc: i32, raw: &RawQuant) -> i32 {
     let r = round_shift(i64::from(acc) * i64::from(raw.mult), raw.shift);
@@ -122,7 +121,6 @@ pub(crate) fn affine_at(a: &ChannelAffine<'_>, c: usize) -> Affine {
 }
 
 /// Stage 2 on one raw code: output code (reference; the driver runs [`requant`]).
-#[cfg(test)]
 #[inline]
 pub(crate) fn stage2(
     q_raw: i32,
@@ -349,6 +347,66 @@ pub(crate) fn requant_ref(
                     *d = stage2(q, raw.zero_point, p, aff.shift, aff.relu, outq);
                 }
             }
+        }
+    }
+}
+
+/// Whether requantization into `outq` is a sign (a 1-bit output through stage 2), which
+/// [`sign_threshold`] turns into one comparison per element.
+#[inline]
+pub(crate) fn is_sign(aff: Option<&ChannelAffine<'_>>, outq: &QParams) -> bool {
+    outq.bits == 1 && aff.is_some()
+}
+
+/// Bytes per channel of the thresholds of a sign requantization: an `i32` threshold (the
+/// thresholds of all channels first) and a flip byte ([`sign_threshold`]).
+pub(crate) const SIGN_BYTES: usize = 5;
+
+/// The threshold of channel `c` of a sign requantization ([`is_sign`]): for every `i32`
+/// accumulator `a`, `u8::from(a >= thr) ^ flip` is the code [`stage1`] and [`stage2`] give
+/// (so [`requant`]'s, `requant_matches_reference`). That code is a monotone step of `a`: stage
+/// 1 is `a * mult` rounded, shifted and clamped (non-decreasing for `mult >= 0`, non-increasing
+/// otherwise; no product of two `i32` overflows `i64`), stage 2 the same with the channel's
+/// multiplier, and the sign of a monotone function changes at most once; a binary search over
+/// the `i32` range finds where. A channel whose code never changes gets `thr = i32::MIN` (`a
+/// >= thr` always) and the flip that gives its constant.
+pub(crate) fn sign_threshold(
+    raw: &RawQuant,
+    aff: &ChannelAffine<'_>,
+    outq: &QParams,
+    c: usize,
+) -> (i32, u8) {
+    let p = affine_at(aff, c);
+    let code = |a: i32| stage2(stage1(a, raw), raw.zero_point, p, aff.shift, aff.relu, outq);
+    let c0 = code(i32::MIN);
+    if code(i32::MAX) == c0 {
+        return (i32::MIN, 1 ^ c0);
+    }
+    // `code(lo) == c0 != code(hi)`: the step lies in `lo + 1 ..= hi`.
+    let (mut lo, mut hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
+    while hi - lo > 1 {
+        let mid = (lo + hi) >> 1;
+        if code(mid as i32) == c0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (hi as i32, c0)
+}
+
+/// Sign requantization of HWC accumulators by the thresholds of [`sign_threshold`] (`thr.len()`
+/// channels per pixel): the same codes as [`requant`], one comparison per element.
+#[inline(always)]
+pub(crate) fn sign_rows(thr: &[i32], flip: &[u8], acc: &[i32], dst: &mut [u8]) {
+    let c = thr.len().min(flip.len());
+    if c == 0 {
+        return;
+    }
+    let (thr, flip) = (&thr[..c], &flip[..c]);
+    for (d, a) in dst.chunks_exact_mut(c).zip(acc.chunks_exact(c)) {
+        for (((d, &a), &t), &f) in d.iter_mut().zip(a).zip(thr).zip(flip) {
+            *d = u8::from(a >= t) ^ f;
         }
     }
 }

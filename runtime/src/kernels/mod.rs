@@ -260,6 +260,16 @@ impl ConvShape {
         self.kh * self.kw * self.cin_g
     }
 
+    /// Bytes of the driver's correction table (`packed::correct`): `kh * kw * cout` border
+    /// sums for 1-bit activations, else `cout` zero-point sums, as `i32`.
+    pub(crate) fn correction_len(&self) -> usize {
+        if self.abits == 1 {
+            self.cout * self.kh * self.kw * 4
+        } else {
+            self.cout * 4
+        }
+    }
+
     /// Unpadded input height.
     pub fn h(&self) -> usize {
         self.hp - 2 * self.ph
@@ -401,6 +411,8 @@ pub(crate) type AddRowsFn =
     fn(&[u8], &[u8], &QParams, &QParams, &AddParams<'_>, &QParams, usize, &mut [u8]);
 /// The bit-plane packer of the bit family's input (`portable::pack_bits`).
 pub(crate) type PackBitsFn = fn(&ConvShape, &[u8], u8, &mut [u64]);
+/// A sign requantization by per-channel thresholds (`quant::sign_rows`).
+pub(crate) type SignRowsFn = fn(&[i32], &[u8], &[i32], &mut [u8]);
 
 /// The drivers' row operations around the kernels, in the variant the planner chose once
 /// (every variant gives the same result: SIMD ones are the portable code compiled for the ISA,
@@ -413,6 +425,8 @@ pub(crate) struct RowOps {
     pub add_rows: AddRowsFn,
     /// The bit packer.
     pub pack_bits: PackBitsFn,
+    /// Requantization into 1-bit codes by thresholds.
+    pub sign_rows: SignRowsFn,
 }
 
 impl RowOps {
@@ -421,6 +435,7 @@ impl RowOps {
         requant: quant::requant,
         add_rows: quant::add_rows,
         pack_bits: portable::pack_bits,
+        sign_rows: quant::sign_rows,
     };
 
     /// The best variants this CPU runs.

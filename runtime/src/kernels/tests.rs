@@ -86,7 +86,7 @@ pub(crate) fn kernel_exact_at(
     // then reads it byte-wise).
     let mut auxbuf = vec![0u64; al.div_ceil(8) + 1];
     let aux = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut auxbuf)[usize::from(misalign)..][..al];
-    prepare_aux(conv, s, inq.zp, aux);
+    prepare_aux(conv, s, inq.zp, None, aux);
     let aux: &[u8] = aux;
     let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
     let row = s.ow * s.cout;

@@ -26,6 +26,65 @@ fn bits() -> impl Strategy<Value = u8> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+    /// A sign requantization's thresholds give the reference's code for every accumulator:
+    /// random ones, the extremes, and each side of every channel's threshold; and `sign_rows`
+    /// (every variant the CPU runs) gives `requant_ref`'s codes.
+    #[test]
+    fn sign_thresholds_match_reference(
+        cout in prop_oneof![1usize..=9, 60usize..=70],
+        npx in 1usize..=4,
+        seed in prop::collection::vec(i32_wide(), 2 * 70 + 4 * 70),
+        raw_mult in i32_wide(),
+        (s1, s2) in (shift(), shift()),
+        raw_bits in prop_oneof![Just(2u8), Just(4), Just(8)],
+        zr in 0u32..256,
+        relu in any::<bool>(),
+    ) {
+        let mult = i32_bytes(&seed[..cout]);
+        let bias = i32_bytes(&seed[cout..2 * cout]);
+        let raw = RawQuant {
+            mult: raw_mult,
+            shift: s1,
+            zero_point: (zr % (1 << raw_bits)) as i32,
+            bits: raw_bits,
+            scale: 1.0,
+        };
+        let aff = ChannelAffine { shift: s2, mult: I32s(&mult), bias: I32s(&bias), relu };
+        let outq = QParams { scale: 1.0, zp: 0, bits: 1 };
+        prop_assert!(is_sign(Some(&aff), &outq));
+        let (mut thr, mut flip) = (vec![0i32; cout], vec![0u8; cout]);
+        for c in 0..cout {
+            (thr[c], flip[c]) = sign_threshold(&raw, &aff, &outq, c);
+            let p = affine_at(&aff, c);
+            let t = thr[c];
+            for a in [i32::MIN, i32::MAX, t.saturating_sub(1), t, t.saturating_add(1), seed[2 * cout + c]] {
+                let want = stage2(stage1(a, &raw), raw.zero_point, p, aff.shift, aff.relu, &outq);
+                prop_assert_eq!(u8::from(a >= t) ^ flip[c], want, "channel {} acc {} thr {}", c, a, t);
+            }
+        }
+        // Accumulators around the thresholds, through every variant of `sign_rows`.
+        let acc: Vec<i32> = (0..npx * cout)
+            .map(|i| {
+                let (c, k) = (i % cout, i / cout);
+                match k {
+                    0 => thr[c].saturating_sub(1),
+                    1 => thr[c],
+                    _ => seed[2 * cout + 70 * k % (4 * 70) + c],
+                }
+            })
+            .collect();
+        let mut want = vec![7u8; acc.len()];
+        requant_ref(&raw, Some(&aff), &outq, cout, &acc, &mut want);
+        for ops in RowOps::variants() {
+            let mut got = vec![9u8; acc.len()];
+            (ops.sign_rows)(&thr, &flip, &acc, &mut got);
+            prop_assert_eq!(&got, &want);
+        }
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     /// The driver's requantization (AVX2 where the CPU has it, and the portable body)
     /// against the element-wise reference, bit for bit.

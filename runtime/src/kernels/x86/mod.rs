@@ -231,12 +231,14 @@ pub(crate) fn row_ops_variants() -> heapless::Vec<RowOps, 2> {
             requant: requant_avx2,
             add_rows: add_rows_avx2,
             pack_bits: pack_bits_avx2,
+            sign_rows: sign_rows_avx2,
         });
         if f.avx512dq {
             let _ = v.push(RowOps {
                 requant: requant_avx512,
                 add_rows: add_rows_avx512,
                 pack_bits: pack_bits_avx512,
+                sign_rows: sign_rows_avx512,
             });
         }
     }

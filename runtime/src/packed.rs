@@ -225,6 +225,11 @@ fn conv_layer(
     let acc_all: &mut [i32] =
         bytemuck::try_cast_slice_mut(accbuf.get_mut(..rows * row * 4).ok_or(bad)?)
             .map_err(|_| bad)?;
+    // Each chunk of rows corrected and requantized while its accumulators are in cache.
+    let finish = |acc: &mut [i32], y0: usize, y1: usize| {
+        correct(s, &inq, aux, acc, y0, y1);
+        requant_rows(ops, conv, s, &outq, sg, acc, y0, y1, out);
+    };
     match k.run {
         Run::Bytes(f) => {
             let xin: &[u8] = if xin_len == 0 {
@@ -233,48 +238,65 @@ fn conv_layer(
                 portable::pad_bytes(s, x, pad, &mut xbuf[..xin_len]);
                 &xbuf[..xin_len]
             };
-            let mut y0 = 0;
-            while y0 < s.oh {
-                let y1 = (y0 + rows).min(s.oh);
-                let acc = &mut acc_all[..(y1 - y0) * row];
-                f(s, xin, w, y0, y1, acc);
-                correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(ops, conv, s, &outq, sg, acc, y0, y1, out);
-                y0 = y1;
-            }
+            by_rows(
+                s.oh,
+                rows,
+                row,
+                acc_all,
+                |y0, y1, acc| f(s, xin, w, y0, y1, acc),
+                finish,
+            );
         }
         Run::Bits(f) => {
             let words: &mut [u64] =
                 bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
             (ops.pack_bits)(s, x, pad, words);
             let words: &[u64] = words;
-            let mut y0 = 0;
-            while y0 < s.oh {
-                let y1 = (y0 + rows).min(s.oh);
-                let acc = &mut acc_all[..(y1 - y0) * row];
-                f(s, words, w, y0, y1, acc);
-                correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(ops, conv, s, &outq, sg, acc, y0, y1, out);
-                y0 = y1;
-            }
+            by_rows(
+                s.oh,
+                rows,
+                row,
+                acc_all,
+                |y0, y1, acc| f(s, words, w, y0, y1, acc),
+                finish,
+            );
         }
         Run::Tables(build, f) => {
             let tables: &mut [u16] =
                 bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
             build(s, x, pad, tables);
             let tables: &[u16] = tables;
-            let mut y0 = 0;
-            while y0 < s.oh {
-                let y1 = (y0 + rows).min(s.oh);
-                let acc = &mut acc_all[..(y1 - y0) * row];
-                f(s, tables, w, y0, y1, acc);
-                correct(s, &inq, aux, acc, y0, y1);
-                requant_rows(ops, conv, s, &outq, sg, acc, y0, y1, out);
-                y0 = y1;
-            }
+            by_rows(
+                s.oh,
+                rows,
+                row,
+                acc_all,
+                |y0, y1, acc| f(s, tables, w, y0, y1, acc),
+                finish,
+            );
         }
     }
     Ok(())
+}
+
+/// Runs `kernel` over the `oh` output rows in chunks of `rows` (`row` accumulators each, in
+/// `acc_all`), handing each chunk's accumulators to `finish` before the next.
+fn by_rows(
+    oh: usize,
+    rows: usize,
+    row: usize,
+    acc_all: &mut [i32],
+    mut kernel: impl FnMut(usize, usize, &mut [i32]),
+    mut finish: impl FnMut(&mut [i32], usize, usize),
+) {
+    let mut y0 = 0;
+    while y0 < oh {
+        let y1 = (y0 + rows).min(oh);
+        let acc = &mut acc_all[..(y1 - y0) * row];
+        kernel(y0, y1, acc);
+        finish(acc, y0, y1);
+        y0 = y1;
+    }
 }
 
 /// Turns a kernel's raw sums (CONTRACT.md) into exact accumulators: removes the zero point's

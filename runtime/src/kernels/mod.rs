@@ -280,26 +280,6 @@ impl ConvShape {
         self.wp - 2 * self.pw
     }
 
-    /// Elements of the padded byte input of the byte family (`hp * wp * c`).
-    #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
-        allow(dead_code)
-    )]
-    pub(crate) fn byte_input_len(&self) -> usize {
-        self.hp.saturating_mul(self.wp).saturating_mul(self.c)
-    }
-
-    /// `u64`s of the padded bit planes of the bit family.
-    #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
-        allow(dead_code)
-    )]
-    pub(crate) fn bit_input_len(&self) -> usize {
-        self.hp
-            .saturating_mul(self.wp)
-            .saturating_mul(portable::bit_pixel_words(self))
-    }
-
     /// Channel groups of [`LUT_K`] per group of the table-lookup layout, `ceil(cin_g / 5)`.
     pub(crate) fn lut_groups(&self) -> usize {
         self.cin_g.div_ceil(LUT_K)
@@ -321,12 +301,27 @@ impl ConvShape {
             .saturating_mul(self.lut_groups())
             .saturating_mul(1 << LUT_K)
     }
+}
+
+/// The buffer sizes and call preconditions the SIMD kernels check (x86-64 and AArch64 only).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+impl ConvShape {
+    /// Elements of the padded byte input of the byte family (`hp * wp * c`).
+    pub(crate) fn byte_input_len(&self) -> usize {
+        self.hp.saturating_mul(self.wp).saturating_mul(self.c)
+    }
+
+    /// `u64`s of the padded bit planes of the bit family.
+    pub(crate) fn bit_input_len(&self) -> usize {
+        self.hp
+            .saturating_mul(self.wp)
+            .saturating_mul(portable::bit_pixel_words(self))
+    }
 
     /// Whether the fields agree with each other as [`ConvShape::of`] makes them.
-    #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
-        allow(dead_code)
-    )]
     fn is_consistent(&self) -> bool {
         self.groups > 0
             && self.kh > 0
@@ -353,10 +348,6 @@ impl ConvShape {
     /// # Panics
     /// When a precondition fails, which no planned conv does: a kernel never reads out of
     /// bounds nor returns with its accumulators unwritten.
-    #[cfg_attr(
-        not(any(target_arch = "x86_64", target_arch = "aarch64")),
-        allow(dead_code)
-    )]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn assert_call(
         &self,

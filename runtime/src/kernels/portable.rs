@@ -327,10 +327,8 @@ fn sign_weight_in_place_body(
     let Some(acc) = acc.get_mut(..n_acc) else {
         return;
     };
+    // `ConvShape::of` refuses shapes without taps or input channels.
     let taps = s.kh * s.kw;
-    if s.cin_g == 0 || taps == 0 {
-        acc.fill(0);
-    }
     let row = s.cin_g.div_ceil(8);
     // Words of input channels per block: even (a block starts on a code byte), at least 2, and
     // as many taps per chunk as the buffer holds.

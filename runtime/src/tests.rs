@@ -1,5 +1,5 @@
 //! Crate-level tests: a hand-worked conv, whole models across kernels, the planner's bound and
-//! every error path (the kernel tests are in `kernels/tests.rs`).
+//! every error path (the kernel tests are in `kernels/tests/`).
 
 use slb_format::{
     f32_bytes, i32_bytes, pack_codes, DType, Layer, ModelBuilder, OwnedAffine, OwnedConv,

@@ -11,9 +11,11 @@ use crate::plan::{conv_shape, LayerPlan, Plan};
 use crate::quant::{self, QParams};
 use crate::{Error, Result};
 
-/// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or
-/// `S[ky][kx][o]`, the numerator sum of one tap, tap-major so that a padded tap's correction
-/// is one run over the channels (abits 1, for the border correction); then, where the plan
+/// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or, for
+/// the border correction of 1-bit activations, `B[r][c][o]`: per border class (row class
+/// `r`, column class `c`, [`ConvShape::border_classes`]) the sum of the numerators of the
+/// window's taps in the padding, so that a border pixel's correction is one run over the
+/// channels; then, where the plan
 /// made room for them (a sign requantization into `outq`, `quant::is_sign`), the thresholds
 /// of `quant::sign_threshold` ([`signs`]). Empty `aux` (float/reference) is left alone.
 pub(crate) fn prepare_aux(
@@ -39,6 +41,12 @@ pub(crate) fn prepare_aux(
     }
     let reader = slb_format::CodeReader::new(conv);
     let per_tap = s.abits == 1;
+    if per_tap {
+        if let Some(b) = aux.get_mut(..corr) {
+            b.fill(0);
+        }
+    }
+    let (_, cols) = s.border_classes();
     for o in 0..s.cout {
         let mut total = 0i32;
         for ky in 0..s.kh {
@@ -48,9 +56,18 @@ pub(crate) fn prepare_aux(
                     t += reader.numerator(o, ky, kx, i);
                 }
                 if per_tap {
-                    let at = ((ky * s.kw + kx) * s.cout + o) * 4;
-                    if let Some(d) = aux.get_mut(at..at + 4) {
-                        d.copy_from_slice(&t.to_le_bytes());
+                    // Into every class whose windows have this tap in the padding.
+                    for (r, (pt, pb)) in classes(s.row_runs()) {
+                        let row_pad = ky < pt || ky + pb >= s.kh;
+                        for (c, (qt, qb)) in classes(s.col_runs()) {
+                            if row_pad || kx < qt || kx + qb >= s.kw {
+                                let at = ((r * cols + c) * s.cout + o) * 4;
+                                if let Some(d) = aux.get_mut(at..at + 4) {
+                                    let v = i32_at(d, 0).wrapping_add(t);
+                                    d.copy_from_slice(&v.to_le_bytes());
+                                }
+                            }
+                        }
                     }
                 }
                 total += t;
@@ -63,6 +80,17 @@ pub(crate) fn prepare_aux(
             }
         }
     }
+}
+
+/// The distinct classes of a [`kernels::border_runs`] axis, each once: `(class, (before,
+/// after))`.
+fn classes(runs: kernels::BorderRuns) -> impl Iterator<Item = (usize, (usize, usize))> {
+    let mut last = None;
+    runs.filter_map(move |(_, c, pair)| {
+        let new = last != Some(c);
+        last = Some(c);
+        new.then_some((c, pair))
+    })
 }
 
 #[inline]
@@ -301,7 +329,7 @@ fn by_rows(
 
 /// Turns a kernel's raw sums (CONTRACT.md) into exact accumulators: removes the zero point's
 /// contribution (abits >= 2) or adds back the numerators of padded taps (abits 1, whose pad
-/// code 0 stands for -1 instead of 0).
+/// code 0 stands for -1 instead of 0), one table row per border pixel (its class's).
 pub(crate) fn correct(
     s: &ConvShape,
     inq: &QParams,
@@ -336,42 +364,31 @@ pub(crate) fn correct(
         }
         return;
     }
-    let (h, w) = (s.h(), s.w());
-    // `S[ky][kx][..]` as `i32`s (the arena keeps `aux` aligned), else read byte-wise.
-    let taps = aux
-        .get(..s.kh * s.kw * s.cout * 4)
+    // `B[r][c][..]` as `i32`s (the arena keeps `aux` aligned), else read byte-wise.
+    let cols = s.col_runs().last().map_or(0, |(_, c, _)| c + 1);
+    let table = aux
+        .get(..aux.len() / 4 * 4)
         .and_then(|b| bytemuck::try_cast_slice::<u8, i32>(b).ok());
-    for oy in y0..y1 {
-        let ty = oy * s.sh;
-        let row_inside = ty >= s.ph && ty + s.kh <= s.ph + h;
-        for ox in 0..s.ow {
-            let tx = ox * s.sw;
-            if row_inside && tx >= s.pw && tx + s.kw <= s.pw + w {
+    for (oy, r, (pt, pb)) in s.row_runs().skip(y0).take(y1.saturating_sub(y0)) {
+        let row_pad = pt + pb > 0;
+        for (ox, c, (qt, qb)) in s.col_runs() {
+            if !row_pad && qt + qb == 0 {
                 continue;
             }
             let base = ((oy - y0) * s.ow + ox) * s.cout;
             let Some(px) = acc.get_mut(base..base + s.cout) else {
                 return;
             };
-            for ky in 0..s.kh {
-                let iy = ty + ky;
-                let ypad = iy < s.ph || iy >= s.ph + h;
-                for kx in 0..s.kw {
-                    let ix = tx + kx;
-                    if ypad || ix < s.pw || ix >= s.pw + w {
-                        let tap = (ky * s.kw + kx) * s.cout;
-                        match taps {
-                            Some(t) => {
-                                for (a, &v) in px.iter_mut().zip(&t[tap..tap + s.cout]) {
-                                    *a = a.wrapping_add(v);
-                                }
-                            }
-                            None => {
-                                for (o, a) in px.iter_mut().enumerate() {
-                                    *a = a.wrapping_add(i32_at(aux, tap + o));
-                                }
-                            }
-                        }
+            let at = (r * cols + c) * s.cout;
+            match table.and_then(|t| t.get(at..at + s.cout)) {
+                Some(t) => {
+                    for (a, &v) in px.iter_mut().zip(t) {
+                        *a = a.wrapping_add(v);
+                    }
+                }
+                None => {
+                    for (o, a) in px.iter_mut().enumerate() {
+                        *a = a.wrapping_add(i32_at(aux, at + o));
                     }
                 }
             }

@@ -583,7 +583,8 @@ fn conv_plan(
     let sign = outq.is_some_and(|q| quant::is_sign(conv.requant.affine.as_ref(), &q));
     // (`ConvShape::correction_len`, with its products checked.)
     let correction = if abits == 1 {
-        mul(mul(s.cout, s.kh * s.kw)?, 4)?
+        let (rows, cols) = s.border_classes();
+        mul(mul(s.cout, mul(rows, cols)?)?, 4)?
     } else {
         mul(s.cout, 4)?
     };

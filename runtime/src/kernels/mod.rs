@@ -260,14 +260,34 @@ impl ConvShape {
         self.kh * self.kw * self.cin_g
     }
 
-    /// Bytes of the driver's correction table (`packed::correct`): `kh * kw * cout` border
-    /// sums for 1-bit activations, else `cout` zero-point sums, as `i32`.
+    /// Bytes of the driver's correction table (`packed::correct`): `cout` sums per border
+    /// class ([`ConvShape::border_classes`]) for 1-bit activations, else `cout` zero-point
+    /// sums, as `i32`.
     pub(crate) fn correction_len(&self) -> usize {
         if self.abits == 1 {
-            self.cout * self.kh * self.kw * 4
+            let (rows, cols) = self.border_classes();
+            self.cout * rows * cols * 4
         } else {
             self.cout * 4
         }
+    }
+
+    /// The border classes of the output rows and of the output columns: runs of outputs whose
+    /// windows have the same taps in the padding ([`border_runs`]). An output's class is its
+    /// row's and its column's.
+    pub(crate) fn border_classes(&self) -> (usize, usize) {
+        let count = |runs: BorderRuns| runs.last().map_or(0, |(_, c, _)| c + 1);
+        (count(self.row_runs()), count(self.col_runs()))
+    }
+
+    /// [`border_runs`] of the output rows.
+    pub(crate) fn row_runs(&self) -> BorderRuns {
+        border_runs(self.oh, self.sh, self.ph, self.h(), self.kh)
+    }
+
+    /// [`border_runs`] of the output columns.
+    pub(crate) fn col_runs(&self) -> BorderRuns {
+        border_runs(self.ow, self.sw, self.pw, self.w(), self.kw)
     }
 
     /// Unpadded input height.
@@ -300,6 +320,65 @@ impl ConvShape {
             .saturating_mul(self.groups)
             .saturating_mul(self.lut_groups())
             .saturating_mul(1 << LUT_K)
+    }
+}
+
+/// Along one axis of `n` outputs (stride `stride`, padding `pad` on both sides of `size`
+/// inputs, a window of `k` taps): for each output `o` in order, `(o, class, (before, after))`
+/// with `before` the window's taps in the padding before the input and `after` those after it,
+/// and `class` the number of changes of that pair so far. The pair changes monotonically
+/// (`before` falls, `after` rises), so each class is one run of outputs.
+pub(crate) fn border_runs(
+    n: usize,
+    stride: usize,
+    pad: usize,
+    size: usize,
+    k: usize,
+) -> BorderRuns {
+    BorderRuns {
+        o: 0,
+        n,
+        stride,
+        pad,
+        size,
+        k,
+        class: 0,
+        prev: None,
+    }
+}
+
+/// The iterator of [`border_runs`].
+#[derive(Clone, Debug)]
+pub(crate) struct BorderRuns {
+    o: usize,
+    n: usize,
+    stride: usize,
+    pad: usize,
+    size: usize,
+    k: usize,
+    class: usize,
+    prev: Option<(usize, usize)>,
+}
+
+impl Iterator for BorderRuns {
+    type Item = (usize, usize, (usize, usize));
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.o >= self.n {
+            return None;
+        }
+        let t = self.o * self.stride;
+        let before = self.pad.saturating_sub(t).min(self.k);
+        let after = (t + self.k)
+            .saturating_sub(self.pad + self.size)
+            .min(self.k);
+        let pair = (before, after);
+        if self.prev.is_some_and(|p| p != pair) {
+            self.class += 1;
+        }
+        self.prev = Some(pair);
+        self.o += 1;
+        Some((self.o - 1, self.class, pair))
     }
 }
 

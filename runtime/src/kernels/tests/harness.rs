@@ -76,11 +76,7 @@ pub(crate) fn kernel_exact_at(
     } else {
         w
     };
-    let al = if s.abits == 1 {
-        s.cout * s.kh * s.kw * 4
-    } else {
-        s.cout * 4
-    };
+    let al = s.correction_len();
     // The driver's table word-aligned, or at an odd address when `misalign` (the correction
     // then reads it byte-wise).
     let mut auxbuf = vec![0u64; al.div_ceil(8) + 1];

@@ -552,3 +552,30 @@ fn portable_xnor_in_place_runs_every_bit_pair() {
         }
     }
 }
+
+/// The border runs of an axis: the taps of each output's window in the padding before and
+/// after the input, and the class (run) each output belongs to.
+#[test]
+fn border_runs_follow_the_padded_taps() {
+    let runs =
+        |n, stride, pad, size, k| super::border_runs(n, stride, pad, size, k).collect::<Vec<_>>();
+    // 3 taps, stride 1, padding 1 on 4 inputs: the first and last outputs see one pad tap.
+    assert_eq!(
+        runs(4, 1, 1, 4, 3),
+        [
+            (0, 0, (1, 0)),
+            (1, 1, (0, 0)),
+            (2, 1, (0, 0)),
+            (3, 2, (0, 1))
+        ]
+    );
+    // Stride 2: the last window ends on the last input, so there are two classes.
+    assert_eq!(runs(2, 2, 1, 4, 3), [(0, 0, (1, 0)), (1, 1, (0, 0))]);
+    // One input under a 5-tap window with padding 2: both sides padded, one class.
+    assert_eq!(runs(1, 1, 2, 1, 5), [(0, 0, (2, 2))]);
+    // No padding: one class, nothing padded.
+    assert_eq!(
+        runs(3, 1, 0, 5, 3),
+        [(0, 0, (0, 0)), (1, 0, (0, 0)), (2, 0, (0, 0))]
+    );
+}

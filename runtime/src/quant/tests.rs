@@ -25,6 +25,17 @@ fn bits() -> impl Strategy<Value = u8> {
     prop_oneof![Just(1u8), Just(2), Just(4), Just(8)]
 }
 
+/// Stage 1's parameters, the zero point reduced to a code of `bits`.
+fn raw_quant(mult: i32, shift: u8, zr: u32, bits: u8) -> RawQuant {
+    RawQuant {
+        mult,
+        shift,
+        zero_point: (zr % (1 << bits)) as i32,
+        bits,
+        scale: 1.0,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
     /// A sign requantization's thresholds give the reference's code for every accumulator:
@@ -43,13 +54,7 @@ proptest! {
     ) {
         let mult = i32_bytes(&seed[..cout]);
         let bias = i32_bytes(&seed[cout..2 * cout]);
-        let raw = RawQuant {
-            mult: raw_mult,
-            shift: s1,
-            zero_point: (zr % (1 << raw_bits)) as i32,
-            bits: raw_bits,
-            scale: 1.0,
-        };
+        let raw = raw_quant(raw_mult, s1, zr, raw_bits);
         let aff = ChannelAffine { shift: s2, mult: I32s(&mult), bias: I32s(&bias), relu };
         let outq = QParams { scale: 1.0, zp: 0, bits: 1 };
         prop_assert!(is_sign(Some(&aff), &outq));
@@ -103,13 +108,7 @@ proptest! {
         let acc = &seed[..n];
         let mult = i32_bytes(&seed[n..n + cout]);
         let bias = i32_bytes(&seed[n + cout..n + 2 * cout]);
-        let raw = RawQuant {
-            mult: raw_mult,
-            shift: s1,
-            zero_point: (zr % (1 << raw_bits)) as i32,
-            bits: raw_bits,
-            scale: 1.0,
-        };
+        let raw = raw_quant(raw_mult, s1, zr, raw_bits);
         let aff = ChannelAffine { shift: s2, mult: I32s(&mult), bias: I32s(&bias), relu };
         let aff = affine.then_some(&aff);
         let outq = QParams {

@@ -50,7 +50,9 @@ FILES=(
     format/src/model.rs
     runtime/src/quant.rs
     runtime/src/plan.rs
-    runtime/src/kernels/portable.rs
+    runtime/src/kernels/portable/mod.rs
+    runtime/src/kernels/portable/int8.rs
+    runtime/src/kernels/portable/bits.rs
 )
 # Estimated seconds per mutant (a build and the package's tests in the mutants profile, one job,
 # 2 cores) and for the unmutated baseline each cargo-mutants run starts with.

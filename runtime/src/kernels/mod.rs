@@ -687,7 +687,7 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
 const LUT_TABLE_COST: u64 = 140;
 
 /// [`CostModel::CortexM4`]'s step cost of the int8 dot in place on 1-bit weights (the
-/// sign-weight `USADA8` sums of `portable::sign_weight_in_place_body`), per 64 multiply-adds:
+/// sign-weight `USADA8` sums of `portable::int8::sign_weight_in_place_body`), per 64 multiply-adds:
 /// `340 * 37.94 / 152.28` (the 64 -> 64 channel 3x3 conv at 32x32 of `scripts/mcu-test.sh
 /// costs`, in place against prepared; 0.24-0.27x on the other widths, 0.34x at 4x4). Below
 /// prepared XNOR's 125 per 64-channel word, so W1A1 convs read their codes in place too.

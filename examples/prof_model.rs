@@ -1,5 +1,6 @@
 //! Times one packed model, one thread: `prof_model MODEL.slb [SECONDS]` (min and median of
-//! batches of 20 runs, thread CPU ms per image). A harness for profiling (`perf record`).
+//! batches of 20 runs, thread CPU ms per image). A harness for profiling (`perf record`);
+//! `KERNEL=name` plans every conv that kernel fits with it, `PLAN=1` prints the plan.
 use std::time::Instant;
 
 /// This thread's CPU time in ms (waiting for a core on a shared machine is not counted).
@@ -14,7 +15,7 @@ fn cpu_ms() -> f64 {
 }
 
 use slb_format::Model;
-use slb_runtime::{run, Engine, Plan, PlanOptions};
+use slb_runtime::{run, Engine, KernelKind, Plan, PlanOptions};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,8 +42,22 @@ fn profile(args: &[String]) -> Result<(), String> {
             .ok_or_else(|| format!("SECONDS: {s:?} is not a positive number"))?,
     };
     let model = Model::parse(&bytes).map_err(|e| format!("{path}: {e}"))?;
-    let plan = Plan::with_options(&model, Engine::Packed, PlanOptions::default())
-        .map_err(|e| format!("{path}: {e}"))?;
+    // `KERNEL=name` (e.g. `xnor-popcnt/avx2`) runs every conv that kernel fits with it.
+    let kernel = match std::env::var("KERNEL") {
+        Ok(name) => Some(
+            KernelKind::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| format!("KERNEL: no kernel named {name:?}"))?,
+        ),
+        Err(_) => None,
+    };
+    let opts = PlanOptions {
+        kernel,
+        ..PlanOptions::default()
+    };
+    let plan =
+        Plan::with_options(&model, Engine::Packed, opts).map_err(|e| format!("{path}: {e}"))?;
     if std::env::var("PLAN").is_ok() {
         println!(
             "arena {} B (weights {}, activations {}, scratch {})",

@@ -56,6 +56,19 @@ trait Popcount {
     /// # Safety
     /// The ISA is present.
     unsafe fn lanes(sum: Self::Sum) -> [i64; 8];
+    /// Writes `k - 2 * lane` (`neg`) or `k + 2 * lane` of the first `dst.len()` (at most 8)
+    /// lanes of `sum` into `dst`, truncated to `i32` (`as i32`).
+    ///
+    /// # Safety
+    /// The ISA is present.
+    #[inline(always)]
+    unsafe fn store(sum: Self::Sum, k: i64, neg: bool, dst: &mut [i32]) {
+        // SAFETY: the ISA is present (caller).
+        let t = unsafe { Self::lanes(sum) };
+        for (d, &v) in dst.iter_mut().zip(&t) {
+            *d = if neg { k - 2 * v } else { k + 2 * v } as i32;
+        }
+    }
 }
 
 /// AVX2: byte-wise `vpshufb` nibble-table counts summed in `u8` lanes for up to 31 words, then
@@ -155,6 +168,38 @@ impl Popcount for Avx2Popcount {
         unsafe { pair_store(sum, v.as_mut_ptr() as *mut u8) };
         v
     }
+    /// The low words of the 8 lanes gathered into one vector (`vpermd`) and stored at once
+    /// (through a stack copy for fewer than 8: AMD's masked stores are slow).
+    #[inline(always)]
+    unsafe fn store(sum: Self::Sum, k: i64, neg: bool, dst: &mut [i32]) {
+        // SAFETY: AVX2 present (caller); the full store writes 8 lanes into a `dst` of 8.
+        unsafe {
+            let kv = _mm256_set1_epi64x(k);
+            let (a, b) = (
+                _mm256_slli_epi64::<1>(sum[0]),
+                _mm256_slli_epi64::<1>(sum[1]),
+            );
+            let (a, b) = if neg {
+                (_mm256_sub_epi64(kv, a), _mm256_sub_epi64(kv, b))
+            } else {
+                (_mm256_add_epi64(kv, a), _mm256_add_epi64(kv, b))
+            };
+            let low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+            let v = _mm256_permute2x128_si256::<0x20>(
+                _mm256_permutevar8x32_epi32(a, low),
+                _mm256_permutevar8x32_epi32(b, low),
+            );
+            if dst.len() == 8 {
+                _mm256_storeu_si256(dst.as_mut_ptr() as *mut _, v);
+            } else {
+                let mut t = [0i32; 8];
+                _mm256_storeu_si256(t.as_mut_ptr() as *mut _, v);
+                for (d, &x) in dst.iter_mut().zip(&t) {
+                    *d = x;
+                }
+            }
+        }
+    }
 }
 
 /// AVX-512 VPOPCNTDQ: `vpopcntq` straight into `u64` lanes (one run per plane pair).
@@ -215,6 +260,25 @@ impl Popcount for Avx512Popcount {
         // SAFETY: `v` holds 8 i64.
         unsafe { _mm512_storeu_si512(v.as_mut_ptr() as *mut _, sum) };
         v
+    }
+    /// One `vpmovqd` with a mask instead of 8 scalar stores (the 64-channel layers, one word
+    /// a tap, spent as long here as in their popcounts).
+    #[inline(always)]
+    unsafe fn store(sum: Self::Sum, k: i64, neg: bool, dst: &mut [i32]) {
+        let n = dst.len().min(8);
+        let m: __mmask8 = if n == 8 { 0xff } else { (1u8 << n) - 1 };
+        // SAFETY: AVX-512 F present (caller); the masked store writes the first `n` lanes,
+        // inside `dst`.
+        unsafe {
+            let two = _mm512_slli_epi64::<1>(sum);
+            let kv = _mm512_set1_epi64(k);
+            let r = if neg {
+                _mm512_sub_epi64(kv, two)
+            } else {
+                _mm512_add_epi64(kv, two)
+            };
+            _mm512_mask_cvtepi64_storeu_epi32(dst.as_mut_ptr() as *mut _, m, r);
+        }
     }
 }
 
@@ -335,15 +399,13 @@ impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
             for b in 0..NB {
                 let o0 = (b0 + b) * lanes8::LANES;
                 let n = (s.cout_g - o0).min(lanes8::LANES);
+                let (k, neg) = if XNOR {
+                    (taps, true)
+                } else {
+                    (-wmax * asum, false)
+                };
                 // SAFETY: the ISA is present (caller).
-                let t = unsafe { I::lanes(tot[j][b]) };
-                for (o, &v) in t[..n].iter().enumerate() {
-                    acc[row + o0 + o] = if XNOR {
-                        taps - 2 * v
-                    } else {
-                        2 * v - wmax * asum
-                    } as i32;
-                }
+                unsafe { I::store(tot[j][b], k, neg, &mut acc[row + o0..row + o0 + n]) };
             }
         }
     }

@@ -153,11 +153,16 @@ impl Dot for Avx2Dot {
     }
     #[inline(always)]
     unsafe fn store(acc: Self::Acc, out: *mut i32, n: usize) {
-        let mut t = [0i32; 16];
-        // SAFETY: `t` holds 16 i32 (64 bytes); `n <= 16` writable at `out` (caller).
+        // SAFETY: `n <= 16` writable i32s at `out` (caller): all 16 stored at once, or through
+        // `t` (16 i32, 64 bytes) for fewer.
         unsafe {
-            pair_store(acc, t.as_mut_ptr() as *mut u8);
-            core::ptr::copy_nonoverlapping(t.as_ptr(), out, n);
+            if n == 16 {
+                pair_store(acc, out as *mut u8);
+            } else {
+                let mut t = [0i32; 16];
+                pair_store(acc, t.as_mut_ptr() as *mut u8);
+                core::ptr::copy_nonoverlapping(t.as_ptr(), out, n);
+            }
         }
     }
 }

@@ -67,37 +67,40 @@ pub(super) fn pack_bits_avx512(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]
             n if n >= 64 => u64::MAX,
             n => (1u64 << n) - 1,
         };
-        for y in 0..s.hp {
-            for xx in 0..s.wp {
-                let dst = &mut out[(y * s.wp + xx) * px..(y * s.wp + xx + 1) * px];
-                let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
-                let at = if inside {
-                    ((y - s.ph) * w + (xx - s.pw)) * c
-                } else {
-                    0
-                };
-                for g in 0..s.groups {
-                    for wd in 0..cw {
-                        let mask = first(wd);
-                        // SAFETY: AVX-512 F/BW present (`row_ops` hands this packer out only
-                        // then); the masked load reads the `mask.count_ones()` codes from
-                        // channel `g * cin + 64 wd` of the pixel, inside `x` (asserted above).
-                        let v = unsafe {
-                            if inside {
-                                _mm512_maskz_loadu_epi8(
-                                    mask,
-                                    x.as_ptr().add(at + g * cin + wd * 64) as *const _,
-                                )
-                            } else {
-                                _mm512_maskz_set1_epi8(mask, pad as i8)
+        // The words of one pixel at `d` from its codes at `src` (`None`: a pad pixel).
+        let pixel = |src: Option<*const u8>, d: &mut [u64]| {
+            for g in 0..s.groups {
+                for wd in 0..cw {
+                    let mask = first(wd);
+                    // SAFETY: AVX-512 F/BW present (`row_ops` hands this packer out only then);
+                    // the masked load reads the `mask.count_ones()` codes from channel
+                    // `g * cin + 64 wd` of the pixel at `src`, inside `x` (asserted above).
+                    let v = unsafe {
+                        match src {
+                            Some(p) => {
+                                _mm512_maskz_loadu_epi8(mask, p.add(g * cin + wd * 64) as *const _)
                             }
-                        };
-                        for p in 0..ab {
-                            let bit = _mm512_set1_epi8((1u8 << p) as i8);
-                            dst[(g * ab + p) * cw + wd] = _mm512_test_epi8_mask(v, bit);
+                            None => _mm512_maskz_set1_epi8(mask, pad as i8),
                         }
+                    };
+                    for (p, word) in d[g * ab * cw + wd..]
+                        .iter_mut()
+                        .step_by(cw)
+                        .take(ab)
+                        .enumerate()
+                    {
+                        *word = _mm512_test_epi8_mask(v, _mm512_set1_epi8((1u8 << p) as i8));
                     }
                 }
+            }
+        };
+        for (y, row) in out.chunks_exact_mut(s.wp * px).take(s.hp).enumerate() {
+            let inside = y >= s.ph && y < s.ph + h;
+            for (xx, d) in row.chunks_exact_mut(px).enumerate() {
+                let src = (inside && xx >= s.pw && xx < s.pw + w)
+                    // SAFETY: the pixel's codes start inside `x` (asserted above).
+                    .then(|| unsafe { x.as_ptr().add(((y - s.ph) * w + xx - s.pw) * c) });
+                pixel(src, d);
             }
         }
     }

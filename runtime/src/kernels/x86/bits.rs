@@ -51,24 +51,13 @@ trait Popcount {
     /// # Safety
     /// The ISA is present.
     unsafe fn shift_add(tot: Self::Sum, sum: Self::Sum, sh: usize) -> Self::Sum;
-    /// The 8 lanes.
-    ///
-    /// # Safety
-    /// The ISA is present.
-    unsafe fn lanes(sum: Self::Sum) -> [i64; 8];
     /// Writes `k - 2 * lane` (`neg`) or `k + 2 * lane` of the first `dst.len()` (at most 8)
-    /// lanes of `sum` into `dst`, truncated to `i32` (`as i32`).
+    /// lanes of `sum` into `dst`, truncated to `i32` (`as i32`), with vector stores: a sum
+    /// stored to memory and read back lane by lane costs as much as a short tile's popcounts.
     ///
     /// # Safety
     /// The ISA is present.
-    #[inline(always)]
-    unsafe fn store(sum: Self::Sum, k: i64, neg: bool, dst: &mut [i32]) {
-        // SAFETY: the ISA is present (caller).
-        let t = unsafe { Self::lanes(sum) };
-        for (d, &v) in dst.iter_mut().zip(&t) {
-            *d = if neg { k - 2 * v } else { k + 2 * v } as i32;
-        }
-    }
+    unsafe fn store(sum: Self::Sum, k: i64, neg: bool, dst: &mut [i32]);
 }
 
 /// AVX2: byte-wise `vpshufb` nibble-table counts summed in `u8` lanes for up to 31 words, then
@@ -161,13 +150,6 @@ impl Popcount for Avx2Popcount {
             ]
         }
     }
-    #[inline(always)]
-    unsafe fn lanes(sum: Self::Sum) -> [i64; 8] {
-        let mut v = [0i64; 8];
-        // SAFETY: `v` holds 8 i64 (64 bytes).
-        unsafe { pair_store(sum, v.as_mut_ptr() as *mut u8) };
-        v
-    }
     /// The low words of the 8 lanes gathered into one vector (`vpermd`) and stored at once
     /// (through a stack copy for fewer than 8: AMD's masked stores are slow).
     #[inline(always)]
@@ -254,15 +236,7 @@ impl Popcount for Avx512Popcount {
             _mm512_add_epi64(tot, _mm512_sll_epi64(sum, sh))
         }
     }
-    #[inline(always)]
-    unsafe fn lanes(sum: Self::Sum) -> [i64; 8] {
-        let mut v = [0i64; 8];
-        // SAFETY: `v` holds 8 i64.
-        unsafe { _mm512_storeu_si512(v.as_mut_ptr() as *mut _, sum) };
-        v
-    }
-    /// One `vpmovqd` with a mask instead of 8 scalar stores (the 64-channel layers, one word
-    /// a tap, spent as long here as in their popcounts).
+    /// One `vpmovqd` with a mask.
     #[inline(always)]
     unsafe fn store(sum: Self::Sum, k: i64, neg: bool, dst: &mut [i32]) {
         let n = dst.len().min(8);

@@ -521,10 +521,10 @@ impl RowOps {
     /// the portable result, not only the one `native` picks).
     #[cfg(test)]
     pub(crate) fn variants() -> std::vec::Vec<RowOps> {
-        let mut v = std::vec![RowOps::PORTABLE];
+        let v = core::iter::once(RowOps::PORTABLE);
         #[cfg(target_arch = "x86_64")]
-        v.extend(x86::row_ops_variants());
-        v
+        let v = v.chain(x86::row_ops_variants());
+        v.collect()
     }
 }
 

@@ -9,8 +9,7 @@ mod int8;
 
 use bits::{bits_prepare, bitserial_in_place_run, bitserial_run, xnor_run};
 pub(crate) use bits::{bits_prepared_len, xnor_in_place_run};
-use int8::int8_prepare;
-pub(crate) use int8::{int8_in_place_run, int8_prepared_len, int8_run};
+pub(crate) use int8::{int8_in_place_run, int8_prepare, int8_prepared_len, int8_run};
 
 /// The portable kernel of an algorithm (`None` for [`Algo::Reference`]).
 pub(crate) fn kernel(algo: Algo) -> Option<ConvKernel> {

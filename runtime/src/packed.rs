@@ -25,10 +25,9 @@ pub(crate) fn prepare_aux(
     outq: Option<&QParams>,
     aux: &mut [u8],
 ) {
-    if aux.is_empty() {
+    let Some(corr) = s.correction_len().filter(|_| !aux.is_empty()) else {
         return;
-    }
-    let corr = s.correction_len();
+    };
     if let (Some(q), Some(aff)) = (outq, conv.requant.affine.as_ref()) {
         if let Some(t) = aux.get_mut(corr..corr + s.cout * quant::SIGN_BYTES) {
             let (thr, flip) = t.split_at_mut(s.cout * 4);
@@ -365,7 +364,7 @@ pub(crate) fn correct(
         return;
     }
     // `B[r][c][..]` as `i32`s (the arena keeps `aux` aligned), else read byte-wise.
-    let cols = s.col_runs().last().map_or(0, |(_, c, _)| c + 1);
+    let cols = s.col_classes();
     let table = aux
         .get(..aux.len() / 4 * 4)
         .and_then(|b| bytemuck::try_cast_slice::<u8, i32>(b).ok());
@@ -399,7 +398,7 @@ pub(crate) fn correct(
 /// The thresholds of a sign requantization in `aux` ([`prepare_aux`]), if the plan made room
 /// for them (and the arena keeps them aligned, as it does).
 fn signs<'a>(s: &ConvShape, aux: &'a [u8]) -> Option<(&'a [i32], &'a [u8])> {
-    let at = s.correction_len();
+    let at = s.correction_len()?;
     let t = aux.get(at..at + s.cout * quant::SIGN_BYTES)?;
     let (thr, flip) = t.split_at(s.cout * 4);
     Some((bytemuck::try_cast_slice(thr).ok()?, flip))

@@ -581,13 +581,9 @@ fn conv_plan(
     // The correction table, then the thresholds of a sign requantization.
     let outq = tensors.get(conv.output as usize).and_then(|t| t.q);
     let sign = outq.is_some_and(|q| quant::is_sign(conv.requant.affine.as_ref(), &q));
-    // (`ConvShape::correction_len`, with its products checked.)
-    let correction = if abits == 1 {
-        let (rows, cols) = s.border_classes();
-        mul(mul(s.cout, mul(rows, cols)?)?, 4)?
-    } else {
-        mul(s.cout, 4)?
-    };
+    let correction = s
+        .correction_len()
+        .ok_or(Error::Overflow { what: "arena size" })?;
     let aux_len = add(
         correction,
         if sign {

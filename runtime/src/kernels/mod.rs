@@ -262,22 +262,27 @@ impl ConvShape {
 
     /// Bytes of the driver's correction table (`packed::correct`): `cout` sums per border
     /// class ([`ConvShape::border_classes`]) for 1-bit activations, else `cout` zero-point
-    /// sums, as `i32`.
-    pub(crate) fn correction_len(&self) -> usize {
-        if self.abits == 1 {
+    /// sums, as `i32`; `None` if that overflows `usize` (the planner's error).
+    pub(crate) fn correction_len(&self) -> Option<usize> {
+        let classes = if self.abits == 1 {
             let (rows, cols) = self.border_classes();
-            self.cout * rows * cols * 4
+            rows.checked_mul(cols)?
         } else {
-            self.cout * 4
-        }
+            1
+        };
+        self.cout.checked_mul(classes)?.checked_mul(4)
     }
 
     /// The border classes of the output rows and of the output columns: runs of outputs whose
     /// windows have the same taps in the padding ([`border_runs`]). An output's class is its
     /// row's and its column's.
     pub(crate) fn border_classes(&self) -> (usize, usize) {
-        let count = |runs: BorderRuns| runs.last().map_or(0, |(_, c, _)| c + 1);
-        (count(self.row_runs()), count(self.col_runs()))
+        (classes_of(self.row_runs()), self.col_classes())
+    }
+
+    /// The second of [`ConvShape::border_classes`] alone.
+    pub(crate) fn col_classes(&self) -> usize {
+        classes_of(self.col_runs())
     }
 
     /// [`border_runs`] of the output rows.
@@ -345,6 +350,11 @@ pub(crate) fn border_runs(
         class: 0,
         prev: None,
     }
+}
+
+/// The number of classes of a [`border_runs`] axis.
+fn classes_of(runs: BorderRuns) -> usize {
+    runs.last().map_or(0, |(_, c, _)| c + 1)
 }
 
 /// The iterator of [`border_runs`].

@@ -76,7 +76,7 @@ pub(crate) fn kernel_exact_at(
     } else {
         w
     };
-    let al = s.correction_len();
+    let al = s.correction_len().unwrap();
     // The driver's table word-aligned, or at an odd address when `misalign` (the correction
     // then reads it byte-wise).
     let mut auxbuf = vec![0u64; al.div_ceil(8) + 1];

@@ -7,6 +7,15 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // row operations of the drivers, compiled with AVX2 (handed out by `row_ops` only)
 
+/// The channels of word `wd` of a group of `cin` channels, as a mask of its 64 bits.
+#[inline(always)]
+fn word_mask(cin: usize, wd: usize) -> u64 {
+    match cin - wd * 64 {
+        n if n >= 64 => u64::MAX,
+        n => (1u64 << n) - 1,
+    }
+}
+
 /// The driver's bit packer with AVX2 (`vpmovmskb`: 32 channels per instruction and plane):
 /// the same result as `portable::pack_bits` (unpadded HWC input, `pad` codes around it, planes
 /// as in CONTRACT.md).
@@ -15,10 +24,6 @@ pub(super) fn pack_bits_avx2(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) 
     let px = portable::bit_pixel_words(s);
     // The words of a pad pixel: plane `p` is all ones over the valid channels when bit `p` of
     // `pad` is set.
-    let valid = |wd: usize| match cin - wd * 64 {
-        n if n >= 64 => u64::MAX,
-        n => (1u64 << n) - 1,
-    };
     let mut chunk = [0u8; 64];
     let mut planes = [0u64; 8];
     for y in 0..s.hp {
@@ -29,8 +34,11 @@ pub(super) fn pack_bits_avx2(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]) 
                 for g in 0..s.groups {
                     for p in 0..ab {
                         for wd in 0..cw {
-                            dst[(g * ab + p) * cw + wd] =
-                                if pad >> p & 1 == 1 { valid(wd) } else { 0 };
+                            dst[(g * ab + p) * cw + wd] = if pad >> p & 1 == 1 {
+                                word_mask(cin, wd)
+                            } else {
+                                0
+                            };
                         }
                     }
                 }
@@ -63,15 +71,11 @@ pub(super) fn pack_bits_avx512(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u64]
         let ab = usize::from(s.abits).min(8);
         let px = portable::bit_pixel_words(s);
         assert!(x.len() >= h * w * c && out.len() >= s.hp * s.wp * px && s.groups * cin <= c);
-        let first = |wd: usize| match cin - wd * 64 {
-            n if n >= 64 => u64::MAX,
-            n => (1u64 << n) - 1,
-        };
         // The words of one pixel at `d` from its codes at `src` (`None`: a pad pixel).
         let pixel = |src: Option<*const u8>, d: &mut [u64]| {
             for g in 0..s.groups {
                 for wd in 0..cw {
-                    let mask = first(wd);
+                    let mask = word_mask(cin, wd);
                     // SAFETY: AVX-512 F/BW present (`row_ops` hands this packer out only then);
                     // the masked load reads the `mask.count_ones()` codes from channel
                     // `g * cin + 64 wd` of the pixel at `src`, inside `x` (asserted above).

@@ -81,7 +81,7 @@ pub(crate) fn prepare_aux(
     }
 }
 
-/// The distinct classes of a [`kernels::border_runs`] axis, each once: `(class, (before,
+/// The distinct classes of a [`kernels::BorderRuns`] axis, each once: `(class, (before,
 /// after))`.
 fn classes(runs: kernels::BorderRuns) -> impl Iterator<Item = (usize, (usize, usize))> {
     let mut last = None;

@@ -557,8 +557,9 @@ fn portable_xnor_in_place_runs_every_bit_pair() {
 /// after the input, and the class (run) each output belongs to.
 #[test]
 fn border_runs_follow_the_padded_taps() {
-    let runs =
-        |n, stride, pad, size, k| super::border_runs(n, stride, pad, size, k).collect::<Vec<_>>();
+    let runs = |n, stride, pad, size, k| {
+        super::shape::border_runs(n, stride, pad, size, k).collect::<Vec<_>>()
+    };
     // 3 taps, stride 1, padding 1 on 4 inputs: the first and last outputs see one pad tap.
     assert_eq!(
         runs(4, 1, 1, 4, 3),

@@ -1,0 +1,142 @@
+//! The planner's cost tables: what one kernel step costs on each kind of CPU.
+
+use super::{Algo, ConvShape, KernelKind, LUT_K};
+
+/// Which table of measured kernel costs the planner ranks kernels by.
+///
+/// A kernel's speed relative to another depends on the CPU: on an x86 desktop the prepared
+/// kernels (and SIMD) win, on a Cortex-M4 the int8 dot that reads the model's codes in place
+/// (weight stationary) runs fewer instructions than the prepared one. The table decides the
+/// default kernel of each conv and the order in which [`crate::Plan::fit`] moves convs in
+/// place; it never changes results, which are bit-identical for every kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CostModel {
+    /// Measured on an x86-64 desktop core (AVX2 and portable kernels; AVX-512 and NEON rows
+    /// are estimates).
+    Desktop,
+    /// Measured on a Cortex-M4 (instructions under QEMU, `docs/MCU.md`): portable kernels only.
+    CortexM4,
+}
+
+impl CostModel {
+    /// The table for the CPU this build targets: [`CostModel::CortexM4`] on 32-bit Arm
+    /// (microcontrollers), [`CostModel::Desktop`] elsewhere.
+    pub const NATIVE: CostModel = if cfg!(target_arch = "arm") {
+        CostModel::CortexM4
+    } else {
+        CostModel::Desktop
+    };
+}
+
+/// Relative cost of one kernel step: int8 kinds per 64 multiply-adds, bit kinds per 64-channel
+/// word and weight/activation plane pair. Only comparable within one table.
+///
+/// * [`CostModel::Desktop`]: tenths of a nanosecond on one core, measured on the development
+///   machine over a whole ResNet-18-shaped CIFAR network (see README.md). Rows marked
+///   "estimate" were not measured.
+/// * [`CostModel::CortexM4`]: the portable kernels' desktop costs (on the M4 they rank the
+///   same: `docs/MCU.md`, "Kernel choice"), with each in-place kernel scaled against its
+///   prepared twin by the ratio of the two measured on the M4 (instructions under QEMU, the
+///   same work both ways): the int8 dot in place ran 166.2 M instructions per ResNet-20 W1A8
+///   inference against 204.8 M prepared, and 0.85-0.88x on single ResNet-18-wide layers with
+///   8x8 or more outputs, 1.09x at 4x4 (512 channels: each block of codes is decoded for 16
+///   pixels only; `scripts/mcu-test.sh costs`), which the per-step table does not model; XNOR in place ran 0.95x its prepared twin on ResNet-20 W1A1
+///   (16-64 channels) but 1.40x on ResNet-18 W1A1 (64-512 channels: its byte-wise row loads
+///   grow with the row), so the table takes the wide ratio and keeps prepared XNOR first.
+///   Bit-serial in place ran 1.11x XNOR in place on ResNet-20 W1A1 (162.1 M against 146.0 M,
+///   every conv in place), which keeps `Plan::fit` moving W1A1 convs to XNOR. SIMD kinds do
+///   not exist on a Cortex-M and cost `u32::MAX`.
+pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
+    if model == CostModel::CortexM4 {
+        match kind {
+            // The prepared portable kernels: the desktop rows below.
+            KernelKind::Int8Dot | KernelKind::BitSerial | KernelKind::Xnor => {}
+            // 340 * 166.2 / 204.8, 125 * 1.40 and 175 * 162.1 / 146.0.
+            KernelKind::Int8DotInPlace => return 276,
+            KernelKind::XnorInPlace => return 175,
+            KernelKind::BitSerialInPlace => return 195,
+            _ => return u32::MAX,
+        }
+    }
+    match kind {
+        KernelKind::Int8Dot => 340,
+        KernelKind::BitSerial => 150,
+        KernelKind::Xnor => 125,
+        KernelKind::Int8DotAvx2 => 40,
+        KernelKind::BitSerialAvx2 => 25,
+        KernelKind::XnorAvx2 => 25,
+        // VNNI: an estimate (4x the int8 work of AVX2 per instruction) that a kernel-only
+        // timing bore out on a Zen 5 core: 480-530 MAC/ns, against 180-220 for AVX2 on the same
+        // core (docs/PERFORMANCE.md).
+        KernelKind::Int8DotVnni => 16,
+        // Per 64 multiply-adds of the lookups; building the tables costs `LUT_TABLE_COST`
+        // more per table (see `cost`). Calibrated against `Int8DotVnni`'s 16 with the
+        // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
+        // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
+        KernelKind::Int8LutAvx512 => 13,
+        // VPOPCNTQ instead of the AVX2 nibble-table popcount. Bit-serial, per plane pair:
+        // measured on whole layers on a Zen 5 core (`benches/`, group `kernel`;
+        // docs/PERFORMANCE.md), where it ties with the VNNI dot at W1A1 and 64 channels
+        // (248 / 245 MAC/ns) and takes twice as long at W1A2 (152 / 285); it was an estimate
+        // of 8, which gave W1A2's 64-channel, stride-2 and 1x1 layers to it (the whole network
+        // 1.7x slower than with the dot). XNOR: an estimate (3.6x AVX2's 25); whole layers rank
+        // it as this does but by less: W1A1 1.6-2.5x AVX2's from 128 channels, 1.3x at 64, where
+        // the VNNI dot ties with it instead of taking 2.3x as long.
+        KernelKind::BitSerialAvx512 => 16,
+        KernelKind::XnorAvx512 => 7,
+        // Estimates, not measured (no aarch64 hardware was available; the kernels were only
+        // run under qemu-aarch64): 128-bit vectors, `cnt` per byte, `sdot` 16 MACs per
+        // instruction, widening `smlal` 4.
+        KernelKind::Int8DotSdot => 30,
+        KernelKind::Int8DotNeon => 90,
+        KernelKind::BitSerialNeon => 40,
+        KernelKind::XnorNeon => 35,
+        // The portable loops with byte-wise word loads from the packed rows (estimate).
+        KernelKind::XnorInPlace => 140,
+        KernelKind::BitSerialInPlace => 170,
+        // The portable dot plus decoding each code once per output-row chunk (estimate).
+        KernelKind::Int8DotInPlace => 400,
+        KernelKind::Float | KernelKind::FloatAvx2 | KernelKind::Reference => u32::MAX,
+    }
+}
+
+/// Cost of building one table of the table-lookup kernel, in [`step_cost`]'s desktop units.
+const LUT_TABLE_COST: u64 = 140;
+
+/// [`CostModel::CortexM4`]'s step cost of the int8 dot in place on 1-bit weights (the
+/// sign-weight `USADA8` sums of `portable::int8::sign_weight_in_place_body`), per 64 multiply-adds:
+/// `340 * 37.94 / 152.28` (the 64 -> 64 channel 3x3 conv at 32x32 of `scripts/mcu-test.sh
+/// costs`, in place against prepared; 0.24-0.27x on the other widths, 0.34x at 4x4). Below
+/// prepared XNOR's 125 per 64-channel word, so W1A1 convs read their codes in place too.
+const SIGN_WEIGHT_IN_PLACE_M4: u64 = 85;
+
+/// Estimated cost of one output element (all taps) with kernel `kind`.
+pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
+    let taps = (s.kh * s.kw) as u64;
+    let step = if model == CostModel::CortexM4 && kind == KernelKind::Int8DotInPlace && s.wbits == 1
+    {
+        SIGN_WEIGHT_IN_PLACE_M4
+    } else {
+        u64::from(step_cost(kind, model))
+    };
+    if kind == KernelKind::Int8LutAvx512 {
+        if step == u64::from(u32::MAX) {
+            return u64::MAX;
+        }
+        // The lookups, then the tables of every padded input pixel shared by the outputs.
+        let gn = s.lut_groups() as u64;
+        let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
+        let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
+        return taps * step * gn * LUT_K as u64 / 64 + tables / outputs;
+    }
+    match kind.algo() {
+        // Int8: cin_g multiply-adds per tap, in units of 64.
+        Some(Algo::Int8Dot) => taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64,
+        Some(Algo::BitSerial) => {
+            taps * step * s.cw as u64 * u64::from(s.wbits) * u64::from(s.abits)
+        }
+        Some(Algo::Xnor) => taps * step * s.cw as u64,
+        _ => u64::MAX,
+    }
+}

@@ -12,8 +12,8 @@ use super::{Algo, ConvShape, KernelKind, LUT_K};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CostModel {
-    /// Measured on an x86-64 desktop core (AVX2 and portable kernels; AVX-512 and NEON rows
-    /// are estimates).
+    /// Measured on x86-64 desktop cores: the portable and AVX2 rows on an AVX2-only core, the
+    /// AVX-512 rows on a Zen 5 core. The NEON and in-place rows are estimates, and say so.
     Desktop,
     /// Measured on a Cortex-M4 (instructions under QEMU, `docs/MCU.md`): portable kernels only.
     CortexM4,
@@ -75,16 +75,17 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
         KernelKind::Int8LutAvx512 => 13,
-        // VPOPCNTQ instead of the AVX2 nibble-table popcount. Bit-serial, per plane pair:
-        // measured on whole layers on a Zen 5 core (`benches/`, group `kernel`;
-        // docs/PERFORMANCE.md), where it ties with the VNNI dot at W1A1 and 64 channels
-        // (248 / 245 MAC/ns) and takes twice as long at W1A2 (152 / 285); it was an estimate
-        // of 8, which gave W1A2's 64-channel, stride-2 and 1x1 layers to it (the whole network
-        // 1.7x slower than with the dot). XNOR: an estimate (3.6x AVX2's 25); whole layers rank
-        // it as this does but by less: W1A1 1.6-2.5x AVX2's from 128 channels, 1.3x at 64, where
-        // the VNNI dot ties with it instead of taking 2.3x as long.
-        KernelKind::BitSerialAvx512 => 16,
-        KernelKind::XnorAvx512 => 7,
+        // VPOPCNTQ instead of the AVX2 nibble-table popcount. Both measured on whole layers
+        // on a Zen 5 core against the VNNI dot's 16 (`benches/`, group `kernel`, at fce77e4;
+        // docs/PERFORMANCE.md, "One conv layer per kernel"): `16 * dot MAC/ns / kernel MAC/ns`
+        // on the ResNet18-CIFAR 3x3 layers. XNOR at W1A1: 9.1 at 64 channels (528 against
+        // 300 MAC/ns), 6.0 at 128, 5.0 at 256, 3.3 at 512, 13 on the 1x1 layer. Bit-serial per
+        // plane pair, at W1A2, where it competes with the dot: 10.5 at 64 channels (212
+        // against 277), 9.1 at 128, 9.3 at 256, 7.1 at 512 (at W1A1 it runs as fast as XNOR,
+        // which the planner prefers there). Its first figure, 8, was an estimate that gave
+        // W1A2's 64-channel, stride-2 and 1x1 layers to it (the network 1.7x slower).
+        KernelKind::BitSerialAvx512 => 9,
+        KernelKind::XnorAvx512 => 6,
         // Estimates, not measured (no aarch64 hardware was available; the kernels were only
         // run under qemu-aarch64): 128-bit vectors, `cnt` per byte, `sdot` 16 MACs per
         // instruction, widening `smlal` 4.

@@ -271,9 +271,10 @@ proptest! {
 }
 
 /// The desktop cost table ranks the AVX-512 (and AVX2) kernels as whole layers measured them
-/// on a Zen 5 core (`benches/`, group `kernel`; docs/PERFORMANCE.md, "One conv layer per kernel"), on the
-/// ResNet18-CIFAR shapes where the choice matters (MAC/ns in the comments). The bit-serial
-/// kernel's cost was once half what it measures, and W1A2 layers went to it.
+/// on a Zen 5 core (`benches/`, group `kernel`, at fce77e4; docs/PERFORMANCE.md, "One conv
+/// layer per kernel"), on the ResNet18-CIFAR shapes where the choice matters (MAC/ns in the
+/// comments). The bit-serial kernel's cost was once half what it measures, and W1A2 layers
+/// went to it.
 #[test]
 fn desktop_costs_rank_the_x86_kernels_as_measured() {
     // `c` channels in and out, `hw` x `hw`, a `k` x `k` window, stride 1, same padding.
@@ -301,24 +302,27 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
     use KernelKind::{BitSerialAvx512 as Bits, Int8DotVnni as Dot, Int8LutAvx512 as Lut};
     // (shape, faster kernel, slower kernel)
     let orders = [
-        // W1A2, 64 channels: the dot 285, bit-serial 152; 128: lookup 471, dot 349, bits 234.
+        // W1A2, 64 channels: the dot 277, bit-serial 212; 128: lookup 454, dot 338, bits 297.
         (shape(64, 32, 3, 1, 2), Dot, Bits),
         (shape(128, 16, 3, 1, 2), Lut, Dot),
         (shape(128, 16, 3, 1, 2), Dot, Bits),
-        // W1A2, 1x1: the dot 117, the lookup 102, bit-serial 43.
+        // W1A2, 1x1: the dot 111, the lookup 97, bit-serial 81.
         (shape(128, 16, 1, 1, 2), Dot, Lut),
         (shape(128, 16, 1, 1, 2), Dot, Bits),
-        // W1A8: the dot ahead at 64 channels (272 / 248) and on 1x1 (113 / 98), the lookup
-        // from 128 channels (425 / 343, 594 / 354 at 512).
+        // W1A8: the dot ahead at 64 channels (277 / 247) and on 1x1 (109 / 96), the lookup
+        // from 128 channels (425 / 337, 580 / 355 at 512).
         (shape(64, 32, 3, 1, 8), Dot, Lut),
         (shape(128, 16, 1, 1, 8), Dot, Lut),
         (shape(128, 16, 3, 1, 8), Lut, Dot),
         (shape(512, 4, 3, 1, 8), Lut, Dot),
-        // W1A1: XNOR ahead of the dot from 128 channels (453 / 316, 967 / 325).
+        // W1A1: XNOR ahead of the dot everywhere (528 / 300 at 64 channels, 962 / 363 at 128,
+        // 1,734 / 356 at 512, 161 / 134 on the 1x1 layer).
+        (shape(64, 32, 3, 1, 1), KernelKind::XnorAvx512, Dot),
         (shape(128, 16, 3, 1, 1), KernelKind::XnorAvx512, Dot),
         (shape(512, 4, 3, 1, 1), KernelKind::XnorAvx512, Dot),
-        // The AVX2 kernels on the same core: W1A2 the dot ahead of bit-serial (152 / 67 at 64
-        // channels), W1A1 XNOR ahead of the dot (187 / 143).
+        (shape(128, 16, 1, 1, 1), KernelKind::XnorAvx512, Dot),
+        // The AVX2 kernels on the same core: W1A2 the dot ahead of bit-serial (155 / 74 at 64
+        // channels), W1A1 XNOR ahead of the dot (263 / 159).
         (
             shape(64, 32, 3, 1, 2),
             KernelKind::Int8DotAvx2,

@@ -1,6 +1,6 @@
 //! The planner's cost tables: what one kernel step costs on each kind of CPU.
 
-use super::{Algo, ConvShape, KernelKind, LUT_K};
+use super::{Algo, ConvShape, KernelKind, LUT_K8};
 
 /// Which table of measured kernel costs the planner ranks kernels by.
 ///
@@ -105,6 +105,14 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
 /// Cost of building one table of the table-lookup kernel, in [`step_cost`]'s desktop units.
 const LUT_TABLE_COST: u64 = 140;
 
+/// The table-lookup kernel's step cost over byte tables (codes of up to 2 bits, 6 channels a
+/// table), per 64 multiply-adds of the lookups, against the `u16` tables' `step_cost`: a
+/// `vpermb` does 64 x 6 multiply-adds where a `vpermw` does 32 x 5. Whole layers on a Zen 5
+/// core (`benches/`, group `kernel`; docs/PERFORMANCE.md) ran the lookup 1.07-1.13x the VNNI
+/// dot's speed at 64 channels, 1.8x at 128, 2.1x at 256, 3.2x at 512 and 0.97x on the 1x1
+/// layer; 6, with the `u16` tables' cost per table, ranks those as measured.
+const LUT8_STEP_COST: u64 = 6;
+
 /// [`CostModel::CortexM4`]'s step cost of the int8 dot in place on 1-bit weights (the
 /// sign-weight `USADA8` sums of `portable::int8::sign_weight_in_place_body`), per 64 multiply-adds:
 /// `340 * 37.94 / 152.28` (the 64 -> 64 channel 3x3 conv at 32x32 of `scripts/mcu-test.sh
@@ -126,10 +134,15 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
             return u64::MAX;
         }
         // The lookups, then the tables of every padded input pixel shared by the outputs.
-        let gn = s.lut_groups() as u64;
+        let (gn, k) = (s.lut_groups() as u64, s.lut_k() as u64);
+        let step = if s.lut_k() == LUT_K8 {
+            LUT8_STEP_COST
+        } else {
+            step
+        };
         let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
-        return taps * step * gn * LUT_K as u64 / 64 + tables / outputs;
+        return taps * step * gn * k / 64 + tables / outputs;
     }
     match kind.algo() {
         // Int8: cin_g multiply-adds per tap, in units of 64.

@@ -269,13 +269,19 @@ pub(crate) enum Run {
     Bytes(ByteRun),
     /// Padded bit planes.
     Bits(BitRun),
-    /// Tables of code sums per padded pixel and 5 channels, built once per layer (x86 only).
+    /// Tables of code sums per padded pixel and 5 or 6 channels, built once per layer (x86
+    /// only).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     Tables(TableBuild, TableRun),
 }
 
-/// Channels per table of the table-lookup kernels (a table has `2^LUT_K` entries).
+/// Channels per `u16` table of the table-lookup kernel (a table has `2^LUT_K` entries), for
+/// codes of 3 to 8 bits.
 pub(crate) const LUT_K: usize = 5;
+
+/// Channels per byte table of the table-lookup kernel (`2^LUT_K8` entries), for codes of up
+/// to 2 bits: a sum of 6 of them is at most 18 and fits a byte. Either table is 64 bytes.
+pub(crate) const LUT_K8: usize = 6;
 
 /// Whether a table-lookup kernel can run the shape: 1-bit weights, 2- to 8-bit codes.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

@@ -2,7 +2,7 @@
 
 use slb_format::Conv;
 
-use super::{portable, LUT_K};
+use super::{portable, LUT_K, LUT_K8};
 
 /// One conv's geometry as kernels see it (see CONTRACT.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,14 +140,31 @@ impl ConvShape {
         self.wp - 2 * self.pw
     }
 
-    /// Channel groups of [`LUT_K`] per group of the table-lookup layout, `ceil(cin_g / 5)`.
-    pub(crate) fn lut_groups(&self) -> usize {
-        self.cin_g.div_ceil(LUT_K)
+    /// Channels per table of the table-lookup layout: [`LUT_K8`] (byte tables) for codes of
+    /// up to 2 bits, else [`LUT_K`] (`u16` tables).
+    pub(crate) fn lut_k(&self) -> usize {
+        if self.abits <= 2 {
+            LUT_K8
+        } else {
+            LUT_K
+        }
     }
 
-    /// `u16`s of the tables of the table-lookup kernels: `2^LUT_K` per padded pixel, group
-    /// and channel group ([`ConvShape::lut_tables_len`]), then the sum of the codes of each
-    /// padded pixel and group as a little-endian `u32` (two `u16`).
+    /// Channel groups per group of the table-lookup layout, `ceil(cin_g / lut_k)`. (Each
+    /// branch divides by a constant: the kernels ask this per tile, and a division by a
+    /// value known only at run time cost the W1A8 network 2.5 %.)
+    pub(crate) fn lut_groups(&self) -> usize {
+        if self.lut_k() == LUT_K8 {
+            self.cin_g.div_ceil(LUT_K8)
+        } else {
+            self.cin_g.div_ceil(LUT_K)
+        }
+    }
+
+    /// `u16`s of the tables of the table-lookup kernels: one table of 64 bytes (32 `u16`, or
+    /// 64 bytes for [`LUT_K8`]) per padded pixel, group and channel group
+    /// ([`ConvShape::lut_tables_len`]), then the sum of the codes of each padded pixel and
+    /// group as a little-endian `u32` (two `u16`).
     pub(crate) fn lut_input_len(&self) -> usize {
         self.lut_tables_len()
             .saturating_add(self.hp.saturating_mul(self.wp).saturating_mul(self.groups) * 2)
@@ -159,7 +176,7 @@ impl ConvShape {
             .saturating_mul(self.wp)
             .saturating_mul(self.groups)
             .saturating_mul(self.lut_groups())
-            .saturating_mul(1 << LUT_K)
+            .saturating_mul(32)
     }
 }
 

@@ -259,11 +259,42 @@ pub(super) fn check_case(c: &Case) -> usize {
 /// [`check_case`] with the kernels `kernels` gives for the shape.
 pub(super) fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>) -> usize {
     let mut rng = Rng(c.seed | 1);
+    let codes: Vec<u8> = (0..weight_count(c))
+        .map(|_| rng.below(1 << c.wbits) as u8)
+        .collect();
+    // Extreme codes (0 and max) are over-represented: they stress the accumulator's range.
+    let qmax = (1u64 << c.abits) - 1;
+    let x: Vec<u8> = (0..input_count(c))
+        .map(|_| match rng.below(4) {
+            0 => 0,
+            1 => qmax as u8,
+            _ => rng.below(qmax + 1) as u8,
+        })
+        .collect();
+    check_inputs(c, &codes, &x, kernels)
+}
+
+/// Weight codes of the case's conv.
+pub(super) fn weight_count(c: &Case) -> usize {
+    (c.cout_g * c.groups * c.k.0 as u32 * c.k.1 as u32 * c.cin_g) as usize
+}
+
+/// Input codes of the case's conv.
+pub(super) fn input_count(c: &Case) -> usize {
+    (c.h * c.w * c.cin_g * c.groups) as usize
+}
+
+/// Every kernel `kernels` gives for the case's shape against the reference, on weight codes
+/// `codes` ([`weight_count`]) and input codes `x` ([`input_count`]); returns how many ran.
+pub(super) fn check_inputs(
+    c: &Case,
+    codes: &[u8],
+    x: &[u8],
+    kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>,
+) -> usize {
     let cin = c.cin_g * c.groups;
     let cout = c.cout_g * c.groups;
-    let n = (cout * c.k.0 as u32 * c.k.1 as u32 * c.cin_g) as usize;
-    let codes: Vec<u8> = (0..n).map(|_| rng.below(1 << c.wbits) as u8).collect();
-    let packed = pack_codes(&codes, cout, [c.k.0, c.k.1], c.cin_g, c.wbits).unwrap();
+    let packed = pack_codes(codes, cout, [c.k.0, c.k.1], c.cin_g, c.wbits).unwrap();
     let conv = Conv {
         input: 0,
         output: 1,
@@ -292,18 +323,9 @@ pub(super) fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<Conv
         zp: c.zp,
         bits: c.abits,
     };
-    // Extreme codes (0 and max) are over-represented: they stress the accumulator's range.
-    let qmax = (1u64 << c.abits) - 1;
-    let x: Vec<u8> = (0..c.h * c.w * cin)
-        .map(|_| match rng.below(4) {
-            0 => 0,
-            1 => qmax as u8,
-            _ => rng.below(qmax + 1) as u8,
-        })
-        .collect();
     let len = s.oh * s.ow * s.cout;
     let mut want = vec![0i32; len];
-    reference::conv_acc(&conv, &s, &inq, &x, &mut want);
+    reference::conv_acc(&conv, &s, &inq, x, &mut want);
     let mut ran = 0;
     for k in kernels(&s) {
         // As the arena has them; then the bit kernels again from prepared weights at an odd
@@ -322,7 +344,7 @@ pub(super) fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<Conv
                     &conv,
                     &s,
                     &inq,
-                    &x,
+                    x,
                     &mut got,
                     c.rows,
                     place

@@ -10,7 +10,7 @@
 //!   activation word against a block of 8 output channels: `Avx2Popcount` (`vpshufb`
 //!   nibble table + `vpsadbw`), `Avx512Popcount` (`vpopcntq`);
 //! * [`lut`]: the table lookup for 1-bit weights with multi-bit activations (`vpermw` over
-//!   per-pixel tables of code sums);
+//!   per-pixel `u16` tables of code sums, `vpermb` over byte tables for 2-bit codes);
 //! * [`rows`]: the drivers' row operations (bit packing, requantization, residual add).
 //!
 //! This file: CPU feature detection, kernel selection, and the register-tile walk shared by
@@ -51,7 +51,9 @@ use core::sync::atomic::{AtomicU8, Ordering};
 
 use slb_format::{AddParams, ChannelAffine, CodeReader, Conv, RawQuant};
 
-use super::{lanes8, portable, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, LUT_K};
+use super::{
+    lanes8, portable, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, LUT_K, LUT_K8,
+};
 use crate::quant::{self, QParams};
 
 mod bits;

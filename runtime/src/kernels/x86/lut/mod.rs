@@ -1,24 +1,44 @@
-//! The table-lookup kernel for 1-bit weights with 2- to 8-bit activations (AVX-512 BW/VBMI, `vpermw`).
+//! The table-lookup kernel for 1-bit weights with 2- to 8-bit activations (AVX-512 BW/VBMI):
+//! `u16` tables of 5 channels looked up with `vpermw` for codes of 3 to 8 bits (here), byte
+//! tables of 6 channels looked up with `vpermb` for codes of 2 bits ([`bytes`]); which one is
+//! [`ConvShape::lut_k`]. Both share the weight layout (a table index per output channel, tap
+//! and channel group), the tables' place (64 bytes per padded pixel and channel group, then
+//! the code sums) and the kernel's entry.
 
 #![allow(clippy::needless_range_loop)]
 
 use super::*;
 
+mod bytes;
+
+use bytes::*;
+
 // ---------------------------------------------------------------------------------------------
 // table lookup (1-bit weights, 2- to 8-bit activations, AVX-512 BW/VBMI): `vpermw`
 
-/// Bytes of one block of 32 output channels in the table-lookup layout.
+/// Output channels per block of the table-lookup layout: 32 `u16` indices (`vpermw`), or 64
+/// byte indices (`vpermb`) for byte tables.
+fn lut_lanes(s: &ConvShape) -> usize {
+    if s.lut_k() == LUT_K8 {
+        64
+    } else {
+        32
+    }
+}
+
+/// Bytes of one block of output channels in the table-lookup layout (64 a step either way).
 fn lut_block_bytes(s: &ConvShape) -> usize {
-    s.kh * s.kw * s.lut_groups() * 32 * 2
+    s.kh * s.kw * s.lut_groups() * 64
 }
 
 pub(super) fn lut_prepared_len(s: &ConvShape) -> usize {
-    s.groups * s.cout_g.div_ceil(32) * lut_block_bytes(s)
+    s.groups * s.cout_g.div_ceil(lut_lanes(s)) * lut_block_bytes(s)
 }
 
-/// The weights as table indices, `u16 [g][O/32][kh][kw][ceil(cin_g/5)][32]`: bit `i` of the
-/// index of channel `o` at a tap and channel group `G` is set when the weight of input channel
-/// `5G + i` is `+1` (zero past `cin_g` and `cout_g`).
+/// The weights as table indices, `u16 [g][O/32][kh][kw][ceil(cin_g/5)][32]` (`u8
+/// [g][O/64][kh][kw][ceil(cin_g/6)][64]` for byte tables, [`ConvShape::lut_k`] channels a
+/// group): bit `i` of the index of channel `o` at a tap and channel group `G` is set when the
+/// weight of input channel `k G + i` is `+1` (zero past `cin_g` and `cout_g`).
 pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     let len = lut_prepared_len(s);
     let Some(dst) = out.get_mut(..len) else {
@@ -26,16 +46,19 @@ pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     };
     dst.fill(0);
     let codes = CodeReader::new(conv);
-    let (gn, nblk, bb) = (s.lut_groups(), s.cout_g.div_ceil(32), lut_block_bytes(s));
+    let (k, lanes) = (s.lut_k(), lut_lanes(s));
+    // Bytes per index: 2 (`u16`, the pattern in the low byte) or 1.
+    let el = 64 / lanes;
+    let (gn, nblk, bb) = (s.lut_groups(), s.cout_g.div_ceil(lanes), lut_block_bytes(s));
     for o in 0..s.cout {
         let (g, oc) = (o / s.cout_g, o % s.cout_g);
-        let blk = (g * nblk + oc / 32) * bb;
+        let blk = (g * nblk + oc / lanes) * bb;
         for ky in 0..s.kh {
             for kx in 0..s.kw {
                 for i in 0..s.cin_g {
                     if codes.numerator(o, ky, kx, i) > 0 {
-                        let at = blk + (((ky * s.kw + kx) * gn + i / LUT_K) * 32 + oc % 32) * 2;
-                        dst[at] |= 1 << (i % LUT_K);
+                        let at = blk + (((ky * s.kw + kx) * gn + i / k) * lanes + oc % lanes) * el;
+                        dst[at] |= 1 << (i % k);
                     }
                 }
             }
@@ -43,7 +66,7 @@ pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     }
 }
 
-/// Entries of one table, `2^LUT_K`: one `__m512i` of `u16`.
+/// `u16`s of one table: `2^LUT_K` entries of `u16`, or `2^LUT_K8` bytes; one `__m512i`.
 const LUT_N: usize = 1 << LUT_K;
 
 /// Channel groups of one 64-byte load of codes in the table builder (60 codes).
@@ -120,13 +143,19 @@ unsafe fn lut_tables_of(v: __m512i, n: usize, t: *mut u16) {
 }
 
 /// The table builder of [`KernelKind::Int8LutAvx512`]: for every padded input pixel, group
-/// and channel group of 5 ([`ConvShape::lut_input_len`] `u16`s in all), the sums of the codes
-/// over every subset of the 5 channels (unpadded HWC input `x`, pad pixels holding `pad`;
-/// channels past `cin_g` count 0).
+/// and channel group of [`ConvShape::lut_k`] ([`ConvShape::lut_input_len`] `u16`s in all),
+/// the sums of the codes over every subset of the group's channels (unpadded HWC input `x`,
+/// pad pixels holding `pad`; channels past `cin_g` count 0).
 pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+    // `BYTES`: byte tables of `LUT_K8` channels, else `u16` tables of `LUT_K`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    fn body(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+    fn body<const BYTES: bool>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, s.lut_groups());
+        let (k, chunk) = if BYTES {
+            (LUT_K8, LUT8_CHUNK)
+        } else {
+            (LUT_K, LUT_CHUNK)
+        };
         let px = s.groups * gn * LUT_N;
         let sums = s.lut_tables_len();
         assert!(out.len() >= s.lut_input_len() && x.len() >= h * w * c);
@@ -140,13 +169,13 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
                     0
                 };
                 for g in 0..s.groups {
-                    // Chunks of `LUT_CHUNK` channel groups (60 codes) per 64-byte load.
+                    // Chunks of `chunk` channel groups (60 codes) per 64-byte load.
                     let mut gi = 0;
                     let mut sum = 0u64;
                     while gi < gn {
-                        let n = (gn - gi).min(LUT_CHUNK);
-                        let ch = gi * LUT_K;
-                        let len = (cin - ch).min(LUT_CHUNK * LUT_K);
+                        let n = (gn - gi).min(chunk);
+                        let ch = gi * k;
+                        let len = (cin - ch).min(chunk * k);
                         let mask: __mmask64 = (1u64 << len) - 1;
                         // SAFETY: AVX-512 F/BW/VBMI present (`by_kind` hands this builder out
                         // only then); the masked load reads `len` codes of the pixel's group
@@ -162,7 +191,11 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
                                 _mm512_maskz_set1_epi8(mask, pad as i8)
                             };
                             let t = o.add((y * s.wp + xx) * px + (g * gn + gi) * LUT_N);
-                            lut_tables_of(v, n, t);
+                            if BYTES {
+                                lut8_tables_of(v, n, t);
+                            } else {
+                                lut_tables_of(v, n, t);
+                            }
                             sum +=
                                 _mm512_reduce_add_epi64(_mm512_sad_epu8(v, _mm512_setzero_si512()))
                                     as u64;
@@ -177,7 +210,13 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         }
     }
     // SAFETY: `by_kind` hands this builder out only where AVX-512 F/BW/VBMI is present.
-    unsafe { body(s, x, pad, out) }
+    unsafe {
+        if s.lut_k() == LUT_K8 {
+            body::<true>(s, x, pad, out)
+        } else {
+            body::<false>(s, x, pad, out)
+        }
+    }
 }
 
 /// A table-lookup kernel call (over the tables of [`lut_tables`]).
@@ -199,9 +238,9 @@ impl Tile for LutCall<'_> {
     }
 }
 
-/// Table steps a run of `u16` sums may hold: each adds at most `6 * (2^abits - 1)`.
+/// Table steps a run of `u16` sums may hold: each adds at most `lut_k * (2^abits - 1)`.
 fn lut_run(s: &ConvShape) -> usize {
-    (u16::MAX as usize / (LUT_K * ((1usize << s.abits) - 1))).max(1)
+    (u16::MAX as usize / (s.lut_k() * ((1usize << s.abits) - 1))).max(1)
 }
 
 impl LutCall<'_> {
@@ -363,6 +402,23 @@ impl LutCall<'_> {
             }
         }
     }
+
+    /// `sum q` over the window of output pixel `p` (row-major over the whole output) in group
+    /// `g`: the sums of all codes of each padded pixel after the tables.
+    #[inline(always)]
+    fn qsum(&self, p: usize, g: usize) -> i32 {
+        let s = self.s;
+        let sums = &self.x[s.lut_tables_len()..];
+        let org = window_origin(s, p);
+        let mut q = 0u32;
+        for ky in 0..s.kh {
+            for kx in 0..s.kw {
+                let at = ((org + ky * s.wp + kx) * s.groups + g) * 2;
+                q = q.wrapping_add(u32::from(sums[at]) | u32::from(sums[at + 1]) << 16);
+            }
+        }
+        q as i32
+    }
 }
 
 /// The mask of the first `n.min(16)` `i32` lanes.
@@ -372,6 +428,37 @@ fn lane_mask(n: usize) -> __mmask16 {
         0xffff
     } else {
         (1u16 << n) - 1
+    }
+}
+
+/// Adds the 32 `u16` sums in `v` to the `i32` sums at `p` (the first `lanes` of them; written
+/// instead on the `first` run); on the last run (`qsum` given) stores `2 * S - qsum`, `S` the
+/// whole sum, instead of `S`.
+///
+/// # Safety
+/// AVX-512 F/BW present; `lanes.min(32)` `i32`s readable and writable at `p`.
+#[inline(always)]
+unsafe fn widen_store(v: __m512i, p: *mut i32, lanes: usize, first: bool, qsum: Option<i32>) {
+    // SAFETY: AVX-512 F/BW present; masked lanes are not touched (caller).
+    unsafe {
+        let halves = [
+            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)),
+            _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
+        ];
+        for (h, w) in halves.into_iter().enumerate() {
+            let m = lane_mask(lanes.saturating_sub(16 * h));
+            let p = p.wrapping_add(16 * h);
+            let r = if first {
+                w
+            } else {
+                _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, p as *const _), w)
+            };
+            let r = match qsum {
+                Some(q) => _mm512_sub_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(q)),
+                None => r,
+            };
+            _mm512_mask_storeu_epi32(p as *mut _, m, r);
+        }
     }
 }
 
@@ -440,8 +527,7 @@ pub(super) fn lut_avx512(
 }
 
 /// # Safety
-/// AVX-512 F/BW present; the call passed [`ConvShape::assert_call`].
-#[target_feature(enable = "avx512f,avx512bw")]
+/// AVX-512 F/BW/VBMI present; the call passed [`ConvShape::assert_call`].
 unsafe fn lut_avx512_impl(
     s: &ConvShape,
     x: &[u16],
@@ -450,6 +536,23 @@ unsafe fn lut_avx512_impl(
     y1: usize,
     acc: &mut [i32],
 ) {
+    let call = LutCall::new(s, x, w, y0);
     // SAFETY: forwarded preconditions.
-    unsafe { LutCall::new(s, x, w, y0).run_lut::<4, 8>(y0, y1, acc) }
+    unsafe {
+        if s.lut_k() == LUT_K8 {
+            lut8_rows(&call, y0, y1, acc)
+        } else {
+            lut16_rows(&call, y0, y1, acc)
+        }
+    }
+}
+
+/// [`LutCall::run_lut`], compiled for AVX-512 F/BW.
+///
+/// # Safety
+/// As [`LutCall::run_lut`].
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn lut16_rows(call: &LutCall<'_>, y0: usize, y1: usize, acc: &mut [i32]) {
+    // SAFETY: forwarded preconditions.
+    unsafe { call.run_lut::<4, 8>(y0, y1, acc) }
 }

@@ -4,7 +4,7 @@
 #
 #   slb        `slb bench` on models/resnet18-cifar-w1a8.slb (W1A8; also gives the in-house float
 #              executor and libtorch fp32) and `slb bench --packed-only` on synthetic W1A8, W1A1,
-#              W2A2 and W4A8 models (`cargo run --example synth_model`, random packed weights)
+#              W1A2, W2A2 and W4A8 models (`cargo run --example synth_model`, random packed weights)
 #   ONNX Runtime  fp32 and static int8 (U8S8, per-channel, QDQ, MinMax calibration on random
 #              inputs), the same network with random weights (scripts/peer_bench/ort_worker.py)
 #   Larq Compute Engine  the W1A1 network (float first conv), its kernel options
@@ -64,7 +64,7 @@ nice -n 19 cargo build --release -q --example synth_model
 SLB="$TARGET/release/slb"
 mkdir -p "$OUT/models"
 SLB_MODELS=()
-for bits in W1A8 W1A1 W2A2 W4A8; do
+for bits in W1A8 W1A1 W1A2 W2A2 W4A8; do
   m="$OUT/models/resnet18-cifar-$(echo $bits | tr A-Z a-z)-synth.slb"
   "$TARGET/release/examples/synth_model" resnet18 "$bits" "$m" 11 >/dev/null
   SLB_MODELS+=(--slb-model "$bits=$m")

@@ -75,6 +75,13 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
         KernelKind::Int8LutAvx512 => 13,
+        // Per 64 multiply-adds of the lookups (`vpshufb`, 32 output channels x 4 inputs), the
+        // tables `LUT_TABLE_COST` each. Measured against the AVX2 dot's 40 on whole W1A2
+        // layers, the AVX2 code on a Zen 5 core (`benches/`, group `kernel`;
+        // docs/PERFORMANCE.md): 1.26-1.40x the dot's speed at 64 channels, 1.7-1.8x at 128,
+        // 2.1x at 256, 2.5x at 512, 0.94x on the 1x1 layer, which 24 ranks as measured. Not
+        // measured on an AVX2-only core, where `vpshufb` may issue less often.
+        KernelKind::Int8LutAvx2 => 24,
         // VPOPCNTQ instead of the AVX2 nibble-table popcount. Both measured on whole layers
         // on a Zen 5 core against the VNNI dot's 16 (`benches/`, group `kernel`, at fce77e4;
         // docs/PERFORMANCE.md, "One conv layer per kernel"): `16 * dot MAC/ns / kernel MAC/ns`
@@ -129,6 +136,16 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
     } else {
         u64::from(step_cost(kind, model))
     };
+    if kind == KernelKind::Int8LutAvx2 {
+        if step == u64::from(u32::MAX) {
+            return u64::MAX;
+        }
+        // As below, with tables of 4 channels.
+        let gn = s.cin_g.div_ceil(4) as u64;
+        let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
+        let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
+        return taps * step * gn * 4 / 64 + tables / outputs;
+    }
     if kind == KernelKind::Int8LutAvx512 {
         if step == u64::from(u32::MAX) {
             return u64::MAX;

@@ -71,8 +71,12 @@ pub enum KernelKind {
     Int8DotVnni,
     /// The u8 code dot product of 1-bit weights by table lookup with AVX-512 BW/VBMI
     /// (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of
-    /// the channels; the weights of 32 output channels index them.
+    /// the channels; the weights of 32 output channels index them (`vpermb` over byte tables
+    /// of 6 channels and 64 output channels for 2-bit codes).
     Int8LutAvx512,
+    /// The same table lookup with AVX2 (`vpshufb`), for 1-bit weights and 2-bit codes only:
+    /// byte tables of 4 channels, 32 output channels a lookup.
+    Int8LutAvx2,
     /// The float executor's direct convolution compiled for AVX2.
     FloatAvx2,
     /// XNOR + popcount with aarch64 NEON (`cnt`).
@@ -95,7 +99,7 @@ pub enum KernelKind {
 
 impl KernelKind {
     /// Every kind, for tests and listings.
-    pub const ALL: [KernelKind; 20] = [
+    pub const ALL: [KernelKind; 21] = [
         KernelKind::Xnor,
         KernelKind::BitSerial,
         KernelKind::Int8Dot,
@@ -108,6 +112,7 @@ impl KernelKind {
         KernelKind::Int8DotAvx2,
         KernelKind::Int8DotVnni,
         KernelKind::Int8LutAvx512,
+        KernelKind::Int8LutAvx2,
         KernelKind::FloatAvx2,
         KernelKind::XnorNeon,
         KernelKind::BitSerialNeon,
@@ -133,6 +138,7 @@ impl KernelKind {
             KernelKind::Int8DotAvx2 => "int8-dot/avx2",
             KernelKind::Int8DotVnni => "int8-dot/avx512-vnni",
             KernelKind::Int8LutAvx512 => "int8-lut/avx512",
+            KernelKind::Int8LutAvx2 => "int8-lut/avx2",
             KernelKind::FloatAvx2 => "f32-direct/avx2",
             KernelKind::XnorNeon => "xnor-popcnt/neon",
             KernelKind::BitSerialNeon => "bitserial-popcnt/neon",
@@ -161,6 +167,7 @@ impl KernelKind {
             | KernelKind::Int8DotAvx2
             | KernelKind::Int8DotVnni
             | KernelKind::Int8LutAvx512
+            | KernelKind::Int8LutAvx2
             | KernelKind::Int8DotNeon
             | KernelKind::Int8DotSdot
             | KernelKind::Int8DotInPlace => Some(Algo::Int8Dot),
@@ -289,6 +296,12 @@ pub(crate) fn lut_fits(s: &ConvShape) -> bool {
     s.wbits == 1 && s.abits >= 2
 }
 
+/// Whether the AVX2 table-lookup kernel can run the shape: 1-bit weights, 2-bit codes.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
+    s.wbits == 1 && s.abits == 2
+}
+
 /// A conv kernel: its kind, prepared-weight layout and hot loop.
 #[derive(Clone, Copy)]
 pub(crate) struct ConvKernel {
@@ -316,6 +329,7 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
 pub(crate) fn kind_fits(kind: KernelKind, s: &ConvShape) -> bool {
     kind.algo().is_some_and(|a| algo_fits(a, s))
         && (kind != KernelKind::Int8LutAvx512 || lut_fits(s))
+        && (kind != KernelKind::Int8LutAvx2 || lut_avx2_fits(s))
 }
 
 /// The kernels the planner may give a conv of algorithm `algo`: the best prepared one

@@ -10,7 +10,8 @@
 //!   activation word against a block of 8 output channels: `Avx2Popcount` (`vpshufb`
 //!   nibble table + `vpsadbw`), `Avx512Popcount` (`vpopcntq`);
 //! * [`lut`]: the table lookup for 1-bit weights with multi-bit activations (`vpermw` over
-//!   per-pixel `u16` tables of code sums, `vpermb` over byte tables for 2-bit codes);
+//!   per-pixel `u16` tables of code sums, `vpermb` over byte tables for 2-bit codes; with
+//!   AVX2, `vpshufb` over byte tables of 4 channels for 2-bit codes);
 //! * [`rows`]: the drivers' row operations (bit packing, requantization, residual add).
 //!
 //! This file: CPU feature detection, kernel selection, and the register-tile walk shared by
@@ -72,7 +73,8 @@ use rows::*;
 /// The instruction-set extensions of this module's kernels that the running CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Features {
-    /// AVX2: the AVX2 kernels, packer, requantization and residual add.
+    /// AVX2: the AVX2 kernels (the table lookup for 2-bit codes too), packer, requantization
+    /// and residual add.
     pub avx2: bool,
     /// AVX-512 F/BW/VNNI: [`KernelKind::Int8DotVnni`].
     pub avx512vnni: bool,
@@ -169,6 +171,12 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
             lut_prepare,
             Run::Tables(lut_tables, lut_avx512),
         ),
+        KernelKind::Int8LutAvx2 => (
+            f.avx2,
+            lut_avx2_prepared_len,
+            lut_avx2_prepare,
+            Run::Tables(lut_avx2_tables, lut_avx2),
+        ),
         KernelKind::XnorAvx512 | KernelKind::BitSerialAvx512 => (
             f.avx512popcnt,
             lanes8::prepared_len,
@@ -202,11 +210,15 @@ pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
         let dot = [KernelKind::Int8DotVnni, KernelKind::Int8DotAvx2]
             .into_iter()
             .find_map(by_kind);
-        let cost = |k: &ConvKernel| super::cost(k.kind, s, super::CostModel::Desktop);
-        return match (by_kind(KernelKind::Int8LutAvx512), dot) {
-            (Some(l), Some(d)) if cost(&l) < cost(&d) => Some(l),
-            (l, d) => d.or(l),
-        };
+        let lookups = [KernelKind::Int8LutAvx512, KernelKind::Int8LutAvx2]
+            .into_iter()
+            .filter(|&k| super::kind_fits(k, s))
+            .filter_map(by_kind);
+        // The cheapest, the dot on a tie.
+        return dot
+            .into_iter()
+            .chain(lookups)
+            .min_by_key(|k| super::cost(k.kind, s, super::CostModel::Desktop));
     }
     let kinds = match algo {
         Algo::Xnor => [KernelKind::XnorAvx512, KernelKind::XnorAvx2],

@@ -3,14 +3,17 @@
 //! tables of 6 channels looked up with `vpermb` for codes of 2 bits ([`bytes`]); which one is
 //! [`ConvShape::lut_k`]. Both share the weight layout (a table index per output channel, tap
 //! and channel group), the tables' place (64 bytes per padded pixel and channel group, then
-//! the code sums) and the kernel's entry.
+//! the code sums) and the kernel's entry. [`avx2`] is the same lookup for CPUs without
+//! AVX-512 (`vpshufb`, byte tables of 4 channels, 2-bit codes), its own kind.
 
 #![allow(clippy::needless_range_loop)]
 
 use super::*;
 
+mod avx2;
 mod bytes;
 
+pub(super) use avx2::{lut_avx2, lut_avx2_prepare, lut_avx2_prepared_len, lut_avx2_tables};
 use bytes::*;
 
 // ---------------------------------------------------------------------------------------------

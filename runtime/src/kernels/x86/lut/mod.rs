@@ -337,6 +337,10 @@ impl LutCall<'_> {
     /// of [`lut_run`] steps over every pixel tile of `P` pixels (`P2` for tiles of up to 2
     /// blocks; the last ones one by one); then `2 S - sum q` per pixel.
     ///
+    /// Each table kind keeps a loop of this shape (`run_lut8`, `run_avx2`): one walk shared
+    /// through a closure ran the kernels 40x slower, the closure's intrinsics no longer
+    /// inlined under the caller's target features.
+    ///
     /// # Safety
     /// AVX-512 F/BW present; the call passed [`ConvShape::assert_call`].
     #[inline(always)]

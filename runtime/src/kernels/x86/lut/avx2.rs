@@ -446,6 +446,10 @@ pub(in super::super) fn lut_avx2(
         crate::kernels::lut_avx2_fits(s),
         "AVX2 table lookup: 1-bit weights, 2-bit codes"
     );
+    /// [`LutCall::run_avx2`], compiled for AVX2.
+    ///
+    /// # Safety
+    /// As [`LutCall::run_avx2`].
     #[target_feature(enable = "avx2")]
     unsafe fn rows(call: &LutCall<'_>, y0: usize, y1: usize, acc: &mut [i32]) {
         // SAFETY: forwarded preconditions.

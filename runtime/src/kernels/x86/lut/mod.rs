@@ -389,22 +389,13 @@ impl LutCall<'_> {
                 b0 += nb;
             }
         }
-        // `sum num*q = 2 * (sum of the codes under +1 weights) - sum q`, `sum q` from the last
-        // entry of the tables (all channels of a group).
-        let sums = &self.x[s.lut_tables_len()..];
+        // `sum num*q = 2 * (sum of the codes under +1 weights) - sum q`.
         for p in first..end {
-            let org = window_origin(s, p);
             for g in 0..s.groups {
-                let mut qsum = 0u32;
-                for ky in 0..s.kh {
-                    for kx in 0..s.kw {
-                        let at = ((org + ky * s.wp + kx) * s.groups + g) * 2;
-                        qsum += u32::from(sums[at]) | u32::from(sums[at + 1]) << 16;
-                    }
-                }
+                let q = self.qsum(p, g);
                 let row = (p - first) * s.cout + g * s.cout_g;
                 for v in &mut acc[row..row + s.cout_g] {
-                    *v = v.wrapping_mul(2).wrapping_sub(qsum as i32);
+                    *v = v.wrapping_mul(2).wrapping_sub(q);
                 }
             }
         }
@@ -481,25 +472,11 @@ unsafe fn lut_widen<const NB: usize, const P: usize>(
     lanes: &[usize; NB],
     first: bool,
 ) -> [[__m512i; NB]; P] {
-    // SAFETY: AVX-512 F/BW present; masked lanes are not touched (caller).
+    // SAFETY: AVX-512 F/BW present; `out` as the caller states.
     unsafe {
         for j in 0..P {
             for b in 0..NB {
-                let v = part[j][b];
-                let halves = [
-                    _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)),
-                    _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
-                ];
-                for (h, w) in halves.into_iter().enumerate() {
-                    let m = lane_mask(lanes[b].saturating_sub(16 * h));
-                    let p = out[j][b].add(16 * h);
-                    let r = if first {
-                        w
-                    } else {
-                        _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, p as *const _), w)
-                    };
-                    _mm512_mask_storeu_epi32(p as *mut _, m, r);
-                }
+                widen_store(part[j][b], out[j][b], lanes[b], first, None);
             }
         }
         [[_mm512_setzero_si512(); NB]; P]

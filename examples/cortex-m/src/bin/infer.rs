@@ -2,7 +2,7 @@
 //! each embedded test image in a static arena, raising LED0 (an `embedded-hal` output pin) while
 //! inference runs.
 //!
-//! Output (semihosting), one record a line, parsed by `tests/mcu_qemu.rs`:
+//! Output (semihosting), one record a line, parsed by `tests/mcu_qemu/harness.rs`:
 //! ```text
 //! model <name> bytes <n> layers <n> classes <n> images <n>
 //! sizes plan <bytes of a Plan value>

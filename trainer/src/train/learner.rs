@@ -2,17 +2,19 @@
 //! [`Learner`], then each epoch trains its steps, evaluates (calibrating BatchNorm when the
 //! schedule says so), checkpoints and reports through one sink ([`Report`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::checkpoint::{checkpoint_path, Checkpoint, Meta, Snapshot};
+use super::checkpoint::{checkpoint_path, Meta, Snapshot};
 use super::eval::{bn_calibrate, evaluate_counts, with_bn_calibrated};
 use super::optimizer::Sgd;
 use super::profile::{profiled, Profiler, Trace};
 use super::report::{EpochMetrics, Report};
+use super::resume::{prepare_out, resume_from};
+use super::sync::{sync_buffers, sync_start};
 use super::{build, net_config};
 use crate::algo::{SlbQuantAwareTraining, Temperature};
 use crate::config::Config;
@@ -624,116 +626,12 @@ impl<'a> Learner<'a> {
     }
 }
 
-/// Creates the output folder `out` and removes the temporary file a killed run left there (a
-/// stale one is never a checkpoint); the checkpoint's path.
-fn prepare_out(out: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io("create", out, e))?;
-    if let Ok(rd) = std::fs::read_dir(out) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if n.starts_with(".checkpoint.ot.tmp") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    Ok(checkpoint_path(out))
-}
-
-/// The checkpoint `ckpt_path` a run with `opts` continues, checked against `cfg` and `data`
-/// (`None`: a fresh run); `cfg` then starts after the epochs it trained.
-fn resume_from(
-    ckpt_path: &Path,
-    opts: &RunOptions,
-    cfg: &mut Config,
-    data: &RunData,
-) -> Result<Option<Checkpoint>> {
-    if !(opts.resume && ckpt_path.exists()) {
-        return Ok(None);
-    }
-    let ck = Checkpoint::load(ckpt_path)?;
-    check_resume(&ck, cfg, data)?;
-    cfg.has_trained_epoch = Some(ck.meta.epoch);
-    Ok(Some(ck))
-}
-
 /// An epoch's training sums (over every rank of a data-parallel run).
 struct EpochSums {
     loss: f64,
     correct: i64,
     seen: i64,
     skipped: u64,
-}
-
-/// Makes every rank start from rank 0's state: the step count is checked (a rank that resumed
-/// from another checkpoint than rank 0's is an error), then the parameters, the momentum and
-/// every buffer (BatchNorm statistics, activation ranges) are broadcast from rank 0.
-fn sync_start(d: &Dist, vs: &nn::VarStore, opt: &Sgd, step: i64, dev: Device) -> Result<()> {
-    let s = Tensor::from_slice(&[step as f64]).to_device(dev);
-    d.broadcast(&s, 0)?;
-    let root = s.double_value(&[0]) as i64;
-    if root != step {
-        return Err(Error::Dist {
-            rank: d.rank,
-            msg: format!(
-                "rank 0 starts at step {root} but this rank at step {step}: every rank must \
-                 see the same --out folder (and checkpoint) when resuming"
-            ),
-        });
-    }
-    opt.broadcast(d, 0)?;
-    for t in buffers(vs) {
-        d.broadcast(&t, 0)?;
-    }
-    Ok(())
-}
-
-/// Makes the buffers of the ranks agree after their training steps: floating-point ones
-/// (BatchNorm running statistics, activation ranges) become the ranks' mean, the others rank
-/// 0's. One collective per dtype over the buffers packed into one flat tensor, instead of one
-/// per buffer (a ResNet-18 has about 60).
-pub fn sync_buffers(d: &Dist, vs: &nn::VarStore) -> Result<()> {
-    let mut groups: Vec<(Kind, Vec<Tensor>)> = Vec::new();
-    for t in buffers(vs) {
-        match groups.iter_mut().find(|(k, _)| *k == t.kind()) {
-            Some((_, g)) => g.push(t),
-            None => groups.push((t.kind(), vec![t])),
-        }
-    }
-    for (_, group) in groups {
-        let parts: Vec<Tensor> = group.iter().map(|t| t.reshape([-1])).collect();
-        let mut flat = Tensor::cat(&parts, 0);
-        if flat.is_floating_point() {
-            d.all_reduce_mean(&mut flat)?;
-        } else {
-            d.broadcast(&flat, 0)?;
-        }
-        unpack(&flat, &group);
-    }
-    Ok(())
-}
-
-/// Copies the consecutive parts of `flat` back into `parts` (in place, no gradient).
-fn unpack(flat: &Tensor, parts: &[Tensor]) {
-    let mut at = 0;
-    tch::no_grad(|| {
-        for p in parts {
-            let n = p.numel() as i64;
-            let mut p = p.shallow_clone();
-            p.copy_(&flat.narrow(0, at, n).view_as(&p));
-            at += n;
-        }
-    });
-}
-
-/// The variables of `vs` that are not trained (buffers), by name.
-fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
-    let mut v: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| !t.requires_grad())
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Whether the 8-bit nodes use the fused kernels: asked for (`fused_kernels`), on a CUDA device,
@@ -786,41 +684,6 @@ fn step_graphs(cfg: &Config, opts: &RunOptions, dist: Option<&Dist>) -> Option<S
     } else {
         None
     }
-}
-
-/// Whether the checkpoint of `OUT` can be continued with `cfg` on `data`: its schedule is not
-/// finished, and it was trained on the same classes (by name) at the same image size.
-fn check_resume(ck: &Checkpoint, cfg: &Config, data: &RunData) -> Result<()> {
-    let err = |msg: String| Error::Resume {
-        path: ck.path.clone(),
-        msg,
-    };
-    let total = cfg.schedule_epochs();
-    if ck.meta.epoch >= total {
-        return Err(err(format!(
-            "the run has finished: it trained {} of {total} epochs; raise `epochs` (or \
-             --epochs) to train longer, or export it with `slb export`",
-            ck.meta.epoch
-        )));
-    }
-    if ck.meta.classes != data.classes {
-        return Err(err(format!(
-            "it was trained on {} classes ({}) but the data has {} ({})",
-            ck.meta.classes.len(),
-            ck.meta.classes.join(", "),
-            data.classes.len(),
-            data.classes.join(", ")
-        )));
-    }
-    let size = data.image_size;
-    if ck.meta.image_size != size {
-        return Err(err(format!(
-            "it was trained at image size {} but this run's images are {size}x{size} \
-             (check `resize` and the data)",
-            ck.meta.image_size
-        )));
-    }
-    Ok(())
 }
 
 fn dev_index(d: Device) -> i64 {

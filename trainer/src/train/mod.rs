@@ -7,7 +7,9 @@
 //! - `profile`: where a step's time goes (`--profile-steps`) and the `--trace` recording;
 //! - `report`: each epoch's record ([`EpochMetrics`]) and the one sink it goes through (progress
 //!   bar, epoch line, `metrics.jsonl`);
-//! - `learner`: set-up and resume, an epoch's steps, its evaluation, checkpoint and report.
+//! - `learner`: set-up, an epoch's steps, its evaluation, checkpoint and report;
+//! - `resume`: the output folder and the checkpoint a resumed run continues;
+//! - `sync`: the ranks of a data-parallel run kept in agreement.
 //!
 //! Which network a configuration builds ([`net_config`], [`build`]) is here: the exporter
 //! and the tools build the same one.
@@ -18,6 +20,8 @@ mod learner;
 mod optimizer;
 mod profile;
 mod report;
+mod resume;
+mod sync;
 
 use tch::nn;
 
@@ -27,10 +31,11 @@ use crate::nn::net::{Net, NetConfig};
 
 pub use checkpoint::{checkpoint_path, save_checkpoint, write_atomic, Checkpoint, Meta, Snapshot};
 pub use eval::{bn_calibrate, bn_stats, evaluate, evaluate_counts, predict, with_bn_calibrated};
-pub use learner::{run, run_with, sync_buffers, RunData, RunOptions, RunSummary};
+pub use learner::{run, run_with, RunData, RunOptions, RunSummary};
 pub use optimizer::{decays, is_logit, Sgd};
 pub use profile::{PhaseTime, StepProfile};
 pub use report::EpochMetrics;
+pub use sync::sync_buffers;
 
 /// The network configuration a [`Config`] describes for `classes` classes at `image_size`.
 pub fn net_config(cfg: &Config, classes: i64, image_size: i64) -> NetConfig {

@@ -13,7 +13,7 @@ use super::eval::{bn_calibrate, evaluate_counts, with_bn_calibrated};
 use super::optimizer::Sgd;
 use super::profile::{profiled, Profiler, Trace};
 use super::report::{EpochMetrics, Report};
-use super::resume::{prepare_out, resume_from};
+use super::resume::{prepare_out, resume_from, DataId};
 use super::sync::{sync_buffers, sync_start};
 use super::{build, net_config};
 use crate::algo::{SlbQuantAwareTraining, Temperature};
@@ -170,7 +170,11 @@ impl<'a> Learner<'a> {
         } else {
             checkpoint_path(&opts.out)
         };
-        let resume = resume_from(&ckpt_path, opts, &mut cfg, &data)?;
+        let id = DataId {
+            classes: &data.classes,
+            image_size: data.image_size,
+        };
+        let resume = resume_from(&ckpt_path, opts.resume, &mut cfg, &id)?;
         let algo = cfg.algorithm()?;
         let dev = opts.device;
         let cuda = dev.is_cuda();

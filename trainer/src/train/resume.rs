@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{checkpoint_path, Checkpoint};
-use super::learner::{RunData, RunOptions};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -24,15 +23,23 @@ pub(super) fn prepare_out(out: &Path) -> Result<PathBuf> {
     Ok(checkpoint_path(out))
 }
 
-/// The checkpoint `ckpt_path` a run with `opts` continues, checked against `cfg` and `data`
-/// (`None`: a fresh run); `cfg` then starts after the epochs it trained.
+/// What a checkpoint must have been trained on to be continued on a run's data.
+pub(super) struct DataId<'a> {
+    /// The class names, in label order.
+    pub classes: &'a [String],
+    /// The images' side in pixels.
+    pub image_size: i64,
+}
+
+/// The checkpoint `ckpt_path` a run continues when `resume` is asked for, checked against
+/// `cfg` and `data` (`None`: a fresh run); `cfg` then starts after the epochs it trained.
 pub(super) fn resume_from(
     ckpt_path: &Path,
-    opts: &RunOptions,
+    resume: bool,
     cfg: &mut Config,
-    data: &RunData,
+    data: &DataId<'_>,
 ) -> Result<Option<Checkpoint>> {
-    if !(opts.resume && ckpt_path.exists()) {
+    if !(resume && ckpt_path.exists()) {
         return Ok(None);
     }
     let ck = Checkpoint::load(ckpt_path)?;
@@ -43,7 +50,7 @@ pub(super) fn resume_from(
 
 /// Whether the checkpoint of `OUT` can be continued with `cfg` on `data`: its schedule is not
 /// finished, and it was trained on the same classes (by name) at the same image size.
-fn check_resume(ck: &Checkpoint, cfg: &Config, data: &RunData) -> Result<()> {
+fn check_resume(ck: &Checkpoint, cfg: &Config, data: &DataId<'_>) -> Result<()> {
     let err = |msg: String| Error::Resume {
         path: ck.path.clone(),
         msg,

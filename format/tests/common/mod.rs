@@ -240,3 +240,34 @@ impl Tiny {
         p.build_unchecked().expect("encodes")
     }
 }
+
+/// The crate's parser, the one entry the malformed-input tests go through.
+pub fn parse(b: &[u8]) -> Result<Model<'_>> {
+    Model::parse(b)
+}
+
+/// Rewrites the header's payload length and the CRC after editing a file's payload.
+pub fn reseal(mut b: Vec<u8>) -> Vec<u8> {
+    let n = b.len() - HEADER_LEN - TRAILER_LEN;
+    b[8..12].copy_from_slice(&(n as u32).to_le_bytes());
+    let crc = crc32fast_hash(&b[HEADER_LEN..HEADER_LEN + n]);
+    let end = b.len();
+    b[end - 4..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// CRC-32 (IEEE), bitwise, so the tests do not trust the crate's own checksum call.
+pub fn crc32fast_hash(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

@@ -1,7 +1,7 @@
-//! The validation rules of `docs/FORMAT.md` section 6, each at its boundary: the last value a
-//! rule accepts parses, the first it refuses gives the rule's own error. (`malformed.rs` and
-//! `malformed_graph.rs` have one test per class of malformed input; these tests pin where each limit lies, which a check that
-//! only fires on far-off values would not.)
+//! The validation rules of `docs/FORMAT.md` section 6, each at its boundary: the last value a rule
+//! accepts parses, the first it refuses gives the rule's own error. (`malformed.rs` and
+//! `malformed_graph.rs` have one test per class of malformed input; these tests pin where each
+//! limit lies, which a check that only fires on far-off values would not.)
 
 mod common;
 

@@ -9,17 +9,19 @@
 //! * [`bits`]: XNOR and bit-serial popcount (`BitsCall`) over `Popcount`, one
 //!   activation word against a block of 8 output channels: `Avx2Popcount` (`vpshufb`
 //!   nibble table + `vpsadbw`), `Avx512Popcount` (`vpopcntq`);
-//! * [`lut`]: the table lookup for 1-bit weights with multi-bit activations (`vpermw` over
-//!   per-pixel `u16` tables of code sums, `vpermb` over byte tables for 2-bit codes; with
-//!   AVX2, `vpshufb` over byte tables of 4 channels for 2-bit codes);
+//! * [`lut`]: the table lookup for 1-bit weights with multi-bit activations (`LutCall`) over
+//!   `Lookup`, one table of code sums per padded pixel and channel group against a block of
+//!   output channels: `Words` (`vpermw` over `u16` tables), `Bytes` (`vpermb` over byte
+//!   tables, 2-bit codes), `Avx2` (`vpshufb` over byte tables of 4 channels, 2-bit codes);
 //! * [`rows`]: the drivers' row operations (bit packing, requantization, residual add).
 //!
 //! This file: CPU feature detection, kernel selection, and the register-tile walk shared by
 //! the drivers.
 //!
 //! [`for_tiles`] walks a call's output in register tiles of up to `NB` channel blocks by `P`
-//! pixels (AVX2: 1 x 4, AVX-512: 4 x 6; the last pixels one by one, the last blocks in a
-//! narrower tile).
+//! pixels (the dot and bit kernels: AVX2 1 x 4, AVX-512 4 x 6; the table lookup: 4 x 4, 2 x 4
+//! or 2 x 2 by kind, its narrow tiles wider), then of `P2` pixels, the last ones one by one,
+//! the last blocks in a narrower tile.
 //!
 //! # Layouts
 //! * Int8: `i8 [g][O/16][kh][kw][ceil(cin_g/4)][16][4]` (numerators, zero past `cin_g` and
@@ -281,13 +283,15 @@ trait Tile {
 }
 
 /// Runs `t` over every tile of rows `y0..y1`: per group, `nblk` channel blocks in runs of up
-/// to `NB` (at most 4), pixels in runs of `P`, then of `P2` (`< P`: a call's pixel count is
-/// rarely a multiple of `P`; 16 pixels in tiles of 6 leave 4), the last ones one by one.
+/// to `NB` (at most 4); pixels in runs of `P` (`PN` for a tile of at most half of `NB`
+/// blocks: the table lookup gives its narrow tiles more pixels), then of `P2` (a call's pixel
+/// count is rarely a multiple of `P`; 16 pixels in tiles of 6 leave 4), the last ones one by
+/// one.
 ///
 /// # Safety
 /// As [`Tile::tile`] for the whole call.
 #[inline(always)]
-unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize, const P2: usize>(
+unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize, const PN: usize, const P2: usize>(
     t: &T,
     s: &ConvShape,
     nblk: usize,
@@ -295,18 +299,19 @@ unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize, const P2: usize>(
     y1: usize,
     acc: &mut [i32],
 ) {
-    const { assert!(NB >= 1 && NB <= 4 && P > P2 && P2 >= 1) };
+    const { assert!(NB >= 1 && NB <= 4 && P2 >= 1 && P2 <= P && P2 <= PN) };
     let (first, end) = (y0 * s.ow, y1 * s.ow);
     for g in 0..s.groups {
         let mut b0 = 0;
         while b0 < nblk {
             let nb = (nblk - b0).min(NB);
+            let full = if 2 * nb > NB { P } else { PN };
             let mut p = first;
             while p < end {
                 let left = end - p;
                 // (tile width, which of the three)
-                let (tp, w) = if left >= P {
-                    (P, 0)
+                let (tp, w) = if left >= full {
+                    (full, 0)
                 } else if left >= P2 {
                     (P2, 1)
                 } else {
@@ -318,8 +323,10 @@ unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize, const P2: usize>(
                     match (nb, w) {
                         (4, 0) => t.tile::<4, P>(acc, g, b0, p),
                         (3, 0) => t.tile::<3, P>(acc, g, b0, p),
-                        (2, 0) => t.tile::<2, P>(acc, g, b0, p),
-                        (_, 0) => t.tile::<1, P>(acc, g, b0, p),
+                        (2, 0) if NB < 4 => t.tile::<2, P>(acc, g, b0, p),
+                        (2, 0) => t.tile::<2, PN>(acc, g, b0, p),
+                        (_, 0) if NB < 2 => t.tile::<1, P>(acc, g, b0, p),
+                        (_, 0) => t.tile::<1, PN>(acc, g, b0, p),
                         (4, 1) => t.tile::<4, P2>(acc, g, b0, p),
                         (3, 1) => t.tile::<3, P2>(acc, g, b0, p),
                         (2, 1) => t.tile::<2, P2>(acc, g, b0, p),
@@ -399,10 +406,7 @@ struct Call<'a, X, K> {
     kernel: PhantomData<K>,
 }
 
-impl<'a, X, K> Call<'a, X, K>
-where
-    Self: Tile,
-{
+impl<'a, X, K> Call<'a, X, K> {
     /// The call over rows from `y0`.
     fn new(s: &'a ConvShape, x: &'a [X], w: &'a [u8], y0: usize) -> Self {
         let (first, kernel) = (y0 * s.ow, PhantomData);
@@ -414,7 +418,12 @@ where
             kernel,
         }
     }
+}
 
+impl<X, K> Call<'_, X, K>
+where
+    Self: Tile,
+{
     /// Runs rows `y0..y1` in tiles of up to `NB` blocks of `lanes` output channels by `P`
     /// pixels (`P2` for what is left, see [`for_tiles`]).
     ///
@@ -431,6 +440,6 @@ where
     ) {
         let nblk = self.s.cout_g.div_ceil(lanes);
         // SAFETY: forwarded preconditions.
-        unsafe { for_tiles::<_, NB, P, P2>(self, self.s, nblk, y0, y1, acc) }
+        unsafe { for_tiles::<_, NB, P, P, P2>(self, self.s, nblk, y0, y1, acc) }
     }
 }

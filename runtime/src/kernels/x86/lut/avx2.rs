@@ -2,8 +2,8 @@
 //! AVX-512: per padded pixel and group of 4 input channels a table of the code sums over the
 //! 16 subsets (at most 4 x 3, a byte), 16 bytes each; the 4-bit patterns of 32 output channels
 //! index it with one `vpshufb` (the table in both 128-bit lanes), 128 multiply-adds. Byte sums
-//! are widened into `u16` sums every [`byte_run`] steps and into the `i32` accumulators at the
-//! end of a run, where `2 S - sum q` is folded into the last store.
+//! are widened into `u16` sums every [`Lookup::narrow_run`] steps (21) and into the `i32`
+//! accumulators at the end of a run, where `2 S - sum q` is folded into the last store.
 //!
 //! The tables lie where the AVX-512 byte tables of the shape would ([`ConvShape::lut_input_len`]
 //! `u16`s, a padded pixel's tables from the same place, the code sums after them): 16 bytes for
@@ -15,52 +15,6 @@ use super::*;
 
 /// Channels per AVX2 table (16 entries).
 const K: usize = 4;
-
-/// Channel groups of 4 per group: `ceil(cin_g / 4)`.
-fn groups4(s: &ConvShape) -> usize {
-    s.cin_g.div_ceil(K)
-}
-
-/// Bytes of one block of 32 output channels: an index byte per channel, tap and group of 4.
-fn block_bytes(s: &ConvShape) -> usize {
-    s.kh * s.kw * groups4(s) * 32
-}
-
-pub(in super::super) fn lut_avx2_prepared_len(s: &ConvShape) -> usize {
-    s.groups * s.cout_g.div_ceil(32) * block_bytes(s)
-}
-
-/// The weights as table indices, `u8 [g][O/32][kh][kw][ceil(cin_g/4)][32]`: bit `i` of the
-/// index of channel `o` at a tap and channel group `G` is set when the weight of input channel
-/// `4 G + i` is `+1` (zero past `cin_g` and `cout_g`).
-pub(in super::super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
-    let len = lut_avx2_prepared_len(s);
-    let Some(dst) = out.get_mut(..len) else {
-        return;
-    };
-    dst.fill(0);
-    let codes = CodeReader::new(conv);
-    let (gn, nblk, bb) = (groups4(s), s.cout_g.div_ceil(32), block_bytes(s));
-    for o in 0..s.cout {
-        let (g, oc) = (o / s.cout_g, o % s.cout_g);
-        let blk = (g * nblk + oc / 32) * bb;
-        for ky in 0..s.kh {
-            for kx in 0..s.kw {
-                for i in 0..s.cin_g {
-                    if codes.numerator(o, ky, kx, i) > 0 {
-                        let at = blk + ((ky * s.kw + kx) * gn + i / K) * 32 + oc % 32;
-                        dst[at] |= 1 << (i % K);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `u16`s from one padded pixel's tables to the next (the AVX-512 byte tables' stride).
-fn pixel_stride(s: &ConvShape) -> usize {
-    s.groups * s.lut_groups() * 32
-}
 
 /// Per channel `i < 2` of a half: the `vpshufb` indices that put, in bytes `8 k` to `8 k + 7`
 /// of lane `L`, the half tables of table `T = L + 2 k` of a 16-channel chunk: code `4 T + i`
@@ -132,7 +86,7 @@ static JOIN: [[[u8; 32]; 2]; 2] = join_index();
 pub(in super::super) fn lut_avx2_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
     #[target_feature(enable = "avx2")]
     fn body(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, groups4(s));
+        let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, Avx2::groups(s));
         let px = pixel_stride(s);
         let sums = s.lut_tables_len();
         assert!(
@@ -206,220 +160,119 @@ pub(in super::super) fn lut_avx2_tables(s: &ConvShape, x: &[u8], pad: u8, out: &
     unsafe { body(s, x, pad, out) }
 }
 
-/// Steps the byte sums may hold before they are widened into the `u16` sums.
-fn byte_run(s: &ConvShape) -> usize {
-    (u8::MAX as usize / (K * ((1usize << s.abits) - 1))).max(1)
-}
+/// The kind of [`KernelKind::Int8LutAvx2`].
+pub(super) struct Avx2;
 
-/// Steps a run of `u16` sums may hold.
-fn run(s: &ConvShape) -> usize {
-    (u16::MAX as usize / (K * ((1usize << s.abits) - 1))).max(1)
-}
+impl Lookup for Avx2 {
+    type V = __m256i;
+    /// Channels 0-15 of a block, then 16-31.
+    type Wide = [__m256i; 2];
+    const K: usize = K;
+    const LANES: usize = 32;
+    const STEP: usize = 32;
+    /// 16 bytes.
+    const TABLE: usize = 8;
+    const NARROW: bool = true;
+    const PER_TAP: bool = true;
 
-/// Widens byte sums into `u16` sums (channels 0-15 of a block into `wide[0]`, 16-31 into
-/// `wide[1]`) and clears them.
-///
-/// # Safety
-/// AVX2 present.
-#[inline(always)]
-unsafe fn widen<const NB: usize, const P: usize>(
-    part: &mut [[__m256i; NB]; P],
-    wide: &mut [[[__m256i; 2]; NB]; P],
-) {
-    // SAFETY: AVX2 present (caller).
-    unsafe {
-        for j in 0..P {
-            for b in 0..NB {
-                let v = part[j][b];
-                let lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v));
-                let hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v));
-                wide[j][b][0] = _mm256_add_epi16(wide[j][b][0], lo);
-                wide[j][b][1] = _mm256_add_epi16(wide[j][b][1], hi);
-                part[j][b] = _mm256_setzero_si256();
+    #[inline(always)]
+    unsafe fn zero() -> __m256i {
+        // SAFETY: AVX present (caller).
+        unsafe { _mm256_setzero_si256() }
+    }
+
+    #[inline(always)]
+    unsafe fn zero_wide() -> [__m256i; 2] {
+        // SAFETY: AVX present (caller).
+        unsafe { [_mm256_setzero_si256(); 2] }
+    }
+
+    #[inline(always)]
+    unsafe fn load_w(p: *const u8) -> __m256i {
+        // SAFETY: 32 readable bytes at `p` (caller).
+        unsafe { _mm256_loadu_si256(p as *const _) }
+    }
+
+    /// The table in both 128-bit lanes (`vpshufb` looks up within a lane).
+    #[inline(always)]
+    unsafe fn load_t(p: *const u16) -> __m256i {
+        // SAFETY: 8 readable `u16` at `p` (caller); AVX2 present.
+        unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const _)) }
+    }
+
+    #[inline(always)]
+    unsafe fn look(part: __m256i, w: __m256i, t: __m256i) -> __m256i {
+        // SAFETY: AVX2 present (caller).
+        unsafe { _mm256_add_epi8(part, _mm256_shuffle_epi8(t, w)) }
+    }
+
+    #[inline(always)]
+    unsafe fn widen(wide: [__m256i; 2], part: __m256i) -> [__m256i; 2] {
+        // SAFETY: AVX2 present (caller).
+        unsafe {
+            let lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(part));
+            let hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(part));
+            [_mm256_add_epi16(wide[0], lo), _mm256_add_epi16(wide[1], hi)]
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store(
+        wide: [__m256i; 2],
+        out: *mut i32,
+        lanes: usize,
+        first: bool,
+        qsum: Option<i32>,
+    ) {
+        for (h, v) in wide.into_iter().enumerate() {
+            let n = lanes.saturating_sub(16 * h).min(16);
+            if n > 0 {
+                // SAFETY: AVX2 present; `n` of the block's `lanes` `i32`s at `out` from
+                // channel `16 h` (caller).
+                unsafe { store16(v, out.add(16 * h), n, first, qsum) };
             }
         }
     }
 }
 
-/// Adds the 16 `u16` sums in `v` to the `i32` sums at `dst` (written instead on the `first`
-/// run); on the last run (`qsum` given) stores `2 S - qsum` instead of the whole sum `S`.
-/// Fewer than 16 lanes go through a stack copy (AMD's masked stores are slow).
+/// Adds the 16 `u16` sums in `v` to the first `n` `i32` sums at `p` (written instead on the
+/// `first` run); on the last run (`qsum` given) stores `2 S - qsum` instead of the whole sum
+/// `S`. Fewer than 16 lanes go through a stack copy (AMD's masked stores are slow).
 ///
 /// # Safety
-/// AVX2 present.
+/// AVX2 present; `n <= 16` `i32`s readable and writable at `p`.
 #[inline(always)]
-unsafe fn store16(v: __m256i, dst: &mut [i32], first: bool, qsum: Option<i32>) {
-    // SAFETY: AVX2 present (caller); the full-width path reads and writes 16 `i32` of `dst`
-    // (its length checked), the other a stack copy.
+unsafe fn store16(v: __m256i, p: *mut i32, n: usize, first: bool, qsum: Option<i32>) {
+    // SAFETY: AVX2 present (caller); the full-width path reads and writes the 16 `i32` at `p`
+    // (`n == 16`), the other a stack copy of the `n` there.
     unsafe {
         let halves = [
             _mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)),
             _mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(v)),
         ];
         let mut tmp = [0i32; 16];
-        let full = dst.len() >= 16;
-        let p = if full {
-            dst.as_mut_ptr()
+        let full = n >= 16;
+        let d = if full {
+            p
         } else {
-            tmp[..dst.len()].copy_from_slice(dst);
+            core::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), n);
             tmp.as_mut_ptr()
         };
         for (h, w) in halves.into_iter().enumerate() {
-            let p = p.add(8 * h) as *mut __m256i;
+            let d = d.add(8 * h) as *mut __m256i;
             let r = if first {
                 w
             } else {
-                _mm256_add_epi32(_mm256_loadu_si256(p), w)
+                _mm256_add_epi32(_mm256_loadu_si256(d), w)
             };
             let r = match qsum {
                 Some(q) => _mm256_sub_epi32(_mm256_add_epi32(r, r), _mm256_set1_epi32(q)),
                 None => r,
             };
-            _mm256_storeu_si256(p, r);
+            _mm256_storeu_si256(d, r);
         }
         if !full {
-            let n = dst.len();
-            dst.copy_from_slice(&tmp[..n]);
-        }
-    }
-}
-
-impl LutCall<'_> {
-    /// Adds table steps `t0 .. t1` (step `t`: tap `t / gn`, channel group `t % gn` of 4) of
-    /// `NB` blocks of 32 output channels from block `b0` of group `g` for the `P` output pixels
-    /// from `p0` to their `i32` sums in `acc`; `first`: written instead; `last`: `2 S - sum q`.
-    ///
-    /// # Safety
-    /// AVX2 present; the call passed [`ConvShape::assert_call`]; blocks `b0 .. b0 + NB` exist
-    /// in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * kw * gn`.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn steps_avx2<const NB: usize, const P: usize>(
-        &self,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-        t0: usize,
-        t1: usize,
-        (first, last): (bool, bool),
-    ) {
-        let s = self.s;
-        let (gn, px, bb) = (groups4(s), pixel_stride(s), block_bytes(s));
-        let mut base = [0usize; P];
-        for j in 0..P {
-            base[j] = window_origin(s, p0 + j) * px + g * gn * 8;
-        }
-        let x = self.x.as_ptr();
-        // SAFETY: block `b0` of group `g` lies inside the prepared weights (caller).
-        let w = unsafe { self.w.as_ptr().add((g * s.cout_g.div_ceil(32) + b0) * bb) };
-        // SAFETY: AVX2 present (caller).
-        let zero = unsafe { _mm256_setzero_si256() };
-        let mut part = [[zero; NB]; P];
-        let mut wide = [[[zero; 2]; NB]; P];
-        let byte_run = byte_run(s);
-        let mut pending = 0;
-        // Per tap, one pointer per pixel and one for the weights, each advanced a table (16
-        // bytes) and 32 index bytes a step.
-        let mut t = t0;
-        while t < t1 {
-            let (tap, gi) = (t / gn, t % gn);
-            let n = (gn - gi).min(t1 - t);
-            let toff = ((tap / s.kw) * s.wp + tap % s.kw) * px + gi * 8;
-            // SAFETY: the tap's tables and weights lie inside the buffers (caller: the window
-            // of every pixel of the tile is inside the padded input, `t1 <= kh * kw * gn`).
-            unsafe {
-                let tp: [*const u16; P] = core::array::from_fn(|j| x.add(base[j] + toff));
-                let wt = w.add(t * 32);
-                for i in 0..n {
-                    let mut wv = [zero; NB];
-                    for b in 0..NB {
-                        wv[b] = _mm256_loadu_si256(wt.add(32 * i + b * bb) as *const _);
-                    }
-                    for j in 0..P {
-                        let tv = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                            tp[j].add(8 * i) as *const _
-                        ));
-                        for b in 0..NB {
-                            let v = _mm256_shuffle_epi8(tv, wv[b]);
-                            part[j][b] = _mm256_add_epi8(part[j][b], v);
-                        }
-                    }
-                    pending += 1;
-                    if pending == byte_run {
-                        widen(&mut part, &mut wide);
-                        pending = 0;
-                    }
-                }
-            }
-            t += n;
-        }
-        // SAFETY: AVX2 present (caller).
-        unsafe { widen(&mut part, &mut wide) };
-        for j in 0..P {
-            let q = last.then(|| self.qsum(p0 + j, g));
-            let row = (p0 + j - self.first) * s.cout + g * s.cout_g;
-            for b in 0..NB {
-                for h in 0..2 {
-                    let c0 = (b0 + b) * 32 + 16 * h;
-                    let lanes = s.cout_g.saturating_sub(c0).min(16);
-                    if lanes > 0 {
-                        let dst = &mut acc[row + c0..row + c0 + lanes];
-                        // SAFETY: AVX2 present (caller).
-                        unsafe { store16(wide[j][b][h], dst, first, q) };
-                    }
-                }
-            }
-        }
-    }
-
-    /// Runs rows `y0..y1`: per group, tiles of 2 blocks of 32 output channels by `P` pixels
-    /// (the last block alone, the last pixels one by one), in runs of [`run`] steps.
-    ///
-    /// # Safety
-    /// AVX2 present; the call passed [`ConvShape::assert_call`].
-    #[inline(always)]
-    unsafe fn run_avx2<const NBMAX: usize, const P: usize>(
-        &self,
-        y0: usize,
-        y1: usize,
-        acc: &mut [i32],
-    ) {
-        let s = self.s;
-        let (steps, run) = (s.kh * s.kw * groups4(s), run(s));
-        let nblk = s.cout_g.div_ceil(32);
-        let (first, end) = (y0 * s.ow, y1 * s.ow);
-        for g in 0..s.groups {
-            let mut b0 = 0;
-            while b0 < nblk {
-                let nb = (nblk - b0).min(NBMAX);
-                let mut p = first;
-                while p < end {
-                    let full = end - p >= P;
-                    let mut t0 = 0;
-                    while t0 < steps {
-                        let t1 = (t0 + run).min(steps);
-                        let f = (t0 == 0, t1 == steps);
-                        // SAFETY: blocks `b0 .. b0 + nb` exist, the tile's pixels lie before
-                        // `end`, `t1 <= steps`; the rest is the caller's.
-                        unsafe {
-                            match (nb, full) {
-                                (4, true) => self.steps_avx2::<4, P>(acc, g, b0, p, t0, t1, f),
-                                (3, true) => self.steps_avx2::<3, P>(acc, g, b0, p, t0, t1, f),
-                                (2, true) => self.steps_avx2::<2, P>(acc, g, b0, p, t0, t1, f),
-                                (_, true) => self.steps_avx2::<1, P>(acc, g, b0, p, t0, t1, f),
-                                (4, false) => self.steps_avx2::<4, 1>(acc, g, b0, p, t0, t1, f),
-                                (3, false) => self.steps_avx2::<3, 1>(acc, g, b0, p, t0, t1, f),
-                                (2, false) => self.steps_avx2::<2, 1>(acc, g, b0, p, t0, t1, f),
-                                (_, false) => self.steps_avx2::<1, 1>(acc, g, b0, p, t0, t1, f),
-                            }
-                        }
-                        t0 = t1;
-                    }
-                    p += if full { P } else { 1 };
-                }
-                b0 += nb;
-            }
+            core::ptr::copy_nonoverlapping(tmp.as_ptr(), p, n);
         }
     }
 }
@@ -437,7 +290,7 @@ pub(in super::super) fn lut_avx2(
         x.len(),
         s.lut_input_len(),
         w.len(),
-        lut_avx2_prepared_len(s),
+        prepared_len_of::<Avx2>(s),
         y0,
         y1,
         acc.len(),
@@ -446,16 +299,15 @@ pub(in super::super) fn lut_avx2(
         crate::kernels::lut_avx2_fits(s),
         "AVX2 table lookup: 1-bit weights, 2-bit codes"
     );
-    /// [`LutCall::run_avx2`], compiled for AVX2.
-    ///
     /// # Safety
-    /// As [`LutCall::run_avx2`].
+    /// As [`lut_rows`].
     #[target_feature(enable = "avx2")]
-    unsafe fn rows(call: &LutCall<'_>, y0: usize, y1: usize, acc: &mut [i32]) {
-        // SAFETY: forwarded preconditions.
-        unsafe { call.run_avx2::<2, 2>(y0, y1, acc) }
+    unsafe fn rows(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+        // SAFETY: forwarded preconditions. Tiles of 2 blocks x 2 pixels (the best of 11
+        // measured, PERFORMANCE.md).
+        unsafe { lut_rows::<Avx2, 2, 2, 2, 1>(s, x, w, y0, y1, acc) }
     }
     // SAFETY: `by_kind` hands this kernel out only where AVX2 is present, and the call matches
     // the contract (just checked).
-    unsafe { rows(&LutCall::new(s, x, w, y0), y0, y1, acc) }
+    unsafe { rows(s, x, w, y0, y1, acc) }
 }

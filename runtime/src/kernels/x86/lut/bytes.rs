@@ -1,7 +1,8 @@
-//! The table lookup over byte tables, for codes of up to 2 bits: 6 channels a table (a sum of
-//! six 2-bit codes fits a byte), 64 output channels a `vpermb`, byte sums widened into `u16`
-//! sums every few steps ([`lut8_byte_run`]). The layout, the `u16` tables and the kernel's
-//! entry are in the parent module.
+//! Byte tables of [`LUT_K8`] (6) channels for codes of up to 2 bits, looked up with `vpermb`
+//! (AVX-512 VBMI): a sum of six 2-bit codes fits a byte, so one lookup does 64 output channels
+//! x 6 inputs; byte sums are widened into `u16` sums every [`Lookup::narrow_run`] steps (14).
+//! The table builder's step is here; its loop, shared with [`super::words`], is the parent's
+//! `lut_tables`.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -97,196 +98,76 @@ pub(super) unsafe fn lut8_tables_of(v: __m512i, n: usize, t: *mut u16) {
     }
 }
 
-/// Byte-table steps the byte sums may hold before they are widened into the `u16` sums.
-fn lut8_byte_run(s: &ConvShape) -> usize {
-    (u8::MAX as usize / (LUT_K8 * ((1usize << s.abits) - 1))).max(1)
-}
+/// The byte-table kind of [`KernelKind::Int8LutAvx512`].
+pub(super) struct Bytes;
 
-impl LutCall<'_> {
-    /// [`LutCall::steps`] over byte tables: `NB` blocks of 64 output channels, one `vpermb`
-    /// and one byte add per pixel and block a step, the byte sums widened into `u16` sums
-    /// every [`lut8_byte_run`] steps.
-    ///
-    /// # Safety
-    /// As [`LutCall::steps`], with blocks of 64 channels.
-    #[allow(clippy::too_many_arguments)]
+impl Lookup for Bytes {
+    type V = __m512i;
+    /// Channels 0-31 of a block, then 32-63.
+    type Wide = [__m512i; 2];
+    const K: usize = LUT_K8;
+    const LANES: usize = 64;
+    const STEP: usize = 64;
+    const TABLE: usize = LUT_N;
+    const NARROW: bool = true;
+    // A walk per tap ran the W1A2 network 10 % faster than one offset over all steps.
+    const PER_TAP: bool = true;
+
     #[inline(always)]
-    unsafe fn steps8<const NB: usize, const P: usize>(
-        &self,
-        acc: &mut [i32],
-        g: usize,
-        b0: usize,
-        p0: usize,
-        t0: usize,
-        t1: usize,
-        (first, last): (bool, bool),
-    ) {
-        let s = self.s;
-        let gn = s.lut_groups();
-        let px = s.groups * gn * LUT_N;
-        let bw = lut_block_bytes(s);
-        let mut base = [0usize; P];
-        for j in 0..P {
-            base[j] = window_origin(s, p0 + j) * px + g * gn * LUT_N;
-        }
-        let x = self.x.as_ptr();
-        // SAFETY: block `b0` of group `g` lies inside the prepared weights (caller).
-        let w = unsafe { self.w.as_ptr().add((g * s.cout_g.div_ceil(64) + b0) * bw) };
-        // Per pixel, block and half of 32 channels: where its sums go and how many lanes.
-        let mut out = [[[acc.as_mut_ptr(); 2]; NB]; P];
-        let mut lanes = [[0usize; 2]; NB];
-        for b in 0..NB {
-            for h in 0..2 {
-                lanes[b][h] = (s.cout_g.saturating_sub((b0 + b) * 64 + 32 * h)).min(32);
-            }
-        }
-        for j in 0..P {
-            for b in 0..NB {
-                for h in 0..2 {
-                    if lanes[b][h] > 0 {
-                        let at = (p0 + j - self.first) * s.cout + g * s.cout_g + (b0 + b) * 64;
-                        // SAFETY: `at + 32 h + lanes[b][h] <= acc.len()` (the call's rows).
-                        out[j][b][h] = unsafe { acc.as_mut_ptr().add(at + 32 * h) };
-                    }
-                }
-            }
-        }
+    unsafe fn zero() -> __m512i {
+        // SAFETY: AVX-512 F present (caller).
+        unsafe { _mm512_setzero_si512() }
+    }
+
+    #[inline(always)]
+    unsafe fn zero_wide() -> [__m512i; 2] {
+        // SAFETY: AVX-512 F present (caller).
+        unsafe { [_mm512_setzero_si512(); 2] }
+    }
+
+    #[inline(always)]
+    unsafe fn load_w(p: *const u8) -> __m512i {
+        // SAFETY: 64 readable bytes at `p` (caller).
+        unsafe { _mm512_loadu_si512(p as *const _) }
+    }
+
+    #[inline(always)]
+    unsafe fn load_t(p: *const u16) -> __m512i {
+        // SAFETY: 32 readable `u16` at `p` (caller).
+        unsafe { _mm512_loadu_si512(p as *const _) }
+    }
+
+    #[inline(always)]
+    unsafe fn look(part: __m512i, w: __m512i, t: __m512i) -> __m512i {
+        // SAFETY: AVX-512 BW/VBMI present (caller).
+        unsafe { _mm512_add_epi8(part, _mm512_permutexvar_epi8(w, t)) }
+    }
+
+    #[inline(always)]
+    unsafe fn widen(wide: [__m512i; 2], part: __m512i) -> [__m512i; 2] {
         // SAFETY: AVX-512 F/BW present (caller).
-        let zero = unsafe { _mm512_setzero_si512() };
-        let mut part = [[zero; NB]; P];
-        let mut wide = [[[zero; 2]; NB]; P];
-        let byte_run = lut8_byte_run(s);
-        let mut pending = 0;
-        // Per tap, one pointer per pixel and one for the weights, each advanced 64 bytes a
-        // step (a tap's channel groups lie side by side in both). On this loop that ran the
-        // W1A2 network 10 % faster than `steps`' single walk over all steps; on `steps` it
-        // ran the W1A8 network 4 % slower.
-        let mut t = t0;
-        while t < t1 {
-            let (tap, gi) = (t / gn, t % gn);
-            let n = (gn - gi).min(t1 - t);
-            let toff = ((tap / s.kw) * s.wp + tap % s.kw) * px + gi * LUT_N;
-            // SAFETY: the tap's tables and weights lie inside the buffers (caller: the window
-            // of every pixel of the tile is inside the padded input, `t1 <= kh * kw * gn`).
-            unsafe {
-                let tp: [*const u16; P] = core::array::from_fn(|j| x.add(base[j] + toff));
-                let wt = w.add(t * 64);
-                for i in 0..n {
-                    let mut wv = [zero; NB];
-                    for b in 0..NB {
-                        wv[b] = _mm512_loadu_si512(wt.add(64 * i + b * bw) as *const _);
-                    }
-                    for j in 0..P {
-                        let tv = _mm512_loadu_si512(tp[j].add(LUT_N * i) as *const _);
-                        for b in 0..NB {
-                            let v = _mm512_permutexvar_epi8(wv[b], tv);
-                            part[j][b] = _mm512_add_epi8(part[j][b], v);
-                        }
-                    }
-                    pending += 1;
-                    if pending == byte_run {
-                        lut8_widen(&mut part, &mut wide);
-                        pending = 0;
-                    }
-                }
-            }
-            t += n;
-        }
-        // SAFETY: AVX-512 F/BW present (caller); `out` as above (a half without lanes is
-        // not touched).
         unsafe {
-            lut8_widen(&mut part, &mut wide);
-            for j in 0..P {
-                let q = last.then(|| self.qsum(p0 + j, g));
-                for b in 0..NB {
-                    for h in 0..2 {
-                        widen_store(wide[j][b][h], out[j][b][h], lanes[b][h], first, q);
-                    }
-                }
-            }
+            let lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(part));
+            let hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(part));
+            [_mm512_add_epi16(wide[0], lo), _mm512_add_epi16(wide[1], hi)]
         }
     }
 
-    /// [`LutCall::run_lut`] over byte tables: tiles of 2 blocks of 64 output channels by `P`
-    /// pixels, or of 1 block by `P1` pixels (the last pixels one by one).
-    ///
-    /// # Safety
-    /// AVX-512 F/BW/VBMI present; the call passed [`ConvShape::assert_call`].
     #[inline(always)]
-    unsafe fn run_lut8<const P: usize, const P1: usize>(
-        &self,
-        y0: usize,
-        y1: usize,
-        acc: &mut [i32],
+    unsafe fn store(
+        wide: [__m512i; 2],
+        out: *mut i32,
+        lanes: usize,
+        first: bool,
+        qsum: Option<i32>,
     ) {
-        let s = self.s;
-        let gn = s.lut_groups();
-        let (steps, run) = (s.kh * s.kw * gn, lut_run(s));
-        let nblk = s.cout_g.div_ceil(64);
-        let (first, end) = (y0 * s.ow, y1 * s.ow);
-        for g in 0..s.groups {
-            let mut b0 = 0;
-            while b0 < nblk {
-                let nb = (nblk - b0).min(2);
-                let tp = if nb == 2 { P } else { P1 };
-                let mut p = first;
-                while p < end {
-                    let full = end - p >= tp;
-                    let mut t0 = 0;
-                    while t0 < steps {
-                        let t1 = (t0 + run).min(steps);
-                        let f = (t0 == 0, t1 == steps);
-                        // SAFETY: blocks `b0 .. b0 + nb` exist, the tile's pixels lie before
-                        // `end`, `t1 <= steps`; the rest is the caller's.
-                        unsafe {
-                            match (nb, full) {
-                                (2, true) => self.steps8::<2, P>(acc, g, b0, p, t0, t1, f),
-                                (_, true) => self.steps8::<1, P1>(acc, g, b0, p, t0, t1, f),
-                                (2, false) => self.steps8::<2, 1>(acc, g, b0, p, t0, t1, f),
-                                (_, false) => self.steps8::<1, 1>(acc, g, b0, p, t0, t1, f),
-                            }
-                        }
-                        t0 = t1;
-                    }
-                    p += if full { tp } else { 1 };
-                }
-                b0 += nb;
+        for (h, v) in wide.into_iter().enumerate() {
+            let n = lanes.saturating_sub(32 * h).min(32);
+            if n > 0 {
+                // SAFETY: AVX-512 F/BW present; `n` of the block's `lanes` `i32`s at `out`
+                // from channel `32 h` (caller).
+                unsafe { widen_store(v, out.add(32 * h), n, first, qsum) };
             }
         }
     }
-}
-
-/// Widens byte sums into `u16` sums (channels 0-31 of a block into `wide[0]`, 32-63 into
-/// `wide[1]`) and clears them.
-///
-/// # Safety
-/// AVX-512 F/BW present.
-#[inline(always)]
-unsafe fn lut8_widen<const NB: usize, const P: usize>(
-    part: &mut [[__m512i; NB]; P],
-    wide: &mut [[[__m512i; 2]; NB]; P],
-) {
-    // SAFETY: AVX-512 F/BW present (caller).
-    unsafe {
-        for j in 0..P {
-            for b in 0..NB {
-                let v = part[j][b];
-                let lo = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v));
-                let hi = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64::<1>(v));
-                wide[j][b][0] = _mm512_add_epi16(wide[j][b][0], lo);
-                wide[j][b][1] = _mm512_add_epi16(wide[j][b][1], hi);
-                part[j][b] = _mm512_setzero_si512();
-            }
-        }
-    }
-}
-
-/// [`LutCall::run_lut8`], compiled for AVX-512 F/BW/VBMI.
-///
-/// # Safety
-/// As [`LutCall::run_lut8`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-pub(super) unsafe fn lut8_rows(call: &LutCall<'_>, y0: usize, y1: usize, acc: &mut [i32]) {
-    // SAFETY: forwarded preconditions.
-    unsafe { call.run_lut8::<4, 6>(y0, y1, acc) }
 }

@@ -1,10 +1,21 @@
-//! The table-lookup kernel for 1-bit weights with 2- to 8-bit activations (AVX-512 BW/VBMI):
-//! `u16` tables of 5 channels looked up with `vpermw` for codes of 3 to 8 bits (here), byte
-//! tables of 6 channels looked up with `vpermb` for codes of 2 bits ([`bytes`]); which one is
-//! [`ConvShape::lut_k`]. Both share the weight layout (a table index per output channel, tap
-//! and channel group), the tables' place (64 bytes per padded pixel and channel group, then
-//! the code sums) and the kernel's entry. [`avx2`] is the same lookup for CPUs without
-//! AVX-512 (`vpshufb`, byte tables of 4 channels, 2-bit codes), its own kind.
+//! The table-lookup kernels for 1-bit weights with 2- to 8-bit activations. Per padded input
+//! pixel and group of `K` input channels, a table holds the sums of the codes over every subset
+//! of the `K` channels; the `K`-bit sign pattern of an output channel's weights indexes it, so
+//! one lookup instruction does `K` multiply-adds for every output channel of a vector, and
+//! `sum num*q = 2 S - sum q` (`S` the sum over the `+1` weights) gives the dot.
+//!
+//! One driver (the [`Tile`] of [`LutCall`], its `steps`, `for_tiles`' walk) over the
+//! [`Lookup`] primitives of three table kinds, one file each (as [`super::int8`]'s `Dot`):
+//! * [`words`]: `u16` tables of 5 channels, `vpermw` over 32 output channels (AVX-512 BW,
+//!   codes of 3 to 8 bits);
+//! * [`bytes`]: byte tables of 6 channels, `vpermb` over 64 (AVX-512 VBMI, 2-bit codes);
+//! * [`avx2`]: byte tables of 4 channels, `vpshufb` over 32 (AVX2, 2-bit codes), for CPUs
+//!   without AVX-512; its own kind.
+//!
+//! The first two are [`KernelKind::Int8LutAvx512`]; which one is [`ConvShape::lut_k`]. All
+//! three share the weight layout (a table index per output channel, tap and channel group,
+//! [`prepare_of`]), the tables' place (64 bytes per padded pixel and channel group of
+//! [`ConvShape::lut_k`], then the code sums: the AVX2 tables use 16 of them) and the walk.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -12,47 +23,126 @@ use super::*;
 
 mod avx2;
 mod bytes;
+mod words;
 
-pub(super) use avx2::{lut_avx2, lut_avx2_prepare, lut_avx2_prepared_len, lut_avx2_tables};
+use avx2::Avx2;
+pub(super) use avx2::{lut_avx2, lut_avx2_tables};
 use bytes::*;
+use words::*;
 
-// ---------------------------------------------------------------------------------------------
-// table lookup (1-bit weights, 2- to 8-bit activations, AVX-512 BW/VBMI): `vpermw`
+/// `u16`s of one AVX-512 table (32 `u16`, or 64 bytes); one `__m512i`. The tables of a padded
+/// pixel are [`pixel_stride`] `u16` apart.
+const LUT_N: usize = 1 << LUT_K;
 
-/// Output channels per block of the table-lookup layout: 32 `u16` indices (`vpermw`), or 64
-/// byte indices (`vpermb`) for byte tables.
-fn lut_lanes(s: &ConvShape) -> usize {
-    if s.lut_k() == LUT_K8 {
-        64
-    } else {
-        32
+/// One table kind's primitives: the loads, the lookup, the widening and the store (the
+/// [`super::int8::Dot`] of the table lookup). A step looks up one table (a padded pixel and
+/// channel group) with the indices of a block of [`Lookup::LANES`] output channels, adding
+/// into narrow sums; byte sums are widened into `u16` sums every [`Lookup::narrow_run`] steps,
+/// `u16` sums into the `i32` accumulators every [`Lookup::run`].
+pub(super) trait Lookup {
+    /// A block's indices a step, one table (in every lane the lookup reads), or a block's
+    /// narrow sums.
+    type V: Copy;
+    /// A block's `u16` sums.
+    type Wide: Copy;
+    /// Channels a table (`2^K` entries).
+    const K: usize;
+    /// Output channels a block.
+    const LANES: usize;
+    /// Bytes of a block's indices a step (one [`Lookup::V`]).
+    const STEP: usize;
+    /// `u16`s from one table to the next channel group's.
+    const TABLE: usize;
+    /// Narrow sums are bytes, widened every [`Lookup::narrow_run`] steps (else they are the
+    /// `u16` sums).
+    const NARROW: bool;
+    /// Steps walk tap by tap (a pointer per pixel advanced a table a step) rather than one
+    /// offset over all steps; which is faster depends on the kind (measured).
+    const PER_TAP: bool;
+
+    /// Channel groups of `K` a tap.
+    #[inline(always)]
+    fn groups(s: &ConvShape) -> usize {
+        s.cin_g.div_ceil(Self::K)
     }
+
+    /// Steps the narrow sums hold before they are widened (`None`: they are the `u16` sums).
+    /// Each step adds at most `K * (2^abits - 1)`.
+    #[inline(always)]
+    fn narrow_run(s: &ConvShape) -> Option<usize> {
+        Self::NARROW.then(|| (u8::MAX as usize / (Self::K * ((1usize << s.abits) - 1))).max(1))
+    }
+
+    /// Steps a run of `u16` sums holds.
+    #[inline(always)]
+    fn run(s: &ConvShape) -> usize {
+        (u16::MAX as usize / (Self::K * ((1usize << s.abits) - 1))).max(1)
+    }
+
+    /// # Safety
+    /// The ISA is present (so for every method below).
+    unsafe fn zero() -> Self::V;
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn zero_wide() -> Self::Wide;
+    /// A block's indices.
+    ///
+    /// # Safety
+    /// [`Lookup::STEP`] readable bytes at `p`.
+    unsafe fn load_w(p: *const u8) -> Self::V;
+    /// A table.
+    ///
+    /// # Safety
+    /// [`Lookup::TABLE`] readable `u16` at `p`.
+    unsafe fn load_t(p: *const u16) -> Self::V;
+    /// `part` plus the entries of table `t` at indices `w`.
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn look(part: Self::V, w: Self::V, t: Self::V) -> Self::V;
+    /// `wide` plus the narrow sums `part`.
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn widen(wide: Self::Wide, part: Self::V) -> Self::Wide;
+    /// Adds the `u16` sums of the first `lanes` channels of a block to the `i32` sums at `out`
+    /// (written instead when `first`); with `qsum` (the last run) stores `2 S - qsum`, `S` the
+    /// whole sum.
+    ///
+    /// # Safety
+    /// The ISA is present; `lanes` `i32`s readable and writable at `out`.
+    unsafe fn store(wide: Self::Wide, out: *mut i32, lanes: usize, first: bool, qsum: Option<i32>);
 }
 
-/// Bytes of one block of output channels in the table-lookup layout (64 a step either way).
-fn lut_block_bytes(s: &ConvShape) -> usize {
-    s.kh * s.kw * s.lut_groups() * 64
+/// `u16`s from one padded pixel's tables to the next: 64 bytes per group and channel group
+/// of [`ConvShape::lut_k`] (the AVX2 tables of 16 bytes use the same place).
+fn pixel_stride(s: &ConvShape) -> usize {
+    s.groups * s.lut_groups() * LUT_N
 }
 
-pub(super) fn lut_prepared_len(s: &ConvShape) -> usize {
-    s.groups * s.cout_g.div_ceil(lut_lanes(s)) * lut_block_bytes(s)
+/// Bytes of one block of output channels: a step's indices per tap and channel group.
+fn block_bytes<L: Lookup>(s: &ConvShape) -> usize {
+    s.kh * s.kw * L::groups(s) * L::STEP
 }
 
-/// The weights as table indices, `u16 [g][O/32][kh][kw][ceil(cin_g/5)][32]` (`u8
-/// [g][O/64][kh][kw][ceil(cin_g/6)][64]` for byte tables, [`ConvShape::lut_k`] channels a
-/// group): bit `i` of the index of channel `o` at a tap and channel group `G` is set when the
-/// weight of input channel `k G + i` is `+1` (zero past `cin_g` and `cout_g`).
-pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
-    let len = lut_prepared_len(s);
+/// Bytes of the weights as table indices of kind `L`.
+fn prepared_len_of<L: Lookup>(s: &ConvShape) -> usize {
+    s.groups * s.cout_g.div_ceil(L::LANES) * block_bytes::<L>(s)
+}
+
+/// The weights as table indices of kind `L`, `[g][O/LANES][kh][kw][ceil(cin_g/K)][LANES]` of
+/// `STEP / LANES` bytes each (`u16` for [`Words`], the pattern in the low byte): bit `i` of the
+/// index of channel `o` at a tap and channel group `G` is set when the weight of input channel
+/// `K G + i` is `+1` (zero past `cin_g` and `cout_g`).
+fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    let len = prepared_len_of::<L>(s);
     let Some(dst) = out.get_mut(..len) else {
         return;
     };
     dst.fill(0);
     let codes = CodeReader::new(conv);
-    let (k, lanes) = (s.lut_k(), lut_lanes(s));
-    // Bytes per index: 2 (`u16`, the pattern in the low byte) or 1.
-    let el = 64 / lanes;
-    let (gn, nblk, bb) = (s.lut_groups(), s.cout_g.div_ceil(lanes), lut_block_bytes(s));
+    let (k, lanes, el) = (L::K, L::LANES, L::STEP / L::LANES);
+    let (gn, nblk, bb) = (L::groups(s), s.cout_g.div_ceil(lanes), block_bytes::<L>(s));
     for o in 0..s.cout {
         let (g, oc) = (o / s.cout_g, o % s.cout_g);
         let blk = (g * nblk + oc / lanes) * bb;
@@ -69,80 +159,33 @@ pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     }
 }
 
-/// `u16`s of one table: `2^LUT_K` entries of `u16`, or `2^LUT_K8` bytes; one `__m512i`.
-const LUT_N: usize = 1 << LUT_K;
-
-/// Channel groups of one 64-byte load of codes in the table builder (60 codes).
-const LUT_CHUNK: usize = 12;
-
-/// Per input channel pair `(2k, 2k + 1)` of a table: the signed bytes `(bit 2k of m, bit
-/// 2k+1 of m)` of word lane `m`, for `vpmaddubsw` (bit 5 is never set: `m < 32`).
-const fn lut_pair_bits(pair: u32) -> [u8; 64] {
-    let mut v = [0u8; 64];
-    let mut m = 0;
-    while m < LUT_N {
-        v[2 * m] = (m >> (2 * pair) & 1) as u8;
-        v[2 * m + 1] = (m >> (2 * pair + 1) & 1) as u8;
-        m += 1;
+/// The prepared length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] by
+/// [`ConvShape::lut_k`].
+pub(super) fn lut_prepared_len(s: &ConvShape) -> usize {
+    if s.lut_k() == LUT_K8 {
+        prepared_len_of::<Bytes>(s)
+    } else {
+        prepared_len_of::<Words>(s)
     }
-    v
 }
 
-/// The `vpmaddubsw` constants of [`lut_pair_bits`] for the pairs 0, 1 and 2.
-const LUT_BITS: [[u8; 64]; 3] = [lut_pair_bits(0), lut_pair_bits(1), lut_pair_bits(2)];
-
-/// `vpermb` indices broadcasting the code pair `(5 gi + 2k, 5 gi + 2k + 1)` of channel group
-/// `gi` of a chunk to every word, for `k` = 0, 1, 2 (the second code of pair 2 is byte 63,
-/// always zero in a chunk of at most 60 codes).
-const fn lut_pair_index() -> [[[u8; 64]; 3]; LUT_CHUNK] {
-    let mut v = [[[0u8; 64]; 3]; LUT_CHUNK];
-    let mut gi = 0;
-    while gi < LUT_CHUNK {
-        let mut k = 0;
-        while k < 3 {
-            let c = (LUT_K * gi + 2 * k) as u8;
-            let mut m = 0;
-            while m < 32 {
-                v[gi][k][2 * m] = c;
-                v[gi][k][2 * m + 1] = if k == 2 { 63 } else { c + 1 };
-                m += 1;
-            }
-            k += 1;
-        }
-        gi += 1;
+/// The weight layout of [`KernelKind::Int8LutAvx512`] ([`prepare_of`]).
+pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    if s.lut_k() == LUT_K8 {
+        prepare_of::<Bytes>(conv, s, out)
+    } else {
+        prepare_of::<Words>(conv, s, out)
     }
-    v
 }
 
-/// The indices of [`lut_pair_index`].
-static LUT_PAIRS: [[[u8; 64]; 3]; LUT_CHUNK] = lut_pair_index();
+/// The prepared length of [`KernelKind::Int8LutAvx2`].
+pub(super) fn lut_avx2_prepared_len(s: &ConvShape) -> usize {
+    prepared_len_of::<Avx2>(s)
+}
 
-/// Writes the tables of channel groups `0 .. n` (`n <= LUT_CHUNK`) of the codes in `v` (64
-/// bytes, channel `5 gi + i` of group `gi` at byte `5 gi + i`, bytes from 60 on zero) at `t`,
-/// 32 `u16` per group: entry `m` of a table is the sum of the codes of the group whose bit is
-/// set in `m`.
-///
-/// # Safety
-/// AVX-512 F/BW/VBMI present; `32 * n` writable `u16` at `t`.
-#[inline(always)]
-unsafe fn lut_tables_of(v: __m512i, n: usize, t: *mut u16) {
-    // SAFETY: AVX-512 F/BW/VBMI present and `64 * n` writable bytes at `t` (caller); the
-    // constants are 64 bytes each.
-    unsafe {
-        let ld = |p: &[u8; 64]| _mm512_loadu_si512(p.as_ptr() as *const _);
-        let (b0, b1, b2) = (ld(&LUT_BITS[0]), ld(&LUT_BITS[1]), ld(&LUT_BITS[2]));
-        for gi in 0..n.min(LUT_CHUNK) {
-            let pair = |k: usize| _mm512_permutexvar_epi8(ld(&LUT_PAIRS[gi][k]), v);
-            let tab = _mm512_add_epi16(
-                _mm512_add_epi16(
-                    _mm512_maddubs_epi16(pair(0), b0),
-                    _mm512_maddubs_epi16(pair(1), b1),
-                ),
-                _mm512_maddubs_epi16(pair(2), b2),
-            );
-            _mm512_storeu_si512(t.add(LUT_N * gi) as *mut _, tab);
-        }
-    }
+/// The weight layout of [`KernelKind::Int8LutAvx2`] ([`prepare_of`]).
+pub(super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    prepare_of::<Avx2>(conv, s, out)
 }
 
 /// The table builder of [`KernelKind::Int8LutAvx512`]: for every padded input pixel, group
@@ -222,40 +265,40 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
     }
 }
 
-/// A table-lookup kernel call (over the tables of [`lut_tables`]).
-struct Lut;
+/// A table-lookup kernel call of kind `L` (over the tables of its builder).
+type LutCall<'a, L> = Call<'a, u16, L>;
 
-/// A table-lookup kernel call.
-type LutCall<'a> = Call<'a, u16, Lut>;
-
-// `Call::new` wants a `Tile`; the table-lookup kernel runs its own loop (`run_lut`).
-impl Tile for LutCall<'_> {
+impl<L: Lookup> Tile for LutCall<'_, L> {
+    /// Every step of the tile (tap by channel group), in runs of [`Lookup::run`] steps.
+    #[inline(always)]
     unsafe fn tile<const NB: usize, const P: usize>(
         &self,
-        _: &mut [i32],
-        _: usize,
-        _: usize,
-        _: usize,
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
     ) {
-        unreachable!("the table-lookup kernel runs `run_lut`")
+        let s = self.s;
+        let (steps, run) = (s.kh * s.kw * L::groups(s), L::run(s));
+        let mut t0 = 0;
+        while t0 < steps {
+            let t1 = (t0 + run).min(steps);
+            // SAFETY: `t1 <= steps`; the rest is the caller's.
+            unsafe { self.steps::<NB, P>(acc, g, b0, p0, t0, t1, (t0 == 0, t1 == steps)) };
+            t0 = t1;
+        }
     }
 }
 
-/// Table steps a run of `u16` sums may hold: each adds at most `lut_k * (2^abits - 1)`.
-fn lut_run(s: &ConvShape) -> usize {
-    (u16::MAX as usize / (s.lut_k() * ((1usize << s.abits) - 1))).max(1)
-}
-
-impl LutCall<'_> {
+impl<L: Lookup> LutCall<'_, L> {
     /// Adds table steps `t0 .. t1` (step `t`: tap `t / gn`, channel group `t % gn`) of `NB`
-    /// blocks of 32 output channels from block `b0` of group `g` for the `P` output pixels
-    /// from `p0` to their `i32` sums in `acc` (written instead when `first`). At most
-    /// [`lut_run`] steps: the sums of the run are `u16`.
+    /// blocks of output channels from block `b0` of group `g` for the `P` output pixels from
+    /// `p0` to their `i32` sums in `acc`; `first`: written instead; `last`: `2 S - sum q`. At
+    /// most [`Lookup::run`] steps: the sums of the run are `u16`.
     ///
     /// # Safety
-    /// AVX-512 F/BW present; the call passed [`ConvShape::assert_call`]; blocks `b0 .. b0 +
-    /// NB` exist in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * kw *
-    /// gn`.
+    /// `L`'s ISA present; the call passed [`ConvShape::assert_call`]; blocks `b0 .. b0 + NB`
+    /// exist in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * kw * gn`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn steps<const NB: usize, const P: usize>(
@@ -266,136 +309,107 @@ impl LutCall<'_> {
         p0: usize,
         t0: usize,
         t1: usize,
-        first: bool,
+        (first, last): (bool, bool),
     ) {
         let s = self.s;
-        let gn = s.lut_groups();
-        let px = s.groups * gn * LUT_N;
-        let bw = lut_block_bytes(s) / 2;
+        let (gn, px, bb) = (L::groups(s), pixel_stride(s), block_bytes::<L>(s));
         let mut base = [0usize; P];
         for j in 0..P {
-            base[j] = window_origin(s, p0 + j) * px + g * gn * LUT_N;
+            base[j] = window_origin(s, p0 + j) * px + g * gn * L::TABLE;
         }
         let x = self.x.as_ptr();
         // SAFETY: block `b0` of group `g` lies inside the prepared weights (caller).
-        let w =
-            unsafe { (self.w.as_ptr() as *const u16).add((g * s.cout_g.div_ceil(32) + b0) * bw) };
-        let mut out = [[acc.as_mut_ptr(); NB]; P];
-        let mut lanes = [0usize; NB];
-        for b in 0..NB {
-            lanes[b] = (s.cout_g - (b0 + b) * 32).min(32);
-        }
-        for j in 0..P {
-            for b in 0..NB {
-                let at = (p0 + j - self.first) * s.cout + g * s.cout_g + (b0 + b) * 32;
-                // SAFETY: `at + lanes[b] <= acc.len()` (the call's accumulator length).
-                out[j][b] = unsafe { acc.as_mut_ptr().add(at) };
-            }
-        }
-        // SAFETY: AVX-512 F/BW present (caller).
-        let zero = unsafe { _mm512_setzero_si512() };
+        let w = unsafe {
+            self.w
+                .as_ptr()
+                .add((g * s.cout_g.div_ceil(L::LANES) + b0) * bb)
+        };
+        // SAFETY: `L`'s ISA present (caller).
+        let (zero, zero_wide) = unsafe { (L::zero(), L::zero_wide()) };
         let mut part = [[zero; NB]; P];
-        let (tap, mut gi) = (t0 / gn, t0 % gn);
-        let (mut ky, mut kx) = (tap / s.kw, tap % s.kw);
-        // Table and weight offsets of the step (no division in the loop).
-        let mut toff = (ky * s.wp + kx) * px + gi * LUT_N;
-        let mut woff = t0 * 32;
-        for _ in t0..t1 {
-            // SAFETY: the step's tables and weights lie inside the buffers (caller: the window
-            // of every pixel of the tile is inside the padded input, `t < kh * kw * gn`).
+        let mut wide = [[zero_wide; NB]; P];
+        let nr = L::narrow_run(s).unwrap_or(usize::MAX);
+        let mut pending = 0;
+        let mut t = t0;
+        while t < t1 {
+            // Per tap, a pointer per pixel advanced a table a step (`PER_TAP`); else a
+            // pointer per pixel and one table offset over every step of the run.
+            let (tap, gi) = (t / gn, t % gn);
+            let n = if L::PER_TAP {
+                (gn - gi).min(t1 - t)
+            } else {
+                t1 - t
+            };
+            let (mut ky, mut kx, mut gi) = (tap / s.kw, tap % s.kw, gi);
+            let mut toff = (ky * s.wp + kx) * px + gi * L::TABLE;
+            let (mut tp, mut wp) = ([x; P], [w; NB]);
+            // SAFETY: inside the tables (`toff` is that of step `t`, one of the tile's) and
+            // the weights (`t < t1`, blocks `b0 .. b0 + NB`), as the loads below.
             unsafe {
-                let wt = w.add(woff);
-                let mut wv = [zero; NB];
-                for b in 0..NB {
-                    wv[b] = _mm512_loadu_si512(wt.add(b * bw) as *const _);
-                }
                 for j in 0..P {
-                    let t = _mm512_loadu_si512(x.add(base[j] + toff) as *const _);
-                    for b in 0..NB {
-                        let v = _mm512_permutexvar_epi16(wv[b], t);
-                        part[j][b] = _mm512_add_epi16(part[j][b], v);
-                    }
+                    tp[j] = x.add(base[j] + if L::PER_TAP { toff } else { 0 });
+                }
+                for b in 0..NB {
+                    wp[b] = w.add(t * L::STEP + b * bb);
                 }
             }
-            gi += 1;
-            woff += 32;
-            toff += LUT_N;
-            if gi == gn {
-                gi = 0;
-                kx += 1;
-                if kx == s.kw {
-                    (kx, ky) = (0, ky + 1);
-                }
-                toff = (ky * s.wp + kx) * px;
-            }
-        }
-        // SAFETY: AVX-512 F/BW present (caller); `out` as above.
-        unsafe { lut_widen(part, &out, &lanes, first) };
-    }
-
-    /// Runs rows `y0..y1`: per group and tile of up to 4 blocks of 32 output channels, runs
-    /// of [`lut_run`] steps over every pixel tile of `P` pixels (`P2` for tiles of up to 2
-    /// blocks; the last ones one by one); then `2 S - sum q` per pixel.
-    ///
-    /// Each table kind keeps a loop of this shape (`run_lut8`, `run_avx2`): one walk shared
-    /// through a closure ran the kernels 40x slower, the closure's intrinsics no longer
-    /// inlined under the caller's target features.
-    ///
-    /// # Safety
-    /// AVX-512 F/BW present; the call passed [`ConvShape::assert_call`].
-    #[inline(always)]
-    unsafe fn run_lut<const P: usize, const P2: usize>(
-        &self,
-        y0: usize,
-        y1: usize,
-        acc: &mut [i32],
-    ) {
-        let s = self.s;
-        let gn = s.lut_groups();
-        let (steps, run) = (s.kh * s.kw * gn, lut_run(s));
-        let nblk = s.cout_g.div_ceil(32);
-        let (first, end) = (y0 * s.ow, y1 * s.ow);
-        for g in 0..s.groups {
-            let mut b0 = 0;
-            while b0 < nblk {
-                let nb = (nblk - b0).min(4);
-                // Narrow tiles (up to 2 blocks) take `P2` pixels.
-                let tp = if nb <= 2 { P2 } else { P };
-                let mut p = first;
-                while p < end {
-                    let full = end - p >= tp;
-                    let mut t0 = 0;
-                    while t0 < steps {
-                        let t1 = (t0 + run).min(steps);
-                        let f = t0 == 0;
-                        // SAFETY: blocks `b0 .. b0 + nb` exist, the tile's pixels lie before
-                        // `end`, `t1 <= steps`; the rest is the caller's.
-                        unsafe {
-                            match (nb, full) {
-                                (4, true) => self.steps::<4, P>(acc, g, b0, p, t0, t1, f),
-                                (3, true) => self.steps::<3, P>(acc, g, b0, p, t0, t1, f),
-                                (2, true) => self.steps::<2, P2>(acc, g, b0, p, t0, t1, f),
-                                (_, true) => self.steps::<1, P2>(acc, g, b0, p, t0, t1, f),
-                                (4, false) => self.steps::<4, 1>(acc, g, b0, p, t0, t1, f),
-                                (3, false) => self.steps::<3, 1>(acc, g, b0, p, t0, t1, f),
-                                (2, false) => self.steps::<2, 1>(acc, g, b0, p, t0, t1, f),
-                                (_, false) => self.steps::<1, 1>(acc, g, b0, p, t0, t1, f),
+            // Chunks of steps between two widenings of the narrow sums (one for `u16` ones).
+            let mut i0 = 0;
+            while i0 < n {
+                let m = (n - i0).min(nr - pending);
+                for i in i0..i0 + m {
+                    let off = if L::PER_TAP { L::TABLE * i } else { toff };
+                    // SAFETY: the step's tables and weights lie inside the buffers (caller:
+                    // the window of every pixel of the tile is inside the padded input, `t1
+                    // <= kh * kw * gn`); `L`'s ISA present.
+                    unsafe {
+                        let mut wv = [zero; NB];
+                        for b in 0..NB {
+                            wv[b] = L::load_w(wp[b].add(L::STEP * i));
+                        }
+                        for j in 0..P {
+                            let tv = L::load_t(tp[j].add(off));
+                            for b in 0..NB {
+                                part[j][b] = L::look(part[j][b], wv[b], tv);
                             }
                         }
-                        t0 = t1;
                     }
-                    p += if full { tp } else { 1 };
+                    if !L::PER_TAP {
+                        gi += 1;
+                        toff += L::TABLE;
+                        if gi == gn {
+                            gi = 0;
+                            kx += 1;
+                            if kx == s.kw {
+                                (kx, ky) = (0, ky + 1);
+                            }
+                            toff = (ky * s.wp + kx) * px;
+                        }
+                    }
                 }
-                b0 += nb;
+                i0 += m;
+                if L::NARROW {
+                    pending += m;
+                    if pending == nr {
+                        // SAFETY: `L`'s ISA present (caller).
+                        unsafe { widen_all::<L, NB, P>(&mut part, &mut wide) };
+                        pending = 0;
+                    }
+                }
             }
+            t += n;
         }
-        // `sum num*q = 2 * (sum of the codes under +1 weights) - sum q`.
-        for p in first..end {
-            for g in 0..s.groups {
-                let q = self.qsum(p, g);
-                let row = (p - first) * s.cout + g * s.cout_g;
-                for v in &mut acc[row..row + s.cout_g] {
-                    *v = v.wrapping_mul(2).wrapping_sub(q);
+        // SAFETY: `L`'s ISA present (caller); `out` below lies in the call's accumulators
+        // (blocks `b0 .. b0 + NB` and pixels `p0 .. p0 + P` exist; `lanes` channels of each).
+        unsafe {
+            widen_all::<L, NB, P>(&mut part, &mut wide);
+            for j in 0..P {
+                let q = last.then(|| self.qsum(p0 + j, g));
+                let row = (p0 + j - self.first) * s.cout + g * s.cout_g;
+                for b in 0..NB {
+                    let c0 = (b0 + b) * L::LANES;
+                    let lanes = (s.cout_g - c0).min(L::LANES);
+                    L::store(wide[j][b], acc.as_mut_ptr().add(row + c0), lanes, first, q);
                 }
             }
         }
@@ -419,6 +433,99 @@ impl LutCall<'_> {
     }
 }
 
+/// Widens every narrow sum of a tile into its `u16` sums and clears it.
+///
+/// # Safety
+/// `L`'s ISA present.
+#[inline(always)]
+unsafe fn widen_all<L: Lookup, const NB: usize, const P: usize>(
+    part: &mut [[L::V; NB]; P],
+    wide: &mut [[L::Wide; NB]; P],
+) {
+    // SAFETY: `L`'s ISA present (caller).
+    unsafe {
+        let zero = L::zero();
+        for j in 0..P {
+            for b in 0..NB {
+                wide[j][b] = L::widen(wide[j][b], part[j][b]);
+                part[j][b] = zero;
+            }
+        }
+    }
+}
+
+/// Runs rows `y0..y1` of a call of kind `L` (`for_tiles`: up to `NB` blocks by `P` pixels, tiles
+/// of at most half of `NB` blocks by `PN`, then `P2`, the last ones one by one).
+///
+/// # Safety
+/// `L`'s ISA present (the caller compiled with it); the call passed
+/// [`ConvShape::assert_call`] with `L`'s prepared length.
+#[inline(always)]
+unsafe fn lut_rows<L: Lookup, const NB: usize, const P: usize, const PN: usize, const P2: usize>(
+    s: &ConvShape,
+    x: &[u16],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    let call = LutCall::<L>::new(s, x, w, y0);
+    let nblk = s.cout_g.div_ceil(L::LANES);
+    // SAFETY: forwarded preconditions.
+    unsafe { for_tiles::<_, NB, P, PN, P2>(&call, s, nblk, y0, y1, acc) }
+}
+
+/// [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] by [`ConvShape::lut_k`].
+pub(super) fn lut_avx512(
+    s: &ConvShape,
+    x: &[u16],
+    w: &[u8],
+    y0: usize,
+    y1: usize,
+    acc: &mut [i32],
+) {
+    s.assert_call(
+        x.len(),
+        s.lut_input_len(),
+        w.len(),
+        lut_prepared_len(s),
+        y0,
+        y1,
+        acc.len(),
+    );
+    assert!(
+        s.wbits == 1 && s.abits >= 2,
+        "table lookup: 1-bit weights, 2- to 8-bit codes"
+    );
+    /// [`lut_rows`] over byte tables: tiles of 2 blocks x 4 pixels (1 block x 6).
+    ///
+    /// # Safety
+    /// As [`lut_rows`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    unsafe fn bytes(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+        // SAFETY: forwarded preconditions.
+        unsafe { lut_rows::<Bytes, 2, 4, 6, 1>(s, x, w, y0, y1, acc) }
+    }
+    /// [`lut_rows`] over `u16` tables: tiles of 4 blocks x 4 pixels (2 blocks or fewer x 8).
+    ///
+    /// # Safety
+    /// As [`lut_rows`].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn words(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+        // SAFETY: forwarded preconditions.
+        unsafe { lut_rows::<Words, 4, 4, 8, 1>(s, x, w, y0, y1, acc) }
+    }
+    // SAFETY: `by_kind` hands this kernel out only where AVX-512 F/BW/VBMI is present, and the
+    // call matches the contract (just checked).
+    unsafe {
+        if s.lut_k() == LUT_K8 {
+            bytes(s, x, w, y0, y1, acc)
+        } else {
+            words(s, x, w, y0, y1, acc)
+        }
+    }
+}
+
 /// The mask of the first `n.min(16)` `i32` lanes.
 #[inline(always)]
 fn lane_mask(n: usize) -> __mmask16 {
@@ -431,7 +538,7 @@ fn lane_mask(n: usize) -> __mmask16 {
 
 /// Adds the 32 `u16` sums in `v` to the `i32` sums at `p` (the first `lanes` of them; written
 /// instead on the `first` run); on the last run (`qsum` given) stores `2 * S - qsum`, `S` the
-/// whole sum, instead of `S`.
+/// whole sum, instead of `S` (the AVX-512 kinds' [`Lookup::store`]).
 ///
 /// # Safety
 /// AVX-512 F/BW present; `lanes.min(32)` `i32`s readable and writable at `p`.
@@ -458,85 +565,4 @@ unsafe fn widen_store(v: __m512i, p: *mut i32, lanes: usize, first: bool, qsum: 
             _mm512_mask_storeu_epi32(p as *mut _, m, r);
         }
     }
-}
-
-/// Adds the `u16` sums of a run to the `i32` sums at `out` (`lanes` of them per block; written
-/// instead on the `first` run); returns cleared sums.
-///
-/// # Safety
-/// AVX-512 F/BW present; `lanes[b]` `i32`s readable and writable at `out[j][b]`.
-#[inline(always)]
-unsafe fn lut_widen<const NB: usize, const P: usize>(
-    part: [[__m512i; NB]; P],
-    out: &[[*mut i32; NB]; P],
-    lanes: &[usize; NB],
-    first: bool,
-) -> [[__m512i; NB]; P] {
-    // SAFETY: AVX-512 F/BW present; `out` as the caller states.
-    unsafe {
-        for j in 0..P {
-            for b in 0..NB {
-                widen_store(part[j][b], out[j][b], lanes[b], first, None);
-            }
-        }
-        [[_mm512_setzero_si512(); NB]; P]
-    }
-}
-
-/// [`KernelKind::Int8LutAvx512`].
-pub(super) fn lut_avx512(
-    s: &ConvShape,
-    x: &[u16],
-    w: &[u8],
-    y0: usize,
-    y1: usize,
-    acc: &mut [i32],
-) {
-    s.assert_call(
-        x.len(),
-        s.lut_input_len(),
-        w.len(),
-        lut_prepared_len(s),
-        y0,
-        y1,
-        acc.len(),
-    );
-    assert!(
-        s.wbits == 1 && s.abits >= 2,
-        "table lookup: 1-bit weights, 2- to 8-bit codes"
-    );
-    // SAFETY: `by_kind` hands this kernel out only where AVX-512 F/BW/VBMI is present, and the
-    // call matches the contract (just checked).
-    unsafe { lut_avx512_impl(s, x, w, y0, y1, acc) }
-}
-
-/// # Safety
-/// AVX-512 F/BW/VBMI present; the call passed [`ConvShape::assert_call`].
-unsafe fn lut_avx512_impl(
-    s: &ConvShape,
-    x: &[u16],
-    w: &[u8],
-    y0: usize,
-    y1: usize,
-    acc: &mut [i32],
-) {
-    let call = LutCall::new(s, x, w, y0);
-    // SAFETY: forwarded preconditions.
-    unsafe {
-        if s.lut_k() == LUT_K8 {
-            lut8_rows(&call, y0, y1, acc)
-        } else {
-            lut16_rows(&call, y0, y1, acc)
-        }
-    }
-}
-
-/// [`LutCall::run_lut`], compiled for AVX-512 F/BW.
-///
-/// # Safety
-/// As [`LutCall::run_lut`].
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn lut16_rows(call: &LutCall<'_>, y0: usize, y1: usize, acc: &mut [i32]) {
-    // SAFETY: forwarded preconditions.
-    unsafe { call.run_lut::<4, 8>(y0, y1, acc) }
 }

@@ -36,7 +36,7 @@ const fn half_index() -> [[u8; 32]; 2] {
 }
 
 /// The indices of [`half_index`].
-static HALF: [[u8; 32]; 2] = half_index();
+static HALF: Align64<[[u8; 32]; 2]> = Align64(half_index());
 
 /// Per channel `i < 2` of a half: `0xff` in the half-table bytes whose entry (`byte mod 4`)
 /// has bit `i` set.
@@ -55,7 +55,7 @@ const fn half_bits() -> [[u8; 32]; 2] {
 }
 
 /// The masks of [`half_bits`].
-static HALF_BITS: [[u8; 32]; 2] = half_bits();
+static HALF_BITS: Align64<[[u8; 32]; 2]> = Align64(half_bits());
 
 /// Per pair `k` of a chunk's tables (`k`: tables 0 and 1, one per lane; 1: tables 2 and 3)
 /// and half `h`: the `vpshufb` indices of entry `m`'s half-table entries, `8 k + (m mod 4)`
@@ -77,7 +77,7 @@ const fn join_index() -> [[[u8; 32]; 2]; 2] {
 }
 
 /// The indices of [`join_index`].
-static JOIN: [[[u8; 32]; 2]; 2] = join_index();
+static JOIN: Align64<[[[u8; 32]; 2]; 2]> = Align64(join_index());
 
 /// The table builder of [`KernelKind::Int8LutAvx2`]: for every padded input pixel, group and
 /// channel group of 4, the sums of the codes over every subset of the 4 channels (unpadded HWC
@@ -129,14 +129,16 @@ pub(in super::super) fn lut_avx2_tables(s: &ConvShape, x: &[u8], pad: u8, out: &
                             // The half tables of the chunk's 4 tables, then each pair.
                             let mut halves = _mm256_setzero_si256();
                             for i in 0..2 {
-                                let b = _mm256_shuffle_epi8(v, ld(&HALF[i]));
-                                halves =
-                                    _mm256_add_epi8(halves, _mm256_and_si256(b, ld(&HALF_BITS[i])));
+                                let b = _mm256_shuffle_epi8(v, ld(&HALF.0[i]));
+                                halves = _mm256_add_epi8(
+                                    halves,
+                                    _mm256_and_si256(b, ld(&HALF_BITS.0[i])),
+                                );
                             }
                             for k in 0..tables.div_ceil(2) {
                                 let tab = _mm256_add_epi8(
-                                    _mm256_shuffle_epi8(halves, ld(&JOIN[k][0])),
-                                    _mm256_shuffle_epi8(halves, ld(&JOIN[k][1])),
+                                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][0])),
+                                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][1])),
                                 );
                                 let t = o.add(at + 16 * k);
                                 _mm_storeu_si128(t as *mut _, _mm256_castsi256_si128(tab));

@@ -36,7 +36,7 @@ const fn lut8_half_index() -> [[[u8; 64]; 3]; 3] {
 }
 
 /// The indices of [`lut8_half_index`].
-static LUT8_HALF: [[[u8; 64]; 3]; 3] = lut8_half_index();
+static LUT8_HALF: Align64<[[[u8; 64]; 3]; 3]> = Align64(lut8_half_index());
 
 /// The bytes of a lane of half tables that count channel `i < 3` of their half: byte `j` of
 /// every 128-bit lane when bit `i` of `j mod 8` is set.
@@ -64,7 +64,7 @@ const fn lut8_join_index() -> [[[u8; 64]; 2]; 4] {
 }
 
 /// The indices of [`lut8_join_index`].
-static LUT8_JOIN: [[[u8; 64]; 2]; 4] = lut8_join_index();
+static LUT8_JOIN: Align64<[[[u8; 64]; 2]; 4]> = Align64(lut8_join_index());
 
 /// Writes the byte tables of channel groups `0 .. n` (`n <= LUT8_CHUNK`) of the codes in `v`
 /// (channel `6 gi + i` of group `gi` at byte `6 gi + i`, bytes from 60 on zero) at `t`, 64
@@ -85,12 +85,12 @@ pub(super) unsafe fn lut8_tables_of(v: __m512i, n: usize, t: *mut u16) {
         for q in 0..n.div_ceil(4) {
             let mut halves = _mm512_setzero_si512();
             for (i, &lanes) in LUT8_HALF_BITS.iter().enumerate() {
-                let c = _mm512_permutexvar_epi8(ld(&LUT8_HALF[q][i]), v);
+                let c = _mm512_permutexvar_epi8(ld(&LUT8_HALF.0[q][i]), v);
                 halves = _mm512_mask_add_epi8(halves, lanes, halves, c);
             }
             for l in 0..(n - 4 * q).min(4) {
-                let lo = _mm512_permutexvar_epi8(ld(&LUT8_JOIN[l][0]), halves);
-                let hi = _mm512_permutexvar_epi8(ld(&LUT8_JOIN[l][1]), halves);
+                let lo = _mm512_permutexvar_epi8(ld(&LUT8_JOIN.0[l][0]), halves);
+                let hi = _mm512_permutexvar_epi8(ld(&LUT8_JOIN.0[l][1]), halves);
                 let tab = _mm512_add_epi8(lo, hi);
                 _mm512_storeu_si512(t.add(LUT_N * (4 * q + l)) as *mut _, tab);
             }

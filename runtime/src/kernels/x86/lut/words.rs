@@ -79,7 +79,8 @@ const fn lut_pair_bits(pair: u32) -> [u8; 64] {
 }
 
 /// The `vpmaddubsw` constants of [`lut_pair_bits`] for the pairs 0, 1 and 2.
-const LUT_BITS: [[u8; 64]; 3] = [lut_pair_bits(0), lut_pair_bits(1), lut_pair_bits(2)];
+static LUT_BITS: Align64<[[u8; 64]; 3]> =
+    Align64([lut_pair_bits(0), lut_pair_bits(1), lut_pair_bits(2)]);
 
 /// `vpermb` indices broadcasting the code pair `(5 gi + 2k, 5 gi + 2k + 1)` of channel group
 /// `gi` of a chunk to every word, for `k` = 0, 1, 2 (the second code of pair 2 is byte 63,
@@ -105,7 +106,7 @@ const fn lut_pair_index() -> [[[u8; 64]; 3]; LUT_CHUNK] {
 }
 
 /// The indices of [`lut_pair_index`].
-static LUT_PAIRS: [[[u8; 64]; 3]; LUT_CHUNK] = lut_pair_index();
+static LUT_PAIRS: Align64<[[[u8; 64]; 3]; LUT_CHUNK]> = Align64(lut_pair_index());
 
 /// Writes the tables of channel groups `0 .. n` (`n <= LUT_CHUNK`) of the codes in `v` (64
 /// bytes, channel `5 gi + i` of group `gi` at byte `5 gi + i`, bytes from 60 on zero) at `t`,
@@ -120,9 +121,9 @@ pub(super) unsafe fn lut_tables_of(v: __m512i, n: usize, t: *mut u16) {
     // constants are 64 bytes each.
     unsafe {
         let ld = |p: &[u8; 64]| _mm512_loadu_si512(p.as_ptr() as *const _);
-        let (b0, b1, b2) = (ld(&LUT_BITS[0]), ld(&LUT_BITS[1]), ld(&LUT_BITS[2]));
+        let (b0, b1, b2) = (ld(&LUT_BITS.0[0]), ld(&LUT_BITS.0[1]), ld(&LUT_BITS.0[2]));
         for gi in 0..n.min(LUT_CHUNK) {
-            let pair = |k: usize| _mm512_permutexvar_epi8(ld(&LUT_PAIRS[gi][k]), v);
+            let pair = |k: usize| _mm512_permutexvar_epi8(ld(&LUT_PAIRS.0[gi][k]), v);
             let tab = _mm512_add_epi16(
                 _mm512_add_epi16(
                     _mm512_maddubs_epi16(pair(0), b0),

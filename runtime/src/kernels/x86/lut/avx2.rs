@@ -307,7 +307,7 @@ pub(in super::super) fn lut_avx2(
     unsafe fn rows(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
         // SAFETY: forwarded preconditions. Tiles of 2 blocks x 2 pixels (the best of 11
         // measured, PERFORMANCE.md).
-        unsafe { lut_rows::<Avx2, 2, 2, 2, 1>(s, x, w, y0, y1, acc) }
+        unsafe { lut_rows::<Avx2, 2, 2, 2, 2>(s, x, w, y0, y1, acc) }
     }
     // SAFETY: `by_kind` hands this kernel out only where AVX2 is present, and the call matches
     // the contract (just checked).

@@ -510,7 +510,7 @@ pub(super) fn lut_avx512(
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
     unsafe fn bytes(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
         // SAFETY: forwarded preconditions.
-        unsafe { lut_rows::<Bytes, 2, 4, 6, 1>(s, x, w, y0, y1, acc) }
+        unsafe { lut_rows::<Bytes, 2, 4, 6, 4>(s, x, w, y0, y1, acc) }
     }
     /// [`lut_rows`] over `u16` tables: tiles of 4 blocks x 4 pixels (2 blocks or fewer x 8).
     ///
@@ -519,7 +519,7 @@ pub(super) fn lut_avx512(
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn words(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
         // SAFETY: forwarded preconditions.
-        unsafe { lut_rows::<Words, 4, 4, 8, 1>(s, x, w, y0, y1, acc) }
+        unsafe { lut_rows::<Words, 4, 4, 8, 4>(s, x, w, y0, y1, acc) }
     }
     // SAFETY: `by_kind` hands this kernel out only where AVX-512 F/BW/VBMI is present, and the
     // call matches the contract (just checked).

@@ -242,8 +242,8 @@ fn conv_layer(
             let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
             (n, xb, rest)
         }
-        Run::Tables(..) => {
-            let n = s.lut_input_len() * 2;
+        Run::Tables(t) => {
+            let n = (t.len)(s) * 2;
             let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
             (n, xb, rest)
         }
@@ -288,17 +288,17 @@ fn conv_layer(
                 finish,
             );
         }
-        Run::Tables(build, f) => {
+        Run::Tables(t) => {
             let tables: &mut [u16] =
                 bytemuck::try_cast_slice_mut(&mut xbuf[..xin_len]).map_err(|_| bad)?;
-            build(s, x, pad, tables);
+            (t.build)(s, x, pad, tables);
             let tables: &[u16] = tables;
             by_rows(
                 s.oh,
                 rows,
                 row,
                 acc_all,
-                |y0, y1, acc| f(s, tables, w, y0, y1, acc),
+                |y0, y1, acc| (t.run)(s, tables, w, y0, y1, acc),
                 finish,
             );
         }

@@ -605,7 +605,7 @@ fn conv_plan(
             mul(s.hp, s.wp)?,
             mul(kernels::portable::bit_pixel_words(&s), 8)?,
         )?,
-        kernels::Run::Tables(..) => mul(s.lut_input_len(), 2)?,
+        kernels::Run::Tables(t) => mul((t.len)(&s), 2)?,
     };
     Ok(ConvPlan {
         kernel: k.kind,

@@ -263,11 +263,20 @@ impl RowOps {
     }
 }
 
-/// A table builder: unpadded HWC codes and the pad code in, [`ConvShape::lut_input_len`]
-/// `u16`s of tables out.
-pub(crate) type TableBuild = fn(&ConvShape, &[u8], u8, &mut [u16]);
-/// A table-lookup kernel: the tables of [`TableBuild`].
+/// A table-lookup kernel over the tables of [`Tables::build`].
 pub(crate) type TableRun = fn(&ConvShape, &[u16], &[u8], usize, usize, &mut [i32]);
+
+/// A table-lookup kind's three parts: its input's length, the builder of that input and the
+/// kernel over it.
+#[derive(Clone, Copy)]
+pub(crate) struct Tables {
+    /// `u16`s of the input: the tables of every padded pixel, then the sums of its codes.
+    pub len: fn(&ConvShape) -> usize,
+    /// Unpadded HWC codes and the pad code in, `len` `u16`s of tables out.
+    pub build: fn(&ConvShape, &[u8], u8, &mut [u16]),
+    /// The kernel over the tables.
+    pub run: TableRun,
+}
 
 /// How a kernel consumes its input.
 #[derive(Clone, Copy)]
@@ -276,10 +285,10 @@ pub(crate) enum Run {
     Bytes(ByteRun),
     /// Padded bit planes.
     Bits(BitRun),
-    /// Tables of code sums per padded pixel and 5 or 6 channels, built once per layer (x86
-    /// only).
+    /// Tables of code sums per padded pixel and group of 4 to 6 channels, built once per
+    /// layer (x86 only).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    Tables(TableBuild, TableRun),
+    Tables(Tables),
 }
 
 /// Channels per `u16` table of the table-lookup kernel (a table has `2^LUT_K` entries), for

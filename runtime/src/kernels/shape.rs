@@ -150,33 +150,16 @@ impl ConvShape {
         }
     }
 
-    /// Channel groups per group of the table-lookup layout, `ceil(cin_g / lut_k)`. (Each
-    /// branch divides by a constant: the kernels ask this per tile, and a division by a
-    /// value known only at run time cost the W1A8 network 2.5 %.)
+    /// Channel groups per group of the AVX-512 table-lookup layout, `ceil(cin_g / lut_k)`.
+    /// (Each branch divides by a constant: a division by a value known only at run time, per
+    /// tile, once cost the W1A8 network 2.5 %; the kernels now divide by their kind's
+    /// constant.)
     pub(crate) fn lut_groups(&self) -> usize {
         if self.lut_k() == LUT_K8 {
             self.cin_g.div_ceil(LUT_K8)
         } else {
             self.cin_g.div_ceil(LUT_K)
         }
-    }
-
-    /// `u16`s of the tables of the table-lookup kernels: one table of 64 bytes (32 `u16`, or
-    /// 64 bytes for [`LUT_K8`]) per padded pixel, group and channel group
-    /// ([`ConvShape::lut_tables_len`]), then the sum of the codes of each padded pixel and
-    /// group as a little-endian `u32` (two `u16`).
-    pub(crate) fn lut_input_len(&self) -> usize {
-        self.lut_tables_len()
-            .saturating_add(self.hp.saturating_mul(self.wp).saturating_mul(self.groups) * 2)
-    }
-
-    /// `u16`s of the tables alone (the start of [`ConvShape::lut_input_len`]).
-    pub(crate) fn lut_tables_len(&self) -> usize {
-        self.hp
-            .saturating_mul(self.wp)
-            .saturating_mul(self.groups)
-            .saturating_mul(self.lut_groups())
-            .saturating_mul(32)
     }
 }
 

@@ -97,10 +97,17 @@ pub(crate) fn kernel_exact_at(
         &mut bytemuck::cast_slice_mut::<u64, u8>(&mut xbuf)[usize::from(misalign)..][..xl]
     };
     let mut xw = vec![0u64; s.hp * s.wp * portable::bit_pixel_words(s)];
-    let mut xt = vec![0u16; s.lut_input_len()];
+    let mut xt = vec![
+        0u16;
+        if let Run::Tables(t) = k.run {
+            (t.len)(s)
+        } else {
+            0
+        }
+    ];
     match k.run {
         Run::Bytes(_) => portable::pad_bytes(s, x, pad, xb),
-        Run::Tables(build, _) => build(s, x, pad, &mut xt),
+        Run::Tables(t) => (t.build)(s, x, pad, &mut xt),
         // The portable bit kernels get the portable packer, the SIMD ones the CPU's (AVX2 on
         // x86): both packers are checked here, through the kernels' results.
         Run::Bits(_) => {
@@ -125,7 +132,7 @@ pub(crate) fn kernel_exact_at(
         match k.run {
             Run::Bytes(f) => f(s, xb, w, y0, y1, chunk),
             Run::Bits(f) => f(s, &xw, w, y0, y1, chunk),
-            Run::Tables(_, f) => f(s, &xt, w, y0, y1, chunk),
+            Run::Tables(t) => (t.run)(s, &xt, w, y0, y1, chunk),
         }
         correct(s, inq, aux, chunk, y0, y1);
         y0 = y1;

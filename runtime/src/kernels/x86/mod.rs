@@ -55,7 +55,7 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use slb_format::{AddParams, ChannelAffine, CodeReader, Conv, RawQuant};
 
 use super::{
-    lanes8, portable, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, LUT_K, LUT_K8,
+    lanes8, portable, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, Tables, LUT_K, LUT_K8,
 };
 use crate::quant::{self, QParams};
 
@@ -171,13 +171,21 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
             f.avx512vbmi,
             lut_prepared_len,
             lut_prepare,
-            Run::Tables(lut_tables, lut_avx512),
+            Run::Tables(Tables {
+                len: lut_input_len,
+                build: lut_tables,
+                run: lut_avx512,
+            }),
         ),
         KernelKind::Int8LutAvx2 => (
             f.avx2,
             lut_avx2_prepared_len,
             lut_avx2_prepare,
-            Run::Tables(lut_avx2_tables, lut_avx2),
+            Run::Tables(Tables {
+                len: lut_avx2_input_len,
+                build: lut_avx2_tables,
+                run: lut_avx2,
+            }),
         ),
         KernelKind::XnorAvx512 | KernelKind::BitSerialAvx512 => (
             f.avx512popcnt,

@@ -5,9 +5,8 @@
 //! are widened into `u16` sums every [`Lookup::narrow_run`] steps (21) and into the `i32`
 //! accumulators at the end of a run, where `2 S - sum q` is folded into the last store.
 //!
-//! The tables lie where the AVX-512 byte tables of the shape would ([`ConvShape::lut_input_len`]
-//! `u16`s, a padded pixel's tables from the same place, the code sums after them): 16 bytes for
-//! 4 channels take less room than 64 for 6.
+//! A padded pixel's tables take 16 bytes per 4 channels (the AVX-512 byte tables 64 per 6),
+//! then come the code sums ([`input_len`]).
 
 #![allow(clippy::needless_range_loop)]
 
@@ -87,14 +86,8 @@ pub(in super::super) fn lut_avx2_tables(s: &ConvShape, x: &[u8], pad: u8, out: &
     #[target_feature(enable = "avx2")]
     fn body(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, Avx2::groups(s));
-        let px = pixel_stride(s);
-        let sums = s.lut_tables_len();
-        assert!(
-            out.len() >= s.lut_input_len()
-                && x.len() >= h * w * c
-                && s.groups * gn * 8 <= px
-                && (s.hp * s.wp - 1) * px + s.groups * gn * 8 <= sums
-        );
+        let (px, sums) = (pixel_stride::<Avx2>(s), tables_len::<Avx2>(s));
+        assert!(out.len() >= input_len::<Avx2>(s) && x.len() >= h * w * c);
         let o = out.as_mut_ptr();
         for y in 0..s.hp {
             for xx in 0..s.wp {
@@ -290,7 +283,7 @@ pub(in super::super) fn lut_avx2(
 ) {
     s.assert_call(
         x.len(),
-        s.lut_input_len(),
+        input_len::<Avx2>(s),
         w.len(),
         prepared_len_of::<Avx2>(s),
         y0,

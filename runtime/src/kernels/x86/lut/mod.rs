@@ -120,10 +120,38 @@ pub(super) trait Lookup {
     unsafe fn store(wide: Self::Wide, out: *mut i32, lanes: usize, first: bool, qsum: Option<i32>);
 }
 
-/// `u16`s from one padded pixel's tables to the next: 64 bytes per group and channel group
-/// of [`ConvShape::lut_k`] (the AVX2 tables of 16 bytes use the same place).
-fn pixel_stride(s: &ConvShape) -> usize {
-    s.groups * s.lut_groups() * LUT_N
+/// `u16`s from one padded pixel's tables of kind `L` to the next: a table per group and
+/// channel group.
+fn pixel_stride<L: Lookup>(s: &ConvShape) -> usize {
+    s.groups * L::groups(s) * L::TABLE
+}
+
+/// `u16`s of the tables of kind `L`: [`pixel_stride`] per padded pixel (the start of
+/// [`input_len`]).
+fn tables_len<L: Lookup>(s: &ConvShape) -> usize {
+    s.hp.saturating_mul(s.wp)
+        .saturating_mul(pixel_stride::<L>(s))
+}
+
+/// `u16`s of a table-lookup kernel's input of kind `L`: the tables ([`tables_len`]), then the
+/// sum of the codes of each padded pixel and group as a little-endian `u32` (two `u16`).
+fn input_len<L: Lookup>(s: &ConvShape) -> usize {
+    tables_len::<L>(s).saturating_add(s.hp.saturating_mul(s.wp).saturating_mul(s.groups) * 2)
+}
+
+/// The input length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] by
+/// [`ConvShape::lut_k`] (the same: both tables are 64 bytes).
+pub(super) fn lut_input_len(s: &ConvShape) -> usize {
+    if s.lut_k() == LUT_K8 {
+        input_len::<Bytes>(s)
+    } else {
+        input_len::<Words>(s)
+    }
+}
+
+/// The input length of [`KernelKind::Int8LutAvx2`]: 16 bytes per 4 channels.
+pub(super) fn lut_avx2_input_len(s: &ConvShape) -> usize {
+    input_len::<Avx2>(s)
 }
 
 /// Bytes of one block of output channels: a step's indices per tap and channel group.
@@ -195,7 +223,7 @@ pub(super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
 }
 
 /// The table builder of [`KernelKind::Int8LutAvx512`]: for every padded input pixel, group
-/// and channel group of [`ConvShape::lut_k`] ([`ConvShape::lut_input_len`] `u16`s in all),
+/// and channel group of [`ConvShape::lut_k`] ([`lut_input_len`] `u16`s in all),
 /// the sums of the codes over every subset of the group's channels (unpadded HWC input `x`,
 /// pad pixels holding `pad`; channels past `cin_g` count 0).
 pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
@@ -208,9 +236,12 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         } else {
             (LUT_K, LUT_CHUNK)
         };
-        let px = s.groups * gn * LUT_N;
-        let sums = s.lut_tables_len();
-        assert!(out.len() >= s.lut_input_len() && x.len() >= h * w * c);
+        let (px, sums) = if BYTES {
+            (pixel_stride::<Bytes>(s), tables_len::<Bytes>(s))
+        } else {
+            (pixel_stride::<Words>(s), tables_len::<Words>(s))
+        };
+        assert!(out.len() >= lut_input_len(s) && x.len() >= h * w * c);
         let o = out.as_mut_ptr();
         for y in 0..s.hp {
             for xx in 0..s.wp {
@@ -318,7 +349,7 @@ impl<L: Lookup> LutCall<'_, L> {
         (first, last): (bool, bool),
     ) {
         let s = self.s;
-        let (gn, px, bb) = (L::groups(s), pixel_stride(s), block_bytes::<L>(s));
+        let (gn, px, bb) = (L::groups(s), pixel_stride::<L>(s), block_bytes::<L>(s));
         let mut base = [0usize; P];
         for j in 0..P {
             base[j] = window_origin(s, p0 + j) * px + g * gn * L::TABLE;
@@ -426,7 +457,7 @@ impl<L: Lookup> LutCall<'_, L> {
     #[inline(always)]
     fn qsum(&self, p: usize, g: usize) -> i32 {
         let s = self.s;
-        let sums = &self.x[s.lut_tables_len()..];
+        let sums = &self.x[tables_len::<L>(s)..];
         let org = window_origin(s, p);
         let mut q = 0u32;
         for ky in 0..s.kh {
@@ -492,7 +523,7 @@ pub(super) fn lut_avx512(
 ) {
     s.assert_call(
         x.len(),
-        s.lut_input_len(),
+        lut_input_len(s),
         w.len(),
         lut_prepared_len(s),
         y0,

@@ -399,18 +399,7 @@ impl<L: Lookup> LutCall<'_, L> {
                     // SAFETY: the step's tables and weights lie inside the buffers (caller:
                     // the window of every pixel of the tile is inside the padded input, `t1
                     // <= kh * kw * gn`); `L`'s ISA present.
-                    unsafe {
-                        let mut wv = [zero; NB];
-                        for b in 0..NB {
-                            wv[b] = L::load_w(wp[b].add(L::STEP * i));
-                        }
-                        for j in 0..P {
-                            let tv = L::load_t(tp[j].add(off));
-                            for b in 0..NB {
-                                part[j][b] = L::look(part[j][b], wv[b], tv);
-                            }
-                        }
-                    }
+                    unsafe { look_step::<L, NB, P>(&mut part, &tp, off, &wp, L::STEP * i) };
                     if !L::PER_TAP {
                         gi += 1;
                         toff += L::TABLE;
@@ -436,18 +425,38 @@ impl<L: Lookup> LutCall<'_, L> {
             }
             t += n;
         }
-        // SAFETY: `L`'s ISA present (caller); `out` below lies in the call's accumulators
-        // (blocks `b0 .. b0 + NB` and pixels `p0 .. p0 + P` exist; `lanes` channels of each).
+        // SAFETY: `L`'s ISA present, the tile inside the call (caller).
         unsafe {
             widen_all::<L, NB, P>(&mut part, &mut wide);
-            for j in 0..P {
-                let q = last.then(|| self.qsum(p0 + j, g));
-                let row = (p0 + j - self.first) * s.cout + g * s.cout_g;
-                for b in 0..NB {
-                    let c0 = (b0 + b) * L::LANES;
-                    let lanes = (s.cout_g - c0).min(L::LANES);
-                    L::store(wide[j][b], acc.as_mut_ptr().add(row + c0), lanes, first, q);
-                }
+            self.store_tile(&wide, acc, g, b0, p0, (first, last));
+        }
+    }
+
+    /// Stores a tile's `u16` sums into its `i32` sums in `acc` ([`Lookup::store`]; `first`:
+    /// written instead; `last`: `2 S - sum q`).
+    ///
+    /// # Safety
+    /// `L`'s ISA present; blocks `b0 .. b0 + NB` exist in group `g` and pixels `p0 .. p0 + P`
+    /// lie in the call's rows.
+    #[inline(always)]
+    unsafe fn store_tile<const NB: usize, const P: usize>(
+        &self,
+        wide: &[[L::Wide; NB]; P],
+        acc: &mut [i32],
+        g: usize,
+        b0: usize,
+        p0: usize,
+        (first, last): (bool, bool),
+    ) {
+        let s = self.s;
+        for j in 0..P {
+            let q = last.then(|| self.qsum(p0 + j, g));
+            let row = (p0 + j - self.first) * s.cout + g * s.cout_g;
+            for b in 0..NB {
+                let c0 = (b0 + b) * L::LANES;
+                let lanes = (s.cout_g - c0).min(L::LANES);
+                // SAFETY: the block's `lanes` channels of the pixel lie in `acc` (caller).
+                unsafe { L::store(wide[j][b], acc.as_mut_ptr().add(row + c0), lanes, first, q) };
             }
         }
     }
@@ -467,6 +476,34 @@ impl<L: Lookup> LutCall<'_, L> {
             }
         }
         q as i32
+    }
+}
+
+/// One step of a tile: `NB` blocks' indices at `wp[b] + w_off`, the `P` pixels' tables at
+/// `tp[j] + t_off`, every lookup added to `part`.
+///
+/// # Safety
+/// `L`'s ISA present; the loads in bounds.
+#[inline(always)]
+unsafe fn look_step<L: Lookup, const NB: usize, const P: usize>(
+    part: &mut [[L::V; NB]; P],
+    tp: &[*const u16; P],
+    t_off: usize,
+    wp: &[*const u8; NB],
+    w_off: usize,
+) {
+    // SAFETY: as the caller states.
+    unsafe {
+        let mut wv = [L::zero(); NB];
+        for b in 0..NB {
+            wv[b] = L::load_w(wp[b].add(w_off));
+        }
+        for j in 0..P {
+            let tv = L::load_t(tp[j].add(t_off));
+            for b in 0..NB {
+                part[j][b] = L::look(part[j][b], wv[b], tv);
+            }
+        }
     }
 }
 

@@ -103,41 +103,17 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     if let Some(s) = a.seed {
         cfg.seed = s;
     }
-    let max = crate::config::MAX_EPOCHS;
-    if a.stop_after.is_some_and(|n| n <= 0 || n > max) {
-        anyhow::bail!("--stop-after must be greater than 0 and at most {max}");
-    }
-    if !(0..=crate::config::MAX_COUNT).contains(&a.profile_steps) {
-        anyhow::bail!(
-            "--profile-steps must be 0 or more and at most {}",
-            crate::config::MAX_COUNT
-        );
-    }
-    if a.trace.is_some() && a.profile_steps == 0 {
-        anyhow::bail!("--trace records the profiled steps: give --profile-steps N too");
-    }
+    check_run_flags(a)?;
     let algo = cfg.algorithm()?;
     let mut device = super::parse_device(&a.device)?;
     let dist = match &launch {
-        Some(l) => {
-            if device == tch::Device::Cuda(0) && !a.device.contains(':') {
-                device = tch::Device::Cuda(l.local_rank);
-            }
-            let backend = match &a.dist_backend {
-                Some(b) => Backend::parse(b)?,
-                None => Backend::for_device(device),
-            };
-            if l.world as i64 * 2 > cfg.batch_size {
-                anyhow::bail!(
-                    "batch_size {} is the global batch: with {} ranks it must be at least {} \
-                     (two images per rank)",
-                    cfg.batch_size,
-                    l.world,
-                    l.world * 2
-                );
-            }
-            Some(std::rc::Rc::new(Dist::init(l, backend, timeout)?))
-        }
+        Some(l) => Some(std::rc::Rc::new(join_ranks(
+            l,
+            a,
+            &cfg,
+            &mut device,
+            timeout,
+        )?)),
         None => {
             if a.dist_backend.is_some() {
                 anyhow::bail!("--dist-backend is for data-parallel runs (--nproc, or torchrun)");
@@ -205,33 +181,89 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     if cfg.float_weights {
         eprintln!("float-weight baseline: nothing to export");
     } else if !a.no_export {
-        let ck = Checkpoint::load(&checkpoint_path(&a.out))?;
-        let calib = (!ck.meta.ranges_valid).then(|| match &train {
-            Some(t) => DeviceData::new(t, tch::Device::Cpu),
-            None => {
-                // The first images of the training split, through the evaluation transform.
-                let n = (cfg.calibration_batches * cfg.batch_size).max(1) as usize;
-                let (x, y) = streamed_calibration(&cfg, a, n);
-                DeviceData::from_tensors(&x, &y, tch::Device::Cpu)
-            }
-        });
-        let ex = export_checkpoint(&ck, calib.as_ref())?;
-        let path = a.out.join("model.slb");
-        crate::train::write_atomic(&path, |p| {
-            std::fs::write(p, &ex.bytes).map_err(|e| crate::Error::io("write", p, e))
-        })?;
-        eprintln!(
-            "exported {} ({} bytes, {} SLB convs){}",
-            path.display(),
-            ex.bytes.len(),
-            ex.convs,
-            if ex.calibrated {
-                "; 8-bit activation ranges calibrated on training images (activation quantization was off in training)"
-            } else {
-                ""
-            }
+        export_run(&cfg, a, train.as_ref())?;
+    }
+    Ok(())
+}
+
+/// The flags of one run that the configuration does not check: `--stop-after`,
+/// `--profile-steps` and `--trace`.
+fn check_run_flags(a: &TrainArgs) -> Result<()> {
+    let max = crate::config::MAX_EPOCHS;
+    if a.stop_after.is_some_and(|n| n <= 0 || n > max) {
+        anyhow::bail!("--stop-after must be greater than 0 and at most {max}");
+    }
+    if !(0..=crate::config::MAX_COUNT).contains(&a.profile_steps) {
+        anyhow::bail!(
+            "--profile-steps must be 0 or more and at most {}",
+            crate::config::MAX_COUNT
         );
     }
+    if a.trace.is_some() && a.profile_steps == 0 {
+        anyhow::bail!("--trace records the profiled steps: give --profile-steps N too");
+    }
+    Ok(())
+}
+
+/// This rank's part of a data-parallel run started by torchrun or `--nproc`: its GPU (the
+/// local rank's, unless `--device` names one), the backend, the global batch checked against
+/// the ranks, then the process group.
+fn join_ranks(
+    l: &Launch,
+    a: &TrainArgs,
+    cfg: &Config,
+    device: &mut tch::Device,
+    timeout: std::time::Duration,
+) -> Result<Dist> {
+    if *device == tch::Device::Cuda(0) && !a.device.contains(':') {
+        *device = tch::Device::Cuda(l.local_rank);
+    }
+    let backend = match &a.dist_backend {
+        Some(b) => Backend::parse(b)?,
+        None => Backend::for_device(*device),
+    };
+    if l.world as i64 * 2 > cfg.batch_size {
+        anyhow::bail!(
+            "batch_size {} is the global batch: with {} ranks it must be at least {} \
+             (two images per rank)",
+            cfg.batch_size,
+            l.world,
+            l.world * 2
+        );
+    }
+    Ok(Dist::init(l, backend, timeout)?)
+}
+
+/// Exports the run's last checkpoint to `model.slb` in the output folder (atomically),
+/// calibrating the 8-bit activation ranges on training images when training did not measure
+/// them (`train`: the in-memory training split; else the streamed one's first images).
+fn export_run(cfg: &Config, a: &TrainArgs, train: Option<&data::Dataset>) -> Result<()> {
+    let ck = Checkpoint::load(&checkpoint_path(&a.out))?;
+    let calib = (!ck.meta.ranges_valid).then(|| match train {
+        Some(t) => DeviceData::new(t, tch::Device::Cpu),
+        None => {
+            // The first images of the training split, through the evaluation transform.
+            let n = (cfg.calibration_batches * cfg.batch_size).max(1) as usize;
+            let (x, y) = streamed_calibration(cfg, a, n);
+            DeviceData::from_tensors(&x, &y, tch::Device::Cpu)
+        }
+    });
+    let ex = export_checkpoint(&ck, calib.as_ref())?;
+    let path = a.out.join("model.slb");
+    crate::train::write_atomic(&path, |p| {
+        std::fs::write(p, &ex.bytes).map_err(|e| crate::Error::io("write", p, e))
+    })?;
+    eprintln!(
+        "exported {} ({} bytes, {} SLB convs){}",
+        path.display(),
+        ex.bytes.len(),
+        ex.convs,
+        if ex.calibrated {
+            "; 8-bit activation ranges calibrated on training images (activation quantization was off in training)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 

@@ -78,78 +78,12 @@ const fn join_index() -> [[[u8; 32]; 2]; 2] {
 /// The indices of [`join_index`].
 static JOIN: Align64<[[[u8; 32]; 2]; 2]> = Align64(join_index());
 
-/// The table builder of [`KernelKind::Int8LutAvx2`]: for every padded input pixel, group and
-/// channel group of 4, the sums of the codes over every subset of the 4 channels (unpadded HWC
-/// input `x`, pad pixels holding `pad`; channels past `cin_g` count 0), then the sum of all
-/// codes of each padded pixel and group as the AVX-512 tables have it.
+/// The table builder of [`KernelKind::Int8LutAvx2`] ([`build_tables`] over [`Avx2`]).
 pub(in super::super) fn lut_avx2_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
     #[target_feature(enable = "avx2")]
     fn body(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, Avx2::groups(s));
-        let (px, sums) = (pixel_stride::<Avx2>(s), tables_len::<Avx2>(s));
-        assert!(out.len() >= input_len::<Avx2>(s) && x.len() >= h * w * c);
-        let o = out.as_mut_ptr();
-        for y in 0..s.hp {
-            for xx in 0..s.wp {
-                let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
-                let pix = if inside {
-                    ((y - s.ph) * w + (xx - s.pw)) * c
-                } else {
-                    0
-                };
-                for g in 0..s.groups {
-                    let mut sum = 0u32;
-                    // Chunks of 16 channels: 4 tables.
-                    for ch in (0..cin).step_by(16) {
-                        let len = (cin - ch).min(16);
-                        let mut codes = [0u8; 16];
-                        if inside {
-                            codes[..len].copy_from_slice(&x[pix + g * cin + ch..][..len]);
-                        } else {
-                            codes[..len].fill(pad);
-                        }
-                        sum += codes.iter().map(|&v| u32::from(v)).sum::<u32>();
-                        let tables = len.div_ceil(K);
-                        let at = (y * s.wp + xx) * px + (g * gn + ch / K) * 8;
-                        // SAFETY: AVX2 present (`by_kind` hands this builder out only then);
-                        // the chunk's `tables` tables of 8 `u16` lie inside the pixel's tables
-                        // (asserted above); the constants are 32 bytes each.
-                        unsafe {
-                            let ld = |p: &[u8; 32]| _mm256_loadu_si256(p.as_ptr() as *const _);
-                            let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(
-                                codes.as_ptr() as *const _
-                            ));
-                            // The half tables of the chunk's 4 tables, then each pair.
-                            let mut halves = _mm256_setzero_si256();
-                            for i in 0..2 {
-                                let b = _mm256_shuffle_epi8(v, ld(&HALF.0[i]));
-                                halves = _mm256_add_epi8(
-                                    halves,
-                                    _mm256_and_si256(b, ld(&HALF_BITS.0[i])),
-                                );
-                            }
-                            for k in 0..tables.div_ceil(2) {
-                                let tab = _mm256_add_epi8(
-                                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][0])),
-                                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][1])),
-                                );
-                                let t = o.add(at + 16 * k);
-                                _mm_storeu_si128(t as *mut _, _mm256_castsi256_si128(tab));
-                                if 2 * k + 1 < tables {
-                                    _mm_storeu_si128(
-                                        t.add(8) as *mut _,
-                                        _mm256_extracti128_si256::<1>(tab),
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    let at = sums + ((y * s.wp + xx) * s.groups + g) * 2;
-                    out[at] = sum as u16;
-                    out[at + 1] = (sum >> 16) as u16;
-                }
-            }
-        }
+        // SAFETY: AVX2 present (this function's features).
+        unsafe { build_tables::<Avx2>(s, x, pad, out) }
     }
     // SAFETY: `by_kind` hands this builder out only where AVX2 is present.
     unsafe { body(s, x, pad, out) }
@@ -169,6 +103,8 @@ impl Lookup for Avx2 {
     const TABLE: usize = 8;
     const NARROW: bool = true;
     const PER_TAP: bool = true;
+    /// 16 channels a load.
+    const CHUNK: usize = 4;
 
     #[inline(always)]
     unsafe fn zero() -> __m256i {
@@ -227,6 +163,49 @@ impl Lookup for Avx2 {
                 unsafe { store16(v, out.add(16 * h), n, first, qsum) };
             }
         }
+    }
+
+    /// Four tables at a time from half tables of 2 channels: the 16 codes in both lanes, then
+    /// per channel of a half a `vpshufb` and a mask; each pair of tables (one per lane) is the
+    /// sum of two `vpshufb` of the halves.
+    #[inline(always)]
+    unsafe fn tables_of(
+        codes: Option<*const u8>,
+        pad: u8,
+        len: usize,
+        n: usize,
+        t: *mut u16,
+    ) -> u32 {
+        let mut c = [0u8; 16];
+        match codes {
+            // SAFETY: `len <= 16` readable bytes at `p` (caller).
+            Some(p) => unsafe { core::ptr::copy_nonoverlapping(p, c.as_mut_ptr(), len) },
+            None => c[..len].fill(pad),
+        }
+        let sum = c.iter().map(|&v| u32::from(v)).sum::<u32>();
+        // SAFETY: AVX2 present and `n <= 4` tables of 8 `u16` writable at `t` (caller); the
+        // constants are 32 bytes each.
+        unsafe {
+            let ld = |p: &[u8; 32]| _mm256_loadu_si256(p.as_ptr() as *const _);
+            let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(c.as_ptr() as *const _));
+            let mut halves = _mm256_setzero_si256();
+            for i in 0..2 {
+                let b = _mm256_shuffle_epi8(v, ld(&HALF.0[i]));
+                halves = _mm256_add_epi8(halves, _mm256_and_si256(b, ld(&HALF_BITS.0[i])));
+            }
+            for k in 0..n.div_ceil(2) {
+                let tab = _mm256_add_epi8(
+                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][0])),
+                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][1])),
+                );
+                let t = t.add(16 * k);
+                _mm_storeu_si128(t as *mut _, _mm256_castsi256_si128(tab));
+                if 2 * k + 1 < n {
+                    _mm_storeu_si128(t.add(8) as *mut _, _mm256_extracti128_si256::<1>(tab));
+                }
+            }
+        }
+        sum
     }
 }
 

@@ -1,15 +1,15 @@
 //! Byte tables of [`LUT_K8`] (6) channels for codes of up to 2 bits, looked up with `vpermb`
 //! (AVX-512 VBMI): a sum of six 2-bit codes fits a byte, so one lookup does 64 output channels
 //! x 6 inputs; byte sums are widened into `u16` sums every [`Lookup::narrow_run`] steps (14).
-//! The table builder's step is here; its loop, shared with [`super::words`], is the parent's
-//! `lut_tables`.
+//! The table builder's step ([`Lookup::tables_of`]) is here; its walk is the parent's
+//! `build_tables`.
 
 #![allow(clippy::needless_range_loop)]
 
 use super::*;
 
 /// Channel groups of one 64-byte load of codes in the byte-table builder (60 codes).
-pub(super) const LUT8_CHUNK: usize = 10;
+const LUT8_CHUNK: usize = 10;
 
 /// Per quarter `q` of a chunk (its groups `4q .. 4q + 4`, one per 128-bit lane `L`) and
 /// channel `i < 3`: the `vpermb` indices that put, in lane `L`, code `i` of group `4q + L` in
@@ -76,7 +76,7 @@ static LUT8_JOIN: Align64<[[[u8; 64]; 2]; 4]> = Align64(lut8_join_index());
 /// # Safety
 /// AVX-512 F/BW/VBMI present; `32 * n` writable `u16` at `t`.
 #[inline(always)]
-pub(super) unsafe fn lut8_tables_of(v: __m512i, n: usize, t: *mut u16) {
+unsafe fn lut8_tables_of(v: __m512i, n: usize, t: *mut u16) {
     // SAFETY: AVX-512 F/BW/VBMI present and `64 * n` writable bytes at `t` (caller); the
     // constants are 64 bytes each.
     unsafe {
@@ -112,6 +112,7 @@ impl Lookup for Bytes {
     const NARROW: bool = true;
     // A walk per tap ran the W1A2 network 10 % faster than one offset over all steps.
     const PER_TAP: bool = true;
+    const CHUNK: usize = LUT8_CHUNK;
 
     #[inline(always)]
     unsafe fn zero() -> __m512i {
@@ -168,6 +169,23 @@ impl Lookup for Bytes {
                 // from channel `32 h` (caller).
                 unsafe { widen_store(v, out.add(32 * h), n, first, qsum) };
             }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tables_of(
+        codes: Option<*const u8>,
+        pad: u8,
+        len: usize,
+        n: usize,
+        t: *mut u16,
+    ) -> u32 {
+        // SAFETY: AVX-512 F/BW/VBMI present, `len <= 60` codes readable and `n` tables
+        // writable (caller).
+        unsafe {
+            let (v, sum) = codes512(codes, pad, len);
+            lut8_tables_of(v, n, t);
+            sum
         }
     }
 }

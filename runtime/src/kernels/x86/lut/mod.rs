@@ -4,8 +4,9 @@
 //! one lookup instruction does `K` multiply-adds for every output channel of a vector, and
 //! `sum num*q = 2 S - sum q` (`S` the sum over the `+1` weights) gives the dot.
 //!
-//! One driver (the [`Tile`] of [`LutCall`], its `steps`, `for_tiles`' walk) over the
-//! [`Lookup`] primitives of three table kinds, one file each (as [`super::int8`]'s `Dot`):
+//! One driver (the [`Tile`] of [`LutCall`], its `steps`, `for_tiles`' walk) and one table
+//! builder ([`build_tables`]) over the [`Lookup`] primitives of three table kinds, one file
+//! each (as [`super::int8`]'s `Dot`):
 //! * [`words`]: `u16` tables of 5 channels, `vpermw` over 32 output channels (AVX-512 BW,
 //!   codes of 3 to 8 bits);
 //! * [`bytes`]: byte tables of 6 channels, `vpermb` over 64 (AVX-512 VBMI, 2-bit codes);
@@ -27,8 +28,8 @@ mod words;
 
 use avx2::Avx2;
 pub(super) use avx2::{lut_avx2, lut_avx2_tables};
-use bytes::*;
-use words::*;
+use bytes::Bytes;
+use words::Words;
 
 /// A table builder's constant vectors, 64-byte aligned: a 64-byte load across two cache lines
 /// is slower (`LUT_PAIRS` 32 bytes off a line made the `u16` table builder about 50 % slower,
@@ -65,6 +66,8 @@ pub(super) trait Lookup {
     /// Steps walk tap by tap (a pointer per pixel advanced a table a step) rather than one
     /// offset over all steps; which is faster depends on the kind (measured).
     const PER_TAP: bool;
+    /// Channel groups the table builder makes from one load of codes ([`Lookup::tables_of`]).
+    const CHUNK: usize;
 
     /// Channel groups of `K` a tap.
     #[inline(always)]
@@ -118,6 +121,20 @@ pub(super) trait Lookup {
     /// # Safety
     /// The ISA is present; `lanes` `i32`s readable and writable at `out`.
     unsafe fn store(wide: Self::Wide, out: *mut i32, lanes: usize, first: bool, qsum: Option<i32>);
+    /// The table builder's step: writes the tables of channel groups `0 .. n` (`n <=
+    /// CHUNK`) of the `len <= CHUNK * K` codes at `codes` (`len` pad codes where `codes` is
+    /// `None`: a pad pixel) at `t`, [`Lookup::TABLE`] `u16` each, and returns the sum of the
+    /// codes. Entry `m` of a table is the sum of its group's codes whose bit is set in `m`.
+    ///
+    /// # Safety
+    /// The ISA is present; `len` readable bytes at `codes`; `n * TABLE` writable `u16` at `t`.
+    unsafe fn tables_of(
+        codes: Option<*const u8>,
+        pad: u8,
+        len: usize,
+        n: usize,
+        t: *mut u16,
+    ) -> u32;
 }
 
 /// `u16`s from one padded pixel's tables of kind `L` to the next: a table per group and
@@ -222,83 +239,91 @@ pub(super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     prepare_of::<Avx2>(conv, s, out)
 }
 
-/// The table builder of [`KernelKind::Int8LutAvx512`]: for every padded input pixel, group
-/// and channel group of [`ConvShape::lut_k`] ([`lut_input_len`] `u16`s in all),
-/// the sums of the codes over every subset of the group's channels (unpadded HWC input `x`,
-/// pad pixels holding `pad`; channels past `cin_g` count 0).
-pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-    // `BYTES`: byte tables of `LUT_K8` channels, else `u16` tables of `LUT_K`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    fn body<const BYTES: bool>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, s.lut_groups());
-        let (k, chunk) = if BYTES {
-            (LUT_K8, LUT8_CHUNK)
-        } else {
-            (LUT_K, LUT_CHUNK)
-        };
-        let (px, sums) = if BYTES {
-            (pixel_stride::<Bytes>(s), tables_len::<Bytes>(s))
-        } else {
-            (pixel_stride::<Words>(s), tables_len::<Words>(s))
-        };
-        assert!(out.len() >= lut_input_len(s) && x.len() >= h * w * c);
-        let o = out.as_mut_ptr();
-        for y in 0..s.hp {
-            for xx in 0..s.wp {
-                let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
-                let pix = if inside {
-                    ((y - s.ph) * w + (xx - s.pw)) * c
-                } else {
-                    0
-                };
-                for g in 0..s.groups {
-                    // Chunks of `chunk` channel groups (60 codes) per 64-byte load.
-                    let mut gi = 0;
-                    let mut sum = 0u64;
-                    while gi < gn {
-                        let n = (gn - gi).min(chunk);
-                        let ch = gi * k;
-                        let len = (cin - ch).min(chunk * k);
-                        let mask: __mmask64 = (1u64 << len) - 1;
-                        // SAFETY: AVX-512 F/BW/VBMI present (`by_kind` hands this builder out
-                        // only then); the masked load reads `len` codes of the pixel's group
-                        // (inside `x`, asserted above); the tables of groups `gi .. gi + n`
-                        // lie inside the pixel's `px` u16 of `out` (asserted above).
-                        unsafe {
-                            let v = if inside {
-                                _mm512_maskz_loadu_epi8(
-                                    mask,
-                                    x.as_ptr().add(pix + g * cin + ch) as *const _,
-                                )
-                            } else {
-                                _mm512_maskz_set1_epi8(mask, pad as i8)
-                            };
-                            let t = o.add((y * s.wp + xx) * px + (g * gn + gi) * LUT_N);
-                            if BYTES {
-                                lut8_tables_of(v, n, t);
-                            } else {
-                                lut_tables_of(v, n, t);
-                            }
-                            sum +=
-                                _mm512_reduce_add_epi64(_mm512_sad_epu8(v, _mm512_setzero_si512()))
-                                    as u64;
-                        }
-                        gi += n;
+/// The table builder of kind `L`: for every padded input pixel, group and channel group of
+/// `K` channels, the sums of the codes over every subset of the group's channels (unpadded HWC
+/// input `x`, pad pixels holding `pad`; channels past `cin_g` count 0), then the sum of all
+/// codes of each padded pixel and group ([`input_len`] `u16`s in all).
+///
+/// # Safety
+/// `L`'s ISA present (the caller compiled with it).
+#[inline(always)]
+unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+    let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, L::groups(s));
+    let (px, sums) = (pixel_stride::<L>(s), tables_len::<L>(s));
+    assert!(out.len() >= input_len::<L>(s) && x.len() >= h * w * c);
+    let o = out.as_mut_ptr();
+    for y in 0..s.hp {
+        for xx in 0..s.wp {
+            let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
+            let pix = if inside {
+                ((y - s.ph) * w + (xx - s.pw)) * c
+            } else {
+                0
+            };
+            for g in 0..s.groups {
+                // Chunks of `CHUNK` channel groups per load of codes.
+                let (mut gi, mut sum) = (0, 0u32);
+                while gi < gn {
+                    let n = (gn - gi).min(L::CHUNK);
+                    let ch = gi * L::K;
+                    let len = (cin - ch).min(L::CHUNK * L::K);
+                    // SAFETY: `L`'s ISA present (caller); the chunk's `len` codes lie inside
+                    // the pixel's group in `x`, its `n` tables inside the pixel's `px` u16 of
+                    // `out` (both asserted above).
+                    unsafe {
+                        let codes = inside.then(|| x.as_ptr().add(pix + g * cin + ch));
+                        let t = o.add((y * s.wp + xx) * px + (g * gn + gi) * L::TABLE);
+                        sum += L::tables_of(codes, pad, len, n, t);
                     }
-                    let at = sums + ((y * s.wp + xx) * s.groups + g) * 2;
-                    out[at] = sum as u16;
-                    out[at + 1] = (sum >> 16) as u16;
+                    gi += n;
                 }
+                let at = sums + ((y * s.wp + xx) * s.groups + g) * 2;
+                out[at] = sum as u16;
+                out[at + 1] = (sum >> 16) as u16;
             }
         }
+    }
+}
+
+/// The table builder of [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] tables by
+/// [`ConvShape::lut_k`] ([`build_tables`]).
+pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn bytes(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+        // SAFETY: AVX-512 F/BW/VBMI present (this function's features).
+        unsafe { build_tables::<Bytes>(s, x, pad, out) }
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn words(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+        // SAFETY: AVX-512 F/BW/VBMI present (this function's features).
+        unsafe { build_tables::<Words>(s, x, pad, out) }
     }
     // SAFETY: `by_kind` hands this builder out only where AVX-512 F/BW/VBMI is present.
     unsafe {
         if s.lut_k() == LUT_K8 {
-            body::<true>(s, x, pad, out)
+            bytes(s, x, pad, out)
         } else {
-            body::<false>(s, x, pad, out)
+            words(s, x, pad, out)
         }
+    }
+}
+
+/// The AVX-512 kinds' builder step: the `len` codes at `codes` (or `len` pad codes) in one
+/// vector, zero above, and their sum.
+///
+/// # Safety
+/// AVX-512 F/BW present; `len <= 64` readable bytes at `codes`.
+#[inline(always)]
+unsafe fn codes512(codes: Option<*const u8>, pad: u8, len: usize) -> (__m512i, u32) {
+    // SAFETY: as the caller states (the masked load reads `len` bytes).
+    unsafe {
+        let mask: __mmask64 = if len >= 64 { !0 } else { (1u64 << len) - 1 };
+        let v = match codes {
+            Some(p) => _mm512_maskz_loadu_epi8(mask, p as *const _),
+            None => _mm512_maskz_set1_epi8(mask, pad as i8),
+        };
+        let sum = _mm512_reduce_add_epi64(_mm512_sad_epu8(v, _mm512_setzero_si512()));
+        (v, sum as u32)
     }
 }
 

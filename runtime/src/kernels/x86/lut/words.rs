@@ -1,7 +1,7 @@
 //! `u16` tables of [`LUT_K`] (5) channels, looked up with `vpermw` (AVX-512 BW): 32 output
 //! channels x 5 inputs a lookup, for codes of 3 to 8 bits (a table entry is at most 5 x 255).
 //! The sums of a run stay `u16` ([`Lookup::run`] steps). The table builder's constants and
-//! its step are here; its loop, shared with [`super::bytes`], is the parent's `lut_tables`.
+//! its step ([`Lookup::tables_of`]) are here; its walk is the parent's `build_tables`.
 
 use super::*;
 
@@ -18,6 +18,7 @@ impl Lookup for Words {
     const NARROW: bool = false;
     // One offset over all steps: a per-tap walk ran the W1A8 network 4 % slower.
     const PER_TAP: bool = false;
+    const CHUNK: usize = LUT_CHUNK;
 
     #[inline(always)]
     unsafe fn zero() -> __m512i {
@@ -60,10 +61,27 @@ impl Lookup for Words {
         // SAFETY: AVX-512 F/BW present, `lanes` `i32`s at `out` (caller).
         unsafe { widen_store(wide, out, lanes, first, qsum) }
     }
+
+    #[inline(always)]
+    unsafe fn tables_of(
+        codes: Option<*const u8>,
+        pad: u8,
+        len: usize,
+        n: usize,
+        t: *mut u16,
+    ) -> u32 {
+        // SAFETY: AVX-512 F/BW/VBMI present, `len <= 60` codes readable and `n` tables
+        // writable (caller).
+        unsafe {
+            let (v, sum) = codes512(codes, pad, len);
+            lut_tables_of(v, n, t);
+            sum
+        }
+    }
 }
 
 /// Channel groups of one 64-byte load of codes in the table builder (60 codes).
-pub(super) const LUT_CHUNK: usize = 12;
+const LUT_CHUNK: usize = 12;
 
 /// Per input channel pair `(2k, 2k + 1)` of a table: the signed bytes `(bit 2k of m, bit
 /// 2k+1 of m)` of word lane `m`, for `vpmaddubsw` (bit 5 is never set: `m < 32`).
@@ -116,7 +134,7 @@ static LUT_PAIRS: Align64<[[[u8; 64]; 3]; LUT_CHUNK]> = Align64(lut_pair_index()
 /// # Safety
 /// AVX-512 F/BW/VBMI present; `32 * n` writable `u16` at `t`.
 #[inline(always)]
-pub(super) unsafe fn lut_tables_of(v: __m512i, n: usize, t: *mut u16) {
+unsafe fn lut_tables_of(v: __m512i, n: usize, t: *mut u16) {
     // SAFETY: AVX-512 F/BW/VBMI present and `64 * n` writable bytes at `t` (caller); the
     // constants are 64 bytes each.
     unsafe {

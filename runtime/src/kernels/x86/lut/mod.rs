@@ -15,8 +15,8 @@
 //!
 //! The first two are [`KernelKind::Int8LutAvx512`]; which one is [`ConvShape::lut_k`]. All
 //! three share the weight layout (a table index per output channel, tap and channel group,
-//! [`prepare_of`]), the tables' place (64 bytes per padded pixel and channel group of
-//! [`ConvShape::lut_k`], then the code sums: the AVX2 tables use 16 of them) and the walk.
+//! [`prepare_of`]), the tables' layout (per padded pixel a table per group and channel group,
+//! [`Lookup::TABLE`] `u16` each, then the code sums: [`input_len`]) and the walks.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -41,8 +41,8 @@ struct Align64<T>(T);
 /// pixel are [`pixel_stride`] `u16` apart.
 const LUT_N: usize = 1 << LUT_K;
 
-/// One table kind's primitives: the loads, the lookup, the widening and the store (the
-/// [`super::int8::Dot`] of the table lookup). A step looks up one table (a padded pixel and
+/// One table kind's primitives: the loads, the lookup, the widening, the store and the table
+/// builder's step (the [`super::int8::Dot`] of the table lookup). A step looks up one table (a padded pixel and
 /// channel group) with the indices of a block of [`Lookup::LANES`] output channels, adding
 /// into narrow sums; byte sums are widened into `u16` sums every [`Lookup::narrow_run`] steps,
 /// `u16` sums into the `i32` accumulators every [`Lookup::run`].

@@ -7,7 +7,7 @@ use slb_format::{Conv, Layer, Model, Site};
 use crate::arena::{layer_io, range, LayerIo, TensorSlot, ALIGN};
 use crate::kernels::{self, portable, reference, ConvShape, KernelKind, RowOps, Run};
 use crate::layers::{dense, f32_map, flatten, gap, pool};
-use crate::plan::{conv_shape, LayerPlan, Plan};
+use crate::plan::{conv_shape, staged_input_bytes, LayerPlan, Plan};
 use crate::quant::{self, QParams};
 use crate::{Error, Result};
 
@@ -230,24 +230,10 @@ fn conv_layer(
     // In-place kernels read the packed codes where the model lies (flash), not the arena.
     let w = if k.reads_codes { conv.codes } else { w };
     let pad = if s.abits == 1 { 0 } else { inq.zp as u8 };
-    let (xin_len, xbuf, accbuf) = match k.run {
-        Run::Bytes(_) if s.ph == 0 && s.pw == 0 => (0, &mut [][..], &mut scratch[..]),
-        Run::Bytes(_) => {
-            let n = s.hp * s.wp * s.c;
-            let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
-            (n, xb, rest)
-        }
-        Run::Bits(_) => {
-            let n = s.hp * s.wp * portable::bit_pixel_words(s) * 8;
-            let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
-            (n, xb, rest)
-        }
-        Run::Tables(t) => {
-            let n = (t.len)(s) * 2;
-            let (xb, rest) = scratch.split_at_mut(n.div_ceil(ALIGN) * ALIGN);
-            (n, xb, rest)
-        }
-    };
+    let xin_len = staged_input_bytes(&k.run, s)?;
+    let (xbuf, accbuf) = scratch
+        .split_at_mut_checked(xin_len.div_ceil(ALIGN) * ALIGN)
+        .ok_or(bad)?;
     let rows = (lp.rows as usize).max(1);
     let acc_all: &mut [i32] =
         bytemuck::try_cast_slice_mut(accbuf.get_mut(..rows * row * 4).ok_or(bad)?)

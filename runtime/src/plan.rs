@@ -519,6 +519,27 @@ struct ConvPlan {
 
 /// The plan of conv layer `i` (`conv`, reading a tensor of `tensors`) in `engine`: its kernel
 /// as `opts` and `in_place` choose it, and the bytes that kernel needs.
+/// Bytes of a conv kernel's staged input, at the start of the layer's scratch: the padded
+/// HWC bytes (none without padding: the kernel reads the layer's input), the padded bit
+/// planes, or the tables of a table lookup (its own length). The planner sizes the scratch
+/// with it and the executor cuts it there.
+pub(crate) fn staged_input_bytes(run: &kernels::Run, s: &ConvShape) -> Result<usize> {
+    match run {
+        kernels::Run::Bytes(_) => {
+            if s.ph == 0 && s.pw == 0 {
+                Ok(0)
+            } else {
+                mul(mul(s.hp, s.wp)?, s.c)
+            }
+        }
+        kernels::Run::Bits(_) => mul(
+            mul(s.hp, s.wp)?,
+            mul(kernels::portable::bit_pixel_words(s), 8)?,
+        ),
+        kernels::Run::Tables(t) => mul((t.len)(s), 2),
+    }
+}
+
 fn conv_plan(
     conv: &slb_format::Conv<'_>,
     i: usize,
@@ -592,21 +613,8 @@ fn conv_plan(
             0
         },
     )?;
-    // The padded input (bytes, or bit-packed pixels) and the accumulators of `rows` rows.
-    let input = match k.run {
-        kernels::Run::Bytes(_) => {
-            if s.ph == 0 && s.pw == 0 {
-                0
-            } else {
-                mul(mul(s.hp, s.wp)?, s.c)?
-            }
-        }
-        kernels::Run::Bits(_) => mul(
-            mul(s.hp, s.wp)?,
-            mul(kernels::portable::bit_pixel_words(&s), 8)?,
-        )?,
-        kernels::Run::Tables(t) => mul((t.len)(&s), 2)?,
-    };
+    // The staged input and the accumulators of `rows` rows.
+    let input = staged_input_bytes(&k.run, &s)?;
     Ok(ConvPlan {
         kernel: k.kind,
         w_len: (k.prepared_len)(&s),

@@ -108,60 +108,7 @@ impl TorchFloat {
         let td = |t: u16| model.tensor(t).context("tensor");
         for layer in model.layers.iter() {
             steps.push(match layer {
-                Layer::Conv(c) => {
-                    let r = slb_format::CodeReader::new(&c);
-                    let (kh, kw, cin) = (
-                        c.kernel[0] as usize,
-                        c.kernel[1] as usize,
-                        c.in_per_group() as usize,
-                    );
-                    let denom = ((1i32 << c.weight_bits) - 1) as f32;
-                    let mut w = vec![0f32; c.out_channels as usize * cin * kh * kw];
-                    for o in 0..c.out_channels as usize {
-                        for i in 0..cin {
-                            for y in 0..kh {
-                                for x in 0..kw {
-                                    w[((o * cin + i) * kh + y) * kw + x] =
-                                        r.numerator(o, y, x, i) as f32 / denom;
-                                }
-                            }
-                        }
-                    }
-                    let w = Tensor::from_slice(&w).view([
-                        c.out_channels as i64,
-                        cin as i64,
-                        kh as i64,
-                        kw as i64,
-                    ]);
-                    let (s_raw, _) = (c.requant.raw.scale as f64, 0);
-                    let (s_out, _) = real_of(td(c.output)?.dtype);
-                    let (scale, bias, relu) = match c.requant.affine {
-                        Some(a) => {
-                            let k = 2f64.powi(-(a.shift as i32));
-                            (
-                                per_channel(a.mult.iter(), s_out * k / s_raw),
-                                Some(per_channel(a.bias.iter(), s_out * k)),
-                                a.relu,
-                            )
-                        }
-                        None => (
-                            Tensor::ones([1, 1, 1, 1], (Kind::Float, tch::Device::Cpu)),
-                            None,
-                            false,
-                        ),
-                    };
-                    Step::Conv {
-                        i: c.input as usize,
-                        o: c.output as usize,
-                        w,
-                        stride: [c.stride[0] as i64, c.stride[1] as i64],
-                        pad: [c.padding[0] as i64, c.padding[1] as i64],
-                        groups: c.groups as i64,
-                        scale,
-                        bias,
-                        relu,
-                    }
-                }
+                Layer::Conv(c) => conv_step(model, &c)?,
                 Layer::Add(a) => {
                     let k = 2f64.powi(-(a.params.shift as i32));
                     let (s_out, _) = real_of(td(a.output)?.dtype);
@@ -203,26 +150,7 @@ impl TorchFloat {
                     i: u.input as usize,
                     o: u.output as usize,
                 },
-                Layer::Dense(d) => {
-                    let outf = td(d.output)?.shape.c as i64;
-                    let w: Vec<f32> = match d.weights {
-                        DenseWeights::F32(w) => w.iter().collect(),
-                        DenseWeights::Int8 { values, scale } => {
-                            let inf = values.len() / outf as usize;
-                            values
-                                .iter()
-                                .enumerate()
-                                .map(|(j, &v)| v as i8 as f32 * scale.get(j / inf).unwrap_or(0.0))
-                                .collect()
-                        }
-                    };
-                    Step::Dense {
-                        i: d.input as usize,
-                        o: d.output as usize,
-                        w: Tensor::from_slice(&w).view([outf, -1]),
-                        b: Tensor::from_slice(&d.bias.iter().collect::<Vec<f32>>()),
-                    }
-                }
+                Layer::Dense(d) => dense_step(model, &d)?,
             });
         }
         Ok(TorchFloat {
@@ -400,4 +328,79 @@ pub fn command(path: &Path, seconds: f64, packed_only: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The float step of a conv: its weights as numerator / (2^bits - 1), the output's affine
+/// requantization as a per-channel scale and bias in real units.
+fn conv_step(model: &Model<'_>, c: &slb_format::Conv<'_>) -> Result<Step> {
+    let td = |t: u16| model.tensor(t).context("tensor");
+    let r = slb_format::CodeReader::new(c);
+    let (kh, kw, cin) = (
+        c.kernel[0] as usize,
+        c.kernel[1] as usize,
+        c.in_per_group() as usize,
+    );
+    let denom = ((1i32 << c.weight_bits) - 1) as f32;
+    let mut w = vec![0f32; c.out_channels as usize * cin * kh * kw];
+    for o in 0..c.out_channels as usize {
+        for i in 0..cin {
+            for y in 0..kh {
+                for x in 0..kw {
+                    w[((o * cin + i) * kh + y) * kw + x] = r.numerator(o, y, x, i) as f32 / denom;
+                }
+            }
+        }
+    }
+    let w = Tensor::from_slice(&w).view([c.out_channels as i64, cin as i64, kh as i64, kw as i64]);
+    let s_raw = c.requant.raw.scale as f64;
+    let (s_out, _) = real_of(td(c.output)?.dtype);
+    let (scale, bias, relu) = match c.requant.affine {
+        Some(a) => {
+            let k = 2f64.powi(-(a.shift as i32));
+            (
+                per_channel(a.mult.iter(), s_out * k / s_raw),
+                Some(per_channel(a.bias.iter(), s_out * k)),
+                a.relu,
+            )
+        }
+        None => (
+            Tensor::ones([1, 1, 1, 1], (Kind::Float, tch::Device::Cpu)),
+            None,
+            false,
+        ),
+    };
+    Ok(Step::Conv {
+        i: c.input as usize,
+        o: c.output as usize,
+        w,
+        stride: [c.stride[0] as i64, c.stride[1] as i64],
+        pad: [c.padding[0] as i64, c.padding[1] as i64],
+        groups: c.groups as i64,
+        scale,
+        bias,
+        relu,
+    })
+}
+
+/// The float step of a dense layer: float weights, or int8 values times their row's scale.
+fn dense_step(model: &Model<'_>, d: &slb_format::Dense<'_>) -> Result<Step> {
+    let td = |t: u16| model.tensor(t).context("tensor");
+    let outf = td(d.output)?.shape.c as i64;
+    let w: Vec<f32> = match d.weights {
+        DenseWeights::F32(w) => w.iter().collect(),
+        DenseWeights::Int8 { values, scale } => {
+            let inf = values.len() / outf as usize;
+            values
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| v as i8 as f32 * scale.get(j / inf).unwrap_or(0.0))
+                .collect()
+        }
+    };
+    Ok(Step::Dense {
+        i: d.input as usize,
+        o: d.output as usize,
+        w: Tensor::from_slice(&w).view([outf, -1]),
+        b: Tensor::from_slice(&d.bias.iter().collect::<Vec<f32>>()),
+    })
 }

@@ -75,19 +75,9 @@ fn agreement_arch(
     let ours = predict(&net, &test_data, &augment_of(&ck), 64, true);
     let packed = slb_trainer::tools::eval::evaluate(&ex.bytes, &test, Engine::Packed).unwrap();
     let float = slb_trainer::tools::eval::evaluate(&ex.bytes, &test, Engine::Float).unwrap();
-    // `slb bench`'s libtorch float network (the baseline of its speed-up), without the fake
-    // quantization of activations the float engine applies.
-    let model = slb_format::Model::parse(&ex.bytes).unwrap();
-    let torch = slb_trainer::tools::bench::TorchFloat::new(&model).unwrap();
-    let torch_pred: Vec<usize> = (0..test.len())
-        .map(|i| {
-            let logits = torch.forward(&slb_trainer::tools::bench::normalised(
-                &model,
-                test.image(i),
-            ));
-            logits.argmax(0, false).int64_value(&[]) as usize
-        })
-        .collect();
+    // `slb bench`'s libtorch float network (the baseline of its speed-up), against the float
+    // engine's logits: the same graph, without the fake quantization of activations.
+    let torch_err = torch_float_error(&ex.bytes, &test);
     // The comparison is not vacuous: the network learned something and predicts several classes.
     let acc = ours
         .iter()
@@ -120,18 +110,45 @@ fn agreement_arch(
             .count() as f64
             / ours.len() as f64
     };
-    let with_float = torch_pred
-        .iter()
-        .zip(&float.predictions)
-        .filter(|(a, b)| a == b)
-        .count() as f64
-        / torch_pred.len() as f64;
-    eprintln!("libtorch float network: agrees with the float engine on {with_float:.3}");
     (
         agree(&packed.predictions),
         agree(&float.predictions),
-        with_float,
+        torch_err,
     )
+}
+
+/// How far `slb bench`'s libtorch float network is from the runtime's float engine on the
+/// model's first 50 test images: the mean over images of the largest logit difference over the
+/// largest logit magnitude. (Predictions are a poor measure here: the synthetic classes leave
+/// near-ties that the activations' rounding flips.)
+fn torch_float_error(bytes: &[u8], test: &slb_trainer::data::Dataset) -> f64 {
+    use slb_trainer::tools::bench::{normalised, TorchFloat};
+    let model = slb_format::Model::parse(bytes).unwrap();
+    let torch = TorchFloat::new(&model).unwrap();
+    let plan = slb_runtime::Plan::new(&model, Engine::Float).unwrap();
+    let mut arena = vec![0u8; plan.arena_bytes()];
+    let classes = model.tensor(model.output).unwrap().shape.c as usize;
+    let mut logits = vec![0f32; classes];
+    let n = test.len().min(50);
+    let mut sum = 0.0;
+    for i in 0..n {
+        slb_runtime::run(&model, &plan, &mut arena, test.image(i), &mut logits).unwrap();
+        let t = Vec::<f32>::try_from(torch.forward(&normalised(&model, test.image(i)))).unwrap();
+        assert_eq!(t.len(), classes);
+        let diff = t
+            .iter()
+            .zip(&logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = logits.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        assert!(scale > 0.0, "image {i}: all logits zero");
+        sum += f64::from(diff / scale);
+    }
+    let err = sum / n as f64;
+    eprintln!(
+        "libtorch float network: mean largest logit difference {err:.4} of the largest logit"
+    );
+    err
 }
 
 #[test]
@@ -143,9 +160,10 @@ fn packed_runtime_agrees_with_trainer_w1a8() {
     assert!(packed >= 0.995, "packed agreement {packed}");
     assert!(float >= 0.995, "float agreement {float}");
     // `slb bench`'s libtorch network runs the same graph in float, without rounding the 8-bit
-    // activations: a wrong weight layout, scale or bias there would scatter its predictions.
+    // activations (measured: 1-3 % of the largest logit); a wrong weight layout, scale or bias
+    // there moves the logits far more.
     assert!(
-        torch >= 0.95,
+        torch < 0.05,
         "libtorch float network against the float engine: {torch}"
     );
 }
@@ -184,7 +202,7 @@ fn other_networks_export_faithfully() {
         let (packed, float, torch) = agreement_arch(arch, width, 1, 8, true);
         eprintln!("{arch:?} W1A8: packed agreement {packed:.4}, float engine {float:.4}");
         assert!(
-            packed >= 0.97 && float >= 0.97 && torch >= 0.95,
+            packed >= 0.97 && float >= 0.97 && torch < 0.05,
             "{arch:?}: {packed} {float} {torch}"
         );
     }

@@ -176,18 +176,29 @@ impl Lookup for Avx2 {
         n: usize,
         t: *mut u16,
     ) -> u32 {
-        let mut c = [0u8; 16];
-        match codes {
-            // SAFETY: `len <= 16` readable bytes at `p` (caller).
-            Some(p) => unsafe { core::ptr::copy_nonoverlapping(p, c.as_mut_ptr(), len) },
-            None => c[..len].fill(pad),
-        }
-        let sum = c.iter().map(|&v| u32::from(v)).sum::<u32>();
+        // SAFETY: AVX2 present; `len <= 16` readable bytes at `codes` (caller): 16 are loaded
+        // directly, fewer through a zeroed copy.
+        let (v, sum) = unsafe {
+            let v = match codes {
+                Some(p) if len == 16 => _mm_loadu_si128(p as *const _),
+                None if len == 16 => _mm_set1_epi8(pad as i8),
+                _ => {
+                    let mut c = [0u8; 16];
+                    match codes {
+                        Some(p) => core::ptr::copy_nonoverlapping(p, c.as_mut_ptr(), len),
+                        None => c[..len].fill(pad),
+                    }
+                    _mm_loadu_si128(c.as_ptr() as *const _)
+                }
+            };
+            let sad = _mm_sad_epu8(v, _mm_setzero_si128());
+            let sum = _mm_cvtsi128_si64(sad) + _mm_extract_epi64::<1>(sad);
+            (_mm256_broadcastsi128_si256(v), sum as u32)
+        };
         // SAFETY: AVX2 present and `n <= 4` tables of 8 `u16` writable at `t` (caller); the
         // constants are 32 bytes each.
         unsafe {
             let ld = |p: &[u8; 32]| _mm256_loadu_si256(p.as_ptr() as *const _);
-            let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(c.as_ptr() as *const _));
             let mut halves = _mm256_setzero_si256();
             for i in 0..2 {
                 let b = _mm256_shuffle_epi8(v, ld(&HALF.0[i]));

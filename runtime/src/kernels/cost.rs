@@ -76,12 +76,13 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
         KernelKind::Int8LutAvx512 => 13,
         // Per 64 multiply-adds of the lookups (`vpshufb`, 32 output channels x 4 inputs), the
-        // tables `LUT_TABLE_COST` each. Measured against the AVX2 dot's 40 on whole W1A2
-        // layers, the AVX2 code on a Zen 5 core (`benches/`, group `kernel`;
-        // docs/PERFORMANCE.md): 1.26-1.40x the dot's speed at 64 channels, 1.7-1.8x at 128,
-        // 2.1x at 256, 2.5x at 512, 0.94x on the 1x1 layer, which 24 ranks as measured. Not
-        // measured on an AVX2-only core, where `vpshufb` may issue less often.
-        KernelKind::Int8LutAvx2 => 24,
+        // tables `LUT_AVX2_TABLE_COST` each. Measured against the AVX2 dot's 40 on whole W1A2
+        // layers, the AVX2 code on a Zen 5 core (`benches/`, group `kernel`, at 56b44be;
+        // docs/PERFORMANCE.md): 1.63x the dot's speed at 64 channels, 2.0x at 128, 2.5x at
+        // 256, 2.7x at 512, 1.13x on the 1x1 layer; 15 and 160 a table put each within 20 %
+        // and rank them as measured. Not measured on an AVX2-only core, where `vpshufb` may
+        // issue less often.
+        KernelKind::Int8LutAvx2 => 15,
         // VPOPCNTQ instead of the AVX2 nibble-table popcount. Both measured on whole layers
         // on a Zen 5 core against the VNNI dot's 16 (`benches/`, group `kernel`, at fce77e4;
         // docs/PERFORMANCE.md, "One conv layer per kernel"): `16 * dot MAC/ns / kernel MAC/ns`
@@ -111,6 +112,10 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
 
 /// Cost of building one table of the table-lookup kernel, in [`step_cost`]'s desktop units.
 const LUT_TABLE_COST: u64 = 140;
+
+/// Cost of building one table of the AVX2 table lookup (4 channels, 16 bytes), in
+/// [`step_cost`]'s desktop units (see its `Int8LutAvx2` entry).
+const LUT_AVX2_TABLE_COST: u64 = 160;
 
 /// The table-lookup kernel's step cost over byte tables (codes of up to 2 bits, 6 channels a
 /// table), per 64 multiply-adds of the lookups, against the `u16` tables' `step_cost`: a
@@ -142,7 +147,7 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
         }
         // As below, with tables of 4 channels.
         let gn = s.cin_g.div_ceil(4) as u64;
-        let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
+        let tables = (s.hp * s.wp) as u64 * gn * LUT_AVX2_TABLE_COST;
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
         return taps * step * gn * 4 / 64 + tables / outputs;
     }

@@ -593,7 +593,7 @@ pub(super) fn lut_avx512(
         acc.len(),
     );
     assert!(
-        s.wbits == 1 && s.abits >= 2,
+        crate::kernels::lut_fits(s),
         "table lookup: 1-bit weights, 2- to 8-bit codes"
     );
     /// [`lut_rows`] over byte tables: tiles of 2 blocks x 4 pixels (1 block x 6).

@@ -1,5 +1,6 @@
 //! Times one packed model, one thread: `prof_model MODEL.slb [SECONDS]` (min and median of
-//! batches of 20 runs, thread CPU ms per image). A harness for profiling (`perf record`);
+//! batches of 20 runs, thread CPU ms per image). A harness for profiling (`perf record`; build it with
+//! `--profile profiling` for line tables);
 //! `KERNEL=name` plans every conv that kernel fits with it, `PLAN=1` prints the plan.
 use std::time::Instant;
 

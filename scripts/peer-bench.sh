@@ -87,7 +87,7 @@ venv() {
   echo "peer-bench: pip install $2 into $dir (the first time: minutes)"
   [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir" >>"$LOG" 2>&1 || return 1
   # shellcheck disable=SC2086
-  nice -n 19 "$dir/bin/python" -m pip install --disable-pip-version-check $2 >>"$LOG" 2>&1
+  nice -n 19 "$dir/bin/python" -m pip install --no-cache-dir --disable-pip-version-check $2 >>"$LOG" 2>&1
 }
 
 WORKERS=() MISSING=()

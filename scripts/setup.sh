@@ -17,7 +17,7 @@ if ! [ -e .venv/libtorch/lib/libtorch_cpu.so ] || \
    ! .venv/bin/python -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION into .venv (libtorch for tch)"
   python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+  .venv/bin/python -m pip install --quiet --no-cache-dir --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
 ln -sfn "$(.venv/bin/python -W ignore -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)" .venv/libtorch
 CU13="$(readlink -f .venv/libtorch)/../nvidia/cu13/include"
@@ -25,7 +25,7 @@ CUDA_HEADERS=(nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
 if ! [ -e "$CU13"/crt/host_config.h ] || \
    ! [ -e "$CU13"/nv/target ]; then
   echo "setup: installing ${CUDA_HEADERS[*]} into .venv (CUDA headers for the shims)"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${CUDA_HEADERS[@]}"
+  .venv/bin/python -m pip install --quiet --no-cache-dir --disable-pip-version-check "${CUDA_HEADERS[@]}"
 fi
 if ! [ -e /usr/include/gloo/config.h ] && [ -z "${GLOO_INCLUDE:-}" ]; then
   echo "setup: installing libgloo-dev (Debian package; Gloo headers for data-parallel training)"

@@ -217,10 +217,11 @@ fn conv_layer(
     let row = s.ow * s.cout;
     let sg = signs(s, aux);
     if kind == KernelKind::Reference {
-        let acc: &mut [i32] =
-            bytemuck::try_cast_slice_mut(&mut scratch[..s.oh * row * 4]).map_err(|_| bad)?;
-        reference::conv_acc(conv, s, &inq, x, acc);
-        requant_rows(ops, conv, s, &outq, None, acc, 0, s.oh, out);
+        let acc = scratch
+            .get_mut(..s.oh * row * 4)
+            .and_then(|b| bytemuck::try_cast_slice_mut(b).ok())
+            .ok_or(bad)?;
+        reference_layer(ops, conv, s, (&inq, &outq), x, acc, out);
         return Ok(());
     }
     let k = kernels::by_kind(kind).ok_or(Error::KernelUnavailable {
@@ -290,6 +291,20 @@ fn conv_layer(
         }
     }
     Ok(())
+}
+
+/// A conv by the reference kernel: every row's accumulators at once, then requantized.
+fn reference_layer(
+    ops: &RowOps,
+    conv: &Conv<'_>,
+    s: &ConvShape,
+    (inq, outq): (&QParams, &QParams),
+    x: &[u8],
+    acc: &mut [i32],
+    out: &mut [u8],
+) {
+    reference::conv_acc(conv, s, inq, x, acc);
+    requant_rows(ops, conv, s, outq, None, acc, 0, s.oh, out);
 }
 
 /// Runs `kernel` over the `oh` output rows in chunks of `rows` (`row` accumulators each, in

@@ -8,16 +8,16 @@ use crate::arena::{layer_io, range, LayerIo, TensorSlot, ALIGN};
 use crate::kernels::{self, portable, reference, ConvShape, KernelKind, RowOps, Run};
 use crate::layers::{dense, f32_map, flatten, gap, pool};
 use crate::plan::{conv_shape, staged_input_bytes, LayerPlan, Plan};
-use crate::quant::{self, QParams};
+use crate::quant::{self, QParams, Steps};
 use crate::{Error, Result};
 
 /// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or, for
 /// the border correction of 1-bit activations, `B[r][c][o]`: per border class (row class
 /// `r`, column class `c`, [`ConvShape::border_classes`]) the sum of the numerators of the
 /// window's taps in the padding, so that a border pixel's correction is one run over the
-/// channels; then, where the plan
-/// made room for them (a sign requantization into `outq`, `quant::is_sign`), the thresholds
-/// of `quant::sign_threshold` ([`signs`]). Empty `aux` (float/reference) is left alone.
+/// channels; then, where the plan made room for it (a step requantization into `outq`,
+/// `quant::step_count`), the thresholds of `quant::step_thresholds` laid out as
+/// [`quant::Steps`] ([`steps`]). Empty `aux` (float/reference) is left alone.
 pub(crate) fn prepare_aux(
     conv: &Conv<'_>,
     s: &ConvShape,
@@ -28,15 +28,8 @@ pub(crate) fn prepare_aux(
     let Some(corr) = s.correction_len().filter(|_| !aux.is_empty()) else {
         return;
     };
-    if let (Some(q), Some(aff)) = (outq, conv.requant.affine.as_ref()) {
-        if let Some(t) = aux.get_mut(corr..corr + s.cout * quant::SIGN_BYTES) {
-            let (thr, flip) = t.split_at_mut(s.cout * 4);
-            for (o, (t, f)) in thr.chunks_exact_mut(4).zip(flip).enumerate() {
-                let (v, fl) = quant::sign_threshold(&conv.requant.raw, aff, q, o);
-                t.copy_from_slice(&v.to_le_bytes());
-                *f = fl;
-            }
-        }
+    if let (Some(q), Some(t)) = (outq, aux.get_mut(corr..)) {
+        prepare_steps(conv, s, q, t);
     }
     let reader = slb_format::CodeReader::new(conv);
     let per_tap = s.abits == 1;
@@ -76,6 +69,31 @@ pub(crate) fn prepare_aux(
             // Stored premultiplied by the input's zero point: the correction is one subtraction.
             if let Some(d) = aux.get_mut(o * 4..o * 4 + 4) {
                 d.copy_from_slice(&zp.wrapping_mul(total).to_le_bytes());
+            }
+        }
+    }
+}
+
+/// The step requantization's tables ([`quant::Steps`]) at the start of `aux`, if `outq` takes
+/// one (`quant::step_count`).
+fn prepare_steps(conv: &Conv<'_>, s: &ConvShape, outq: &QParams, aux: &mut [u8]) {
+    let aff = conv.requant.affine.as_ref();
+    let (Some(aff), Some(n)) = (aff, quant::step_count(aff, outq)) else {
+        return;
+    };
+    let Some(t) = aux.get_mut(..s.cout * quant::step_bytes(n)) else {
+        return;
+    };
+    let (thr, bd) = t.split_at_mut(s.cout * 4 * n);
+    let (add, flip) = bd.split_at_mut(s.cout);
+    let mut ts = [0i32; quant::MAX_STEPS];
+    let ts = &mut ts[..n.min(quant::MAX_STEPS)];
+    for (o, (a, f)) in add.iter_mut().zip(flip.iter_mut()).enumerate() {
+        (*a, *f) = quant::step_thresholds(&conv.requant.raw, aff, outq, o, ts);
+        for (j, v) in ts.iter().enumerate() {
+            let at = (j * s.cout + o) * 4;
+            if let Some(t) = thr.get_mut(at..at + 4) {
+                t.copy_from_slice(&v.to_le_bytes());
             }
         }
     }
@@ -215,7 +233,7 @@ fn conv_layer(
     let w = weights.get(lp.w()).ok_or(bad)?;
     let scratch = scratch.get_mut(..lp.scratch as usize).ok_or(bad)?;
     let row = s.ow * s.cout;
-    let sg = signs(s, aux);
+    let sg = steps(s, &outq, conv, aux);
     if kind == KernelKind::Reference {
         let acc = scratch
             .get_mut(..s.oh * row * 4)
@@ -396,24 +414,31 @@ pub(crate) fn correct(
     }
 }
 
-/// The thresholds of a sign requantization in `aux` ([`prepare_aux`]), if the plan made room
-/// for them (and the arena keeps them aligned, as it does).
-fn signs<'a>(s: &ConvShape, aux: &'a [u8]) -> Option<(&'a [i32], &'a [u8])> {
+/// The step requantization in `aux` ([`prepare_aux`]), if the plan made room for it (and the
+/// arena keeps it aligned, as it does).
+fn steps<'a>(s: &ConvShape, outq: &QParams, conv: &Conv<'_>, aux: &'a [u8]) -> Option<Steps<'a>> {
+    let n = quant::step_count(conv.requant.affine.as_ref(), outq)?;
     let at = s.correction_len()?;
-    let t = aux.get(at..at + s.cout * quant::SIGN_BYTES)?;
-    let (thr, flip) = t.split_at(s.cout * 4);
-    Some((bytemuck::try_cast_slice(thr).ok()?, flip))
+    let t = aux.get(at..at + s.cout * quant::step_bytes(n))?;
+    let (thr, bd) = t.split_at(s.cout * 4 * n);
+    let (add, flip) = bd.split_at(s.cout);
+    Some(Steps {
+        n,
+        thr: bytemuck::try_cast_slice(thr).ok()?,
+        add,
+        flip,
+    })
 }
 
 /// Stage 1 and stage 2 on exact accumulators of rows `y0..y1`, into the output codes: by the
-/// thresholds `signs` where the plan prepared them, else through `ops.requant`.
+/// thresholds `steps` where the plan prepared them, else through `ops.requant`.
 #[allow(clippy::too_many_arguments)]
 fn requant_rows(
     ops: &RowOps,
     conv: &Conv<'_>,
     s: &ConvShape,
     outq: &QParams,
-    signs: Option<(&[i32], &[u8])>,
+    steps: Option<Steps<'_>>,
     acc: &[i32],
     y0: usize,
     y1: usize,
@@ -424,8 +449,8 @@ fn requant_rows(
         return;
     };
     let rq = &conv.requant;
-    match signs {
-        Some((thr, flip)) => (ops.sign_rows)(thr, flip, acc, dst),
+    match steps {
+        Some(st) => (ops.step_rows)(&st, acc, dst),
         None => (ops.requant)(&rq.raw, rq.affine.as_ref(), outq, s.cout, acc, dst),
     }
 }

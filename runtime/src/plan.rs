@@ -599,18 +599,17 @@ fn conv_plan(
             scratch: mul(mul(s.oh, s.ow)?, mul(s.cout, 4)?)?,
         });
     };
-    // The correction table, then the thresholds of a sign requantization.
+    // The correction table, then the thresholds of a step requantization.
     let outq = tensors.get(conv.output as usize).and_then(|t| t.q);
-    let sign = outq.is_some_and(|q| quant::is_sign(conv.requant.affine.as_ref(), &q));
+    let steps = outq.and_then(|q| quant::step_count(conv.requant.affine.as_ref(), &q));
     let correction = s
         .correction_len()
         .ok_or(Error::Overflow { what: "arena size" })?;
     let aux_len = add(
         correction,
-        if sign {
-            mul(s.cout, quant::SIGN_BYTES)?
-        } else {
-            0
+        match steps {
+            Some(n) => mul(s.cout, quant::step_bytes(n))?,
+            None => 0,
         },
     )?;
     // The staged input and the accumulators of `rows` rows.

@@ -351,63 +351,147 @@ pub(crate) fn requant_ref(
     }
 }
 
-/// Whether requantization into `outq` is a sign (a 1-bit output through stage 2), which
-/// [`sign_threshold`] turns into one comparison per element.
+/// The thresholds per channel of a step requantization into `outq`, which [`step_thresholds`]
+/// finds once per layer and [`step_rows`] compares each accumulator with: one for a sign (1-bit
+/// output), three for 2-bit codes; `None` for wider codes, where a comparison per code would
+/// cost more than [`requant`]'s arithmetic, and without stage 2.
 #[inline]
-pub(crate) fn is_sign(aff: Option<&ChannelAffine<'_>>, outq: &QParams) -> bool {
-    outq.bits == 1 && aff.is_some()
+pub(crate) fn step_count(aff: Option<&ChannelAffine<'_>>, outq: &QParams) -> Option<usize> {
+    match (aff, outq.bits) {
+        (Some(_), 1) => Some(1),
+        (Some(_), 2) => Some(3),
+        _ => None,
+    }
 }
 
-/// Bytes per channel of the thresholds of a sign requantization: an `i32` threshold (the
-/// thresholds of all channels first) and a flip byte ([`sign_threshold`]).
-pub(crate) const SIGN_BYTES: usize = 5;
+/// The most thresholds per channel [`step_count`] asks for.
+pub(crate) const MAX_STEPS: usize = 3;
 
-/// The threshold of channel `c` of a sign requantization ([`is_sign`]): for every `i32`
-/// accumulator `a`, `u8::from(a >= thr) ^ flip` is the code [`stage1`] and [`stage2`] give
-/// (so [`requant`]'s, `requant_matches_reference`). That code is a monotone step of `a`: stage
-/// 1 is `a * mult` rounded, shifted and clamped (non-decreasing for `mult >= 0`, non-increasing
-/// otherwise; no product of two `i32` overflows `i64`), stage 2 the same with the channel's
-/// multiplier, and the sign of a monotone function changes at most once; a binary search over
-/// the `i32` range finds where. A channel whose code never changes gets `thr = i32::MIN` (`a
-/// >= thr` always) and the flip that gives its constant.
-pub(crate) fn sign_threshold(
+/// Bytes per channel of a step requantization with `n` thresholds ([`Steps`]).
+pub(crate) const fn step_bytes(n: usize) -> usize {
+    4 * n + 2
+}
+
+/// A step requantization of `c` channels ([`step_count`]): `n` thresholds per channel, step by
+/// step (`thr[j * c + o]`), then per channel a byte to add and one to flip with (0 where the
+/// code rises with the accumulator, 0xff where it falls). The code of accumulator `a` in
+/// channel `o` is `(k ^ flip[o]) + add[o]` (wrapping `u8`: `add + k` rising, `add - 1 - k`
+/// falling), `k` the number of `j` with `a >= thr[j * c + o]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Steps<'a> {
+    /// Thresholds per channel.
+    pub n: usize,
+    /// The thresholds, `n * c`.
+    pub thr: &'a [i32],
+    /// The bytes to add, `c`.
+    pub add: &'a [u8],
+    /// The bytes to flip with, `c`.
+    pub flip: &'a [u8],
+}
+
+/// The `thr.len()` thresholds ([`step_count`]), ascending, of channel `c` of a step
+/// requantization, and its bytes to add and to flip with ([`Steps`]): they give the code [`stage1`]
+/// and [`stage2`] give for every `i32` accumulator (so [`requant`]'s,
+/// `requant_matches_reference`). That code is a monotone step function of the accumulator:
+/// stage 1 is `a * mult` rounded, shifted and clamped (non-decreasing for `mult >= 0`,
+/// non-increasing otherwise; no product of two `i32` overflows `i64`), stage 2 the same with the
+/// channel's multiplier. So it goes from `code(i32::MIN)` to `code(i32::MAX)`, `k` codes apart
+/// (at most `2^bits - 1`, the clamp's range, which is `thr.len()`), and a binary search over
+/// the `i32` range finds the first accumulator `j` codes away from the first, for each `j` in
+/// `1..=k`. The thresholds it does not need are `i32::MIN` (always counted), which the byte to
+/// add makes up for.
+pub(crate) fn step_thresholds(
     raw: &RawQuant,
     aff: &ChannelAffine<'_>,
     outq: &QParams,
     c: usize,
-) -> (i32, u8) {
+    thr: &mut [i32],
+) -> (u8, u8) {
     let p = affine_at(aff, c);
-    let code = |a: i32| stage2(stage1(a, raw), raw.zero_point, p, aff.shift, aff.relu, outq);
-    let c0 = code(i32::MIN);
-    if code(i32::MAX) == c0 {
-        return (i32::MIN, 1 ^ c0);
-    }
-    // `code(lo) == c0 != code(hi)`: the step lies in `lo + 1 ..= hi`.
-    let (mut lo, mut hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
-    while hi - lo > 1 {
-        let mid = (lo + hi) >> 1;
-        if code(mid as i32) == c0 {
-            lo = mid;
-        } else {
-            hi = mid;
+    let code = |a: i32| {
+        i32::from(stage2(
+            stage1(a, raw),
+            raw.zero_point,
+            p,
+            aff.shift,
+            aff.relu,
+            outq,
+        ))
+    };
+    let (first, last) = (code(i32::MIN), code(i32::MAX));
+    let pad = thr.len().saturating_sub(first.abs_diff(last) as usize);
+    let (unused, used) = thr.split_at_mut(pad);
+    unused.fill(i32::MIN);
+    for (j, t) in (1..).zip(used.iter_mut()) {
+        // `code(lo)` is fewer than `j` codes from `first`, `code(hi)` at least `j`.
+        let (mut lo, mut hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
+        while hi - lo > 1 {
+            let mid = (lo + hi) >> 1;
+            if code(mid as i32).abs_diff(first) >= j {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
         }
+        *t = hi as i32;
     }
-    (hi as i32, c0)
+    let pad = pad as i32;
+    if last >= first {
+        ((first - pad) as u8, 0)
+    } else {
+        ((first + pad + 1) as u8, 0xff)
+    }
 }
 
-/// Sign requantization of HWC accumulators by the thresholds of [`sign_threshold`] (`thr.len()`
-/// channels per pixel): the same codes as [`requant`], one comparison per element.
+/// The code of a step requantization from its count of thresholds met ([`Steps`]).
 #[inline(always)]
-pub(crate) fn sign_rows(thr: &[i32], flip: &[u8], acc: &[i32], dst: &mut [u8]) {
-    let c = thr.len().min(flip.len());
+fn step_code(k: u8, add: u8, flip: u8) -> u8 {
+    (k ^ flip).wrapping_add(add)
+}
+
+/// Step requantization of HWC accumulators ([`Steps`], `steps.add.len()` channels per pixel):
+/// the same codes as [`requant`], one comparison per threshold.
+#[inline(always)]
+pub(crate) fn step_rows(steps: &Steps<'_>, acc: &[i32], dst: &mut [u8]) {
+    let c = steps.add.len().min(steps.flip.len());
+    let (Some(t), Some(add), Some(flip)) = (
+        steps.thr.get(..steps.n * c),
+        steps.add.get(..c),
+        steps.flip.get(..c),
+    ) else {
+        return;
+    };
     if c == 0 {
         return;
     }
-    let (thr, flip) = (&thr[..c], &flip[..c]);
-    for (d, a) in dst.chunks_exact_mut(c).zip(acc.chunks_exact(c)) {
-        for (((d, &a), &t), &f) in d.iter_mut().zip(a).zip(thr).zip(flip) {
-            *d = u8::from(a >= t) ^ f;
+    let px = dst.chunks_exact_mut(c).zip(acc.chunks_exact(c));
+    match steps.n {
+        1 => {
+            for (d, a) in px {
+                for (((d, &a), &t0), (&b, &r)) in
+                    d.iter_mut().zip(a).zip(t).zip(add.iter().zip(flip))
+                {
+                    *d = step_code(u8::from(a >= t0), b, r);
+                }
+            }
         }
+        3 => {
+            let (t0, t12) = t.split_at(c);
+            let (t1, t2) = t12.split_at(c);
+            let ts = t0.iter().zip(t1).zip(t2);
+            for (d, a) in px {
+                for (((d, &a), ((&t0, &t1), &t2)), (&b, &r)) in d
+                    .iter_mut()
+                    .zip(a)
+                    .zip(ts.clone())
+                    .zip(add.iter().zip(flip))
+                {
+                    let k = u8::from(a >= t0) + u8::from(a >= t1) + u8::from(a >= t2);
+                    *d = step_code(k, b, r);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

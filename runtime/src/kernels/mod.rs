@@ -216,8 +216,8 @@ pub(crate) type AddRowsFn =
     fn(&[u8], &[u8], &QParams, &QParams, &AddParams<'_>, &QParams, usize, &mut [u8]);
 /// The bit-plane packer of the bit family's input (`portable::pack_bits`).
 pub(crate) type PackBitsFn = fn(&ConvShape, &[u8], u8, &mut [u64]);
-/// A sign requantization by per-channel thresholds (`quant::sign_rows`).
-pub(crate) type SignRowsFn = fn(&[i32], &[u8], &[i32], &mut [u8]);
+/// A step requantization by per-channel thresholds (`quant::step_rows`).
+pub(crate) type StepRowsFn = fn(&quant::Steps<'_>, &[i32], &mut [u8]);
 
 /// The drivers' row operations around the kernels, in the variant the planner chose once
 /// (every variant gives the same result: SIMD ones are the portable code compiled for the ISA,
@@ -230,8 +230,8 @@ pub(crate) struct RowOps {
     pub add_rows: AddRowsFn,
     /// The bit packer.
     pub pack_bits: PackBitsFn,
-    /// Requantization into 1-bit codes by thresholds.
-    pub sign_rows: SignRowsFn,
+    /// Requantization into 1- and 2-bit codes by thresholds.
+    pub step_rows: StepRowsFn,
 }
 
 impl RowOps {
@@ -240,7 +240,7 @@ impl RowOps {
         requant: quant::requant,
         add_rows: quant::add_rows,
         pack_bits: portable::pack_bits,
-        sign_rows: quant::sign_rows,
+        step_rows: quant::step_rows,
     };
 
     /// The best variants this CPU runs.

@@ -38,52 +38,68 @@ fn raw_quant(mult: i32, shift: u8, zr: u32, bits: u8) -> RawQuant {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
-    /// A sign requantization's thresholds give the reference's code for every accumulator:
-    /// random ones, the extremes, and each side of every channel's threshold; and `sign_rows`
-    /// (every variant the CPU runs) gives `requant_ref`'s codes.
+    /// A step requantization's thresholds (1- and 2-bit outputs) give the reference's code for
+    /// every accumulator: random ones, the extremes, and each side of every threshold; and
+    /// `step_rows` (every variant the CPU runs) gives `requant_ref`'s codes.
     #[test]
-    fn sign_thresholds_match_reference(
+    fn step_thresholds_match_reference(
         cout in prop_oneof![1usize..=9, 60usize..=70],
         npx in 1usize..=4,
         seed in prop::collection::vec(i32_wide(), 2 * 70 + 4 * 70),
         raw_mult in i32_wide(),
         (s1, s2) in (shift(), shift()),
-        raw_bits in prop_oneof![Just(2u8), Just(4), Just(8)],
-        zr in 0u32..256,
+        (raw_bits, out_bits) in (prop_oneof![Just(2u8), Just(4), Just(8)], 1u8..=2),
+        (zr, zo) in (0u32..256, 0i32..4),
         relu in any::<bool>(),
+        small in any::<bool>(),
     ) {
-        let mult = i32_bytes(&seed[..cout]);
+        // Multipliers of trained layers' size half the time (so that every code is reached).
+        let small_i32 = |v: i32| if small { v % (1 << 12) } else { v };
+        let mult: Vec<u8> = i32_bytes(&seed[..cout].iter().map(|&v| small_i32(v)).collect::<Vec<_>>());
         let bias = i32_bytes(&seed[cout..2 * cout]);
+        let (raw_mult, s1, s2) = if small { (raw_mult % (1 << 14), s1.clamp(20, 40), s2.clamp(8, 20)) } else { (raw_mult, s1, s2) };
         let raw = raw_quant(raw_mult, s1, zr, raw_bits);
         let aff = ChannelAffine { shift: s2, mult: I32s(&mult), bias: I32s(&bias), relu };
-        let outq = QParams { scale: 1.0, zp: 0, bits: 1 };
-        prop_assert!(is_sign(Some(&aff), &outq));
-        let (mut thr, mut flip) = (vec![0i32; cout], vec![0u8; cout]);
+        let outq = QParams { scale: 1.0, zp: if out_bits == 1 { 0 } else { zo }, bits: out_bits };
+        let n = step_count(Some(&aff), &outq).unwrap();
+        prop_assert_eq!(n, (1 << out_bits) - 1);
+        prop_assert_eq!(step_count(None, &outq), None);
+        let (mut thr, mut add, mut flip) = (vec![0i32; n * cout], vec![0u8; cout], vec![0u8; cout]);
+        let mut ts = vec![0i32; n];
         for c in 0..cout {
-            (thr[c], flip[c]) = sign_threshold(&raw, &aff, &outq, c);
+            (add[c], flip[c]) = step_thresholds(&raw, &aff, &outq, c, &mut ts);
+            prop_assert!(ts.windows(2).all(|w| w[0] <= w[1]), "channel {} thresholds {:?}", c, ts);
             let p = affine_at(&aff, c);
-            let t = thr[c];
-            for a in [i32::MIN, i32::MAX, t.saturating_sub(1), t, t.saturating_add(1), seed[2 * cout + c]] {
+            let mut probes = vec![i32::MIN, i32::MAX, seed[2 * cout + c]];
+            for &t in &ts {
+                probes.extend([t.saturating_sub(1), t, t.saturating_add(1)]);
+            }
+            for a in probes {
                 let want = stage2(stage1(a, &raw), raw.zero_point, p, aff.shift, aff.relu, &outq);
-                prop_assert_eq!(u8::from(a >= t) ^ flip[c], want, "channel {} acc {} thr {}", c, a, t);
+                let k = ts.iter().filter(|&&t| a >= t).count() as u8;
+                prop_assert_eq!(step_code(k, add[c], flip[c]), want, "channel {} acc {} thresholds {:?}", c, a, ts);
+            }
+            for (j, &t) in ts.iter().enumerate() {
+                thr[j * cout + c] = t;
             }
         }
-        // Accumulators around the thresholds, through every variant of `sign_rows`.
+        // Accumulators around the thresholds, through every variant of `step_rows`.
         let acc: Vec<i32> = (0..npx * cout)
             .map(|i| {
                 let (c, k) = (i % cout, i / cout);
                 match k {
                     0 => thr[c].saturating_sub(1),
-                    1 => thr[c],
+                    1 => thr[(n - 1) * cout + c],
                     _ => seed[2 * cout + 70 * k % (4 * 70) + c],
                 }
             })
             .collect();
         let mut want = vec![7u8; acc.len()];
         requant_ref(&raw, Some(&aff), &outq, cout, &acc, &mut want);
+        let steps = Steps { n, thr: &thr, add: &add, flip: &flip };
         for ops in RowOps::variants() {
             let mut got = vec![9u8; acc.len()];
-            (ops.sign_rows)(&thr, &flip, &acc, &mut got);
+            (ops.step_rows)(&steps, &acc, &mut got);
             prop_assert_eq!(&got, &want);
         }
     }

@@ -57,7 +57,7 @@ use slb_format::{AddParams, ChannelAffine, CodeReader, Conv, RawQuant};
 use super::{
     lanes8, portable, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, Tables, LUT_K, LUT_K8,
 };
-use crate::quant::{self, QParams};
+use crate::quant::{self, QParams, Steps};
 
 mod bits;
 mod int8;
@@ -255,14 +255,14 @@ pub(crate) fn row_ops_variants() -> heapless::Vec<RowOps, 2> {
             requant: requant_avx2,
             add_rows: add_rows_avx2,
             pack_bits: pack_bits_avx2,
-            sign_rows: sign_rows_avx2,
+            step_rows: step_rows_avx2,
         });
         if f.avx512dq {
             let _ = v.push(RowOps {
                 requant: requant_avx512,
                 add_rows: add_rows_avx512,
                 pack_bits: pack_bits_avx512,
-                sign_rows: sign_rows_avx512,
+                step_rows: step_rows_avx512,
             });
         }
     }

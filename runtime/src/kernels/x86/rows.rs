@@ -145,19 +145,19 @@ unsafe fn planes_of_chunk_avx2(chunk: &[u8; 64], ab: usize, w: &mut [u64; 8]) {
     plane!(7);
 }
 
-/// `quant::requant`, `quant::add_rows` and `quant::sign_rows` (same results) compiled with the
+/// `quant::requant`, `quant::add_rows` and `quant::step_rows` (same results) compiled with the
 /// target features `$features`, so that LLVM vectorises their arithmetic as wide as the CPU
-/// allows: three plain functions (`$requant`, `$add_rows`, `$sign_rows`) for [`RowOps`],
+/// allows: three plain functions (`$requant`, `$add_rows`, `$step_rows`) for [`RowOps`],
 /// which `row_ops` hands out only where those features are present.
 macro_rules! row_ops_with {
-    ($features:literal, $requant:ident, $add_rows:ident, $sign_rows:ident) => {
-        pub(super) fn $sign_rows(thr: &[i32], flip: &[u8], acc: &[i32], dst: &mut [u8]) {
+    ($features:literal, $requant:ident, $add_rows:ident, $step_rows:ident) => {
+        pub(super) fn $step_rows(steps: &Steps<'_>, acc: &[i32], dst: &mut [u8]) {
             #[target_feature(enable = $features)]
-            fn body(thr: &[i32], flip: &[u8], acc: &[i32], dst: &mut [u8]) {
-                quant::sign_rows(thr, flip, acc, dst);
+            fn body(steps: &Steps<'_>, acc: &[i32], dst: &mut [u8]) {
+                quant::step_rows(steps, acc, dst);
             }
             // SAFETY: `row_ops` hands this function out only where `$features` are present.
-            unsafe { body(thr, flip, acc, dst) }
+            unsafe { body(steps, acc, dst) }
         }
 
         pub(super) fn $requant(
@@ -215,11 +215,11 @@ macro_rules! row_ops_with {
 }
 
 // AVX2: `vpmuldq`, `vpcmpgtq`, 4 lanes.
-row_ops_with!("avx2", requant_avx2, add_rows_avx2, sign_rows_avx2);
+row_ops_with!("avx2", requant_avx2, add_rows_avx2, step_rows_avx2);
 // AVX-512 F/BW/DQ/VL: 8 lanes.
 row_ops_with!(
     "avx2,avx512f,avx512bw,avx512dq,avx512vl",
     requant_avx512,
     add_rows_avx512,
-    sign_rows_avx512
+    step_rows_avx512
 );

@@ -64,39 +64,7 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
             .tensor(layer.inputs()[0].unwrap_or(0))
             .context("tensor")?;
         let tout = model.tensor(layer.output()).context("tensor")?;
-        let (wb, bytes_, macs) = match &layer {
-            Layer::Conv(c) => {
-                let params = c.out_channels as usize
-                    * c.in_per_group() as usize
-                    * c.kernel[0] as usize
-                    * c.kernel[1] as usize;
-                t.fp32_bytes += params * 4 + c.out_channels as usize * 8;
-                t.packed_bytes += c.codes.len();
-                let macs = c.macs(tout.shape);
-                (
-                    format!("{}", c.weight_bits),
-                    c.codes.len()
-                        + c.requant
-                            .affine
-                            .map_or(0, |a| a.mult.0.len() + a.bias.0.len()),
-                    macs,
-                )
-            }
-            Layer::Dense(d) => {
-                let outf = tout.shape.c as u64;
-                let inf = tin.shape.elements().unwrap_or(0) as u64;
-                t.fp32_bytes += ((outf * inf + outf) * 4) as usize;
-                let (w, b) = match d.weights {
-                    DenseWeights::F32(w) => ("32".to_string(), w.0.len()),
-                    DenseWeights::Int8 { values, scale } => {
-                        ("8".to_string(), values.len() + scale.0.len())
-                    }
-                };
-                (w, b + d.bias.0.len(), outf * inf)
-            }
-            Layer::Add(a) => ("-".into(), a.params.mult_a.0.len() * 3, 0),
-            _ => ("-".into(), 0, 0),
-        };
+        let (wb, bytes_, macs) = layer_weights(&layer, tin.shape, tout.shape, &mut t);
         t.macs += macs;
         writeln!(
             out,
@@ -128,10 +96,59 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
         "host arena          {:>12} bytes (activations, scratch, prepared weights)",
         t.arena_bytes
     )?;
+    boards(&model, t.file_bytes, &mut out)?;
+    Ok((out, t))
+}
+
+/// One layer's weight bits, stored parameter bytes and MACs, its fp32 and packed weight bytes
+/// added to `t`.
+fn layer_weights(
+    layer: &Layer<'_>,
+    tin: Shape,
+    tout: Shape,
+    t: &mut Totals,
+) -> (String, usize, u64) {
+    match layer {
+        Layer::Conv(c) => {
+            let params = c.out_channels as usize
+                * c.in_per_group() as usize
+                * c.kernel[0] as usize
+                * c.kernel[1] as usize;
+            t.fp32_bytes += params * 4 + c.out_channels as usize * 8;
+            t.packed_bytes += c.codes.len();
+            let macs = c.macs(tout);
+            (
+                format!("{}", c.weight_bits),
+                c.codes.len()
+                    + c.requant
+                        .affine
+                        .map_or(0, |a| a.mult.0.len() + a.bias.0.len()),
+                macs,
+            )
+        }
+        Layer::Dense(d) => {
+            let outf = tout.c as u64;
+            let inf = tin.elements().unwrap_or(0) as u64;
+            t.fp32_bytes += ((outf * inf + outf) * 4) as usize;
+            let (w, b) = match d.weights {
+                DenseWeights::F32(w) => ("32".to_string(), w.0.len()),
+                DenseWeights::Int8 { values, scale } => {
+                    ("8".to_string(), values.len() + scale.0.len())
+                }
+            };
+            (w, b + d.bias.0.len(), outf * inf)
+        }
+        Layer::Add(a) => ("-".into(), a.params.mult_a.0.len() * 3, 0),
+        _ => ("-".into(), 0, 0),
+    }
+}
+
+/// The smallest arena and the boards' verdicts, from the plans a Cortex-M build makes.
+fn boards(model: &Model<'_>, file_bytes: usize, out: &mut String) -> Result<()> {
     // What a Cortex-M build plans: portable kernels ranked by the Cortex-M4 costs.
     let portable = PlanOptions::for_board(CostModel::CortexM4);
     // The smallest arena any plan of `Plan::fit` needs (every conv it can move in place).
-    let smallest = match Plan::fit(&model, Engine::Packed, portable, 0) {
+    let smallest = match Plan::fit(model, Engine::Packed, portable, 0) {
         Err(slb_runtime::Error::ArenaTooSmall { needed, .. }) => Some(needed),
         _ => None,
     };
@@ -149,8 +166,8 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
          else more convs reading their codes in place from flash; code and stack (docs/MCU.md) not counted):"
     )?;
     for (name, flash, sram) in BOARDS {
-        let arena = Plan::fit(&model, Engine::Packed, portable, sram).map(|p| p.arena_bytes());
-        let verdict = match (&arena, t.file_bytes <= flash) {
+        let arena = Plan::fit(model, Engine::Packed, portable, sram).map(|p| p.arena_bytes());
+        let verdict = match (&arena, file_bytes <= flash) {
             (Ok(a), true) => format!("fits (arena {} KB)", a.div_ceil(1024)),
             (Ok(_), false) => "does not fit (flash)".to_string(),
             (Err(_), true) => "does not fit (SRAM)".to_string(),
@@ -165,7 +182,7 @@ pub fn summary(bytes: &[u8]) -> Result<(String, Totals)> {
             verdict
         )?;
     }
-    Ok((out, t))
+    Ok(())
 }
 
 /// The `slb inspect` command.

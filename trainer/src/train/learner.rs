@@ -158,6 +158,18 @@ struct Learner<'a> {
     graphs: Option<StepGraph>,
 }
 
+/// The first and last epoch a run trains: after the schedule's last trained one, to its end
+/// (`epoch_size`, else `epochs`) or `stop_after` epochs on, whichever comes first.
+fn epoch_span(algo: &SlbQuantAwareTraining, epochs: i64, stop_after: Option<i64>) -> (i64, i64) {
+    let total = algo.epoch_size().unwrap_or(epochs);
+    let first = algo.has_trained_epoch().unwrap_or(0) + 1;
+    let last = match stop_after {
+        Some(n) => (first + n - 1).min(total),
+        None => total,
+    };
+    (first, last)
+}
+
 impl<'a> Learner<'a> {
     /// Sets a run up: the output folder, the checkpoint it resumes from (if any), the network,
     /// the optimizer, the data on the device, the sink.
@@ -193,14 +205,14 @@ impl<'a> Learner<'a> {
         );
         let mut opt = Sgd::new(&vs, cfg.momentum, cfg.nesterov, cfg.weight_decay)
             .with_logit_decay(cfg.logit_decay());
-        let mut step = 0i64;
-        let mut ranges_valid = cfg.enable_act_quant;
-        if let Some(ck) = &resume {
-            ck.restore(&vs)?;
-            opt.load_state(&ck.tensors, &ck.path)?;
-            step = ck.meta.step;
-            ranges_valid = ck.meta.ranges_valid;
-        }
+        let (step, ranges_valid) = match &resume {
+            Some(ck) => {
+                ck.restore(&vs)?;
+                opt.load_state(&ck.tensors, &ck.path)?;
+                (ck.meta.step, ck.meta.ranges_valid)
+            }
+            None => (0, cfg.enable_act_quant),
+        };
         if let Some(d) = &dist {
             sync_start(d, &vs, &opt, step, dev)?;
         }
@@ -218,13 +230,9 @@ impl<'a> Learner<'a> {
         let world = dist.as_ref().map_or(1, |d| d.world);
         let steps_per_epoch =
             order::train_steps(train_data.len(), cfg.batch_size.max(1) as usize, world) as i64;
-        let total = algo.epoch_size().unwrap_or(cfg.epochs);
-        let first = algo.has_trained_epoch().unwrap_or(0) + 1;
-        let last = match opts.stop_after {
-            Some(n) => (first + n - 1).min(total),
-            None => total,
-        };
+        let (first, last) = epoch_span(&algo, cfg.epochs, opts.stop_after);
         let report = if main {
+            let total = algo.epoch_size().unwrap_or(cfg.epochs);
             Some(Report::new(
                 &opts.out,
                 ckpt_path.clone(),

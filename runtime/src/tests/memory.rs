@@ -340,3 +340,44 @@ fn conv_scratch_is_the_padded_input_and_16_kib_of_accumulator_rows() {
     let image: Vec<u8> = (0..16 * 16 * 16).map(|_| rng.next() as u8).collect();
     all_algos_agree(&bytes, &image);
 }
+
+/// A step requantization's tables fill the driver tables' region the plan made for them,
+/// exactly: after `prepare` over an arena of a fill byte, the last `cout` bytes of every such
+/// conv's region are flip bytes (0 or 0xff), none left at the fill.
+#[test]
+fn step_tables_fill_their_planned_region() {
+    use crate::arena::{ALIGN, HEADER};
+    use crate::quant::{self, QParams};
+    for (wbits, abits) in [(1u8, 1u8), (1, 2), (2, 2)] {
+        let bytes = resnet(8, 8, 1, wbits, abits, 5);
+        let model = Model::parse(&bytes).unwrap();
+        let plan = Plan::new(&model, Engine::Packed).unwrap();
+        let mut arena = vec![0xAAu8; plan.arena_bytes()];
+        crate::prepare(&model, &plan, &mut arena).unwrap();
+        let at = arena.as_ptr().align_offset(ALIGN) + HEADER;
+        let weights = &arena[at..at + plan.weights_bytes()];
+        let mut seen = 0;
+        for (i, layer) in model.layers.iter().enumerate() {
+            let slb_format::Layer::Conv(conv) = layer else {
+                continue;
+            };
+            let outq = model
+                .tensor(conv.output)
+                .and_then(|t| QParams::of(&t.dtype));
+            if outq
+                .and_then(|q| quant::step_count(conv.requant.affine.as_ref(), &q))
+                .is_none()
+            {
+                continue;
+            }
+            let aux = &weights[plan.layers[i].aux()];
+            let flip = &aux[aux.len() - conv.out_channels as usize..];
+            assert!(
+                flip.iter().all(|&f| f == 0 || f == 0xff),
+                "W{wbits}A{abits} layer {i}: {flip:?}"
+            );
+            seen += 1;
+        }
+        assert!(seen > 0, "W{wbits}A{abits}: no step requantization");
+    }
+}

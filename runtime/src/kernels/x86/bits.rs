@@ -278,6 +278,42 @@ impl<I: Popcount, const XNOR: bool> BitsCall<'_, I, XNOR> {
         }
         q
     }
+
+    /// A tile's sums `tot` (pixels `p0..p0 + P` whose windows start at `base`, blocks
+    /// `b0..b0 + NB` of group `g`) into the accumulators: XNOR `taps - 2t`; bit-serial
+    /// `2t - (2^wb - 1) * sum q`.
+    ///
+    /// # Safety
+    /// The ISA is present.
+    #[inline(always)]
+    unsafe fn store_tile<const NB: usize, const P: usize>(
+        &self,
+        acc: &mut [i32],
+        tot: &[[I::Sum; NB]; P],
+        base: &[usize; P],
+        g: usize,
+        b0: usize,
+        p0: usize,
+    ) {
+        let s = self.s;
+        let taps = (s.kh * s.kw * s.cin_g) as i64;
+        let wmax = (1i64 << s.wbits) - 1;
+        for j in 0..P {
+            let asum = if XNOR { 0 } else { self.act_sum(base[j]) };
+            let row = (p0 + j - self.first) * s.cout + g * s.cout_g;
+            for b in 0..NB {
+                let o0 = (b0 + b) * lanes8::LANES;
+                let n = (s.cout_g - o0).min(lanes8::LANES);
+                let (k, neg) = if XNOR {
+                    (taps, true)
+                } else {
+                    (-wmax * asum, false)
+                };
+                // SAFETY: the ISA is present (caller).
+                unsafe { I::store(tot[j][b], k, neg, &mut acc[row + o0..row + o0 + n]) };
+            }
+        }
+    }
 }
 
 impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
@@ -364,24 +400,8 @@ impl<I: Popcount, const XNOR: bool> Tile for BitsCall<'_, I, XNOR> {
                 }
             }
         }
-        // XNOR: `taps - 2t`; bit-serial: `2t - (2^wb - 1) * sum q`.
-        let taps = (s.kh * s.kw * s.cin_g) as i64;
-        let wmax = (1i64 << wb) - 1;
-        for j in 0..P {
-            let asum = if XNOR { 0 } else { self.act_sum(base[j]) };
-            let row = (p0 + j - self.first) * s.cout + g * s.cout_g;
-            for b in 0..NB {
-                let o0 = (b0 + b) * lanes8::LANES;
-                let n = (s.cout_g - o0).min(lanes8::LANES);
-                let (k, neg) = if XNOR {
-                    (taps, true)
-                } else {
-                    (-wmax * asum, false)
-                };
-                // SAFETY: the ISA is present (caller).
-                unsafe { I::store(tot[j][b], k, neg, &mut acc[row + o0..row + o0 + n]) };
-            }
-        }
+        // SAFETY: the ISA is present (caller).
+        unsafe { self.store_tile(acc, &tot, &base, g, b0, p0) };
     }
 }
 

@@ -476,7 +476,27 @@ unsafe fn bits_tile<const XNOR: bool, const P: usize>(
             }
         }
     }
-    // Store the block's valid lanes.
+    bits_store::<XNOR, P>(s, x, w, (g, b), (p0, first), &base, &tot, acc);
+}
+
+/// Stores a tile's sums `tot` (pixels `p0..p0 + P` whose windows start at `base`, block `b` of
+/// group `g`) into the accumulators: XNOR `taps - 2t`; bit-serial `2t - (2^wb - 1) * sum q`,
+/// and for 1-bit codes `2u` minus the block's zero-point term.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bits_store<const XNOR: bool, const P: usize>(
+    s: &ConvShape,
+    x: &[u64],
+    w: &[u8],
+    (g, b): (usize, usize),
+    (p0, first): (usize, usize),
+    base: &[usize; P],
+    tot: &[[i64; LANES]; P],
+    acc: &mut [i32],
+) {
+    let (cw, wb) = (s.cw, s.wbits as usize);
+    let ab = if XNOR { 1 } else { s.abits as usize };
+    let px = portable::bit_pixel_words(s);
     let o0 = g * s.cout_g + b * LANES;
     let n = (s.cout_g - b * LANES).min(LANES);
     let taps = (s.kh * s.kw * s.cin_g) as i64;

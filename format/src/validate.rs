@@ -4,8 +4,8 @@ use core::marker::PhantomData;
 
 use crate::model::Payload;
 use crate::{
-    packed_len, ChannelAffine, Conv, DType, DenseWeights, Error, Layer, Model, Records, Result,
-    Shape, Site, TensorDesc, HEADER_LEN, MAGIC, TRAILER_LEN, VERSION,
+    packed_len, Add, ChannelAffine, Conv, DType, Dense, DenseWeights, Error, Layer, Model, Records,
+    Result, Shape, Site, TensorDesc, HEADER_LEN, MAGIC, TRAILER_LEN, VERSION,
 };
 
 /// Most tensors a model may have.
@@ -401,6 +401,14 @@ fn check_conv(l: Site, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result
         what: "kernel (larger than the padded input)",
     })?;
     shape_eq(l, "conv output", expected, out.shape)?;
+    check_codes(l, c)?;
+    let _ = in_bits;
+    check_requant(l, c, out, out_bits)
+}
+
+/// A conv's packed weight codes: their length, zero bits past the input channels, and an
+/// accumulator that fits `i32`.
+fn check_codes(l: Site, c: &Conv<'_>) -> Result<()> {
     let need = packed_len(c.out_channels, c.kernel, c.in_per_group(), c.weight_bits).ok_or(
         Error::Overflow {
             layer: l,
@@ -433,7 +441,12 @@ fn check_conv(l: Site, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result
             what: "accumulator (kernel too large for 32 bits)",
         });
     }
-    let _ = in_bits;
+    Ok(())
+}
+
+/// A conv's requantization into `out` (`out_bits` its codes' width): the raw stage, then the
+/// affine stage or an output that is the raw quantization.
+fn check_requant(l: Site, c: &Conv<'_>, out: &TensorDesc, out_bits: u8) -> Result<()> {
     let r = &c.requant.raw;
     check_shift(l, r.shift)?;
     if !matches!(r.bits, 2 | 4 | 8) {
@@ -474,6 +487,90 @@ fn check_conv(l: Site, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// A dense layer: an F32 output, and finite weights, scales and biases of the right lengths.
+fn check_dense(l: Site, d: &Dense<'_>, a: &TensorDesc, out: &TensorDesc) -> Result<()> {
+    let inf = a.shape.elements().unwrap_or(0) as usize;
+    let outf = out.shape.c as usize;
+    if out.dtype != DType::F32 {
+        return Err(Error::InvalidParam {
+            layer: l,
+            what: "dense output (must be F32)",
+        });
+    }
+    shape_eq(l, "dense output", Shape::new(out.shape.c, 1, 1), out.shape)?;
+    let n = inf.checked_mul(outf).ok_or(Error::Overflow {
+        layer: l,
+        what: "dense weights",
+    })?;
+    match &d.weights {
+        DenseWeights::F32(w) => {
+            check_len(
+                l,
+                "dense weights",
+                w.0.len(),
+                n.checked_mul(4).ok_or(Error::Overflow {
+                    layer: l,
+                    what: "dense weights",
+                })?,
+            )?;
+            if w.iter().any(|x| !x.is_finite()) {
+                return Err(Error::InvalidParam {
+                    layer: l,
+                    what: "dense weights (not finite)",
+                });
+            }
+        }
+        DenseWeights::Int8 { values, scale } => {
+            check_len(l, "dense int8 weights", values.len(), n)?;
+            check_len(l, "dense scales", scale.0.len(), outf * 4)?;
+            if scale.iter().any(|x| !x.is_finite()) {
+                return Err(Error::InvalidParam {
+                    layer: l,
+                    what: "dense scales (not finite)",
+                });
+            }
+        }
+    }
+    check_len(l, "dense bias", d.bias.0.len(), outf * 4)?;
+    if d.bias.iter().any(|x| !x.is_finite()) {
+        return Err(Error::InvalidParam {
+            layer: l,
+            what: "dense bias (not finite)",
+        });
+    }
+    Ok(())
+}
+
+/// A residual add: equal shapes, quantized tensors, and per-channel parameters of the right
+/// lengths.
+fn check_add(
+    l: Site,
+    add: &Add<'_>,
+    a: &TensorDesc,
+    b: Option<&TensorDesc>,
+    out: &TensorDesc,
+) -> Result<()> {
+    let b = b.ok_or(Error::Malformed { what: "add" })?;
+    shape_eq(l, "add input b", a.shape, b.shape)?;
+    shape_eq(l, "add output", a.shape, out.shape)?;
+    quant_bits(l, "add input a (must be quantized)", &a.dtype)?;
+    quant_bits(l, "add input b (must be quantized)", &b.dtype)?;
+    let ob = quant_bits(l, "add output (must be quantized)", &out.dtype)?;
+    let p = &add.params;
+    check_shift(l, p.shift)?;
+    let n = a.shape.c as usize * 4;
+    check_len(l, "add multipliers a", p.mult_a.0.len(), n)?;
+    check_len(l, "add multipliers b", p.mult_b.0.len(), n)?;
+    check_len(l, "add biases", p.bias.0.len(), n)?;
+    if ob == 1 && p.relu {
+        return Err(Error::InvalidParam {
+            layer: l,
+            what: "ReLU into a 1-bit (sign) output",
+        });
     }
     Ok(())
 }
@@ -531,58 +628,7 @@ fn check_layer(
 ) -> Result<()> {
     match layer {
         Layer::Conv(c) => check_conv(l, c, a, out),
-        Layer::Dense(d) => {
-            let inf = a.shape.elements().unwrap_or(0) as usize;
-            let outf = out.shape.c as usize;
-            if out.dtype != DType::F32 {
-                return Err(Error::InvalidParam {
-                    layer: l,
-                    what: "dense output (must be F32)",
-                });
-            }
-            shape_eq(l, "dense output", Shape::new(out.shape.c, 1, 1), out.shape)?;
-            let n = inf.checked_mul(outf).ok_or(Error::Overflow {
-                layer: l,
-                what: "dense weights",
-            })?;
-            match &d.weights {
-                DenseWeights::F32(w) => {
-                    check_len(
-                        l,
-                        "dense weights",
-                        w.0.len(),
-                        n.checked_mul(4).ok_or(Error::Overflow {
-                            layer: l,
-                            what: "dense weights",
-                        })?,
-                    )?;
-                    if w.iter().any(|x| !x.is_finite()) {
-                        return Err(Error::InvalidParam {
-                            layer: l,
-                            what: "dense weights (not finite)",
-                        });
-                    }
-                }
-                DenseWeights::Int8 { values, scale } => {
-                    check_len(l, "dense int8 weights", values.len(), n)?;
-                    check_len(l, "dense scales", scale.0.len(), outf * 4)?;
-                    if scale.iter().any(|x| !x.is_finite()) {
-                        return Err(Error::InvalidParam {
-                            layer: l,
-                            what: "dense scales (not finite)",
-                        });
-                    }
-                }
-            }
-            check_len(l, "dense bias", d.bias.0.len(), outf * 4)?;
-            if d.bias.iter().any(|x| !x.is_finite()) {
-                return Err(Error::InvalidParam {
-                    layer: l,
-                    what: "dense bias (not finite)",
-                });
-            }
-            Ok(())
-        }
+        Layer::Dense(d) => check_dense(l, d, a, out),
         Layer::MaxPool(p) => check_pool(l, p, false, a, out),
         Layer::AvgPool(p) => check_pool(l, p, true, a, out),
         Layer::GlobalAvgPool(_) => {
@@ -608,26 +654,6 @@ fn check_layer(
             shape_eq(l, "flatten output", Shape::new(n, 1, 1), out.shape)?;
             same_dtype(l, a, out)
         }
-        Layer::Add(add) => {
-            let b = b.ok_or(Error::Malformed { what: "add" })?;
-            shape_eq(l, "add input b", a.shape, b.shape)?;
-            shape_eq(l, "add output", a.shape, out.shape)?;
-            quant_bits(l, "add input a (must be quantized)", &a.dtype)?;
-            quant_bits(l, "add input b (must be quantized)", &b.dtype)?;
-            let ob = quant_bits(l, "add output (must be quantized)", &out.dtype)?;
-            let p = &add.params;
-            check_shift(l, p.shift)?;
-            let n = a.shape.c as usize * 4;
-            check_len(l, "add multipliers a", p.mult_a.0.len(), n)?;
-            check_len(l, "add multipliers b", p.mult_b.0.len(), n)?;
-            check_len(l, "add biases", p.bias.0.len(), n)?;
-            if ob == 1 && p.relu {
-                return Err(Error::InvalidParam {
-                    layer: l,
-                    what: "ReLU into a 1-bit (sign) output",
-                });
-            }
-            Ok(())
-        }
+        Layer::Add(add) => check_add(l, add, a, b, out),
     }
 }

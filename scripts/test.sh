@@ -10,6 +10,9 @@ export CARGO_INCREMENTAL=0
 step() { printf '\n== %s\n' "$*"; }
 
 step "set-up"
+# A fresh run writes about 8 GB (libtorch's wheel 4.6 GB, the builds 3 GB): say what is free, so
+# that a run that stops on a full disk says so at its start.
+echo "test: $(df -h --output=avail . | tail -1 | tr -d ' ') free on the disk of $(pwd)"
 scripts/setup.sh --mcu
 
 step "rustfmt and clippy"

@@ -403,7 +403,7 @@ fn check_conv(l: Site, c: &Conv<'_>, a: &TensorDesc, out: &TensorDesc) -> Result
     shape_eq(l, "conv output", expected, out.shape)?;
     check_codes(l, c)?;
     let _ = in_bits;
-    check_requant(l, c, out, out_bits)
+    check_stages(l, c, out, out_bits)
 }
 
 /// A conv's packed weight codes: their length, zero bits past the input channels, and an
@@ -446,7 +446,7 @@ fn check_codes(l: Site, c: &Conv<'_>) -> Result<()> {
 
 /// A conv's requantization into `out` (`out_bits` its codes' width): the raw stage, then the
 /// affine stage or an output that is the raw quantization.
-fn check_requant(l: Site, c: &Conv<'_>, out: &TensorDesc, out_bits: u8) -> Result<()> {
+fn check_stages(l: Site, c: &Conv<'_>, out: &TensorDesc, out_bits: u8) -> Result<()> {
     let r = &c.requant.raw;
     check_shift(l, r.shift)?;
     if !matches!(r.bits, 2 | 4 | 8) {

@@ -235,12 +235,7 @@ fn conv_layer(
     let row = s.ow * s.cout;
     let sg = steps(s, &outq, conv, aux);
     if kind == KernelKind::Reference {
-        let acc = scratch
-            .get_mut(..s.oh * row * 4)
-            .and_then(|b| bytemuck::try_cast_slice_mut(b).ok())
-            .ok_or(bad)?;
-        reference_layer(ops, conv, s, (&inq, &outq), x, acc, out);
-        return Ok(());
+        return reference_layer(ops, conv, s, (&inq, &outq), x, scratch, out).ok_or(bad);
     }
     let k = kernels::by_kind(kind).ok_or(Error::KernelUnavailable {
         layer: li,
@@ -311,18 +306,23 @@ fn conv_layer(
     Ok(())
 }
 
-/// A conv by the reference kernel: every row's accumulators at once, then requantized.
+/// A conv by the reference kernel: every row's accumulators at once in `scratch`, then
+/// requantized (`None`: the scratch is too small or misaligned for them).
 fn reference_layer(
     ops: &RowOps,
     conv: &Conv<'_>,
     s: &ConvShape,
     (inq, outq): (&QParams, &QParams),
     x: &[u8],
-    acc: &mut [i32],
+    scratch: &mut [u8],
     out: &mut [u8],
-) {
+) -> Option<()> {
+    let acc = scratch
+        .get_mut(..s.oh * s.ow * s.cout * 4)
+        .and_then(|b| bytemuck::try_cast_slice_mut(b).ok())?;
     reference::conv_acc(conv, s, inq, x, acc);
     requant_rows(ops, conv, s, outq, None, acc, 0, s.oh, out);
+    Some(())
 }
 
 /// Runs `kernel` over the `oh` output rows in chunks of `rows` (`row` accumulators each, in

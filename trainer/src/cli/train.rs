@@ -131,19 +131,7 @@ pub fn main(a: &TrainArgs) -> Result<()> {
     // Held until this command ends (the export included): a second run on this folder refuses.
     // Only rank 0 writes there.
     let _lock = if main_rank {
-        let l = OutLock::acquire(&a.out)?;
-        remove_stale_temps(&a.out, "model.slb");
-        eprintln!("{algo}");
-        if let Some(d) = &dist {
-            eprintln!(
-                "data-parallel: {} ranks over {}, global batch {} ({} per rank)",
-                d.world,
-                d.backend.name(),
-                cfg.batch_size,
-                cfg.batch_size / d.world as i64
-            );
-        }
-        Some(l)
+        Some(take_out_folder(a, &cfg, &algo, dist.as_deref())?)
     } else {
         None
     };
@@ -184,6 +172,29 @@ pub fn main(a: &TrainArgs) -> Result<()> {
         export_run(&cfg, a, train.as_ref())?;
     }
     Ok(())
+}
+
+/// Rank 0's hold on the output folder (stale temporary files from a killed run removed), then
+/// the run's lines: the algorithm and, data-parallel, the ranks.
+fn take_out_folder(
+    a: &TrainArgs,
+    cfg: &Config,
+    algo: &impl std::fmt::Display,
+    dist: Option<&Dist>,
+) -> Result<OutLock> {
+    let l = OutLock::acquire(&a.out)?;
+    remove_stale_temps(&a.out, "model.slb");
+    eprintln!("{algo}");
+    if let Some(d) = dist {
+        eprintln!(
+            "data-parallel: {} ranks over {}, global batch {} ({} per rank)",
+            d.world,
+            d.backend.name(),
+            cfg.batch_size,
+            cfg.batch_size / d.world as i64
+        );
+    }
+    Ok(l)
 }
 
 /// The flags of one run that the configuration does not check: `--stop-after`,

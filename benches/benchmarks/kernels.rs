@@ -23,7 +23,7 @@ pub const SHAPES: [(u32, u32, u16); 7] = [
     (128, 16, 1),
 ];
 /// Weight x activation bits.
-pub const BITS: [(u8, u8); 3] = [(1, 8), (1, 2), (1, 1)];
+pub const BITS: [(u8, u8); 4] = [(1, 8), (1, 2), (2, 2), (1, 1)];
 
 /// The case's parameter name, e.g. `W1A8-c64-s32-k3`.
 pub fn case_name(wb: u8, ab: u8, c: u32, s: u32, k: u16) -> String {

@@ -118,12 +118,23 @@ const LUT_TABLE_COST: u64 = 140;
 const LUT_AVX2_TABLE_COST: u64 = 160;
 
 /// The table-lookup kernel's step cost over byte tables (codes of up to 2 bits, 6 channels a
-/// table), per 64 multiply-adds of the lookups, against the `u16` tables' `step_cost`: a
-/// `vpermb` does 64 x 6 multiply-adds where a `vpermw` does 32 x 5. Whole layers on a Zen 5
-/// core (`benches/`, group `kernel`; docs/PERFORMANCE.md) ran the lookup 1.07-1.13x the VNNI
-/// dot's speed at 64 channels, 1.8x at 128, 2.1x at 256, 3.2x at 512 and 0.97x on the 1x1
-/// layer; 6, with the `u16` tables' cost per table, ranks those as measured.
-const LUT8_STEP_COST: u64 = 6;
+/// table), per 64 multiply-adds of the lookups of one weight plane, and its cost per output
+/// element besides the lookups and the tables ([`LUT8_OUTPUT_COST`]). Whole layers on a Zen 5
+/// core (`benches/`, group `kernel`; docs/PERFORMANCE.md) ran the lookup, against the VNNI
+/// dot, at W1A2 1.07-1.13x the dot's speed at 64 channels, 1.8x at 128, 2.1x at 256, 3.2x at
+/// 512 and 0.97x on the 1x1 layer; at W2A2 (two planes over the same tables) 0.88x at 64
+/// channels, 1.30x at 128, 1.35x at 256, 1.81x at 512 and 0.86x on the 1x1 layer. A second
+/// plane costs far less than the first at 64 channels, where a tile has one block of output
+/// channels for its table loads: 3 a step and 70 an output, halved where the tile has two
+/// blocks, fit both bit pairs (each ratio within about 30 %) and rank them as measured; 6 a
+/// step and nothing more, the figure fitted to W1A2 alone, gave W2A2's 64-channel layers to
+/// the lookup (the network 6 % slower), and 70 an output whatever the blocks gave W1A2's
+/// stride-2 conv into 128 channels to the dot (the network 2.6 % slower).
+const LUT8_STEP_COST: u64 = 3;
+
+/// The byte-table lookup's cost per output element besides its lookups and tables, with one
+/// block of output channels a tile (see [`LUT8_STEP_COST`]).
+const LUT8_OUTPUT_COST: u64 = 70;
 
 /// [`CostModel::CortexM4`]'s step cost of the int8 dot in place on 1-bit weights (the
 /// sign-weight `USADA8` sums of `portable::int8::sign_weight_in_place_body`), per 64 multiply-adds:
@@ -149,22 +160,25 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
         let gn = s.cin_g.div_ceil(4) as u64;
         let tables = (s.hp * s.wp) as u64 * gn * LUT_AVX2_TABLE_COST;
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
-        return taps * step * gn * 4 / 64 + tables / outputs;
+        return taps * step * gn * 4 * u64::from(s.wbits) / 64 + tables / outputs;
     }
     if kind == KernelKind::Int8LutAvx512 {
         if step == u64::from(u32::MAX) {
             return u64::MAX;
         }
-        // The lookups, then the tables of every padded input pixel shared by the outputs.
+        // The lookups (a plane of them per weight bit), then the tables of every padded input
+        // pixel shared by the outputs and the planes.
         let (gn, k) = (s.lut_groups() as u64, s.lut_k() as u64);
-        let step = if s.lut_k() == LUT_K8 {
-            LUT8_STEP_COST
+        let (step, fixed) = if s.lut_k() == LUT_K8 {
+            // The byte kind's tiles take two blocks of 64 output channels where there are.
+            let blocks = s.cout_g.div_ceil(64).clamp(1, 2) as u64;
+            (LUT8_STEP_COST, LUT8_OUTPUT_COST / blocks)
         } else {
-            step
+            (step, 0)
         };
         let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
-        return taps * step * gn * k / 64 + tables / outputs;
+        return taps * step * gn * k * u64::from(s.wbits) / 64 + tables / outputs + fixed;
     }
     match kind.algo() {
         // Int8: cin_g multiply-adds per tap, in units of 64.

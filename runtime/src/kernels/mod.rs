@@ -69,12 +69,13 @@ pub enum KernelKind {
     Int8DotAvx2,
     /// u8 x i8 dot product with AVX-512 VNNI (`vpdpbusd`).
     Int8DotVnni,
-    /// The u8 code dot product of 1-bit weights by table lookup with AVX-512 BW/VBMI
+    /// The u8 code dot product of 1- and 2-bit weights by table lookup with AVX-512 BW/VBMI
     /// (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of
     /// the channels; the weights of 32 output channels index them (`vpermb` over byte tables
-    /// of 6 channels and 64 output channels for 2-bit codes).
+    /// of 6 channels and 64 output channels for 2-bit codes); 2-bit weights as two planes of
+    /// sign weights.
     Int8LutAvx512,
-    /// The same table lookup with AVX2 (`vpshufb`), for 1-bit weights and 2-bit codes only:
+    /// The same table lookup with AVX2 (`vpshufb`), for 1- and 2-bit weights and 2-bit codes only:
     /// byte tables of 4 channels, 32 output channels a lookup.
     Int8LutAvx2,
     /// The float executor's direct convolution compiled for AVX2.
@@ -299,16 +300,17 @@ pub(crate) const LUT_K: usize = 5;
 /// to 2 bits: a sum of 6 of them is at most 18 and fits a byte. Either table is 64 bytes.
 pub(crate) const LUT_K8: usize = 6;
 
-/// Whether a table-lookup kernel can run the shape: 1-bit weights, 2- to 8-bit codes.
+/// Whether a table-lookup kernel can run the shape: 1- or 2-bit weights (a plane of sign
+/// weights per bit, looked up in the same tables), 2- to 8-bit codes.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_fits(s: &ConvShape) -> bool {
-    s.wbits == 1 && s.abits >= 2
+    s.wbits <= 2 && s.abits >= 2
 }
 
-/// Whether the AVX2 table-lookup kernel can run the shape: 1-bit weights, 2-bit codes.
+/// Whether the AVX2 table-lookup kernel can run the shape: 1- or 2-bit weights, 2-bit codes.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
-    s.wbits == 1 && s.abits == 2
+    s.wbits <= 2 && s.abits == 2
 }
 
 /// A conv kernel: its kind, prepared-weight layout and hot loop.
@@ -332,7 +334,7 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
 }
 
 /// Whether kernel `kind` can run a conv of this shape: its algorithm fits, and a table-lookup
-/// kernel needs 1-bit weights and 2- to 8-bit codes ([`lut_fits`]). (The default rule reaches
+/// kernel needs 1- or 2-bit weights and 2- to 8-bit codes ([`lut_fits`]). (The default rule reaches
 /// the table-lookup kernel through `select`, which checks the shape; a kernel named in
 /// [`crate::PlanOptions::kernel`] and the tests ask this.)
 pub(crate) fn kind_fits(kind: KernelKind, s: &ConvShape) -> bool {

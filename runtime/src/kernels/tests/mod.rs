@@ -379,6 +379,31 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
             KernelKind::Int8LutAvx2,
             KernelKind::Int8DotAvx2,
         ),
+        // W2A2, the lookups a plane per weight bit over the same tables: the dot ahead at 64
+        // channels (319 / 279) and on the 1x1 layer (135 / 116), the lookup from 128 channels
+        // (493 / 379, 685 / 378 at 512); bit-serial behind the dot (202 at 64 channels).
+        (shape(64, 32, 3, 2, 2), Dot, Lut),
+        (shape(128, 16, 1, 2, 2), Dot, Lut),
+        (shape(128, 16, 3, 2, 2), Lut, Dot),
+        (shape(512, 4, 3, 2, 2), Lut, Dot),
+        (shape(64, 32, 3, 2, 2), Dot, Bits),
+        // The AVX2 lookup at W2A2: ahead of the AVX2 dot at 64 channels (179 / 167) and at 512
+        // (310 / 209), behind on the 1x1 layer (86 / 92).
+        (
+            shape(64, 32, 3, 2, 2),
+            KernelKind::Int8LutAvx2,
+            KernelKind::Int8DotAvx2,
+        ),
+        (
+            shape(512, 4, 3, 2, 2),
+            KernelKind::Int8LutAvx2,
+            KernelKind::Int8DotAvx2,
+        ),
+        (
+            shape(128, 16, 1, 2, 2),
+            KernelKind::Int8DotAvx2,
+            KernelKind::Int8LutAvx2,
+        ),
     ];
     for (s, fast, slow) in orders {
         assert!(

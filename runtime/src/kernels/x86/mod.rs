@@ -9,7 +9,7 @@
 //! * [`bits`]: XNOR and bit-serial popcount (`BitsCall`) over `Popcount`, one
 //!   activation word against a block of 8 output channels: `Avx2Popcount` (`vpshufb`
 //!   nibble table + `vpsadbw`), `Avx512Popcount` (`vpopcntq`);
-//! * [`lut`]: the table lookup for 1-bit weights with multi-bit activations (`LutCall`) over
+//! * [`lut`]: the table lookup for 1- and 2-bit weights with multi-bit activations (`LutCall`) over
 //!   `Lookup`, one table of code sums per padded pixel and channel group against a block of
 //!   output channels: `Words` (`vpermw` over `u16` tables), `Bytes` (`vpermb` over byte
 //!   tables, 2-bit codes), `Avx2` (`vpshufb` over byte tables of 4 channels, 2-bit codes);
@@ -211,7 +211,7 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
 }
 
 /// The best x86 kernel for `algo` on this CPU (AVX-512 before AVX2; for the int8 dot of
-/// 1-bit weights the cheaper by [`super::cost`] of table lookup and the dot), or `None`.
+/// 1- and 2-bit weights the cheaper by [`super::cost`] of table lookup and the dot), or `None`.
 pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
     if !matches!(s.abits, 1 | 2 | 4 | 8) || !matches!(s.wbits, 1 | 2 | 4) {
         return None;

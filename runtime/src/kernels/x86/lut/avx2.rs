@@ -1,4 +1,4 @@
-//! The table lookup for 1-bit weights and 2-bit codes with AVX2 (`vpshufb`), for CPUs without
+//! The table lookup for 1- and 2-bit weights and 2-bit codes with AVX2 (`vpshufb`), for CPUs without
 //! AVX-512: per padded pixel and group of 4 input channels a table of the code sums over the
 //! 16 subsets (at most 4 x 3, a byte), 16 bytes each; the 4-bit patterns of 32 output channels
 //! index it with one `vpshufb` (the table in both 128-bit lanes), 128 multiply-adds. Byte sums
@@ -148,19 +148,13 @@ impl Lookup for Avx2 {
     }
 
     #[inline(always)]
-    unsafe fn store(
-        wide: [__m256i; 2],
-        out: *mut i32,
-        lanes: usize,
-        first: bool,
-        qsum: Option<i32>,
-    ) {
+    unsafe fn store(wide: [__m256i; 2], out: *mut i32, lanes: usize, st: Store) {
         for (h, v) in wide.into_iter().enumerate() {
             let n = lanes.saturating_sub(16 * h).min(16);
             if n > 0 {
                 // SAFETY: AVX2 present; `n` of the block's `lanes` `i32`s at `out` from
                 // channel `16 h` (caller).
-                unsafe { store16(v, out.add(16 * h), n, first, qsum) };
+                unsafe { store16(v, out.add(16 * h), n, st) };
             }
         }
     }
@@ -220,20 +214,21 @@ impl Lookup for Avx2 {
     }
 }
 
-/// Adds the 16 `u16` sums in `v` to the first `n` `i32` sums at `p` (written instead on the
-/// `first` run); on the last run (`qsum` given) stores `2 S - qsum` instead of the whole sum
-/// `S`. Fewer than 16 lanes go through a stack copy (AMD's masked stores are slow).
+/// Adds the 16 `u16` sums in `v`, times `2^st.shift`, to the first `n` `i32` sums at `p`
+/// (written instead on the `first` run); on the last run (`qsum` given) stores `2 S - qsum`
+/// instead of the whole sum `S`. Fewer than 16 lanes go through a stack copy (AMD's masked stores are slow).
 ///
 /// # Safety
 /// AVX2 present; `n <= 16` `i32`s readable and writable at `p`.
 #[inline(always)]
-unsafe fn store16(v: __m256i, p: *mut i32, n: usize, first: bool, qsum: Option<i32>) {
+unsafe fn store16(v: __m256i, p: *mut i32, n: usize, st: Store) {
     // SAFETY: AVX2 present (caller); the full-width path reads and writes the 16 `i32` at `p`
     // (`n == 16`), the other a stack copy of the `n` there.
     unsafe {
+        let sh = _mm_cvtsi32_si128(st.shift as i32);
         let halves = [
-            _mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)),
-            _mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(v)),
+            _mm256_sll_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(v)), sh),
+            _mm256_sll_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256::<1>(v)), sh),
         ];
         let mut tmp = [0i32; 16];
         let full = n >= 16;
@@ -245,12 +240,12 @@ unsafe fn store16(v: __m256i, p: *mut i32, n: usize, first: bool, qsum: Option<i
         };
         for (h, w) in halves.into_iter().enumerate() {
             let d = d.add(8 * h) as *mut __m256i;
-            let r = if first {
+            let r = if st.first {
                 w
             } else {
                 _mm256_add_epi32(_mm256_loadu_si256(d), w)
             };
-            let r = match qsum {
+            let r = match st.qsum {
                 Some(q) => _mm256_sub_epi32(_mm256_add_epi32(r, r), _mm256_set1_epi32(q)),
                 None => r,
             };
@@ -282,7 +277,7 @@ pub(in super::super) fn lut_avx2(
     );
     assert!(
         crate::kernels::lut_avx2_fits(s),
-        "AVX2 table lookup: 1-bit weights, 2-bit codes"
+        "AVX2 table lookup: 1- or 2-bit weights, 2-bit codes"
     );
     /// # Safety
     /// As [`lut_rows`].

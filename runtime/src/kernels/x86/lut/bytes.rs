@@ -155,19 +155,13 @@ impl Lookup for Bytes {
     }
 
     #[inline(always)]
-    unsafe fn store(
-        wide: [__m512i; 2],
-        out: *mut i32,
-        lanes: usize,
-        first: bool,
-        qsum: Option<i32>,
-    ) {
+    unsafe fn store(wide: [__m512i; 2], out: *mut i32, lanes: usize, st: Store) {
         for (h, v) in wide.into_iter().enumerate() {
             let n = lanes.saturating_sub(32 * h).min(32);
             if n > 0 {
                 // SAFETY: AVX-512 F/BW present; `n` of the block's `lanes` `i32`s at `out`
                 // from channel `32 h` (caller).
-                unsafe { widen_store(v, out.add(32 * h), n, first, qsum) };
+                unsafe { widen_store(v, out.add(32 * h), n, st) };
             }
         }
     }

@@ -1,8 +1,10 @@
-//! The table-lookup kernels for 1-bit weights with 2- to 8-bit activations. Per padded input
-//! pixel and group of `K` input channels, a table holds the sums of the codes over every subset
-//! of the `K` channels; the `K`-bit sign pattern of an output channel's weights indexes it, so
-//! one lookup instruction does `K` multiply-adds for every output channel of a vector, and
-//! `sum num*q = 2 S - sum q` (`S` the sum over the `+1` weights) gives the dot.
+//! The table-lookup kernels for 1- and 2-bit weights with 2- to 8-bit activations. Per padded
+//! input pixel and group of `K` input channels, a table holds the sums of the codes over every
+//! subset of the `K` channels; the `K`-bit sign pattern of an output channel's weights indexes
+//! it, so one lookup instruction does `K` multiply-adds for every output channel of a vector,
+//! and `sum num*q = 2 S - sum q` (`S` the sum over the `+1` weights) gives the dot. A 2-bit
+//! weight is two such sign weights, the second counted twice (`2k - 3 = 2 (2 b1 - 1) + (2 b0 -
+//! 1)`): two planes of lookups over the same tables.
 //!
 //! One driver (the [`Tile`] of [`LutCall`], its `steps`, `for_tiles`' walk) and one table
 //! builder ([`build_tables`]) over the [`Lookup`] primitives of three table kinds, one file
@@ -46,6 +48,17 @@ const LUT_N: usize = 1 << LUT_K;
 /// channel group) with the indices of a block of [`Lookup::LANES`] output channels, adding
 /// into narrow sums; byte sums are widened into `u16` sums every [`Lookup::narrow_run`] steps,
 /// `u16` sums into the `i32` accumulators every [`Lookup::run`].
+/// How a run's sums go into the `i32` sums ([`Lookup::store`]).
+#[derive(Clone, Copy)]
+pub(super) struct Store {
+    /// The first run: written instead of added.
+    pub first: bool,
+    /// The weight plane: the sums count `2^shift` times.
+    pub shift: u32,
+    /// The last run: `2 S - qsum` stored, `S` the whole sum.
+    pub qsum: Option<i32>,
+}
+
 pub(super) trait Lookup {
     /// A block's indices a step, one table (in every lane the lookup reads), or a block's
     /// narrow sums.
@@ -114,13 +127,13 @@ pub(super) trait Lookup {
     /// # Safety
     /// The ISA is present.
     unsafe fn widen(wide: Self::Wide, part: Self::V) -> Self::Wide;
-    /// Adds the `u16` sums of the first `lanes` channels of a block to the `i32` sums at `out`
-    /// (written instead when `first`); with `qsum` (the last run) stores `2 S - qsum`, `S` the
-    /// whole sum.
+    /// Adds the `u16` sums of the first `lanes` channels of a block, times `2^shift` (the
+    /// weight plane's), to the `i32` sums at `out` (written instead when `first`); with `qsum`
+    /// (the last run) stores `2 S - qsum`, `S` the whole sum.
     ///
     /// # Safety
     /// The ISA is present; `lanes` `i32`s readable and writable at `out`.
-    unsafe fn store(wide: Self::Wide, out: *mut i32, lanes: usize, first: bool, qsum: Option<i32>);
+    unsafe fn store(wide: Self::Wide, out: *mut i32, lanes: usize, st: Store);
     /// The table builder's step: writes the tables of channel groups `0 .. n` (`n <=
     /// CHUNK`) of the `len <= CHUNK * K` codes at `codes` (`len` pad codes where `codes` is
     /// `None`: a pad pixel) at `t`, [`Lookup::TABLE`] `u16` each, and returns the sum of the
@@ -171,9 +184,15 @@ pub(super) fn lut_avx2_input_len(s: &ConvShape) -> usize {
     input_len::<Avx2>(s)
 }
 
-/// Bytes of one block of output channels: a step's indices per tap and channel group.
-fn block_bytes<L: Lookup>(s: &ConvShape) -> usize {
+/// Bytes of one weight plane of a block of output channels: a step's indices per tap and
+/// channel group.
+fn plane_bytes<L: Lookup>(s: &ConvShape) -> usize {
     s.kh * s.kw * L::groups(s) * L::STEP
+}
+
+/// Bytes of one block of output channels: a plane per weight bit.
+fn block_bytes<L: Lookup>(s: &ConvShape) -> usize {
+    s.wbits as usize * plane_bytes::<L>(s)
 }
 
 /// Bytes of the weights as table indices of kind `L`.
@@ -181,10 +200,12 @@ fn prepared_len_of<L: Lookup>(s: &ConvShape) -> usize {
     s.groups * s.cout_g.div_ceil(L::LANES) * block_bytes::<L>(s)
 }
 
-/// The weights as table indices of kind `L`, `[g][O/LANES][kh][kw][ceil(cin_g/K)][LANES]` of
-/// `STEP / LANES` bytes each (`u16` for [`Words`], the pattern in the low byte): bit `i` of the
-/// index of channel `o` at a tap and channel group `G` is set when the weight of input channel
-/// `K G + i` is `+1` (zero past `cin_g` and `cout_g`).
+/// The weights as table indices of kind `L`, `[g][O/LANES][wbits][kh][kw][ceil(cin_g/K)][LANES]`
+/// of `STEP / LANES` bytes each (`u16` for [`Words`], the pattern in the low byte): bit `i` of
+/// the index of channel `o` in plane `p` at a tap and channel group `G` is bit `p` of the code
+/// of the weight of input channel `K G + i` (zero past `cin_g` and `cout_g`). With the code's
+/// numerator `2 code - (2^wbits - 1)` that is `sum_p 2^p (2 b_p - 1)`: plane `p` is a sign
+/// weight counted `2^p` times.
 fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     let len = prepared_len_of::<L>(s);
     let Some(dst) = out.get_mut(..len) else {
@@ -194,15 +215,21 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     let codes = CodeReader::new(conv);
     let (k, lanes, el) = (L::K, L::LANES, L::STEP / L::LANES);
     let (gn, nblk, bb) = (L::groups(s), s.cout_g.div_ceil(lanes), block_bytes::<L>(s));
+    let pb = plane_bytes::<L>(s);
     for o in 0..s.cout {
         let (g, oc) = (o / s.cout_g, o % s.cout_g);
         let blk = (g * nblk + oc / lanes) * bb;
         for ky in 0..s.kh {
             for kx in 0..s.kw {
                 for i in 0..s.cin_g {
-                    if codes.numerator(o, ky, kx, i) > 0 {
-                        let at = blk + (((ky * s.kw + kx) * gn + i / k) * lanes + oc % lanes) * el;
-                        dst[at] |= 1 << (i % k);
+                    let code = codes.code(o, ky, kx, i);
+                    for p in 0..s.wbits as usize {
+                        if code >> p & 1 != 0 {
+                            let at = blk
+                                + p * pb
+                                + (((ky * s.kw + kx) * gn + i / k) * lanes + oc % lanes) * el;
+                            dst[at] |= 1 << (i % k);
+                        }
                     }
                 }
             }
@@ -341,26 +368,31 @@ impl<L: Lookup> Tile for LutCall<'_, L> {
         p0: usize,
     ) {
         let s = self.s;
-        let (steps, run) = (s.kh * s.kw * L::groups(s), L::run(s));
-        let mut t0 = 0;
-        while t0 < steps {
-            let t1 = (t0 + run).min(steps);
-            // SAFETY: `t1 <= steps`; the rest is the caller's.
-            unsafe { self.steps::<NB, P>(acc, g, b0, p0, t0, t1, (t0 == 0, t1 == steps)) };
-            t0 = t1;
+        let (steps, run, planes) = (s.kh * s.kw * L::groups(s), L::run(s), s.wbits as usize);
+        for p in 0..planes {
+            let mut t0 = 0;
+            while t0 < steps {
+                let t1 = (t0 + run).min(steps);
+                let (first, last) = (p == 0 && t0 == 0, p + 1 == planes && t1 == steps);
+                // SAFETY: `t1 <= steps`, `p < wbits`; the rest is the caller's.
+                unsafe { self.steps::<NB, P>(acc, g, b0, p0, (p, t0, t1), (first, last)) };
+                t0 = t1;
+            }
         }
     }
 }
 
 impl<L: Lookup> LutCall<'_, L> {
-    /// Adds table steps `t0 .. t1` (step `t`: tap `t / gn`, channel group `t % gn`) of `NB`
-    /// blocks of output channels from block `b0` of group `g` for the `P` output pixels from
-    /// `p0` to their `i32` sums in `acc`; `first`: written instead; `last`: `2 S - sum q`. At
-    /// most [`Lookup::run`] steps: the sums of the run are `u16`.
+    /// Adds table steps `t0 .. t1` (step `t`: tap `t / gn`, channel group `t % gn`) of weight
+    /// plane `plane` of `NB` blocks of output channels from block `b0` of group `g` for the
+    /// `P` output pixels from `p0`, times `2^plane`, to their `i32` sums in `acc`; `first`:
+    /// written instead; `last`: `2 S - (2^wbits - 1) sum q`. At most [`Lookup::run`] steps:
+    /// the sums of the run are `u16`.
     ///
     /// # Safety
     /// `L`'s ISA present; the call passed [`ConvShape::assert_call`]; blocks `b0 .. b0 + NB`
-    /// exist in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * kw * gn`.
+    /// exist in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * kw * gn`,
+    /// `plane < wbits`.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn steps<const NB: usize, const P: usize>(
@@ -369,8 +401,7 @@ impl<L: Lookup> LutCall<'_, L> {
         g: usize,
         b0: usize,
         p0: usize,
-        t0: usize,
-        t1: usize,
+        (plane, t0, t1): (usize, usize, usize),
         (first, last): (bool, bool),
     ) {
         let s = self.s;
@@ -380,11 +411,12 @@ impl<L: Lookup> LutCall<'_, L> {
             base[j] = window_origin(s, p0 + j) * px + g * gn * L::TABLE;
         }
         let x = self.x.as_ptr();
-        // SAFETY: block `b0` of group `g` lies inside the prepared weights (caller).
+        // SAFETY: plane `plane` of block `b0` of group `g` lies inside the prepared weights
+        // (caller).
         let w = unsafe {
             self.w
                 .as_ptr()
-                .add((g * s.cout_g.div_ceil(L::LANES) + b0) * bb)
+                .add((g * s.cout_g.div_ceil(L::LANES) + b0) * bb + plane * plane_bytes::<L>(s))
         };
         // SAFETY: `L`'s ISA present (caller).
         let (zero, zero_wide) = unsafe { (L::zero(), L::zero_wide()) };
@@ -453,12 +485,12 @@ impl<L: Lookup> LutCall<'_, L> {
         // SAFETY: `L`'s ISA present, the tile inside the call (caller).
         unsafe {
             widen_all::<L, NB, P>(&mut part, &mut wide);
-            self.store_tile(&wide, acc, g, b0, p0, (first, last));
+            self.store_tile(&wide, acc, g, b0, p0, (first, plane as u32, last));
         }
     }
 
-    /// Stores a tile's `u16` sums into its `i32` sums in `acc` ([`Lookup::store`]; `first`:
-    /// written instead; `last`: `2 S - sum q`).
+    /// Stores a tile's `u16` sums, times `2^shift`, into its `i32` sums in `acc`
+    /// ([`Lookup::store`]; `first`: written instead; `last`: `2 S - (2^wbits - 1) sum q`).
     ///
     /// # Safety
     /// `L`'s ISA present; blocks `b0 .. b0 + NB` exist in group `g` and pixels `p0 .. p0 + P`
@@ -471,17 +503,19 @@ impl<L: Lookup> LutCall<'_, L> {
         g: usize,
         b0: usize,
         p0: usize,
-        (first, last): (bool, bool),
+        (first, shift, last): (bool, u32, bool),
     ) {
         let s = self.s;
+        let wmax = (1i32 << s.wbits) - 1;
         for j in 0..P {
-            let q = last.then(|| self.qsum(p0 + j, g));
+            let qsum = last.then(|| wmax.wrapping_mul(self.qsum(p0 + j, g)));
+            let st = Store { first, shift, qsum };
             let row = (p0 + j - self.first) * s.cout + g * s.cout_g;
             for b in 0..NB {
                 let c0 = (b0 + b) * L::LANES;
                 let lanes = (s.cout_g - c0).min(L::LANES);
                 // SAFETY: the block's `lanes` channels of the pixel lie in `acc` (caller).
-                unsafe { L::store(wide[j][b], acc.as_mut_ptr().add(row + c0), lanes, first, q) };
+                unsafe { L::store(wide[j][b], acc.as_mut_ptr().add(row + c0), lanes, st) };
             }
         }
     }
@@ -594,7 +628,7 @@ pub(super) fn lut_avx512(
     );
     assert!(
         crate::kernels::lut_fits(s),
-        "table lookup: 1-bit weights, 2- to 8-bit codes"
+        "table lookup: 1- or 2-bit weights, 2- to 8-bit codes"
     );
     /// [`lut_rows`] over byte tables: tiles of 2 blocks x 4 pixels (1 block x 6).
     ///
@@ -635,29 +669,30 @@ fn lane_mask(n: usize) -> __mmask16 {
     }
 }
 
-/// Adds the 32 `u16` sums in `v` to the `i32` sums at `p` (the first `lanes` of them; written
-/// instead on the `first` run); on the last run (`qsum` given) stores `2 * S - qsum`, `S` the
-/// whole sum, instead of `S` (the AVX-512 kinds' [`Lookup::store`]).
+/// Adds the 32 `u16` sums in `v`, times `2^st.shift`, to the `i32` sums at `p` (the first
+/// `lanes` of them; written instead on the `first` run); on the last run (`qsum` given) stores
+/// `2 * S - qsum`, `S` the whole sum, instead of `S` (the AVX-512 kinds' [`Lookup::store`]).
 ///
 /// # Safety
 /// AVX-512 F/BW present; `lanes.min(32)` `i32`s readable and writable at `p`.
 #[inline(always)]
-unsafe fn widen_store(v: __m512i, p: *mut i32, lanes: usize, first: bool, qsum: Option<i32>) {
+unsafe fn widen_store(v: __m512i, p: *mut i32, lanes: usize, st: Store) {
     // SAFETY: AVX-512 F/BW present; masked lanes are not touched (caller).
     unsafe {
+        let sh = _mm_cvtsi32_si128(st.shift as i32);
         let halves = [
-            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)),
-            _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)),
+            _mm512_sll_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)), sh),
+            _mm512_sll_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)), sh),
         ];
         for (h, w) in halves.into_iter().enumerate() {
             let m = lane_mask(lanes.saturating_sub(16 * h));
             let p = p.wrapping_add(16 * h);
-            let r = if first {
+            let r = if st.first {
                 w
             } else {
                 _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, p as *const _), w)
             };
-            let r = match qsum {
+            let r = match st.qsum {
                 Some(q) => _mm512_sub_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(q)),
                 None => r,
             };

@@ -57,9 +57,9 @@ impl Lookup for Words {
     }
 
     #[inline(always)]
-    unsafe fn store(wide: __m512i, out: *mut i32, lanes: usize, first: bool, qsum: Option<i32>) {
+    unsafe fn store(wide: __m512i, out: *mut i32, lanes: usize, st: Store) {
         // SAFETY: AVX-512 F/BW present, `lanes` `i32`s at `out` (caller).
-        unsafe { widen_store(wide, out, lanes, first, qsum) }
+        unsafe { widen_store(wide, out, lanes, st) }
     }
 
     #[inline(always)]

@@ -43,11 +43,6 @@ struct Align64<T>(T);
 /// pixel are [`pixel_stride`] `u16` apart.
 const LUT_N: usize = 1 << LUT_K;
 
-/// One table kind's primitives: the loads, the lookup, the widening, the store and the table
-/// builder's step (the [`super::int8::Dot`] of the table lookup). A step looks up one table (a padded pixel and
-/// channel group) with the indices of a block of [`Lookup::LANES`] output channels, adding
-/// into narrow sums; byte sums are widened into `u16` sums every [`Lookup::narrow_run`] steps,
-/// `u16` sums into the `i32` accumulators every [`Lookup::run`].
 /// How a run's sums go into the `i32` sums ([`Lookup::store`]).
 #[derive(Clone, Copy)]
 pub(super) struct Store {
@@ -59,6 +54,11 @@ pub(super) struct Store {
     pub qsum: Option<i32>,
 }
 
+/// One table kind's primitives: the loads, the lookup, the widening, the store and the table
+/// builder's step (the [`super::int8::Dot`] of the table lookup). A step looks up one table (a padded pixel and
+/// channel group) with the indices of a block of [`Lookup::LANES`] output channels, adding
+/// into narrow sums; byte sums are widened into `u16` sums every [`Lookup::narrow_run`] steps,
+/// `u16` sums into the `i32` accumulators every [`Lookup::run`].
 pub(super) trait Lookup {
     /// A block's indices a step, one table (in every lane the lookup reads), or a block's
     /// narrow sums.

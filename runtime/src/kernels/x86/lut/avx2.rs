@@ -106,24 +106,6 @@ impl Lookup for Avx2 {
     /// 16 channels a load.
     const CHUNK: usize = 4;
 
-    #[inline(always)]
-    unsafe fn zero() -> __m256i {
-        // SAFETY: AVX present (caller).
-        unsafe { _mm256_setzero_si256() }
-    }
-
-    #[inline(always)]
-    unsafe fn zero_wide() -> [__m256i; 2] {
-        // SAFETY: AVX present (caller).
-        unsafe { [_mm256_setzero_si256(); 2] }
-    }
-
-    #[inline(always)]
-    unsafe fn load_w(p: *const u8) -> __m256i {
-        // SAFETY: 32 readable bytes at `p` (caller).
-        unsafe { _mm256_loadu_si256(p as *const _) }
-    }
-
     /// The table in both 128-bit lanes (`vpshufb` looks up within a lane).
     #[inline(always)]
     unsafe fn load_t(p: *const u16) -> __m256i {

@@ -43,6 +43,61 @@ struct Align64<T>(T);
 /// pixel are [`pixel_stride`] `u16` apart.
 const LUT_N: usize = 1 << LUT_K;
 
+/// A register of a table kind's sums: its zero.
+pub(super) trait Zero: Copy {
+    /// # Safety
+    /// The register's ISA is present.
+    unsafe fn zero() -> Self;
+}
+
+/// A table kind's vector of indices, tables or narrow sums: its zero and an unaligned load.
+pub(super) trait Vector: Zero {
+    /// # Safety
+    /// The vector's ISA is present; a vector's bytes readable at `p`.
+    unsafe fn load(p: *const u8) -> Self;
+}
+
+impl Zero for __m512i {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX-512 F present (caller).
+        unsafe { _mm512_setzero_si512() }
+    }
+}
+
+impl Vector for __m512i {
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self {
+        // SAFETY: AVX-512 F present, 64 readable bytes at `p` (caller).
+        unsafe { _mm512_loadu_si512(p as *const _) }
+    }
+}
+
+impl Zero for __m256i {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: AVX present (caller).
+        unsafe { _mm256_setzero_si256() }
+    }
+}
+
+impl Vector for __m256i {
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self {
+        // SAFETY: AVX present, 32 readable bytes at `p` (caller).
+        unsafe { _mm256_loadu_si256(p as *const _) }
+    }
+}
+
+/// Two halves of a block's `u16` sums (the byte kinds).
+impl<T: Zero> Zero for [T; 2] {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: as `T::zero` (caller).
+        unsafe { [T::zero(); 2] }
+    }
+}
+
 /// How a run's sums go into the `i32` sums ([`Lookup::store`]).
 #[derive(Clone, Copy)]
 pub(super) struct Store {
@@ -62,9 +117,9 @@ pub(super) struct Store {
 pub(super) trait Lookup {
     /// A block's indices a step, one table (in every lane the lookup reads), or a block's
     /// narrow sums.
-    type V: Copy;
+    type V: Vector;
     /// A block's `u16` sums.
-    type Wide: Copy;
+    type Wide: Zero;
     /// Channels a table (`2^K` entries).
     const K: usize;
     /// Output channels a block.
@@ -103,20 +158,36 @@ pub(super) trait Lookup {
 
     /// # Safety
     /// The ISA is present (so for every method below).
-    unsafe fn zero() -> Self::V;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        // SAFETY: the ISA is present (caller).
+        unsafe { Self::V::zero() }
+    }
     /// # Safety
     /// The ISA is present.
-    unsafe fn zero_wide() -> Self::Wide;
+    #[inline(always)]
+    unsafe fn zero_wide() -> Self::Wide {
+        // SAFETY: the ISA is present (caller).
+        unsafe { Self::Wide::zero() }
+    }
     /// A block's indices.
     ///
     /// # Safety
     /// [`Lookup::STEP`] readable bytes at `p`.
-    unsafe fn load_w(p: *const u8) -> Self::V;
-    /// A table.
+    #[inline(always)]
+    unsafe fn load_w(p: *const u8) -> Self::V {
+        // SAFETY: a vector's bytes readable at `p` (caller: `STEP` is the vector's width).
+        unsafe { Self::V::load(p) }
+    }
+    /// A table (by default one vector: [`Lookup::TABLE`] `u16` of a vector's width).
     ///
     /// # Safety
     /// [`Lookup::TABLE`] readable `u16` at `p`.
-    unsafe fn load_t(p: *const u16) -> Self::V;
+    #[inline(always)]
+    unsafe fn load_t(p: *const u16) -> Self::V {
+        // SAFETY: as above.
+        unsafe { Self::V::load(p as *const u8) }
+    }
     /// `part` plus the entries of table `t` at indices `w`.
     ///
     /// # Safety

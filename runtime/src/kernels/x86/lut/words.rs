@@ -21,30 +21,6 @@ impl Lookup for Words {
     const CHUNK: usize = LUT_CHUNK;
 
     #[inline(always)]
-    unsafe fn zero() -> __m512i {
-        // SAFETY: AVX-512 F present (caller).
-        unsafe { _mm512_setzero_si512() }
-    }
-
-    #[inline(always)]
-    unsafe fn zero_wide() -> __m512i {
-        // SAFETY: AVX-512 F present (caller).
-        unsafe { _mm512_setzero_si512() }
-    }
-
-    #[inline(always)]
-    unsafe fn load_w(p: *const u8) -> __m512i {
-        // SAFETY: 64 readable bytes at `p` (caller).
-        unsafe { _mm512_loadu_si512(p as *const _) }
-    }
-
-    #[inline(always)]
-    unsafe fn load_t(p: *const u16) -> __m512i {
-        // SAFETY: 32 readable `u16` at `p` (caller).
-        unsafe { _mm512_loadu_si512(p as *const _) }
-    }
-
-    #[inline(always)]
     unsafe fn look(part: __m512i, w: __m512i, t: __m512i) -> __m512i {
         // SAFETY: AVX-512 BW present (caller).
         unsafe { _mm512_add_epi16(part, _mm512_permutexvar_epi16(w, t)) }

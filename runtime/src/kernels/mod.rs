@@ -304,13 +304,17 @@ pub(crate) const LUT_K8: usize = 6;
 /// weights per bit, looked up in the same tables), 2- to 8-bit codes.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_fits(s: &ConvShape) -> bool {
-    s.wbits <= 2 && s.abits >= 2
+    s.wbits <= 2 && s.abits >= 2 && s.kw <= LUT_MAX_KW
 }
+
+/// The widest kernel row of the table-lookup kernels: a row's lookups are taken together and
+/// must fit the narrowest run of byte sums (14 lookups of 6 two-bit codes).
+pub(crate) const LUT_MAX_KW: usize = 14;
 
 /// Whether the AVX2 table-lookup kernel can run the shape: 1- or 2-bit weights, 2-bit codes.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
-    s.wbits <= 2 && s.abits == 2
+    s.wbits <= 2 && s.abits == 2 && s.kw <= LUT_MAX_KW
 }
 
 /// A conv kernel: its kind, prepared-weight layout and hot loop.

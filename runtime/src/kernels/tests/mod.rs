@@ -159,6 +159,40 @@ fn kernels_match_reference_on_wide_outputs_at_every_tile_width() {
     assert!(total >= 4 * 4 * 2);
 }
 
+/// The table lookups' row steps that share a tile's tables between the taps of a kernel row:
+/// stride 1 and 2, tiles of 4 and 8 pixels on one output row (8 and 16 pixels a row), one to
+/// three blocks of output channels (70 outputs), and tiles that span two output rows (12 and 6
+/// pixels a row), which load the tables per pixel; the weight layout follows the walk.
+#[test]
+fn kernels_match_reference_on_shared_row_steps() {
+    let mut total = 0;
+    for (w, stride, cout_g) in [
+        (8u32, 1u16, 70u32),
+        (16, 1, 5),
+        (16, 2, 70),
+        (12, 1, 70),
+        (12, 2, 5),
+    ] {
+        for (wbits, abits) in [(1u8, 8u8), (1, 2), (2, 2), (2, 4)] {
+            let c = Case {
+                w,
+                h: 4,
+                stride: (stride, stride),
+                rows: 3,
+                ..Case::new(
+                    11,
+                    cout_g,
+                    wbits,
+                    abits,
+                    31 + u64::from(w + cout_g) + u64::from(stride),
+                )
+            };
+            total += check_case(&c);
+        }
+    }
+    assert!(total >= 5 * 4 * 2);
+}
+
 #[test]
 fn kernels_match_reference_on_large_windows() {
     // A 9x9 window (81 taps) is more than the sign-weight kernel's mask buffer holds for one

@@ -102,7 +102,6 @@ impl Lookup for Avx2 {
     /// 16 bytes.
     const TABLE: usize = 8;
     const NARROW: bool = true;
-    const PER_TAP: bool = true;
     /// 16 channels a load.
     const CHUNK: usize = 4;
 

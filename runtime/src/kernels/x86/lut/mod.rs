@@ -6,7 +6,7 @@
 //! weight is two such sign weights, the second counted twice (`2k - 3 = 2 (2 b1 - 1) + (2 b0 -
 //! 1)`): two planes of lookups over the same tables.
 //!
-//! One driver (the [`Tile`] of [`LutCall`], its `steps`, `for_tiles`' walk) and one table
+//! One driver (the [`Tile`] of [`LutCall`], its row steps, `for_tiles`' walk) and one table
 //! builder ([`build_tables`]) over the [`Lookup`] primitives of three table kinds, one file
 //! each (as [`super::int8`]'s `Dot`):
 //! * [`words`]: `u16` tables of 5 channels, `vpermw` over 32 output channels (AVX-512 BW,
@@ -19,6 +19,12 @@
 //! three share the weight layout (a table index per output channel, tap and channel group,
 //! [`prepare_of`]), the tables' layout (per padded pixel a table per group and channel group,
 //! [`Lookup::TABLE`] `u16` each, then the code sums: [`input_len`]) and the walks.
+//!
+//! A step of the walk is a kernel row and channel group, its taps together
+//! ([`LutCall::row_steps`]): on a tile of pixels of one output row with 3 taps a row, the
+//! tables of the tile's windows are loaded once a step and shared between the taps (pixel
+//! `j`'s table at tap `kx` is table `sw j + kx` from the first pixel's), and the weights
+//! are laid out in the walk's order, so a block's indices are read front to back.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -131,9 +137,6 @@ pub(super) trait Lookup {
     /// Narrow sums are bytes, widened every [`Lookup::narrow_run`] steps (else they are the
     /// `u16` sums).
     const NARROW: bool;
-    /// Steps walk tap by tap (a pointer per pixel advanced a table a step) rather than one
-    /// offset over all steps; which is faster depends on the kind (measured).
-    const PER_TAP: bool;
     /// Channel groups the table builder makes from one load of codes ([`Lookup::tables_of`]).
     const CHUNK: usize;
 
@@ -271,7 +274,7 @@ fn prepared_len_of<L: Lookup>(s: &ConvShape) -> usize {
     s.groups * s.cout_g.div_ceil(L::LANES) * block_bytes::<L>(s)
 }
 
-/// The weights as table indices of kind `L`, `[g][O/LANES][wbits][kh][kw][ceil(cin_g/K)][LANES]`
+/// The weights as table indices of kind `L`, `[g][O/LANES][wbits][kh][ceil(cin_g/K)][kw][LANES]`
 /// of `STEP / LANES` bytes each (`u16` for [`Words`], the pattern in the low byte): bit `i` of
 /// the index of channel `o` in plane `p` at a tap and channel group `G` is bit `p` of the code
 /// of the weight of input channel `K G + i` (zero past `cin_g` and `cout_g`). With the code's
@@ -298,7 +301,7 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
                         if code >> p & 1 != 0 {
                             let at = blk
                                 + p * pb
-                                + (((ky * s.kw + kx) * gn + i / k) * lanes + oc % lanes) * el;
+                                + (((ky * gn + i / k) * s.kw + kx) * lanes + oc % lanes) * el;
                             dst[at] |= 1 << (i % k);
                         }
                     }
@@ -429,7 +432,8 @@ unsafe fn codes512(codes: Option<*const u8>, pad: u8, len: usize) -> (__m512i, u
 type LutCall<'a, L> = Call<'a, u16, L>;
 
 impl<L: Lookup> Tile for LutCall<'_, L> {
-    /// Every step of the tile (tap by channel group), in runs of [`Lookup::run`] steps.
+    /// Every row step of the tile (kernel row by channel group, the row's taps together), in
+    /// runs of at most [`Lookup::run`] lookups a sum, plane by plane.
     #[inline(always)]
     unsafe fn tile<const NB: usize, const P: usize>(
         &self,
@@ -439,122 +443,141 @@ impl<L: Lookup> Tile for LutCall<'_, L> {
         p0: usize,
     ) {
         let s = self.s;
-        let (steps, run, planes) = (s.kh * s.kw * L::groups(s), L::run(s), s.wbits as usize);
+        let shared = self.shares_tables::<P>(p0);
+        // `kw <= LUT_MAX_KW <= narrow_run <= run` (`lut_fits`): a run holds a row step.
+        let (steps, run, planes) = (s.kh * L::groups(s), L::run(s) / s.kw, s.wbits as usize);
         for p in 0..planes {
             let mut t0 = 0;
             while t0 < steps {
                 let t1 = (t0 + run).min(steps);
-                let (first, last) = (p == 0 && t0 == 0, p + 1 == planes && t1 == steps);
-                // SAFETY: `t1 <= steps`, `p < wbits`; the rest is the caller's.
-                unsafe { self.steps::<NB, P>(acc, g, b0, p0, (p, t0, t1), (first, last)) };
+                let span = (
+                    (p, t0, t1),
+                    (p == 0 && t0 == 0, p + 1 == planes && t1 == steps),
+                );
+                // SAFETY: `t1 <= steps`, `p < wbits`; the rest is the caller's (and
+                // `shares_tables` for the shared walks).
+                unsafe {
+                    match (shared, s.sw, s.kw) {
+                        (true, 1, _) => self.row_steps::<NB, P, 1, true, 3>(acc, g, b0, p0, span),
+                        (true, _, _) => self.row_steps::<NB, P, 2, true, 3>(acc, g, b0, p0, span),
+                        (_, _, 3) => self.row_steps::<NB, P, 0, false, 3>(acc, g, b0, p0, span),
+                        _ => self.row_steps::<NB, P, 0, false, 0>(acc, g, b0, p0, span),
+                    }
+                }
                 t0 = t1;
             }
         }
     }
 }
 
+/// Tables a row step holds in registers at most: the shared windows of a tile of up to 8
+/// pixels at stride 1 (or 4 at stride 2) and 3 taps.
+const ROW_TABLES: usize = 10;
+
 impl<L: Lookup> LutCall<'_, L> {
-    /// Adds table steps `t0 .. t1` (step `t`: tap `t / gn`, channel group `t % gn`) of weight
-    /// plane `plane` of `NB` blocks of output channels from block `b0` of group `g` for the
-    /// `P` output pixels from `p0`, times `2^plane`, to their `i32` sums in `acc`; `first`:
-    /// written instead; `last`: `2 S - (2^wbits - 1) sum q`. At most [`Lookup::run`] steps:
-    /// the sums of the run are `u16`.
+    /// Whether a tile of `P` pixels from `p0` shares its tables between taps: 3 taps a
+    /// kernel row, stride 1 or 2 and the pixels on one output row, so that pixel `j`'s table
+    /// at tap `kx` is table `sw j + kx` of the row from the first pixel's window, and a row
+    /// step loads `sw (P - 1) + 3` tables for `3 P` lookups a block (else `3 P`).
+    #[inline(always)]
+    fn shares_tables<const P: usize>(&self, p0: usize) -> bool {
+        let s = self.s;
+        P >= 2
+            && s.kw == 3
+            && (s.sw == 1 || s.sw == 2)
+            && s.sw * (P - 1) + 3 <= ROW_TABLES
+            && p0 / s.ow == (p0 + P - 1) / s.ow
+    }
+
+    /// Adds row steps `t0 .. t1` (row step `t`: kernel row `t / gn`, channel group `t % gn`,
+    /// its `kw` taps) of weight plane `plane` of `NB` blocks of output channels from block
+    /// `b0` of group `g` for the `P` output pixels from `p0`, times `2^plane`, to their `i32`
+    /// sums in `acc`; `first`: written instead; `last`: `2 S - (2^wbits - 1) sum q`. At most
+    /// [`Lookup::run`] lookups a sum: the sums of the run are `u16`. `SHARED`: the tables of
+    /// a row step are loaded once for the tile (`SW` its stride, see
+    /// [`LutCall::shares_tables`]); else per pixel and tap. `KW`: the kernel's width where it
+    /// is a constant of the walk (3), else 0.
     ///
     /// # Safety
     /// `L`'s ISA present; the call passed [`ConvShape::assert_call`]; blocks `b0 .. b0 + NB`
-    /// exist in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * kw * gn`,
-    /// `plane < wbits`.
-    #[allow(clippy::too_many_arguments)]
+    /// exist in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * gn`,
+    /// `(t1 - t0) kw <= run`, `plane < wbits`; `KW` 0 or `kw`; `shares_tables`, `SW == sw`
+    /// and `KW == 3` if `SHARED`.
+    #[allow(clippy::type_complexity)]
     #[inline(always)]
-    unsafe fn steps<const NB: usize, const P: usize>(
+    unsafe fn row_steps<
+        const NB: usize,
+        const P: usize,
+        const SW: usize,
+        const SHARED: bool,
+        const KW: usize,
+    >(
         &self,
         acc: &mut [i32],
         g: usize,
         b0: usize,
         p0: usize,
-        (plane, t0, t1): (usize, usize, usize),
-        (first, last): (bool, bool),
+        ((plane, t0, t1), (first, last)): ((usize, usize, usize), (bool, bool)),
     ) {
         let s = self.s;
         let (gn, px, bb) = (L::groups(s), pixel_stride::<L>(s), block_bytes::<L>(s));
-        let mut base = [0usize; P];
+        let kw = if KW > 0 { KW } else { s.kw };
+        let mut org = [0usize; P];
         for j in 0..P {
-            base[j] = window_origin(s, p0 + j) * px + g * gn * L::TABLE;
+            org[j] = window_origin(s, p0 + j) * px + g * gn * L::TABLE;
         }
-        let x = self.x.as_ptr();
-        // SAFETY: plane `plane` of block `b0` of group `g` lies inside the prepared weights
-        // (caller).
-        let w = unsafe {
-            self.w
-                .as_ptr()
-                .add((g * s.cout_g.div_ceil(L::LANES) + b0) * bb + plane * plane_bytes::<L>(s))
-        };
-        // SAFETY: `L`'s ISA present (caller).
-        let (zero, zero_wide) = unsafe { (L::zero(), L::zero_wide()) };
-        let mut part = [[zero; NB]; P];
-        let mut wide = [[zero_wide; NB]; P];
-        let nr = L::narrow_run(s).unwrap_or(usize::MAX);
-        let mut pending = 0;
-        let mut t = t0;
-        while t < t1 {
-            // Per tap, a pointer per pixel advanced a table a step (`PER_TAP`); else a
-            // pointer per pixel and one table offset over every step of the run.
-            let (tap, gi) = (t / gn, t % gn);
-            let n = if L::PER_TAP {
-                (gn - gi).min(t1 - t)
-            } else {
-                t1 - t
-            };
-            let (mut ky, mut kx, mut gi) = (tap / s.kw, tap % s.kw, gi);
-            let mut toff = (ky * s.wp + kx) * px + gi * L::TABLE;
-            let (mut tp, mut wp) = ([x; P], [w; NB]);
-            // SAFETY: inside the tables (`toff` is that of step `t`, one of the tile's) and
-            // the weights (`t < t1`, blocks `b0 .. b0 + NB`), as the loads below.
-            unsafe {
-                for j in 0..P {
-                    tp[j] = x.add(base[j] + if L::PER_TAP { toff } else { 0 });
+        // SAFETY: `L`'s ISA present; the tables of the tile's windows and plane `plane` of
+        // its blocks lie inside the buffers (caller), as every load below.
+        unsafe {
+            let (x, w) = (self.x.as_ptr(), self.w.as_ptr());
+            let w =
+                w.add((g * s.cout_g.div_ceil(L::LANES) + b0) * bb + plane * plane_bytes::<L>(s));
+            let (zero, zero_wide) = (L::zero(), L::zero_wide());
+            let mut part = [[zero; NB]; P];
+            let mut wide = [[zero_wide; NB]; P];
+            // Row steps between two widenings of the narrow sums (all for `u16` ones).
+            let nr = L::narrow_run(s).map_or(usize::MAX, |n| n / kw);
+            let mut pending = 0;
+            let (mut ky, mut gi) = (t0 / gn, t0 % gn);
+            // Weights by kernel row, channel group, then tap ([`prepare_of`]): one walk.
+            let mut wt = w.add(t0 * kw * L::STEP);
+            for _ in t0..t1 {
+                let row = x.add(ky * s.wp * px + gi * L::TABLE);
+                let mut tv = [zero; ROW_TABLES];
+                if SHARED {
+                    for i in 0..SW * (P - 1) + 3 {
+                        tv[i] = L::load_t(row.add(org[0] + i * px));
+                    }
                 }
-                for b in 0..NB {
-                    wp[b] = w.add(t * L::STEP + b * bb);
-                }
-            }
-            // Chunks of steps between two widenings of the narrow sums (one for `u16` ones).
-            let mut i0 = 0;
-            while i0 < n {
-                let m = (n - i0).min(nr - pending);
-                for i in i0..i0 + m {
-                    let off = if L::PER_TAP { L::TABLE * i } else { toff };
-                    // SAFETY: the step's tables and weights lie inside the buffers (caller:
-                    // the window of every pixel of the tile is inside the padded input, `t1
-                    // <= kh * kw * gn`); `L`'s ISA present.
-                    unsafe { look_step::<L, NB, P>(&mut part, &tp, off, &wp, L::STEP * i) };
-                    if !L::PER_TAP {
-                        gi += 1;
-                        toff += L::TABLE;
-                        if gi == gn {
-                            gi = 0;
-                            kx += 1;
-                            if kx == s.kw {
-                                (kx, ky) = (0, ky + 1);
-                            }
-                            toff = (ky * s.wp + kx) * px;
+                for kx in 0..kw {
+                    let mut wv = [zero; NB];
+                    for b in 0..NB {
+                        wv[b] = L::load_w(wt.add(b * bb));
+                    }
+                    wt = wt.add(L::STEP);
+                    for j in 0..P {
+                        let tj = if SHARED {
+                            tv[j * SW + kx]
+                        } else {
+                            L::load_t(row.add(org[j] + kx * px))
+                        };
+                        for b in 0..NB {
+                            part[j][b] = L::look(part[j][b], wv[b], tj);
                         }
                     }
                 }
-                i0 += m;
                 if L::NARROW {
-                    pending += m;
+                    pending += 1;
                     if pending == nr {
-                        // SAFETY: `L`'s ISA present (caller).
-                        unsafe { widen_all::<L, NB, P>(&mut part, &mut wide) };
+                        widen_all::<L, NB, P>(&mut part, &mut wide);
                         pending = 0;
                     }
                 }
+                gi += 1;
+                if gi == gn {
+                    (gi, ky) = (0, ky + 1);
+                }
             }
-            t += n;
-        }
-        // SAFETY: `L`'s ISA present, the tile inside the call (caller).
-        unsafe {
             widen_all::<L, NB, P>(&mut part, &mut wide);
             self.store_tile(&wide, acc, g, b0, p0, (first, plane as u32, last));
         }
@@ -606,34 +629,6 @@ impl<L: Lookup> LutCall<'_, L> {
             }
         }
         q as i32
-    }
-}
-
-/// One step of a tile: `NB` blocks' indices at `wp[b] + w_off`, the `P` pixels' tables at
-/// `tp[j] + t_off`, every lookup added to `part`.
-///
-/// # Safety
-/// `L`'s ISA present; the loads in bounds.
-#[inline(always)]
-unsafe fn look_step<L: Lookup, const NB: usize, const P: usize>(
-    part: &mut [[L::V; NB]; P],
-    tp: &[*const u16; P],
-    t_off: usize,
-    wp: &[*const u8; NB],
-    w_off: usize,
-) {
-    // SAFETY: as the caller states.
-    unsafe {
-        let mut wv = [L::zero(); NB];
-        for b in 0..NB {
-            wv[b] = L::load_w(wp[b].add(w_off));
-        }
-        for j in 0..P {
-            let tv = L::load_t(tp[j].add(t_off));
-            for b in 0..NB {
-                part[j][b] = L::look(part[j][b], wv[b], tv);
-            }
-        }
     }
 }
 

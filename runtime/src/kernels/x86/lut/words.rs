@@ -16,8 +16,6 @@ impl Lookup for Words {
     const STEP: usize = 64;
     const TABLE: usize = LUT_N;
     const NARROW: bool = false;
-    // One offset over all steps: a per-tap walk ran the W1A8 network 4 % slower.
-    const PER_TAP: bool = false;
     const CHUNK: usize = LUT_CHUNK;
 
     #[inline(always)]

@@ -314,11 +314,17 @@ unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize, const PN: usize, c
         while b0 < nblk {
             let nb = (nblk - b0).min(NB);
             let full = if 2 * nb > NB { P } else { PN };
+            // A last full tile that would leave fewer than `P2` pixels, which `P2` tiles
+            // cover exactly instead, gives way to them (32 pixels by 6 and 4: 6 6 6 6 4 4,
+            // not 6 6 6 6 6 1 1).
+            let n = end - first;
+            let swap = n > full && n % full < P2 && (full + n % full) % P2 == 0;
+            let p2_from = if swap { end - full - n % full } else { end };
             let mut p = first;
             while p < end {
                 let left = end - p;
                 // (tile width, which of the three)
-                let (tp, w) = if left >= full {
+                let (tp, w) = if left >= full && p < p2_from {
                     (full, 0)
                 } else if left >= P2 {
                     (P2, 1)

@@ -256,9 +256,26 @@ impl Net {
             what: "packed weight size",
         })?;
         let count = out_c as usize * kernel[0] as usize * kernel[1] as usize * ipg as usize;
-        // Uniform codes; consume the random stream in whole u64s, 16 codes at a time.
+        let codes = self.random_codes(count);
+        conv.codes = pack_codes(&codes, out_c, kernel, ipg, wb)?;
+        debug_assert_eq!(conv.codes.len(), n);
+        let terms = ipg as f64 * kernel[0] as f64 * kernel[1] as f64;
+        let (mult, raw_scale) = self.raw_requant(x, terms);
+        conv.requant.raw.mult = mult;
+        conv.requant.raw.scale = raw_scale;
+        let (out_dtype, stats, affine) = self.stage2_output(stage2, out_c, raw_scale)?;
+        let y = self.add_tensor(out_shape, out_dtype, stats)?;
+        conv.output = y;
+        conv.requant.affine = affine;
+        self.model.layer(OwnedLayer::Conv(conv));
+        Ok(y)
+    }
+
+    /// `count` uniform weight codes; the random stream consumed in whole u64s, 16 codes at a
+    /// time.
+    fn random_codes(&mut self, count: usize) -> Vec<u8> {
         let mut codes = Vec::with_capacity(count);
-        let mask = (1u64 << wb) - 1;
+        let mask = (1u64 << self.q.weight_bits) - 1;
         while codes.len() < count {
             let mut r = self.rng.next();
             for _ in 0..16.min(count - codes.len()) {
@@ -266,14 +283,16 @@ impl Net {
                 r >>= 4;
             }
         }
-        conv.codes = pack_codes(&codes, out_c, kernel, ipg, wb)?;
-        debug_assert_eq!(conv.codes.len(), n);
+        codes
+    }
 
-        // Stage 1: acc has variance terms * E[w^2] * E[x^2] (zero-mean weights), w the odd
-        // numerator with E[w^2] = (L^2 - 1) / 3 for L = 2^wb levels. Raw std -> RAW_STD.
-        let levels = (1u64 << wb) as f64;
+    /// Stage 1's multiplier and the raw output's scale for a conv of `terms` products a sum
+    /// over tensor `x`: the accumulator has variance `terms * E[w^2] * E[x^2]` (zero-mean
+    /// weights), `w` the odd numerator with `E[w^2] = (L^2 - 1) / 3` for `L = 2^wb` levels;
+    /// the raw codes get standard deviation `RAW_STD`.
+    fn raw_requant(&self, x: u16, terms: f64) -> (i32, f32) {
+        let levels = (1u64 << self.q.weight_bits) as f64;
         let w2 = (levels * levels - 1.0) / 3.0;
-        let terms = ipg as f64 * kernel[0] as f64 * kernel[1] as f64;
         let sigma_acc = (terms * w2 * self.stats[x as usize].m2).sqrt().max(1.0);
         let r = RAW_STD / sigma_acc;
         let mult = (r * (1u64 << RAW_SHIFT) as f64)
@@ -282,10 +301,18 @@ impl Net {
         // mult / 2^shift = scale_in / ((2^wb - 1) * raw_scale)
         let r_fixed = mult as f64 / (1u64 << RAW_SHIFT) as f64;
         let raw_scale = (self.scale(x) as f64 / ((levels - 1.0) * r_fixed)) as f32;
-        conv.requant.raw.mult = mult;
-        conv.requant.raw.scale = raw_scale;
+        (mult, raw_scale)
+    }
 
-        let (out_dtype, stats, affine) = match stage2 {
+    /// A conv output's type, statistics and stage 2: the raw codes, or activations through a
+    /// per-channel affine.
+    fn stage2_output(
+        &mut self,
+        stage2: Stage2,
+        out_c: u32,
+        raw_scale: f32,
+    ) -> Result<(DType, Stats, Option<OwnedAffine>)> {
+        Ok(match stage2 {
             Stage2::Raw => (
                 DType::Quant {
                     scale: raw_scale,
@@ -309,12 +336,7 @@ impl Net {
                 };
                 (dtype, self.act_stats(), Some(affine))
             }
-        };
-        let y = self.add_tensor(out_shape, out_dtype, stats)?;
-        conv.output = y;
-        conv.requant.affine = affine;
-        self.model.layer(OwnedLayer::Conv(conv));
-        Ok(y)
+        })
     }
 
     /// Per-channel multipliers (one array per input, whose codes have standard deviation

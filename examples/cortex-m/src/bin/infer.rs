@@ -146,67 +146,16 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
     // phase repainting the stack first; the overall peak is the largest of them.
     let mut peak = painted.peak();
     for &choice in config::ALGOS {
-        let planning = stack::paint(STACK_PAINT);
-        // `fit` is what a board with a fixed arena does: the default kernels if their plan
-        // fits the static arena, else the kernels with the smallest prepared weights.
-        let plan_choice = PlanChoice::from_name(choice).ok_or(Failure::Choice(choice))?;
-        let plan = Plan::with_choice(
-            &model,
-            Engine::Packed,
-            plan_choice,
-            PlanOptions::default(),
-            arena.len(),
-        )
-        .map_err(Failure::Runtime)?;
-        let need = plan.arena_bytes();
-        hprintln!(
-            "plan {} need {} have {} weights {} activations {} scratch {}",
+        let phases = run_choice(
             choice,
-            need,
-            arena.len(),
-            plan.weights_bytes(),
-            plan.activation_peak_bytes(),
-            plan.scratch_bytes()
-        );
-        if need > arena.len() {
-            return Err(Failure::Arena {
-                need,
-                have: arena.len(),
-            });
-        }
-        for (i, layer) in model.layers.iter().enumerate() {
-            if let (Layer::Conv(_), Some(k)) = (layer, plan.kernel(i)) {
-                hprintln!("kernel {} {}", i, k);
-            }
-        }
-        let plan_peak = planning.peak();
-        let inference = stack::paint(STACK_PAINT);
-        let t0 = ticks.now();
-        slb_runtime::prepare(&model, &plan, arena).map_err(Failure::Runtime)?;
-        hprintln!("prepare ticks {}", ticks.now() - t0);
-
-        for (i, image) in IMAGES.chunks_exact(image_len).enumerate() {
-            let t0 = ticks.now();
-            slb_runtime::run_with_busy_pin(&model, &plan, arena, image, &mut logits, &mut led)
-                .map_err(Failure::Runtime)?;
-            let dt = ticks.now() - t0;
-            if led.is_high() || led.rises != led.falls {
-                // The runtime lowers the busy pin when it returns; say so if it did not.
-                let _ = led.set_low();
-                hprintln!("warning: busy pin left high");
-            }
-            let best = argmax(&logits);
-            let name = model.input.class_names().nth(best).unwrap_or("?");
-            hprintln!("image {} class {} {} ticks {}", i, best, name, dt);
-            print_logits(i, &logits);
-        }
-        let run_peak = inference.peak();
-        hprintln!(
-            "stack-phases plan {} inference {}",
-            plan_peak.unwrap_or(usize::MAX),
-            run_peak.unwrap_or(usize::MAX)
-        );
-        for p in [plan_peak, run_peak] {
+            &model,
+            arena,
+            image_len,
+            &mut logits,
+            &mut led,
+            &ticks,
+        )?;
+        for p in phases {
             peak = match (peak, p) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
@@ -220,6 +169,83 @@ fn run(painted: &stack::Painted) -> Result<(), Failure> {
     }
     hprintln!("done");
     Ok(())
+}
+
+/// Plans the model with kernel choice `choice`, prepares it and classifies every image,
+/// printing the records of `plan` to `stack-phases`; returns the stack peaks of the planning
+/// and of the inference (`None` where the paint overflowed). Never inlined, so that its
+/// frame (the plan) is not added to `run`'s.
+#[inline(never)]
+fn run_choice(
+    choice: &'static str,
+    model: &Model<'_>,
+    arena: &mut [u8],
+    image_len: usize,
+    logits: &mut [f32],
+    led: &mut board::CountingPin<board::Led0>,
+    ticks: &board::Ticks,
+) -> Result<[Option<usize>; 2], Failure> {
+    let planning = stack::paint(STACK_PAINT);
+    // `fit` is what a board with a fixed arena does: the default kernels if their plan
+    // fits the static arena, else the kernels with the smallest prepared weights.
+    let plan_choice = PlanChoice::from_name(choice).ok_or(Failure::Choice(choice))?;
+    let plan = Plan::with_choice(
+        model,
+        Engine::Packed,
+        plan_choice,
+        PlanOptions::default(),
+        arena.len(),
+    )
+    .map_err(Failure::Runtime)?;
+    let need = plan.arena_bytes();
+    hprintln!(
+        "plan {} need {} have {} weights {} activations {} scratch {}",
+        choice,
+        need,
+        arena.len(),
+        plan.weights_bytes(),
+        plan.activation_peak_bytes(),
+        plan.scratch_bytes()
+    );
+    if need > arena.len() {
+        return Err(Failure::Arena {
+            need,
+            have: arena.len(),
+        });
+    }
+    for (i, layer) in model.layers.iter().enumerate() {
+        if let (Layer::Conv(_), Some(k)) = (layer, plan.kernel(i)) {
+            hprintln!("kernel {} {}", i, k);
+        }
+    }
+    let plan_peak = planning.peak();
+    let inference = stack::paint(STACK_PAINT);
+    let t0 = ticks.now();
+    slb_runtime::prepare(model, &plan, arena).map_err(Failure::Runtime)?;
+    hprintln!("prepare ticks {}", ticks.now() - t0);
+
+    for (i, image) in IMAGES.chunks_exact(image_len).enumerate() {
+        let t0 = ticks.now();
+        slb_runtime::run_with_busy_pin(model, &plan, arena, image, logits, led)
+            .map_err(Failure::Runtime)?;
+        let dt = ticks.now() - t0;
+        if led.is_high() || led.rises != led.falls {
+            // The runtime lowers the busy pin when it returns; say so if it did not.
+            let _ = led.set_low();
+            hprintln!("warning: busy pin left high");
+        }
+        let best = argmax(logits);
+        let name = model.input.class_names().nth(best).unwrap_or("?");
+        hprintln!("image {} class {} {} ticks {}", i, best, name, dt);
+        print_logits(i, logits);
+    }
+    let run_peak = inference.peak();
+    hprintln!(
+        "stack-phases plan {} inference {}",
+        plan_peak.unwrap_or(usize::MAX),
+        run_peak.unwrap_or(usize::MAX)
+    );
+    Ok([plan_peak, run_peak])
 }
 
 /// Elements of the model's output tensor (0 if the model names none). Never inlined: inlined

@@ -318,8 +318,9 @@ unsafe fn for_tiles<T: Tile, const NB: usize, const P: usize, const PN: usize, c
             // cover exactly instead, gives way to them (32 pixels by 6 and 4: 6 6 6 6 4 4,
             // not 6 6 6 6 6 1 1).
             let n = end - first;
-            let swap = n > full && n % full < P2 && (full + n % full) % P2 == 0;
-            let p2_from = if swap { end - full - n % full } else { end };
+            let r = n % full;
+            let swap = n > full && r != 0 && r < P2 && (full + r) % P2 == 0;
+            let p2_from = if swap { end - full - r } else { end };
             let mut p = first;
             while p < end {
                 let left = end - p;

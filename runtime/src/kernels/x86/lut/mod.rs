@@ -146,14 +146,15 @@ pub(super) trait Lookup {
         s.cin_g.div_ceil(Self::K)
     }
 
-    /// Steps the narrow sums hold before they are widened (`None`: they are the `u16` sums).
-    /// Each step adds at most `K * (2^abits - 1)`.
+    /// Lookups (steps of one table) the narrow sums hold before they are widened (`None`: they
+    /// are the `u16` sums). Each adds at most `K * (2^abits - 1)`; a row step of the walk
+    /// takes `kw` of them.
     #[inline(always)]
     fn narrow_run(s: &ConvShape) -> Option<usize> {
         Self::NARROW.then(|| (u8::MAX as usize / (Self::K * ((1usize << s.abits) - 1))).max(1))
     }
 
-    /// Steps a run of `u16` sums holds.
+    /// Lookups a run of `u16` sums holds (a row step of the walk takes `kw` of them).
     #[inline(always)]
     fn run(s: &ConvShape) -> usize {
         (u16::MAX as usize / (Self::K * ((1usize << s.abits) - 1))).max(1)

@@ -14,9 +14,6 @@ use crate::{Error, Result};
 /// Most layers a [`Plan`] holds.
 pub const MAX_LAYERS: usize = 256;
 
-/// Target size of one chunk of conv accumulators (rows are processed in chunks of this size).
-pub(crate) const ACC_CHUNK: usize = 16 * 1024;
-
 /// Which executor runs the graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
@@ -565,7 +562,7 @@ fn conv_plan(
         },
     )?;
     let row_acc = mul(mul(s.ow, s.cout)?, 4)?;
-    let rows = (ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
+    let rows = (kernels::ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
     if engine == Engine::Float {
         return Ok(ConvPlan {
             kernel: kernels::float_kind(opts.portable_only),
@@ -612,6 +609,7 @@ fn conv_plan(
             None => 0,
         },
     )?;
+    let rows = (kernels::acc_chunk(k.kind) / row_acc.max(1)).clamp(1, s.oh);
     // The staged input and the accumulators of `rows` rows.
     let input = staged_input_bytes(&k.run, &s)?;
     Ok(ConvPlan {

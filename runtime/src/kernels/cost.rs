@@ -70,6 +70,13 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // timing bore out on a Zen 5 core: 480-530 MAC/ns, against 180-220 for AVX2 on the same
         // core (docs/PERFORMANCE.md).
         KernelKind::Int8DotVnni => 16,
+        // AMX (`tdpbusd`): measured on an Intel Xeon with AMX (Emerald Rapids class) against
+        // the VNNI dot on the same core, every layer of the W1A8 ResNet18-CIFAR network timed
+        // in the network with each kernel forced (docs/PERFORMANCE.md, "The int8 dot with
+        // AMX"): 3x3 convs 2.0-2.5x the dot's speed at 64 channels, 2.6-3.0x at 128 and 256,
+        // 3.4x at 512 (4x4 outputs), 1.6-2.0x strided; 1x1 convs 1.1-1.3x: `16 / 2.6`. On
+        // that core the table lookup ran below the dot (the rows above are Zen 5's).
+        KernelKind::Int8DotAmx => 6,
         // Per 64 multiply-adds of the lookups; building the tables costs `LUT_TABLE_COST`
         // more per table (see `cost`). Calibrated against `Int8DotVnni`'s 16 with the
         // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510

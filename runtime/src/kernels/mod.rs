@@ -69,6 +69,10 @@ pub enum KernelKind {
     Int8DotAvx2,
     /// u8 x i8 dot product with AVX-512 VNNI (`vpdpbusd`).
     Int8DotVnni,
+    /// u8 x i8 dot product with Intel AMX (`tdpbusd`, 16 pixels x 16 output channels x 64
+    /// input channels an instruction), for convs of one group with input channels a multiple
+    /// of 64 and output channels of 16 ([`amx_fits`]).
+    Int8DotAmx,
     /// The u8 code dot product of 1- and 2-bit weights by table lookup with AVX-512 BW/VBMI
     /// (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of
     /// the channels; the weights of 32 output channels index them (`vpermb` over byte tables
@@ -100,7 +104,7 @@ pub enum KernelKind {
 
 impl KernelKind {
     /// Every kind, for tests and listings.
-    pub const ALL: [KernelKind; 21] = [
+    pub const ALL: [KernelKind; 22] = [
         KernelKind::Xnor,
         KernelKind::BitSerial,
         KernelKind::Int8Dot,
@@ -112,6 +116,7 @@ impl KernelKind {
         KernelKind::BitSerialAvx512,
         KernelKind::Int8DotAvx2,
         KernelKind::Int8DotVnni,
+        KernelKind::Int8DotAmx,
         KernelKind::Int8LutAvx512,
         KernelKind::Int8LutAvx2,
         KernelKind::FloatAvx2,
@@ -138,6 +143,7 @@ impl KernelKind {
             KernelKind::BitSerialAvx512 => "bitserial-popcnt/avx512",
             KernelKind::Int8DotAvx2 => "int8-dot/avx2",
             KernelKind::Int8DotVnni => "int8-dot/avx512-vnni",
+            KernelKind::Int8DotAmx => "int8-dot/amx",
             KernelKind::Int8LutAvx512 => "int8-lut/avx512",
             KernelKind::Int8LutAvx2 => "int8-lut/avx2",
             KernelKind::FloatAvx2 => "f32-direct/avx2",
@@ -167,6 +173,7 @@ impl KernelKind {
             KernelKind::Int8Dot
             | KernelKind::Int8DotAvx2
             | KernelKind::Int8DotVnni
+            | KernelKind::Int8DotAmx
             | KernelKind::Int8LutAvx512
             | KernelKind::Int8LutAvx2
             | KernelKind::Int8DotNeon
@@ -317,6 +324,31 @@ pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
     s.wbits <= 2 && s.abits == 2 && s.kw <= LUT_MAX_KW
 }
 
+/// Whether the AMX int8 dot can run the shape: one group, input channels a multiple of 64
+/// (a tile's 64 bytes of a pixel) and output channels a multiple of 16 (a tile's columns).
+// `%` rather than `is_multiple_of`: the workspace's MSRV is 1.85.
+#[allow(clippy::manual_is_multiple_of)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn amx_fits(s: &ConvShape) -> bool {
+    s.groups == 1 && s.cin_g % 64 == 0 && s.cout_g % 16 == 0
+}
+
+/// Target size of one chunk of conv accumulators: the driver runs a kernel over as many output
+/// rows as fit (at least one), then corrects and requantizes them while they are in the L1
+/// cache.
+pub(crate) const ACC_CHUNK: usize = 16 * 1024;
+
+/// The accumulator chunk of kernel `kind`: [`ACC_CHUNK`], and four times that for the AMX dot,
+/// which expands each tile of 1-bit weights once a call for all the call's pixels (on
+/// ResNet18-CIFAR's 4x4 layers a call then takes the whole layer instead of half of it: the
+/// W1A8 network 12 % faster; 16 times as much changed nothing more).
+pub(crate) fn acc_chunk(kind: KernelKind) -> usize {
+    match kind {
+        KernelKind::Int8DotAmx => 4 * ACC_CHUNK,
+        _ => ACC_CHUNK,
+    }
+}
+
 /// A conv kernel: its kind, prepared-weight layout and hot loop.
 #[derive(Clone, Copy)]
 pub(crate) struct ConvKernel {
@@ -338,13 +370,15 @@ pub(crate) fn algo_fits(algo: Algo, s: &ConvShape) -> bool {
 }
 
 /// Whether kernel `kind` can run a conv of this shape: its algorithm fits, and a table-lookup
-/// kernel needs 1- or 2-bit weights and 2- to 8-bit codes ([`lut_fits`]). (The default rule reaches
+/// kernel needs 1- or 2-bit weights and 2- to 8-bit codes ([`lut_fits`]), the AMX dot whole
+/// tiles of channels ([`amx_fits`]). (The default rule reaches
 /// the table-lookup kernel through `select`, which checks the shape; a kernel named in
 /// [`crate::PlanOptions::kernel`] and the tests ask this.)
 pub(crate) fn kind_fits(kind: KernelKind, s: &ConvShape) -> bool {
     kind.algo().is_some_and(|a| algo_fits(a, s))
         && (kind != KernelKind::Int8LutAvx512 || lut_fits(s))
         && (kind != KernelKind::Int8LutAvx2 || lut_avx2_fits(s))
+        && (kind != KernelKind::Int8DotAmx || amx_fits(s))
 }
 
 /// The kernels the planner may give a conv of algorithm `algo`: the best prepared one

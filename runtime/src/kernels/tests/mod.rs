@@ -19,6 +19,15 @@ pub(crate) use harness::{algo_kernel, kernel_exact};
 /// e.g. `avx512`, `avx2`, `neon`, `int8-dot/neon-sdot`) is available, else the test fails. A
 /// CPU without AVX-512 is legitimate (the development machine): a line says which kernels did
 /// not run.
+/// Whether the CPU has AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25), asked
+/// here independently of the runtime's detection; Linux grants the state to any process that
+/// asks, so the AMX kernel must be available exactly then.
+#[cfg(target_arch = "x86_64")]
+fn amx_int8() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    __cpuid(0).eax >= 7 && __cpuid_count(7, 0).edx >> 24 & 3 == 3
+}
+
 #[test]
 fn isa_variants_match_the_cpu() {
     #[cfg(target_arch = "x86_64")]
@@ -42,6 +51,7 @@ fn isa_variants_match_the_cpu() {
             (KernelKind::Int8DotVnni, vnni),
             (KernelKind::Int8LutAvx2, avx2),
             (KernelKind::Int8LutAvx512, f && has!("avx512vbmi")),
+            (KernelKind::Int8DotAmx, amx_int8()),
             (KernelKind::XnorAvx512, popcnt),
             (KernelKind::BitSerialAvx512, popcnt),
         ]
@@ -96,6 +106,67 @@ proptest! {
         let ran = check_case(&c);
         // Int8Dot and BitSerial run every shape; Xnor adds itself for W1A1.
         prop_assert!(ran >= 2);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    /// The AMX dot's shapes (one group, input channels a multiple of 64, output channels of
+    /// 16): every kernel against the reference, with rows narrower and wider than a tile's 16
+    /// pixels (the last chunk of a row overlapping the one before), strides 1 and 2, 1x1 and
+    /// 3x3 kernels, one or two blocks a register tile, and calls of 1 to 5 rows. The AMX dot
+    /// must be among the kernels exactly where the CPU has it.
+    #[test]
+    fn kernels_match_reference_on_amx_shapes(
+        cin_g in prop::sample::select(vec![64u32, 128]),
+        cout_g in prop::sample::select(vec![16u32, 32, 48]),
+        (h, w) in (1u32..=5, 1u32..=37),
+        k in prop::sample::select(vec![1u16, 3]),
+        stride in 1u16..=2,
+        pad in 0u16..=1,
+        (wbits, abits) in (prop::sample::select(vec![1u8, 2, 4]), prop::sample::select(vec![1u8, 2, 8])),
+        rows in 1usize..=5,
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(h + 2 * u32::from(pad) >= u32::from(k) && w + 2 * u32::from(pad) >= u32::from(k));
+        let c = Case {
+            h,
+            w,
+            k: (k, k),
+            stride: (stride, stride),
+            pad: (pad, pad),
+            rows,
+            zp: if abits == 1 { 0 } else { (seed % (1 << abits)) as i32 },
+            ..Case::new(cin_g, cout_g, wbits, abits, seed)
+        };
+        let amx = |s: &ConvShape| {
+            let k: Vec<ConvKernel> = kernels_for(s)
+                .into_iter()
+                .filter(|k| k.kind == KernelKind::Int8DotAmx)
+                .collect();
+            #[cfg(target_arch = "x86_64")]
+            assert_eq!(k.len(), usize::from(amx_int8()), "{s:?}");
+            k
+        };
+        check_case_with(&c, amx);
+    }
+}
+
+/// The AMX dot's sums at their extremes: every weight the largest or smallest numerator and
+/// every code 255 over 9 taps of 256 channels (2.9 M in magnitude at 2-bit weights).
+#[test]
+fn amx_at_the_extremes() {
+    for (wbits, code) in [(1u8, 1u8), (2, 0), (4, 15), (4, 0)] {
+        let c = Case {
+            h: 3,
+            w: 18,
+            zp: 0,
+            rows: 3,
+            ..Case::new(256, 32, wbits, 8, 11)
+        };
+        let codes = vec![code; weight_count(&c)];
+        let x = vec![255u8; input_count(&c)];
+        assert!(check_inputs(&c, &codes, &x, kernels_for) >= 2);
     }
 }
 

@@ -18,7 +18,7 @@ fn int8_block_bytes(s: &ConvShape) -> usize {
 }
 
 /// Bytes of the int8 weights, before `wsum`.
-fn int8_weight_bytes(s: &ConvShape) -> usize {
+pub(super) fn int8_weight_bytes(s: &ConvShape) -> usize {
     s.groups * s.cout_g.div_ceil(16) * int8_block_bytes(s)
 }
 

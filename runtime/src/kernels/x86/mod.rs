@@ -13,6 +13,10 @@
 //!   `Lookup`, one table of code sums per padded pixel and channel group against a block of
 //!   output channels: `Words` (`vpermw` over `u16` tables), `Bytes` (`vpermb` over byte
 //!   tables, 2-bit codes), `Avx2` (`vpshufb` over byte tables of 4 channels, 2-bit codes);
+//! * [`amx`]: the int8 dot with Intel AMX (`tdpbusd` on 2-D tile registers, 16 pixels x 16
+//!   output channels x 64 input channels an instruction): its own walk (chunks of pixels by
+//!   pairs of channel blocks), since a tile register is not a vector of `Dot`; 1-bit weights
+//!   kept as sign masks and expanded into tiles as it goes;
 //! * [`rows`]: the drivers' row operations (bit packing, requantization, residual add).
 //!
 //! This file: CPU feature detection, kernel selection, and the register-tile walk shared by
@@ -25,7 +29,8 @@
 //!
 //! # Layouts
 //! * Int8: `i8 [g][O/16][kh][kw][ceil(cin_g/4)][16][4]` (numerators, zero past `cin_g` and
-//!   `cout_g`) + `i32 wsum[cout]`.
+//!   `cout_g`) + `i32 wsum[cout]`; the AMX dot reads the same for 2- and 4-bit weights, and
+//!   for 1-bit weights a `u64` sign mask per 64-byte row of it (`[O/16][kh][kw][cin/4]`).
 //! * Bit kinds: the 8-lane layout of [`super::lanes8`], shared with the NEON kernels.
 //!
 //! # Arithmetic
@@ -55,15 +60,18 @@ use core::sync::atomic::{AtomicU8, Ordering};
 use slb_format::{AddParams, ChannelAffine, CodeReader, Conv, RawQuant};
 
 use super::{
-    lanes8, portable, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, Tables, LUT_K, LUT_K8,
+    lanes8, portable, write_wsum, Algo, ConvKernel, ConvShape, KernelKind, RowOps, Run, Tables,
+    LUT_K, LUT_K8,
 };
 use crate::quant::{self, QParams, Steps};
 
+mod amx;
 mod bits;
 mod int8;
 mod lut;
 mod rows;
 
+use amx::*;
 use bits::*;
 use int8::*;
 use lut::*;
@@ -86,9 +94,12 @@ pub(crate) struct Features {
     pub avx512vbmi: bool,
     /// AVX-512 F/BW/DQ/VL: the requantization and residual add compiled for AVX-512.
     pub avx512dq: bool,
+    /// AMX-TILE/INT8 with AVX-512 F/BW, AMX's state granted by the OS (Linux with `std`
+    /// only): [`KernelKind::Int8DotAmx`].
+    pub amx: bool,
 }
 
-/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-5 the five features.
+/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-6 the six features.
 static DETECTED: AtomicU8 = AtomicU8::new(0);
 
 impl Features {
@@ -106,6 +117,7 @@ impl Features {
                 avx512dq: f
                     && std::arch::is_x86_feature_detected!("avx512dq")
                     && std::arch::is_x86_feature_detected!("avx512vl"),
+                amx: f && amx_granted(),
             }
         }
         #[cfg(not(feature = "std"))]
@@ -121,6 +133,7 @@ impl Features {
                         target_feature = "avx512dq",
                         target_feature = "avx512vl"
                     )),
+                amx: false,
             }
         }
     }
@@ -135,7 +148,8 @@ impl Features {
                 | u8::from(f.avx512vnni) << 2
                 | u8::from(f.avx512popcnt) << 3
                 | u8::from(f.avx512vbmi) << 4
-                | u8::from(f.avx512dq) << 5;
+                | u8::from(f.avx512dq) << 5
+                | u8::from(f.amx) << 6;
             DETECTED.store(v, Ordering::Relaxed);
         }
         Features {
@@ -144,8 +158,19 @@ impl Features {
             avx512popcnt: v & 8 != 0,
             avx512vbmi: v & 16 != 0,
             avx512dq: v & 32 != 0,
+            amx: v & 64 != 0,
         }
     }
+}
+
+/// Whether the CPU has AMX-TILE/INT8 and Linux granted this process their state (asked once,
+/// on the first detection).
+#[cfg(feature = "std")]
+fn amx_granted() -> bool {
+    #[cfg(target_os = "linux")]
+    return cpu_has_amx_int8() && request_amx();
+    #[cfg(not(target_os = "linux"))]
+    return false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,6 +192,7 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
             int8_prepare,
             Run::Bytes(int8_avx2),
         ),
+        KernelKind::Int8DotAmx => (f.amx, amx_prepared_len, amx_prepare, Run::Bytes(int8_amx)),
         KernelKind::Int8LutAvx512 => (
             f.avx512vbmi,
             lut_prepared_len,
@@ -210,30 +236,34 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
     })
 }
 
-/// The best x86 kernel for `algo` on this CPU (AVX-512 before AVX2; for the int8 dot of
-/// 1- and 2-bit weights the cheaper by [`super::cost`] of table lookup and the dot), or `None`.
+/// The best x86 kernel for `algo` on this CPU (AVX-512 before AVX2; for the int8 dot the
+/// cheapest by [`super::cost`] of the widest dot, the AMX dot and the table lookups, where they
+/// fit the shape), or `None`.
 pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
     if !matches!(s.abits, 1 | 2 | 4 | 8) || !matches!(s.wbits, 1 | 2 | 4) {
         return None;
     }
-    if algo == Algo::Int8Dot && super::lut_fits(s) {
-        let dot = [KernelKind::Int8DotVnni, KernelKind::Int8DotAvx2]
-            .into_iter()
-            .find_map(by_kind);
-        let lookups = [KernelKind::Int8LutAvx512, KernelKind::Int8LutAvx2]
-            .into_iter()
-            .filter(|&k| super::kind_fits(k, s))
-            .filter_map(by_kind);
-        // The cheapest, the dot on a tie.
-        return dot
-            .into_iter()
-            .chain(lookups)
-            .min_by_key(|k| super::cost(k.kind, s, super::CostModel::Desktop));
-    }
     let kinds = match algo {
         Algo::Xnor => [KernelKind::XnorAvx512, KernelKind::XnorAvx2],
         Algo::BitSerial => [KernelKind::BitSerialAvx512, KernelKind::BitSerialAvx2],
-        Algo::Int8Dot => [KernelKind::Int8DotVnni, KernelKind::Int8DotAvx2],
+        Algo::Int8Dot => {
+            let dot = [KernelKind::Int8DotVnni, KernelKind::Int8DotAvx2]
+                .into_iter()
+                .find_map(by_kind);
+            let others = [
+                KernelKind::Int8DotAmx,
+                KernelKind::Int8LutAvx512,
+                KernelKind::Int8LutAvx2,
+            ]
+            .into_iter()
+            .filter(|&k| super::kind_fits(k, s))
+            .filter_map(by_kind);
+            // The cheapest, the dot on a tie.
+            return dot
+                .into_iter()
+                .chain(others)
+                .min_by_key(|k| super::cost(k.kind, s, super::CostModel::Desktop));
+        }
         Algo::Reference => return None,
     };
     kinds.into_iter().find_map(by_kind)
@@ -410,6 +440,12 @@ unsafe fn pair_store(v: Pair, p: *mut u8) {
         _mm256_storeu_si256(p.add(32) as *mut _, v[1]);
     }
 }
+
+/// A value 64-byte aligned: the table builders' constant vectors (a 64-byte load across two
+/// cache lines is slower: `LUT_PAIRS` 32 bytes off a line made the `u16` table builder about
+/// 50 % slower, 2.3 % of the W1A8 network's time) and the AMX kernel's expanded weight tiles.
+#[repr(C, align(64))]
+struct Align64<T>(T);
 
 /// One kernel call: the shape, the input (`X`: `u8` codes or `u64` bit planes), the prepared
 /// weights and the output pixel `acc` starts at; `K` the kernel (`Int8Call`, `BitsCall`, `LutCall`).

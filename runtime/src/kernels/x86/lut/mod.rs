@@ -39,12 +39,6 @@ pub(super) use avx2::{lut_avx2, lut_avx2_tables};
 use bytes::Bytes;
 use words::Words;
 
-/// A table builder's constant vectors, 64-byte aligned: a 64-byte load across two cache lines
-/// is slower (`LUT_PAIRS` 32 bytes off a line made the `u16` table builder about 50 % slower,
-/// 2.3 % of the W1A8 network's time).
-#[repr(C, align(64))]
-struct Align64<T>(T);
-
 /// `u16`s of one AVX-512 table (32 `u16`, or 64 bytes); one `__m512i`. The tables of a padded
 /// pixel are [`pixel_stride`] `u16` apart.
 const LUT_N: usize = 1 << LUT_K;

@@ -71,7 +71,7 @@ pub enum KernelKind {
     Int8DotVnni,
     /// u8 x i8 dot product with Intel AMX (`tdpbusd`, 16 pixels x 16 output channels x 64
     /// input channels an instruction), for convs of one group with input channels a multiple
-    /// of 64 and output channels of 16 ([`amx_fits`]).
+    /// of 64 and output channels a multiple of 16.
     Int8DotAmx,
     /// The u8 code dot product of 1- and 2-bit weights by table lookup with AVX-512 BW/VBMI
     /// (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of

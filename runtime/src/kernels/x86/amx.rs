@@ -5,17 +5,25 @@
 //!
 //! The weights are the int8 dot's layout (`[g][O/16][kh][kw][cin/4][16][4]`, then `wsum`):
 //! with 64 input channels a tap and block of 16 output channels, 16 rows of 64 bytes, which
-//! is the layout `tdpbusd` reads its second operand in. The activations are read in place from
-//! the padded HWC bytes: a tile's rows are `m` pixels of one output row, `sw * c` bytes apart,
-//! 64 channels each. So the kernel takes convs of one group with `cin` a multiple of 64 and
-//! `cout` a multiple of 16 ([`super::super::amx_fits`]); it stores its sums straight into the
-//! accumulators, `cout` `i32` apart.
+//! is the layout `tdpbusd` reads its second operand in. 1-bit weights are kept as the sign
+//! masks of those rows (a `u64` a row, 8x smaller: the 512-channel layers' 2.4 MB of bytes
+//! each came from L3 on every inference) and expanded into a tile a step, one step ahead.
+//! The activations are read in place from the padded HWC bytes: a tile's rows are `m` pixels,
+//! `sw * c` bytes apart, 64 channels each. So the kernel takes convs of one group with `cin` a
+//! multiple of 64 and `cout` a multiple of 16 ([`super::super::amx_fits`]).
 //!
-//! A register tile is two chunks of `m = min(16, ow)` pixels by two blocks of 16 output
-//! channels: tiles 0-3 accumulate, 4-5 hold the chunks' activations and 6-7 the blocks'
-//! weights of one tap and 64 input channels. A row of `ow` pixels is cut into chunks of `m`,
-//! the last one ending at the row's end (it may overlap the one before, which it then
-//! computes again: the same sums).
+//! A register tile is two chunks of pixels by two blocks of 16 output channels: tiles 0-3
+//! accumulate, 4-5 hold the chunks' activations and 6-7 the blocks' weights of one tap and 64
+//! input channels. A chunk is `m = min(16, ow)` pixels of one output row, the last of a row
+//! ending at the row's end (it may overlap the one before, which it then computes again: the
+//! same sums), stored straight into the accumulators; or, at stride 1 on rows narrower than
+//! 16 pixels, 16 consecutive pixels of the padded input in row-major order taken as window
+//! origins, whose `wp - ow` pixels between two rows' outputs are computed and dropped (at 4x4
+//! outputs two tiles of 16 rows instead of four of 4: the W1A8 network 13 % faster), stored
+//! through a tile-sized buffer. Blocks are the outer loop and chunks the inner, so that a
+//! pair of blocks' weights stays in the caches while every chunk of the call passes over
+//! them (each chunk pair expands them again); the calls take up to 64 KiB of accumulators
+//! ([`super::super::acc_chunk`]): a 4x4 layer in one call.
 //!
 //! Linux hands AMX's register state to a process only once it asks (`arch_prctl`
 //! `ARCH_REQ_XCOMP_PERM`); `Features` asks when it detects the CPU, and reports AMX only when

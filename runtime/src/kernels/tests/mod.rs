@@ -19,13 +19,18 @@ pub(crate) use harness::{algo_kernel, kernel_exact};
 /// e.g. `avx512`, `avx2`, `neon`, `int8-dot/neon-sdot`) is available, else the test fails. A
 /// CPU without AVX-512 is legitimate (the development machine): a line says which kernels did
 /// not run.
-/// Whether the CPU has AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25), asked
-/// here independently of the runtime's detection; Linux grants the state to any process that
-/// asks, so the AMX kernel must be available exactly then.
+/// Whether the CPU has AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25, asked here
+/// independently of the runtime's detection) and the OS grants AMX's state (Linux 5.16 and
+/// later grant it to any process that asks; the runtime's request, the only way to ask): the
+/// AMX kernel must be available exactly then.
 #[cfg(target_arch = "x86_64")]
 fn amx_int8() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
-    __cpuid(0).eax >= 7 && __cpuid_count(7, 0).edx >> 24 & 3 == 3
+    let cpu = __cpuid(0).eax >= 7 && __cpuid_count(7, 0).edx >> 24 & 3 == 3;
+    #[cfg(target_os = "linux")]
+    return cpu && super::x86::request_amx();
+    #[cfg(not(target_os = "linux"))]
+    return false;
 }
 
 #[test]

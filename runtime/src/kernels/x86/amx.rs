@@ -54,7 +54,7 @@ impl TileConfig {
 /// Asks Linux for AMX's tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
 /// XFEATURE_XTILEDATA)`); true if granted. Without it the first tile instruction faults.
 #[cfg(all(feature = "std", target_os = "linux"))]
-pub(super) fn request_amx() -> bool {
+pub(crate) fn request_amx() -> bool {
     const SYS_ARCH_PRCTL: i64 = 158;
     const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
     const XFEATURE_XTILEDATA: i64 = 18;

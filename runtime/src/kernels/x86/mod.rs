@@ -71,6 +71,8 @@ mod int8;
 mod lut;
 mod rows;
 
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) use amx::request_amx;
 use amx::*;
 use bits::*;
 use int8::*;

@@ -542,7 +542,11 @@ impl Config {
         let warm = (self.warmup_epochs * steps_per_epoch as f64).min(total);
         let s = step as f64;
         if s < warm {
-            return self.warmup_lr + (self.lr - self.warmup_lr) * s / warm;
+            // A weighted mean of two finite rates, each term at most its rate: finite and not
+            // negative for any valid pair (`warmup_lr + (lr - warmup_lr) * s / warm` reached
+            // -inf with `warmup_lr = 1.5e305`, `(lr - warmup_lr) * s` overflowing).
+            let f = s / warm;
+            return self.warmup_lr * (1.0 - f) + self.lr * f;
         }
         let progress = ((s - warm) / (total - warm).max(1.0)).clamp(0.0, 1.0);
         match self.lr_schedule {
@@ -634,6 +638,16 @@ mod tests {
         assert!((c.lr_at(60, 10) - 0.1 * 0.25).abs() < 1e-12);
         c.lr_schedule = Schedule::Cosine;
         assert!((c.lr_at(60, 10) - 0.05).abs() < 1e-12);
+        // A warm-up from a huge rate stays finite (it overflowed to -inf).
+        let huge = Config {
+            warmup_lr: 1.5e305,
+            warmup_epochs: 2.0,
+            ..Config::default()
+        };
+        for step in [0, 1, 10, 99_999, 199_999] {
+            let lr = huge.lr_at(step, 100_000);
+            assert!(lr.is_finite() && lr >= 0.0, "{lr} at {step}");
+        }
         assert!(c.lr_at(100, 10).abs() < 1e-12);
     }
 }

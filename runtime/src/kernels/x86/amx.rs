@@ -336,6 +336,56 @@ unsafe fn expand_pair(m: *const u8, bb: usize, pair: bool, tiles: &mut [[u8; 102
     }
 }
 
+/// One step of a register tile: the activations of chunk 0 at `a0` (and chunk 1 at `a1`),
+/// rows `astride` bytes apart, times the weight tiles at `w0` (and `w1`), added to tiles 0
+/// (chunk 0, block 0), 1 (chunk 0, block 1), 2 (chunk 1, block 0) and 3 (chunk 1, block 1).
+///
+/// # Safety
+/// AMX configured by [`int8_amx_impl`]; the tiles' rows readable at the pointers.
+#[inline(always)]
+unsafe fn step(
+    a0: *const u8,
+    a1: Option<*const u8>,
+    astride: usize,
+    w0: *const u8,
+    w1: Option<*const u8>,
+) {
+    // SAFETY: as the caller states.
+    unsafe {
+        asm!(
+            "tileloadd tmm4, [{a} + {st}*1]",
+            "tileloadd tmm6, [{w} + {ws}*1]",
+            "tdpbusd tmm0, tmm4, tmm6",
+            a = in(reg) a0,
+            w = in(reg) w0,
+            st = in(reg) astride,
+            ws = in(reg) 64usize,
+            options(nostack, readonly)
+        );
+        if let Some(w1) = w1 {
+            asm!(
+                "tileloadd tmm7, [{w} + {ws}*1]",
+                "tdpbusd tmm1, tmm4, tmm7",
+                w = in(reg) w1,
+                ws = in(reg) 64usize,
+                options(nostack, readonly)
+            );
+        }
+        if let Some(a1) = a1 {
+            asm!(
+                "tileloadd tmm5, [{a} + {st}*1]",
+                "tdpbusd tmm2, tmm5, tmm6",
+                a = in(reg) a1,
+                st = in(reg) astride,
+                options(nostack, readonly)
+            );
+            if w1.is_some() {
+                asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem));
+            }
+        }
+    }
+}
+
 /// Sums of chunks `c0` (and `c1` if `two`) by blocks `b` (and `b + 1` if `pair`) over every
 /// tap and 64 input channels, stored into their accumulators.
 ///
@@ -396,37 +446,8 @@ unsafe fn tile_pair(
                 let w0 = wp.add(b * bb + rows(q) * 64);
                 (w0, w0.add(bb))
             };
-            asm!(
-                "tileloadd tmm4, [{a} + {st}*1]",
-                "tileloadd tmm6, [{w} + {ws}*1]",
-                "tdpbusd tmm0, tmm4, tmm6",
-                a = in(reg) a0,
-                w = in(reg) w0,
-                st = in(reg) astride,
-                ws = in(reg) 64usize,
-                options(nostack, readonly)
-            );
-            if pair {
-                asm!(
-                    "tileloadd tmm7, [{w} + {ws}*1]",
-                    "tdpbusd tmm1, tmm4, tmm7",
-                    w = in(reg) w1,
-                    ws = in(reg) 64usize,
-                    options(nostack, readonly)
-                );
-            }
-            if two {
-                asm!(
-                    "tileloadd tmm5, [{a} + {st}*1]",
-                    "tdpbusd tmm2, tmm5, tmm6",
-                    a = in(reg) xp.add(o1 + tap),
-                    st = in(reg) astride,
-                    options(nostack, readonly)
-                );
-                if pair {
-                    asm!("tdpbusd tmm3, tmm5, tmm7", options(nostack, nomem));
-                }
-            }
+            let a1 = two.then(|| xp.add(o1 + tap));
+            step(a0, a1, astride, w0, pair.then_some(w1));
             if sign && q + 1 < steps {
                 expand_pair(masks(q + 1), bb, pair, &mut tiles.0[(q + 1) % 2]);
             }

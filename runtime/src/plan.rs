@@ -562,13 +562,15 @@ fn conv_plan(
         },
     )?;
     let row_acc = mul(mul(s.ow, s.cout)?, 4)?;
-    let rows = (kernels::ACC_CHUNK / row_acc.max(1)).clamp(1, s.oh);
+    // Output rows a call: as many as the kernel's accumulator chunk holds, at least one.
+    let rows_of = |kind| (kernels::acc_chunk(kind) / row_acc.max(1)).clamp(1, s.oh);
     if engine == Engine::Float {
+        let kernel = kernels::float_kind(opts.portable_only);
         return Ok(ConvPlan {
-            kernel: kernels::float_kind(opts.portable_only),
+            kernel,
             w_len: mul(mul(s.cout, s.taps())?, 4)?,
             aux_len: 0,
-            rows,
+            rows: rows_of(kernel),
             scratch: 0,
         });
     }
@@ -609,7 +611,7 @@ fn conv_plan(
             None => 0,
         },
     )?;
-    let rows = (kernels::acc_chunk(k.kind) / row_acc.max(1)).clamp(1, s.oh);
+    let rows = rows_of(k.kind);
     // The staged input and the accumulators of `rows` rows.
     let input = staged_input_bytes(&k.run, &s)?;
     Ok(ConvPlan {

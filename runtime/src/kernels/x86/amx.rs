@@ -76,7 +76,8 @@ pub(crate) fn request_amx() -> bool {
 }
 
 /// Whether the CPU has AMX's tiles and its int8 products (CPUID leaf 7: `AMX-TILE`, EDX bit
-/// 24, and `AMX-INT8`, bit 25).
+/// 24, and `AMX-INT8`, bit 25). Read directly: `is_x86_feature_detected!("amx-int8")` is
+/// still unstable in Rust 1.95.
 #[cfg(all(feature = "std", target_os = "linux"))]
 pub(super) fn cpu_has_amx_int8() -> bool {
     // CPUID is present on every x86-64 CPU; leaf 0 gives the highest leaf.
@@ -138,25 +139,13 @@ pub(super) fn amx_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
 
 /// [`KernelKind::Int8DotAmx`].
 pub(super) fn int8_amx(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-    s.assert_call(
-        x.len(),
-        s.byte_input_len(),
-        w.len(),
-        amx_prepared_len(s),
-        y0,
-        y1,
-        acc.len(),
-    );
     assert!(
         crate::kernels::amx_fits(s),
         "AMX int8 dot: one group, input channels a multiple of 64, outputs of 16"
     );
     // SAFETY: `by_kind` hands this kernel out only where AMX-TILE/INT8 and AVX-512 F/BW are
-    // present and the OS granted AMX's state; the call matches the contract (just checked).
-    unsafe { int8_amx_impl(s, x, w, y0, y1, acc) };
-    if s.abits == 1 {
-        sign_fix(s, &w[amx_weight_bytes(s)..], acc);
-    }
+    // present and the OS granted AMX's state; `int8_call` checks the call against the contract.
+    unsafe { int8_call(s, x, w, y0, y1, acc, int8_amx_impl, amx_weight_bytes(s)) }
 }
 
 /// # Safety

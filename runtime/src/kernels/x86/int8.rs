@@ -356,13 +356,16 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
 }
 
 /// An int8 kernel's driver for one ISA.
-type Int8Impl = unsafe fn(&ConvShape, &[u8], &[u8], usize, usize, &mut [i32]);
+pub(super) type Int8Impl = unsafe fn(&ConvShape, &[u8], &[u8], usize, usize, &mut [i32]);
 
-/// Checks an int8 call, runs the ISA's driver `imp`, then the sign fix for 1-bit inputs.
+/// Checks a call of a kernel over padded bytes whose prepared weights are `weights` bytes
+/// and then `wsum` (the int8 dots; the AMX dot), runs the ISA's driver `imp`, then the sign
+/// fix for 1-bit inputs.
 ///
 /// # Safety
 /// The instructions `imp` needs are present.
-unsafe fn int8_call(
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn int8_call(
     s: &ConvShape,
     x: &[u8],
     w: &[u8],
@@ -370,12 +373,13 @@ unsafe fn int8_call(
     y1: usize,
     acc: &mut [i32],
     imp: Int8Impl,
+    weights: usize,
 ) {
     s.assert_call(
         x.len(),
         s.byte_input_len(),
         w.len(),
-        int8_prepared_len(s),
+        weights + 4 * s.cout,
         y0,
         y1,
         acc.len(),
@@ -383,20 +387,20 @@ unsafe fn int8_call(
     // SAFETY: the ISA is present (caller) and the call matches the contract (just checked).
     unsafe { imp(s, x, w, y0, y1, acc) };
     if s.abits == 1 {
-        sign_fix(s, &w[int8_weight_bytes(s)..], acc);
+        sign_fix(s, &w[weights..], acc);
     }
 }
 
 /// [`KernelKind::Int8DotAvx2`].
 pub(super) fn int8_avx2(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     // SAFETY: `by_kind` hands this kernel out only where AVX2 is present.
-    unsafe { int8_call(s, x, w, y0, y1, acc, int8_avx2_impl) }
+    unsafe { int8_call(s, x, w, y0, y1, acc, int8_avx2_impl, int8_weight_bytes(s)) }
 }
 
 /// [`KernelKind::Int8DotVnni`].
 pub(super) fn int8_vnni(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     // SAFETY: `by_kind` hands this kernel out only where AVX-512 F/BW/VNNI is present.
-    unsafe { int8_call(s, x, w, y0, y1, acc, int8_vnni_impl) }
+    unsafe { int8_call(s, x, w, y0, y1, acc, int8_vnni_impl, int8_weight_bytes(s)) }
 }
 
 /// # Safety

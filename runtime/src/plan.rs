@@ -90,19 +90,20 @@ pub struct PlanOptions {
     /// Use the portable kernels only (no SIMD), e.g. to measure the SIMD speed-up.
     pub portable_only: bool,
     /// The kernel cost table the default choice and [`Plan::fit`] rank kernels by
-    /// ([`CostModel::NATIVE`] by default). A host that plans for a microcontroller (to size its
+    /// ([`CostModel::native`] by default: the table of the CPU this runs on). A host that plans for a microcontroller (to size its
     /// arena, or to check it bit for bit) sets [`CostModel::CortexM4`] and `portable_only`.
     pub costs: CostModel,
 }
 
 impl Default for PlanOptions {
-    /// The default kernel rule, SIMD where the CPU has it, this build's cost table.
+    /// The default kernel rule, SIMD where the CPU has it, the cost table of the CPU this runs
+    /// on ([`CostModel::native`]).
     fn default() -> Self {
         PlanOptions {
             force: None,
             kernel: None,
             portable_only: false,
-            costs: CostModel::NATIVE,
+            costs: CostModel::native(),
         }
     }
 }
@@ -586,7 +587,7 @@ fn conv_plan(
             kernels::smallest_kernel(&s, opts.portable_only, opts.costs)
         }
         (_, None) => kernels::default_kernel(&s, opts.portable_only, opts.costs),
-        (_, Some(algo)) => forced_kernel(algo, &s, opts.portable_only, li)?,
+        (_, Some(algo)) => forced_kernel(algo, &s, opts, li)?,
     };
     let Some(k) = k else {
         // The reference loop nest: all rows at once, its accumulators in the scratch.
@@ -628,7 +629,7 @@ fn conv_plan(
 fn forced_kernel(
     algo: Algo,
     s: &ConvShape,
-    portable_only: bool,
+    opts: PlanOptions,
     li: u16,
 ) -> Result<Option<kernels::ConvKernel>> {
     if !kernels::algo_fits(algo, s) {
@@ -642,10 +643,10 @@ fn forced_kernel(
     }
     Ok(if algo == Algo::Reference {
         None
-    } else if portable_only {
+    } else if opts.portable_only {
         kernels::portable::kernel(algo)
     } else {
-        kernels::select(algo, s)
+        kernels::select(algo, s, opts.costs)
     })
 }
 

@@ -15,6 +15,12 @@ pub enum CostModel {
     /// Measured on x86-64 desktop cores: the portable and AVX2 rows on an AVX2-only core, the
     /// AVX-512 rows on a Zen 5 core. The NEON and in-place rows are estimates, and say so.
     Desktop,
+    /// [`CostModel::Desktop`] with the AVX-512 table lookup measured on an Intel Xeon
+    /// (Emerald Rapids class, its AMX denied so that the VNNI dot and the lookups competed):
+    /// `vpermw` issues on one port of an Intel core, where a Zen 5 core has two, and the
+    /// lookups over 16-bit tables (codes of 3 to 8 bits) ran behind the VNNI dot on every
+    /// layer. [`CostModel::native`] picks it on Intel CPUs.
+    DesktopIntel,
     /// Measured on a Cortex-M4 (instructions under QEMU, `docs/MCU.md`): portable kernels only.
     CortexM4,
 }
@@ -27,6 +33,17 @@ impl CostModel {
     } else {
         CostModel::Desktop
     };
+
+    /// The table for the CPU this runs on: [`CostModel::DesktopIntel`] on an Intel x86-64 CPU
+    /// (read from CPUID with `std`), else [`CostModel::NATIVE`]. [`crate::PlanOptions`]'
+    /// default.
+    pub fn native() -> CostModel {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::intel() {
+            return CostModel::DesktopIntel;
+        }
+        CostModel::NATIVE
+    }
 }
 
 /// Relative cost of one kernel step: int8 kinds per 64 multiply-adds, bit kinds per 64-channel
@@ -81,6 +98,14 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // more per table (see `cost`). Calibrated against `Int8DotVnni`'s 16 with the
         // kernel-only timing on a Zen 5 core (docs/PERFORMANCE.md): the dot ran 480-510
         // MAC/ns on 3x3 layers, the lookups 570-740 (400 at 64 channels), a table 1.1 ns.
+        // On an Intel Xeon, whole layers of the W1A8 network with each kernel forced ran the
+        // lookups 1.7x the dot's time at 64 channels, 1.4x at 128, 1.3x at 256 and 1.04x at
+        // 512 (4x4 outputs, where the dot waits on its weights). 20 gives 1.5x, 1.4x, 1.35x
+        // and 1.3x: every 3x3 layer behind the dot, as measured (docs/PERFORMANCE.md, "Intel
+        // without AMX").
+        // (The byte tables of 1- and 2-bit codes have their own costs, below, which rank
+        // those layers on that Xeon as measured.)
+        KernelKind::Int8LutAvx512 if model == CostModel::DesktopIntel => 20,
         KernelKind::Int8LutAvx512 => 13,
         // Per 64 multiply-adds of the lookups (`vpshufb`, 32 output channels x 4 inputs), the
         // tables `LUT_AVX2_TABLE_COST` each. Measured against the AVX2 dot's 40 on whole W1A2

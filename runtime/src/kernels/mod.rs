@@ -386,16 +386,22 @@ pub(crate) fn kind_fits(kind: KernelKind, s: &ConvShape) -> bool {
         && (kind != KernelKind::Int8DotAmx || amx_fits(s))
 }
 
-/// The kernels the planner may give a conv of algorithm `algo`: the best prepared one
-/// ([`select`], or the portable one when `portable_only`) and the portable in-place one.
-fn candidates(algo: Algo, s: &ConvShape, portable_only: bool) -> [Option<ConvKernel>; 2] {
+/// The kernels the planner may give a conv of algorithm `algo`: the best prepared one in
+/// `model` ([`select`], or the portable one when `portable_only`) and the portable in-place
+/// one.
+fn candidates(
+    algo: Algo,
+    s: &ConvShape,
+    portable_only: bool,
+    model: CostModel,
+) -> [Option<ConvKernel>; 2] {
     if !algo_fits(algo, s) {
         return [None, None];
     }
     let prepared = if portable_only {
         portable::kernel(algo)
     } else {
-        select(algo, s)
+        select(algo, s, model)
     };
     [prepared, portable::in_place_kernel(algo)]
 }
@@ -424,7 +430,10 @@ pub(crate) fn default_kernel(
 ) -> Option<ConvKernel> {
     let mut best: Option<(u64, ConvKernel)> = None;
     for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {
-        for k in candidates(algo, s, portable_only).into_iter().flatten() {
+        for k in candidates(algo, s, portable_only, model)
+            .into_iter()
+            .flatten()
+        {
             let c = cost(k.kind, s, model);
             if best.as_ref().is_none_or(|(b, _)| c < *b) {
                 best = Some((c, k));
@@ -443,7 +452,10 @@ pub(crate) fn smallest_kernel(
 ) -> Option<ConvKernel> {
     let mut best: Option<((usize, u64), ConvKernel)> = None;
     for algo in [Algo::Xnor, Algo::BitSerial, Algo::Int8Dot] {
-        for k in candidates(algo, s, portable_only).into_iter().flatten() {
+        for k in candidates(algo, s, portable_only, model)
+            .into_iter()
+            .flatten()
+        {
             let key = ((k.prepared_len)(s), cost(k.kind, s, model));
             if best.as_ref().is_none_or(|(b, _)| key < *b) {
                 best = Some((key, k));
@@ -453,16 +465,18 @@ pub(crate) fn smallest_kernel(
     best.map(|(_, k)| k)
 }
 
-/// The best available kernel for `algo` and shape: an ISA-specific one when the CPU has it,
-/// else the portable one. `None` for [`Algo::Reference`] (the driver runs it directly).
-pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
+/// The best available kernel for `algo` and shape: an ISA-specific one when the CPU has it
+/// (the cheapest in `model` where several run the shape), else the portable one. `None` for
+/// [`Algo::Reference`] (the driver runs it directly).
+pub(crate) fn select(algo: Algo, s: &ConvShape, model: CostModel) -> Option<ConvKernel> {
     if !algo_fits(algo, s) {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = x86::select(algo, s) {
+    if let Some(k) = x86::select(algo, s, model) {
         return Some(k);
     }
+    let _ = model;
     #[cfg(target_arch = "aarch64")]
     if let Some(k) = aarch64::select(algo, s) {
         return Some(k);

@@ -168,7 +168,7 @@ fn cortex_m4_costs_read_codes_in_place() {
     // logits.
     let m4 = PlanOptions::for_board(CostModel::CortexM4);
     let desktop = PlanOptions::for_board(CostModel::Desktop);
-    assert_eq!(PlanOptions::default().costs, CostModel::Desktop); // this host is no Cortex-M
+    assert_ne!(PlanOptions::default().costs, CostModel::CortexM4); // this host is no Cortex-M
     for (wbits, abits, want) in [
         (1u8, 8u8, KernelKind::Int8DotInPlace),
         (4, 8, KernelKind::Int8DotInPlace),

@@ -405,15 +405,10 @@ proptest! {
     }
 }
 
-/// The desktop cost table ranks the AVX-512 (and AVX2) kernels as whole layers measured them
-/// on a Zen 5 core (`benches/`, group `kernel`, at fce77e4; docs/PERFORMANCE.md, "One conv
-/// layer per kernel"), on the ResNet18-CIFAR shapes where the choice matters (MAC/ns in the
-/// comments). The bit-serial kernel's cost was once half what it measures, and W1A2 layers
-/// went to it.
-#[test]
-fn desktop_costs_rank_the_x86_kernels_as_measured() {
-    // `c` channels in and out, `hw` x `hw`, a `k` x `k` window, stride 1, same padding.
-    let shape = |c: usize, hw: usize, k: usize, wbits: u8, abits: u8| ConvShape {
+/// `c` channels in and out, `hw` x `hw`, a `k` x `k` window, stride 1, same padding: the
+/// ResNet18-CIFAR conv shapes of the cost tables' tests.
+fn layer_shape(c: usize, hw: usize, k: usize, wbits: u8, abits: u8) -> ConvShape {
+    ConvShape {
         hp: hw + k - 1,
         wp: hw + k - 1,
         c,
@@ -432,8 +427,18 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
         cw: c.div_ceil(64),
         ph: k / 2,
         pw: k / 2,
-    };
-    let cost = |kind, s: &ConvShape| super::cost(kind, s, super::CostModel::NATIVE);
+    }
+}
+
+/// The desktop cost table ranks the AVX-512 (and AVX2) kernels as whole layers measured them
+/// on a Zen 5 core (`benches/`, group `kernel`, at fce77e4; docs/PERFORMANCE.md, "One conv
+/// layer per kernel"), on the ResNet18-CIFAR shapes where the choice matters (MAC/ns in the
+/// comments). The bit-serial kernel's cost was once half what it measures, and W1A2 layers
+/// went to it.
+#[test]
+fn desktop_costs_rank_the_x86_kernels_as_measured() {
+    let shape = layer_shape;
+    let cost = |kind, s: &ConvShape| super::cost(kind, s, super::CostModel::Desktop);
     use KernelKind::{BitSerialAvx512 as Bits, Int8DotVnni as Dot, Int8LutAvx512 as Lut};
     // (shape, faster kernel, slower kernel)
     let orders = [
@@ -539,6 +544,78 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
             s.abits
         );
     }
+}
+
+/// The Intel table ranks the int8 kernels as whole layers of the W1A8, W1A2 and W2A2 networks
+/// measured them on an Intel Xeon with AMX denied (`noamx`, docs/PERFORMANCE.md, "Intel
+/// without AMX"; time of the lookup / time of the VNNI dot in the comments): the VNNI dot
+/// ahead of the lookups over 16-bit tables everywhere, the lookups over byte tables ahead from
+/// 128 channels (W1A2) and 256 (W2A2). With the Zen 5 table's 13 the 16-bit lookups took the
+/// 128- to 512-channel layers of W1A8, the network 13 % slower than with the dot.
+#[test]
+fn intel_costs_rank_the_int8_kernels_as_measured() {
+    use KernelKind::{Int8DotAmx as Amx, Int8DotVnni as Dot, Int8LutAvx512 as Lut};
+    let cost = |kind, s: &ConvShape| super::cost(kind, s, super::CostModel::DesktopIntel);
+    let shape = layer_shape;
+    // (shape, faster kernel, slower kernel)
+    let orders = [
+        // W1A8: 1.74 at 64 channels, 1.43 at 128, 1.30 at 256, 1.04 at 512.
+        (shape(64, 32, 3, 1, 8), Dot, Lut),
+        (shape(128, 16, 3, 1, 8), Dot, Lut),
+        (shape(256, 8, 3, 1, 8), Dot, Lut),
+        (shape(512, 4, 3, 1, 8), Dot, Lut),
+        // W1A2: 0.65 at 128 channels, 0.53 at 256, 0.42 at 512; 1x1 2.5.
+        (shape(128, 16, 3, 1, 2), Lut, Dot),
+        (shape(256, 8, 3, 1, 2), Lut, Dot),
+        (shape(512, 4, 3, 1, 2), Lut, Dot),
+        (shape(128, 16, 1, 1, 2), Dot, Lut),
+        // W2A2: 1.4 at 64 channels, 0.88 at 256, 0.74 at 512.
+        (shape(64, 32, 3, 2, 2), Dot, Lut),
+        (shape(256, 8, 3, 2, 2), Lut, Dot),
+        (shape(512, 4, 3, 2, 2), Lut, Dot),
+        // AMX where it is granted, as in the Zen 5 table.
+        (shape(64, 32, 3, 1, 8), Amx, Dot),
+        (shape(512, 4, 3, 1, 8), Amx, Dot),
+    ];
+    for (s, fast, slow) in orders {
+        assert!(
+            cost(fast, &s) < cost(slow, &s),
+            "{fast:?} {} against {slow:?} {} on {}ch {}x{} k{} W{}A{}",
+            cost(fast, &s),
+            cost(slow, &s),
+            s.c,
+            s.oh,
+            s.ow,
+            s.kh,
+            s.wbits,
+            s.abits
+        );
+    }
+}
+
+/// `CostModel::native` is the Intel table exactly where CPUID's vendor string is
+/// `GenuineIntel` (its 12 bytes read here from EBX, EDX, ECX), and the build's table elsewhere.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn native_costs_follow_the_cpu_vendor() {
+    // CPUID is present on every x86-64 CPU.
+    let r = std::arch::x86_64::__cpuid(0);
+    let mut vendor = [0u8; 12];
+    for (i, reg) in [r.ebx, r.edx, r.ecx].into_iter().enumerate() {
+        vendor[4 * i..4 * i + 4].copy_from_slice(&reg.to_le_bytes());
+    }
+    let want = if &vendor == b"GenuineIntel" {
+        super::CostModel::DesktopIntel
+    } else {
+        super::CostModel::NATIVE
+    };
+    eprintln!(
+        "cost table: {:?} (CPU vendor {})",
+        super::CostModel::native(),
+        String::from_utf8_lossy(&vendor)
+    );
+    assert_eq!(super::CostModel::native(), want);
+    assert_eq!(crate::PlanOptions::default().costs, want);
 }
 
 /// The portable int8 dot takes prepared weights of at least `prepared_len` bytes (the

@@ -99,9 +99,12 @@ pub(crate) struct Features {
     /// AMX-TILE/INT8 with AVX-512 F/BW, AMX's state granted by the OS (Linux with `std`
     /// only): [`KernelKind::Int8DotAmx`].
     pub amx: bool,
+    /// An Intel CPU (CPUID's vendor `GenuineIntel`): the planner's costs are
+    /// [`super::CostModel::DesktopIntel`].
+    pub intel: bool,
 }
 
-/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-6 the six features.
+/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-7 the seven fields.
 static DETECTED: AtomicU8 = AtomicU8::new(0);
 
 impl Features {
@@ -120,6 +123,7 @@ impl Features {
                     && std::arch::is_x86_feature_detected!("avx512dq")
                     && std::arch::is_x86_feature_detected!("avx512vl"),
                 amx: f && amx_granted(),
+                intel: vendor_is_intel(),
             }
         }
         #[cfg(not(feature = "std"))]
@@ -136,6 +140,7 @@ impl Features {
                         target_feature = "avx512vl"
                     )),
                 amx: false,
+                intel: vendor_is_intel(),
             }
         }
     }
@@ -151,7 +156,8 @@ impl Features {
                 | u8::from(f.avx512popcnt) << 3
                 | u8::from(f.avx512vbmi) << 4
                 | u8::from(f.avx512dq) << 5
-                | u8::from(f.amx) << 6;
+                | u8::from(f.amx) << 6
+                | u8::from(f.intel) << 7;
             DETECTED.store(v, Ordering::Relaxed);
         }
         Features {
@@ -161,8 +167,21 @@ impl Features {
             avx512vbmi: v & 16 != 0,
             avx512dq: v & 32 != 0,
             amx: v & 64 != 0,
+            intel: v & 128 != 0,
         }
     }
+}
+
+/// Whether CPUID names Intel as the CPU's vendor (leaf 0: `GenuineIntel` in EBX, EDX, ECX).
+fn vendor_is_intel() -> bool {
+    // CPUID is present on every x86-64 CPU.
+    let r = __cpuid(0);
+    (r.ebx, r.edx, r.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
+}
+
+/// Whether this is an Intel CPU ([`super::CostModel::native`]'s question).
+pub(crate) fn intel() -> bool {
+    Features::get().intel
 }
 
 /// Whether the CPU has AMX-TILE/INT8 and Linux granted this process their state (asked once,
@@ -241,7 +260,7 @@ pub(crate) fn by_kind(kind: KernelKind) -> Option<ConvKernel> {
 /// The best x86 kernel for `algo` on this CPU (AVX-512 before AVX2; for the int8 dot the
 /// cheapest by [`super::cost`] of the widest dot, the AMX dot and the table lookups, where they
 /// fit the shape), or `None`.
-pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
+pub(crate) fn select(algo: Algo, s: &ConvShape, model: super::CostModel) -> Option<ConvKernel> {
     if !matches!(s.abits, 1 | 2 | 4 | 8) || !matches!(s.wbits, 1 | 2 | 4) {
         return None;
     }
@@ -264,7 +283,7 @@ pub(crate) fn select(algo: Algo, s: &ConvShape) -> Option<ConvKernel> {
             return dot
                 .into_iter()
                 .chain(others)
-                .min_by_key(|k| super::cost(k.kind, s, super::CostModel::Desktop));
+                .min_by_key(|k| super::cost(k.kind, s, model));
         }
         Algo::Reference => return None,
     };

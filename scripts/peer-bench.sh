@@ -15,10 +15,13 @@
 # Python 3.11). A peer that cannot be installed is reported as not measured.
 #
 # Usage: scripts/peer-bench.sh [--quick | --full] [--rounds N] [--seconds S] [--cpu C]
-#                              [--out DIR] [--no-ort] [--no-lce]
+#                              [--out DIR] [--no-ort] [--no-lce] [--no-amx]
 #   default: 3 rounds of 1 s per engine (about 1.5 minutes once installed: some 17 s per round,
 #   plus 30 s building and converting the peers' models); --quick: 2 rounds of 0.3 s (under a
 #   minute); --full: 6 rounds of 1 s (about 2.5 minutes; the figures in docs/PERFORMANCE.md).
+#   --no-amx: every engine runs with Intel AMX denied (scripts/peer_bench/noamx.py: the request
+#   for AMX's state fails), as on AVX-512 CPUs without AMX; on a CPU without AMX it changes
+#   nothing.
 #   The first run installs the peers (minutes: the TensorFlow wheel alone is 590 MB, the LCE venv
 #   2 GB on disk) and builds slb in release mode (the libtorch bindings: many minutes).
 # Writes DIR/results.md (the markdown table, also printed), DIR/results.json (every round),
@@ -27,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CMDLINE="scripts/peer-bench.sh${*:+ }$*"
-ROUNDS=3 SECONDS_PER=1 CPU=1 OUT=target/peer-bench ORT=1 LCE=1
+ROUNDS=3 SECONDS_PER=1 CPU=1 OUT=target/peer-bench ORT=1 LCE=1 NOAMX=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) ROUNDS=2 SECONDS_PER=0.3 ;;
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --no-ort) ORT=0 ;;
     --no-lce) LCE=0 ;;
+    --no-amx) NOAMX=(python3 scripts/peer_bench/noamx.py) ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "peer-bench: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -111,7 +115,7 @@ fi
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then COMMIT="$COMMIT+dirty"; fi
 echo "peer-bench: timing, $ROUNDS rounds x $SECONDS_PER s per engine, CPU $CPU"
-"$PYTHON" scripts/peer_bench/driver.py --out "$OUT" --rounds "$ROUNDS" --seconds "$SECONDS_PER" \
+${NOAMX[@]+"${NOAMX[@]}"} "$PYTHON" scripts/peer_bench/driver.py --out "$OUT" --rounds "$ROUNDS" --seconds "$SECONDS_PER" \
   --cpu "$CPU" --slb "$SLB" --w1a8 models/resnet18-cifar-w1a8.slb "${SLB_MODELS[@]}" \
   ${WORKERS[@]+"${WORKERS[@]}"} ${MISSING[@]+"${MISSING[@]}"} \
   --command "$CMDLINE" --commit "$COMMIT"

@@ -31,6 +31,10 @@ def cpu_model():
     except OSError:
         pass
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "avx_vnni") if f in flags]
+    if "amx_int8" in flags:
+        # noamx.py (peer-bench.sh --no-amx) sets this where it denied AMX to every engine.
+        denied = os.environ.get("PEER_BENCH_AMX") == "denied"
+        isa.append("amx_int8 (denied to every engine: --no-amx)" if denied else "amx_int8")
     return name, isa
 
 

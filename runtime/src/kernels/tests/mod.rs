@@ -551,7 +551,7 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
 /// without AMX"; time of the lookup / time of the VNNI dot in the comments): the VNNI dot
 /// ahead of the lookups over 16-bit tables everywhere, the lookups over byte tables ahead from
 /// 128 channels (W1A2) and 256 (W2A2). With the Zen 5 table's 13 the 16-bit lookups took the
-/// 128- to 512-channel layers of W1A8, the network 13 % slower than with the dot.
+/// 128- to 512-channel layers of W1A8, the network 6 % slower than with the dot.
 #[test]
 fn intel_costs_rank_the_int8_kernels_as_measured() {
     use KernelKind::{Int8DotAmx as Amx, Int8DotVnni as Dot, Int8LutAvx512 as Lut};

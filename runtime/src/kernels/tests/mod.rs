@@ -430,6 +430,26 @@ fn layer_shape(c: usize, hw: usize, k: usize, wbits: u8, abits: u8) -> ConvShape
     }
 }
 
+/// Asserts that `model` costs each `(shape, faster, slower)` of `orders` as measured: the
+/// faster kernel below the slower one.
+fn assert_ranks(model: super::CostModel, orders: &[(ConvShape, KernelKind, KernelKind)]) {
+    let cost = |kind, s: &ConvShape| super::cost(kind, s, model);
+    for &(s, fast, slow) in orders {
+        assert!(
+            cost(fast, &s) < cost(slow, &s),
+            "{model:?}: {fast:?} {} against {slow:?} {} on {}ch {}x{} k{} W{}A{}",
+            cost(fast, &s),
+            cost(slow, &s),
+            s.c,
+            s.oh,
+            s.ow,
+            s.kh,
+            s.wbits,
+            s.abits
+        );
+    }
+}
+
 /// The desktop cost table ranks the AVX-512 (and AVX2) kernels as whole layers measured them
 /// on a Zen 5 core (`benches/`, group `kernel`, at fce77e4; docs/PERFORMANCE.md, "One conv
 /// layer per kernel"), on the ResNet18-CIFAR shapes where the choice matters (MAC/ns in the
@@ -438,7 +458,6 @@ fn layer_shape(c: usize, hw: usize, k: usize, wbits: u8, abits: u8) -> ConvShape
 #[test]
 fn desktop_costs_rank_the_x86_kernels_as_measured() {
     let shape = layer_shape;
-    let cost = |kind, s: &ConvShape| super::cost(kind, s, super::CostModel::Desktop);
     use KernelKind::{BitSerialAvx512 as Bits, Int8DotVnni as Dot, Int8LutAvx512 as Lut};
     // (shape, faster kernel, slower kernel)
     let orders = [
@@ -530,20 +549,7 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
         (shape(256, 8, 1, 1, 8), KernelKind::Int8DotAmx, Dot),
         (shape(256, 8, 1, 1, 8), KernelKind::Int8DotAmx, Lut),
     ];
-    for (s, fast, slow) in orders {
-        assert!(
-            cost(fast, &s) < cost(slow, &s),
-            "{fast:?} {} against {slow:?} {} on {}ch {}x{} k{} W{}A{}",
-            cost(fast, &s),
-            cost(slow, &s),
-            s.c,
-            s.oh,
-            s.ow,
-            s.kh,
-            s.wbits,
-            s.abits
-        );
-    }
+    assert_ranks(super::CostModel::Desktop, &orders);
 }
 
 /// The Intel table ranks the int8 kernels as whole layers of the W1A8, W1A2 and W2A2 networks
@@ -555,7 +561,6 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
 #[test]
 fn intel_costs_rank_the_int8_kernels_as_measured() {
     use KernelKind::{Int8DotAmx as Amx, Int8DotVnni as Dot, Int8LutAvx512 as Lut};
-    let cost = |kind, s: &ConvShape| super::cost(kind, s, super::CostModel::DesktopIntel);
     let shape = layer_shape;
     // (shape, faster kernel, slower kernel)
     let orders = [
@@ -577,20 +582,7 @@ fn intel_costs_rank_the_int8_kernels_as_measured() {
         (shape(64, 32, 3, 1, 8), Amx, Dot),
         (shape(512, 4, 3, 1, 8), Amx, Dot),
     ];
-    for (s, fast, slow) in orders {
-        assert!(
-            cost(fast, &s) < cost(slow, &s),
-            "{fast:?} {} against {slow:?} {} on {}ch {}x{} k{} W{}A{}",
-            cost(fast, &s),
-            cost(slow, &s),
-            s.c,
-            s.oh,
-            s.ow,
-            s.kh,
-            s.wbits,
-            s.abits
-        );
-    }
+    assert_ranks(super::CostModel::DesktopIntel, &orders);
 }
 
 /// `CostModel::native` is the Intel table exactly where CPUID's vendor string is

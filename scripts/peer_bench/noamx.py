@@ -6,7 +6,8 @@ fall back to their AVX-512 VNNI kernels when the request fails. This installs a 
 that makes exactly that request fail with EPERM (every other system call is allowed), then
 executes the command, whose children inherit the filter. scripts/peer-bench.sh --no-amx runs
 the whole benchmark under it, so that an AMX machine also measures the engines as they run on
-AVX-512 CPUs without AMX (Ice Lake, Zen 4 and 5). Sets PEER_BENCH_AMX=denied for the report.
+AVX-512 CPUs without AMX (Cascade Lake, Ice Lake; VMs that hide it). Sets PEER_BENCH_AMX=denied
+for the report.
 
 Standard library only (ctypes), x86-64 Linux only; exits with 2 and a one-line message if the
 filter cannot be installed.

@@ -35,8 +35,8 @@ impl CostModel {
     };
 
     /// The table for the CPU this runs on: [`CostModel::DesktopIntel`] on an Intel x86-64 CPU
-    /// (read from CPUID with `std`), else [`CostModel::NATIVE`]. [`crate::PlanOptions`]'
-    /// default.
+    /// (read from CPUID once, with or without `std`), else [`CostModel::NATIVE`].
+    /// [`crate::PlanOptions`]' default.
     pub fn native() -> CostModel {
         #[cfg(target_arch = "x86_64")]
         if super::x86::intel() {

@@ -3,6 +3,8 @@
 //! dot, the network runs (a tile instruction without that state would kill the process) and
 //! its logits are those of the run with AMX allowed. Where CPUID reports AMX-INT8, the run
 //! with AMX allowed must plan the AMX dot, so the wrapper is what made the difference.
+//! (x86-64 Linux only: AMX and the wrapper's seccomp filter exist nowhere else.)
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
 use std::process::Command;
 
@@ -70,17 +72,11 @@ fn child(denied: bool) -> (String, String) {
 
 /// Whether CPUID reports AMX-TILE and AMX-INT8 (leaf 7, EDX bits 24 and 25).
 fn cpu_has_amx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let max = std::arch::x86_64::__cpuid(0).eax;
-        max >= 7 && std::arch::x86_64::__cpuid_count(7, 0).edx >> 24 & 3 == 3
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    let max = std::arch::x86_64::__cpuid(0).eax;
+    max >= 7 && std::arch::x86_64::__cpuid_count(7, 0).edx >> 24 & 3 == 3
 }
 
 #[test]
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn amx_denied_plans_vnni_with_the_same_logits() {
     if std::env::var_os(CHILD).is_some() {
         println!("@@ {}", plan_and_logits());

@@ -90,8 +90,9 @@ pub struct PlanOptions {
     /// Use the portable kernels only (no SIMD), e.g. to measure the SIMD speed-up.
     pub portable_only: bool,
     /// The kernel cost table the default choice and [`Plan::fit`] rank kernels by
-    /// ([`CostModel::native`] by default: the table of the CPU this runs on). A host that plans for a microcontroller (to size its
-    /// arena, or to check it bit for bit) sets [`CostModel::CortexM4`] and `portable_only`.
+    /// ([`CostModel::native`] by default: the table of the CPU this runs on). A host that plans
+    /// for a microcontroller (to size its arena, or to check it bit for bit) sets
+    /// [`CostModel::CortexM4`] and `portable_only`.
     pub costs: CostModel,
 }
 

@@ -1,6 +1,6 @@
 //! The planner's cost tables: what one kernel step costs on each kind of CPU.
 
-use super::{Algo, ConvShape, KernelKind, LUT_K8};
+use super::{Algo, ConvShape, KernelKind, ACC_CHUNK, LUT_K8};
 
 /// Which table of measured kernel costs the planner ranks kernels by.
 ///
@@ -149,6 +149,39 @@ const LUT_TABLE_COST: u64 = 140;
 /// [`step_cost`]'s desktop units (see its `Int8LutAvx2` entry).
 const LUT_AVX2_TABLE_COST: u64 = 160;
 
+/// The AVX2 table lookup's step cost per 64 multiply-adds of one nibble plane (codes of 3 to
+/// 8 bits are looked up as two planes of 4 bits, [`LUT_AVX2_TABLE_COST`] a table of each).
+/// Byte sums of nibbles (entries up to 60) are widened after every kernel row (3 lookups)
+/// instead of every 7 rows of 2-bit codes: 19 against the 2-bit step's 15. Fitted to whole
+/// layers of the W1A8 ResNet18-CIFAR network on an AVX2-only Zen 3 EPYC, each kernel forced,
+/// the AVX2 dot's cost beside it (docs/PERFORMANCE.md, "W1A8 on AVX2-only CPUs"): time of the
+/// lookup / time of the dot 1.24 at 64 channels, 1.15 at 128, 0.99 at 256 and 0.68 at 512 (4x4
+/// outputs), 1.1-1.35 on the stride-2 3x3 convs below 512 channels, 1.9-3.1 on the 1x1 ones,
+/// 1.48 on the 3-channel stem; the model's ratios 1.20, 1.09, 1.04, 0.63, 1.23-1.45, 2-5, 1.20.
+const LUT_AVX2_NIBBLE_STEP: u64 = 19;
+
+/// Prepared weights of the int8 dot beyond which [`dot_avx2_stream`] counts their reading.
+const DOT_AVX2_STREAM_MIN: u64 = 1 << 20;
+
+/// The AVX2 dot's cost of reading its weights, per output element, where they exceed
+/// [`DOT_AVX2_STREAM_MIN`] bytes (more than the L2 cache of most desktop cores): a call of
+/// [`ACC_CHUNK`] accumulators reads every weight once, so an output element costs `4 /
+/// ACC_CHUNK` of the weight bytes, 3 units a byte. On the Zen 3 EPYC of
+/// [`LUT_AVX2_NIBBLE_STEP`] the 512-channel 3x3 convs at 4x4 outputs (2.36 MB of byte
+/// weights) ran the dot 1.55x as long as a 64-channel conv of the same multiply-adds; the
+/// 256-channel ones (0.59 MB) as long. The per-step costs leave that out, and without it the
+/// dot kept the 512-channel convs, where the table lookup (a quarter of the weight bytes) ran
+/// in 0.68x its time.
+fn dot_avx2_stream(s: &ConvShape) -> u64 {
+    let bytes =
+        (s.groups * s.cout_g.div_ceil(16) * 16 * s.kh * s.kw * s.cin_g.div_ceil(4) * 4) as u64;
+    if bytes > DOT_AVX2_STREAM_MIN {
+        bytes * 4 * 3 / ACC_CHUNK as u64
+    } else {
+        0
+    }
+}
+
 /// The table-lookup kernel's step cost over byte tables (codes of up to 2 bits, 6 channels a
 /// table), per 64 multiply-adds of the lookups of one weight plane, and its cost per output
 /// element besides the lookups and the tables ([`LUT8_OUTPUT_COST`]). Whole layers on a Zen 5
@@ -188,11 +221,21 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
         if step == u64::from(u32::MAX) {
             return u64::MAX;
         }
-        // As below, with tables of 4 channels.
+        // As below, with tables of 4 channels, a set of lookups and tables per code plane
+        // (codes of 3 to 8 bits: two nibbles, each a plane), a step of a nibble plane
+        // `LUT_AVX2_NIBBLE_STEP`.
+        let (planes, step) = if s.abits > 2 {
+            (u64::from(s.abits.div_ceil(4)), LUT_AVX2_NIBBLE_STEP)
+        } else {
+            (1, step)
+        };
         let gn = s.cin_g.div_ceil(4) as u64;
-        let tables = (s.hp * s.wp) as u64 * gn * LUT_AVX2_TABLE_COST;
+        let tables = (s.hp * s.wp) as u64 * gn * LUT_AVX2_TABLE_COST * planes;
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
-        return taps * step * gn * 4 * u64::from(s.wbits) / 64 + tables / outputs;
+        return taps * step * gn * 4 * u64::from(s.wbits) * planes / 64 + tables / outputs;
+    }
+    if kind == KernelKind::Int8DotAvx2 && model != CostModel::CortexM4 {
+        return taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64 + dot_avx2_stream(s);
     }
     if kind == KernelKind::Int8LutAvx512 {
         if step == u64::from(u32::MAX) {

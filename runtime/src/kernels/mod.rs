@@ -318,10 +318,14 @@ pub(crate) fn lut_fits(s: &ConvShape) -> bool {
 /// must fit the narrowest run of byte sums (14 lookups of 6 two-bit codes).
 pub(crate) const LUT_MAX_KW: usize = 14;
 
-/// Whether the AVX2 table-lookup kernel can run the shape: 1- or 2-bit weights, 2-bit codes.
+/// Whether the AVX2 table-lookup kernel can run the shape: 1- or 2-bit weights, 2- to 8-bit
+/// codes (those of 3 to 8 bits as two nibble planes), and a kernel row whose lookups fit the
+/// byte sums: `kw <= 255 / (4 * largest code of a plane)` (21 for 2-bit codes, 9 for 3-bit, 4
+/// for nibbles).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
-    s.wbits <= 2 && s.abits == 2 && s.kw <= LUT_MAX_KW
+    let plane_max = (1usize << s.abits.clamp(2, 4)) - 1;
+    s.wbits <= 2 && s.abits >= 2 && s.kw <= LUT_MAX_KW.min(255 / (4 * plane_max))
 }
 
 /// Whether the AMX int8 dot can run the shape: one group, input channels a multiple of 64

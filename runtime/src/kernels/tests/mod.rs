@@ -194,10 +194,11 @@ fn kernels_match_reference_on_wide_inputs() {
 
 /// The table lookups' narrow sums at their bounds: every weight `+1` and every code at its
 /// maximum make each lookup the largest its table holds (6 x 3 in an AVX-512 byte table and 4 x
-/// 3 in an AVX2 one at 2 bits, 5 x 255 and 5 x 15 in a `u16` table at 8 and 4 bits), over more
-/// steps than a run of byte sums (14 and 21 at 2 bits) and of `u16` sums (3,640 and 5,461;
-/// 51 and 873) holds: one step more than any of them overflows. Every other kernel of the
-/// shape runs too.
+/// 3 in an AVX2 one at 2 bits, 5 x 255 and 5 x 15 in a `u16` table at 8 and 4 bits, 4 x 15 in
+/// each nibble plane of an AVX2 table at 8 and 4 bits), over more steps than a run of byte sums
+/// (14 and 21 at 2 bits) and of `u16` sums (3,640 and 5,461; 51 and 873; 1,092 for the
+/// nibbles: 1,350 lookups here) holds: one step more than any of them overflows. Every other
+/// kernel of the shape runs too.
 #[test]
 fn kernels_match_reference_at_the_table_sums_bounds() {
     let mut total = 0;
@@ -537,6 +538,30 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
             shape(128, 16, 1, 2, 2),
             KernelKind::Int8DotAvx2,
             KernelKind::Int8LutAvx2,
+        ),
+        // The AVX2 lookup at W1A8 (two nibble planes), whole layers of the W1A8 network on an
+        // AVX2-only Zen 3 EPYC (time of the lookup / time of the AVX2 dot): behind at 64
+        // channels (1.24) and 128 (1.15), on the 1x1 convs (1.9-3.1) and the stem (1.48),
+        // ahead at 512 channels (0.68), where the dot streams 2.36 MB of weights.
+        (
+            shape(64, 32, 3, 1, 8),
+            KernelKind::Int8DotAvx2,
+            KernelKind::Int8LutAvx2,
+        ),
+        (
+            shape(128, 16, 3, 1, 8),
+            KernelKind::Int8DotAvx2,
+            KernelKind::Int8LutAvx2,
+        ),
+        (
+            shape(256, 8, 1, 1, 8),
+            KernelKind::Int8DotAvx2,
+            KernelKind::Int8LutAvx2,
+        ),
+        (
+            shape(512, 4, 3, 1, 8),
+            KernelKind::Int8LutAvx2,
+            KernelKind::Int8DotAvx2,
         ),
         // The AMX dot on an Emerald Rapids class Xeon, whole layers in the W1A8 network
         // (kcycles, AMX / VNNI dot / lookup): 64 channels 110 / 260 / 427, 128 channels 85 /

@@ -1,12 +1,16 @@
-//! The table lookup for 1- and 2-bit weights and 2-bit codes with AVX2 (`vpshufb`), for CPUs without
-//! AVX-512: per padded pixel and group of 4 input channels a table of the code sums over the
-//! 16 subsets (at most 4 x 3, a byte), 16 bytes each; the 4-bit patterns of 32 output channels
-//! index it with one `vpshufb` (the table in both 128-bit lanes), 128 multiply-adds. Byte sums
-//! are widened into `u16` sums every [`Lookup::narrow_run`] steps (21) and into the `i32`
+//! The table lookup for 1- and 2-bit weights and 2- to 8-bit codes with AVX2 (`vpshufb`), for
+//! CPUs without AVX-512: per padded pixel and group of 4 input channels a table of the code sums
+//! over the 16 subsets, 16 bytes each; the 4-bit patterns of 32 output channels index it with
+//! one `vpshufb` (the table in both 128-bit lanes), 128 multiply-adds. An entry must fit a
+//! byte: 2-bit codes are one plane (entries up to 4 x 3), codes of 3 to 8 bits two nibble planes
+//! (up to 4 x 15 each; [`Lookup::CODE_BITS`]), each with its own tables and lookups, the high
+//! one counted 16 times. Byte sums are widened into `u16` sums every [`Lookup::narrow_run`]
+//! steps (21 for 2-bit codes, 4 for nibbles: after every kernel row of 3 taps) by a mask and a
+//! shift (channel `c` in byte `2 (c mod 16) + c / 16`, [`Lookup::lane`]), and into the `i32`
 //! accumulators at the end of a run, where `2 S - sum q` is folded into the last store.
 //!
-//! A padded pixel's tables take 16 bytes per 4 channels (the AVX-512 byte tables 64 per 6),
-//! then come the code sums ([`input_len`]).
+//! A padded pixel's tables take 16 bytes per 4 channels and code plane (the AVX-512 byte
+//! tables 64 per 6), then come the code sums ([`input_len`]).
 
 #![allow(clippy::needless_range_loop)]
 
@@ -104,6 +108,8 @@ impl Lookup for Avx2 {
     const NARROW: bool = true;
     /// 16 channels a load.
     const CHUNK: usize = 4;
+    /// Entries of at most 4 x 15 fit a byte: codes of 3 to 8 bits are split into nibbles.
+    const CODE_BITS: u8 = 4;
 
     /// The table in both 128-bit lanes (`vpshufb` looks up within a lane).
     #[inline(always)]
@@ -118,12 +124,20 @@ impl Lookup for Avx2 {
         unsafe { _mm256_add_epi8(part, _mm256_shuffle_epi8(t, w)) }
     }
 
+    /// Channel `c < 16` in byte `2 c`, channel `16 + c` in byte `2 c + 1`, so that the
+    /// widening is a mask and a shift ([`Lookup::widen`]) rather than two crossings of lanes.
+    #[inline(always)]
+    fn lane(c: usize) -> usize {
+        (c % 16) * 2 + c / 16
+    }
+
+    /// The even bytes (channels 0-15, [`Lookup::lane`]) and the odd ones (16-31) as `u16`.
     #[inline(always)]
     unsafe fn widen(wide: [__m256i; 2], part: __m256i) -> [__m256i; 2] {
         // SAFETY: AVX2 present (caller).
         unsafe {
-            let lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(part));
-            let hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(part));
+            let lo = _mm256_and_si256(part, _mm256_set1_epi16(0xff));
+            let hi = _mm256_srli_epi16::<8>(part);
             [_mm256_add_epi16(wide[0], lo), _mm256_add_epi16(wide[1], hi)]
         }
     }
@@ -150,6 +164,7 @@ impl Lookup for Avx2 {
         len: usize,
         n: usize,
         t: *mut u16,
+        (planes, stride): (usize, usize),
     ) -> u32 {
         // SAFETY: AVX2 present; `len <= 16` readable bytes at `codes` (caller): 16 are loaded
         // directly, fewer through a zeroed copy.
@@ -170,24 +185,34 @@ impl Lookup for Avx2 {
             let sum = _mm_cvtsi128_si64(sad) + _mm_extract_epi64::<1>(sad);
             (_mm256_broadcastsi128_si256(v), sum as u32)
         };
-        // SAFETY: AVX2 present and `n <= 4` tables of 8 `u16` writable at `t` (caller); the
-        // constants are 32 bytes each.
+        // SAFETY: AVX2 present and `n <= 4` tables of 8 `u16` writable at `t` and at each
+        // further plane's `stride` after (caller); the constants are 32 bytes each.
         unsafe {
             let ld = |p: &[u8; 32]| _mm256_loadu_si256(p.as_ptr() as *const _);
-            let mut halves = _mm256_setzero_si256();
-            for i in 0..2 {
-                let b = _mm256_shuffle_epi8(v, ld(&HALF.0[i]));
-                halves = _mm256_add_epi8(halves, _mm256_and_si256(b, ld(&HALF_BITS.0[i])));
-            }
-            for k in 0..n.div_ceil(2) {
-                let tab = _mm256_add_epi8(
-                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][0])),
-                    _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][1])),
-                );
-                let t = t.add(16 * k);
-                _mm_storeu_si128(t as *mut _, _mm256_castsi256_si128(tab));
-                if 2 * k + 1 < n {
-                    _mm_storeu_si128(t.add(8) as *mut _, _mm256_extracti128_si256::<1>(tab));
+            let nibble = _mm256_set1_epi8(0x0f);
+            for c in 0..planes {
+                // One plane keeps the codes whole (at most 4 bits); two split them.
+                let v = match (planes, c) {
+                    (1, _) => v,
+                    (_, 0) => _mm256_and_si256(v, nibble),
+                    _ => _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble),
+                };
+                let mut halves = _mm256_setzero_si256();
+                for i in 0..2 {
+                    let b = _mm256_shuffle_epi8(v, ld(&HALF.0[i]));
+                    halves = _mm256_add_epi8(halves, _mm256_and_si256(b, ld(&HALF_BITS.0[i])));
+                }
+                let t = t.add(c * stride);
+                for k in 0..n.div_ceil(2) {
+                    let tab = _mm256_add_epi8(
+                        _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][0])),
+                        _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][1])),
+                    );
+                    let t = t.add(16 * k);
+                    _mm_storeu_si128(t as *mut _, _mm256_castsi256_si128(tab));
+                    if 2 * k + 1 < n {
+                        _mm_storeu_si128(t.add(8) as *mut _, _mm256_extracti128_si256::<1>(tab));
+                    }
                 }
             }
         }
@@ -258,7 +283,7 @@ pub(in super::super) fn lut_avx2(
     );
     assert!(
         crate::kernels::lut_avx2_fits(s),
-        "AVX2 table lookup: 1- or 2-bit weights, 2-bit codes"
+        "AVX2 table lookup: 1- or 2-bit weights, 2- to 8-bit codes, a short enough kernel row"
     );
     /// # Safety
     /// As [`lut_rows`].

@@ -111,6 +111,8 @@ impl Lookup for Bytes {
     const TABLE: usize = LUT_N;
     const NARROW: bool = true;
     const CHUNK: usize = LUT8_CHUNK;
+    /// Every code in one plane (2 bits: the byte tables take codes of up to 2 bits).
+    const CODE_BITS: u8 = 2;
 
     #[inline(always)]
     unsafe fn look(part: __m512i, w: __m512i, t: __m512i) -> __m512i {
@@ -147,6 +149,7 @@ impl Lookup for Bytes {
         len: usize,
         n: usize,
         t: *mut u16,
+        _: (usize, usize),
     ) -> u32 {
         // SAFETY: AVX-512 F/BW/VBMI present, `len <= 60` codes readable and `n` tables
         // writable (caller).

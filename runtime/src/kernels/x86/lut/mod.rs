@@ -12,8 +12,9 @@
 //! * [`words`]: `u16` tables of 5 channels, `vpermw` over 32 output channels (AVX-512 BW,
 //!   codes of 3 to 8 bits);
 //! * [`bytes`]: byte tables of 6 channels, `vpermb` over 64 (AVX-512 VBMI, 2-bit codes);
-//! * [`avx2`]: byte tables of 4 channels, `vpshufb` over 32 (AVX2, 2-bit codes), for CPUs
-//!   without AVX-512; its own kind.
+//! * [`avx2`]: byte tables of 4 channels, `vpshufb` over 32 (AVX2; 2-bit codes, or codes of 3
+//!   to 8 bits as two planes of nibbles, each with its tables), for CPUs without AVX-512; its
+//!   own kind.
 //!
 //! The first two are [`KernelKind::Int8LutAvx512`]; which one is [`ConvShape::lut_k`]. All
 //! three share the weight layout (a table index per output channel, tap and channel group,
@@ -133,6 +134,29 @@ pub(super) trait Lookup {
     const NARROW: bool;
     /// Channel groups the table builder makes from one load of codes ([`Lookup::tables_of`]).
     const CHUNK: usize;
+    /// Bits of the codes one table sums: wider codes are split into planes of this many bits
+    /// (low bits first), each with its own tables and looked up like a weight plane, counted
+    /// `2^(CODE_BITS c)` times for plane `c`.
+    const CODE_BITS: u8;
+
+    /// The lane of a block's output channel `c` in its indices (and narrow sums): `c` unless
+    /// the widening reorders them.
+    #[inline(always)]
+    fn lane(c: usize) -> usize {
+        c
+    }
+
+    /// Code planes of a shape's codes ([`Lookup::CODE_BITS`] bits each).
+    #[inline(always)]
+    fn code_planes(s: &ConvShape) -> usize {
+        usize::from(s.abits.div_ceil(Self::CODE_BITS))
+    }
+
+    /// The largest code of one code plane.
+    #[inline(always)]
+    fn plane_max(s: &ConvShape) -> usize {
+        (1usize << s.abits.min(Self::CODE_BITS)) - 1
+    }
 
     /// Channel groups of `K` a tap.
     #[inline(always)]
@@ -141,17 +165,17 @@ pub(super) trait Lookup {
     }
 
     /// Lookups (steps of one table) the narrow sums hold before they are widened (`None`: they
-    /// are the `u16` sums). Each adds at most `K * (2^abits - 1)`; a row step of the walk
-    /// takes `kw` of them.
+    /// are the `u16` sums). Each adds at most `K` times [`Lookup::plane_max`]; a row step of
+    /// the walk takes `kw` of them.
     #[inline(always)]
     fn narrow_run(s: &ConvShape) -> Option<usize> {
-        Self::NARROW.then(|| (u8::MAX as usize / (Self::K * ((1usize << s.abits) - 1))).max(1))
+        Self::NARROW.then(|| (u8::MAX as usize / (Self::K * Self::plane_max(s))).max(1))
     }
 
     /// Lookups a run of `u16` sums holds (a row step of the walk takes `kw` of them).
     #[inline(always)]
     fn run(s: &ConvShape) -> usize {
-        (u16::MAX as usize / (Self::K * ((1usize << s.abits) - 1))).max(1)
+        (u16::MAX as usize / (Self::K * Self::plane_max(s))).max(1)
     }
 
     /// # Safety
@@ -205,24 +229,34 @@ pub(super) trait Lookup {
     unsafe fn store(wide: Self::Wide, out: *mut i32, lanes: usize, st: Store);
     /// The table builder's step: writes the tables of channel groups `0 .. n` (`n <=
     /// CHUNK`) of the `len <= CHUNK * K` codes at `codes` (`len` pad codes where `codes` is
-    /// `None`: a pad pixel) at `t`, [`Lookup::TABLE`] `u16` each, and returns the sum of the
-    /// codes. Entry `m` of a table is the sum of its group's codes whose bit is set in `m`.
+    /// `None`: a pad pixel) at `t`, [`Lookup::TABLE`] `u16` each, for each of the `planes`
+    /// code planes ([`Lookup::CODE_BITS`]) `stride` `u16` after the previous one's, and
+    /// returns the sum of the codes. Entry `m` of a table is the sum of its group's codes
+    /// (of the plane's bits) whose bit is set in `m`.
     ///
     /// # Safety
-    /// The ISA is present; `len` readable bytes at `codes`; `n * TABLE` writable `u16` at `t`.
+    /// The ISA is present; `len` readable bytes at `codes`; `n * TABLE` writable `u16` at `t`
+    /// and at each plane's `stride` after.
     unsafe fn tables_of(
         codes: Option<*const u8>,
         pad: u8,
         len: usize,
         n: usize,
         t: *mut u16,
+        planes: (usize, usize),
     ) -> u32;
 }
 
-/// `u16`s from one padded pixel's tables of kind `L` to the next: a table per group and
-/// channel group.
-fn pixel_stride<L: Lookup>(s: &ConvShape) -> usize {
+/// `u16`s from one code plane's tables of a padded pixel to the next plane's: a table per
+/// group and channel group.
+fn plane_stride<L: Lookup>(s: &ConvShape) -> usize {
     s.groups * L::groups(s) * L::TABLE
+}
+
+/// `u16`s from one padded pixel's tables of kind `L` to the next: [`plane_stride`] per code
+/// plane.
+fn pixel_stride<L: Lookup>(s: &ConvShape) -> usize {
+    L::code_planes(s) * plane_stride::<L>(s)
 }
 
 /// `u16`s of the tables of kind `L`: [`pixel_stride`] per padded pixel (the start of
@@ -296,7 +330,8 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
                         if code >> p & 1 != 0 {
                             let at = blk
                                 + p * pb
-                                + (((ky * gn + i / k) * s.kw + kx) * lanes + oc % lanes) * el;
+                                + (((ky * gn + i / k) * s.kw + kx) * lanes + L::lane(oc % lanes))
+                                    * el;
                             dst[at] |= 1 << (i % k);
                         }
                     }
@@ -346,6 +381,7 @@ pub(super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
 unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
     let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, L::groups(s));
     let (px, sums) = (pixel_stride::<L>(s), tables_len::<L>(s));
+    let planes = (L::code_planes(s), plane_stride::<L>(s));
     assert!(out.len() >= input_len::<L>(s) && x.len() >= h * w * c);
     let o = out.as_mut_ptr();
     for y in 0..s.hp {
@@ -369,7 +405,7 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
                     unsafe {
                         let codes = inside.then(|| x.as_ptr().add(pix + g * cin + ch));
                         let t = o.add((y * s.wp + xx) * px + (g * gn + gi) * L::TABLE);
-                        sum += L::tables_of(codes, pad, len, n, t);
+                        sum += L::tables_of(codes, pad, len, n, t, planes);
                     }
                     gi += n;
                 }
@@ -428,7 +464,8 @@ type LutCall<'a, L> = Call<'a, u16, L>;
 
 impl<L: Lookup> Tile for LutCall<'_, L> {
     /// Every row step of the tile (kernel row by channel group, the row's taps together), in
-    /// runs of at most [`Lookup::run`] lookups a sum, plane by plane.
+    /// runs of at most [`Lookup::run`] lookups a sum, weight plane by code plane (a run of
+    /// weight plane `p` and code plane `c` counts `2^(p + CODE_BITS c)` times).
     #[inline(always)]
     unsafe fn tile<const NB: usize, const P: usize>(
         &self,
@@ -441,25 +478,35 @@ impl<L: Lookup> Tile for LutCall<'_, L> {
         let shared = self.shares_tables::<P>(p0);
         // `kw <= LUT_MAX_KW <= narrow_run <= run` (`lut_fits`): a run holds a row step.
         let (steps, run, planes) = (s.kh * L::groups(s), L::run(s) / s.kw, s.wbits as usize);
+        let codes = L::code_planes(s);
         for p in 0..planes {
-            let mut t0 = 0;
-            while t0 < steps {
-                let t1 = (t0 + run).min(steps);
-                let span = (
-                    (p, t0, t1),
-                    (p == 0 && t0 == 0, p + 1 == planes && t1 == steps),
-                );
-                // SAFETY: `t1 <= steps`, `p < wbits`; the rest is the caller's (and
-                // `shares_tables` for the shared walks).
-                unsafe {
-                    match (shared, s.sw, s.kw) {
-                        (true, 1, _) => self.row_steps::<NB, P, 1, true, 3>(acc, g, b0, p0, span),
-                        (true, _, _) => self.row_steps::<NB, P, 2, true, 3>(acc, g, b0, p0, span),
-                        (_, _, 3) => self.row_steps::<NB, P, 0, false, 3>(acc, g, b0, p0, span),
-                        _ => self.row_steps::<NB, P, 0, false, 0>(acc, g, b0, p0, span),
+            for c in 0..codes {
+                let mut t0 = 0;
+                while t0 < steps {
+                    let t1 = (t0 + run).min(steps);
+                    let span = (
+                        (p, c, t0, t1),
+                        (
+                            p == 0 && c == 0 && t0 == 0,
+                            p + 1 == planes && c + 1 == codes && t1 == steps,
+                        ),
+                    );
+                    // SAFETY: `t1 <= steps`, `p < wbits`; the rest is the caller's (and
+                    // `shares_tables` for the shared walks).
+                    unsafe {
+                        match (shared, s.sw, s.kw) {
+                            (true, 1, _) => {
+                                self.row_steps::<NB, P, 1, true, 3>(acc, g, b0, p0, span)
+                            }
+                            (true, _, _) => {
+                                self.row_steps::<NB, P, 2, true, 3>(acc, g, b0, p0, span)
+                            }
+                            (_, _, 3) => self.row_steps::<NB, P, 0, false, 3>(acc, g, b0, p0, span),
+                            _ => self.row_steps::<NB, P, 0, false, 0>(acc, g, b0, p0, span),
+                        }
                     }
+                    t0 = t1;
                 }
-                t0 = t1;
             }
         }
     }
@@ -485,8 +532,9 @@ impl<L: Lookup> LutCall<'_, L> {
     }
 
     /// Adds row steps `t0 .. t1` (row step `t`: kernel row `t / gn`, channel group `t % gn`,
-    /// its `kw` taps) of weight plane `plane` of `NB` blocks of output channels from block
-    /// `b0` of group `g` for the `P` output pixels from `p0`, times `2^plane`, to their `i32`
+    /// its `kw` taps) of weight plane `plane` over the tables of code plane `code` of `NB`
+    /// blocks of output channels from block `b0` of group `g` for the `P` output pixels from
+    /// `p0`, times `2^(plane + CODE_BITS code)`, to their `i32`
     /// sums in `acc`; `first`: written instead; `last`: `2 S - (2^wbits - 1) sum q`. At most
     /// [`Lookup::run`] lookups a sum: the sums of the run are `u16`. `SHARED`: the tables of
     /// a row step are loaded once for the tile (`SW` its stride, see
@@ -496,7 +544,8 @@ impl<L: Lookup> LutCall<'_, L> {
     /// # Safety
     /// `L`'s ISA present; the call passed [`ConvShape::assert_call`]; blocks `b0 .. b0 + NB`
     /// exist in the group, pixels `p0 .. p0 + P` lie in the call's rows, `t1 <= kh * gn`,
-    /// `(t1 - t0) kw <= run`, `plane < wbits`; `KW` 0 or `kw`; `shares_tables`, `SW == sw`
+    /// `(t1 - t0) kw <= run`, `plane < wbits`, `code < code_planes`; `KW` 0 or `kw`;
+    /// `shares_tables`, `SW == sw`
     /// and `KW == 3` if `SHARED`.
     #[allow(clippy::type_complexity)]
     #[inline(always)]
@@ -512,7 +561,7 @@ impl<L: Lookup> LutCall<'_, L> {
         g: usize,
         b0: usize,
         p0: usize,
-        ((plane, t0, t1), (first, last)): ((usize, usize, usize), (bool, bool)),
+        ((plane, code, t0, t1), (first, last)): ((usize, usize, usize, usize), (bool, bool)),
     ) {
         let s = self.s;
         let (gn, px, bb) = (L::groups(s), pixel_stride::<L>(s), block_bytes::<L>(s));
@@ -537,7 +586,7 @@ impl<L: Lookup> LutCall<'_, L> {
             // Weights by kernel row, channel group, then tap ([`prepare_of`]): one walk.
             let mut wt = w.add(t0 * kw * L::STEP);
             for _ in t0..t1 {
-                let row = x.add(ky * s.wp * px + gi * L::TABLE);
+                let row = x.add(ky * s.wp * px + code * plane_stride::<L>(s) + gi * L::TABLE);
                 let mut tv = [zero; ROW_TABLES];
                 if SHARED {
                     for i in 0..SW * (P - 1) + 3 {
@@ -574,7 +623,8 @@ impl<L: Lookup> LutCall<'_, L> {
                 }
             }
             widen_all::<L, NB, P>(&mut part, &mut wide);
-            self.store_tile(&wide, acc, g, b0, p0, (first, plane as u32, last));
+            let shift = plane + usize::from(L::CODE_BITS) * code;
+            self.store_tile(&wide, acc, g, b0, p0, (first, shift as u32, last));
         }
     }
 

@@ -17,6 +17,8 @@ impl Lookup for Words {
     const TABLE: usize = LUT_N;
     const NARROW: bool = false;
     const CHUNK: usize = LUT_CHUNK;
+    /// Every code in one plane (8 bits).
+    const CODE_BITS: u8 = 8;
 
     #[inline(always)]
     unsafe fn look(part: __m512i, w: __m512i, t: __m512i) -> __m512i {
@@ -43,6 +45,7 @@ impl Lookup for Words {
         len: usize,
         n: usize,
         t: *mut u16,
+        _: (usize, usize),
     ) -> u32 {
         // SAFETY: AVX-512 F/BW/VBMI present, `len <= 60` codes readable and `n` tables
         // writable (caller).

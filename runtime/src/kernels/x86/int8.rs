@@ -229,13 +229,33 @@ unsafe fn load4(p: *const u8, n: usize) -> i32 {
     v as i32
 }
 
+/// Ends a run: widens its partial sums into `a` and starts the next one.
+///
+/// # Safety
+/// `D`'s ISA is present.
+#[inline(always)]
+unsafe fn end_run<D: Dot, const NB: usize, const P: usize>(
+    a: &mut [[D::Acc; NB]; P],
+    part: &mut [[D::Part; NB]; P],
+) {
+    for j in 0..P {
+        for b in 0..NB {
+            // SAFETY: the ISA is present (caller).
+            unsafe {
+                a[j][b] = D::end(a[j][b], part[j][b]);
+                part[j][b] = D::begin(a[j][b]);
+            }
+        }
+    }
+}
+
 /// An int8 kernel call over the dot-product primitive `D`.
 type Int8Call<'a, D> = Call<'a, u8, D>;
 
 impl<D: Dot> Int8Call<'_, D> {
-    /// Adds the run of chunks `q0 .. q0 + n` of a tap to the sums `a`: per chunk `NB` weight
-    /// loads from `wt`, one broadcast of 4 activation codes per pixel (only the first `rem`
-    /// codes for the `PARTIAL` chunk past the full ones).
+    /// Adds chunks `q0 .. q0 + n` of a tap to the partial sums `part` of a run: per chunk
+    /// `NB` weight loads from `wt`, one broadcast of 4 activation codes per pixel (only the
+    /// first `rem` codes for the `PARTIAL` chunk past the full ones).
     ///
     /// # Safety
     /// `D`'s ISA is present; chunks `q0 .. q0 + n` of blocks `0 .. NB` lie inside the weights
@@ -244,7 +264,7 @@ impl<D: Dot> Int8Call<'_, D> {
     #[inline(always)]
     unsafe fn run_chunks<const NB: usize, const P: usize, const PARTIAL: bool>(
         &self,
-        a: &mut [[D::Acc; NB]; P],
+        part: &mut [[D::Part; NB]; P],
         wt: *const u8,
         xp: &[*const u8; P],
         q0: usize,
@@ -254,12 +274,6 @@ impl<D: Dot> Int8Call<'_, D> {
         let bb = int8_block_bytes(self.s);
         // SAFETY: the ISA is present and every load in bounds (caller).
         unsafe {
-            let mut part = [[D::begin(a[0][0]); NB]; P];
-            for j in 0..P {
-                for b in 0..NB {
-                    part[j][b] = D::begin(a[j][b]);
-                }
-            }
             for q in q0..q0 + n {
                 let mut wv = [D::load_w(wt.add(q * 64)); NB];
                 for b in 1..NB {
@@ -274,11 +288,6 @@ impl<D: Dot> Int8Call<'_, D> {
                     for b in 0..NB {
                         part[j][b] = D::dot(part[j][b], xv, wv[b]);
                     }
-                }
-            }
-            for j in 0..P {
-                for b in 0..NB {
-                    a[j][b] = D::end(a[j][b], part[j][b]);
                 }
             }
         }
@@ -311,8 +320,11 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
         let whole = base[P - 1] + last_tap + 4 <= self.x.len();
         // SAFETY: block `b0` of group `g` lies inside the prepared weights (caller).
         let w = unsafe { self.w.as_ptr().add((g * s.cout_g.div_ceil(16) + b0) * bb) };
-        // SAFETY: the ISA is present (caller).
+        // SAFETY: the ISA is present (caller), for every primitive below.
         let mut a = [[unsafe { D::zero() }; NB]; P];
+        // A run's partial sums, across taps: `held` chunks so far.
+        let mut part = [[unsafe { D::begin(a[0][0]) }; NB]; P];
+        let mut held = 0;
         for ky in 0..s.kh {
             for kx in 0..s.kw {
                 let aoff = (ky * s.wp + kx) * s.c;
@@ -323,24 +335,42 @@ impl<D: Dot> Tile for Int8Call<'_, D> {
                     // SAFETY: the tap's pixel lies inside the padded input.
                     xp[j] = unsafe { x.add(base[j] + aoff) };
                 }
-                // Runs of full chunks, then the partial chunk `rem` as a run of one.
+                // The full chunks in runs, then the partial chunk `rem`.
                 let mut q = 0;
                 while q < full {
-                    let n = (full - q).min(run);
+                    if held == run {
+                        // SAFETY: as above.
+                        unsafe { end_run::<D, NB, P>(&mut a, &mut part) };
+                        held = 0;
+                    }
+                    let n = (full - q).min(run - held);
+                    held += n;
                     // SAFETY: chunks `q .. q + n < full` are inside the block and the pixels.
-                    unsafe { self.run_chunks::<NB, P, false>(&mut a, wt, &xp, q, n, rem) };
+                    unsafe { self.run_chunks::<NB, P, false>(&mut part, wt, &xp, q, n, rem) };
                     q += n;
                 }
+                if rem != 0 && held == run {
+                    // SAFETY: as above.
+                    unsafe { end_run::<D, NB, P>(&mut a, &mut part) };
+                    held = 0;
+                }
+                held += usize::from(rem != 0);
                 if rem != 0 && whole {
                     // SAFETY: chunk `full < c4n` is inside the block, and its 4 bytes inside
                     // the input for every pixel of the tile (`whole`, with the pixels in
                     // increasing order and this tap at most the last).
-                    unsafe { self.run_chunks::<NB, P, false>(&mut a, wt, &xp, full, 1, rem) };
+                    unsafe { self.run_chunks::<NB, P, false>(&mut part, wt, &xp, full, 1, rem) };
                 } else if rem != 0 {
                     // SAFETY: chunk `full < c4n` is inside the block, its first `rem` codes
                     // inside the pixels.
-                    unsafe { self.run_chunks::<NB, P, true>(&mut a, wt, &xp, full, 1, rem) };
+                    unsafe { self.run_chunks::<NB, P, true>(&mut part, wt, &xp, full, 1, rem) };
                 }
+            }
+        }
+        for j in 0..P {
+            for b in 0..NB {
+                // SAFETY: as above.
+                a[j][b] = unsafe { D::end(a[j][b], part[j][b]) };
             }
         }
         for j in 0..P {

@@ -79,8 +79,9 @@ pub enum KernelKind {
     /// of 6 channels and 64 output channels for 2-bit codes); 2-bit weights as two planes of
     /// sign weights.
     Int8LutAvx512,
-    /// The same table lookup with AVX2 (`vpshufb`), for 1- and 2-bit weights and 2-bit codes only:
-    /// byte tables of 4 channels, 32 output channels a lookup.
+    /// The same table lookup with AVX2 (`vpshufb`), for 1- and 2-bit weights: byte tables of 4
+    /// channels, 32 output channels a lookup; 2-bit codes in one plane of tables, codes of 3 to
+    /// 8 bits in two nibble planes.
     Int8LutAvx2,
     /// The float executor's direct convolution compiled for AVX2.
     FloatAvx2,

@@ -12,7 +12,8 @@
 //! * [`lut`]: the table lookup for 1- and 2-bit weights with multi-bit activations (`LutCall`) over
 //!   `Lookup`, one table of code sums per padded pixel and channel group against a block of
 //!   output channels: `Words` (`vpermw` over `u16` tables), `Bytes` (`vpermb` over byte
-//!   tables, 2-bit codes), `Avx2` (`vpshufb` over byte tables of 4 channels, 2-bit codes);
+//!   tables, 2-bit codes), `Avx2` (`vpshufb` over byte tables of 4 channels; 2-bit
+//!   codes, or wider codes as two nibble planes);
 //! * [`amx`]: the int8 dot with Intel AMX (`tdpbusd` on 2-D tile registers, 16 pixels x 16
 //!   output channels x 64 input channels an instruction): its own walk (chunks of pixels by
 //!   pairs of channel blocks), since a tile register is not a vector of `Dot`; 1-bit weights
@@ -85,7 +86,7 @@ use rows::*;
 /// The instruction-set extensions of this module's kernels that the running CPU has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Features {
-    /// AVX2: the AVX2 kernels (the table lookup for 2-bit codes too), packer, requantization
+    /// AVX2: the AVX2 kernels (the table lookup too), packer, requantization
     /// and residual add.
     pub avx2: bool,
     /// AVX-512 F/BW/VNNI: [`KernelKind::Int8DotVnni`].

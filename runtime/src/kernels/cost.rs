@@ -234,9 +234,6 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
         return taps * step * gn * 4 * u64::from(s.wbits) * planes / 64 + tables / outputs;
     }
-    if kind == KernelKind::Int8DotAvx2 && model != CostModel::CortexM4 {
-        return taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64 + dot_avx2_stream(s);
-    }
     if kind == KernelKind::Int8LutAvx512 {
         if step == u64::from(u32::MAX) {
             return u64::MAX;
@@ -257,7 +254,14 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
     }
     match kind.algo() {
         // Int8: cin_g multiply-adds per tap, in units of 64.
-        Some(Algo::Int8Dot) => taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64,
+        Some(Algo::Int8Dot) => {
+            let stream = if kind == KernelKind::Int8DotAvx2 && model != CostModel::CortexM4 {
+                dot_avx2_stream(s)
+            } else {
+                0
+            };
+            taps * step * (s.cin_g as u64).div_ceil(4) * 4 / 64 + stream
+        }
         Some(Algo::BitSerial) => {
             taps * step * s.cw as u64 * u64::from(s.wbits) * u64::from(s.abits)
         }

@@ -438,7 +438,7 @@ pub(super) fn int8_vnni(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize,
 #[target_feature(enable = "avx2")]
 unsafe fn int8_avx2_impl(s: &ConvShape, x: &[u8], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
     // SAFETY: forwarded preconditions. Tiles of 1 block x 6 pixels (12 partial sums, 2 weight
-    // and 1 activation registers): on a Zen 3 EPYC the W1A8 network 2-8 % faster than with 4
+    // and 1 activation registers): on a Zen 3 EPYC the W1A8 network 1-2 % faster than with 4
     // pixels; 2 blocks x 2 pixels, 5 pixels and 3 pixels measured level or slower.
     unsafe { Int8Call::<Avx2Dot>::new(s, x, w, y0).run::<1, 6, 4>(16, y0, y1, acc) }
 }

@@ -21,6 +21,12 @@ pub enum CostModel {
     /// lookups over 16-bit tables (codes of 3 to 8 bits) ran behind the VNNI dot on every
     /// layer. [`CostModel::native`] picks it on Intel CPUs.
     DesktopIntel,
+    /// [`CostModel::Desktop`] with the AVX-512 table lookup over 16-bit tables measured on an
+    /// AMD Zen 4 core (a 2-vCPU EPYC, family 19h): its 512-bit instructions run on 256-bit
+    /// datapaths, `vpdpbusd` and `vpermw` one a cycle each (two on a Zen 5 core), and whole
+    /// layers of the W1A8 network ran the lookups ahead of the VNNI dot from 64 channels.
+    /// [`CostModel::native`] picks it on Zen 4.
+    DesktopZen4,
     /// Measured on a Cortex-M4 (instructions under QEMU, `docs/MCU.md`): portable kernels only.
     CortexM4,
 }
@@ -34,13 +40,17 @@ impl CostModel {
         CostModel::Desktop
     };
 
-    /// The table for the CPU this runs on: [`CostModel::DesktopIntel`] on an Intel x86-64 CPU
-    /// (read from CPUID once, with or without `std`), else [`CostModel::NATIVE`].
-    /// [`crate::PlanOptions`]' default.
+    /// The table for the CPU this runs on: [`CostModel::DesktopIntel`] on an Intel x86-64 CPU,
+    /// [`CostModel::DesktopZen4`] on an AMD Zen 4 (both read from CPUID once, with or without
+    /// `std`), else [`CostModel::NATIVE`]. [`crate::PlanOptions`]' default.
     pub fn native() -> CostModel {
         #[cfg(target_arch = "x86_64")]
         if super::x86::intel() {
             return CostModel::DesktopIntel;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::zen4() {
+            return CostModel::DesktopZen4;
         }
         CostModel::NATIVE
     }
@@ -106,6 +116,15 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // (The byte tables of 1- and 2-bit codes have their own costs, below, which rank
         // those layers on that Xeon as measured.)
         KernelKind::Int8LutAvx512 if model == CostModel::DesktopIntel => 20,
+        // On an AMD Zen 4 core (2-vCPU EPYC, family 19h), whole layers of the W1A8 network with
+        // each kernel forced (TSC ticks a layer, 4 rounds alternating) ran the lookups in
+        // 0.90-0.94x the dot's time at 64 channels, 0.83x on the stride-2 conv into 256
+        // channels, 1.05x on the one into 128, 1.5x on the 3-channel stem and 1.2-2.5x on the
+        // 1x1 convs. 11 gives 0.92x at 64 channels, 0.95x into 256, 1.14x into 128, 1.13x on
+        // the stem and 1.7-4x on the 1x1 convs: those ranks (the 128- to 512-channel 3x3 convs
+        // were the lookup's with 13 already). The network 5 % faster than with 13
+        // (docs/PERFORMANCE.md, "W1A8 on a Zen 4 core").
+        KernelKind::Int8LutAvx512 if model == CostModel::DesktopZen4 => 11,
         KernelKind::Int8LutAvx512 => 13,
         // Per 64 multiply-adds of the lookups (`vpshufb`, 32 output channels x 4 inputs), the
         // tables `LUT_AVX2_TABLE_COST` each. Measured against the AVX2 dot's 40 on whole W1A2
@@ -250,7 +269,10 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
         };
         let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
-        return taps * step * gn * k * u64::from(s.wbits) / 64 + tables / outputs + fixed;
+        // Summed before one division: rounding each term down tied the 3-channel stem's
+        // lookup (7.7 + 2.5) with the dot's 9 on a Zen 4 core.
+        let lookups = taps * step * gn * k * u64::from(s.wbits);
+        return (lookups * outputs / 64 + tables) / outputs + fixed;
     }
     match kind.algo() {
         // Int8: cin_g multiply-adds per tap, in units of 64.

@@ -610,8 +610,61 @@ fn intel_costs_rank_the_int8_kernels_as_measured() {
     assert_ranks(super::CostModel::DesktopIntel, &orders);
 }
 
+/// The Zen 4 table ranks the VNNI dot and the lookups over 16-bit tables as whole layers of
+/// the W1A8 network measured them on an AMD Zen 4 core (TSC ticks a layer, each kernel forced,
+/// 4 rounds alternating; docs/PERFORMANCE.md, "W1A8 on a Zen 4 core"; time of the lookup /
+/// time of the dot in the comments), where the Zen 5 table gave the 64-channel convs and the
+/// stride-2 conv into 256 channels to the dot (the network 5 % slower).
+#[test]
+fn zen4_costs_rank_the_int8_kernels_as_measured() {
+    use KernelKind::{Int8DotVnni as Dot, Int8LutAvx512 as Lut};
+    let shape = layer_shape;
+    // A stride-2 3x3 conv from `c` channels at `hw` x `hw` into `2 c`.
+    let down = |c: usize, hw: usize, k: usize| ConvShape {
+        cout: 2 * c,
+        cout_g: 2 * c,
+        oh: hw / 2,
+        ow: hw / 2,
+        sh: 2,
+        sw: 2,
+        hp: if k == 3 { hw + 2 } else { hw },
+        wp: if k == 3 { hw + 2 } else { hw },
+        ..shape(c, hw, k, 1, 8)
+    };
+    let stem = ConvShape {
+        c: 3,
+        cin_g: 3,
+        cw: 1,
+        ..shape(64, 32, 3, 1, 8)
+    };
+    // (shape, faster kernel, slower kernel)
+    let orders = [
+        // 0.90-0.94 at 64 channels; the 128- to 512-channel convs were the lookup's already.
+        (shape(64, 32, 3, 1, 8), Lut, Dot),
+        (shape(128, 16, 3, 1, 8), Lut, Dot),
+        (shape(512, 4, 3, 1, 8), Lut, Dot),
+        // Stride 2: 0.83 into 256 channels, 1.05 into 128.
+        (down(128, 16, 3), Lut, Dot),
+        (down(64, 32, 3), Dot, Lut),
+        // The stem 1.53, the 1x1 downsample convs 1.2-2.5.
+        (stem, Dot, Lut),
+        (down(64, 32, 1), Dot, Lut),
+        (down(128, 16, 1), Dot, Lut),
+        (down(256, 8, 1), Dot, Lut),
+    ];
+    assert_ranks(super::CostModel::DesktopZen4, &orders);
+    // The Zen 5 table keeps the 64-channel convs on the dot (there it ran 533 MAC/ns to the
+    // lookup's 347).
+    assert_ranks(
+        super::CostModel::Desktop,
+        &[(shape(64, 32, 3, 1, 8), Dot, Lut)],
+    );
+}
+
 /// `CostModel::native` is the Intel table exactly where CPUID's vendor string is
-/// `GenuineIntel` (its 12 bytes read here from EBX, EDX, ECX), and the build's table elsewhere.
+/// `GenuineIntel`, the Zen 4 table where it is `AuthenticAMD` with family 19h and AVX-512 F
+/// (the 12 bytes read here from EBX, EDX, ECX, the family from leaf 1), and the build's table
+/// elsewhere.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn native_costs_follow_the_cpu_vendor() {
@@ -621,13 +674,20 @@ fn native_costs_follow_the_cpu_vendor() {
     for (i, reg) in [r.ebx, r.edx, r.ecx].into_iter().enumerate() {
         vendor[4 * i..4 * i + 4].copy_from_slice(&reg.to_le_bytes());
     }
+    let eax = std::arch::x86_64::__cpuid(1).eax;
+    let family = ((eax >> 8) & 0xf) + ((eax >> 20) & 0xff) * u32::from((eax >> 8) & 0xf == 0xf);
     let want = if &vendor == b"GenuineIntel" {
         super::CostModel::DesktopIntel
+    } else if &vendor == b"AuthenticAMD"
+        && family == 0x19
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        super::CostModel::DesktopZen4
     } else {
         super::CostModel::NATIVE
     };
     eprintln!(
-        "cost table: {:?} (CPU vendor {})",
+        "cost table: {:?} (CPU vendor {}, family {family:#x})",
         super::CostModel::native(),
         String::from_utf8_lossy(&vendor)
     );

@@ -56,7 +56,7 @@
 
 use core::arch::x86_64::*;
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 use slb_format::{AddParams, ChannelAffine, CodeReader, Conv, RawQuant};
 
@@ -103,10 +103,14 @@ pub(crate) struct Features {
     /// An Intel CPU (CPUID's vendor `GenuineIntel`): the planner's costs are
     /// [`super::CostModel::DesktopIntel`].
     pub intel: bool,
+    /// An AMD Zen 4 core (vendor `AuthenticAMD`, family 19h, AVX-512 F: the one family 19h
+    /// generation with AVX-512, on 256-bit datapaths): the planner's costs are
+    /// [`super::CostModel::DesktopZen4`].
+    pub zen4: bool,
 }
 
-/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-7 the seven fields.
-static DETECTED: AtomicU8 = AtomicU8::new(0);
+/// [`Features::get`]'s cache: bit 0 set once detected, bits 1-8 the eight fields.
+static DETECTED: AtomicU16 = AtomicU16::new(0);
 
 impl Features {
     /// Asks the CPU (at run time with `std`, from `cfg(target_feature)` without).
@@ -125,6 +129,7 @@ impl Features {
                     && std::arch::is_x86_feature_detected!("avx512vl"),
                 amx: f && amx_granted(),
                 intel: vendor_is_intel(),
+                zen4: std::arch::is_x86_feature_detected!("avx512f") && amd_family() == 0x19,
             }
         }
         #[cfg(not(feature = "std"))]
@@ -142,6 +147,7 @@ impl Features {
                     )),
                 amx: false,
                 intel: vendor_is_intel(),
+                zen4: cfg!(target_feature = "avx512f") && amd_family() == 0x19,
             }
         }
     }
@@ -152,13 +158,14 @@ impl Features {
         if v == 0 {
             let f = Features::detect();
             v = 1
-                | u8::from(f.avx2) << 1
-                | u8::from(f.avx512vnni) << 2
-                | u8::from(f.avx512popcnt) << 3
-                | u8::from(f.avx512vbmi) << 4
-                | u8::from(f.avx512dq) << 5
-                | u8::from(f.amx) << 6
-                | u8::from(f.intel) << 7;
+                | u16::from(f.avx2) << 1
+                | u16::from(f.avx512vnni) << 2
+                | u16::from(f.avx512popcnt) << 3
+                | u16::from(f.avx512vbmi) << 4
+                | u16::from(f.avx512dq) << 5
+                | u16::from(f.amx) << 6
+                | u16::from(f.intel) << 7
+                | u16::from(f.zen4) << 8;
             DETECTED.store(v, Ordering::Relaxed);
         }
         Features {
@@ -169,7 +176,25 @@ impl Features {
             avx512dq: v & 32 != 0,
             amx: v & 64 != 0,
             intel: v & 128 != 0,
+            zen4: v & 256 != 0,
         }
+    }
+}
+
+/// The CPU's family (CPUID leaf 1: the base family, plus the extended family where the base
+/// is 0Fh) where CPUID names AMD as its vendor (`AuthenticAMD`), else 0.
+fn amd_family() -> u32 {
+    // CPUID leaves 0 and 1 are present on every x86-64 CPU.
+    let r = __cpuid(0);
+    if (r.ebx, r.edx, r.ecx) != (0x6874_7541, 0x6974_6e65, 0x444d_4163) {
+        return 0;
+    }
+    let eax = __cpuid(1).eax;
+    let base = (eax >> 8) & 0xf;
+    if base == 0xf {
+        base + ((eax >> 20) & 0xff)
+    } else {
+        base
     }
 }
 
@@ -183,6 +208,11 @@ fn vendor_is_intel() -> bool {
 /// Whether this is an Intel CPU ([`super::CostModel::native`]'s question).
 pub(crate) fn intel() -> bool {
     Features::get().intel
+}
+
+/// Whether this is an AMD Zen 4 core ([`super::CostModel::native`]'s other question).
+pub(crate) fn zen4() -> bool {
+    Features::get().zen4
 }
 
 /// Whether the CPU has AMX-TILE/INT8 and Linux granted this process their state (asked once,

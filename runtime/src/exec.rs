@@ -172,6 +172,31 @@ pub fn run(
     image: &[u8],
     logits: &mut [f32],
 ) -> Result<()> {
+    run_observed(model, plan, arena, image, logits, &mut |_| {})
+}
+
+/// A point of a run that [`run_observed`] reports: a layer (its index in the model) about to
+/// run, or just run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerEvent {
+    /// The layer is about to run (its input ready).
+    Start(u16),
+    /// The layer has run (its output written).
+    End(u16),
+}
+
+/// [`run`], calling `observer` before and after each layer (not after a layer that fails),
+/// e.g. to time the layers with the caller's clock (`examples/prof_model.rs`, `LAYERS=1`).
+/// The input lookup before the first layer and the logits' copy after the last are outside
+/// every layer. The runtime reads no clock itself (it has none without `std`).
+pub fn run_observed(
+    model: &Model<'_>,
+    plan: &Plan,
+    arena: &mut [u8],
+    image: &[u8],
+    logits: &mut [f32],
+    observer: &mut dyn FnMut(LayerEvent),
+) -> Result<()> {
     if image.len() != plan.input_len {
         return Err(Error::InputSize {
             expected: plan.input_len,
@@ -192,8 +217,10 @@ pub fn run(
     }
     let weights: &[u8] = r.weights;
     match plan.engine {
-        Engine::Packed => packed::run_packed(model, plan, weights, r.acts, r.scratch, image)?,
-        Engine::Float => float::run_float(model, plan, weights, r.acts, image)?,
+        Engine::Packed => {
+            packed::run_packed(model, plan, weights, r.acts, r.scratch, image, observer)?
+        }
+        Engine::Float => float::run_float(model, plan, weights, r.acts, image, observer)?,
     }
     let out = &plan.tensors[model.output as usize];
     let bytes = r

@@ -9,7 +9,7 @@ use crate::kernels::{ConvShape, KernelKind};
 use crate::layers::{dense, f32_map, flatten, gap, pool};
 use crate::plan::{LayerPlan, Plan};
 use crate::quant::{self, libm_floor, QParams};
-use crate::{Error, Result};
+use crate::{Error, LayerEvent, Result};
 
 /// Dequantized weights, layout `w[g][ky][kx][i][o_in_group]` (output channel innermost so the
 /// direct convolution is a row of axpys), `w = (2k - (2^b - 1)) / (2^b - 1)`.
@@ -155,6 +155,7 @@ pub(crate) fn run_float(
     weights: &[u8],
     acts: &mut [u8],
     image: &[u8],
+    observer: &mut dyn FnMut(LayerEvent),
 ) -> Result<()> {
     let bad = Error::PlanMismatch { layer: Site::Model };
     let input = &plan.tensors[model.input.tensor as usize];
@@ -182,6 +183,7 @@ pub(crate) fn run_float(
     }
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
         let li = i as u16;
+        observer(LayerEvent::Start(li));
         let LayerIo {
             ta,
             tb,
@@ -245,6 +247,7 @@ pub(crate) fn run_float(
             Layer::Relu(_) => f32_map(a, out, |x| if x > 0.0 { x } else { 0.0 }),
             Layer::Flatten(_) => flatten(&ta, a, out),
         }
+        observer(LayerEvent::End(li));
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ mod quant;
 pub use error::{Error, Result};
 #[cfg(feature = "embedded-hal")]
 pub use exec::run_with_busy_pin;
-pub use exec::{prepare, run};
+pub use exec::{prepare, run, run_observed, LayerEvent};
 pub use kernels::{Algo, CostModel, KernelKind};
 pub use plan::{Engine, Plan, PlanChoice, PlanOptions, MAX_LAYERS, MAX_TENSORS};
 pub use slb_format::Model;

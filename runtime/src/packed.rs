@@ -9,7 +9,7 @@ use crate::kernels::{self, portable, reference, ConvShape, KernelKind, RowOps, R
 use crate::layers::{dense, f32_map, flatten, gap, pool};
 use crate::plan::{conv_shape, staged_input_bytes, LayerPlan, Plan};
 use crate::quant::{self, QParams, Steps};
-use crate::{Error, Result};
+use crate::{Error, LayerEvent, Result};
 
 /// The driver's tables: `zp * wsum[o]` (abits >= 2, `zp` the input's zero point) or, for
 /// the border correction of 1-bit activations, `B[r][c][o]`: per border class (row class
@@ -152,6 +152,7 @@ pub(crate) fn run_packed(
     acts: &mut [u8],
     scratch: &mut [u8],
     image: &[u8],
+    observer: &mut dyn FnMut(LayerEvent),
 ) -> Result<()> {
     let input = &plan.tensors[model.input.tensor as usize];
     let dst = acts
@@ -160,6 +161,7 @@ pub(crate) fn run_packed(
     load_input(model, input, dst, image);
     for (i, (layer, lp)) in model.layers.iter().zip(plan.layers.iter()).enumerate() {
         let li = i as u16;
+        observer(LayerEvent::Start(li));
         let LayerIo {
             ta,
             tb,
@@ -202,6 +204,7 @@ pub(crate) fn run_packed(
             },
             Layer::Flatten(_) => flatten(&ta, a, out),
         }
+        observer(LayerEvent::End(li));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::kernels::tests::{algo_kernel, kernel_exact};
 use crate::kernels::{reference, Algo, ConvShape, KernelKind};
 use crate::quant::QParams;
 use crate::testutil::{quant, resnet, Builder, Op1, Rng};
-use crate::{run, CostModel, Engine, Error, Model, Plan, PlanOptions};
+use crate::{run, run_observed, CostModel, Engine, Error, LayerEvent, Model, Plan, PlanOptions};
 
 /// The hand-worked model: a 2x2 one-channel 4-bit image, one 3x3 W2 conv (stride 1, pad 1)
 /// with both requantization stages, then a global average pool to f32.
@@ -287,6 +287,49 @@ fn every_layer_type_runs_and_agrees() {
     let mut logits = vec![0f32; 5];
     run(&model, &plan, &mut arena, &image, &mut logits).unwrap();
     assert!(logits.iter().all(|v| v.is_finite()));
+}
+
+/// `run_observed` reports every layer, start then end, in the model's order, on both engines,
+/// and its logits are `run`'s; a failing run reports no end for the layer that fails.
+#[test]
+fn run_observed_reports_each_layer_in_order() {
+    let bytes = resnet(8, 8, 1, 1, 8, 17);
+    let model = Model::parse(&bytes).unwrap();
+    let mut rng = Rng(9);
+    let image: Vec<u8> = (0..3 * 8 * 8).map(|_| rng.next() as u8).collect();
+    let n = model.layers.len() as u16;
+    let want: Vec<LayerEvent> = (0..n)
+        .flat_map(|l| [LayerEvent::Start(l), LayerEvent::End(l)])
+        .collect();
+    for engine in [Engine::Packed, Engine::Float] {
+        let plan = Plan::new(&model, engine).unwrap();
+        let classes = plan.output_len;
+        let mut arena = vec![0u8; plan.arena_bytes()];
+        let (mut plain, mut observed) = (vec![0f32; classes], vec![0f32; classes]);
+        run(&model, &plan, &mut arena, &image, &mut plain).unwrap();
+        let mut seen = Vec::new();
+        run_observed(&model, &plan, &mut arena, &image, &mut observed, &mut |e| {
+            seen.push(e)
+        })
+        .unwrap();
+        assert_eq!(seen, want, "{engine:?}");
+        assert_eq!(plain, observed, "{engine:?}");
+    }
+    // A plan for another model fails before any layer runs: nothing reported.
+    let hand = hand_model();
+    let other = Model::parse(&hand).unwrap();
+    let plan = Plan::new(&other, Engine::Packed).unwrap();
+    let mut arena = vec![0u8; plan.arena_bytes().max(1)];
+    let mut logits = vec![0f32; plan.output_len];
+    let mut seen = Vec::new();
+    let image = vec![0u8; plan.input_len];
+    assert!(
+        run_observed(&model, &plan, &mut arena, &image, &mut logits, &mut |e| {
+            seen.push(e)
+        })
+        .is_err()
+    );
+    assert!(seen.is_empty(), "{seen:?}");
 }
 
 #[test]

@@ -120,10 +120,10 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
         // each kernel forced (TSC ticks a layer, 4 rounds alternating) ran the lookups in
         // 0.90-0.94x the dot's time at 64 channels, 0.83x on the stride-2 conv into 256
         // channels, 1.05x on the one into 128, 1.5x on the 3-channel stem and 1.2-2.5x on the
-        // 1x1 convs. 11 gives 0.92x at 64 channels, 0.95x into 256, 1.14x into 128, 1.13x on
-        // the stem and 1.7-4x on the 1x1 convs: those ranks (the 128- to 512-channel 3x3 convs
-        // were the lookup's with 13 already). The network 5 % faster than with 13
-        // (docs/PERFORMANCE.md, "W1A8 on a Zen 4 core").
+        // 1x1 convs. 11 gives 0.92x at 64 channels, 0.95x into 256, 1.14x into 128, 1.11x on
+        // the stem and 1.6-4.3x on the 1x1 convs: those ranks (the 128- to 512-channel 3x3
+        // convs were the lookup's with 13 already). The network 0.91x the time it took with 13
+        // (median of 10 alternating rounds; docs/PERFORMANCE.md, "W1A8 on a Zen 4 core").
         KernelKind::Int8LutAvx512 if model == CostModel::DesktopZen4 => 11,
         KernelKind::Int8LutAvx512 => 13,
         // Per 64 multiply-adds of the lookups (`vpshufb`, 32 output channels x 4 inputs), the

@@ -45,12 +45,13 @@ impl CostModel {
     /// `std`), else [`CostModel::NATIVE`]. [`crate::PlanOptions`]' default.
     pub fn native() -> CostModel {
         #[cfg(target_arch = "x86_64")]
-        if super::x86::intel() {
-            return CostModel::DesktopIntel;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::zen4() {
-            return CostModel::DesktopZen4;
+        {
+            if super::x86::intel() {
+                return CostModel::DesktopIntel;
+            }
+            if super::x86::zen4() {
+                return CostModel::DesktopZen4;
+            }
         }
         CostModel::NATIVE
     }

@@ -181,14 +181,29 @@ impl Features {
     }
 }
 
+/// CPUID's vendor string (leaf 0: EBX, EDX, ECX, 4 bytes each).
+fn vendor() -> [u8; 12] {
+    // CPUID is present on every x86-64 CPU.
+    let r = __cpuid(0);
+    let mut v = [0u8; 12];
+    for (i, reg) in [r.ebx, r.edx, r.ecx].into_iter().enumerate() {
+        v[4 * i..4 * i + 4].copy_from_slice(&reg.to_le_bytes());
+    }
+    v
+}
+
+/// Whether CPUID names Intel as the CPU's vendor (`GenuineIntel`).
+fn vendor_is_intel() -> bool {
+    &vendor() == b"GenuineIntel"
+}
+
 /// The CPU's family (CPUID leaf 1: the base family, plus the extended family where the base
 /// is 0Fh) where CPUID names AMD as its vendor (`AuthenticAMD`), else 0.
 fn amd_family() -> u32 {
-    // CPUID leaves 0 and 1 are present on every x86-64 CPU.
-    let r = __cpuid(0);
-    if (r.ebx, r.edx, r.ecx) != (0x6874_7541, 0x6974_6e65, 0x444d_4163) {
+    if &vendor() != b"AuthenticAMD" {
         return 0;
     }
+    // CPUID leaf 1 is present on every x86-64 CPU.
     let eax = __cpuid(1).eax;
     let base = (eax >> 8) & 0xf;
     if base == 0xf {
@@ -196,13 +211,6 @@ fn amd_family() -> u32 {
     } else {
         base
     }
-}
-
-/// Whether CPUID names Intel as the CPU's vendor (leaf 0: `GenuineIntel` in EBX, EDX, ECX).
-fn vendor_is_intel() -> bool {
-    // CPUID is present on every x86-64 CPU.
-    let r = __cpuid(0);
-    (r.ebx, r.edx, r.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
 }
 
 /// Whether this is an Intel CPU ([`super::CostModel::native`]'s question).

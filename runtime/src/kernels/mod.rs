@@ -73,8 +73,8 @@ pub enum KernelKind {
     /// input channels an instruction), for convs of one group with input channels a multiple
     /// of 64 and output channels a multiple of 16.
     Int8DotAmx,
-    /// The u8 code dot product of 1- and 2-bit weights by table lookup with AVX-512 BW/VBMI
-    /// (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of
+    /// The u8 code dot product of 1- and 2-bit weights by table lookup with AVX-512
+    /// BW/VBMI/VNNI (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of
     /// the channels; the weights of 32 output channels index them (`vpermb` over byte tables
     /// of 6 channels and 64 output channels for 2-bit codes); 2-bit weights as two planes of
     /// sign weights.

@@ -55,7 +55,7 @@ fn isa_variants_match_the_cpu() {
             (KernelKind::Int8DotAvx2, avx2),
             (KernelKind::Int8DotVnni, vnni),
             (KernelKind::Int8LutAvx2, avx2),
-            (KernelKind::Int8LutAvx512, f && has!("avx512vbmi")),
+            (KernelKind::Int8LutAvx512, vnni && has!("avx512vbmi")),
             (KernelKind::Int8DotAmx, amx_int8()),
             (KernelKind::XnorAvx512, popcnt),
             (KernelKind::BitSerialAvx512, popcnt),

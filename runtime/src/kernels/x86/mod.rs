@@ -1,5 +1,5 @@
 //! x86-64 SIMD convolution kernels (kernels/CONTRACT.md): AVX2 and AVX-512 (VNNI, VPOPCNTDQ,
-//! BW/VBMI).
+//! BW/VBMI/VNNI).
 //!
 //! Each operation has one generic tile driver; an instruction set supplies only its primitives
 //! (the shape of tract-linalg's generic kernels), one file per operation:
@@ -93,7 +93,8 @@ pub(crate) struct Features {
     pub avx512vnni: bool,
     /// AVX-512 F/BW/VPOPCNTDQ: [`KernelKind::XnorAvx512`], [`KernelKind::BitSerialAvx512`].
     pub avx512popcnt: bool,
-    /// AVX-512 F/BW/VBMI: [`KernelKind::Int8LutAvx512`].
+    /// AVX-512 F/BW/VBMI/VNNI: [`KernelKind::Int8LutAvx512`] (`vpermb` over byte tables,
+    /// `vpdpbusd` building `u16` ones).
     pub avx512vbmi: bool,
     /// AVX-512 F/BW/DQ/VL: the requantization and residual add compiled for AVX-512.
     pub avx512dq: bool,
@@ -123,7 +124,9 @@ impl Features {
                 avx2: std::arch::is_x86_feature_detected!("avx2"),
                 avx512vnni: f && std::arch::is_x86_feature_detected!("avx512vnni"),
                 avx512popcnt: f && std::arch::is_x86_feature_detected!("avx512vpopcntdq"),
-                avx512vbmi: f && std::arch::is_x86_feature_detected!("avx512vbmi"),
+                avx512vbmi: f
+                    && std::arch::is_x86_feature_detected!("avx512vbmi")
+                    && std::arch::is_x86_feature_detected!("avx512vnni"),
                 avx512dq: f
                     && std::arch::is_x86_feature_detected!("avx512dq")
                     && std::arch::is_x86_feature_detected!("avx512vl"),
@@ -139,7 +142,9 @@ impl Features {
                 avx2: cfg!(target_feature = "avx2"),
                 avx512vnni: f && cfg!(target_feature = "avx512vnni"),
                 avx512popcnt: f && cfg!(target_feature = "avx512vpopcntdq"),
-                avx512vbmi: f && cfg!(target_feature = "avx512vbmi"),
+                avx512vbmi: f
+                    && cfg!(target_feature = "avx512vbmi")
+                    && cfg!(target_feature = "avx512vnni"),
                 avx512dq: f
                     && cfg!(all(
                         target_feature = "avx512dq",

@@ -161,7 +161,7 @@ impl Lookup for Avx2 {
     unsafe fn tables_of(
         codes: Option<*const u8>,
         pad: u8,
-        len: usize,
+        (len, _): (usize, usize),
         n: usize,
         t: *mut u16,
         (planes, stride): (usize, usize),

@@ -146,7 +146,7 @@ impl Lookup for Bytes {
     unsafe fn tables_of(
         codes: Option<*const u8>,
         pad: u8,
-        len: usize,
+        (len, _): (usize, usize),
         n: usize,
         t: *mut u16,
         _: (usize, usize),

@@ -10,7 +10,7 @@
 //! builder ([`build_tables`]) over the [`Lookup`] primitives of three table kinds, one file
 //! each (as [`super::int8`]'s `Dot`):
 //! * [`words`]: `u16` tables of 5 channels, `vpermw` over 32 output channels (AVX-512 BW,
-//!   codes of 3 to 8 bits);
+//!   codes of 3 to 8 bits; the tables built with `vpdpbusd`, VNNI);
 //! * [`bytes`]: byte tables of 6 channels, `vpermb` over 64 (AVX-512 VBMI, 2-bit codes);
 //! * [`avx2`]: byte tables of 4 channels, `vpshufb` over 32 (AVX2; 2-bit codes, or codes of 3
 //!   to 8 bits as two planes of nibbles, each with its tables), for CPUs without AVX-512; its
@@ -146,6 +146,13 @@ pub(super) trait Lookup {
         c
     }
 
+    /// The bit of a table index that stands for channel `i` of its group: `i` unless the
+    /// builder lays the entries out in another order.
+    #[inline(always)]
+    fn bit(i: usize) -> usize {
+        i
+    }
+
     /// Code planes of a shape's codes ([`Lookup::CODE_BITS`] bits each).
     #[inline(always)]
     fn code_planes(s: &ConvShape) -> usize {
@@ -228,19 +235,22 @@ pub(super) trait Lookup {
     /// The ISA is present; `lanes` `i32`s readable and writable at `out`.
     unsafe fn store(wide: Self::Wide, out: *mut i32, lanes: usize, st: Store);
     /// The table builder's step: writes the tables of channel groups `0 .. n` (`n <=
-    /// CHUNK`) of the `len <= CHUNK * K` codes at `codes` (`len` pad codes where `codes` is
+    /// CHUNK`) of the `len <= CHUNK * K` codes at `codes` (`codes_len`: `len` and the bytes
+    /// `readable >= len` at `codes`; `len` pad codes where `codes` is
     /// `None`: a pad pixel) at `t`, [`Lookup::TABLE`] `u16` each, for each of the `planes`
     /// code planes ([`Lookup::CODE_BITS`]) `stride` `u16` after the previous one's, and
     /// returns the sum of the codes. Entry `m` of a table is the sum of its group's codes
-    /// (of the plane's bits) whose bit is set in `m`.
+    /// (of the plane's bits) whose bit ([`Lookup::bit`]) is set in `m`; entries whose `m`
+    /// names a channel past the `len` codes may hold anything (the weights never index
+    /// them).
     ///
     /// # Safety
-    /// The ISA is present; `len` readable bytes at `codes`; `n * TABLE` writable `u16` at `t`
-    /// and at each plane's `stride` after.
+    /// The ISA is present; `readable >= len` readable bytes at `codes`; `n * TABLE` writable
+    /// `u16` at `t` and at each plane's `stride` after.
     unsafe fn tables_of(
         codes: Option<*const u8>,
         pad: u8,
-        len: usize,
+        codes_len: (usize, usize),
         n: usize,
         t: *mut u16,
         planes: (usize, usize),
@@ -332,7 +342,7 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
                                 + p * pb
                                 + (((ky * gn + i / k) * s.kw + kx) * lanes + L::lane(oc % lanes))
                                     * el;
-                            dst[at] |= 1 << (i % k);
+                            dst[at] |= 1 << L::bit(i % k);
                         }
                     }
                 }
@@ -403,9 +413,11 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
                     // the pixel's group in `x`, its `n` tables inside the pixel's `px` u16 of
                     // `out` (both asserted above).
                     unsafe {
-                        let codes = inside.then(|| x.as_ptr().add(pix + g * cin + ch));
+                        let at = pix + g * cin + ch;
+                        let codes = inside.then(|| x.as_ptr().add(at));
                         let t = o.add((y * s.wp + xx) * px + (g * gn + gi) * L::TABLE);
-                        sum += L::tables_of(codes, pad, len, n, t, planes);
+                        let readable = if inside { x.len() - at } else { len };
+                        sum += L::tables_of(codes, pad, (len, readable), n, t, planes);
                     }
                     gi += n;
                 }
@@ -425,12 +437,12 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         // SAFETY: AVX-512 F/BW/VBMI present (this function's features).
         unsafe { build_tables::<Bytes>(s, x, pad, out) }
     }
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
     fn words(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        // SAFETY: AVX-512 F/BW/VBMI present (this function's features).
+        // SAFETY: AVX-512 F/BW/VBMI/VNNI present (this function's features).
         unsafe { build_tables::<Words>(s, x, pad, out) }
     }
-    // SAFETY: `by_kind` hands this builder out only where AVX-512 F/BW/VBMI is present.
+    // SAFETY: `by_kind` hands this builder out only where AVX-512 F/BW/VBMI/VNNI is present.
     unsafe {
         if s.lut_k() == LUT_K8 {
             bytes(s, x, pad, out)

@@ -1,9 +1,11 @@
 //! `u16` tables of [`LUT_K`] (5) channels, looked up with `vpermw` (AVX-512 BW): 32 output
 //! channels x 5 inputs a lookup, for codes of 3 to 8 bits (a table entry is at most 5 x 255).
 //! The sums of a run stay `u16` ([`Lookup::run`] steps). The table builder's constants and
-//! its step ([`Lookup::tables_of`]) are here; its walk is the parent's `build_tables`.
+//! its step ([`Lookup::tables_of`]: two `vpdpbusd` and a `vpackusdw` a table, AVX-512 VNNI)
+//! are here; its walk is the parent's `build_tables`.
 
 use super::*;
+use core::ptr::read_unaligned;
 
 /// The `u16` table kind of [`KernelKind::Int8LutAvx512`].
 pub(super) struct Words;
@@ -38,20 +40,40 @@ impl Lookup for Words {
         unsafe { widen_store(wide, out, lanes, st) }
     }
 
+    /// Entries in the order of [`lut_tables_of`]: index bits 0, 1 for channels 0, 1, bit 2
+    /// for channel 4, bits 3, 4 for channels 2, 3.
+    #[inline(always)]
+    fn bit(i: usize) -> usize {
+        [0, 1, 3, 4, 2][i]
+    }
+
     #[inline(always)]
     unsafe fn tables_of(
         codes: Option<*const u8>,
         pad: u8,
-        len: usize,
+        (len, readable): (usize, usize),
         n: usize,
         t: *mut u16,
         _: (usize, usize),
     ) -> u32 {
-        // SAFETY: AVX-512 F/BW/VBMI present, `len <= 60` codes readable and `n` tables
-        // writable (caller).
+        let n = n.min(LUT_CHUNK);
+        // SAFETY: AVX-512 F/BW/VNNI present, `len <= 60` codes and `readable` bytes readable
+        // at `codes`, `n` tables writable (caller); the dwords read directly lie in the
+        // readable bytes (the last at `5 (n - 1) + 4`).
         unsafe {
             let (v, sum) = codes512(codes, pad, len);
-            lut_tables_of(v, n, t);
+            match codes {
+                Some(p) if readable >= LUT_K * (n - 1) + 8 => {
+                    lut_tables_of(|at| read_unaligned(p.add(at) as *const i32), n, t)
+                }
+                Some(_) => {
+                    let mut copy = Align64([0u8; 64]);
+                    _mm512_store_si512(copy.0.as_mut_ptr() as *mut _, v);
+                    let c = copy.0.as_ptr();
+                    lut_tables_of(|at| read_unaligned(c.add(at) as *const i32), n, t)
+                }
+                None => lut_tables_of(|_| i32::from_ne_bytes([pad; 4]), n, t),
+            }
             sum
         }
     }
@@ -60,73 +82,55 @@ impl Lookup for Words {
 /// Channel groups of one 64-byte load of codes in the table builder (60 codes).
 const LUT_CHUNK: usize = 12;
 
-/// Per input channel pair `(2k, 2k + 1)` of a table: the signed bytes `(bit 2k of m, bit
-/// 2k+1 of m)` of word lane `m`, for `vpmaddubsw` (bit 5 is never set: `m < 32`).
-const fn lut_pair_bits(pair: u32) -> [u8; 64] {
+/// `vpdpbusd` weights of the first four channels of a group: byte `k` of `i32` lane `j` is
+/// bit `k` of `j`, so that lane `j` sums the codes of the channels whose bit is set in `j`.
+const fn lut_low_bits() -> [u8; 64] {
     let mut v = [0u8; 64];
-    let mut m = 0;
-    while m < LUT_N {
-        v[2 * m] = (m >> (2 * pair) & 1) as u8;
-        v[2 * m + 1] = (m >> (2 * pair + 1) & 1) as u8;
-        m += 1;
+    let mut i = 0;
+    while i < 64 {
+        v[i] = ((i / 4) >> (i % 4) & 1) as u8;
+        i += 1;
     }
     v
 }
 
-/// The `vpmaddubsw` constants of [`lut_pair_bits`] for the pairs 0, 1 and 2.
-static LUT_BITS: Align64<[[u8; 64]; 3]> =
-    Align64([lut_pair_bits(0), lut_pair_bits(1), lut_pair_bits(2)]);
-
-/// `vpermb` indices broadcasting the code pair `(5 gi + 2k, 5 gi + 2k + 1)` of channel group
-/// `gi` of a chunk to every word, for `k` = 0, 1, 2 (the second code of pair 2 is byte 63,
-/// always zero in a chunk of at most 60 codes).
-const fn lut_pair_index() -> [[[u8; 64]; 3]; LUT_CHUNK] {
-    let mut v = [[[0u8; 64]; 3]; LUT_CHUNK];
-    let mut gi = 0;
-    while gi < LUT_CHUNK {
-        let mut k = 0;
-        while k < 3 {
-            let c = (LUT_K * gi + 2 * k) as u8;
-            let mut m = 0;
-            while m < 32 {
-                v[gi][k][2 * m] = c;
-                v[gi][k][2 * m + 1] = if k == 2 { 63 } else { c + 1 };
-                m += 1;
-            }
-            k += 1;
-        }
-        gi += 1;
+/// The weights of [`lut_low_bits`], then those adding the fifth channel (byte 0 of each
+/// lane).
+static LUT_BITS: Align64<[[u8; 64]; 2]> = Align64([lut_low_bits(), {
+    let mut v = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        v[i] = (i % 4 == 0) as u8;
+        i += 1;
     }
     v
-}
+}]);
 
-/// The indices of [`lut_pair_index`].
-static LUT_PAIRS: Align64<[[[u8; 64]; 3]; LUT_CHUNK]> = Align64(lut_pair_index());
-
-/// Writes the tables of channel groups `0 .. n` (`n <= LUT_CHUNK`) of the codes in `v` (64
-/// bytes, channel `5 gi + i` of group `gi` at byte `5 gi + i`, bytes from 60 on zero) at `t`,
-/// 32 `u16` per group: entry `m` of a table is the sum of the codes of the group whose bit is
-/// set in `m`.
+/// Writes the tables of channel groups `0 .. n` (`n <= LUT_CHUNK`) of a chunk of codes at
+/// `t`, 32 `u16` per group, `dword(at)` reading the four codes from byte `at` of the chunk
+/// (channel `5 gi + i` of group `gi` at byte `5 gi + i`). Per group two `vpdpbusd` over the
+/// group's codes broadcast to every lane give the 16 sums of its first four channels (`lo`,
+/// lane `j`: the channels of the bits of `j`) and the same plus the fifth channel (`hi`),
+/// and `vpackusdw` interleaves them by 128-bit lane: entry `8 L + w` is `lo[4 L + w]` for
+/// `w < 4`, else `hi[4 L + w - 4]`, the sum over the channels of index bits 0, 1 (channels 0,
+/// 1), 2 (channel 4), 3, 4 (channels 2, 3): [`Words::bit`]. Bytes past the chunk's codes
+/// (the next pixel's, or anything) reach only entries that name channels past them.
 ///
 /// # Safety
-/// AVX-512 F/BW/VBMI present; `32 * n` writable `u16` at `t`.
+/// AVX-512 F/BW/VNNI present; `32 * n` writable `u16` at `t`; `dword` reads for `at` up to
+/// `5 (n - 1) + 4`.
 #[inline(always)]
-unsafe fn lut_tables_of(v: __m512i, n: usize, t: *mut u16) {
-    // SAFETY: AVX-512 F/BW/VBMI present and `64 * n` writable bytes at `t` (caller); the
+unsafe fn lut_tables_of(dword: impl Fn(usize) -> i32, n: usize, t: *mut u16) {
+    // SAFETY: AVX-512 F/BW/VNNI present and `64 * n` writable bytes at `t` (caller); the
     // constants are 64 bytes each.
     unsafe {
-        let ld = |p: &[u8; 64]| _mm512_loadu_si512(p.as_ptr() as *const _);
-        let (b0, b1, b2) = (ld(&LUT_BITS.0[0]), ld(&LUT_BITS.0[1]), ld(&LUT_BITS.0[2]));
-        for gi in 0..n.min(LUT_CHUNK) {
-            let pair = |k: usize| _mm512_permutexvar_epi8(ld(&LUT_PAIRS.0[gi][k]), v);
-            let tab = _mm512_add_epi16(
-                _mm512_add_epi16(
-                    _mm512_maddubs_epi16(pair(0), b0),
-                    _mm512_maddubs_epi16(pair(1), b1),
-                ),
-                _mm512_maddubs_epi16(pair(2), b2),
-            );
-            _mm512_storeu_si512(t.add(LUT_N * gi) as *mut _, tab);
+        let ld = |p: &[u8; 64]| _mm512_load_si512(p.as_ptr() as *const _);
+        let (lo_bits, fifth) = (ld(&LUT_BITS.0[0]), ld(&LUT_BITS.0[1]));
+        for gi in 0..n {
+            let at = |k: usize| _mm512_set1_epi32(dword(LUT_K * gi + k));
+            let lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), at(0), lo_bits);
+            let hi = _mm512_dpbusd_epi32(lo, at(4), fifth);
+            _mm512_storeu_si512(t.add(LUT_N * gi) as *mut _, _mm512_packus_epi32(lo, hi));
         }
     }
 }

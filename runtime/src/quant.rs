@@ -496,7 +496,7 @@ pub(crate) fn step_rows(steps: &Steps<'_>, acc: &[i32], dst: &mut [u8]) {
 }
 
 /// Channels per block of hoisted stage-2 parameters in [`requant`].
-const RQ_BLOCK: usize = 64;
+pub(crate) const RQ_BLOCK: usize = 64;
 
 /// [`requant_ref`] with the same result for every input, written so LLVM vectorises it: the
 /// per-layer constants and a block of per-channel `mult`/`bias` are hoisted out of the element
@@ -589,7 +589,7 @@ pub(crate) fn requant(
 /// centred code is within 255). The output zero point is a code, as [`QParams`] has it
 /// everywhere.
 #[inline(always)]
-fn lanes32_fit(raw: &RawQuant, aff: Option<&ChannelAffine<'_>>) -> bool {
+pub(crate) fn lanes32_fit(raw: &RawQuant, aff: Option<&ChannelAffine<'_>>) -> bool {
     let qmax1 = (1i32 << raw.bits.min(8)) - 1;
     raw.shift.clamp(1, 62) >= 33
         && raw.zero_point.unsigned_abs() <= 1 << 30
@@ -615,64 +615,124 @@ fn requant_lanes32(
     acc: &[i32],
     dst: &mut [u8],
 ) {
-    let sh1 = u32::from(raw.shift.clamp(1, 62)) - 32;
-    let c1 = 1i32 << (sh1 - 1);
-    let m1 = i64::from(raw.mult);
-    let zp1 = raw.zero_point;
-    let qmax1 = (1i32 << raw.bits.min(8)) - 1;
+    let l = Lanes32::of(raw, aff, outq);
     let st1 = move |a: i32| -> i32 {
-        let h = ((i64::from(a) * m1) >> 32) as i32;
-        ((h + c1) >> sh1) + zp1
+        let h = ((i64::from(a) * i64::from(l.m1)) >> 32) as i32;
+        (((h + l.c1) >> l.sh1) + l.zp1).max(0).min(l.qmax1)
     };
     let Some(aff) = aff else {
         for (d, &a) in dst.iter_mut().zip(acc) {
-            *d = st1(a).max(0).min(qmax1) as u8;
+            *d = st1(a) as u8;
         }
         return;
     };
     if cout == 0 {
         return;
     }
-    let zp_raw = raw.zero_point;
-    let sh2 = u32::from(aff.shift) - 16;
-    let r2 = 1i64 << (aff.shift - 1);
-    let sign = outq.bits == 1;
-    let zp2 = outq.zp;
-    let lo2 = if aff.relu { zp2 } else { 0 };
-    let hi2 = outq.qmax();
     let npx = (dst.len() / cout).min(acc.len() / cout);
-    let (mut mh, mut ml) = ([0i32; RQ_BLOCK], [0i32; RQ_BLOCK]);
-    let (mut bh, mut bl) = ([0i32; RQ_BLOCK], [0i32; RQ_BLOCK]);
+    let mut blk = Lanes32Block::default();
     let mut c0 = 0;
     while c0 < cout {
-        let n = (cout - c0).min(RQ_BLOCK);
-        for i in 0..n {
-            let p = affine_at(aff, c0 + i);
-            let b = i64::from(p.bias) + r2;
-            (mh[i], ml[i]) = (p.mult >> 16, p.mult & 0xffff);
-            (bh[i], bl[i]) = ((b >> 16) as i32, (b & 0xffff) as i32);
-        }
-        let (mh, ml, bh, bl) = (&mh[..n], &ml[..n], &bh[..n], &bl[..n]);
+        let n = blk.load(aff, c0, cout);
+        let (mh, ml, bh, bl) = (&blk.mh[..n], &blk.ml[..n], &blk.bh[..n], &blk.bl[..n]);
         // `x` of the doc comment for channel `c0 + j`.
         let x = move |a: i32, j: usize| -> i32 {
-            let d = st1(a).max(0).min(qmax1) - zp_raw;
+            let d = st1(a) - l.zp_raw;
             let y = d * ml[j] + bl[j];
             d * mh[j] + bh[j] + (y >> 16)
         };
         for px in 0..npx {
             let o = px * cout + c0;
             let (a, d) = (&acc[o..o + n], &mut dst[o..o + n]);
-            if sign {
+            if l.sign {
                 for j in 0..n {
                     d[j] = u8::from(x(a[j], j) >= 0);
                 }
             } else {
                 for j in 0..n {
-                    d[j] = ((x(a[j], j) >> sh2) + zp2).max(lo2).min(hi2) as u8;
+                    d[j] = ((x(a[j], j) >> l.sh2) + l.zp2).max(l.lo2).min(l.hi2) as u8;
                 }
             }
         }
         c0 += n;
+    }
+}
+
+/// The layer constants of [`requant_lanes32`] (and of its AVX-512 twin in `kernels::x86`):
+/// stage 1 `((h + c1) >> sh1) + zp1` clamped to `0..=qmax1` (`h = (acc * m1) >> 32`); stage
+/// 2 centres by `zp_raw`, shifts by `sh2`, adds `zp2` and clamps to `lo2..=hi2`, or keeps the
+/// sign (`sign`, 1-bit outputs). Only meaningful where [`lanes32_fit`] holds.
+#[derive(Clone, Copy)]
+pub(crate) struct Lanes32 {
+    pub m1: i32,
+    pub c1: i32,
+    pub sh1: u32,
+    pub zp1: i32,
+    pub qmax1: i32,
+    pub zp_raw: i32,
+    pub sh2: u32,
+    pub sign: bool,
+    pub zp2: i32,
+    pub lo2: i32,
+    pub hi2: i32,
+}
+
+impl Lanes32 {
+    /// The constants for these parameters (stage 2's are zeros without `aff`).
+    #[inline(always)]
+    pub(crate) fn of(raw: &RawQuant, aff: Option<&ChannelAffine<'_>>, outq: &QParams) -> Lanes32 {
+        let sh1 = u32::from(raw.shift.clamp(33, 62)) - 32;
+        let zp2 = outq.zp;
+        Lanes32 {
+            m1: raw.mult,
+            c1: 1i32 << (sh1 - 1),
+            sh1,
+            zp1: raw.zero_point,
+            qmax1: (1i32 << raw.bits.min(8)) - 1,
+            zp_raw: raw.zero_point,
+            sh2: aff.map_or(0, |a| u32::from(a.shift.clamp(16, 47)) - 16),
+            sign: outq.bits == 1,
+            zp2,
+            lo2: if aff.is_some_and(|a| a.relu) { zp2 } else { 0 },
+            hi2: outq.qmax(),
+        }
+    }
+}
+
+/// A block of at most [`RQ_BLOCK`] channels' stage-2 parameters of [`requant_lanes32`], split
+/// into 16-bit halves (its doc comment).
+pub(crate) struct Lanes32Block {
+    pub mh: [i32; RQ_BLOCK],
+    pub ml: [i32; RQ_BLOCK],
+    pub bh: [i32; RQ_BLOCK],
+    pub bl: [i32; RQ_BLOCK],
+}
+
+impl Default for Lanes32Block {
+    fn default() -> Self {
+        Lanes32Block {
+            mh: [0; RQ_BLOCK],
+            ml: [0; RQ_BLOCK],
+            bh: [0; RQ_BLOCK],
+            bl: [0; RQ_BLOCK],
+        }
+    }
+}
+
+impl Lanes32Block {
+    /// Loads the parameters of channels `c0 ..` (at most [`RQ_BLOCK`], not past `cout`) and
+    /// returns how many.
+    #[inline(always)]
+    pub(crate) fn load(&mut self, aff: &ChannelAffine<'_>, c0: usize, cout: usize) -> usize {
+        let n = cout.saturating_sub(c0).min(RQ_BLOCK);
+        let r2 = 1i64 << (aff.shift.clamp(1, 62) - 1);
+        for i in 0..n {
+            let p = affine_at(aff, c0 + i);
+            let b = i64::from(p.bias) + r2;
+            (self.mh[i], self.ml[i]) = (p.mult >> 16, p.mult & 0xffff);
+            (self.bh[i], self.bl[i]) = ((b >> 16) as i32, (b & 0xffff) as i32);
+        }
+        n
     }
 }
 

@@ -506,6 +506,16 @@ unsafe fn pair_store(v: Pair, p: *mut u8) {
     }
 }
 
+/// The mask of the first `n.min(16)` `i32` lanes.
+#[inline(always)]
+fn lane_mask(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 /// A value 64-byte aligned: the table builders' constant vectors (a 64-byte load across two
 /// cache lines is slower: `LUT_PAIRS` 32 bytes off a line made the `u16` table builder about
 /// 50 % slower, 2.3 % of the W1A8 network's time) and the AMX kernel's expanded weight tiles.

@@ -216,10 +216,217 @@ macro_rules! row_ops_with {
 
 // AVX2: `vpmuldq`, `vpcmpgtq`, 4 lanes.
 row_ops_with!("avx2", requant_avx2, add_rows_avx2, step_rows_avx2);
-// AVX-512 F/BW/DQ/VL: 8 lanes.
+// AVX-512 F/BW/DQ/VL: 8 lanes (the requantization where `requant_lanes32_avx512` does not
+// apply).
 row_ops_with!(
     "avx2,avx512f,avx512bw,avx512dq,avx512vl",
-    requant_avx512,
+    requant_avx512_auto,
     add_rows_avx512,
     step_rows_avx512
 );
+
+/// The driver's requantization with AVX-512: [`requant_lanes32_avx512`] where 32-bit lanes are
+/// exact (`quant::lanes32_fit`, every trained model's layers), else `quant::requant` compiled
+/// for AVX-512; the same result as `quant::requant` either way.
+pub(super) fn requant_avx512(
+    raw: &RawQuant,
+    aff: Option<&ChannelAffine<'_>>,
+    outq: &QParams,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    if !quant::lanes32_fit(raw, aff) {
+        return requant_avx512_auto(raw, aff, outq, cout, acc, dst);
+    }
+    let l = quant::Lanes32::of(raw, aff, outq);
+    // SAFETY: `row_ops` hands this function out only where AVX-512 F/BW/DQ/VL is present.
+    unsafe { requant_lanes32_avx512(&l, aff, cout, acc, dst) }
+}
+
+/// `quant::requant_lanes32` written out in AVX-512 (LLVM's vectorisation of it widens the
+/// products to 64 bits and narrows each vector with a `vpmovdb` store): the high word of
+/// `acc * m1` from two `vpmuldq` and a blend, stage 2 in 16-bit halves as there, and 64
+/// channels packed to bytes by `vpackssdw`, `vpackuswb` and one `vpermd` (the codes are
+/// clamped to `0..=255` first, so the saturating packs are exact). Stage 2's channels in blocks
+/// of `quant::RQ_BLOCK` (64) per pixel; channels past a multiple of 16 masked.
+///
+/// # Safety
+/// AVX-512 F/BW present; `l` from parameters where `quant::lanes32_fit` holds.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn requant_lanes32_avx512(
+    l: &quant::Lanes32,
+    aff: Option<&ChannelAffine<'_>>,
+    cout: usize,
+    acc: &[i32],
+    dst: &mut [u8],
+) {
+    let rq = Rq512::new(l);
+    let Some(aff) = aff else {
+        let n = dst.len().min(acc.len());
+        let none = [[_mm512_setzero_si512(); 4]; 4];
+        for i in (0..n).step_by(64) {
+            // SAFETY: AVX-512 F/BW present; elements `i .. i + 64` (or to `n`) of both slices.
+            unsafe {
+                rq.codes::<STAGE1>(
+                    &none,
+                    acc.as_ptr().add(i),
+                    dst.as_mut_ptr().add(i),
+                    (n - i).min(64),
+                )
+            };
+        }
+        return;
+    };
+    if cout == 0 {
+        return;
+    }
+    let npx = (dst.len() / cout).min(acc.len() / cout);
+    let mut blk = quant::Lanes32Block::default();
+    let mut c0 = 0;
+    while c0 < cout {
+        let n = blk.load(aff, c0, cout);
+        let mut par = [[_mm512_setzero_si512(); 4]; 4];
+        for k in 0..4 {
+            for (p, v) in par[k].iter_mut().zip([&blk.mh, &blk.ml, &blk.bh, &blk.bl]) {
+                // SAFETY: `k < 4`: 16 i32s inside the block's array.
+                *p = unsafe { _mm512_loadu_si512(v.as_ptr().add(16 * k) as *const _) };
+            }
+        }
+        for px in 0..npx {
+            let o = px * cout + c0;
+            // SAFETY: AVX-512 F/BW present; `o + n <= npx * cout`, inside both slices.
+            unsafe {
+                let (a, d) = (acc.as_ptr().add(o), dst.as_mut_ptr().add(o));
+                if l.sign {
+                    rq.codes::<SIGN>(&par, a, d, n)
+                } else {
+                    rq.codes::<STAGE2>(&par, a, d, n)
+                }
+            }
+        }
+        c0 += n;
+    }
+}
+
+/// [`Rq512::codes`]: stage 1 only (no affine).
+const STAGE1: u8 = 0;
+/// [`Rq512::codes`]: both stages, codes out.
+const STAGE2: u8 = 1;
+/// [`Rq512::codes`]: both stages, the sign out (1-bit outputs).
+const SIGN: u8 = 2;
+
+/// The constants of [`requant_lanes32_avx512`] in vectors.
+struct Rq512 {
+    m1: __m512i,
+    c1: __m512i,
+    sh1: __m128i,
+    zp1: __m512i,
+    qmax1: __m512i,
+    zp_raw: __m512i,
+    sh2: __m128i,
+    zp2: __m512i,
+    lo2: __m512i,
+    hi2: __m512i,
+}
+
+impl Rq512 {
+    /// # Safety
+    /// AVX-512 F present.
+    #[inline(always)]
+    unsafe fn new(l: &quant::Lanes32) -> Rq512 {
+        // SAFETY: AVX-512 F present (caller).
+        unsafe {
+            Rq512 {
+                m1: _mm512_set1_epi32(l.m1),
+                c1: _mm512_set1_epi32(l.c1),
+                sh1: _mm_cvtsi32_si128(l.sh1 as i32),
+                zp1: _mm512_set1_epi32(l.zp1),
+                qmax1: _mm512_set1_epi32(l.qmax1),
+                zp_raw: _mm512_set1_epi32(l.zp_raw),
+                sh2: _mm_cvtsi32_si128(l.sh2 as i32),
+                zp2: _mm512_set1_epi32(l.zp2),
+                lo2: _mm512_set1_epi32(l.lo2),
+                hi2: _mm512_set1_epi32(l.hi2),
+            }
+        }
+    }
+
+    /// The codes of 16 accumulators: stage 1 (the raw codes, clamped), then with `MODE`
+    /// [`STAGE2`] or [`SIGN`] stage 2 with channel parameters `[mh, ml, bh, bl]`.
+    ///
+    /// # Safety
+    /// AVX-512 F present.
+    #[inline(always)]
+    unsafe fn code<const MODE: u8>(&self, a: __m512i, [mh, ml, bh, bl]: [__m512i; 4]) -> __m512i {
+        // SAFETY: AVX-512 F present (caller).
+        unsafe {
+            let zero = _mm512_setzero_si512();
+            let even = _mm512_srli_epi64::<32>(_mm512_mul_epi32(a, self.m1));
+            let odd = _mm512_mul_epi32(_mm512_srli_epi64::<32>(a), self.m1);
+            let h = _mm512_mask_blend_epi32(0xaaaa, even, odd);
+            let q = _mm512_add_epi32(
+                _mm512_sra_epi32(_mm512_add_epi32(h, self.c1), self.sh1),
+                self.zp1,
+            );
+            let q = _mm512_min_epi32(_mm512_max_epi32(q, zero), self.qmax1);
+            if MODE == STAGE1 {
+                return q;
+            }
+            let d = _mm512_sub_epi32(q, self.zp_raw);
+            let y = _mm512_add_epi32(_mm512_mullo_epi32(d, ml), bl);
+            let x = _mm512_add_epi32(
+                _mm512_add_epi32(_mm512_mullo_epi32(d, mh), bh),
+                _mm512_srai_epi32::<16>(y),
+            );
+            if MODE == SIGN {
+                return _mm512_maskz_mov_epi32(
+                    _mm512_cmpge_epi32_mask(x, zero),
+                    _mm512_set1_epi32(1),
+                );
+            }
+            let q = _mm512_add_epi32(_mm512_sra_epi32(x, self.sh2), self.zp2);
+            _mm512_min_epi32(_mm512_max_epi32(q, self.lo2), self.hi2)
+        }
+    }
+
+    /// The codes of the `n <= 64` accumulators at `a` to `d` ([`Rq512::code`], vector `k` of
+    /// 16 with `par[k]`): 64 through two saturating packs and a `vpermd` (dword `4 k + L` of
+    /// the packed bytes is vector `k`'s lane `L`), fewer by masked `vpmovdb` stores.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW present; `n` i32s readable at `a`, `n` bytes writable at `d`.
+    #[inline(always)]
+    unsafe fn codes<const MODE: u8>(
+        &self,
+        par: &[[__m512i; 4]; 4],
+        a: *const i32,
+        d: *mut u8,
+        n: usize,
+    ) {
+        // SAFETY: AVX-512 F/BW present; the (masked) loads and stores touch only the `n`
+        // elements (caller).
+        unsafe {
+            if n == 64 {
+                let mut v = [_mm512_setzero_si512(); 4];
+                for k in 0..4 {
+                    v[k] = self.code::<MODE>(_mm512_loadu_si512(a.add(16 * k) as *const _), par[k]);
+                }
+                let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+                let lo = _mm512_packs_epi32(v[0], v[1]);
+                let hi = _mm512_packs_epi32(v[2], v[3]);
+                let bytes = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(lo, hi));
+                _mm512_storeu_si512(d as *mut _, bytes);
+            } else {
+                for k in 0..n.div_ceil(16) {
+                    let m = lane_mask(n - 16 * k);
+                    let v = self.code::<MODE>(
+                        _mm512_maskz_loadu_epi32(m, a.add(16 * k) as *const _),
+                        par[k],
+                    );
+                    _mm512_mask_cvtepi32_storeu_epi8(d.add(16 * k) as *mut _, m, v);
+                }
+            }
+        }
+    }
+}

@@ -782,16 +782,6 @@ pub(super) fn lut_avx512(
     }
 }
 
-/// The mask of the first `n.min(16)` `i32` lanes.
-#[inline(always)]
-fn lane_mask(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        (1u16 << n) - 1
-    }
-}
-
 /// Adds the 32 `u16` sums in `v`, times `2^st.shift`, to the `i32` sums at `p` (the first
 /// `lanes` of them; written instead on the `first` run); on the last run (`qsum` given) stores
 /// `2 * S - qsum`, `S` the whole sum, instead of `S` (the AVX-512 kinds' [`Lookup::store`]).

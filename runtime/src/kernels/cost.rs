@@ -165,6 +165,18 @@ pub(crate) fn step_cost(kind: KernelKind, model: CostModel) -> u32 {
 /// Cost of building one table of the table-lookup kernel, in [`step_cost`]'s desktop units.
 const LUT_TABLE_COST: u64 = 140;
 
+/// The `u16` table lookup's costs on [`CostModel::DesktopZen4`] besides its steps: a table, and
+/// an output element. Fitted on that Zen 4 core after the tables came to be built with
+/// `vpdpbusd` (two and a pack a table, from 3 `vpermb`, 3 `vpmaddubsw` and 2 adds): about 1.3
+/// ns a table (`perf`: 7.6 % of the W1A8 network for its 125 k tables), 65 units at the 2.9 ns
+/// an output the VNNI dot (16 a step) took on the stride-2 conv into 128 channels. Whole layers,
+/// each kernel forced, then ran the lookup at 1.53x the dot's time on the 3-channel stem, 0.80x
+/// at 64 channels, 0.86x on the stride-2 conv into 128, 0.65x at 128, 0.57-0.63x above, 1.3-2.0x
+/// on the 1x1 downsample convs into 128 and 256 and 0.91x on the one into 512. 65 a table and 5 an
+/// output give 1.54x, 0.83x, 0.94x, 0.77x, 0.7-0.8x, 1.5-2.4x and 1.2x: those ranks but the last
+/// (about a microsecond); without the 5 the stem's lookup would tie the dot's 9.
+const LUT_ZEN4_COSTS: (u64, u64) = (65, 5);
+
 /// Cost of building one table of the AVX2 table lookup (4 channels, 16 bytes), in
 /// [`step_cost`]'s desktop units (see its `Int8LutAvx2` entry).
 const LUT_AVX2_TABLE_COST: u64 = 160;
@@ -268,12 +280,16 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
         } else {
             (step, 0)
         };
-        let tables = (s.hp * s.wp) as u64 * gn * LUT_TABLE_COST;
+        let (table, output) = match model {
+            CostModel::DesktopZen4 if s.lut_k() != LUT_K8 => LUT_ZEN4_COSTS,
+            _ => (LUT_TABLE_COST, 0),
+        };
+        let tables = (s.hp * s.wp) as u64 * gn * table;
         let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
         // Summed before one division: rounding each term down tied the 3-channel stem's
         // lookup (7.7 + 2.5) with the dot's 9 on a Zen 4 core.
         let lookups = taps * step * gn * k * u64::from(s.wbits);
-        return (lookups * outputs / 64 + tables) / outputs + fixed;
+        return (lookups * outputs / 64 + tables) / outputs + fixed + output;
     }
     match kind.algo() {
         // Int8: cin_g multiply-adds per tap, in units of 64.

@@ -611,8 +611,8 @@ fn intel_costs_rank_the_int8_kernels_as_measured() {
 }
 
 /// The Zen 4 table ranks the VNNI dot and the lookups over 16-bit tables as whole layers of
-/// the W1A8 network measured them on an AMD Zen 4 core (TSC ticks a layer, each kernel forced,
-/// 4 rounds alternating; docs/PERFORMANCE.md, "W1A8 on a Zen 4 core"; time of the lookup /
+/// the W1A8 network measured them on an AMD Zen 4 core (each kernel forced, `LAYERS=1
+/// prof_model`, alternating; docs/PERFORMANCE.md, "W1A8 on a Zen 4 core"; time of the lookup /
 /// time of the dot in the comments), where the Zen 5 table gave the 64-channel convs and the
 /// stride-2 conv into 256 channels to the dot (the network 5 % slower).
 #[test]
@@ -637,20 +637,20 @@ fn zen4_costs_rank_the_int8_kernels_as_measured() {
         cw: 1,
         ..shape(64, 32, 3, 1, 8)
     };
-    // (shape, faster kernel, slower kernel)
+    // (shape, faster kernel, slower kernel), with the tables built by `vpdpbusd` (cost.rs,
+    // `LUT_ZEN4_COSTS`).
     let orders = [
-        // 0.90-0.94 at 64 channels; the 128- to 512-channel convs were the lookup's already.
+        // 0.80 at 64 channels, 0.65 at 128, 0.57 at 512.
         (shape(64, 32, 3, 1, 8), Lut, Dot),
         (shape(128, 16, 3, 1, 8), Lut, Dot),
         (shape(512, 4, 3, 1, 8), Lut, Dot),
-        // Stride 2: 0.83 into 256 channels, 1.05 into 128.
+        // Stride 2: 0.70 into 256 channels, 0.86 into 128 (1.05 with the old tables).
         (down(128, 16, 3), Lut, Dot),
-        (down(64, 32, 3), Dot, Lut),
-        // The stem 1.53, the 1x1 downsample convs 1.2-2.5.
+        (down(64, 32, 3), Lut, Dot),
+        // The stem 1.53, the 1x1 downsample convs into 128 and 256 2.0 and 1.3.
         (stem, Dot, Lut),
         (down(64, 32, 1), Dot, Lut),
         (down(128, 16, 1), Dot, Lut),
-        (down(256, 8, 1), Dot, Lut),
     ];
     assert_ranks(super::CostModel::DesktopZen4, &orders);
     // The Zen 5 table keeps the 64-channel convs on the dot (there it ran 533 MAC/ns to the

@@ -216,6 +216,28 @@ fn kernels_match_reference_at_the_table_sums_bounds() {
     assert!(total >= 3 * 2);
 }
 
+/// The table lookups' runs sized by the largest entry the builder found rather than by the
+/// codes' range: every code the same value below the maximum makes each lookup exactly that
+/// bound (5 x 53 = 265 in a `u16` table: runs of 247 lookups; nibble planes of 4 x 5 and 4 x 3:
+/// byte runs of 12 and 21; 6 x 2 = 12 in a byte table at 2 bits: 21), over several runs of
+/// each (1,500 and 2,500 lookups): a run one lookup longer than its bound allows overflows.
+#[test]
+fn kernels_match_reference_at_the_tables_largest_entry() {
+    let mut total = 0;
+    for (abits, code, cin_g) in [(8u8, 0x35u8, 1500u32), (4, 9, 1500), (2, 2, 2500)] {
+        let c = Case {
+            pad: (0, 0),
+            zp: 0,
+            rows: 1,
+            ..Case::new(cin_g, 70, 1, abits, 6)
+        };
+        let codes = vec![1u8; weight_count(&c)];
+        let x = vec![code; input_count(&c)];
+        total += check_inputs(&c, &codes, &x, kernels_for);
+    }
+    assert!(total >= 3 * 2);
+}
+
 #[test]
 fn kernels_match_reference_on_wide_outputs_at_every_tile_width() {
     // Enough output channels for tiles of 4 blocks (70: 16-lane blocks 4 + 1, 32-lane 2 + 1),

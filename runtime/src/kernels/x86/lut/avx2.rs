@@ -165,6 +165,7 @@ impl Lookup for Avx2 {
         n: usize,
         t: *mut u16,
         (planes, stride): (usize, usize),
+        top: &mut [__m256i; MAX_CODE_PLANES],
     ) -> u32 {
         // SAFETY: AVX2 present; `len <= 16` readable bytes at `codes` (caller): 16 are loaded
         // directly, fewer through a zeroed copy.
@@ -208,6 +209,8 @@ impl Lookup for Avx2 {
                         _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][0])),
                         _mm256_shuffle_epi8(halves, ld(&JOIN.0[k][1])),
                     );
+                    // A pair's second table past `n` is of zero codes: all zero.
+                    top[c] = _mm256_max_epu8(top[c], tab);
                     let t = t.add(16 * k);
                     _mm_storeu_si128(t as *mut _, _mm256_castsi256_si128(tab));
                     if 2 * k + 1 < n {
@@ -217,6 +220,14 @@ impl Lookup for Avx2 {
             }
         }
         sum
+    }
+
+    #[inline(always)]
+    unsafe fn entry_max(v: __m256i) -> u16 {
+        let mut e = [0u8; 32];
+        // SAFETY: AVX present (caller); 32 bytes written.
+        unsafe { _mm256_storeu_si256(e.as_mut_ptr() as *mut _, v) };
+        e.into_iter().max().map_or(0, u16::from)
     }
 }
 

@@ -71,12 +71,13 @@ static LUT8_JOIN: Align64<[[[u8; 64]; 2]; 4]> = Align64(lut8_join_index());
 /// bytes per group: entry `m` is the sum of the codes of the group whose bit is set in `m`
 /// (at most 6 x 3 for 2-bit codes). Four groups at a time, one per 128-bit lane, first get
 /// their two half tables of 8 entries (channels 0-2 and 3-5: 3 `vpermb` and 3 masked adds for
-/// the four); then each table is the sum of two `vpermb` of its lane's halves.
+/// the four); then each table is the sum of two `vpermb` of its lane's halves. `top` becomes
+/// the byte-wise maximum of itself and the tables.
 ///
 /// # Safety
 /// AVX-512 F/BW/VBMI present; `32 * n` writable `u16` at `t`.
 #[inline(always)]
-unsafe fn lut8_tables_of(v: __m512i, n: usize, t: *mut u16) {
+unsafe fn lut8_tables_of(v: __m512i, n: usize, t: *mut u16, top: &mut __m512i) {
     // SAFETY: AVX-512 F/BW/VBMI present and `64 * n` writable bytes at `t` (caller); the
     // constants are 64 bytes each.
     unsafe {
@@ -92,6 +93,7 @@ unsafe fn lut8_tables_of(v: __m512i, n: usize, t: *mut u16) {
                 let lo = _mm512_permutexvar_epi8(ld(&LUT8_JOIN.0[l][0]), halves);
                 let hi = _mm512_permutexvar_epi8(ld(&LUT8_JOIN.0[l][1]), halves);
                 let tab = _mm512_add_epi8(lo, hi);
+                *top = _mm512_max_epu8(*top, tab);
                 _mm512_storeu_si512(t.add(LUT_N * (4 * q + l)) as *mut _, tab);
             }
         }
@@ -150,13 +152,22 @@ impl Lookup for Bytes {
         n: usize,
         t: *mut u16,
         _: (usize, usize),
+        top: &mut [__m512i; MAX_CODE_PLANES],
     ) -> u32 {
         // SAFETY: AVX-512 F/BW/VBMI present, `len <= 60` codes readable and `n` tables
         // writable (caller).
         unsafe {
             let (v, sum) = codes512(codes, pad, len);
-            lut8_tables_of(v, n, t);
+            lut8_tables_of(v, n, t, &mut top[0]);
             sum
         }
+    }
+
+    #[inline(always)]
+    unsafe fn entry_max(v: __m512i) -> u16 {
+        let mut e = [0u8; 64];
+        // SAFETY: AVX-512 F present (caller); 64 bytes written.
+        unsafe { _mm512_storeu_si512(e.as_mut_ptr() as *mut _, v) };
+        e.into_iter().max().map_or(0, u16::from)
     }
 }

@@ -171,18 +171,26 @@ pub(super) trait Lookup {
         s.cin_g.div_ceil(Self::K)
     }
 
-    /// Lookups (steps of one table) the narrow sums hold before they are widened (`None`: they
-    /// are the `u16` sums). Each adds at most `K` times [`Lookup::plane_max`]; a row step of
-    /// the walk takes `kw` of them.
+    /// The largest entry a table of a shape's codes can hold: `K` times
+    /// [`Lookup::plane_max`].
     #[inline(always)]
-    fn narrow_run(s: &ConvShape) -> Option<usize> {
-        Self::NARROW.then(|| (u8::MAX as usize / (Self::K * Self::plane_max(s))).max(1))
+    fn entry_bound(s: &ConvShape) -> usize {
+        Self::K * Self::plane_max(s)
     }
 
-    /// Lookups a run of `u16` sums holds (a row step of the walk takes `kw` of them).
+    /// Lookups (steps of one table) the narrow sums hold before they are widened (`None`: they
+    /// are the `u16` sums), each adding at most `top` (at most [`Lookup::entry_bound`], at
+    /// least 1); a row step of the walk takes `kw` of them.
     #[inline(always)]
-    fn run(s: &ConvShape) -> usize {
-        (u16::MAX as usize / (Self::K * Self::plane_max(s))).max(1)
+    fn narrow_run(top: usize) -> Option<usize> {
+        Self::NARROW.then(|| u8::MAX as usize / top.max(1))
+    }
+
+    /// Lookups a run of `u16` sums holds, each adding at most `top` (as in
+    /// [`Lookup::narrow_run`]; a row step of the walk takes `kw` of them).
+    #[inline(always)]
+    fn run(top: usize) -> usize {
+        u16::MAX as usize / top.max(1)
     }
 
     /// # Safety
@@ -239,7 +247,8 @@ pub(super) trait Lookup {
     /// `readable >= len` at `codes`; `len` pad codes where `codes` is
     /// `None`: a pad pixel) at `t`, [`Lookup::TABLE`] `u16` each, for each of the `planes`
     /// code planes ([`Lookup::CODE_BITS`]) `stride` `u16` after the previous one's, and
-    /// returns the sum of the codes. Entry `m` of a table is the sum of its group's codes
+    /// returns the sum of the codes; `top[c]` becomes the entry-wise maximum of itself and
+    /// the tables of code plane `c` (in each lane the lookup reads). Entry `m` of a table is the sum of its group's codes
     /// (of the plane's bits) whose bit ([`Lookup::bit`]) is set in `m`; entries whose `m`
     /// names a channel past the `len` codes may hold anything (the weights never index
     /// them).
@@ -254,8 +263,18 @@ pub(super) trait Lookup {
         n: usize,
         t: *mut u16,
         planes: (usize, usize),
+        top: &mut [Self::V; MAX_CODE_PLANES],
     ) -> u32;
+
+    /// The largest entry in `v`, a running maximum of tables ([`Lookup::tables_of`]'s `top`).
+    ///
+    /// # Safety
+    /// The ISA is present.
+    unsafe fn entry_max(v: Self::V) -> u16;
 }
+
+/// Code planes of a table kind at most (the AVX2 kind's two nibbles of codes of 5 to 8 bits).
+const MAX_CODE_PLANES: usize = 2;
 
 /// `u16`s from one code plane's tables of a padded pixel to the next plane's: a table per
 /// group and channel group.
@@ -276,10 +295,20 @@ fn tables_len<L: Lookup>(s: &ConvShape) -> usize {
         .saturating_mul(pixel_stride::<L>(s))
 }
 
+/// `u16`s of the code sums of a table-lookup kernel's input: a little-endian `u32` (two `u16`)
+/// per padded pixel and group.
+fn sums_len(s: &ConvShape) -> usize {
+    s.hp.saturating_mul(s.wp).saturating_mul(s.groups) * 2
+}
+
 /// `u16`s of a table-lookup kernel's input of kind `L`: the tables ([`tables_len`]), then the
-/// sum of the codes of each padded pixel and group as a little-endian `u32` (two `u16`).
+/// sum of the codes of each padded pixel and group ([`sums_len`]), then per code plane the
+/// largest entry of its tables ([`MAX_CODE_PLANES`] `u16`), which bounds what a lookup adds and
+/// so how many lookups a run of narrow or `u16` sums holds.
 fn input_len<L: Lookup>(s: &ConvShape) -> usize {
-    tables_len::<L>(s).saturating_add(s.hp.saturating_mul(s.wp).saturating_mul(s.groups) * 2)
+    tables_len::<L>(s)
+        .saturating_add(sums_len(s))
+        .saturating_add(MAX_CODE_PLANES)
 }
 
 /// The input length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] by
@@ -394,6 +423,8 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
     let planes = (L::code_planes(s), plane_stride::<L>(s));
     assert!(out.len() >= input_len::<L>(s) && x.len() >= h * w * c);
     let o = out.as_mut_ptr();
+    // SAFETY: `L`'s ISA present (caller).
+    let mut top = [unsafe { L::zero() }; MAX_CODE_PLANES];
     for y in 0..s.hp {
         for xx in 0..s.wp {
             let inside = y >= s.ph && y < s.ph + h && xx >= s.pw && xx < s.pw + w;
@@ -417,7 +448,7 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
                         let codes = inside.then(|| x.as_ptr().add(at));
                         let t = o.add((y * s.wp + xx) * px + (g * gn + gi) * L::TABLE);
                         let readable = if inside { x.len() - at } else { len };
-                        sum += L::tables_of(codes, pad, (len, readable), n, t, planes);
+                        sum += L::tables_of(codes, pad, (len, readable), n, t, planes, &mut top);
                     }
                     gi += n;
                 }
@@ -426,6 +457,11 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
                 out[at + 1] = (sum >> 16) as u16;
             }
         }
+    }
+    let bounds = sums + sums_len(s);
+    for (c, &v) in top.iter().enumerate().take(planes.0) {
+        // SAFETY: `L`'s ISA present (caller).
+        out[bounds + c] = unsafe { L::entry_max(v) };
     }
 }
 
@@ -489,10 +525,11 @@ impl<L: Lookup> Tile for LutCall<'_, L> {
         let s = self.s;
         let shared = self.shares_tables::<P>(p0);
         // `kw <= LUT_MAX_KW <= narrow_run <= run` (`lut_fits`): a run holds a row step.
-        let (steps, run, planes) = (s.kh * L::groups(s), L::run(s) / s.kw, s.wbits as usize);
+        let (steps, planes) = (s.kh * L::groups(s), s.wbits as usize);
         let codes = L::code_planes(s);
         for p in 0..planes {
             for c in 0..codes {
+                let run = L::run(self.top(c)) / s.kw;
                 let mut t0 = 0;
                 while t0 < steps {
                     let t1 = (t0 + run).min(steps);
@@ -592,7 +629,7 @@ impl<L: Lookup> LutCall<'_, L> {
             let mut part = [[zero; NB]; P];
             let mut wide = [[zero_wide; NB]; P];
             // Row steps between two widenings of the narrow sums (all for `u16` ones).
-            let nr = L::narrow_run(s).map_or(usize::MAX, |n| n / kw);
+            let nr = L::narrow_run(self.top(code)).map_or(usize::MAX, |n| n / kw);
             let mut pending = 0;
             let (mut ky, mut gi) = (t0 / gn, t0 % gn);
             // Weights by kernel row, channel group, then tap ([`prepare_of`]): one walk.
@@ -669,6 +706,15 @@ impl<L: Lookup> LutCall<'_, L> {
                 unsafe { L::store(wide[j][b], acc.as_mut_ptr().add(row + c0), lanes, st) };
             }
         }
+    }
+
+    /// The largest entry of the tables of code plane `c`, as the builder found it
+    /// ([`input_len`]), at most [`Lookup::entry_bound`].
+    #[inline(always)]
+    fn top(&self, c: usize) -> usize {
+        let s = self.s;
+        let at = tables_len::<L>(s) + sums_len(s) + c;
+        usize::from(self.x[at]).min(L::entry_bound(s))
     }
 
     /// `sum q` over the window of output pixel `p` (row-major over the whole output) in group

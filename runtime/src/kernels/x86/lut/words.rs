@@ -55,6 +55,7 @@ impl Lookup for Words {
         n: usize,
         t: *mut u16,
         _: (usize, usize),
+        top: &mut [__m512i; MAX_CODE_PLANES],
     ) -> u32 {
         let n = n.min(LUT_CHUNK);
         // SAFETY: AVX-512 F/BW/VNNI present, `len <= 60` codes and `readable` bytes readable
@@ -64,18 +65,26 @@ impl Lookup for Words {
             let (v, sum) = codes512(codes, pad, len);
             match codes {
                 Some(p) if readable >= LUT_K * (n - 1) + 8 => {
-                    lut_tables_of(|at| read_unaligned(p.add(at) as *const i32), n, t)
+                    lut_tables_of(|at| read_unaligned(p.add(at) as *const i32), n, t, top)
                 }
                 Some(_) => {
                     let mut copy = Align64([0u8; 64]);
                     _mm512_store_si512(copy.0.as_mut_ptr() as *mut _, v);
                     let c = copy.0.as_ptr();
-                    lut_tables_of(|at| read_unaligned(c.add(at) as *const i32), n, t)
+                    lut_tables_of(|at| read_unaligned(c.add(at) as *const i32), n, t, top)
                 }
-                None => lut_tables_of(|_| i32::from_ne_bytes([pad; 4]), n, t),
+                None => lut_tables_of(|_| i32::from_ne_bytes([pad; 4]), n, t, top),
             }
             sum
         }
+    }
+
+    #[inline(always)]
+    unsafe fn entry_max(v: __m512i) -> u16 {
+        let mut e = [0u16; 32];
+        // SAFETY: AVX-512 F present (caller); 64 bytes written.
+        unsafe { _mm512_storeu_si512(e.as_mut_ptr() as *mut _, v) };
+        e.into_iter().max().unwrap_or(0)
     }
 }
 
@@ -118,9 +127,14 @@ static LUT_BITS: Align64<[[u8; 64]; 2]> = Align64([lut_low_bits(), {
 ///
 /// # Safety
 /// AVX-512 F/BW/VNNI present; `32 * n` writable `u16` at `t`; `dword` reads for `at` up to
-/// `5 (n - 1) + 4`.
+/// `5 (n - 1) + 4`. `top[0]` becomes the entry-wise maximum of itself and the tables.
 #[inline(always)]
-unsafe fn lut_tables_of(dword: impl Fn(usize) -> i32, n: usize, t: *mut u16) {
+unsafe fn lut_tables_of(
+    dword: impl Fn(usize) -> i32,
+    n: usize,
+    t: *mut u16,
+    top: &mut [__m512i; MAX_CODE_PLANES],
+) {
     // SAFETY: AVX-512 F/BW/VNNI present and `64 * n` writable bytes at `t` (caller); the
     // constants are 64 bytes each.
     unsafe {
@@ -130,7 +144,9 @@ unsafe fn lut_tables_of(dword: impl Fn(usize) -> i32, n: usize, t: *mut u16) {
             let at = |k: usize| _mm512_set1_epi32(dword(LUT_K * gi + k));
             let lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), at(0), lo_bits);
             let hi = _mm512_dpbusd_epi32(lo, at(4), fifth);
-            _mm512_storeu_si512(t.add(LUT_N * gi) as *mut _, _mm512_packus_epi32(lo, hi));
+            let tab = _mm512_packus_epi32(lo, hi);
+            top[0] = _mm512_max_epu16(top[0], tab);
+            _mm512_storeu_si512(t.add(LUT_N * gi) as *mut _, tab);
         }
     }
 }

@@ -3,7 +3,10 @@
 //! `--profile profiling` for line tables);
 //! `KERNEL=name` plans every conv that kernel fits with it, `PLAN=1` prints the plan,
 //! `LAYERS=1` times each layer too (wall clock around each layer, `slb_runtime::run_observed`;
-//! per layer the lowest and the median of its batch means, in us, and conv MAC/ns).
+//! per layer the lowest and the median of its batch means, in us, and conv MAC/ns);
+//! `IMAGE=file` runs on that image (raw HWC bytes of the model's input shape, e.g. a decoded
+//! CIFAR-10 test JPEG) instead of a synthetic one: the table lookups' runs depend on the
+//! activations.
 use std::cell::Cell;
 use std::time::Instant;
 
@@ -76,9 +79,17 @@ fn profile(args: &[String]) -> Result<(), String> {
     }
     let mut arena = vec![0u8; plan.arena_bytes()];
     let s = model.input.shape;
-    let image: Vec<u8> = (0..(s.c * s.h * s.w) as usize)
-        .map(|i| (i * 7 % 251) as u8)
-        .collect();
+    let n = (s.c * s.h * s.w) as usize;
+    let image: Vec<u8> = match std::env::var("IMAGE") {
+        Ok(f) => {
+            let v = std::fs::read(&f).map_err(|e| format!("{f}: {e}"))?;
+            if v.len() != n {
+                return Err(format!("{f}: {} bytes, the input takes {n}", v.len()));
+            }
+            v
+        }
+        Err(_) => (0..n).map(|i| (i * 7 % 251) as u8).collect(),
+    };
     let classes = model.tensor(model.output).map_or(0, |t| t.shape.c as usize);
     let mut logits = vec![0f32; classes];
     // `LAYERS=1`: the wall-clock ns of each layer, summed over a batch (cells, so that the

@@ -160,17 +160,8 @@ pub(crate) fn add_rows(
     if c == 0 {
         return;
     }
-    // centred(q) = s * q + o.
-    let lin = |q: &QParams| -> (i64, i64) {
-        if q.bits == 1 {
-            (2, -1)
-        } else {
-            (1, -i64::from(q.zp))
-        }
-    };
-    let ((sa, oa), (sb, ob)) = (lin(qa), lin(qb));
-    let shift = u32::from(p.shift.clamp(1, 62));
-    let half = 1i64 << (shift - 1);
+    let k = AddConsts::new(qa, qb, p);
+    let shift = k.shift;
     let sign = qo.bits == 1;
     let zp = i64::from(qo.zp);
     let lo = if p.relu { zp } else { 0 };
@@ -182,13 +173,15 @@ pub(crate) fn add_rows(
     while c0 < c {
         let nb = (c - c0).min(RQ_BLOCK);
         for j in 0..nb {
-            let ma = i64::from(p.mult_a.get(c0 + j).unwrap_or(0));
-            let mb = i64::from(p.mult_b.get(c0 + j).unwrap_or(0));
-            ka[j] = sa * ma;
-            kb[j] = sb * mb;
-            kc[j] = oa * ma + ob * mb + i64::from(p.bias.get(c0 + j).unwrap_or(0)) + half;
+            (ka[j], kb[j], kc[j]) = k.at(p, c0 + j);
         }
         let (ka, kb, kc) = (&ka[..nb], &kb[..nb], &kc[..nb]);
+        if !cfg!(target_arch = "arm")
+            && add_block_lanes32(a, b, (ka, kb, kc), (&k, qo, p.relu), c, c0, out)
+        {
+            c0 += nb;
+            continue;
+        }
         let mut px = c0;
         while px + nb <= n {
             let (ra, rb) = (&a[px..px + nb], &b[px..px + nb]);
@@ -208,6 +201,120 @@ pub(crate) fn add_rows(
         }
         c0 += nb;
     }
+}
+
+/// The per-channel constants of [`add_rows`]: `v = qa * A[c] + qb * B[c] + C[c]`, the
+/// centring `q - zp` (or `2 q - 1` for 1-bit codes) and the rounding half folded in.
+struct AddConsts {
+    /// `centred(q) = s q + o` of each input.
+    a: (i64, i64),
+    b: (i64, i64),
+    /// The shift (1..=62) and `2^(shift-1)`.
+    shift: u32,
+    half: i64,
+}
+
+impl AddConsts {
+    #[inline(always)]
+    fn new(qa: &QParams, qb: &QParams, p: &AddParams<'_>) -> AddConsts {
+        let lin = |q: &QParams| -> (i64, i64) {
+            if q.bits == 1 {
+                (2, -1)
+            } else {
+                (1, -i64::from(q.zp))
+            }
+        };
+        let shift = u32::from(p.shift.clamp(1, 62));
+        AddConsts {
+            a: lin(qa),
+            b: lin(qb),
+            shift,
+            half: 1i64 << (shift - 1),
+        }
+    }
+
+    /// `(A[c], B[c], C[c])` (every term below 2^42 in magnitude).
+    #[inline(always)]
+    fn at(&self, p: &AddParams<'_>, c: usize) -> (i64, i64, i64) {
+        let ma = i64::from(p.mult_a.get(c).unwrap_or(0));
+        let mb = i64::from(p.mult_b.get(c).unwrap_or(0));
+        let bias = i64::from(p.bias.get(c).unwrap_or(0));
+        (
+            self.a.0 * ma,
+            self.b.0 * mb,
+            self.a.1 * ma + self.b.1 * mb + bias + self.half,
+        )
+    }
+}
+
+/// One block of channels (from `c0`, constants `(A, B, C)`) of [`add_rows`] in 32-bit lanes
+/// where that is exact, for SIMD units (as [`requant_lanes32`]): each constant split into
+/// 16-bit halves, `K = Kh 2^16 + Kl` (`Kl` in `0..2^16`), so that with codes `qa, qb <= 255`,
+/// `y = qa Al + qb Bl + Cl` (below 2^25) and `x = qa Ah + qb Bh + Ch + (y >> 16)` give `v =
+/// 2^16 x + (y mod 2^16)`, hence `v >> s == x >> (s - 16)` for `s >= 16` and the sign of `v` is
+/// the sign of `x`. Exact where the shift is 16 to 47 and each channel keeps `x` inside i32
+/// (`255 (|Ah| + |Bh|) + |Ch| + 2^9 < 2^31`, true of every i32 multiplier and bias at those
+/// shifts); returns `false`, writing nothing, otherwise. Checked against [`add_code`] by the
+/// proptest `add_rows_matches_add_code` and at the extremes by `add_rows_lanes32_at_its_bounds`.
+#[inline(always)]
+fn add_block_lanes32(
+    a: &[u8],
+    b: &[u8],
+    (ka, kb, kc): (&[i64], &[i64], &[i64]),
+    (k, qo, relu): (&AddConsts, &QParams, bool),
+    c: usize,
+    c0: usize,
+    out: &mut [u8],
+) -> bool {
+    let nb = ka.len().min(kb.len()).min(kc.len()).min(RQ_BLOCK);
+    if !(16..=47).contains(&k.shift) {
+        return false;
+    }
+    let mut kh = [[0i32; RQ_BLOCK]; 3];
+    let mut kl = [[0i32; RQ_BLOCK]; 3];
+    let mut fits = true;
+    for j in 0..nb {
+        let (h, l) = (
+            [ka[j] >> 16, kb[j] >> 16, kc[j] >> 16],
+            [ka[j], kb[j], kc[j]],
+        );
+        fits &= 255 * (h[0].abs() + h[1].abs()) + h[2].abs() + 512 < 1 << 31;
+        for i in 0..3 {
+            (kh[i][j], kl[i][j]) = (h[i] as i32, (l[i] & 0xffff) as i32);
+        }
+    }
+    if !fits {
+        return false;
+    }
+    let n = out.len().min(a.len()).min(b.len());
+    let sh = k.shift - 16;
+    let sign = qo.bits == 1;
+    let zp = qo.zp;
+    let lo = if relu { zp } else { 0 };
+    let hi = qo.qmax();
+    let (ah, bh, ch) = (&kh[0][..nb], &kh[1][..nb], &kh[2][..nb]);
+    let (al, bl, cl) = (&kl[0][..nb], &kl[1][..nb], &kl[2][..nb]);
+    let x = |qa: u8, qb: u8, j: usize| -> i32 {
+        let (qa, qb) = (i32::from(qa), i32::from(qb));
+        let y = qa * al[j] + qb * bl[j] + cl[j];
+        qa * ah[j] + qb * bh[j] + ch[j] + (y >> 16)
+    };
+    let mut px = c0;
+    while px + nb <= n {
+        let (ra, rb) = (&a[px..px + nb], &b[px..px + nb]);
+        let o = &mut out[px..px + nb];
+        if sign {
+            for j in 0..nb {
+                o[j] = u8::from(x(ra[j], rb[j], j) >= 0);
+            }
+        } else {
+            for j in 0..nb {
+                o[j] = ((x(ra[j], rb[j], j) >> sh) + zp).max(lo).min(hi) as u8;
+            }
+        }
+        px += c;
+    }
+    true
 }
 
 /// [`add_rows`] in 32-bit arithmetic where that is exact, when the per-channel factors fit

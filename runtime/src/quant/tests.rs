@@ -149,6 +149,85 @@ proptest! {
     }
 }
 
+/// The 32-bit lanes of [`add_rows`] (`add_rows_lanes32`) at the extremes: multipliers and
+/// biases across the whole i32 range (`i32::MIN` and `i32::MAX` among them), codes of 0 and 255,
+/// 1-bit inputs (whose constants double the multipliers), zero points at both ends, shifts at
+/// and just outside the lanes' 16 to 47 (15 and 48 take the 64-bit loop): every variant of the
+/// driver's add equals the element-wise [`add_code`].
+#[test]
+fn add_rows_lanes32_at_its_bounds() {
+    let mut rng = crate::testutil::Rng(43);
+    let wide = |rng: &mut crate::testutil::Rng| -> i32 {
+        match rng.below(4) {
+            0 => [i32::MIN, i32::MAX, 0, -1][rng.below(4) as usize],
+            1 => rng.next() as i32 >> rng.below(31),
+            _ => rng.next() as i32,
+        }
+    };
+    let c = 67;
+    let mut checked = 0;
+    for shift in [15u8, 16, 17, 30, 46, 47, 48] {
+        for (bits_a, bits_b, bits_o) in [(8u8, 8u8, 8u8), (1, 8, 8), (8, 1, 1), (1, 1, 2)] {
+            for round in 0..12 {
+                let zp = |bits: u8, r: u32| {
+                    if bits == 1 {
+                        0
+                    } else {
+                        [0, 255, 128][r as usize % 3] % (1 << bits)
+                    }
+                };
+                let q = |bits: u8, z: i32| QParams {
+                    scale: 1.0,
+                    zp: z,
+                    bits,
+                };
+                let (qa, qb) = (
+                    q(bits_a, zp(bits_a, round)),
+                    q(bits_b, zp(bits_b, round + 1)),
+                );
+                let qo = q(bits_o, zp(bits_o, round + 2));
+                let code = |rng: &mut crate::testutil::Rng, bits: u8| -> u8 {
+                    let max = ((1u32 << bits) - 1) as u8;
+                    match rng.below(3) {
+                        0 => 0,
+                        1 => max,
+                        _ => rng.next() as u8 & max,
+                    }
+                };
+                let a: Vec<u8> = (0..3 * c).map(|_| code(&mut rng, bits_a)).collect();
+                let b: Vec<u8> = (0..3 * c).map(|_| code(&mut rng, bits_b)).collect();
+                let ws = |rng: &mut crate::testutil::Rng| -> Vec<u8> {
+                    i32_bytes(&(0..c).map(|_| wide(rng)).collect::<Vec<_>>())
+                };
+                let (ma, mb, bias) = (ws(&mut rng), ws(&mut rng), ws(&mut rng));
+                let p = AddParams {
+                    shift,
+                    mult_a: I32s(&ma),
+                    mult_b: I32s(&mb),
+                    bias: I32s(&bias),
+                    relu: round % 2 == 0 && bits_o != 1,
+                };
+                let want: Vec<u8> = (0..a.len())
+                    .map(|k| add_code(qa.centred(a[k]), qb.centred(b[k]), &p, k % c, &qo))
+                    .collect();
+                let mut got = vec![7u8; a.len()];
+                add_rows(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
+                assert_eq!(got, want, "shift {shift} bits {bits_a} {bits_b} {bits_o}");
+                for ops in RowOps::variants() {
+                    let mut got = vec![7u8; a.len()];
+                    (ops.add_rows)(&a, &b, &qa, &qb, &p, &qo, c, &mut got);
+                    assert_eq!(
+                        got, want,
+                        "native: shift {shift} bits {bits_a} {bits_b} {bits_o}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 7 * 4 * 12);
+}
+
 /// The 32-bit lanes of [`requant`] (`requant_lanes32`) take exactly the parameters where
 /// they are exact: at each bound of [`lanes32_fit`], just inside and just outside it and at
 /// the extremes (raw zero points of `i32::MIN` / `i32::MAX`, shifts of 32, 15 and 48, which

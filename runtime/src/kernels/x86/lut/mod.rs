@@ -165,6 +165,13 @@ pub(super) trait Lookup {
         (1usize << s.abits.min(Self::CODE_BITS)) - 1
     }
 
+    /// Channel groups the table builder's next step ([`Lookup::tables_of`]) takes when `rem`
+    /// channels of the group are left: [`Lookup::CHUNK`] at most.
+    #[inline(always)]
+    fn chunk(rem: usize) -> usize {
+        rem.div_ceil(Self::K).min(Self::CHUNK)
+    }
+
     /// Channel groups of `K` a tap.
     #[inline(always)]
     fn groups(s: &ConvShape) -> usize {
@@ -437,9 +444,9 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
                 // Chunks of `CHUNK` channel groups per load of codes.
                 let (mut gi, mut sum) = (0, 0u32);
                 while gi < gn {
-                    let n = (gn - gi).min(L::CHUNK);
                     let ch = gi * L::K;
-                    let len = (cin - ch).min(L::CHUNK * L::K);
+                    let n = L::chunk(cin - ch);
+                    let len = (cin - ch).min(n * L::K);
                     // SAFETY: `L`'s ISA present (caller); the chunk's `len` codes lie inside
                     // the pixel's group in `x`, its `n` tables inside the pixel's `px` u16 of
                     // `out` (both asserted above).

@@ -47,6 +47,17 @@ impl Lookup for Words {
         [0, 1, 3, 4, 2][i]
     }
 
+    /// The rest of a group in one step where it fits one load of 64 codes (13 groups for 64
+    /// channels), else [`LUT_CHUNK`].
+    #[inline(always)]
+    fn chunk(rem: usize) -> usize {
+        if rem <= 64 {
+            rem.div_ceil(LUT_K)
+        } else {
+            LUT_CHUNK
+        }
+    }
+
     #[inline(always)]
     unsafe fn tables_of(
         codes: Option<*const u8>,
@@ -57,10 +68,10 @@ impl Lookup for Words {
         _: (usize, usize),
         top: &mut [__m512i; MAX_CODE_PLANES],
     ) -> u32 {
-        let n = n.min(LUT_CHUNK);
-        // SAFETY: AVX-512 F/BW/VNNI present, `len <= 60` codes and `readable` bytes readable
-        // at `codes`, `n` tables writable (caller); the dwords read directly lie in the
-        // readable bytes (the last at `5 (n - 1) + 4`).
+        let n = n.min(LUT_CHUNK + 1);
+        // SAFETY: AVX-512 F/BW/VNNI present, `len <= 64` codes and `readable` bytes readable
+        // at `codes`, `n <= 13` tables writable (caller); the dwords read directly lie in the
+        // readable bytes (the last at `5 (n - 1) + 4`), those of the copy in its 128 bytes.
         unsafe {
             let (v, sum) = codes512(codes, pad, len);
             match codes {
@@ -68,7 +79,7 @@ impl Lookup for Words {
                     lut_tables_of(|at| read_unaligned(p.add(at) as *const i32), n, t, top)
                 }
                 Some(_) => {
-                    let mut copy = Align64([0u8; 64]);
+                    let mut copy = Align64([0u8; 128]);
                     _mm512_store_si512(copy.0.as_mut_ptr() as *mut _, v);
                     let c = copy.0.as_ptr();
                     lut_tables_of(|at| read_unaligned(c.add(at) as *const i32), n, t, top)
@@ -115,7 +126,7 @@ static LUT_BITS: Align64<[[u8; 64]; 2]> = Align64([lut_low_bits(), {
     v
 }]);
 
-/// Writes the tables of channel groups `0 .. n` (`n <= LUT_CHUNK`) of a chunk of codes at
+/// Writes the tables of channel groups `0 .. n` (`n <= LUT_CHUNK + 1`) of a chunk of codes at
 /// `t`, 32 `u16` per group, `dword(at)` reading the four codes from byte `at` of the chunk
 /// (channel `5 gi + i` of group `gi` at byte `5 gi + i`). Per group two `vpdpbusd` over the
 /// group's codes broadcast to every lane give the 16 sums of its first four channels (`lo`,

@@ -341,7 +341,8 @@ pub(crate) fn row_ops() -> Option<RowOps> {
 }
 
 /// The row operations this CPU runs, slowest first: AVX2, then AVX-512 F/BW/DQ/VL (the
-/// requantization and residual add with 8 `i64` lanes, the packer with `vptestmb`).
+/// requantization written out in 16 `i32` lanes where they are exact, the residual add
+/// vectorised by LLVM, the packer with `vptestmb`).
 pub(crate) fn row_ops_variants() -> heapless::Vec<RowOps, 2> {
     let f = Features::get();
     let mut v = heapless::Vec::new();

@@ -606,3 +606,45 @@ fn failed_and_killed_writes_leave_no_temp_files() {
     );
     assert!(!dead.exists() && live.exists() && other.exists());
 }
+
+/// `slb bench --image`: a real image is timed (decoded and cropped as `slb eval` would, named in
+/// the report); a file that is not an image, a missing one and a directory are one-line errors
+/// naming the image, with exit code 2.
+#[test]
+fn bench_times_a_given_image_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/resnet18-cifar-w1a8.slb");
+    let png = dir.path().join("photo.png");
+    image::RgbImage::from_fn(40, 36, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 7) as u8, 90])
+    })
+    .save(&png)
+    .unwrap();
+    let bench = |img: &Path| {
+        slb(&[
+            "bench",
+            "--model",
+            s(&model),
+            "--image",
+            s(img),
+            "--seconds",
+            "0.05",
+            "--packed-only",
+        ])
+    };
+    let (code, out, err) = bench(&png);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("photo.png") && out.contains("packed runtime"),
+        "{out}"
+    );
+    let junk = dir.path().join("junk.jpg");
+    fs::write(&junk, b"not an image at all").unwrap();
+    for bad in [
+        junk,
+        dir.path().join("missing.png"),
+        dir.path().to_path_buf(),
+    ] {
+        assert_clean_error(&bench(&bad), &["image"]);
+    }
+}

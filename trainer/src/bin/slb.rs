@@ -43,6 +43,11 @@ enum Cmd {
         /// as scripts/peer-bench.sh).
         #[arg(long)]
         packed_only: bool,
+        /// Time on this image (JPEG or PNG, resized and centre-cropped to the model's input
+        /// side) instead of a synthetic one: the table-lookup kernels' speed depends on the
+        /// activations.
+        #[arg(long)]
+        image: Option<std::path::PathBuf>,
     },
 }
 
@@ -99,7 +104,8 @@ fn main() {
             model,
             seconds,
             packed_only,
-        } => tools::bench::command(model, *seconds, *packed_only),
+            image,
+        } => tools::bench::command(model, *seconds, *packed_only, image.as_deref()),
     };
     if let Err(e) = r {
         eprintln!("error: {}", cli::one_line(&e));

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rand::SeedableRng;
 use slb_format::{DType, DenseWeights, Layer, Model, Shape};
 use slb_runtime::{Engine, Plan};
 use tch::{Kind, Tensor};
@@ -257,13 +258,44 @@ pub struct BenchReport {
     pub torch_s: Option<f64>,
 }
 
-/// Times the engines on a deterministic image (only the packed runtime if `packed_only`).
-pub fn bench(bytes: &[u8], budget: Duration, packed_only: bool) -> Result<BenchReport> {
-    let model = Model::parse(bytes)?;
+/// The input `slb bench` times: `image` (an encoded JPEG or PNG) decoded as `slb eval`'s
+/// evaluation transform would (shorter side to the model's input side, centre crop; 3-channel
+/// square inputs only), else a deterministic synthetic image.
+pub fn bench_input(model: &Model<'_>, image: Option<&[u8]>) -> Result<Vec<u8>> {
     let s = model.input.shape;
-    let image: Vec<u8> = (0..(s.c * s.h * s.w) as usize)
-        .map(|i| (i * 37 % 251) as u8)
-        .collect();
+    let n = (s.c * s.h * s.w) as usize;
+    let Some(encoded) = image else {
+        return Ok((0..n).map(|i| (i * 37 % 251) as u8).collect());
+    };
+    if s.c != 3 || s.h != s.w {
+        anyhow::bail!(
+            "--image needs a model with a square RGB input; this one takes {}x{}x{}",
+            s.c,
+            s.h,
+            s.w
+        );
+    }
+    let t = crate::data::Transform::Eval {
+        side: s.h,
+        resize: s.h,
+    };
+    let mut out = vec![0u8; n];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    crate::data::decode_into(encoded, &t, &mut rng, &mut out)
+        .map_err(|e| anyhow::anyhow!("the image: {e}"))?;
+    Ok(out)
+}
+
+/// Times the engines on `image` (see [`bench_input`]; only the packed runtime if
+/// `packed_only`).
+pub fn bench(
+    bytes: &[u8],
+    budget: Duration,
+    packed_only: bool,
+    image: Option<&[u8]>,
+) -> Result<BenchReport> {
+    let model = Model::parse(bytes)?;
+    let image = bench_input(&model, image)?;
     let classes = model.tensor(model.output).map_or(0, |t| t.shape.c as usize);
     let mut logits = vec![0f32; classes];
     let mut time_engine = |engine| -> Result<f64> {
@@ -297,11 +329,20 @@ pub fn bench(bytes: &[u8], budget: Duration, packed_only: bool) -> Result<BenchR
 }
 
 /// The `slb bench` command.
-pub fn command(path: &Path, seconds: f64, packed_only: bool) -> Result<()> {
+pub fn command(path: &Path, seconds: f64, packed_only: bool, image: Option<&Path>) -> Result<()> {
     let bytes = super::read_model_file(path)?;
-    let r = bench(&bytes, Duration::from_secs_f64(seconds), packed_only)?;
+    let encoded = image
+        .map(|p| read_image_file(p).with_context(|| format!("image {}", p.display())))
+        .transpose()?;
+    let r = bench(
+        &bytes,
+        Duration::from_secs_f64(seconds),
+        packed_only,
+        encoded.as_deref(),
+    )?;
+    let on = image.map_or("a synthetic image".to_string(), |p| p.display().to_string());
     println!(
-        "{} — one thread, median time per inference:",
+        "{} on {on} — one thread, median time per inference:",
         path.display()
     );
     println!("  packed runtime          {:>9.3} ms", r.packed_s * 1e3);
@@ -328,6 +369,20 @@ pub fn command(path: &Path, seconds: f64, packed_only: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The bytes of an image file, refused above the loader's limit before they are read.
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = crate::data::MAX_IMAGE_FILE_BYTES;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        anyhow::bail!("larger than {limit} bytes");
+    }
+    Ok(bytes)
 }
 
 /// The float step of a conv: its weights as numerator / (2^bits - 1), the output's affine

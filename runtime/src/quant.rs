@@ -358,17 +358,9 @@ fn add_rows32<const BIG: bool>(
     c: usize,
     out: &mut [u8],
 ) {
-    let lin = |q: &QParams| -> (i64, i64) {
-        if q.bits == 1 {
-            (2, -1)
-        } else {
-            (1, -i64::from(q.zp))
-        }
-    };
-    let ((sa, oa), (sb, ob)) = (lin(qa), lin(qb));
+    let k = AddConsts::new(qa, qb, p);
     let n = out.len().min(a.len()).min(b.len());
-    let shift = u32::from(p.shift.clamp(1, 62));
-    let half = 1i64 << (shift - 1);
+    let shift = k.shift;
     let sign = qo.bits == 1;
     let zp = qo.zp;
     let lo = if p.relu { zp } else { 0 };
@@ -380,12 +372,9 @@ fn add_rows32<const BIG: bool>(
     while c0 < c {
         let nb = (c - c0).min(RQ_BLOCK);
         for j in 0..nb {
-            let ma = i64::from(p.mult_a.get(c0 + j).unwrap_or(0));
-            let mb = i64::from(p.mult_b.get(c0 + j).unwrap_or(0));
+            let (a, b, c) = k.at(p, c0 + j);
             // |2 * m| fits i32 (checked by the caller).
-            ka[j] = (sa * ma) as i32;
-            kb[j] = (sb * mb) as i32;
-            kc[j] = oa * ma + ob * mb + i64::from(p.bias.get(c0 + j).unwrap_or(0)) + half;
+            (ka[j], kb[j], kc[j]) = (a as i32, b as i32, c);
         }
         let (ka, kb, kc) = (&ka[..nb], &kb[..nb], &kc[..nb]);
         let sum = |qa: u8, qb: u8, j: usize| -> i64 {
@@ -744,7 +733,7 @@ fn requant_lanes32(
         let (mh, ml, bh, bl) = (&blk.mh[..n], &blk.ml[..n], &blk.bh[..n], &blk.bl[..n]);
         // `x` of the doc comment for channel `c0 + j`.
         let x = move |a: i32, j: usize| -> i32 {
-            let d = st1(a) - l.zp_raw;
+            let d = st1(a) - l.zp1;
             let y = d * ml[j] + bl[j];
             d * mh[j] + bh[j] + (y >> 16)
         };
@@ -767,7 +756,7 @@ fn requant_lanes32(
 
 /// The layer constants of [`requant_lanes32`] (and of its AVX-512 twin in `kernels::x86`):
 /// stage 1 `((h + c1) >> sh1) + zp1` clamped to `0..=qmax1` (`h = (acc * m1) >> 32`); stage
-/// 2 centres by `zp_raw`, shifts by `sh2`, adds `zp2` and clamps to `lo2..=hi2`, or keeps the
+/// 2 centres by `zp1` (the raw codes' zero point), shifts by `sh2`, adds `zp2` and clamps to `lo2..=hi2`, or keeps the
 /// sign (`sign`, 1-bit outputs). Only meaningful where [`lanes32_fit`] holds.
 #[derive(Clone, Copy)]
 pub(crate) struct Lanes32 {
@@ -776,7 +765,6 @@ pub(crate) struct Lanes32 {
     pub sh1: u32,
     pub zp1: i32,
     pub qmax1: i32,
-    pub zp_raw: i32,
     pub sh2: u32,
     pub sign: bool,
     pub zp2: i32,
@@ -796,7 +784,6 @@ impl Lanes32 {
             sh1,
             zp1: raw.zero_point,
             qmax1: (1i32 << raw.bits.min(8)) - 1,
-            zp_raw: raw.zero_point,
             sh2: aff.map_or(0, |a| u32::from(a.shift.clamp(16, 47)) - 16),
             sign: outq.bits == 1,
             zp2,

@@ -323,7 +323,6 @@ struct Rq512 {
     sh1: __m128i,
     zp1: __m512i,
     qmax1: __m512i,
-    zp_raw: __m512i,
     sh2: __m128i,
     zp2: __m512i,
     lo2: __m512i,
@@ -343,7 +342,6 @@ impl Rq512 {
                 sh1: _mm_cvtsi32_si128(l.sh1 as i32),
                 zp1: _mm512_set1_epi32(l.zp1),
                 qmax1: _mm512_set1_epi32(l.qmax1),
-                zp_raw: _mm512_set1_epi32(l.zp_raw),
                 sh2: _mm_cvtsi32_si128(l.sh2 as i32),
                 zp2: _mm512_set1_epi32(l.zp2),
                 lo2: _mm512_set1_epi32(l.lo2),
@@ -373,7 +371,7 @@ impl Rq512 {
             if MODE == STAGE1 {
                 return q;
             }
-            let d = _mm512_sub_epi32(q, self.zp_raw);
+            let d = _mm512_sub_epi32(q, self.zp1);
             let y = _mm512_add_epi32(_mm512_mullo_epi32(d, ml), bl);
             let x = _mm512_add_epi32(
                 _mm512_add_epi32(_mm512_mullo_epi32(d, mh), bh),

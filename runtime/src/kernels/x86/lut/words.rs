@@ -2,7 +2,9 @@
 //! channels x 5 inputs a lookup, for codes of 3 to 8 bits (a table entry is at most 5 x 255).
 //! The sums of a run stay `u16` ([`Lookup::run`] steps). The table builder's constants and
 //! its step ([`Lookup::tables_of`]: two `vpdpbusd` and a `vpackusdw` a table, AVX-512 VNNI)
-//! are here; its walk is the parent's `build_tables`.
+//! are here; its walk is the parent's `build_tables`. (Tables of 6 channels, 64 entries in two
+//! registers looked up with `vpermi2w`, were measured on a Zen 4 core and lost on the network:
+//! docs/PERFORMANCE.md, "6-channel `u16` tables, tried and dropped".)
 
 use super::*;
 use core::ptr::read_unaligned;

@@ -223,3 +223,46 @@ fn trace_records_the_profiled_steps() {
     assert!(ops.iter().any(|n| n.contains("convolution")), "{ops:?}");
     assert!(ops.iter().any(|n| n.contains("fake_quantize")), "{ops:?}");
 }
+
+/// `SLB_NO_AVX512=1` (the runtime's `NO_AVX512_VAR`) plans the shipped W1A8 model as on a CPU
+/// without AVX-512: `slb inspect` lists no AVX-512 or AMX kernel, and on an x86-64 CPU with
+/// AVX2 the AVX2 int8 kernels instead; `0` and empty leave the detection as it is (the same
+/// kernels as without the variable).
+#[test]
+fn no_avx512_variable_plans_as_an_avx2_cpu() {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/resnet18-cifar-w1a8.slb");
+    let inspect = |value: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_slb"));
+        c.args(["inspect", model.to_str().unwrap()]);
+        c.env_remove(slb_runtime::NO_AVX512_VAR);
+        if let Some(v) = value {
+            c.env(slb_runtime::NO_AVX512_VAR, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let denied = inspect(Some("1"));
+    assert!(denied.contains("int8-"), "{denied}");
+    assert!(
+        !denied.contains("avx512") && !denied.contains("amx"),
+        "{denied}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(denied.contains("int8-dot/avx2"), "{denied}");
+    }
+    let plain = inspect(None);
+    for v in ["0", ""] {
+        assert_eq!(
+            inspect(Some(v)),
+            plain,
+            "{}={v:?}",
+            slb_runtime::NO_AVX512_VAR
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512vnni") {
+        assert!(plain.contains("avx512"), "{plain}");
+    }
+}

@@ -106,7 +106,8 @@ pub(crate) struct Features {
     pub intel: bool,
     /// An AMD Zen 4 core (vendor `AuthenticAMD`, family 19h, AVX-512 F: the one family 19h
     /// generation with AVX-512, on 256-bit datapaths): the planner's costs are
-    /// [`super::CostModel::DesktopZen4`].
+    /// [`super::CostModel::DesktopZen4`]. Not with AVX-512 denied: then it plans as the Zen 3
+    /// cores of the same family.
     pub zen4: bool,
 }
 
@@ -119,7 +120,8 @@ impl Features {
         #[cfg(feature = "std")]
         {
             let f = std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw");
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && !avx512_denied();
             Features {
                 avx2: std::arch::is_x86_feature_detected!("avx2"),
                 avx512vnni: f && std::arch::is_x86_feature_detected!("avx512vnni"),
@@ -132,7 +134,7 @@ impl Features {
                     && std::arch::is_x86_feature_detected!("avx512vl"),
                 amx: f && amx_granted(),
                 intel: vendor_is_intel(),
-                zen4: std::arch::is_x86_feature_detected!("avx512f") && amd_family() == 0x19,
+                zen4: f && amd_family() == 0x19,
             }
         }
         #[cfg(not(feature = "std"))]
@@ -216,6 +218,15 @@ fn amd_family() -> u32 {
     } else {
         base
     }
+}
+
+/// Whether the environment denies AVX-512 (and with it AMX): [`crate::NO_AVX512_VAR`] set to
+/// anything but empty or `0`. The kernels, the planner's cost table and the row operations
+/// then behave as on a CPU without AVX-512 (an AVX2-only core), which lets one machine measure
+/// both (as oneDNN's `ONEDNN_MAX_CPU_ISA` does).
+#[cfg(feature = "std")]
+fn avx512_denied() -> bool {
+    std::env::var_os(crate::NO_AVX512_VAR).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Whether this is an Intel CPU ([`super::CostModel::native`]'s question).

@@ -184,13 +184,17 @@ const LUT_AVX2_TABLE_COST: u64 = 160;
 /// The AVX2 table lookup's step cost per 64 multiply-adds of one nibble plane (codes of 3 to
 /// 8 bits are looked up as two planes of 4 bits, [`LUT_AVX2_TABLE_COST`] a table of each).
 /// Byte sums of nibbles (entries up to 60) are widened after every kernel row (3 lookups)
-/// instead of every 7 rows of 2-bit codes: 19 against the 2-bit step's 15. Fitted to whole
-/// layers of the W1A8 ResNet18-CIFAR network on an AVX2-only Zen 3 EPYC, each kernel forced,
-/// the AVX2 dot's cost beside it (docs/PERFORMANCE.md, "W1A8 on AVX2-only CPUs"): time of the
-/// lookup / time of the dot 1.24 at 64 channels, 1.15 at 128, 0.99 at 256 and 0.68 at 512 (4x4
-/// outputs), 1.1-1.35 on the stride-2 3x3 convs below 512 channels, 1.9-3.1 on the 1x1 ones,
-/// 1.48 on the 3-channel stem; the model's ratios 1.20, 1.09, 1.04, 0.63, 1.23-1.45, 2-5, 1.20.
-const LUT_AVX2_NIBBLE_STEP: u64 = 19;
+/// instead of every 7 rows of 2-bit codes. Fitted to whole layers of the W1A8 ResNet18-CIFAR
+/// network, each kernel forced, the AVX2 dot's cost beside it (docs/PERFORMANCE.md): time of
+/// the lookup / time of the dot, after the runs sized by the tables' largest entry (c3c6cde),
+/// on a Zen 4 core with AVX-512 denied (`SLB_NO_AVX512=1`; its 256-bit datapaths are Zen 3's)
+/// 1.08-1.10 at 64 channels, 0.97-1.00 at 128, 0.83-0.90 at 256 and 0.57-0.58 at 512 (4x4
+/// outputs), 1.21 / 1.03 / 0.70 on the stride-2 3x3 convs into 128 / 256 / 512, 2.4-3.5 on
+/// the 1x1 ones, 1.27 on the 3-channel stem; the model's ratios 1.10, 0.99, 0.94, 0.57, 1.35 /
+/// 1.13 / 0.64, 4.8, 1.09. (Before c3c6cde, on an AVX2-only Zen 3 EPYC: 1.24, 1.15, 0.99,
+/// 0.68, fitted by 19; the same ratios times the 0.77-0.91 the longer runs gave the lookup on
+/// the Zen 4 core agree with the figures above.)
+const LUT_AVX2_NIBBLE_STEP: u64 = 17;
 
 /// Prepared weights of the int8 dot beyond which [`dot_avx2_stream`] counts their reading.
 const DOT_AVX2_STREAM_MIN: u64 = 1 << 20;

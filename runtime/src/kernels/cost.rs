@@ -174,7 +174,12 @@ const LUT_TABLE_COST: u64 = 140;
 /// at 64 channels, 0.86x on the stride-2 conv into 128, 0.65x at 128, 0.57-0.63x above, 1.3-2.0x
 /// on the 1x1 downsample convs into 128 and 256 and 0.91x on the one into 512. 65 a table and 5 an
 /// output give 1.54x, 0.83x, 0.94x, 0.77x, 0.7-0.8x, 1.5-2.4x and 1.2x: those ranks but the last
-/// (about a microsecond); without the 5 the stem's lookup would tie the dot's 9.
+/// (about a microsecond); without the 5 the stem's lookup would tie the dot's 9. These are the
+/// `u16` tables' costs: where every 4 channels' codes sum to at most 255 the kernel now takes
+/// byte sub-tables instead (`x86::lut::quads`), 0.65-0.8x those layers' time on that core, which
+/// these rows do not model (the choice depends on the activations; the `u16` figures bound it,
+/// and the ranks they give are unchanged: the lookup was already ahead on every 3x3 conv but the
+/// stem, and behind on the 1x1 ones, as it still measures).
 const LUT_ZEN4_COSTS: (u64, u64) = (65, 5);
 
 /// Cost of building one table of the AVX2 table lookup (4 channels, 16 bytes), in

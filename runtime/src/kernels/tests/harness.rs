@@ -291,28 +291,20 @@ pub(super) fn input_count(c: &Case) -> usize {
     (c.h * c.w * c.cin_g * c.groups) as usize
 }
 
-/// Every kernel `kernels` gives for the case's shape against the reference, on weight codes
-/// `codes` ([`weight_count`]) and input codes `x` ([`input_count`]); returns how many ran.
-pub(super) fn check_inputs(
-    c: &Case,
-    codes: &[u8],
-    x: &[u8],
-    kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>,
-) -> usize {
-    let cin = c.cin_g * c.groups;
-    let cout = c.cout_g * c.groups;
-    let packed = pack_codes(codes, cout, [c.k.0, c.k.1], c.cin_g, c.wbits).unwrap();
-    let conv = Conv {
+/// The case's conv over the packed weight codes `packed` (requantization: identity-like, the
+/// kernels' sums are compared before it).
+fn case_conv<'a>(c: &Case, packed: &'a [u8]) -> Conv<'a> {
+    Conv {
         input: 0,
         output: 1,
-        out_channels: cout,
-        in_channels: cin,
+        out_channels: c.cout_g * c.groups,
+        in_channels: c.cin_g * c.groups,
         kernel: [c.k.0, c.k.1],
         stride: [c.stride.0, c.stride.1],
         padding: [c.pad.0, c.pad.1],
         groups: c.groups,
         weight_bits: c.wbits,
-        codes: &packed,
+        codes: packed,
         requant: Requant {
             raw: RawQuant {
                 mult: 1,
@@ -323,7 +315,33 @@ pub(super) fn check_inputs(
             },
             affine: None,
         },
-    };
+    }
+}
+
+/// The shape of the case's conv.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) fn case_shape(c: &Case) -> ConvShape {
+    let packed = pack_codes(
+        &vec![0u8; weight_count(c)],
+        c.cout_g * c.groups,
+        [c.k.0, c.k.1],
+        c.cin_g,
+        c.wbits,
+    )
+    .unwrap();
+    ConvShape::of(&case_conv(c, &packed), c.h as usize, c.w as usize, c.abits).unwrap()
+}
+
+/// Every kernel `kernels` gives for the case's shape against the reference, on weight codes
+/// `codes` ([`weight_count`]) and input codes `x` ([`input_count`]); returns how many ran.
+pub(super) fn check_inputs(
+    c: &Case,
+    codes: &[u8],
+    x: &[u8],
+    kernels: impl Fn(&ConvShape) -> Vec<ConvKernel>,
+) -> usize {
+    let packed = pack_codes(codes, c.cout_g * c.groups, [c.k.0, c.k.1], c.cin_g, c.wbits).unwrap();
+    let conv = case_conv(c, &packed);
     let s = ConvShape::of(&conv, c.h as usize, c.w as usize, c.abits).unwrap();
     let inq = QParams {
         scale: 1.0,

@@ -238,6 +238,54 @@ fn kernels_match_reference_at_the_tables_largest_entry() {
     assert!(total >= 3 * 2);
 }
 
+/// The AVX-512 lookup over byte sub-tables of 4 channels (`Quads`, codes of 3 to 8 bits) and
+/// its fallback to `u16` tables: every 4 channels' codes (and 4 pad codes) summing to at most
+/// 255 takes the byte tables, one sum of 256 anywhere (a code, or the pad) the `u16` ones, and
+/// both match the reference, with whole and partial groups of 16 channels, two groups of
+/// channels, and 70 outputs (16-lane blocks 4 + 1).
+#[test]
+fn byte_sub_tables_and_their_fallback_match_reference() {
+    let mut total = 0;
+    for (cin_g, groups) in [(16u32, 1u32), (20, 1), (64, 1), (24, 2)] {
+        for (hot, zp, quads) in [
+            (None, 63, true),
+            (Some(255), 3, true),
+            (Some(256), 3, false),
+            (None, 64, false),
+        ] {
+            let c = Case {
+                groups,
+                w: 5,
+                zp,
+                ..Case::new(cin_g, 70, 1, 8, 41 + u64::from(cin_g))
+            };
+            let mut rng = Rng(c.seed);
+            let codes: Vec<u8> = (0..weight_count(&c)).map(|_| rng.below(2) as u8).collect();
+            let mut x: Vec<u8> = (0..input_count(&c)).map(|_| rng.below(64) as u8).collect();
+            if let Some(sum) = hot {
+                // Channels 4-7 of the second pixel: 3 x 64 and the rest.
+                x[(cin_g * groups) as usize + 4..][..4].copy_from_slice(&[
+                    64,
+                    64,
+                    64,
+                    (sum - 192) as u8,
+                ]);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let Some(takes) = super::x86::lut_takes_quads(&case_shape(&c), &x, zp as u8) {
+                assert_eq!(
+                    takes, quads,
+                    "cin_g {cin_g} groups {groups} hot {hot:?} zp {zp}"
+                );
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = quads;
+            total += check_inputs(&c, &codes, &x, kernels_for);
+        }
+    }
+    assert!(total >= 4 * 4 * 2);
+}
+
 #[test]
 fn kernels_match_reference_on_wide_outputs_at_every_tile_width() {
     // Enough output channels for tiles of 4 blocks (70: 16-lane blocks 4 + 1, 32-lane 2 + 1),

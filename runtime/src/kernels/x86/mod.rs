@@ -77,6 +77,8 @@ pub(crate) use amx::request_amx;
 use amx::*;
 use bits::*;
 use int8::*;
+#[cfg(test)]
+pub(super) use lut::lut_takes_quads;
 use lut::*;
 use rows::*;
 

@@ -33,11 +33,13 @@ use super::*;
 
 mod avx2;
 mod bytes;
+mod quads;
 mod words;
 
 use avx2::Avx2;
 pub(super) use avx2::{lut_avx2, lut_avx2_tables};
 use bytes::Bytes;
+use quads::{quads_fit, Quads, QUAD_ENTRY_MAX};
 use words::Words;
 
 /// `u16`s of one AVX-512 table (32 `u16`, or 64 bytes); one `__m512i`. The tables of a padded
@@ -151,6 +153,21 @@ pub(super) trait Lookup {
     #[inline(always)]
     fn bit(i: usize) -> usize {
         i
+    }
+
+    /// Where the index bit of channel `i` of a group lies in an output channel's
+    /// `STEP / LANES` index bytes: (byte, bit), by default byte 0 and [`Lookup::bit`].
+    #[inline(always)]
+    fn index_bit(i: usize) -> (usize, usize) {
+        (0, Self::bit(i))
+    }
+
+    /// What byte `b` of the prepared weights holds before any weight bit is set (0 unless the
+    /// indices also name a table).
+    #[inline(always)]
+    fn index_base(b: usize) -> u8 {
+        let _ = b;
+        0
     }
 
     /// Code planes of a shape's codes ([`Lookup::CODE_BITS`] bits each).
@@ -324,8 +341,37 @@ pub(super) fn lut_input_len(s: &ConvShape) -> usize {
     if s.lut_k() == LUT_K8 {
         input_len::<Bytes>(s)
     } else {
-        input_len::<Words>(s)
+        wide_input_len(s)
     }
+}
+
+/// The input of [`KernelKind::Int8LutAvx512`] for codes of 3 to 8 bits: the [`Quads`] tables
+/// or, where a sum of 4 codes passes [`QUAD_ENTRY_MAX`], the [`Words`] ones, then one `u16`
+/// saying which (the last: 0 [`Quads`], 1 [`Words`]).
+fn wide_input_len(s: &ConvShape) -> usize {
+    input_len::<Quads>(s)
+        .max(input_len::<Words>(s))
+        .saturating_add(1)
+}
+
+/// Whether [`KernelKind::Int8LutAvx512`] builds [`Quads`] tables for this input (else
+/// [`Words`] ones), for the tests; `None` without AVX-512 VBMI/VNNI.
+#[cfg(test)]
+pub(in super::super) fn lut_takes_quads(s: &ConvShape, x: &[u8], pad: u8) -> Option<bool> {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    fn fit(s: &ConvShape, x: &[u8], pad: u8) -> bool {
+        // SAFETY: AVX-512 F/BW/VNNI present (this function's features).
+        unsafe { quads_fit(s, x, pad) }
+    }
+    // SAFETY: the features were just detected.
+    Features::get()
+        .avx512vbmi
+        .then(|| s.lut_k() != LUT_K8 && unsafe { fit(s, x, pad) })
+}
+
+/// Whether the tables of a wide input are [`Words`] ([`wide_input_len`]).
+fn wide_is_words(s: &ConvShape, x: &[u16]) -> bool {
+    x[wide_input_len(s) - 1] != 0
 }
 
 /// The input length of [`KernelKind::Int8LutAvx2`]: 16 bytes per 4 channels.
@@ -360,7 +406,9 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     let Some(dst) = out.get_mut(..len) else {
         return;
     };
-    dst.fill(0);
+    for (b, d) in dst.iter_mut().enumerate() {
+        *d = L::index_base(b);
+    }
     let codes = CodeReader::new(conv);
     let (k, lanes, el) = (L::K, L::LANES, L::STEP / L::LANES);
     let (gn, nblk, bb) = (L::groups(s), s.cout_g.div_ceil(lanes), block_bytes::<L>(s));
@@ -374,11 +422,13 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
                     let code = codes.code(o, ky, kx, i);
                     for p in 0..s.wbits as usize {
                         if code >> p & 1 != 0 {
+                            let (byte, bit) = L::index_bit(i % k);
                             let at = blk
                                 + p * pb
                                 + (((ky * gn + i / k) * s.kw + kx) * lanes + L::lane(oc % lanes))
-                                    * el;
-                            dst[at] |= 1 << L::bit(i % k);
+                                    * el
+                                + byte;
+                            dst[at] |= 1 << bit;
                         }
                     }
                 }
@@ -393,16 +443,22 @@ pub(super) fn lut_prepared_len(s: &ConvShape) -> usize {
     if s.lut_k() == LUT_K8 {
         prepared_len_of::<Bytes>(s)
     } else {
-        prepared_len_of::<Words>(s)
+        prepared_len_of::<Quads>(s).saturating_add(prepared_len_of::<Words>(s))
     }
 }
 
-/// The weight layout of [`KernelKind::Int8LutAvx512`] ([`prepare_of`]).
+/// The weight layout of [`KernelKind::Int8LutAvx512`] ([`prepare_of`]); for codes of 3 to 8
+/// bits the [`Quads`] layout, then the [`Words`] one (the kernel takes the one of the tables
+/// it is given).
 pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     if s.lut_k() == LUT_K8 {
         prepare_of::<Bytes>(conv, s, out)
     } else {
-        prepare_of::<Words>(conv, s, out)
+        let q = prepared_len_of::<Quads>(s);
+        prepare_of::<Quads>(conv, s, out);
+        if let Some(rest) = out.get_mut(q..) {
+            prepare_of::<Words>(conv, s, rest);
+        }
     }
 }
 
@@ -480,10 +536,23 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         // SAFETY: AVX-512 F/BW/VBMI present (this function's features).
         unsafe { build_tables::<Bytes>(s, x, pad, out) }
     }
+    /// [`Quads`] tables, or [`Words`] ones where a sum of 4 codes passes a byte
+    /// ([`wide_input_len`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
     fn words(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+        let flag = wide_input_len(s) - 1;
         // SAFETY: AVX-512 F/BW/VBMI/VNNI present (this function's features).
-        unsafe { build_tables::<Words>(s, x, pad, out) }
+        let words = unsafe { !quads_fit(s, x, pad) };
+        if words {
+            // SAFETY: as above.
+            unsafe { build_tables::<Words>(s, x, pad, out) };
+        } else {
+            // SAFETY: as above.
+            unsafe { build_tables::<Quads>(s, x, pad, out) };
+            let top = tables_len::<Quads>(s) + sums_len(s);
+            debug_assert!(usize::from(out[top]) <= QUAD_ENTRY_MAX);
+        }
+        out[flag] = u16::from(words);
     }
     // SAFETY: `by_kind` hands this builder out only where AVX-512 F/BW/VBMI/VNNI is present.
     unsafe {
@@ -824,13 +893,27 @@ pub(super) fn lut_avx512(
         // SAFETY: forwarded preconditions.
         unsafe { lut_rows::<Words, 4, 4, 8, 4>(s, x, w, y0, y1, acc) }
     }
+    /// [`lut_rows`] over [`Quads`] tables: tiles of 4 blocks (64 channels) x 4 pixels.
+    ///
+    /// # Safety
+    /// As [`lut_rows`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
+    unsafe fn quads(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+        // SAFETY: forwarded preconditions.
+        unsafe { lut_rows::<Quads, 4, 4, 8, 4>(s, x, w, y0, y1, acc) }
+    }
     // SAFETY: `by_kind` hands this kernel out only where AVX-512 F/BW/VBMI is present, and the
     // call matches the contract (just checked).
     unsafe {
         if s.lut_k() == LUT_K8 {
             bytes(s, x, w, y0, y1, acc)
         } else {
-            words(s, x, w, y0, y1, acc)
+            let (wq, ww) = w.split_at(prepared_len_of::<Quads>(s));
+            if wide_is_words(s, x) {
+                words(s, x, ww, y0, y1, acc)
+            } else {
+                quads(s, x, wq, y0, y1, acc)
+            }
         }
     }
 }

@@ -118,7 +118,7 @@ const fn lut_low_bits() -> [u8; 64] {
 
 /// The weights of [`lut_low_bits`], then those adding the fifth channel (byte 0 of each
 /// lane).
-static LUT_BITS: Align64<[[u8; 64]; 2]> = Align64([lut_low_bits(), {
+pub(super) static LUT_BITS: Align64<[[u8; 64]; 2]> = Align64([lut_low_bits(), {
     let mut v = [0u8; 64];
     let mut i = 0;
     while i < 64 {

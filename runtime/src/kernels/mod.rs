@@ -74,10 +74,12 @@ pub enum KernelKind {
     /// of 64 and output channels a multiple of 16.
     Int8DotAmx,
     /// The u8 code dot product of 1- and 2-bit weights by table lookup with AVX-512
-    /// BW/VBMI/VNNI (`vpermw`): per input pixel and 5 channels, the sums of the codes over every subset of
-    /// the channels; the weights of 32 output channels index them (`vpermb` over byte tables
-    /// of 6 channels and 64 output channels for 2-bit codes); 2-bit weights as two planes of
-    /// sign weights.
+    /// BW/VBMI/VNNI: per input pixel and 4 channels, the sums of the codes over every subset of
+    /// the channels in bytes, four such tables to a register (`vpermb` for 16 output channels,
+    /// `vpdpbusd` adding each one's four sums), where every 4 channels' codes sum to at most
+    /// 255; else `u16` tables of 5 channels (`vpermw`, 32 output channels); `vpermb` over byte
+    /// tables of 6 channels and 64 output channels for 2-bit codes; 2-bit weights as two
+    /// planes of sign weights.
     Int8LutAvx512,
     /// The same table lookup with AVX2 (`vpshufb`), for 1- and 2-bit weights: byte tables of 4
     /// channels, 32 output channels a lookup; 2-bit codes in one plane of tables, codes of 3 to

@@ -11,8 +11,9 @@
 //!   nibble table + `vpsadbw`), `Avx512Popcount` (`vpopcntq`);
 //! * [`lut`]: the table lookup for 1- and 2-bit weights with multi-bit activations (`LutCall`) over
 //!   `Lookup`, one table of code sums per padded pixel and channel group against a block of
-//!   output channels: `Words` (`vpermw` over `u16` tables), `Bytes` (`vpermb` over byte
-//!   tables, 2-bit codes), `Avx2` (`vpshufb` over byte tables of 4 channels; 2-bit
+//!   output channels: `Quads` (`vpermb` over byte sub-tables of 4 channels, summed by
+//!   `vpdpbusd`, where the codes' sums fit a byte), `Words` (`vpermw` over `u16` tables),
+//!   `Bytes` (`vpermb` over byte tables, 2-bit codes), `Avx2` (`vpshufb` over byte tables of 4 channels; 2-bit
 //!   codes, or wider codes as two nibble planes);
 //! * [`amx`]: the int8 dot with Intel AMX (`tdpbusd` on 2-D tile registers, 16 pixels x 16
 //!   output channels x 64 input channels an instruction): its own walk (chunks of pixels by

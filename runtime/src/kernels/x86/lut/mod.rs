@@ -7,17 +7,24 @@
 //! 1)`): two planes of lookups over the same tables.
 //!
 //! One driver (the [`Tile`] of [`LutCall`], its row steps, `for_tiles`' walk) and one table
-//! builder ([`build_tables`]) over the [`Lookup`] primitives of three table kinds, one file
+//! builder ([`build_tables`]) over the [`Lookup`] primitives of four table kinds, one file
 //! each (as [`super::int8`]'s `Dot`):
+//! * [`quads`]: byte sub-tables of 4 channels, four to a register (16 channels), `vpermb`
+//!   over 16 output channels and `vpdpbusd` summing each one's four group sums into `i32`
+//!   (AVX-512 VBMI/VNNI, codes of 3 to 8 bits where every 4 channels' codes sum to at most
+//!   255: [`quads::quads_fit`] decides per layer from the input);
 //! * [`words`]: `u16` tables of 5 channels, `vpermw` over 32 output channels (AVX-512 BW,
-//!   codes of 3 to 8 bits; the tables built with `vpdpbusd`, VNNI);
+//!   codes of 3 to 8 bits where [`quads`] does not fit; the tables built with `vpdpbusd`,
+//!   VNNI);
 //! * [`bytes`]: byte tables of 6 channels, `vpermb` over 64 (AVX-512 VBMI, 2-bit codes);
 //! * [`avx2`]: byte tables of 4 channels, `vpshufb` over 32 (AVX2; 2-bit codes, or codes of 3
 //!   to 8 bits as two planes of nibbles, each with its tables), for CPUs without AVX-512; its
 //!   own kind.
 //!
-//! The first two are [`KernelKind::Int8LutAvx512`]; which one is [`ConvShape::lut_k`]. All
-//! three share the weight layout (a table index per output channel, tap and channel group,
+//! The first three are [`KernelKind::Int8LutAvx512`]: [`bytes`] for 2-bit codes
+//! ([`ConvShape::lut_k`]), else [`quads`] or [`words`] by the layer's input (the weights are
+//! prepared both ways, the builder writes which tables it built in the input's last `u16`:
+//! [`wide_input_len`]). All four share the weight layout (a table index per output channel, tap and channel group,
 //! [`prepare_of`]), the tables' layout (per padded pixel a table per group and channel group,
 //! [`Lookup::TABLE`] `u16` each, then the code sums: [`input_len`]) and the walks.
 //!

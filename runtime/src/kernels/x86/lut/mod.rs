@@ -46,7 +46,7 @@ mod words;
 use avx2::Avx2;
 pub(super) use avx2::{lut_avx2, lut_avx2_tables};
 use bytes::Bytes;
-use quads::{quads_fit, Quads, QUAD_ENTRY_MAX};
+use quads::{quads_fit, Quads};
 use words::Words;
 
 /// `u16`s of one AVX-512 table (32 `u16`, or 64 bytes); one `__m512i`. The tables of a padded
@@ -556,8 +556,6 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         } else {
             // SAFETY: as above.
             unsafe { build_tables::<Quads>(s, x, pad, out) };
-            let top = tables_len::<Quads>(s) + sums_len(s);
-            debug_assert!(usize::from(out[top]) <= QUAD_ENTRY_MAX);
         }
         out[flag] = u16::from(words);
     }
@@ -942,17 +940,42 @@ unsafe fn widen_store(v: __m512i, p: *mut i32, lanes: usize, st: Store) {
         ];
         for (h, w) in halves.into_iter().enumerate() {
             let m = lane_mask(lanes.saturating_sub(16 * h));
-            let p = p.wrapping_add(16 * h);
-            let r = if st.first {
-                w
-            } else {
-                _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, p as *const _), w)
-            };
-            let r = match st.qsum {
-                Some(q) => _mm512_sub_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(q)),
-                None => r,
-            };
-            _mm512_mask_storeu_epi32(p as *mut _, m, r);
+            store_i32(w, p.wrapping_add(16 * h), m, st);
         }
     }
+}
+
+/// Adds the 16 `i32` sums in `w` (already times `2^st.shift`) to those at `p` in the lanes of
+/// `m` (written instead on the `first` run); on the last run (`qsum` given) stores `2 * S -
+/// qsum`, `S` the whole sum ([`widen_store`]'s halves, the [`Quads`] store).
+///
+/// # Safety
+/// AVX-512 F present; the lanes of `m` readable and writable at `p`.
+#[inline(always)]
+unsafe fn store_i32(w: __m512i, p: *mut i32, m: __mmask16, st: Store) {
+    // SAFETY: AVX-512 F present; masked lanes are not touched (caller).
+    unsafe {
+        let r = if st.first {
+            w
+        } else {
+            _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, p as *const _), w)
+        };
+        let r = match st.qsum {
+            Some(q) => _mm512_sub_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(q)),
+            None => r,
+        };
+        _mm512_mask_storeu_epi32(p as *mut _, m, r);
+    }
+}
+
+/// The largest of the 32 `u16` in `v` (the `u16` kinds' [`Lookup::entry_max`]).
+///
+/// # Safety
+/// AVX-512 F present.
+#[inline(always)]
+unsafe fn max_u16(v: __m512i) -> u16 {
+    let mut e = [0u16; 32];
+    // SAFETY: AVX-512 F present (caller); 64 bytes written.
+    unsafe { _mm512_storeu_si512(e.as_mut_ptr() as *mut _, v) };
+    e.into_iter().max().unwrap_or(0)
 }

@@ -22,7 +22,7 @@ const QUAD_CHUNK: usize = 4;
 const SUB: usize = 4;
 
 /// The largest entry a byte sub-table holds exactly.
-pub(super) const QUAD_ENTRY_MAX: usize = u8::MAX as usize;
+const QUAD_ENTRY_MAX: usize = u8::MAX as usize;
 
 impl Lookup for Quads {
     type V = __m512i;
@@ -72,25 +72,16 @@ impl Lookup for Quads {
         // SAFETY: AVX-512 F present; masked lanes are not touched (caller: `lanes` `i32`s at
         // `out`).
         unsafe {
-            let m = lane_mask(lanes);
             let w = _mm512_sll_epi32(wide, _mm_cvtsi32_si128(st.shift as i32));
-            let r = if st.first {
-                w
-            } else {
-                _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, out as *const _), w)
-            };
-            let r = match st.qsum {
-                Some(q) => _mm512_sub_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(q)),
-                None => r,
-            };
-            _mm512_mask_storeu_epi32(out as *mut _, m, r);
+            store_i32(w, out, lane_mask(lanes), st)
         }
     }
 
     /// Per group of 16 codes four `vpdpbusd` (a sub-table's 16 entries as dwords, from its 4
     /// codes broadcast), two `vpackusdw` and a `vpackuswb`: byte `16 L + 4 m + w` of the
     /// register is entry `4 L + w` of sub-table `m` ([`Quads::index_bit`]). Codes past `len`
-    /// are zeros.
+    /// are zeros. No running maximum (`top` stays as it is): [`quads_fit`] bounded the entries
+    /// before the build, and the `i32` sums need no runs.
     #[inline(always)]
     unsafe fn tables_of(
         codes: Option<*const u8>,
@@ -99,7 +90,7 @@ impl Lookup for Quads {
         n: usize,
         t: *mut u16,
         _: (usize, usize),
-        top: &mut [__m512i; MAX_CODE_PLANES],
+        _: &mut [__m512i; MAX_CODE_PLANES],
     ) -> u32 {
         // SAFETY: AVX-512 F/BW/VBMI/VNNI present, `len <= 64` readable bytes at `codes` and
         // `n <= 4` tables writable at `t` (caller); the constant is 64 bytes.
@@ -116,7 +107,6 @@ impl Lookup for Quads {
                 }
                 let ab = _mm512_packus_epi32(e[0], e[1]);
                 let cd = _mm512_packus_epi32(e[2], e[3]);
-                top[0] = _mm512_max_epu16(top[0], _mm512_max_epu16(ab, cd));
                 let tab = _mm512_packus_epi16(ab, cd);
                 _mm512_storeu_si512(t.add(LUT_N * gi) as *mut _, tab);
             }
@@ -124,12 +114,10 @@ impl Lookup for Quads {
         }
     }
 
+    /// Always 0: the builder keeps no maximum ([`Quads::tables_of`]).
     #[inline(always)]
-    unsafe fn entry_max(v: __m512i) -> u16 {
-        let mut e = [0u16; 32];
-        // SAFETY: AVX-512 F present (caller); 64 bytes written.
-        unsafe { _mm512_storeu_si512(e.as_mut_ptr() as *mut _, v) };
-        e.into_iter().max().unwrap_or(0)
+    unsafe fn entry_max(_: __m512i) -> u16 {
+        0
     }
 }
 

@@ -94,10 +94,8 @@ impl Lookup for Words {
 
     #[inline(always)]
     unsafe fn entry_max(v: __m512i) -> u16 {
-        let mut e = [0u16; 32];
-        // SAFETY: AVX-512 F present (caller); 64 bytes written.
-        unsafe { _mm512_storeu_si512(e.as_mut_ptr() as *mut _, v) };
-        e.into_iter().max().unwrap_or(0)
+        // SAFETY: AVX-512 F present (caller).
+        unsafe { max_u16(v) }
     }
 }
 

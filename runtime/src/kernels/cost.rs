@@ -201,6 +201,22 @@ const LUT_AVX2_TABLE_COST: u64 = 160;
 /// the Zen 4 core agree with the figures above.)
 const LUT_AVX2_NIBBLE_STEP: u64 = 17;
 
+/// The AVX2 table lookup's costs over byte sub-tables of 3 channels (`x86::lut::trios`, codes
+/// of 5 to 8 bits), in [`step_cost`]'s desktop units: a step per 64 multiply-adds (a group of
+/// 6 channels, a lookup of 16 output channels), a table (16 bytes, 6 channels) and an output
+/// element. Fitted to whole layers of the W1A8 ResNet18-CIFAR network on a Zen 4 core with
+/// AVX-512 denied (`SLB_NO_AVX512=1`), each kernel forced, the AVX2 dot's 40 beside it (time
+/// of the lookup / time of the dot, medians of 3 alternating rounds; docs/PERFORMANCE.md,
+/// "Byte sub-tables for AVX2"): 0.79 at 64 channels, 0.69 at 128, 0.62 at 256 (the three
+/// points of the fit), 0.41 at 512 (4x4 outputs), 0.72 and 0.50 on the stride-2 3x3 convs
+/// into 256 and 512, 1.3 on the 3-channel stem, 1.5-4.3 on the 1x1 convs; on six CIFAR-10
+/// test images 0.71-0.94 at 64 channels. A table is the builder's share of the profile (2.1
+/// ns). Where a sum of 3 codes passes 254 the kernel looks up two nibble planes instead
+/// ([`LUT_AVX2_NIBBLE_STEP`]; 1.26-1.47x the dot on the two 64-channel layers of the synthetic
+/// input where it did, none of the images'), which these costs leave out: the choice depends on
+/// the activations.
+const LUT_AVX2_TRIO_COSTS: (u64, u64, u64) = (22, 160, 44);
+
 /// Prepared weights of the int8 dot beyond which [`dot_avx2_stream`] counts their reading.
 const DOT_AVX2_STREAM_MIN: u64 = 1 << 20;
 
@@ -262,8 +278,17 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
         if step == u64::from(u32::MAX) {
             return u64::MAX;
         }
+        if super::lut_avx2_trios(s) {
+            // Byte sub-tables of 3 channels, 6 a group: lookups, tables and outputs.
+            let (step, table, output) = LUT_AVX2_TRIO_COSTS;
+            let gn = s.cin_g.div_ceil(6) as u64;
+            let tables = (s.hp * s.wp) as u64 * gn * table;
+            let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
+            let lookups = taps * step * gn * 6 * u64::from(s.wbits);
+            return (lookups * outputs / 64 + tables) / outputs + output;
+        }
         // As below, with tables of 4 channels, a set of lookups and tables per code plane
-        // (codes of 3 to 8 bits: two nibbles, each a plane), a step of a nibble plane
+        // (codes of 3 to 4 bits: one plane of nibbles), a step of a nibble plane
         // `LUT_AVX2_NIBBLE_STEP`.
         let (planes, step) = if s.abits > 2 {
             (u64::from(s.abits.div_ceil(4)), LUT_AVX2_NIBBLE_STEP)

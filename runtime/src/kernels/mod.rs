@@ -81,9 +81,11 @@ pub enum KernelKind {
     /// tables of 6 channels and 64 output channels for 2-bit codes; 2-bit weights as two
     /// planes of sign weights.
     Int8LutAvx512,
-    /// The same table lookup with AVX2 (`vpshufb`), for 1- and 2-bit weights: byte tables of 4
-    /// channels, 32 output channels a lookup; 2-bit codes in one plane of tables, codes of 3 to
-    /// 8 bits in two nibble planes.
+    /// The same table lookup with AVX2 (`vpshufb`), for 1- and 2-bit weights: codes of 5 to 8
+    /// bits over byte sub-tables of 3 channels, two to a 128-bit lane (16 output channels a
+    /// lookup, `vpmaddubsw` adding each one's two sums) where every 3 channels' codes sum to
+    /// at most 254, else two nibble planes of byte tables of 4 channels (32 output channels a
+    /// lookup); 2-bit codes in one plane of those, codes of 3 to 4 bits in one nibble plane.
     Int8LutAvx2,
     /// The float executor's direct convolution compiled for AVX2.
     FloatAvx2,
@@ -329,6 +331,14 @@ pub(crate) const LUT_MAX_KW: usize = 14;
 pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
     let plane_max = (1usize << s.abits.clamp(2, 4)) - 1;
     s.wbits <= 2 && s.abits >= 2 && s.kw <= LUT_MAX_KW.min(255 / (4 * plane_max))
+}
+
+/// Whether the AVX2 table lookup takes byte sub-tables of 3 channels for the shape (codes of 5
+/// to 8 bits, `x86::lut::trios`), with its two nibble planes as the fallback where a sum of
+/// 3 codes passes a byte; else the nibble or 2-bit tables alone.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn lut_avx2_trios(s: &ConvShape) -> bool {
+    s.abits > 4
 }
 
 /// Whether the AMX int8 dot can run the shape: one group, input channels a multiple of 64

@@ -269,8 +269,15 @@ pub(super) fn check_case_with(c: &Case, kernels: impl Fn(&ConvShape) -> Vec<Conv
     let codes: Vec<u8> = (0..weight_count(c))
         .map(|_| rng.below(1 << c.wbits) as u8)
         .collect();
-    // Extreme codes (0 and max) are over-represented: they stress the accumulator's range.
+    // Extreme codes (0 and max) are over-represented: they stress the accumulator's range. A
+    // third of the cases keep to a quarter of the range, where every sum of 3 or 4 codes fits
+    // a byte: the lookups over byte sub-tables take those, their fallbacks the others.
     let qmax = (1u64 << c.abits) - 1;
+    let qmax = if c.seed.is_multiple_of(3) {
+        qmax / 4
+    } else {
+        qmax
+    };
     let x: Vec<u8> = (0..input_count(c))
         .map(|_| match rng.below(4) {
             0 => 0,

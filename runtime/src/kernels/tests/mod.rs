@@ -238,52 +238,67 @@ fn kernels_match_reference_at_the_tables_largest_entry() {
     assert!(total >= 3 * 2);
 }
 
-/// The AVX-512 lookup over byte sub-tables of 4 channels (`Quads`, codes of 3 to 8 bits) and
-/// its fallback to `u16` tables: every 4 channels' codes (and 4 pad codes) summing to at most
-/// 255 takes the byte tables, one sum of 256 anywhere (a code, or the pad) the `u16` ones, and
-/// both match the reference, with whole and partial groups of 16 channels, two groups of
-/// channels, and 70 outputs (16-lane blocks 4 + 1).
+/// The lookups over byte sub-tables and their fallbacks: the AVX-512 kind's sub-tables of 4
+/// channels (`Quads`, codes of 3 to 8 bits; fallback `u16` tables) and the AVX2 kind's of 3
+/// (`Trios`, codes of 5 to 8 bits; fallback two nibble planes). Each kind takes its sub-tables
+/// exactly where every sub-table's codes (and as many pad codes) sum to at most its limit (255
+/// for 4 channels, with channels a multiple of 4; 254 for 3, whose saturated sums cannot be
+/// told from 255), a sum one above it
+/// anywhere (a code, or the pad) its fallback, and both match the reference, with whole and
+/// partial groups of channels, two groups, 70 outputs (16-lane blocks 4 + 1), and rows at
+/// stride 1 and 2 whose tiles share their tables between taps.
 #[test]
 fn byte_sub_tables_and_their_fallback_match_reference() {
+    use KernelKind::{Int8LutAvx2, Int8LutAvx512};
     let mut total = 0;
-    for (cin_g, groups) in [(16u32, 1u32), (20, 1), (64, 1), (24, 2)] {
-        for (hot, zp, quads) in [
-            (None, 63, true),
-            (Some(255), 3, true),
-            (Some(256), 3, false),
-            (None, 64, false),
+    // (kind, channels of a sub-table, its largest sum)
+    for (kind, sub, limit) in [(Int8LutAvx512, 4usize, 255u32), (Int8LutAvx2, 3, 254)] {
+        let pad_max = limit / sub as u32;
+        for (cin_g, groups, (w, h, stride)) in [
+            (16u32, 1u32, (5u32, 3u32, 1u16)),
+            (20, 1, (16, 4, 2)),
+            (64, 1, (12, 4, 1)),
+            (24, 2, (5, 3, 1)),
+            (6, 1, (8, 2, 1)),
         ] {
-            let c = Case {
-                groups,
-                w: 5,
-                zp,
-                ..Case::new(cin_g, 70, 1, 8, 41 + u64::from(cin_g))
-            };
-            let mut rng = Rng(c.seed);
-            let codes: Vec<u8> = (0..weight_count(&c)).map(|_| rng.below(2) as u8).collect();
-            let mut x: Vec<u8> = (0..input_count(&c)).map(|_| rng.below(64) as u8).collect();
-            if let Some(sum) = hot {
-                // Channels 4-7 of the second pixel: 3 x 64 and the rest.
-                x[(cin_g * groups) as usize + 4..][..4].copy_from_slice(&[
-                    64,
-                    64,
-                    64,
-                    (sum - 192) as u8,
-                ]);
+            for (hot, zp, takes) in [
+                (None, pad_max, true),
+                (Some(limit), 3, true),
+                (Some(limit + 1), 3, false),
+                (None, pad_max + 1, false),
+            ] {
+                let c = Case {
+                    groups,
+                    w,
+                    h,
+                    stride: (stride, stride),
+                    zp: zp as i32,
+                    ..Case::new(cin_g, 70, 1, 8, 41 + u64::from(cin_g))
+                };
+                let mut rng = Rng(c.seed);
+                let codes: Vec<u8> = (0..weight_count(&c)).map(|_| rng.below(2) as u8).collect();
+                let mut x: Vec<u8> = (0..input_count(&c)).map(|_| rng.below(60) as u8).collect();
+                if let Some(sum) = hot {
+                    // The second sub-table of the second pixel: 64s and the rest.
+                    let at = (cin_g * groups) as usize + sub;
+                    x[at..at + sub].fill(64);
+                    x[at + sub - 1] = (sum - 64 * (sub as u32 - 1)) as u8;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(t) =
+                    super::x86::lut_takes_sub_tables(kind, &case_shape(&c), &x, zp as u8)
+                {
+                    // Quads' input scan also needs channels a multiple of 4.
+                    let layout = sub == 3 || cin_g % 4 == 0;
+                    assert_eq!(t, takes && layout, "{kind:?} on {c:?} hot {hot:?}");
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (kind, takes);
+                total += check_inputs(&c, &codes, &x, kernels_for);
             }
-            #[cfg(target_arch = "x86_64")]
-            if let Some(takes) = super::x86::lut_takes_quads(&case_shape(&c), &x, zp as u8) {
-                assert_eq!(
-                    takes, quads,
-                    "cin_g {cin_g} groups {groups} hot {hot:?} zp {zp}"
-                );
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = quads;
-            total += check_inputs(&c, &codes, &x, kernels_for);
         }
     }
-    assert!(total >= 4 * 4 * 2);
+    assert!(total >= 2 * 5 * 4 * 2);
 }
 
 #[test]
@@ -501,6 +516,32 @@ fn layer_shape(c: usize, hw: usize, k: usize, wbits: u8, abits: u8) -> ConvShape
     }
 }
 
+/// A W1A8 stride-2 `k` x `k` conv (3: same padding, 1: none) from `c` channels at `hw` x `hw`
+/// into `2 c`: ResNet18-CIFAR's downsampling convs.
+fn down_shape(c: usize, hw: usize, k: usize) -> ConvShape {
+    ConvShape {
+        cout: 2 * c,
+        cout_g: 2 * c,
+        oh: hw / 2,
+        ow: hw / 2,
+        sh: 2,
+        sw: 2,
+        hp: if k == 3 { hw + 2 } else { hw },
+        wp: if k == 3 { hw + 2 } else { hw },
+        ..layer_shape(c, hw, k, 1, 8)
+    }
+}
+
+/// ResNet18-CIFAR's W1A8 stem: 3 channels into 64 at 32 x 32, 3 x 3.
+fn stem_shape() -> ConvShape {
+    ConvShape {
+        c: 3,
+        cin_g: 3,
+        cw: 1,
+        ..layer_shape(64, 32, 3, 1, 8)
+    }
+}
+
 /// Asserts that `model` costs each `(shape, faster, slower)` of `orders` as measured: the
 /// faster kernel below the slower one.
 fn assert_ranks(model: super::CostModel, orders: &[(ConvShape, KernelKind, KernelKind)]) {
@@ -609,23 +650,18 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
             KernelKind::Int8DotAvx2,
             KernelKind::Int8LutAvx2,
         ),
-        // The AVX2 lookup at W1A8 (two nibble planes), whole layers of the W1A8 network on a
-        // Zen 4 core with AVX-512 denied (time of the lookup / time of the AVX2 dot): behind
-        // at 64 channels (1.08-1.10), on the 1x1 convs (2.4-3.5) and the stem (1.27), even at
-        // 128 (0.97-1.00, not asserted), ahead at 256 (0.83-0.90) and 512 channels (0.57),
-        // where the dot streams 2.36 MB of weights.
+        // The AVX2 lookup at W1A8 (byte sub-tables of 3 channels), whole layers of the W1A8
+        // network on a Zen 4 core with AVX-512 denied (time of the lookup / time of the AVX2
+        // dot): ahead at 64 channels (0.79), 128 (0.69), 256 (0.62) and 512 (0.41), and on the
+        // stride-2 3x3 convs (0.72 into 256 channels, 0.50 into 512); behind on the 1x1 convs
+        // (4.3 into 128 channels, 1.5 into 512) and the stem (1.3).
         (
             shape(64, 32, 3, 1, 8),
-            KernelKind::Int8DotAvx2,
             KernelKind::Int8LutAvx2,
+            KernelKind::Int8DotAvx2,
         ),
         (
-            shape(256, 8, 1, 1, 8),
-            KernelKind::Int8DotAvx2,
-            KernelKind::Int8LutAvx2,
-        ),
-        (
-            shape(256, 8, 3, 1, 8),
+            shape(128, 16, 3, 1, 8),
             KernelKind::Int8LutAvx2,
             KernelKind::Int8DotAvx2,
         ),
@@ -633,6 +669,26 @@ fn desktop_costs_rank_the_x86_kernels_as_measured() {
             shape(512, 4, 3, 1, 8),
             KernelKind::Int8LutAvx2,
             KernelKind::Int8DotAvx2,
+        ),
+        (
+            down_shape(128, 16, 3),
+            KernelKind::Int8LutAvx2,
+            KernelKind::Int8DotAvx2,
+        ),
+        (
+            down_shape(64, 32, 1),
+            KernelKind::Int8DotAvx2,
+            KernelKind::Int8LutAvx2,
+        ),
+        (
+            down_shape(256, 8, 1),
+            KernelKind::Int8DotAvx2,
+            KernelKind::Int8LutAvx2,
+        ),
+        (
+            stem_shape(),
+            KernelKind::Int8DotAvx2,
+            KernelKind::Int8LutAvx2,
         ),
         // The AMX dot on an Emerald Rapids class Xeon, whole layers in the W1A8 network
         // (kcycles, AMX / VNNI dot / lookup): 64 channels 110 / 260 / 427, 128 channels 85 /
@@ -689,25 +745,7 @@ fn intel_costs_rank_the_int8_kernels_as_measured() {
 #[test]
 fn zen4_costs_rank_the_int8_kernels_as_measured() {
     use KernelKind::{Int8DotVnni as Dot, Int8LutAvx512 as Lut};
-    let shape = layer_shape;
-    // A stride-2 3x3 conv from `c` channels at `hw` x `hw` into `2 c`.
-    let down = |c: usize, hw: usize, k: usize| ConvShape {
-        cout: 2 * c,
-        cout_g: 2 * c,
-        oh: hw / 2,
-        ow: hw / 2,
-        sh: 2,
-        sw: 2,
-        hp: if k == 3 { hw + 2 } else { hw },
-        wp: if k == 3 { hw + 2 } else { hw },
-        ..shape(c, hw, k, 1, 8)
-    };
-    let stem = ConvShape {
-        c: 3,
-        cin_g: 3,
-        cw: 1,
-        ..shape(64, 32, 3, 1, 8)
-    };
+    let (shape, down, stem) = (layer_shape, down_shape, stem_shape());
     // (shape, faster kernel, slower kernel), with the tables built by `vpdpbusd` (cost.rs,
     // `LUT_ZEN4_COSTS`).
     let orders = [

@@ -79,7 +79,7 @@ use amx::*;
 use bits::*;
 use int8::*;
 #[cfg(test)]
-pub(super) use lut::lut_takes_quads;
+pub(super) use lut::lut_takes_sub_tables;
 use lut::*;
 use rows::*;
 

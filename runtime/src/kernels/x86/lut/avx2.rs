@@ -11,6 +11,11 @@
 //!
 //! A padded pixel's tables take 16 bytes per 4 channels and code plane (the AVX-512 byte
 //! tables 64 per 6), then come the code sums ([`input_len`]).
+//!
+//! The entry points of [`KernelKind::Int8LutAvx2`] are here ([`lut_avx2_tables`],
+//! [`lut_avx2`]): for codes of 5 to 8 bits they take the byte sub-tables of [`super::Trios`]
+//! (half the instructions a multiply-add of the two nibble planes) and these tables only as
+//! its fallback, where a sum of 3 codes of the layer's input passes a byte.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -82,12 +87,24 @@ const fn join_index() -> [[[u8; 32]; 2]; 2] {
 /// The indices of [`join_index`].
 static JOIN: Align64<[[[u8; 32]; 2]; 2]> = Align64(join_index());
 
-/// The table builder of [`KernelKind::Int8LutAvx2`] ([`build_tables`] over [`Avx2`]).
+/// The table builder of [`KernelKind::Int8LutAvx2`] ([`build_tables`]): for codes of 5 to 8
+/// bits ([`avx2_pairs`]) [`Trios`] tables, or [`Avx2`] ones where a [`Trios`] entry passed
+/// [`TRIO_ENTRY_MAX`] ([`pair_set`]); else [`Avx2`] ones.
 pub(in super::super) fn lut_avx2_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
     #[target_feature(enable = "avx2")]
     fn body(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        // SAFETY: AVX2 present (this function's features).
-        unsafe { build_tables::<Avx2>(s, x, pad, out) }
+        if !avx2_pairs(s) {
+            // SAFETY: AVX2 present (this function's features).
+            return unsafe { build_tables::<Avx2>(s, x, pad, out) };
+        }
+        // SAFETY: as above.
+        unsafe { build_tables::<Trios>(s, x, pad, out) };
+        let nibbles = out[tables_len::<Trios>(s) + sums_len(s)] > TRIO_ENTRY_MAX;
+        if nibbles {
+            // SAFETY: as above.
+            unsafe { build_tables::<Avx2>(s, x, pad, out) };
+        }
+        pair_set::<Trios, Avx2>(s, out, nibbles);
     }
     // SAFETY: `by_kind` hands this builder out only where AVX2 is present.
     unsafe { body(s, x, pad, out) }
@@ -224,11 +241,21 @@ impl Lookup for Avx2 {
 
     #[inline(always)]
     unsafe fn entry_max(v: __m256i) -> u16 {
-        let mut e = [0u8; 32];
-        // SAFETY: AVX present (caller); 32 bytes written.
-        unsafe { _mm256_storeu_si256(e.as_mut_ptr() as *mut _, v) };
-        e.into_iter().max().map_or(0, u16::from)
+        // SAFETY: AVX present (caller).
+        unsafe { max_u8(v) }
     }
+}
+
+/// The largest of the 32 bytes in `v` (the AVX2 kinds' [`Lookup::entry_max`]).
+///
+/// # Safety
+/// AVX present.
+#[inline(always)]
+pub(super) unsafe fn max_u8(v: __m256i) -> u16 {
+    let mut e = [0u8; 32];
+    // SAFETY: AVX present (caller); 32 bytes written.
+    unsafe { _mm256_storeu_si256(e.as_mut_ptr() as *mut _, v) };
+    e.into_iter().max().map_or(0, u16::from)
 }
 
 /// Adds the 16 `u16` sums in `v`, times `2^st.shift`, to the first `n` `i32` sums at `p`
@@ -238,7 +265,7 @@ impl Lookup for Avx2 {
 /// # Safety
 /// AVX2 present; `n <= 16` `i32`s readable and writable at `p`.
 #[inline(always)]
-unsafe fn store16(v: __m256i, p: *mut i32, n: usize, st: Store) {
+pub(super) unsafe fn store16(v: __m256i, p: *mut i32, n: usize, st: Store) {
     // SAFETY: AVX2 present (caller); the full-width path reads and writes the 16 `i32` at `p`
     // (`n == 16`), the other a stack copy of the `n` there.
     unsafe {
@@ -285,9 +312,9 @@ pub(in super::super) fn lut_avx2(
 ) {
     s.assert_call(
         x.len(),
-        input_len::<Avx2>(s),
+        lut_avx2_input_len(s),
         w.len(),
-        prepared_len_of::<Avx2>(s),
+        lut_avx2_prepared_len(s),
         y0,
         y1,
         acc.len(),
@@ -304,7 +331,24 @@ pub(in super::super) fn lut_avx2(
         // measured, PERFORMANCE.md).
         unsafe { lut_rows::<Avx2, 2, 2, 2, 2>(s, x, w, y0, y1, acc) }
     }
+    /// [`lut_rows`] over [`Trios`] tables.
+    ///
+    /// # Safety
+    /// As [`lut_rows`].
+    #[target_feature(enable = "avx2")]
+    unsafe fn trios(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
+        // SAFETY: forwarded preconditions.
+        unsafe { lut_rows::<Trios, 3, 2, 3, 2>(s, x, w, y0, y1, acc) }
+    }
     // SAFETY: `by_kind` hands this kernel out only where AVX2 is present, and the call matches
     // the contract (just checked).
-    unsafe { rows(s, x, w, y0, y1, acc) }
+    unsafe {
+        if !avx2_pairs(s) {
+            return rows(s, x, w, y0, y1, acc);
+        }
+        match pair_weights::<Trios, Avx2>(s, x, w) {
+            (w, true) => rows(s, x, w, y0, y1, acc),
+            (w, false) => trios(s, x, w, y0, y1, acc),
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! 1)`): two planes of lookups over the same tables.
 //!
 //! One driver (the [`Tile`] of [`LutCall`], its row steps, `for_tiles`' walk) and one table
-//! builder ([`build_tables`]) over the [`Lookup`] primitives of four table kinds, one file
+//! builder ([`build_tables`]) over the [`Lookup`] primitives of five table kinds, one file
 //! each (as [`super::int8`]'s `Dot`):
 //! * [`quads`]: byte sub-tables of 4 channels, four to a register (16 channels), `vpermb`
 //!   over 16 output channels and `vpdpbusd` summing each one's four group sums into `i32`
@@ -17,16 +17,23 @@
 //!   codes of 3 to 8 bits where [`quads`] does not fit; the tables built with `vpdpbusd`,
 //!   VNNI);
 //! * [`bytes`]: byte tables of 6 channels, `vpermb` over 64 (AVX-512 VBMI, 2-bit codes);
+//! * [`trios`]: byte sub-tables of 3 channels, two to a 128-bit lane, `vpshufb` over 16
+//!   output channels and `vpmaddubsw` summing each one's two sums into `u16` (AVX2, codes of
+//!   5 to 8 bits where every 3 channels' codes sum to at most 254: the builder's saturating
+//!   sums decide per layer);
 //! * [`avx2`]: byte tables of 4 channels, `vpshufb` over 32 (AVX2; 2-bit codes, or codes of 3
-//!   to 8 bits as two planes of nibbles, each with its tables), for CPUs without AVX-512; its
-//!   own kind.
+//!   to 8 bits as planes of nibbles, each with its tables; for codes of 5 to 8 bits where
+//!   [`trios`] does not fit).
 //!
 //! The first three are [`KernelKind::Int8LutAvx512`]: [`bytes`] for 2-bit codes
-//! ([`ConvShape::lut_k`]), else [`quads`] or [`words`] by the layer's input (the weights are
-//! prepared both ways, the builder writes which tables it built in the input's last `u16`:
-//! [`wide_input_len`]). All four share the weight layout (a table index per output channel, tap and channel group,
-//! [`prepare_of`]), the tables' layout (per padded pixel a table per group and channel group,
-//! [`Lookup::TABLE`] `u16` each, then the code sums: [`input_len`]) and the walks.
+//! ([`ConvShape::lut_k`]), else the pair of [`quads`] and its fallback [`words`]; the last
+//! two [`KernelKind::Int8LutAvx2`], for CPUs without AVX-512: the pair of [`trios`] and its
+//! fallback [`avx2`] for codes of 5 to 8 bits, else [`avx2`]. A pair's builder takes one of
+//! the two by the layer's input, the weights are prepared both ways, and the input's last
+//! `u16` says which tables it holds ([`pair_input_len`]). All five share the weight layout (a
+//! table index per output channel, tap and channel group, [`prepare_of`]), the tables' layout
+//! (per padded pixel a table per group and channel group, [`Lookup::TABLE`] `u16` each, then
+//! the code sums: [`input_len`]) and the walks.
 //!
 //! A step of the walk is a kernel row and channel group, its taps together
 //! ([`LutCall::row_steps`]): on a tile of pixels of one output row with 3 taps a row, the
@@ -41,12 +48,14 @@ use super::*;
 mod avx2;
 mod bytes;
 mod quads;
+mod trios;
 mod words;
 
-use avx2::Avx2;
 pub(super) use avx2::{lut_avx2, lut_avx2_tables};
+use avx2::{max_u8, store16, Avx2};
 use bytes::Bytes;
 use quads::{quads_fit, Quads};
+use trios::{Trios, TRIO_ENTRY_MAX};
 use words::Words;
 
 /// `u16`s of one AVX-512 table (32 `u16`, or 64 bytes); one `__m512i`. The tables of a padded
@@ -342,48 +351,104 @@ fn input_len<L: Lookup>(s: &ConvShape) -> usize {
         .saturating_add(MAX_CODE_PLANES)
 }
 
-/// The input length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] by
-/// [`ConvShape::lut_k`] (the same: both tables are 64 bytes).
+/// The input length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] tables by
+/// [`ConvShape::lut_k`], else [`Quads`] or [`Words`] ones.
 pub(super) fn lut_input_len(s: &ConvShape) -> usize {
     if s.lut_k() == LUT_K8 {
         input_len::<Bytes>(s)
     } else {
-        wide_input_len(s)
+        pair_input_len::<Quads, Words>(s)
     }
 }
 
-/// The input of [`KernelKind::Int8LutAvx512`] for codes of 3 to 8 bits: the [`Quads`] tables
-/// or, where a sum of 4 codes passes [`QUAD_ENTRY_MAX`], the [`Words`] ones, then one `u16`
-/// saying which (the last: 0 [`Quads`], 1 [`Words`]).
-fn wide_input_len(s: &ConvShape) -> usize {
-    input_len::<Quads>(s)
-        .max(input_len::<Words>(s))
-        .saturating_add(1)
+// A pair of table kinds of one kernel kind: the builder takes the first, whose byte entries
+// are exact only while a few codes sum to at most 255, where they hold every sum of the call's
+// input, and its fallback, the second, elsewhere ([`Quads`] or [`Words`], [`Trios`] or
+// [`Avx2`]). The input has room for either kind's tables, then one `u16` saying which it holds
+// (0 the first, 1 the second); the weights are prepared both ways, the first kind's layout
+// first, and the kernel takes the one of the tables it is given.
+
+/// The input length of a pair of kinds: the longer of the two, and the flag.
+fn pair_input_len<A: Lookup, B: Lookup>(s: &ConvShape) -> usize {
+    input_len::<A>(s).max(input_len::<B>(s)).saturating_add(1)
 }
 
-/// Whether [`KernelKind::Int8LutAvx512`] builds [`Quads`] tables for this input (else
-/// [`Words`] ones), for the tests; `None` without AVX-512 VBMI/VNNI.
+/// Writes which kind of the pair the tables in `out` are (`second`: the fallback).
+fn pair_set<A: Lookup, B: Lookup>(s: &ConvShape, out: &mut [u16], second: bool) {
+    out[pair_input_len::<A, B>(s) - 1] = u16::from(second);
+}
+
+/// Whether the tables in `x` are the pair's second kind (its fallback).
+fn pair_is_second<A: Lookup, B: Lookup>(s: &ConvShape, x: &[u16]) -> bool {
+    x[pair_input_len::<A, B>(s) - 1] != 0
+}
+
+/// The prepared length of a pair of kinds: both layouts.
+fn pair_prepared_len<A: Lookup, B: Lookup>(s: &ConvShape) -> usize {
+    prepared_len_of::<A>(s).saturating_add(prepared_len_of::<B>(s))
+}
+
+/// The weights of a pair of kinds ([`prepare_of`]): the first kind's layout, then the second's.
+fn pair_prepare<A: Lookup, B: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    let a = prepared_len_of::<A>(s);
+    prepare_of::<A>(conv, s, out);
+    if let Some(rest) = out.get_mut(a..) {
+        prepare_of::<B>(conv, s, rest);
+    }
+}
+
+/// The weights of the kind of the pair whose tables are in `x`, and whether it is the second.
+fn pair_weights<'w, A: Lookup, B: Lookup>(
+    s: &ConvShape,
+    x: &[u16],
+    w: &'w [u8],
+) -> (&'w [u8], bool) {
+    let (wa, wb) = w.split_at(prepared_len_of::<A>(s));
+    if pair_is_second::<A, B>(s, x) {
+        (wb, true)
+    } else {
+        (wa, false)
+    }
+}
+
+/// Whether the builder of `kind` (a table lookup) takes the byte sub-tables of its pair for
+/// this input ([`Quads`], [`Trios`]) rather than their fallback, for the tests: `None` where
+/// this CPU lacks the kind or the shape's codes take neither pair.
 #[cfg(test)]
-pub(in super::super) fn lut_takes_quads(s: &ConvShape, x: &[u8], pad: u8) -> Option<bool> {
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-    fn fit(s: &ConvShape, x: &[u8], pad: u8) -> bool {
-        // SAFETY: AVX-512 F/BW/VNNI present (this function's features).
-        unsafe { quads_fit(s, x, pad) }
+pub(in super::super) fn lut_takes_sub_tables(
+    kind: KernelKind,
+    s: &ConvShape,
+    x: &[u8],
+    pad: u8,
+) -> Option<bool> {
+    let Run::Tables(t) = super::by_kind(kind)?.run else {
+        return None;
+    };
+    let mut out = vec![0u16; (t.len)(s)];
+    (t.build)(s, x, pad, &mut out);
+    match kind {
+        KernelKind::Int8LutAvx512 if s.lut_k() != LUT_K8 => {
+            Some(!pair_is_second::<Quads, Words>(s, &out))
+        }
+        KernelKind::Int8LutAvx2 if avx2_pairs(s) => Some(!pair_is_second::<Trios, Avx2>(s, &out)),
+        _ => None,
     }
-    // SAFETY: the features were just detected.
-    Features::get()
-        .avx512vbmi
-        .then(|| s.lut_k() != LUT_K8 && unsafe { fit(s, x, pad) })
 }
 
-/// Whether the tables of a wide input are [`Words`] ([`wide_input_len`]).
-fn wide_is_words(s: &ConvShape, x: &[u16]) -> bool {
-    x[wide_input_len(s) - 1] != 0
+/// Whether [`KernelKind::Int8LutAvx2`] takes the pair of [`Trios`] and [`Avx2`] (codes of 5
+/// to 8 bits, which [`Avx2`] looks up as two nibble planes), else [`Avx2`] alone.
+fn avx2_pairs(s: &ConvShape) -> bool {
+    crate::kernels::lut_avx2_trios(s)
 }
 
-/// The input length of [`KernelKind::Int8LutAvx2`]: 16 bytes per 4 channels.
+/// The input length of [`KernelKind::Int8LutAvx2`]: [`Trios`] or [`Avx2`] tables for codes of
+/// 5 to 8 bits, else [`Avx2`] ones.
 pub(super) fn lut_avx2_input_len(s: &ConvShape) -> usize {
-    input_len::<Avx2>(s)
+    if avx2_pairs(s) {
+        pair_input_len::<Trios, Avx2>(s)
+    } else {
+        input_len::<Avx2>(s)
+    }
 }
 
 /// Bytes of one weight plane of a block of output channels: a step's indices per tap and
@@ -444,39 +509,44 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     }
 }
 
-/// The prepared length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] by
-/// [`ConvShape::lut_k`].
+/// The prepared length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] by [`ConvShape::lut_k`],
+/// else the pair of [`Quads`] and [`Words`].
 pub(super) fn lut_prepared_len(s: &ConvShape) -> usize {
     if s.lut_k() == LUT_K8 {
         prepared_len_of::<Bytes>(s)
     } else {
-        prepared_len_of::<Quads>(s).saturating_add(prepared_len_of::<Words>(s))
+        pair_prepared_len::<Quads, Words>(s)
     }
 }
 
-/// The weight layout of [`KernelKind::Int8LutAvx512`] ([`prepare_of`]); for codes of 3 to 8
-/// bits the [`Quads`] layout, then the [`Words`] one (the kernel takes the one of the tables
-/// it is given).
+/// The weight layout of [`KernelKind::Int8LutAvx512`] ([`prepare_of`]): [`Bytes`] by
+/// [`ConvShape::lut_k`], else [`pair_prepare`] of [`Quads`] and [`Words`].
 pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     if s.lut_k() == LUT_K8 {
         prepare_of::<Bytes>(conv, s, out)
     } else {
-        let q = prepared_len_of::<Quads>(s);
-        prepare_of::<Quads>(conv, s, out);
-        if let Some(rest) = out.get_mut(q..) {
-            prepare_of::<Words>(conv, s, rest);
-        }
+        pair_prepare::<Quads, Words>(conv, s, out)
     }
 }
 
-/// The prepared length of [`KernelKind::Int8LutAvx2`].
+/// The prepared length of [`KernelKind::Int8LutAvx2`]: the pair of [`Trios`] and [`Avx2`]
+/// ([`avx2_pairs`]), else [`Avx2`].
 pub(super) fn lut_avx2_prepared_len(s: &ConvShape) -> usize {
-    prepared_len_of::<Avx2>(s)
+    if avx2_pairs(s) {
+        pair_prepared_len::<Trios, Avx2>(s)
+    } else {
+        prepared_len_of::<Avx2>(s)
+    }
 }
 
-/// The weight layout of [`KernelKind::Int8LutAvx2`] ([`prepare_of`]).
+/// The weight layout of [`KernelKind::Int8LutAvx2`] ([`prepare_of`]): [`pair_prepare`] of
+/// [`Trios`] and [`Avx2`] ([`avx2_pairs`]), else [`Avx2`].
 pub(super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
-    prepare_of::<Avx2>(conv, s, out)
+    if avx2_pairs(s) {
+        pair_prepare::<Trios, Avx2>(conv, s, out)
+    } else {
+        prepare_of::<Avx2>(conv, s, out)
+    }
 }
 
 /// The table builder of kind `L`: for every padded input pixel, group and channel group of
@@ -544,10 +614,9 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         unsafe { build_tables::<Bytes>(s, x, pad, out) }
     }
     /// [`Quads`] tables, or [`Words`] ones where a sum of 4 codes passes a byte
-    /// ([`wide_input_len`]).
+    /// ([`pair_input_len`]).
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
     fn words(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        let flag = wide_input_len(s) - 1;
         // SAFETY: AVX-512 F/BW/VBMI/VNNI present (this function's features).
         let words = unsafe { !quads_fit(s, x, pad) };
         if words {
@@ -557,7 +626,7 @@ pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
             // SAFETY: as above.
             unsafe { build_tables::<Quads>(s, x, pad, out) };
         }
-        out[flag] = u16::from(words);
+        pair_set::<Quads, Words>(s, out, words);
     }
     // SAFETY: `by_kind` hands this builder out only where AVX-512 F/BW/VBMI/VNNI is present.
     unsafe {
@@ -913,11 +982,9 @@ pub(super) fn lut_avx512(
         if s.lut_k() == LUT_K8 {
             bytes(s, x, w, y0, y1, acc)
         } else {
-            let (wq, ww) = w.split_at(prepared_len_of::<Quads>(s));
-            if wide_is_words(s, x) {
-                words(s, x, ww, y0, y1, acc)
-            } else {
-                quads(s, x, wq, y0, y1, acc)
+            match pair_weights::<Quads, Words>(s, x, w) {
+                (w, true) => words(s, x, w, y0, y1, acc),
+                (w, false) => quads(s, x, w, y0, y1, acc),
             }
         }
     }

@@ -87,6 +87,42 @@ const fn join_index() -> [[[u8; 32]; 2]; 2] {
 /// The indices of [`join_index`].
 static JOIN: Align64<[[[u8; 32]; 2]; 2]> = Align64(join_index());
 
+/// Whether [`KernelKind::Int8LutAvx2`] takes the pair of [`Trios`] and [`Avx2`] (codes of 5
+/// to 8 bits, which [`Avx2`] looks up as two nibble planes), else [`Avx2`] alone.
+pub(super) fn avx2_pairs(s: &ConvShape) -> bool {
+    crate::kernels::lut_avx2_trios(s)
+}
+
+/// The input length of [`KernelKind::Int8LutAvx2`]: [`Trios`] or [`Avx2`] tables for codes of
+/// 5 to 8 bits, else [`Avx2`] ones.
+pub(in super::super) fn lut_avx2_input_len(s: &ConvShape) -> usize {
+    if avx2_pairs(s) {
+        pair_input_len::<Trios, Avx2>(s)
+    } else {
+        input_len::<Avx2>(s)
+    }
+}
+
+/// The prepared length of [`KernelKind::Int8LutAvx2`]: the pair of [`Trios`] and [`Avx2`]
+/// ([`avx2_pairs`]), else [`Avx2`].
+pub(in super::super) fn lut_avx2_prepared_len(s: &ConvShape) -> usize {
+    if avx2_pairs(s) {
+        pair_prepared_len::<Trios, Avx2>(s)
+    } else {
+        prepared_len_of::<Avx2>(s)
+    }
+}
+
+/// The weight layout of [`KernelKind::Int8LutAvx2`] ([`prepare_of`]): [`pair_prepare`] of
+/// [`Trios`] and [`Avx2`] ([`avx2_pairs`]), else [`Avx2`].
+pub(in super::super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
+    if avx2_pairs(s) {
+        pair_prepare::<Trios, Avx2>(conv, s, out)
+    } else {
+        prepare_of::<Avx2>(conv, s, out)
+    }
+}
+
 /// The table builder of [`KernelKind::Int8LutAvx2`] ([`build_tables`]): for codes of 5 to 8
 /// bits ([`avx2_pairs`]) [`Trios`] tables, or [`Avx2`] ones where a [`Trios`] entry passed
 /// [`TRIO_ENTRY_MAX`] ([`pair_set`]); else [`Avx2`] ones.

@@ -30,10 +30,11 @@
 //! two [`KernelKind::Int8LutAvx2`], for CPUs without AVX-512: the pair of [`trios`] and its
 //! fallback [`avx2`] for codes of 5 to 8 bits, else [`avx2`]. A pair's builder takes one of
 //! the two by the layer's input, the weights are prepared both ways, and the input's last
-//! `u16` says which tables it holds ([`pair_input_len`]). All five share the weight layout (a
-//! table index per output channel, tap and channel group, [`prepare_of`]), the tables' layout
-//! (per padded pixel a table per group and channel group, [`Lookup::TABLE`] `u16` each, then
-//! the code sums: [`input_len`]) and the walks.
+//! `u16` says which tables it holds ([`pair`]). Each kernel kind's entry points (lengths,
+//! weight layout, builder, kernel) are in its file: [`avx512`], [`avx2`]. All five kinds share
+//! the weight layout (a table index per output channel, tap and channel group,
+//! [`prepare_of`]), the tables' layout (per padded pixel a table per group and channel group,
+//! [`Lookup::TABLE`] `u16` each, then the code sums: [`input_len`]) and the walks.
 //!
 //! A step of the walk is a kernel row and channel group, its taps together
 //! ([`LutCall::row_steps`]): on a tile of pixels of one output row with 3 taps a row, the
@@ -46,14 +47,21 @@
 use super::*;
 
 mod avx2;
+mod avx512;
 mod bytes;
+mod pair;
 mod quads;
 mod trios;
 mod words;
 
-pub(super) use avx2::{lut_avx2, lut_avx2_tables};
-use avx2::{max_u8, store16, Avx2};
+pub(super) use avx2::{
+    lut_avx2, lut_avx2_input_len, lut_avx2_prepare, lut_avx2_prepared_len, lut_avx2_tables,
+};
+use avx2::{max_u8, store16};
+use avx512::{codes512, max_u16, store_i32, widen_store};
+pub(super) use avx512::{lut_avx512, lut_input_len, lut_prepare, lut_prepared_len, lut_tables};
 use bytes::Bytes;
+use pair::*;
 use quads::{quads_fit, Quads};
 use trios::{Trios, TRIO_ENTRY_MAX};
 use words::Words;
@@ -351,66 +359,6 @@ fn input_len<L: Lookup>(s: &ConvShape) -> usize {
         .saturating_add(MAX_CODE_PLANES)
 }
 
-/// The input length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] tables by
-/// [`ConvShape::lut_k`], else [`Quads`] or [`Words`] ones.
-pub(super) fn lut_input_len(s: &ConvShape) -> usize {
-    if s.lut_k() == LUT_K8 {
-        input_len::<Bytes>(s)
-    } else {
-        pair_input_len::<Quads, Words>(s)
-    }
-}
-
-// A pair of table kinds of one kernel kind: the builder takes the first, whose byte entries
-// are exact only while a few codes sum to at most 255, where they hold every sum of the call's
-// input, and its fallback, the second, elsewhere ([`Quads`] or [`Words`], [`Trios`] or
-// [`Avx2`]). The input has room for either kind's tables, then one `u16` saying which it holds
-// (0 the first, 1 the second); the weights are prepared both ways, the first kind's layout
-// first, and the kernel takes the one of the tables it is given.
-
-/// The input length of a pair of kinds: the longer of the two, and the flag.
-fn pair_input_len<A: Lookup, B: Lookup>(s: &ConvShape) -> usize {
-    input_len::<A>(s).max(input_len::<B>(s)).saturating_add(1)
-}
-
-/// Writes which kind of the pair the tables in `out` are (`second`: the fallback).
-fn pair_set<A: Lookup, B: Lookup>(s: &ConvShape, out: &mut [u16], second: bool) {
-    out[pair_input_len::<A, B>(s) - 1] = u16::from(second);
-}
-
-/// Whether the tables in `x` are the pair's second kind (its fallback).
-fn pair_is_second<A: Lookup, B: Lookup>(s: &ConvShape, x: &[u16]) -> bool {
-    x[pair_input_len::<A, B>(s) - 1] != 0
-}
-
-/// The prepared length of a pair of kinds: both layouts.
-fn pair_prepared_len<A: Lookup, B: Lookup>(s: &ConvShape) -> usize {
-    prepared_len_of::<A>(s).saturating_add(prepared_len_of::<B>(s))
-}
-
-/// The weights of a pair of kinds ([`prepare_of`]): the first kind's layout, then the second's.
-fn pair_prepare<A: Lookup, B: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
-    let a = prepared_len_of::<A>(s);
-    prepare_of::<A>(conv, s, out);
-    if let Some(rest) = out.get_mut(a..) {
-        prepare_of::<B>(conv, s, rest);
-    }
-}
-
-/// The weights of the kind of the pair whose tables are in `x`, and whether it is the second.
-fn pair_weights<'w, A: Lookup, B: Lookup>(
-    s: &ConvShape,
-    x: &[u16],
-    w: &'w [u8],
-) -> (&'w [u8], bool) {
-    let (wa, wb) = w.split_at(prepared_len_of::<A>(s));
-    if pair_is_second::<A, B>(s, x) {
-        (wb, true)
-    } else {
-        (wa, false)
-    }
-}
-
 /// Whether the builder of `kind` (a table lookup) takes the byte sub-tables of its pair for
 /// this input ([`Quads`], [`Trios`]) rather than their fallback, for the tests: `None` where
 /// this CPU lacks the kind or the shape's codes take neither pair.
@@ -430,24 +378,10 @@ pub(in super::super) fn lut_takes_sub_tables(
         KernelKind::Int8LutAvx512 if s.lut_k() != LUT_K8 => {
             Some(!pair_is_second::<Quads, Words>(s, &out))
         }
-        KernelKind::Int8LutAvx2 if avx2_pairs(s) => Some(!pair_is_second::<Trios, Avx2>(s, &out)),
+        KernelKind::Int8LutAvx2 if avx2::avx2_pairs(s) => {
+            Some(!pair_is_second::<Trios, avx2::Avx2>(s, &out))
+        }
         _ => None,
-    }
-}
-
-/// Whether [`KernelKind::Int8LutAvx2`] takes the pair of [`Trios`] and [`Avx2`] (codes of 5
-/// to 8 bits, which [`Avx2`] looks up as two nibble planes), else [`Avx2`] alone.
-fn avx2_pairs(s: &ConvShape) -> bool {
-    crate::kernels::lut_avx2_trios(s)
-}
-
-/// The input length of [`KernelKind::Int8LutAvx2`]: [`Trios`] or [`Avx2`] tables for codes of
-/// 5 to 8 bits, else [`Avx2`] ones.
-pub(super) fn lut_avx2_input_len(s: &ConvShape) -> usize {
-    if avx2_pairs(s) {
-        pair_input_len::<Trios, Avx2>(s)
-    } else {
-        input_len::<Avx2>(s)
     }
 }
 
@@ -509,46 +443,6 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     }
 }
 
-/// The prepared length of [`KernelKind::Int8LutAvx512`]: [`Bytes`] by [`ConvShape::lut_k`],
-/// else the pair of [`Quads`] and [`Words`].
-pub(super) fn lut_prepared_len(s: &ConvShape) -> usize {
-    if s.lut_k() == LUT_K8 {
-        prepared_len_of::<Bytes>(s)
-    } else {
-        pair_prepared_len::<Quads, Words>(s)
-    }
-}
-
-/// The weight layout of [`KernelKind::Int8LutAvx512`] ([`prepare_of`]): [`Bytes`] by
-/// [`ConvShape::lut_k`], else [`pair_prepare`] of [`Quads`] and [`Words`].
-pub(super) fn lut_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
-    if s.lut_k() == LUT_K8 {
-        prepare_of::<Bytes>(conv, s, out)
-    } else {
-        pair_prepare::<Quads, Words>(conv, s, out)
-    }
-}
-
-/// The prepared length of [`KernelKind::Int8LutAvx2`]: the pair of [`Trios`] and [`Avx2`]
-/// ([`avx2_pairs`]), else [`Avx2`].
-pub(super) fn lut_avx2_prepared_len(s: &ConvShape) -> usize {
-    if avx2_pairs(s) {
-        pair_prepared_len::<Trios, Avx2>(s)
-    } else {
-        prepared_len_of::<Avx2>(s)
-    }
-}
-
-/// The weight layout of [`KernelKind::Int8LutAvx2`] ([`prepare_of`]): [`pair_prepare`] of
-/// [`Trios`] and [`Avx2`] ([`avx2_pairs`]), else [`Avx2`].
-pub(super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
-    if avx2_pairs(s) {
-        pair_prepare::<Trios, Avx2>(conv, s, out)
-    } else {
-        prepare_of::<Avx2>(conv, s, out)
-    }
-}
-
 /// The table builder of kind `L`: for every padded input pixel, group and channel group of
 /// `K` channels, the sums of the codes over every subset of the group's channels (unpadded HWC
 /// input `x`, pad pixels holding `pad`; channels past `cin_g` count 0), then the sum of all
@@ -602,58 +496,6 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
     for (c, &v) in top.iter().enumerate().take(planes.0) {
         // SAFETY: `L`'s ISA present (caller).
         out[bounds + c] = unsafe { L::entry_max(v) };
-    }
-}
-
-/// The table builder of [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] tables by
-/// [`ConvShape::lut_k`] ([`build_tables`]).
-pub(super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    fn bytes(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        // SAFETY: AVX-512 F/BW/VBMI present (this function's features).
-        unsafe { build_tables::<Bytes>(s, x, pad, out) }
-    }
-    /// [`Quads`] tables, or [`Words`] ones where a sum of 4 codes passes a byte
-    /// ([`pair_input_len`]).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-    fn words(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
-        // SAFETY: AVX-512 F/BW/VBMI/VNNI present (this function's features).
-        let words = unsafe { !quads_fit(s, x, pad) };
-        if words {
-            // SAFETY: as above.
-            unsafe { build_tables::<Words>(s, x, pad, out) };
-        } else {
-            // SAFETY: as above.
-            unsafe { build_tables::<Quads>(s, x, pad, out) };
-        }
-        pair_set::<Quads, Words>(s, out, words);
-    }
-    // SAFETY: `by_kind` hands this builder out only where AVX-512 F/BW/VBMI/VNNI is present.
-    unsafe {
-        if s.lut_k() == LUT_K8 {
-            bytes(s, x, pad, out)
-        } else {
-            words(s, x, pad, out)
-        }
-    }
-}
-
-/// The AVX-512 kinds' builder step: the `len` codes at `codes` (or `len` pad codes) in one
-/// vector, zero above, and their sum.
-///
-/// # Safety
-/// AVX-512 F/BW present; `len <= 64` readable bytes at `codes`.
-#[inline(always)]
-unsafe fn codes512(codes: Option<*const u8>, pad: u8, len: usize) -> (__m512i, u32) {
-    // SAFETY: as the caller states (the masked load reads `len` bytes).
-    unsafe {
-        let mask: __mmask64 = if len >= 64 { !0 } else { (1u64 << len) - 1 };
-        let v = match codes {
-            Some(p) => _mm512_maskz_loadu_epi8(mask, p as *const _),
-            None => _mm512_maskz_set1_epi8(mask, pad as i8),
-        };
-        let sum = _mm512_reduce_add_epi64(_mm512_sad_epu8(v, _mm512_setzero_si512()));
-        (v, sum as u32)
     }
 }
 
@@ -925,124 +767,4 @@ unsafe fn lut_rows<L: Lookup, const NB: usize, const P: usize, const PN: usize, 
     let nblk = s.cout_g.div_ceil(L::LANES);
     // SAFETY: forwarded preconditions.
     unsafe { for_tiles::<_, NB, P, PN, P2>(&call, s, nblk, y0, y1, acc) }
-}
-
-/// [`KernelKind::Int8LutAvx512`]: [`Bytes`] or [`Words`] by [`ConvShape::lut_k`].
-pub(super) fn lut_avx512(
-    s: &ConvShape,
-    x: &[u16],
-    w: &[u8],
-    y0: usize,
-    y1: usize,
-    acc: &mut [i32],
-) {
-    s.assert_call(
-        x.len(),
-        lut_input_len(s),
-        w.len(),
-        lut_prepared_len(s),
-        y0,
-        y1,
-        acc.len(),
-    );
-    assert!(
-        crate::kernels::lut_fits(s),
-        "table lookup: 1- or 2-bit weights, 2- to 8-bit codes"
-    );
-    /// [`lut_rows`] over byte tables: tiles of 2 blocks x 4 pixels (1 block x 6).
-    ///
-    /// # Safety
-    /// As [`lut_rows`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-    unsafe fn bytes(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-        // SAFETY: forwarded preconditions.
-        unsafe { lut_rows::<Bytes, 2, 4, 6, 4>(s, x, w, y0, y1, acc) }
-    }
-    /// [`lut_rows`] over `u16` tables: tiles of 4 blocks x 4 pixels (2 blocks or fewer x 8).
-    ///
-    /// # Safety
-    /// As [`lut_rows`].
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn words(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-        // SAFETY: forwarded preconditions.
-        unsafe { lut_rows::<Words, 4, 4, 8, 4>(s, x, w, y0, y1, acc) }
-    }
-    /// [`lut_rows`] over [`Quads`] tables: tiles of 4 blocks (64 channels) x 4 pixels.
-    ///
-    /// # Safety
-    /// As [`lut_rows`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni")]
-    unsafe fn quads(s: &ConvShape, x: &[u16], w: &[u8], y0: usize, y1: usize, acc: &mut [i32]) {
-        // SAFETY: forwarded preconditions.
-        unsafe { lut_rows::<Quads, 4, 4, 8, 4>(s, x, w, y0, y1, acc) }
-    }
-    // SAFETY: `by_kind` hands this kernel out only where AVX-512 F/BW/VBMI is present, and the
-    // call matches the contract (just checked).
-    unsafe {
-        if s.lut_k() == LUT_K8 {
-            bytes(s, x, w, y0, y1, acc)
-        } else {
-            match pair_weights::<Quads, Words>(s, x, w) {
-                (w, true) => words(s, x, w, y0, y1, acc),
-                (w, false) => quads(s, x, w, y0, y1, acc),
-            }
-        }
-    }
-}
-
-/// Adds the 32 `u16` sums in `v`, times `2^st.shift`, to the `i32` sums at `p` (the first
-/// `lanes` of them; written instead on the `first` run); on the last run (`qsum` given) stores
-/// `2 * S - qsum`, `S` the whole sum, instead of `S` (the AVX-512 kinds' [`Lookup::store`]).
-///
-/// # Safety
-/// AVX-512 F/BW present; `lanes.min(32)` `i32`s readable and writable at `p`.
-#[inline(always)]
-unsafe fn widen_store(v: __m512i, p: *mut i32, lanes: usize, st: Store) {
-    // SAFETY: AVX-512 F/BW present; masked lanes are not touched (caller).
-    unsafe {
-        let sh = _mm_cvtsi32_si128(st.shift as i32);
-        let halves = [
-            _mm512_sll_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)), sh),
-            _mm512_sll_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64::<1>(v)), sh),
-        ];
-        for (h, w) in halves.into_iter().enumerate() {
-            let m = lane_mask(lanes.saturating_sub(16 * h));
-            store_i32(w, p.wrapping_add(16 * h), m, st);
-        }
-    }
-}
-
-/// Adds the 16 `i32` sums in `w` (already times `2^st.shift`) to those at `p` in the lanes of
-/// `m` (written instead on the `first` run); on the last run (`qsum` given) stores `2 * S -
-/// qsum`, `S` the whole sum ([`widen_store`]'s halves, the [`Quads`] store).
-///
-/// # Safety
-/// AVX-512 F present; the lanes of `m` readable and writable at `p`.
-#[inline(always)]
-unsafe fn store_i32(w: __m512i, p: *mut i32, m: __mmask16, st: Store) {
-    // SAFETY: AVX-512 F present; masked lanes are not touched (caller).
-    unsafe {
-        let r = if st.first {
-            w
-        } else {
-            _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, p as *const _), w)
-        };
-        let r = match st.qsum {
-            Some(q) => _mm512_sub_epi32(_mm512_add_epi32(r, r), _mm512_set1_epi32(q)),
-            None => r,
-        };
-        _mm512_mask_storeu_epi32(p as *mut _, m, r);
-    }
-}
-
-/// The largest of the 32 `u16` in `v` (the `u16` kinds' [`Lookup::entry_max`]).
-///
-/// # Safety
-/// AVX-512 F present.
-#[inline(always)]
-unsafe fn max_u16(v: __m512i) -> u16 {
-    let mut e = [0u16; 32];
-    // SAFETY: AVX-512 F present (caller); 64 bytes written.
-    unsafe { _mm512_storeu_si512(e.as_mut_ptr() as *mut _, v) };
-    e.into_iter().max().unwrap_or(0)
 }

@@ -3,12 +3,12 @@
 //! sub-tables of channels 0-2 and 3-5 of a group of 6; an output channel's two index bytes
 //! name one sub-table each (bit 3), so a lookup puts its two sums side by side and
 //! `vpmaddubsw` against ones adds them into its `u16` sum: 16 output channels x 6 inputs in
-//! three instructions, where [`super::Avx2`]'s two nibble planes take six (two lookups, two
+//! three instructions, where [`super::avx2::Avx2`]'s two nibble planes take six (two lookups, two
 //! byte adds, the widening) for 32 x 4 x 2.
 //!
 //! A byte entry is exact only while the sum of its 3 codes is at most 255: the builder adds
 //! with unsigned saturation and keeps the largest entry, and the caller
-//! ([`super::lut_avx2_tables`]) builds [`super::Avx2`]'s nibble tables instead where an entry
+//! ([`super::lut_avx2_tables`]) builds [`super::avx2::Avx2`]'s nibble tables instead where an entry
 //! reached 255 (a saturated sum cannot be told from an exact 255).
 
 use super::*;

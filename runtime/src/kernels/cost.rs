@@ -211,10 +211,11 @@ const LUT_AVX2_NIBBLE_STEP: u64 = 17;
 /// points of the fit), 0.41 at 512 (4x4 outputs), 0.72 and 0.50 on the stride-2 3x3 convs
 /// into 256 and 512, 1.3 on the 3-channel stem, 1.5-4.3 on the 1x1 convs; on six CIFAR-10
 /// test images 0.71-0.94 at 64 channels. A table is the builder's share of the profile (2.1
-/// ns). Where a sum of 3 codes passes 254 the kernel looks up two nibble planes instead
-/// ([`LUT_AVX2_NIBBLE_STEP`]; 1.26-1.47x the dot on the two 64-channel layers of the synthetic
-/// input where it did, none of the images'), which these costs leave out: the choice depends on
-/// the activations.
+/// ns). Where a sum of 3 codes passes 254 the kernel falls back to the AVX2 dot, or to two
+/// nibble planes where they cost less ([`lut_avx2_falls_back_to_dot`]; with the dot, a
+/// 64-channel layer of the synthetic input that falls back ran 1.02-1.07x the dot's time, the
+/// build stopping at the first row that does not fit), which these costs leave out: the choice
+/// depends on the activations.
 const LUT_AVX2_TRIO_COSTS: (u64, u64, u64) = (22, 160, 44);
 
 /// Prepared weights of the int8 dot beyond which [`dot_avx2_stream`] counts their reading.
@@ -265,6 +266,34 @@ const LUT8_OUTPUT_COST: u64 = 70;
 /// prepared XNOR's 125 per 64-channel word, so W1A1 convs read their codes in place too.
 const SIGN_WEIGHT_IN_PLACE_M4: u64 = 85;
 
+/// The AVX2 table lookup over byte tables of 4 channels (`x86::lut::avx2`), `step` a step
+/// of 2-bit codes: as the AVX-512 lookup's, a set of lookups and tables per code plane (codes
+/// of 3 to 8 bits: nibbles, each a plane), a step of a nibble plane `LUT_AVX2_NIBBLE_STEP`.
+fn lut_avx2_tables_cost(s: &ConvShape, step: u64) -> u64 {
+    let taps = (s.kh * s.kw) as u64;
+    let (planes, step) = if s.abits > 2 {
+        (u64::from(s.abits.div_ceil(4)), LUT_AVX2_NIBBLE_STEP)
+    } else {
+        (1, step)
+    };
+    let gn = s.cin_g.div_ceil(4) as u64;
+    let tables = (s.hp * s.wp) as u64 * gn * LUT_AVX2_TABLE_COST * planes;
+    let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
+    taps * step * gn * 4 * u64::from(s.wbits) * planes / 64 + tables / outputs
+}
+
+/// Whether the AVX2 table lookup's fallback from its byte sub-tables of 3 channels (where a
+/// layer's input does not fit them) is the AVX2 int8 dot rather than two nibble planes of byte
+/// tables: where the dot costs less on the AVX2 cost table ([`CostModel::Desktop`]). With the
+/// dot everywhere, the synthetic W1A8 model (all of whose lookup layers fall back) ran its
+/// 512-channel convs 1.3-1.5x slower than on the nibbles; with the nibbles everywhere, its
+/// 64-channel convs 1.5x slower than on the dot (docs/PERFORMANCE.md, "The fallback").
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn lut_avx2_falls_back_to_dot(s: &ConvShape) -> bool {
+    let step = u64::from(step_cost(KernelKind::Int8LutAvx2, CostModel::Desktop));
+    lut_avx2_tables_cost(s, step) >= cost(KernelKind::Int8DotAvx2, s, CostModel::Desktop)
+}
+
 /// Estimated cost of one output element (all taps) with kernel `kind`.
 pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
     let taps = (s.kh * s.kw) as u64;
@@ -287,18 +316,7 @@ pub(crate) fn cost(kind: KernelKind, s: &ConvShape, model: CostModel) -> u64 {
             let lookups = taps * step * gn * 6 * u64::from(s.wbits);
             return (lookups * outputs / 64 + tables) / outputs + output;
         }
-        // As below, with tables of 4 channels, a set of lookups and tables per code plane
-        // (codes of 3 to 4 bits: one plane of nibbles), a step of a nibble plane
-        // `LUT_AVX2_NIBBLE_STEP`.
-        let (planes, step) = if s.abits > 2 {
-            (u64::from(s.abits.div_ceil(4)), LUT_AVX2_NIBBLE_STEP)
-        } else {
-            (1, step)
-        };
-        let gn = s.cin_g.div_ceil(4) as u64;
-        let tables = (s.hp * s.wp) as u64 * gn * LUT_AVX2_TABLE_COST * planes;
-        let outputs = ((s.oh * s.ow) as u64 * s.cout_g as u64).max(1);
-        return taps * step * gn * 4 * u64::from(s.wbits) * planes / 64 + tables / outputs;
+        return lut_avx2_tables_cost(s, step);
     }
     if kind == KernelKind::Int8LutAvx512 {
         if step == u64::from(u32::MAX) {

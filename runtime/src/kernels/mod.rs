@@ -84,8 +84,9 @@ pub enum KernelKind {
     /// The same table lookup with AVX2 (`vpshufb`), for 1- and 2-bit weights: codes of 5 to 8
     /// bits over byte sub-tables of 3 channels, two to a 128-bit lane (16 output channels a
     /// lookup, `vpmaddubsw` adding each one's two sums) where every 3 channels' codes sum to
-    /// at most 254, else two nibble planes of byte tables of 4 channels (32 output channels a
-    /// lookup); 2-bit codes in one plane of those, codes of 3 to 4 bits in one nibble plane.
+    /// at most 254, else (per layer, by its input) the AVX2 int8 dot, or two nibble planes of
+    /// byte tables of 4 channels (32 output channels a lookup) where they cost less; 2-bit
+    /// codes in one plane of those tables, codes of 3 to 4 bits in one nibble plane.
     Int8LutAvx2,
     /// The float executor's direct convolution compiled for AVX2.
     FloatAvx2,
@@ -324,18 +325,23 @@ pub(crate) fn lut_fits(s: &ConvShape) -> bool {
 pub(crate) const LUT_MAX_KW: usize = 14;
 
 /// Whether the AVX2 table-lookup kernel can run the shape: 1- or 2-bit weights, 2- to 8-bit
-/// codes (those of 3 to 8 bits as two nibble planes), and a kernel row whose lookups fit the
-/// byte sums: `kw <= 255 / (4 * largest code of a plane)` (21 for 2-bit codes, 9 for 3-bit, 4
-/// for nibbles).
+/// codes (those of 5 to 8 bits over byte sub-tables of 3 channels, [`lut_avx2_trios`], whose
+/// `u16` runs hold 128 lookups; those of 2 to 4 bits over byte tables, whose byte sums must hold
+/// a kernel row's lookups: `kw <= 255 / (4 * largest code)`, 21 for 2-bit codes, 9 for 3-bit,
+/// 4 for 4-bit), and a kernel row of at most [`LUT_MAX_KW`].
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
-    let plane_max = (1usize << s.abits.clamp(2, 4)) - 1;
-    s.wbits <= 2 && s.abits >= 2 && s.kw <= LUT_MAX_KW.min(255 / (4 * plane_max))
+    let kw_max = if lut_avx2_trios(s) {
+        LUT_MAX_KW
+    } else {
+        LUT_MAX_KW.min(255 / (4 * ((1usize << s.abits.clamp(2, 4)) - 1)))
+    };
+    s.wbits <= 2 && s.abits >= 2 && s.kw <= kw_max
 }
 
 /// Whether the AVX2 table lookup takes byte sub-tables of 3 channels for the shape (codes of 5
-/// to 8 bits, `x86::lut::trios`), with its two nibble planes as the fallback where a sum of
-/// 3 codes passes a byte; else the nibble or 2-bit tables alone.
+/// to 8 bits, `x86::lut::trios`), with the AVX2 int8 dot as the fallback where a sum of 3 codes
+/// of the layer's input passes a byte; else byte tables of 4 channels (codes of 2 to 4 bits).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn lut_avx2_trios(s: &ConvShape) -> bool {
     s.abits > 4

@@ -245,21 +245,27 @@ fn kernels_match_reference_at_the_tables_largest_entry() {
 /// for 4 channels, with channels a multiple of 4; 254 for 3, whose saturated sums cannot be
 /// told from 255), a sum one above it
 /// anywhere (a code, or the pad) its fallback, and both match the reference, with whole and
-/// partial groups of channels, two groups, 70 outputs (16-lane blocks 4 + 1), and rows at
-/// stride 1 and 2 whose tiles share their tables between taps.
+/// partial groups of channels, two groups, 70 outputs (16-lane blocks 4 + 1), rows at stride 1
+/// and 2 whose tiles share their tables between taps, and 5x5 kernels; the AVX2 kind's two
+/// fallbacks (nibble tables where they cost less than the AVX2 dot, else the dot) both run.
 #[test]
 fn byte_sub_tables_and_their_fallback_match_reference() {
     use KernelKind::{Int8LutAvx2, Int8LutAvx512};
     let mut total = 0;
+    #[cfg(target_arch = "x86_64")]
+    let mut fallbacks = [false; 2];
     // (kind, channels of a sub-table, its largest sum)
     for (kind, sub, limit) in [(Int8LutAvx512, 4usize, 255u32), (Int8LutAvx2, 3, 254)] {
         let pad_max = limit / sub as u32;
-        for (cin_g, groups, (w, h, stride)) in [
-            (16u32, 1u32, (5u32, 3u32, 1u16)),
-            (20, 1, (16, 4, 2)),
-            (64, 1, (12, 4, 1)),
-            (24, 2, (5, 3, 1)),
-            (6, 1, (8, 2, 1)),
+        // (input channels, groups, (width, height, stride), kernel, output channels)
+        for (cin_g, groups, (w, h, stride), k, cout_g) in [
+            (16u32, 1u32, (5u32, 3u32, 1u16), 3u16, 70u32),
+            (20, 1, (16, 4, 2), 3, 70),
+            (64, 1, (12, 4, 1), 3, 70),
+            (24, 2, (5, 3, 1), 3, 70),
+            (6, 1, (8, 2, 1), 3, 70),
+            (64, 1, (8, 8, 1), 3, 256),
+            (12, 1, (7, 5, 1), 5, 70),
         ] {
             for (hot, zp, takes) in [
                 (None, pad_max, true),
@@ -271,9 +277,11 @@ fn byte_sub_tables_and_their_fallback_match_reference() {
                     groups,
                     w,
                     h,
+                    k: (k, k),
+                    pad: (k / 2, k / 2),
                     stride: (stride, stride),
                     zp: zp as i32,
-                    ..Case::new(cin_g, 70, 1, 8, 41 + u64::from(cin_g))
+                    ..Case::new(cin_g, cout_g, 1, 8, 41 + u64::from(cin_g))
                 };
                 let mut rng = Rng(c.seed);
                 let codes: Vec<u8> = (0..weight_count(&c)).map(|_| rng.below(2) as u8).collect();
@@ -292,13 +300,22 @@ fn byte_sub_tables_and_their_fallback_match_reference() {
                     let layout = sub == 3 || cin_g % 4 == 0;
                     assert_eq!(t, takes && layout, "{kind:?} on {c:?} hot {hot:?}");
                 }
+                #[cfg(target_arch = "x86_64")]
+                if kind == Int8LutAvx2 {
+                    fallbacks
+                        [usize::from(super::x86::lut_avx2_falls_back_to_dot(&case_shape(&c)))] =
+                        true;
+                }
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = (kind, takes);
                 total += check_inputs(&c, &codes, &x, kernels_for);
             }
         }
     }
-    assert!(total >= 2 * 5 * 4 * 2);
+    assert!(total >= 2 * 7 * 4 * 2);
+    // The AVX2 lookup's two fallbacks (nibble tables, the dot) both ran.
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(fallbacks, [true, true]);
 }
 
 #[test]

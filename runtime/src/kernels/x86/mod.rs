@@ -78,9 +78,9 @@ pub(crate) use amx::request_amx;
 use amx::*;
 use bits::*;
 use int8::*;
-#[cfg(test)]
-pub(super) use lut::lut_takes_sub_tables;
 use lut::*;
+#[cfg(test)]
+pub(super) use lut::{lut_avx2_falls_back_to_dot, lut_takes_sub_tables};
 use rows::*;
 
 // ---------------------------------------------------------------------------------------------

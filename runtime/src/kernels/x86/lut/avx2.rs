@@ -14,8 +14,9 @@
 //!
 //! The entry points of [`KernelKind::Int8LutAvx2`] are here ([`lut_avx2_tables`],
 //! [`lut_avx2`]): for codes of 5 to 8 bits they take the byte sub-tables of [`super::Trios`]
-//! (half the instructions a multiply-add of the two nibble planes) and these tables only as
-//! its fallback, where a sum of 3 codes of the layer's input passes a byte.
+//! (half the instructions a multiply-add of the two nibble planes), and where a sum of 3 codes
+//! of the layer's input passes a byte a fallback: these tables where the AVX2 cost table puts
+//! them ahead of the AVX2 int8 dot (wide layers), else that dot on the padded input bytes.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -87,60 +88,106 @@ const fn join_index() -> [[[u8; 32]; 2]; 2] {
 /// The indices of [`join_index`].
 static JOIN: Align64<[[[u8; 32]; 2]; 2]> = Align64(join_index());
 
-/// Whether [`KernelKind::Int8LutAvx2`] takes the pair of [`Trios`] and [`Avx2`] (codes of 5
-/// to 8 bits, which [`Avx2`] looks up as two nibble planes), else [`Avx2`] alone.
+/// Whether [`KernelKind::Int8LutAvx2`] takes the [`Trios`] tables, with a fallback
+/// ([`falls_back_to_dot`]), for the shape (codes of 5 to 8 bits, `kernels::lut_avx2_trios`),
+/// else [`Avx2`] tables.
 pub(super) fn avx2_pairs(s: &ConvShape) -> bool {
     crate::kernels::lut_avx2_trios(s)
 }
 
-/// The input length of [`KernelKind::Int8LutAvx2`]: [`Trios`] or [`Avx2`] tables for codes of
-/// 5 to 8 bits, else [`Avx2`] ones.
+/// Whether the fallback of the [`Trios`] tables for the shape is the AVX2 int8 dot over the
+/// padded input bytes, else two nibble planes of [`Avx2`] tables: the dot where the AVX2 cost
+/// table puts it ahead of the nibbles (`kernels::cost::lut_avx2_falls_back_to_dot`), and where
+/// a kernel row's nibble lookups would not fit the byte sums (more than 4 taps).
+pub(super) fn falls_back_to_dot(s: &ConvShape) -> bool {
+    s.kw > u8::MAX as usize / (Avx2::K * 15) || crate::kernels::cost::lut_avx2_falls_back_to_dot(s)
+}
+
+/// `u16`s holding the padded input bytes of the fallback (the AVX2 int8 dot's input).
+fn dot_input_u16(s: &ConvShape) -> usize {
+    s.byte_input_len().div_ceil(2)
+}
+
+/// The input length of [`KernelKind::Int8LutAvx2`]: for codes of 5 to 8 bits ([`avx2_pairs`])
+/// room for the [`Trios`] tables or the fallback's input (the padded bytes, or the nibble
+/// tables), then the flag saying which ([`set_fallback`]); else the [`Avx2`] tables.
 pub(in super::super) fn lut_avx2_input_len(s: &ConvShape) -> usize {
     if avx2_pairs(s) {
-        pair_input_len::<Trios, Avx2>(s)
+        let fallback = if falls_back_to_dot(s) {
+            dot_input_u16(s)
+        } else {
+            input_len::<Avx2>(s)
+        };
+        input_len::<Trios>(s).max(fallback).saturating_add(1)
     } else {
         input_len::<Avx2>(s)
     }
 }
 
-/// The prepared length of [`KernelKind::Int8LutAvx2`]: the pair of [`Trios`] and [`Avx2`]
-/// ([`avx2_pairs`]), else [`Avx2`].
+/// The prepared length of [`KernelKind::Int8LutAvx2`]: for codes of 5 to 8 bits the [`Trios`]
+/// layout and the fallback's (the AVX2 dot's, or the [`Avx2`] layout), else the [`Avx2`]
+/// layout.
 pub(in super::super) fn lut_avx2_prepared_len(s: &ConvShape) -> usize {
     if avx2_pairs(s) {
-        pair_prepared_len::<Trios, Avx2>(s)
+        let fallback = if falls_back_to_dot(s) {
+            int8_prepared_len(s)
+        } else {
+            prepared_len_of::<Avx2>(s)
+        };
+        prepared_len_of::<Trios>(s).saturating_add(fallback)
     } else {
         prepared_len_of::<Avx2>(s)
     }
 }
 
-/// The weight layout of [`KernelKind::Int8LutAvx2`] ([`prepare_of`]): [`pair_prepare`] of
-/// [`Trios`] and [`Avx2`] ([`avx2_pairs`]), else [`Avx2`].
+/// The weight layout of [`KernelKind::Int8LutAvx2`]: for codes of 5 to 8 bits the [`Trios`]
+/// layout ([`prepare_of`]) then the fallback's (the AVX2 dot's, [`int8_prepare`], or the
+/// [`Avx2`] layout), else the [`Avx2`] layout.
 pub(in super::super) fn lut_avx2_prepare(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
     if avx2_pairs(s) {
-        pair_prepare::<Trios, Avx2>(conv, s, out)
+        let t = prepared_len_of::<Trios>(s);
+        prepare_of::<Trios>(conv, s, out);
+        if let Some(rest) = out.get_mut(t..) {
+            if falls_back_to_dot(s) {
+                int8_prepare(conv, s, rest);
+            } else {
+                prepare_of::<Avx2>(conv, s, rest);
+            }
+        }
     } else {
         prepare_of::<Avx2>(conv, s, out)
     }
 }
 
+/// Whether the input `x` of [`KernelKind::Int8LutAvx2`] holds the fallback's input rather than
+/// [`Trios`] tables (codes of 5 to 8 bits only).
+pub(super) fn trios_fall_back(s: &ConvShape, x: &[u16]) -> bool {
+    is_fallback(x, lut_avx2_input_len(s))
+}
+
 /// The table builder of [`KernelKind::Int8LutAvx2`] ([`build_tables`]): for codes of 5 to 8
-/// bits ([`avx2_pairs`]) [`Trios`] tables, or [`Avx2`] ones where a [`Trios`] entry passed
-/// [`TRIO_ENTRY_MAX`] ([`pair_set`]); else [`Avx2`] ones.
+/// bits ([`avx2_pairs`]) [`Trios`] tables, or, where an entry passes [`TRIO_ENTRY_MAX`] (the
+/// build stops at the first padded row that has one), the fallback's input: the padded input
+/// bytes of the AVX2 int8 dot, or nibble [`Avx2`] tables ([`falls_back_to_dot`],
+/// [`set_fallback`]); else [`Avx2`] tables.
 pub(in super::super) fn lut_avx2_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
     #[target_feature(enable = "avx2")]
     fn body(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         if !avx2_pairs(s) {
             // SAFETY: AVX2 present (this function's features).
-            return unsafe { build_tables::<Avx2>(s, x, pad, out) };
+            unsafe { build_tables::<Avx2>(s, x, pad, out, None) };
+            return;
         }
         // SAFETY: as above.
-        unsafe { build_tables::<Trios>(s, x, pad, out) };
-        let nibbles = out[tables_len::<Trios>(s) + sums_len(s)] > TRIO_ENTRY_MAX;
-        if nibbles {
+        let fits = unsafe { build_tables::<Trios>(s, x, pad, out, Some(TRIO_ENTRY_MAX)) };
+        if !fits && falls_back_to_dot(s) {
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out[..dot_input_u16(s)]);
+            portable::pad_bytes(s, x, pad, &mut bytes[..s.byte_input_len()]);
+        } else if !fits {
             // SAFETY: as above.
-            unsafe { build_tables::<Avx2>(s, x, pad, out) };
+            unsafe { build_tables::<Avx2>(s, x, pad, out, None) };
         }
-        pair_set::<Trios, Avx2>(s, out, nibbles);
+        set_fallback(out, lut_avx2_input_len(s), !fits);
     }
     // SAFETY: `by_kind` hands this builder out only where AVX2 is present.
     unsafe { body(s, x, pad, out) }
@@ -382,9 +429,14 @@ pub(in super::super) fn lut_avx2(
         if !avx2_pairs(s) {
             return rows(s, x, w, y0, y1, acc);
         }
-        match pair_weights::<Trios, Avx2>(s, x, w) {
-            (w, true) => rows(s, x, w, y0, y1, acc),
-            (w, false) => trios(s, x, w, y0, y1, acc),
+        let (wt, wf) = w.split_at(prepared_len_of::<Trios>(s));
+        if !trios_fall_back(s, x) {
+            trios(s, x, wt, y0, y1, acc)
+        } else if falls_back_to_dot(s) {
+            let bytes: &[u8] = bytemuck::cast_slice(&x[..dot_input_u16(s)]);
+            int8_avx2(s, &bytes[..s.byte_input_len()], wf, y0, y1, acc)
+        } else {
+            rows(s, x, wf, y0, y1, acc)
         }
     }
 }

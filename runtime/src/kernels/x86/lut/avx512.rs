@@ -41,7 +41,7 @@ pub(in super::super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
     fn bytes(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
         // SAFETY: AVX-512 F/BW/VBMI present (this function's features).
-        unsafe { build_tables::<Bytes>(s, x, pad, out) }
+        unsafe { build_tables::<Bytes>(s, x, pad, out, None) };
     }
     /// [`Quads`] tables, or [`Words`] ones where a sum of 4 codes passes a byte
     /// ([`pair_input_len`]).
@@ -51,10 +51,10 @@ pub(in super::super) fn lut_tables(s: &ConvShape, x: &[u8], pad: u8, out: &mut [
         let words = unsafe { !quads_fit(s, x, pad) };
         if words {
             // SAFETY: as above.
-            unsafe { build_tables::<Words>(s, x, pad, out) };
+            unsafe { build_tables::<Words>(s, x, pad, out, None) };
         } else {
             // SAFETY: as above.
-            unsafe { build_tables::<Quads>(s, x, pad, out) };
+            unsafe { build_tables::<Quads>(s, x, pad, out, None) };
         }
         pair_set::<Quads, Words>(s, out, words);
     }

@@ -22,15 +22,15 @@
 //!   5 to 8 bits where every 3 channels' codes sum to at most 254: the builder's saturating
 //!   sums decide per layer);
 //! * [`avx2`]: byte tables of 4 channels, `vpshufb` over 32 (AVX2; 2-bit codes, or codes of 3
-//!   to 8 bits as planes of nibbles, each with its tables; for codes of 5 to 8 bits where
-//!   [`trios`] does not fit).
+//!   to 8 bits as planes of nibbles, each with its tables; for codes of 5 to 8 bits only where
+//!   [`trios`] does not fit, on shapes where the nibbles cost less than the AVX2 dot).
 //!
 //! The first three are [`KernelKind::Int8LutAvx512`]: [`bytes`] for 2-bit codes
 //! ([`ConvShape::lut_k`]), else the pair of [`quads`] and its fallback [`words`]; the last
-//! two [`KernelKind::Int8LutAvx2`], for CPUs without AVX-512: the pair of [`trios`] and its
-//! fallback [`avx2`] for codes of 5 to 8 bits, else [`avx2`]. A pair's builder takes one of
-//! the two by the layer's input, the weights are prepared both ways, and the input's last
-//! `u16` says which tables it holds ([`pair`]). Each kernel kind's entry points (lengths,
+//! two [`KernelKind::Int8LutAvx2`], for CPUs without AVX-512: for codes of 5 to 8 bits
+//! [`trios`] with a fallback (the AVX2 int8 dot, or [`avx2`]'s nibble tables where they cost
+//! less), else [`avx2`]. A pair's builder takes one of the two by the layer's input, the
+//! weights are prepared both ways, and the input's last `u16` says which it holds ([`pair`]). Each kernel kind's entry points (lengths,
 //! weight layout, builder, kernel) are in its file: [`avx512`], [`avx2`]. All five kinds share
 //! the weight layout (a table index per output channel, tap and channel group,
 //! [`prepare_of`]), the tables' layout (per padded pixel a table per group and channel group,
@@ -321,7 +321,8 @@ pub(super) trait Lookup {
     unsafe fn entry_max(v: Self::V) -> u16;
 }
 
-/// Code planes of a table kind at most (the AVX2 kind's two nibbles of codes of 5 to 8 bits).
+/// Code planes of a table kind at most (the AVX2 kind's two nibbles of codes of 5 to 8 bits,
+/// where they are the fallback of [`Trios`]).
 const MAX_CODE_PLANES: usize = 2;
 
 /// `u16`s from one code plane's tables of a padded pixel to the next plane's: a table per
@@ -359,6 +360,13 @@ fn input_len<L: Lookup>(s: &ConvShape) -> usize {
         .saturating_add(MAX_CODE_PLANES)
 }
 
+/// Whether the AVX2 lookup's fallback from its byte sub-tables is the AVX2 int8 dot for the
+/// shape (else nibble tables), for the tests.
+#[cfg(test)]
+pub(in super::super) fn lut_avx2_falls_back_to_dot(s: &ConvShape) -> bool {
+    avx2::falls_back_to_dot(s)
+}
+
 /// Whether the builder of `kind` (a table lookup) takes the byte sub-tables of its pair for
 /// this input ([`Quads`], [`Trios`]) rather than their fallback, for the tests: `None` where
 /// this CPU lacks the kind or the shape's codes take neither pair.
@@ -378,9 +386,7 @@ pub(in super::super) fn lut_takes_sub_tables(
         KernelKind::Int8LutAvx512 if s.lut_k() != LUT_K8 => {
             Some(!pair_is_second::<Quads, Words>(s, &out))
         }
-        KernelKind::Int8LutAvx2 if avx2::avx2_pairs(s) => {
-            Some(!pair_is_second::<Trios, avx2::Avx2>(s, &out))
-        }
+        KernelKind::Int8LutAvx2 if avx2::avx2_pairs(s) => Some(!avx2::trios_fall_back(s, &out)),
         _ => None,
     }
 }
@@ -446,12 +452,21 @@ fn prepare_of<L: Lookup>(conv: &Conv<'_>, s: &ConvShape, out: &mut [u8]) {
 /// The table builder of kind `L`: for every padded input pixel, group and channel group of
 /// `K` channels, the sums of the codes over every subset of the group's channels (unpadded HWC
 /// input `x`, pad pixels holding `pad`; channels past `cin_g` count 0), then the sum of all
-/// codes of each padded pixel and group ([`input_len`] `u16`s in all).
+/// codes of each padded pixel and group ([`input_len`] `u16`s in all). With `stop_above`, it
+/// stops after the first padded row whose tables hold an entry above it (the first code
+/// plane's largest entry, [`Lookup::entry_max`]) and returns false: the caller takes another
+/// kernel; else true.
 ///
 /// # Safety
 /// `L`'s ISA present (the caller compiled with it).
 #[inline(always)]
-unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u16]) {
+unsafe fn build_tables<L: Lookup>(
+    s: &ConvShape,
+    x: &[u8],
+    pad: u8,
+    out: &mut [u16],
+    stop_above: Option<u16>,
+) -> bool {
     let (h, w, c, cin, gn) = (s.h(), s.w(), s.c, s.cin_g, L::groups(s));
     let (px, sums) = (pixel_stride::<L>(s), tables_len::<L>(s));
     let planes = (L::code_planes(s), plane_stride::<L>(s));
@@ -491,12 +506,17 @@ unsafe fn build_tables<L: Lookup>(s: &ConvShape, x: &[u8], pad: u8, out: &mut [u
                 out[at + 1] = (sum >> 16) as u16;
             }
         }
+        // SAFETY: `L`'s ISA present (caller).
+        if stop_above.is_some_and(|m| unsafe { L::entry_max(top[0]) } > m) {
+            return false;
+        }
     }
     let bounds = sums + sums_len(s);
     for (c, &v) in top.iter().enumerate().take(planes.0) {
         // SAFETY: `L`'s ISA present (caller).
         out[bounds + c] = unsafe { L::entry_max(v) };
     }
+    true
 }
 
 /// A table-lookup kernel call of kind `L` (over the tables of its builder).

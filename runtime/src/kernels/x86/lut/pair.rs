@@ -15,12 +15,22 @@ pub(super) fn pair_input_len<A: Lookup, B: Lookup>(s: &ConvShape) -> usize {
 
 /// Writes which kind of the pair the tables in `out` are (`second`: the fallback).
 pub(super) fn pair_set<A: Lookup, B: Lookup>(s: &ConvShape, out: &mut [u16], second: bool) {
-    out[pair_input_len::<A, B>(s) - 1] = u16::from(second);
+    set_fallback(out, pair_input_len::<A, B>(s), second);
 }
 
 /// Whether the tables in `x` are the pair's second kind (its fallback).
 pub(super) fn pair_is_second<A: Lookup, B: Lookup>(s: &ConvShape, x: &[u16]) -> bool {
-    x[pair_input_len::<A, B>(s) - 1] != 0
+    is_fallback(x, pair_input_len::<A, B>(s))
+}
+
+/// Writes, in the last `u16` of an input of `len`, whether it holds the fallback's input.
+pub(super) fn set_fallback(out: &mut [u16], len: usize, fallback: bool) {
+    out[len - 1] = u16::from(fallback);
+}
+
+/// Whether an input of `len` holds the fallback's input ([`set_fallback`]).
+pub(super) fn is_fallback(x: &[u16], len: usize) -> bool {
+    x[len - 1] != 0
 }
 
 /// The prepared length of a pair of kinds: both layouts.

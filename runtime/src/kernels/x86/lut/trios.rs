@@ -8,8 +8,9 @@
 //!
 //! A byte entry is exact only while the sum of its 3 codes is at most 255: the builder adds
 //! with unsigned saturation and keeps the largest entry, and the caller
-//! ([`super::lut_avx2_tables`]) builds [`super::avx2::Avx2`]'s nibble tables instead where an entry
-//! reached 255 (a saturated sum cannot be told from an exact 255).
+//! ([`super::lut_avx2_tables`]) stops where an entry reached 255 (a saturated sum cannot be
+//! told from an exact 255) and gives the layer to a fallback instead: the AVX2 int8 dot, or
+//! [`super::avx2::Avx2`]'s nibble tables where they cost less.
 
 use super::*;
 

@@ -334,9 +334,17 @@ pub(crate) fn lut_avx2_fits(s: &ConvShape) -> bool {
     let kw_max = if lut_avx2_trios(s) {
         LUT_MAX_KW
     } else {
-        LUT_MAX_KW.min(255 / (4 * ((1usize << s.abits.clamp(2, 4)) - 1)))
+        lut_avx2_byte_kw(s.abits)
     };
     s.wbits <= 2 && s.abits >= 2 && s.kw <= kw_max
+}
+
+/// The widest kernel row whose lookups the AVX2 byte tables of 4 channels hold in their byte
+/// sums for codes of `abits` (nibbles above 4 bits): `255 / (4 * largest code)`, at most
+/// [`LUT_MAX_KW`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn lut_avx2_byte_kw(abits: u8) -> usize {
+    LUT_MAX_KW.min(255 / (4 * ((1usize << abits.clamp(2, 4)) - 1)))
 }
 
 /// Whether the AVX2 table lookup takes byte sub-tables of 3 channels for the shape (codes of 5

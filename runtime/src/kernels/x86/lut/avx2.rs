@@ -100,7 +100,8 @@ pub(super) fn avx2_pairs(s: &ConvShape) -> bool {
 /// table puts it ahead of the nibbles (`kernels::cost::lut_avx2_falls_back_to_dot`), and where
 /// a kernel row's nibble lookups would not fit the byte sums (more than 4 taps).
 pub(super) fn falls_back_to_dot(s: &ConvShape) -> bool {
-    s.kw > u8::MAX as usize / (Avx2::K * 15) || crate::kernels::cost::lut_avx2_falls_back_to_dot(s)
+    s.kw > crate::kernels::lut_avx2_byte_kw(s.abits)
+        || crate::kernels::cost::lut_avx2_falls_back_to_dot(s)
 }
 
 /// `u16`s holding the padded input bytes of the fallback (the AVX2 int8 dot's input).

@@ -1,10 +1,11 @@
 //! A pair of table kinds of one kernel kind: the first's byte entries are exact only while a
 //! few codes sum to at most 255; the builder takes it where they hold every sum of the call's
-//! input, and the second, its fallback, elsewhere (the AVX-512 kind's pair is [`Quads`] and
-//! [`Words`], the AVX2 kind's [`Trios`] and [`Avx2`](super::avx2::Avx2)). The input has room
-//! for either kind's tables, then one `u16` saying which it holds (0 the first, 1 the second);
-//! the weights are prepared both ways, the first kind's layout first, and the kernel takes the
-//! one of the tables it is given.
+//! input, and the second, its fallback, elsewhere (the AVX-512 kind's pair: [`Quads`] and
+//! [`Words`]). The input has room for either kind's tables, then one `u16` saying which it
+//! holds (0 the first, 1 the second: [`set_fallback`]); the weights are prepared both ways, the
+//! first kind's layout first, and the kernel takes the one of the tables it is given. The AVX2
+//! kind's [`Trios`] keep the same flag, with a fallback that is not always a table kind (the
+//! AVX2 dot, or nibble tables: `avx2::falls_back_to_dot`).
 
 use super::*;
 

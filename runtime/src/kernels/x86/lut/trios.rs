@@ -106,11 +106,11 @@ impl Lookup for Trios {
         u16::MAX as usize / (2 * u8::MAX as usize)
     }
 
-    /// The table in both 128-bit lanes (`vpshufb` looks up within a lane).
+    /// The table in both 128-bit lanes, as [`Avx2`](super::avx2::Avx2)'s.
     #[inline(always)]
     unsafe fn load_t(p: *const u16) -> __m256i {
-        // SAFETY: 8 readable `u16` at `p` (caller); AVX2 present.
-        unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const _)) }
+        // SAFETY: forwarded (8 readable `u16` at `p`; AVX2 present).
+        unsafe { <super::avx2::Avx2 as Lookup>::load_t(p) }
     }
 
     #[inline(always)]
